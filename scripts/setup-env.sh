@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Creates the project's virtual environment with pinned packages and the CPU build of torch.
+# Usage: scripts/setup-env.sh VENV_DIR
+# It never installs a CUDA build of torch: it takes the machine's local CPU wheel when one lies in
+# /opt/wheels, and otherwise asks PyTorch's CPU-only index.
+set -euo pipefail
+venv="${1:-.venv}"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+
+python=""
+for candidate in python3.11 python3; do
+  if command -v "$candidate" >/dev/null 2>&1 &&
+     "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)'; then
+    python="$candidate"; break
+  fi
+done
+[ -n "$python" ] || { echo "setup: Python 3.11 or newer is required (python3.11 or python3 on PATH)" >&2; exit 1; }
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.split("+")[0] == "2.13.0" else 1)' 2>/dev/null; then
+  wheel=$(ls /opt/wheels/torch-2.13.0+cpu-cp3*-manylinux*.whl 2>/dev/null | head -n 1 || true)
+  if [ -n "$wheel" ]; then
+    "${pip[@]}" install -q "$wheel"
+  else
+    "${pip[@]}" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple
+  fi
+fi
+
+"${pip[@]}" install -q -c "$here/requirements/constraints.txt" -e "$here[dev]"
+
+# Fashion-MNIST for the demo comes from Debian's package where apt-get can install it; the demo
+# falls back to the bundled digits data set (and says so) where it cannot.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "setup: could not install dataset-fashion-mnist; the demo will use digits" >&2
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "setup: could not install dataset-fashion-mnist; the demo will use digits" >&2
+  fi
+fi

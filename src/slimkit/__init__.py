@@ -1,0 +1,23 @@
+"""slimkit: compress PyTorch models and measure what each method really bought.
+
+    import slimkit
+    model = slimkit.models.lenet(in_channels=1, num_classes=10, input_size=8)
+    run = slimkit.compress(model, data="digits", recipe="gmp-90")
+    print(run.report.table())
+"""
+
+__version__ = "0.1.0"
+
+from slimkit import models, sparsity
+from slimkit.api import compress
+from slimkit.data import load_data
+from slimkit.errors import SlimkitError
+from slimkit.metrics import measure
+from slimkit.persistence import load, save_model
+from slimkit.pipeline import Run, run_recipe
+from slimkit.recipe import Recipe
+from slimkit.report import Report
+from slimkit.train import Modifier, Trainer
+
+__all__ = ["Modifier", "Recipe", "Report", "Run", "SlimkitError", "Trainer", "__version__", "compress", "load",
+           "load_data", "measure", "models", "run_recipe", "save_model", "sparsity"]

@@ -1,0 +1,170 @@
+"""The `slimkit` command: run | demo | info | report | recipes. Exit code 0 on success, 2 on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from slimkit.errors import SlimkitError
+
+console = Console()
+if not console.is_terminal:
+    console.width = 120
+
+
+def _print_run(report_rows: list[tuple[str, str, str, str]], out_dir: Path | None) -> None:
+    table = Table(title="dense vs compressed")
+    for name, justify in (("metric", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
+        table.add_column(name, justify=justify)
+    for row in report_rows:
+        table.add_row(*row)
+    console.print(table)
+    if out_dir is not None:
+        console.print(f"report: {out_dir / 'report.md'}", highlight=False)
+
+
+def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
+    from slimkit.pipeline import run_recipe
+    from slimkit.recipe import Recipe
+    from slimkit.train.distributed import init_from_env
+
+    recipe = Recipe.load(recipe_source, args.overrides)
+    info = init_from_env()
+    out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
+    run = run_recipe(recipe, out_dir, resume=args.resume, progress=not args.no_progress)
+    if info.is_main:
+        _print_run(run.report.rows(), out_dir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from slimkit.data import fashion_mnist_available
+
+    if not fashion_mnist_available() and not any(o.startswith("data.") for o in args.overrides):
+        console.print("Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist); "
+                      "the demo falls back to the bundled digits data set.", style="yellow")
+        args.overrides = ["data.name=digits", "baseline.epochs=30", "train.epochs=30",
+                          "stages.0.prune.end_epoch=20", *args.overrides]
+    return cmd_run(args, "demo")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from slimkit.metrics import measure
+    from slimkit.models import MODELS, build_model
+    from slimkit.persistence import load
+    from slimkit.recipe import ModelConfig
+    from slimkit.sparsity.structure import detect_structure
+
+    source = Path(args.model)
+    if source.is_dir():
+        source = source / "model.pt"
+    if source.exists():
+        model = load(source)
+        shape = _saved_input_shape(source)
+    elif args.model in MODELS:
+        model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
+        shape = (args.in_channels, args.input_size, args.input_size)
+    else:
+        raise SlimkitError(f"{args.model!r} is neither a saved model (file or run folder) nor a zoo model; "
+                           f"zoo models: {', '.join(sorted(MODELS))}")
+    result = measure(model, shape, latency=False)
+    layers = []
+    for layer in result.layers:
+        module = model.get_submodule(layer.name)
+        layers.append({"name": layer.name, "type": layer.type, "shape": layer.shape, "params": layer.params,
+                       "nonzeros": layer.nonzeros, "sparsity": layer.sparsity,
+                       "structure": detect_structure(module.weight.detach())})
+    summary = {"model": str(args.model), "input_shape": list(shape), "params": result.params,
+               "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
+               "compressed_bytes": result.compressed_bytes, "macs": result.macs,
+               "effective_macs": result.effective_macs, "layers": layers}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = Table(title=f"{args.model}: {result.params:,} parameters, {result.nonzeros:,} nonzero, "
+                        f"{result.macs:,} MACs per sample")
+    for col in ("layer", "type", "shape", "params", "nonzeros", "sparsity", "structure"):
+        table.add_column(col, justify="right" if col in ("params", "nonzeros", "sparsity") else "left")
+    for layer in layers:
+        table.add_row(layer["name"], layer["type"], "x".join(map(str, layer["shape"])), f"{layer['params']:,}",
+                      f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}", layer["structure"])
+    console.print(table)
+    return 0
+
+
+def _saved_input_shape(path: Path) -> tuple[int, int, int]:
+    from slimkit.train.checkpoint import MODEL_FORMAT, safe_load
+
+    arch = safe_load(path, MODEL_FORMAT)["arch"]
+    return (arch["in_channels"], arch["input_size"], arch["input_size"])
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from slimkit.report import Report
+
+    report = Report.from_run(Path(args.run_dir))
+    path = report.write(Path(args.run_dir))
+    _print_run(report.rows(), None)
+    console.print(f"report: {path}", highlight=False)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from slimkit.recipe import STAGE_KINDS, bundled_recipes, methods
+
+    console.print("bundled recipes: " + ", ".join(bundled_recipes()), highlight=False)
+    for kind in STAGE_KINDS:
+        console.print(f"{kind} methods: {', '.join(methods(kind)) or '(none yet)'}", highlight=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", help="run folder (default runs/<recipe name>)")
+        p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+        p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+        p.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
+
+    run = sub.add_parser("run", help="run a recipe (a YAML file or a bundled recipe name)")
+    run.add_argument("recipe")
+    add_run_options(run)
+    demo = sub.add_parser("demo", help="dense LeNet vs 90%% gradual magnitude pruning on Fashion-MNIST")
+    add_run_options(demo)
+    info = sub.add_parser("info", help="per-layer parameters, nonzeros and sparsity structure")
+    info.add_argument("model", help="a saved model.pt, a run folder, or a zoo model name")
+    info.add_argument("--json", action="store_true")
+    info.add_argument("--in-channels", type=int, default=3)
+    info.add_argument("--input-size", type=int, default=32)
+    info.add_argument("--num-classes", type=int, default=10)
+    report = sub.add_parser("report", help="re-render report.md and plots of a finished run")
+    report.add_argument("run_dir")
+    sub.add_parser("recipes", help="list bundled recipes and registered methods")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args, args.recipe)
+        handler = {"demo": cmd_demo, "info": cmd_info, "report": cmd_report, "recipes": cmd_recipes}[args.command]
+        return handler(args)
+    except SlimkitError as exc:
+        print(f"slimkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimkit: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

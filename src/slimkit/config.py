@@ -1,0 +1,74 @@
+"""Validated configuration models and a formatter that turns pydantic errors into key-path messages."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def format_path(loc: Iterable[str | int]) -> str:
+    """('stages', 0, 'prune', 'sparsity') -> 'stages[0].prune.sparsity'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<recipe>"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config class that sits at `loc` inside `model`, following list and optional annotations."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _first_model(field.annotation)
+    return current
+
+
+def _first_model(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            found = _first_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def describe_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> list[str]:
+    """One line per problem: the key path, the offending value and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = format_path(prefix + loc)
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            allowed = sorted(owner.model_fields) if owner else []
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            lines.append(
+                f"'{path}': unknown key (value {value!r})"
+                + (f"; did you mean '{hint[0]}'?" if hint else "")
+                + (f" Allowed keys: {', '.join(allowed)}" if allowed else "")
+            )
+        elif err["type"] == "missing":
+            lines.append(f"'{path}': required key is missing")
+        else:
+            lines.append(f"'{path}': invalid value {value!r}: {err['msg']}")
+    return lines

@@ -1,0 +1,206 @@
+"""What compression bought: parameters, nonzeros, bytes, MACs and CPU latency.
+
+Bytes: dense is fp32 (or the stored dtype) for every parameter and float buffer. Compressed stores a
+sparse tensor as its nonzero values plus a 1-bit-per-entry bitmap, whichever of the two is smaller.
+MACs count conv and linear layers, per sample; effective MACs skip multiplications by zero weights.
+Latency is the median over interleaved repeats after warm-up, with the thread count fixed and reported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from slimkit.sparsity.masks import WeightMask
+
+
+@dataclass
+class LayerStats:
+    """One conv or linear layer. `params`/`nonzeros` include the bias; `sparsity` is the weight's alone."""
+
+    name: str
+    type: str
+    shape: list[int]
+    params: int
+    nonzeros: int
+    weight_nonzeros: int
+    macs: int = 0
+    effective_macs: int = 0
+
+    @property
+    def sparsity(self) -> float:
+        numel = math.prod(self.shape)
+        return 1.0 - self.weight_nonzeros / numel if numel else 0.0
+
+
+@dataclass
+class Measurement:
+    params: int
+    nonzeros: int
+    dense_bytes: int
+    compressed_bytes: int
+    macs: int
+    effective_macs: int
+    input_shape: list[int]
+    threads: int
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    layers: list[LayerStats] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / self.params if self.params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sparsity"] = self.sparsity
+        for layer, stats in zip(data["layers"], self.layers, strict=True):
+            layer["sparsity"] = stats.sparsity
+        return data
+
+
+def effective_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Tensor]]:
+    """(module name, module, tensor name, tensor as the forward pass sees it) for every parameter."""
+    for mod_name, module in model.named_modules():
+        if "parametrizations" in mod_name.split("."):
+            continue
+        names = list(module._parameters)
+        if parametrize.is_parametrized(module):
+            names += list(module.parametrizations.keys())
+        for name in names:
+            tensor = getattr(module, name)
+            if tensor is not None:
+                yield mod_name, module, name, tensor.detach()
+
+
+def _float_buffers(model: nn.Module) -> Iterator[Tensor]:
+    for module in model.modules():
+        if isinstance(module, WeightMask):
+            continue
+        for buf in module._buffers.values():
+            if buf is not None and buf.is_floating_point():
+                yield buf
+
+
+def _sparse_bytes(t: Tensor) -> int:
+    dense = t.numel() * t.element_size()
+    nnz = int(torch.count_nonzero(t))
+    return min(dense, nnz * t.element_size() + math.ceil(t.numel() / 8))
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Per-sample multiply-accumulates of every conv and linear layer, from one forward pass."""
+    macs: dict[str, int] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            per_output = module.weight[0].numel() if isinstance(module, nn.Conv2d) else module.in_features
+            macs[name] = macs.get(name, 0) + (output.numel() // output.shape[0]) * per_output
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def default_threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def compare_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], *,
+                    batch_sizes: Sequence[int] = (1, 64), threads: int | None = None, warmup: int = 3,
+                    repeats: int = 21, min_sample_ms: float = 5.0) -> dict[str, dict[str, dict[str, float]]]:
+    """Forward-pass latency in ms, {model: {batch: {median, iqr}}}, with the models' repeats interleaved.
+
+    Interleaving puts every model under the same machine noise. Each sample averages enough calls to last
+    about `min_sample_ms`, so sub-millisecond batch-1 timings are not dominated by timer jitter.
+    """
+    threads = threads or default_threads()
+    previous = torch.get_num_threads()
+    modes = {name: m.training for name, m in models.items()}
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for batch in batch_sizes:
+                x = torch.randn(batch, *input_shape)
+                calls = {}
+                for name, model in models.items():
+                    model.eval()
+                    for _ in range(max(1, warmup)):
+                        start = time.perf_counter()
+                        model(x)
+                    once = (time.perf_counter() - start) * 1e3
+                    calls[name] = max(1, math.ceil(min_sample_ms / max(once, 1e-3)))
+                samples: dict[str, list[float]] = {name: [] for name in models}
+                for _ in range(repeats):
+                    for name, model in models.items():
+                        start = time.perf_counter()
+                        for _ in range(calls[name]):
+                            model(x)
+                        samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
+                for name, values in samples.items():
+                    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+                    out[name][str(batch)] = {"median": statistics.median(values), "iqr": q[2] - q[0]}
+    finally:
+        torch.set_num_threads(previous)
+        for name, model in models.items():
+            model.train(modes[name])
+    return out
+
+
+def measure(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 64),
+            threads: int | None = None, warmup: int = 3, repeats: int = 21, latency: bool = True) -> Measurement:
+    """Size, sparsity, MACs and (optionally) latency of `model` for inputs of shape (C, H, W)."""
+    tensors = list(effective_tensors(model))
+    macs = count_macs(model, input_shape)
+    layers = []
+    for mod_name, module in model.named_modules():
+        if mod_name in macs:
+            weight = module.weight.detach()
+            own = [t for n, m, _, t in tensors if m is module]
+            weight_nonzeros = int(torch.count_nonzero(weight))
+            cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+            layers.append(LayerStats(
+                name=mod_name, type=cls.__name__, shape=list(weight.shape),
+                params=sum(t.numel() for t in own), nonzeros=sum(int(torch.count_nonzero(t)) for t in own),
+                weight_nonzeros=weight_nonzeros, macs=macs[mod_name],
+                effective_macs=round(macs[mod_name] * weight_nonzeros / weight.numel()),
+            ))
+    buffers = list(_float_buffers(model))
+    buffer_bytes = sum(b.numel() * b.element_size() for b in buffers)
+    threads = threads or default_threads()
+    result = Measurement(
+        params=sum(t.numel() for *_, t in tensors),
+        nonzeros=sum(int(torch.count_nonzero(t)) for *_, t in tensors),
+        dense_bytes=sum(t.numel() * t.element_size() for *_, t in tensors) + buffer_bytes,
+        compressed_bytes=sum(_sparse_bytes(t) for *_, t in tensors) + buffer_bytes,
+        macs=sum(macs.values()),
+        effective_macs=sum(layer.effective_macs for layer in layers),
+        input_shape=list(input_shape),
+        threads=threads,
+        layers=layers,
+    )
+    if latency:
+        result.latency_ms = compare_latency({"model": model}, input_shape, batch_sizes=batch_sizes,
+                                            threads=threads, warmup=warmup, repeats=repeats)["model"]
+    return result

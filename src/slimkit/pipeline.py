@@ -1,0 +1,135 @@
+"""One recipe, end to end: data, model, optional dense baseline, compression, measurement, report.
+
+A run directory holds recipe.yaml, environment.json, each phase's checkpoints, model.pt, metrics.json and
+report.md with its plots. Killing a run loses at most the epoch in progress: --resume picks it up.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.data import DataBundle, load_data
+from slimkit.environment import environment
+from slimkit.errors import RecipeError, SlimkitError
+from slimkit.metrics import compare_latency, measure
+from slimkit.models import build_model
+from slimkit.persistence import load_weights, save_model
+from slimkit.recipe import Recipe, build_modifier
+from slimkit.report import Report
+from slimkit.train import distributed
+from slimkit.train.checkpoint import WEIGHTS_FORMAT, atomic_save
+from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
+
+
+@dataclass
+class Run:
+    """What a finished run hands back: the compressed model, its metrics and its report."""
+
+    recipe: Recipe
+    model: nn.Module
+    dense_model: nn.Module
+    metrics: dict[str, Any]
+    out_dir: Path | None
+
+    @property
+    def report(self) -> Report:
+        return Report(self.metrics)
+
+
+def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
+    started = any((out_dir / phase / "checkpoint.pt").exists() for phase in ("dense", "compressed"))
+    if started and not resume:
+        raise SlimkitError(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    if started:
+        saved = (out_dir / "recipe.yaml").read_text() if (out_dir / "recipe.yaml").exists() else None
+        if saved is not None and saved != recipe.to_yaml():
+            raise SlimkitError(f"{out_dir}/recipe.yaml differs from this recipe; resume with the same recipe "
+                               f"and overrides, or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    (out_dir / "environment.json").write_text(json.dumps(environment(recipe.seed), indent=2))
+
+
+def _stage_sparsity(summary: dict[str, Any], dense: dict[str, Any], comp: dict[str, Any]) -> dict[str, Any]:
+    """Add the measured sparsity of the layers a pruning stage covered, before and after."""
+    names = set(summary.get("layers", []))
+    if "target_sparsity" not in summary or not names:
+        return summary
+
+    def sparsity(measurement: dict[str, Any]) -> float:
+        layers = [layer for layer in measurement["layers"] if layer["name"] in names]
+        numel = sum(math.prod(layer["shape"]) for layer in layers)
+        return 1 - sum(layer["weight_nonzeros"] for layer in layers) / max(1, numel)
+
+    return {**summary, "dense_sparsity": sparsity(dense), "achieved_sparsity": sparsity(comp)}
+
+
+def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = False,
+               model: nn.Module | None = None, data: DataBundle | None = None, progress: bool = True,
+               callbacks: tuple[EpochCallback, ...] = ()) -> Run:
+    """Run `recipe`. `model` and `data` replace the recipe's model and data sections when given."""
+    info = distributed.current()
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and info.is_main:
+        _prepare_out_dir(out_dir, recipe, resume)
+    torch.manual_seed(recipe.seed)
+    data = data if data is not None else load_data(recipe.data)
+    arch = recipe.model if model is None else None  # a user's own model has no zoo architecture to save
+    if model is None:
+        if recipe.model is None:
+            raise RecipeError(["'model': required key is missing (or pass a model to slimkit.compress)"])
+        model = build_model(recipe.model, data.in_channels, data.num_classes, data.input_size)
+        if recipe.model.checkpoint is not None:
+            load_weights(model, recipe.model.checkpoint)
+
+    def train(net: nn.Module, phase: str, config, stages) -> TrainResult:
+        trainer = Trainer(net, data, config, [build_modifier(s) for s in stages],
+                          batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size,
+                          out_dir=out_dir / phase if out_dir else None, seed=recipe.seed, label=phase,
+                          progress=progress, callbacks=callbacks)
+        return trainer.fit(resume=resume)
+
+    dense = train(model, "dense", recipe.baseline, []) if recipe.baseline else TrainResult(model.eval())
+    compressed = train(copy.deepcopy(dense.model), "compressed", recipe.train, recipe.stages)
+    m = recipe.measure
+    models: dict[str, Any] = {}
+    for phase, result in (("dense", dense), ("compressed", compressed)):
+        test_loss, test_acc = evaluate(result.model, data.test, recipe.data.eval_batch_size)
+        models[phase] = {
+            "test_acc": test_acc, "test_loss": test_loss, "best_epoch": result.best_epoch,
+            "train_seconds": result.seconds, "history": result.history,
+            "measurement": measure(result.model, data.input_shape, threads=m.threads, latency=False).to_dict(),
+        }
+    if info.is_main:
+        latency = compare_latency({"dense": dense.model, "compressed": compressed.model}, data.input_shape,
+                                  batch_sizes=m.batch_sizes, threads=m.threads, warmup=m.warmup, repeats=m.repeats)
+        for phase, timings in latency.items():
+            models[phase]["measurement"]["latency_ms"] = timings
+    metrics = {
+        "recipe": recipe.name,
+        "model": arch.name if arch else type(model).__name__,
+        "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
+                 "test": len(data.test), "input_shape": list(data.input_shape), "note": data.note},
+        "models": models,
+        "stages": [_stage_sparsity(s, models["dense"]["measurement"], models["compressed"]["measurement"])
+                   for s in compressed.summaries],
+        "environment": environment(recipe.seed) | {"threads": models["compressed"]["measurement"]["threads"]},
+    }
+    if out_dir is not None and info.is_main:
+        if arch is not None:
+            save_model(compressed.model, out_dir / "model.pt", arch, data.in_channels, data.num_classes,
+                       data.input_size)
+        else:
+            atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        Report(metrics).write(out_dir)
+    return Run(recipe, compressed.model, dense.model, metrics, out_dir)
+

@@ -1,0 +1,50 @@
+"""PNG plots for a run's report: training curves and per-layer sparsity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot_training(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Loss and accuracy per epoch; the phases (dense, compressed) follow each other on one time axis."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    offset = 0
+    for phase, history in histories.items():
+        if not history:
+            continue
+        epochs = [offset + r["epoch"] + 1 for r in history]
+        ax_loss.plot(epochs, [r["train_loss"] for r in history], marker=".", label=f"{phase} train")
+        ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], marker=".", label=f"{phase} train")
+        if "val_acc" in history[0]:
+            ax_loss.plot(epochs, [r["val_loss"] for r in history], marker=".", ls="--", label=f"{phase} val")
+            ax_acc.plot(epochs, [100 * r["val_acc"] for r in history], marker=".", ls="--", label=f"{phase} val")
+        offset = epochs[-1]
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_layer_sparsity(layers: list[dict[str, Any]], path: Path) -> Path:
+    """One bar per conv/linear layer: the fraction of its parameters that are zero."""
+    names = [layer["name"] for layer in layers]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), [100 * layer["sparsity"] for layer in layers], color="#4c72b0")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set(ylabel="zeros (%)", ylim=(0, 100), title="Per-layer sparsity of the compressed model")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

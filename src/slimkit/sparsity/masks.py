@@ -1,0 +1,59 @@
+"""Weight masks as parametrizations: `module.weight` reads W * M while the trained W stays intact beside M.
+
+The mask is a buffer, so it travels in state_dict and checkpoints; `remove_masks` squashes it into W.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+
+class WeightMask(nn.Module):
+    """Multiplies a tensor by a fixed boolean mask; the mask changes only when a pruner sets it."""
+
+    def __init__(self, shape: torch.Size):
+        super().__init__()
+        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask
+
+
+def add_mask(module: nn.Module, name: str = "weight") -> WeightMask:
+    """Attach (or return the existing) mask of `module.name`."""
+    existing = get_mask(module, name)
+    if existing is not None:
+        return existing
+    mask = WeightMask(getattr(module, name).shape)
+    parametrize.register_parametrization(module, name, mask)
+    return mask
+
+
+def get_mask(module: nn.Module, name: str = "weight") -> WeightMask | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    return next((p for p in module.parametrizations[name] if isinstance(p, WeightMask)), None)
+
+
+def raw_weight(module: nn.Module, name: str = "weight") -> Tensor:
+    """The trained tensor under any parametrizations (what the optimiser updates)."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name)
+
+
+def masked_layers(model: nn.Module) -> dict[str, tuple[nn.Module, WeightMask]]:
+    return {n: (m, mask) for n, m in model.named_modules() if (mask := get_mask(m)) is not None}
+
+
+def remove_mask(module: nn.Module, name: str = "weight") -> None:
+    """Bake the mask into the weight (W <- W * M) and drop the parametrization."""
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    for module, _ in masked_layers(model).values():
+        remove_mask(module)
+    return model

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+# Two xdist workers share two cores: one thread each keeps them from fighting.
+torch.set_num_threads(1)
+
+DIGITS_RECIPE: dict[str, Any] = {
+    "name": "digits-test",
+    "seed": 0,
+    "model": {"name": "lenet", "width": 0.5},
+    "data": {"name": "digits", "batch_size": 64},
+    "baseline": {"epochs": 3, "lr": 0.05, "schedule": "cosine"},
+    "train": {"epochs": 4, "lr": 0.02, "schedule": "cosine"},
+    "stages": [{"prune": {"method": "gmp", "sparsity": 0.8, "start_epoch": 0, "end_epoch": 2}}],
+    "measure": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
+}
+
+
+@pytest.fixture
+def digits_recipe() -> dict[str, Any]:
+    """A recipe that trains a small LeNet on the bundled digits in about a second."""
+    return copy.deepcopy(DIGITS_RECIPE)

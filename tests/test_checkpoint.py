@@ -1,0 +1,112 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from slimkit.errors import CheckpointError, SlimkitError
+from slimkit.pipeline import run_recipe
+from slimkit.recipe import Recipe
+from slimkit.train.checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
+
+
+def test_atomic_save_leaves_old_file_when_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    atomic_save({"format": CHECKPOINT_FORMAT, "epoch": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"format": CHECKPOINT_FORMAT, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert safe_load(path, CHECKPOINT_FORMAT)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x04 definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or is not a slimkit file"):
+        safe_load(corrupt, CHECKPOINT_FORMAT)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="found format None"):
+        safe_load(foreign, CHECKPOINT_FORMAT)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        safe_load(tmp_path / "missing.pt", CHECKPOINT_FORMAT)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoint_loading_never_unpickles_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"format": CHECKPOINT_FORMAT, "x": _RunsCode()}, f)
+    with pytest.raises(CheckpointError):
+        safe_load(path, CHECKPOINT_FORMAT)
+    assert not (tmp_path / "pwned").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(n):
+    calls = []
+
+    def callback(record):
+        calls.append(record)
+        if len(calls) == n:
+            raise Interrupt
+
+    return callback
+
+
+@pytest.mark.parametrize("kill_after", [2, 5])  # in the dense phase, then in the compressed phase
+def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_after):
+    recipe = Recipe.from_dict(digits_recipe)
+    full = run_recipe(recipe, tmp_path / "full", progress=False)
+    with pytest.raises(Interrupt):
+        run_recipe(recipe, tmp_path / "killed", progress=False, callbacks=(_interrupt_after(kill_after),))
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = run_recipe(recipe, tmp_path / "killed", resume=True, progress=False)
+    for phase in ("dense", "compressed"):
+        assert resumed.metrics["models"][phase]["test_acc"] == full.metrics["models"][phase]["test_acc"]
+        assert resumed.metrics["models"][phase]["history"] == [
+            {k: v for k, v in r.items() if k != "seconds"} | {"seconds": s["seconds"]}
+            for r, s in zip(full.metrics["models"][phase]["history"],
+                            resumed.metrics["models"][phase]["history"], strict=True)
+        ]
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_existing_run_needs_resume_and_same_recipe(tmp_path, digits_recipe):
+    recipe = Recipe.from_dict(digits_recipe)
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    with pytest.raises(SlimkitError, match="already holds a run; pass --resume"):
+        run_recipe(recipe, tmp_path / "run", progress=False)
+    digits_recipe["train"]["lr"] = 0.5
+    with pytest.raises(SlimkitError, match="differs from this recipe"):
+        run_recipe(Recipe.from_dict(digits_recipe), tmp_path / "run", resume=True, progress=False)
+
+
+def test_masks_survive_a_mid_training_checkpoint(tmp_path, digits_recipe):
+    digits_recipe["baseline"] = None
+    recipe = Recipe.from_dict(digits_recipe)
+    with pytest.raises(Interrupt):
+        run_recipe(recipe, tmp_path / "run", progress=False, callbacks=(_interrupt_after(2),))
+    state = safe_load(tmp_path / "run" / "compressed" / "checkpoint.pt", CHECKPOINT_FORMAT)
+    masks = {k: v for k, v in state["model"].items() if k.endswith(".mask")}
+    assert set(masks) == {"features.3.parametrizations.weight.0.mask", "classifier.1.parametrizations.weight.0.mask"}
+    total = sum(m.numel() for m in masks.values())
+    assert total - sum(int(m.sum()) for m in masks.values()) == round(0.8 * total)  # window ends at epoch 2
+    assert state["modifiers"] == [{"current": 0.8}]
