@@ -155,6 +155,11 @@ def methods(kind: str) -> list[str]:
     return sorted(_METHODS[kind])
 
 
+def method_configs(kind: str) -> dict[str, type[MethodConfig]]:
+    """Registered method name -> its config class, for a stage kind."""
+    return {name: spec.config for name, spec in sorted(_METHODS[kind].items())}
+
+
 def build_modifier(config: MethodConfig) -> Modifier:
     return _METHODS[config.kind][config.method].modifier(config)
 

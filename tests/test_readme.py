@@ -1,0 +1,23 @@
+"""The README's Python example must run as written (on the bundled digits, so it takes seconds)."""
+
+import re
+from pathlib import Path
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_readme_opens_with_the_two_commands():
+    first_block = re.search(r"```(?:bash|sh)\n(.*?)```", README, flags=re.DOTALL).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    example = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL) if "compress" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    run = namespace["run"]
+    assert "| test accuracy |" in capsys.readouterr().out
+    assert run.metrics["stages"][0]["achieved_sparsity"] == 0.9
+    assert run.metrics["models"]["compressed"]["test_acc"] > 0.8
