@@ -12,7 +12,7 @@ demo: $(STAMP)
 	$(VENV)/bin/slimkit demo --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
 clean:
