@@ -22,6 +22,7 @@ def test_every_key_is_documented(config):
 
 
 def test_every_method_has_a_section():
+    headings = re.findall(r"^### (\w+): (\w+)$", DOC, flags=re.MULTILINE)
     for kind in STAGE_KINDS:
         for method in method_configs(kind):
-            assert f"### {kind}: {method}" in DOC
+            assert (kind, method) in headings, f"docs/recipes.md has no '### {kind}: {method}'"

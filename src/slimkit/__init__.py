@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from slimkit import models, sparsity
+from slimkit import binary, models, sparsity  # method packages register their methods on import
 from slimkit.api import compress
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -19,5 +19,21 @@ from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import Modifier, Trainer
 
-__all__ = ["Modifier", "Recipe", "Report", "Run", "SlimkitError", "Trainer", "__version__", "compress", "load",
-           "load_data", "measure", "models", "run_recipe", "save_model", "sparsity"]
+__all__ = [
+           "Modifier",
+           "Recipe",
+           "Report",
+           "Run",
+           "SlimkitError",
+           "Trainer",
+           "__version__",
+           "binary",
+           "compress",
+           "load",
+           "load_data",
+           "measure",
+           "models",
+           "run_recipe",
+           "save_model",
+           "sparsity",
+]

@@ -1,8 +1,11 @@
 """What compression bought: parameters, nonzeros, bytes, MACs and CPU latency.
 
 Bytes: dense is fp32 (or the stored dtype) for every parameter and float buffer. Compressed stores a
-sparse tensor as its nonzero values plus a 1-bit-per-entry bitmap, whichever of the two is smaller.
-MACs count conv and linear layers, per sample; effective MACs skip multiplications by zero weights.
+sparse tensor as its nonzero values plus a 1-bit-per-entry bitmap, whichever of the two is smaller, and a
+binary layer's weights at 1 bit each (its binarizer's training state, such as RBNN's rotations, is not
+counted: inference needs only the signs and scales). MACs count conv and linear layers, per sample;
+effective MACs skip multiplications by zero weights. A binary layer with binary inputs does BOPs (binary
+operations) instead of MACs; OPs = FP MACs + BOPs / 64, as the BNN papers count.
 Latency is the median over interleaved repeats after warm-up, with the thread count fixed and reported.
 """
 
@@ -20,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from slimkit.binary.binarizers import WeightBinarizer
+from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.sparsity.masks import WeightMask
 
 
@@ -35,6 +40,8 @@ class LayerStats:
     weight_nonzeros: int
     macs: int = 0
     effective_macs: int = 0
+    weight_bits: int = 32
+    input_bits: int = 32
 
     @property
     def sparsity(self) -> float:
@@ -50,6 +57,7 @@ class Measurement:
     compressed_bytes: int
     macs: int
     effective_macs: int
+    bops: int
     input_shape: list[int]
     threads: int
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -59,9 +67,18 @@ class Measurement:
     def sparsity(self) -> float:
         return 1.0 - self.nonzeros / self.params if self.params else 0.0
 
+    @property
+    def fp_macs(self) -> int:
+        """Effective multiply-accumulates of layers whose inputs are not binary."""
+        return self.effective_macs - self.bops
+
+    @property
+    def ops(self) -> float:
+        return self.fp_macs + self.bops / 64
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["sparsity"] = self.sparsity
+        data.update(sparsity=self.sparsity, fp_macs=self.fp_macs, ops=self.ops)
         for layer, stats in zip(data["layers"], self.layers, strict=True):
             layer["sparsity"] = stats.sparsity
         return data
@@ -82,18 +99,29 @@ def effective_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, T
 
 
 def _float_buffers(model: nn.Module) -> Iterator[Tensor]:
+    """Inference buffers (BN statistics); masks and binarizer training state are not model data."""
     for module in model.modules():
-        if isinstance(module, WeightMask):
+        if isinstance(module, WeightMask | WeightBinarizer):
             continue
         for buf in module._buffers.values():
             if buf is not None and buf.is_floating_point():
                 yield buf
 
 
-def _sparse_bytes(t: Tensor) -> int:
+def _stored_bytes(module: nn.Module, name: str, t: Tensor) -> int:
+    """Bytes to store `t`: 1 bit per binary weight, else the smaller of dense and values + bitmap."""
+    if name == "weight" and isinstance(module, BinaryConv2d | BinaryLinear):
+        return math.ceil(t.numel() / 8)
     dense = t.numel() * t.element_size()
     nnz = int(torch.count_nonzero(t))
     return min(dense, nnz * t.element_size() + math.ceil(t.numel() / 8))
+
+
+def _bits(module: nn.Module) -> tuple[int, int]:
+    """(weight bits, input bits) of a conv or linear layer."""
+    if isinstance(module, BinaryConv2d | BinaryLinear):
+        return 1, 32 if isinstance(module.input_binarizer, nn.Identity) else 1
+    return 32, 32
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
@@ -180,11 +208,13 @@ def measure(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequen
             own = [t for n, m, _, t in tensors if m is module]
             weight_nonzeros = int(torch.count_nonzero(weight))
             cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+            weight_bits, input_bits = _bits(module)
             layers.append(LayerStats(
                 name=mod_name, type=cls.__name__, shape=list(weight.shape),
                 params=sum(t.numel() for t in own), nonzeros=sum(int(torch.count_nonzero(t)) for t in own),
                 weight_nonzeros=weight_nonzeros, macs=macs[mod_name],
                 effective_macs=round(macs[mod_name] * weight_nonzeros / weight.numel()),
+                weight_bits=weight_bits, input_bits=input_bits,
             ))
     buffers = list(_float_buffers(model))
     buffer_bytes = sum(b.numel() * b.element_size() for b in buffers)
@@ -193,9 +223,10 @@ def measure(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequen
         params=sum(t.numel() for *_, t in tensors),
         nonzeros=sum(int(torch.count_nonzero(t)) for *_, t in tensors),
         dense_bytes=sum(t.numel() * t.element_size() for *_, t in tensors) + buffer_bytes,
-        compressed_bytes=sum(_sparse_bytes(t) for *_, t in tensors) + buffer_bytes,
+        compressed_bytes=sum(_stored_bytes(m, n, t) for _, m, n, t in tensors) + buffer_bytes,
         macs=sum(macs.values()),
         effective_macs=sum(layer.effective_macs for layer in layers),
+        bops=sum(layer.effective_macs for layer in layers if layer.weight_bits == 1 and layer.input_bits == 1),
         input_shape=list(input_shape),
         threads=threads,
         layers=layers,
@@ -204,3 +235,25 @@ def measure(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequen
         result.latency_ms = compare_latency({"model": model}, input_shape, batch_sizes=batch_sizes,
                                             threads=threads, warmup=warmup, repeats=repeats)["model"]
     return result
+
+
+def precision_summary(layers: Sequence[dict[str, Any]]) -> str:
+    """A per-precision table like Larq's model summary: bits, parameters, memory, MACs and BOPs per layer.
+
+    `layers` are the dicts of `Measurement.to_dict()["layers"]`.
+    """
+    lines = ["| layer | input bits | weight bits | params | memory | 32-bit MACs | 1-bit BOPs |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    totals = {"params": 0, "bits": 0, "macs": 0, "bops": 0}
+    for layer in layers:
+        binary_ops = layer["weight_bits"] == 1 and layer["input_bits"] == 1
+        weight_numel = math.prod(layer["shape"])
+        bits = weight_numel * layer["weight_bits"] + (layer["params"] - weight_numel) * 32
+        macs, bops = (0, layer["effective_macs"]) if binary_ops else (layer["effective_macs"], 0)
+        lines.append(f"| {layer['name']} | {layer['input_bits']} | {layer['weight_bits']} | {layer['params']:,} | "
+                     f"{bits / 8 / 1024:.2f} KiB | {macs:,} | {bops:,} |")
+        for key, value in (("params", layer["params"]), ("bits", bits), ("macs", macs), ("bops", bops)):
+            totals[key] += value
+    lines.append(f"| **conv and linear** | | | {totals['params']:,} | {totals['bits'] / 8 / 1024:.2f} KiB | "
+                 f"{totals['macs']:,} | {totals['bops']:,} |")
+    return "\n".join(lines)

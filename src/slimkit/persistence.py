@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
 
 from slimkit.errors import CheckpointError
 from slimkit.models import build_model
-from slimkit.recipe import ModelConfig
+from slimkit.recipe import MethodConfig, ModelConfig, build_modifier, parse_stage
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
 
 
 def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int,
-               input_size: int) -> None:
-    """Write the model's weights and the resolved architecture needed to rebuild it."""
+               input_size: int, stages: Sequence[MethodConfig] = ()) -> None:
+    """Write the weights, the resolved architecture and the stages whose structure `load` must re-create."""
     arch = config.model_copy(update={"in_channels": in_channels, "num_classes": num_classes,
                                      "input_size": input_size, "checkpoint": None})
-    atomic_save({"format": MODEL_FORMAT, "arch": arch.model_dump(mode="json"), "state_dict": model.state_dict()},
-                Path(path))
+    atomic_save({"format": MODEL_FORMAT, "arch": arch.model_dump(mode="json"),
+                 "stages": [{s.kind: s.model_dump(mode="json")} for s in stages],
+                 "state_dict": model.state_dict()}, Path(path))
 
 
 def load(path: str | Path) -> nn.Module:
@@ -26,6 +28,8 @@ def load(path: str | Path) -> nn.Module:
     saved = safe_load(Path(path), MODEL_FORMAT)
     arch = ModelConfig.model_validate(saved["arch"])
     model = build_model(arch, arch.in_channels, arch.num_classes, arch.input_size)
+    for i, stage in enumerate(saved.get("stages", [])):
+        model = build_modifier(parse_stage(stage, ("stages", i))).rebuild_structure(model)
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as exc:

@@ -126,7 +126,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     if out_dir is not None and info.is_main:
         if arch is not None:
             save_model(compressed.model, out_dir / "model.pt", arch, data.in_channels, data.num_classes,
-                       data.input_size)
+                       data.input_size, recipe.stages)
         else:
             atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

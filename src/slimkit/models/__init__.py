@@ -10,7 +10,7 @@ from torch import nn
 
 from slimkit.models.lenet import lenet
 from slimkit.models.mlp import mlp
-from slimkit.models.resnet import resnet20, resnet32, resnet56
+from slimkit.models.resnet import resnet18, resnet20, resnet32, resnet56
 from slimkit.models.vgg import vgg_small
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "lenet": lenet,
+    "resnet18": resnet18,
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
@@ -37,4 +38,4 @@ def build_model(config: ModelConfig, in_channels: int, num_classes: int, input_s
     )
 
 
-__all__ = ["MODELS", "build_model", "lenet", "mlp", "resnet20", "resnet32", "resnet56", "vgg_small"]
+__all__ = ["MODELS", "build_model", "lenet", "mlp", "resnet18", "resnet20", "resnet32", "resnet56", "vgg_small"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slimkit.metrics import precision_summary
 from slimkit.report.plots import plot_layer_sparsity, plot_training
 
 
@@ -60,11 +61,19 @@ class Report:
         rows += [
             ("nonzero parameters", _count(dm["nonzeros"]), _count(cm["nonzeros"]),
              _ratio(dm["nonzeros"], cm["nonzeros"]) + " fewer"),
-            ("size (fp32, sparse as bitmap)", _size(dm["compressed_bytes"]), _size(cm["compressed_bytes"]),
-             _ratio(dm["compressed_bytes"], cm["compressed_bytes"]) + " smaller"),
+            ("size (fp32; sparse as bitmap; binary 1 bit)", _size(dm["compressed_bytes"]),
+             _size(cm["compressed_bytes"]), _ratio(dm["compressed_bytes"], cm["compressed_bytes"]) + " smaller"),
             ("MACs per sample (effective)", _count(dm["effective_macs"]), _count(cm["effective_macs"]),
              _ratio(dm["effective_macs"], cm["effective_macs"]) + " fewer"),
         ]
+        if cm["bops"]:
+            rows += [
+                ("FP MACs per sample", _count(dm["fp_macs"]), _count(cm["fp_macs"]),
+                 _ratio(dm["fp_macs"], cm["fp_macs"]) + " fewer"),
+                ("BOPs per sample", _count(dm["bops"]), _count(cm["bops"]), ""),
+                ("OPs per sample (FP MACs + BOPs/64)", _count(dm["ops"]), _count(cm["ops"]),
+                 _ratio(dm["ops"], cm["ops"]) + " fewer"),
+            ]
         for batch, lat in cm.get("latency_ms", {}).items():
             before = dm["latency_ms"][batch]["median"]
             rows.append((f"latency batch {batch} (median ms, {cm['threads']} threads)", f"{before:.3f}",
@@ -86,6 +95,12 @@ class Report:
                          f"| {_pct(layer['sparsity'])} | {_count(layer['macs'])} | {_count(layer['effective_macs'])} |")
         return "\n".join(lines)
 
+    def _precision_section(self) -> list[str]:
+        layers = self.metrics["models"]["compressed"]["measurement"]["layers"]
+        if all(layer["weight_bits"] == 32 for layer in layers):
+            return []
+        return ["## Precision summary (compressed)", "", precision_summary(layers), ""]
+
     def markdown(self) -> str:
         m = self.metrics
         data, env = m["data"], m["environment"]
@@ -102,9 +117,10 @@ class Report:
             self.table(),
             "",
             "Accuracy is on the held-out test split, for the epoch with the best validation accuracy among "
-            "epochs where compression had reached its target. Latency is the median over repeats after "
-            "warm-up in eager PyTorch; unstructured sparsity runs on dense kernels here, so it saves bytes and "
-            "effective MACs but not time until the model is deployed with sparse kernels.",
+            "epochs where compression had reached its target. Latency is the median over interleaved repeats "
+            "after warm-up in eager PyTorch. Sparse and binary layers run on dense float kernels here, so they "
+            "save bytes and operations but not time until the model is deployed with sparse or bit-packed "
+            "kernels.",
             "",
             "## Training",
             "",
@@ -120,6 +136,7 @@ class Report:
             "",
             "![per-layer sparsity](layer_sparsity.png)",
             "",
+            *self._precision_section(),
             "## Environment",
             "",
             "| key | value |",

@@ -69,6 +69,11 @@ class Modifier:
         """Make the change permanent (squash masks, slice channels) and return the model."""
         return model
 
+    def rebuild_structure(self, model: nn.Module) -> nn.Module:
+        """Give a freshly built model the module structure that finalize leaves behind (binary layers,
+        sliced channels), so a saved state_dict loads into it. Masks squashed into weights need nothing."""
+        return model
+
     def summary(self) -> dict[str, Any]:
         """Facts for the report: targets reached, layers touched."""
         return {"method": self.name}

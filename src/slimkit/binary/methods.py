@@ -1,0 +1,209 @@
+"""Binarization methods as modifiers: each converts the selected layers to binary layers with its pair of
+binarizers, drives its schedule once per epoch and may set its own parameter groups.
+
+Epochs in the schedules count from the stage's start_epoch; E is the stage's length (end_epoch, or the
+end of training, minus start_epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from slimkit.binary.binarizers import (
+    ActivationBinarizer,
+    IrNetWeight,
+    RbnnWeight,
+    RecuWeight,
+    SimanWeight,
+    WeightBinarizer,
+    XnorWeight,
+)
+from slimkit.binary.functions import ApproxSign, ClippedSTE, Ede, RbnnSign, log_schedule
+from slimkit.binary.layers import BinaryConv2d, BinaryLinear, binarize_module
+from slimkit.layers import LayerSelection, select_layers
+from slimkit.recipe import MethodConfig, register_method
+from slimkit.train.modifier import Modifier, TrainContext
+
+
+class BinarizeConfig(MethodConfig):
+    """Shared by binarization methods: which layers become binary, and whether activations do too."""
+
+    kind = "binarize"
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+    binarize_activations: bool = True
+
+
+class BinaryMethod(Modifier):
+    """Base: converts layers in attach(), calls schedule(e, E) at each epoch start."""
+
+    config: BinarizeConfig
+
+    def __init__(self, config: BinarizeConfig):
+        super().__init__(config)
+        self.layers: dict[str, BinaryConv2d | BinaryLinear] = {}
+        self.epochs = 1
+
+    def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
+        raise NotImplementedError
+
+    def activation_binarizer(self) -> ActivationBinarizer:
+        raise NotImplementedError
+
+    def schedule(self, epoch: int, epochs: int) -> None:
+        """Set this epoch's schedule values (temperatures, clamp quantiles, percentiles)."""
+
+    def rebuild_structure(self, model: nn.Module) -> nn.Module:
+        for name, module in select_layers(model, self.config.layers).items():
+            ab = self.activation_binarizer() if self.config.binarize_activations else nn.Identity()
+            binary = binarize_module(module, self.weight_binarizer, ab)
+            model.set_submodule(name, binary)
+            self.layers[name] = binary
+        return model
+
+    def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        self.rebuild_structure(model)
+        end = self.config.end_epoch if self.config.end_epoch is not None else ctx.epochs
+        self.epochs = max(1, end - self.config.start_epoch)
+        self.schedule(0, self.epochs)
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        self.schedule(min(max(epoch - self.config.start_epoch, 0), self.epochs), self.epochs)
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.name, "binary_layers": list(self.layers),
+                "binary_activations": self.config.binarize_activations}
+
+
+class XnorConfig(BinarizeConfig):
+    """XNOR-Net: alpha * sign(W), sign(x), straight-through gradients clipped at |x| <= 1."""
+
+    method: Literal["xnor"] = "xnor"
+
+
+class Xnor(BinaryMethod):
+    def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
+        return XnorWeight()
+
+    def activation_binarizer(self) -> ActivationBinarizer:
+        return ActivationBinarizer(ClippedSTE(1.0))
+
+
+class IrNetConfig(BinarizeConfig):
+    """IR-Net: standardised weights with a power-of-two scale; EDE gradients on a log t schedule."""
+
+    method: Literal["irnet"] = "irnet"
+    t_min: float = Field(1e-3, gt=0)
+    t_max: float = Field(10.0, gt=0)
+
+
+class IrNet(BinaryMethod):
+    config: IrNetConfig
+
+    def __init__(self, config: IrNetConfig):
+        super().__init__(config)
+        self.surrogate = Ede()
+
+    def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
+        return IrNetWeight(self.surrogate)
+
+    def activation_binarizer(self) -> ActivationBinarizer:
+        return ActivationBinarizer(self.surrogate)
+
+    def schedule(self, epoch: int, epochs: int) -> None:
+        self.surrogate.t, self.surrogate.k = log_schedule(epoch, epochs, self.config.t_min, self.config.t_max)
+
+
+class RbnnConfig(BinarizeConfig):
+    """RBNN: bi-rotation of weights, its sign approximation on a log t/k schedule, standardised inputs."""
+
+    method: Literal["rbnn"] = "rbnn"
+    t_min: float = Field(1e-2, gt=0)
+    t_max: float = Field(10.0, gt=0)
+    rotate_every: int = Field(1, ge=1, description="epochs between rotation updates")
+
+
+class Rbnn(BinaryMethod):
+    config: RbnnConfig
+
+    def __init__(self, config: RbnnConfig):
+        super().__init__(config)
+        self.weight_surrogate, self.input_surrogate = RbnnSign(), RbnnSign()
+
+    def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
+        return RbnnWeight(weight, self.weight_surrogate)
+
+    def activation_binarizer(self) -> ActivationBinarizer:
+        return ActivationBinarizer(self.input_surrogate, normalize="standardize")
+
+    def schedule(self, epoch: int, epochs: int) -> None:
+        t, k = log_schedule(epoch, epochs, self.config.t_min, self.config.t_max)
+        self.weight_surrogate.t, self.weight_surrogate.k = t, k
+        self.input_surrogate.t, self.input_surrogate.k = max(t, 1.0), 1.0
+        for layer in self.layers.values():
+            layer.weight_binarizer.rotate_next = epoch % self.config.rotate_every == 0
+
+
+def recu_tau(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
+    """tau(e) = A exp(e/E) + B with A = (tau_max - tau_min)/(e - 1), B = tau_min - A."""
+    a = (tau_max - tau_min) / (math.e - 1)
+    return a * math.exp(epoch / epochs) + tau_min - a
+
+
+class RecuConfig(BinarizeConfig):
+    """ReCU: clamps weights at a rising Laplace quantile tau; ApproxSign gradients on scaled inputs."""
+
+    method: Literal["recu"] = "recu"
+    tau_min: float = Field(0.85, gt=0.5, lt=1)
+    tau_max: float = Field(0.99, gt=0.5, lt=1)
+
+
+class Recu(BinaryMethod):
+    config: RecuConfig
+
+    def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
+        return RecuWeight(weight)
+
+    def activation_binarizer(self) -> ActivationBinarizer:
+        return ActivationBinarizer(ApproxSign(), normalize="scale")
+
+    def schedule(self, epoch: int, epochs: int) -> None:
+        tau = recu_tau(epoch, epochs, self.config.tau_min, self.config.tau_max)
+        for layer in self.layers.values():
+            layer.weight_binarizer.tau.fill_(tau)
+
+
+class SimanConfig(BinarizeConfig):
+    """SiMaN: sign-to-magnitude coding with a shrinking percentile projection and no weight decay on the
+    binarized weights and their scales. `weight_values: "01"` is the paper's {0, +1} form."""
+
+    method: Literal["siman"] = "siman"
+    percent_max: float = Field(15.0, ge=0, lt=50)
+    weight_values: Literal["pm1", "01"] = "pm1"
+    binary_weight_decay: float = Field(0.0, ge=0)
+
+
+class Siman(BinaryMethod):
+    config: SimanConfig
+
+    def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
+        return SimanWeight(weight, self.config.weight_values)
+
+    def activation_binarizer(self) -> ActivationBinarizer:
+        return ActivationBinarizer(ApproxSign(), normalize="standardize_eps")
+
+    def schedule(self, epoch: int, epochs: int) -> None:
+        for layer in self.layers.values():
+            layer.weight_binarizer.percent.fill_(self.config.percent_max * (1 - epoch / epochs))
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        params = [p for layer in self.layers.values() for p in (layer.weight, layer.weight_binarizer.alpha)]
+        return [{"params": params, "weight_decay": self.config.binary_weight_decay}]
+
+
+for _config, _method in ((XnorConfig, Xnor), (IrNetConfig, IrNet), (RbnnConfig, Rbnn), (RecuConfig, Recu),
+                         (SimanConfig, Siman)):
+    register_method(_config, _method)
