@@ -9,7 +9,7 @@ from slimkit.layers import LayerSelection
 from slimkit.recipe import STAGE_KINDS, DataConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, method_configs
 
 DOC = (Path(__file__).parents[1] / "docs" / "recipes.md").read_text()
-DOCUMENTED = set(re.findall(r"^\| `([a-z_]+)` \|", DOC, flags=re.MULTILINE))
+DOCUMENTED = set(re.findall(r"^\| `([a-z0-9_]+)` \|", DOC, flags=re.MULTILINE))
 
 CONFIGS = [Recipe, ModelConfig, DataConfig, TrainConfig, MeasureConfig, LayerSelection]
 CONFIGS += [config for kind in STAGE_KINDS for config in method_configs(kind).values()]

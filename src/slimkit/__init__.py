@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from slimkit import binary, models, sparsity  # method packages register their methods on import
+from slimkit import binary, channels, models, sparsity  # method packages register their methods on import
 from slimkit.api import compress
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -28,6 +28,7 @@ __all__ = [
            "Trainer",
            "__version__",
            "binary",
+           "channels",
            "compress",
            "load",
            "load_data",

@@ -4,37 +4,65 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from slimkit.channels.plan import ChannelPlan, apply_plan
 from slimkit.errors import CheckpointError
 from slimkit.models import build_model
-from slimkit.recipe import MethodConfig, ModelConfig, build_modifier, parse_stage
+from slimkit.recipe import ModelConfig, build_modifier, parse_stage
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
+from slimkit.train.modifier import Modifier
 
 
 def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int,
-               input_size: int, stages: Sequence[MethodConfig] = ()) -> None:
-    """Write the weights, the resolved architecture and the stages whose structure `load` must re-create."""
+               input_size: int, modifiers: Sequence[Modifier] = ()) -> None:
+    """Write the weights, the resolved architecture, and each stage with the state (a channel plan, say)
+    that `load` needs to re-create the compressed structure."""
     arch = config.model_copy(update={"in_channels": in_channels, "num_classes": num_classes,
                                      "input_size": input_size, "checkpoint": None})
-    atomic_save({"format": MODEL_FORMAT, "arch": arch.model_dump(mode="json"),
-                 "stages": [{s.kind: s.model_dump(mode="json")} for s in stages],
+    stages = [{"stage": {m.config.kind: m.config.model_dump(mode="json")}, "state": m.state_dict()}
+              for m in modifiers]
+    atomic_save({"format": MODEL_FORMAT, "arch": arch.model_dump(mode="json"), "stages": stages,
                  "state_dict": model.state_dict()}, Path(path))
 
 
-def load(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by `save_model` (or a run's model.pt), in eval mode."""
-    saved = safe_load(Path(path), MODEL_FORMAT)
-    arch = ModelConfig.model_validate(saved["arch"])
+def rebuild(arch: ModelConfig | dict[str, Any], stages: Sequence[dict[str, Any]],
+            state_dict: dict[str, Any], source: str = "the saved model") -> nn.Module:
+    """Build the zoo architecture, re-create each stage's structure from its state, load the weights."""
+    arch = arch if isinstance(arch, ModelConfig) else ModelConfig.model_validate(arch)
     model = build_model(arch, arch.in_channels, arch.num_classes, arch.input_size)
-    for i, stage in enumerate(saved.get("stages", [])):
-        model = build_modifier(parse_stage(stage, ("stages", i))).rebuild_structure(model)
+    for i, entry in enumerate(stages):
+        modifier = build_modifier(parse_stage(entry["stage"], ("stages", i)))
+        modifier.load_state_dict(entry.get("state", {}))
+        model = modifier.rebuild_structure(model)
     try:
-        model.load_state_dict(saved["state_dict"])
+        model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the saved architecture {arch.name}: {exc}") from None
+        raise CheckpointError(f"{source}: weights do not fit the architecture {arch.name}: {exc}") from None
     return model.eval()
+
+
+def load(source: str | Path | ModelConfig | dict[str, Any], plan: ChannelPlan | dict[str, Any] | None = None,
+         state_dict: dict[str, Any] | None = None) -> nn.Module:
+    """Rebuild a saved model, in eval mode, without unpickling any class.
+
+    `load(path)` reads a model.pt written by slimkit. `load(arch, plan, state_dict)` rebuilds a channel-pruned
+    model from its architecture (a ModelConfig or its dict), its plan of kept indices and its state_dict.
+    """
+    if plan is not None or state_dict is not None:
+        if plan is None or state_dict is None:
+            raise CheckpointError("load(arch, plan, state_dict) needs all three")
+        arch = source if isinstance(source, ModelConfig) else ModelConfig.model_validate(source)
+        model = apply_plan(build_model(arch, arch.in_channels, arch.num_classes, arch.input_size), plan)
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise CheckpointError(f"the state_dict does not fit {arch.name} pruned by this plan: {exc}") from None
+        return model.eval()
+    saved = safe_load(Path(source), MODEL_FORMAT)
+    return rebuild(saved["arch"], saved.get("stages", []), saved["state_dict"], str(source))
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

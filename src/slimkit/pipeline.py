@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.channels.modifier import ChannelPruner
 from slimkit.data import DataBundle, load_data
 from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError
@@ -126,7 +127,10 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     if out_dir is not None and info.is_main:
         if arch is not None:
             save_model(compressed.model, out_dir / "model.pt", arch, data.in_channels, data.num_classes,
-                       data.input_size, recipe.stages)
+                       data.input_size, compressed.modifiers)
+        for modifier in compressed.modifiers:
+            if isinstance(modifier, ChannelPruner):  # the pruning plan, also as plain JSON beside model.pt
+                modifier.plan.save(out_dir / "plan.json")
         else:
             atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -58,6 +58,9 @@ class BinaryMethod(Modifier):
 
     def rebuild_structure(self, model: nn.Module) -> nn.Module:
         for name, module in select_layers(model, self.config.layers).items():
+            if isinstance(module, BinaryConv2d | BinaryLinear):  # already converted: rebuilding is idempotent
+                self.layers[name] = module
+                continue
             ab = self.activation_binarizer() if self.config.binarize_activations else nn.Identity()
             binary = binarize_module(module, self.weight_binarizer, ab)
             model.set_submodule(name, binary)

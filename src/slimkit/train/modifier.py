@@ -30,6 +30,7 @@ class TrainContext:
     epoch: int = 0
     step: int = 0
     optimizer: Optimizer | None = None
+    structure_changed: bool = False  # set by a modifier that replaced parameters (channel surgery)
 
 
 class Modifier:

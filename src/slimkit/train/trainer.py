@@ -38,6 +38,7 @@ class TrainResult:
     best_epoch: int | None = None
     seconds: float = 0.0
     summaries: list[dict[str, Any]] = field(default_factory=list)
+    modifiers: list[Modifier] = field(default_factory=list)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, modifiers: Sequence[Modifier]) -> Optimizer:
@@ -117,29 +118,35 @@ class Trainer:
         ctx = TrainContext(self.model, self.config.epochs, len(loader), loader, self.dist)
         for modifier in self.modifiers:
             modifier.attach(self.model, ctx)
-        optimizer = build_optimizer(self.model, self.config, self.modifiers)
-        ctx.optimizer = optimizer
         schedule = LRSchedule(self.config, len(loader))
 
         history: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         start_epoch = 0
+        state = None
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             state = safe_load(self.checkpoint_path, CHECKPOINT_FORMAT)
             if state["train_config"] != self.config.model_dump(mode="json"):
                 raise CheckpointError(f"{self.checkpoint_path} was written under another train config; "
                                       f"resume with the same recipe, or start without --resume")
-            self.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
             for modifier, mod_state in zip(self.modifiers, state["modifiers"], strict=True):
                 modifier.load_state_dict(mod_state)
+                self.model = modifier.rebuild_structure(self.model)  # e.g. re-slice pruned channels
+            self.model.load_state_dict(state["model"])
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        optimizer = ctx.optimizer = build_optimizer(self.model, self.config, self.modifiers)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
         ctx.step = start_epoch * len(loader)
 
-        net: nn.Module = DistributedDataParallel(self.model) if self.dist.enabled else self.model
+        net = self._wrap()
         criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
         for epoch in range(start_epoch, self.config.epochs):
-            record = self._run_epoch(net, epoch, loader, sampler, optimizer, schedule, criterion, ctx)
+            self._start_epoch(epoch, sampler, ctx)
+            if ctx.structure_changed:  # parameters were replaced: a fresh optimiser (and DDP wrapper)
+                optimizer = ctx.optimizer = build_optimizer(self.model, self.config, self.modifiers)
+                net, ctx.structure_changed = self._wrap(), False
+            record = self._run_epoch(net, epoch, loader, optimizer, schedule, criterion, ctx)
             record["complete"] = all(m.is_complete(epoch) for m in self.modifiers)
             history.append(record)
             score = record.get("val_acc", record["train_acc"])
@@ -152,22 +159,27 @@ class Trainer:
         if best is not None:
             self.model.load_state_dict(best["model"])
         self.model.eval()
-        summaries = [m.summary() for m in self.modifiers]
         for modifier in self.modifiers:
             self.model = modifier.finalize(self.model)
+        summaries = [m.summary() for m in self.modifiers]
         distributed.assert_ranks_agree(self.model)
         return TrainResult(self.model, history, best["epoch"] if best else None, time.perf_counter() - started,
-                           summaries)
+                           summaries, self.modifiers)
 
-    def _run_epoch(self, net: nn.Module, epoch: int, loader: DataLoader, sampler: DistributedSampler,
-                     optimizer: Optimizer, schedule: LRSchedule, criterion: nn.Module,
-                     ctx: TrainContext) -> dict[str, Any]:
+    def _wrap(self) -> nn.Module:
+        return DistributedDataParallel(self.model) if self.dist.enabled else self.model
+
+    def _start_epoch(self, epoch: int, sampler: DistributedSampler, ctx: TrainContext) -> None:
+        """Re-seed everything from (seed, epoch, rank), then let modifiers apply their epoch schedules."""
         torch.manual_seed(self.seed * 100_003 + epoch * 101 + self.dist.rank)
         sampler.set_epoch(epoch)
         self.data.train.set_epoch(epoch, self.dist.rank)
         ctx.epoch = epoch
         for modifier in self.modifiers:
             modifier.on_epoch_start(epoch, ctx)
+
+    def _run_epoch(self, net: nn.Module, epoch: int, loader: DataLoader, optimizer: Optimizer,
+                   schedule: LRSchedule, criterion: nn.Module, ctx: TrainContext) -> dict[str, Any]:
         net.train()
         bar = EpochProgress(self.label, epoch, self.config.epochs, len(loader), self.progress and self.dist.is_main)
         started = time.perf_counter()

@@ -1,0 +1,10 @@
+"""Structured channel pruning: a dependency graph from torch.fx, importance criteria, plans and surgery
+that return a smaller ordinary model."""
+
+from slimkit.channels.graph import ChannelGraph, UnsupportedOpError, build_graph
+from slimkit.channels.modifier import ChannelPruner
+from slimkit.channels.plan import ChannelPlan, apply_plan, make_plan, zero_channels
+from slimkit.channels.prune import plan_pruning, prune_channels
+
+__all__ = ["ChannelGraph", "ChannelPlan", "ChannelPruner", "UnsupportedOpError", "apply_plan", "build_graph",
+           "make_plan", "plan_pruning", "prune_channels", "zero_channels"]

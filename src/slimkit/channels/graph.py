@@ -1,0 +1,257 @@
+"""The channel dependency graph: which channels of which layers must be removed together.
+
+The model is traced with torch.fx and its shapes propagated on an example input. Every channel that a
+conv or linear layer produces, every input channel of the network, and every zero channel that an
+option-A shortcut pads in is an *element*. Walking the graph assigns each tensor's channel dimension a
+list of elements ("slots"): element-wise ops join the elements at equal positions (residual additions, SE
+gating), concatenation concatenates slot lists (index offsets come for free), flatten repeats each channel
+once per spatial position, a grouped conv joins each group's inputs and outputs, and a module called twice
+joins the inputs of both calls. The connected components of that union-find are the units of pruning.
+
+Any op the walk does not understand stops it at once with an UnsupportedOpError that names the op and the
+module path: a wrong model is never returned.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx import GraphModule, Node, Tracer
+from torch.fx.passes.shape_prop import ShapeProp
+
+from slimkit.errors import UnsupportedLayerError
+from slimkit.models.resnet import ShortcutA
+
+
+class UnsupportedOpError(UnsupportedLayerError):
+    """The dependency graph met an op it cannot prune through."""
+
+
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Hardswish,
+                nn.Hardsigmoid, nn.Mish, nn.ELU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.Softmax)
+CHANNEL_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)  # per-channel parameters, sliced with the slots
+PASS_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.hardtanh, F.sigmoid, F.silu, F.gelu, F.hardswish, F.dropout,
+                  torch.relu, torch.sigmoid, torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                  F.adaptive_max_pool2d, F.softmax, F.log_softmax, F.interpolate}
+PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "softmax",
+                "clamp", "clamp_"}
+JOIN_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.truediv,
+                  torch.add, torch.sub, torch.mul}
+JOIN_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
+
+
+class _LeafTracer(Tracer):
+    """torch.nn modules and option-A shortcuts stay single nodes; everything else is traced through."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ShortcutA | nn.Conv2d | nn.Linear) or super().is_leaf_module(m, qualname)
+
+
+@dataclass
+class ChannelGraph:
+    """Elements, their union-find, and where each layer's channels sit."""
+
+    parent: list[int] = field(default_factory=list)
+    fixed: set[int] = field(default_factory=set)  # elements that can never be removed
+    zeros: set[int] = field(default_factory=set)  # padded zero channels: no weights, no importance
+    producers: dict[str, list[int]] = field(default_factory=dict)  # conv/linear name -> its output elements
+    consumers: dict[str, list[int]] = field(default_factory=dict)  # conv/linear name -> its input slots
+    channel_users: dict[str, list[int]] = field(default_factory=dict)  # BN/PReLU name -> its channel slots
+    shortcuts: dict[str, tuple[list[int], int, int]] = field(default_factory=dict)  # name -> (out slots, pads)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+
+    def new(self, count: int, *, fixed: bool = False, zero: bool = False) -> list[int]:
+        ids = list(range(len(self.parent), len(self.parent) + count))
+        self.parent.extend(ids)
+        if fixed:
+            self.fixed.update(ids)
+        if zero:
+            self.zeros.update(ids)
+        return ids
+
+    def find(self, e: int) -> int:
+        while self.parent[e] != e:
+            self.parent[e] = self.parent[self.parent[e]]
+            e = self.parent[e]
+        return e
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def join(self, a: list[int], b: list[int]) -> None:
+        for x, y in zip(a, b, strict=True):
+            self.union(x, y)
+
+    def components(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for e in range(len(self.parent)):
+            out.setdefault(self.find(e), []).append(e)
+        return out
+
+    def prunable(self) -> dict[int, list[int]]:
+        """Components with at least one real channel and no fixed element."""
+        fixed_roots = {self.find(e) for e in self.fixed}
+        return {root: members for root, members in self.components().items()
+                if root not in fixed_roots and any(m not in self.zeros for m in members)}
+
+
+def _where(node: Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    path = list(stack)[-1] if stack else ""
+    return f"{node.format_node()} (in module '{path or '<top level>'}')"
+
+
+def _shape(node: object) -> tuple[int, ...] | None:
+    meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def build_graph(model: nn.Module, example: Tensor, fixed_modules: set[str] = frozenset()) -> ChannelGraph:
+    """Trace `model` on `example` and build its channel graph. Outputs of `fixed_modules` are never pruned."""
+    try:
+        traced = GraphModule(model, _LeafTracer().trace(model))
+    except Exception as exc:  # torch.fx raises many types on untraceable code
+        raise UnsupportedOpError(f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}") from None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(traced).propagate(example)
+    except RuntimeError as exc:
+        cause = exc.__cause__ or exc
+        raise UnsupportedOpError(f"the model does not run on the example input of shape {tuple(example.shape)}: "
+                                 f"{cause}") from None
+    finally:
+        model.train(was_training)
+    graph = ChannelGraph()
+    slots: dict[Node, list[int] | None] = {}
+    walker = _Walker(graph, traced, slots, fixed_modules)
+    for node in traced.graph.nodes:
+        slots[node] = walker.visit(node)
+    return graph
+
+
+class _Walker:
+    def __init__(self, graph: ChannelGraph, traced: GraphModule, slots: dict[Node, list[int] | None],
+                 fixed_modules: set[str]):
+        self.graph, self.traced, self.slots, self.fixed_modules = graph, traced, slots, fixed_modules
+
+    def slot(self, arg: object) -> list[int] | None:
+        return self.slots.get(arg) if isinstance(arg, Node) else None
+
+    def visit(self, node: Node) -> list[int] | None:
+        shape = _shape(node)
+        if node.op == "placeholder":
+            return self.graph.new(shape[1], fixed=True) if shape and len(shape) >= 2 else None
+        if node.op == "output":
+            for arg in node.all_input_nodes:
+                for e in self.slot(arg) or []:
+                    self.graph.fixed.add(e)
+            return None
+        if shape is None or len(shape) < 2:
+            return None  # sizes, scalars and losses carry no channels
+        if node.op == "call_module":
+            return self.module(node, self.traced.get_submodule(node.target), shape)
+        if node.op in ("call_function", "call_method"):
+            return self.function(node, shape)
+        raise UnsupportedOpError(f"cannot prune through {_where(node)}: {node.op} nodes are not supported")
+
+    def module(self, node: Node, module: nn.Module, shape: tuple[int, ...]) -> list[int] | None:
+        name = str(node.target)
+        inp = self.slot(node.args[0])
+        self.graph.modules[name] = module
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            return self.layer(node, name, module, inp)
+        if isinstance(module, CHANNEL_MODULES):
+            if isinstance(module, nn.PReLU) and module.num_parameters == 1:
+                return inp
+            self.graph.channel_users.setdefault(name, inp)
+            self.graph.join(self.graph.channel_users[name], inp)
+            return inp
+        if isinstance(module, nn.Flatten):
+            return self.flatten(node, inp, shape)
+        if isinstance(module, ShortcutA):
+            left, right = module.pad
+            out = self.graph.new(left, zero=True) + inp + self.graph.new(right, zero=True)
+            self.graph.shortcuts[name] = (out, left, right)
+            return out
+        if isinstance(module, PASS_MODULES):
+            return inp
+        raise UnsupportedOpError(f"cannot prune through module '{name}' ({type(module).__name__}): its channel "
+                                 f"behaviour is unknown; exclude the model or replace the layer")
+
+    def layer(self, node: Node, name: str, module: nn.Conv2d | nn.Linear, inp: list[int] | None) -> list[int]:
+        if isinstance(module, nn.Linear) and (inp is None or len(inp) != module.in_features):
+            raise UnsupportedOpError(f"cannot prune through linear '{name}': it is applied to a tensor whose "
+                                     f"last dimension is not its channel dimension")
+        if name in self.graph.consumers:  # a module called again: both calls share its input channels
+            self.graph.join(self.graph.consumers[name], inp)
+        else:
+            self.graph.consumers[name] = inp
+        if name not in self.graph.producers:
+            count = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            self.graph.producers[name] = self.graph.new(count, fixed=name in self.fixed_modules)
+        out = self.graph.producers[name]
+        groups = getattr(module, "groups", 1)
+        if groups > 1:
+            per_in, per_out = len(inp) // groups, len(out) // groups
+            for g in range(groups):
+                members = inp[g * per_in:(g + 1) * per_in] + out[g * per_out:(g + 1) * per_out]
+                for e in members[1:]:
+                    self.graph.union(members[0], e)
+        return out
+
+    def flatten(self, node: Node, inp: list[int] | None, shape: tuple[int, ...]) -> list[int] | None:
+        in_shape = _shape(node.args[0])
+        if inp is None or in_shape is None:
+            return None
+        if len(in_shape) == len(shape) and in_shape[1] == shape[1]:
+            return inp
+        per_sample = 1
+        for d in in_shape[2:]:
+            per_sample *= d
+        if len(shape) == 2 and shape[1] == in_shape[1] * per_sample:
+            return [e for e in inp for _ in range(per_sample)]  # channel-major, as torch.flatten lays it out
+        if shape[1] == in_shape[1] and all(d == 1 for d in (*shape[2:], *in_shape[2:])):
+            return inp  # (N, C) <-> (N, C, 1, 1), as SE blocks reshape
+        raise UnsupportedOpError(f"cannot prune through {_where(node)}: a reshape that mixes the channel "
+                                 f"dimension with others")
+
+    def function(self, node: Node, shape: tuple[int, ...]) -> list[int] | None:
+        target = node.target
+        args = [a for a in node.args if isinstance(a, Node)]
+        first = self.slot(node.args[0]) if node.args else None
+        if target in JOIN_FUNCTIONS or target in JOIN_METHODS:
+            operands = [s for s in (self.slot(a) for a in args) if s is not None and len(s) == shape[1]]
+            for other in operands[1:]:
+                self.graph.join(operands[0], other)
+            if operands:
+                return operands[0]
+            raise UnsupportedOpError(f"cannot prune through {_where(node)}: no operand carries its channels")
+        passes = target in PASS_FUNCTIONS or target in PASS_METHODS or target in {"mean", "sum", "amax", torch.mean}
+        if passes and first is not None and len(first) == shape[1]:
+            return first
+        if target in RESHAPES:
+            return self.flatten(node, first, shape)
+        if target is torch.cat or target == "cat":
+            tensors, dim = node.args[0], node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            parts = [self.slot(t) for t in tensors]
+            if dim == 1 and all(p is not None for p in parts):
+                return [e for p in parts for e in p]
+        if target is operator.getitem and isinstance(node.args[1], tuple):
+            index = node.args[1]
+            if len(index) >= 2 and all(i == slice(None) for i in index[:2]) and first is not None:
+                return first  # spatial slicing, as option-A shortcuts do
+        if target is F.pad and first is not None and len(node.args[1]) <= 4:
+            return first  # spatial padding only
+        raise UnsupportedOpError(f"cannot prune through {_where(node)}: slimkit does not know how this op "
+                                 f"moves channels")
+

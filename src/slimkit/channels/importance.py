@@ -1,0 +1,91 @@
+"""Channel importance, one score per graph element; a component scores the mean of its members.
+
+- l1: ||W_c||_1 of a conv/linear output channel, divided by its layer's mean so layers compare.
+- bn_scale: |gamma_c| (network slimming).
+- taylor: |gamma_c * dL/dgamma_c| from one train-mode batch.
+- gfbs: GFBS as its official code computes it: |gamma_c|/||gamma|| * |g_c|/||g|| + w_beta * beta_c/||beta||,
+  per BN layer, beta signed and no dL/dbeta (spec section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from slimkit.channels.graph import ChannelGraph
+from slimkit.train import distributed
+
+
+def _per_channel(graph: ChannelGraph, values: Callable[[nn.Module], Tensor | None]) -> dict[int, float]:
+    scores: dict[int, float] = {}
+    for name, channel_slots in graph.channel_users.items():
+        module = graph.modules[name]
+        if not isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            continue
+        v = values(module)
+        if v is not None:
+            for e, s in zip(channel_slots, v.tolist(), strict=True):
+                scores[e] = s
+    return scores
+
+
+def l1_scores(graph: ChannelGraph) -> dict[int, float]:
+    scores: dict[int, float] = {}
+    for name, elements in graph.producers.items():
+        weight = graph.modules[name].weight.detach()
+        norms = weight.abs().reshape(weight.shape[0], -1).sum(1)
+        norms = norms / norms.mean().clamp_min(1e-12)
+        scores.update(zip(elements, norms.tolist(), strict=True))
+    return scores
+
+
+def bn_scale_scores(graph: ChannelGraph) -> dict[int, float]:
+    return _per_channel(graph, lambda bn: bn.weight.detach().abs())
+
+
+def taylor_scores(graph: ChannelGraph) -> dict[int, float]:
+    return _per_channel(graph, lambda bn: None if bn.weight.grad is None else (bn.weight * bn.weight.grad).abs()
+                        .detach())
+
+
+def gfbs_formula(gamma: Tensor, grad: Tensor, beta: Tensor, beta_weight: float = 0.05) -> Tensor:
+    """s = |gamma|/||gamma|| * |g|/||g|| + w_beta * beta/||beta|| for one BN layer (norms clamped at 1e-12)."""
+    def unit(v: Tensor) -> Tensor:
+        return v / v.norm().clamp_min(1e-12)
+
+    return unit(gamma.abs()) * unit(grad.abs()) + beta_weight * unit(beta)
+
+
+def gfbs_scores(graph: ChannelGraph, beta_weight: float = 0.05) -> dict[int, float]:
+    return _per_channel(graph, lambda bn: None if bn.weight.grad is None else gfbs_formula(
+        bn.weight.detach(), bn.weight.grad.detach(), bn.bias.detach(), beta_weight))
+
+
+@torch.no_grad()
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def accumulate_bn_gradients(model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
+    """One train-mode forward/backward of cross-entropy, as GFBS scores. The gradients of BN gamma are
+    averaged over ranks (so every rank ranks the same numbers); BN statistics and all weights are restored,
+    and no optimiser step is taken."""
+    saved, was_training = _snapshot(model), model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    x, y = batch
+    nn.functional.cross_entropy(model(x), y).backward()
+    world = distributed.current().world_size
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.weight.grad is not None:
+            distributed.all_reduce_sum(module.weight.grad).div_(world)
+    model.load_state_dict(saved)
+    model.train(was_training)
+
+
+CRITERIA: dict[str, Callable[[ChannelGraph], dict[int, float]]] = {
+    "l1": l1_scores, "bn_scale": bn_scale_scores, "taylor": taylor_scores, "gfbs": gfbs_scores,
+}
+NEEDS_GRADIENTS = {"taylor", "gfbs"}

@@ -1,0 +1,180 @@
+"""Pruning plans: which channels of which layer are kept, and the surgery that applies them.
+
+A plan is plain JSON: for each changed layer the kept indices relative to the original architecture. It is
+produced from the dependency graph once, and applied by slicing alone, so loading a pruned model needs
+the architecture, the plan and the state_dict, and no tracing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.channels.graph import ChannelGraph, UnsupportedOpError
+from slimkit.models.resnet import ShortcutA
+
+
+@dataclass
+class ChannelPlan:
+    """Module name -> {"type": conv|linear|norm|shortcut, "out"/"in"/"keep": indices, "groups", "pad"}."""
+
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    removed_groups: int = 0  # channel groups this plan removed, of candidate_groups that could be
+    candidate_groups: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modules": copy.deepcopy(self.modules)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChannelPlan:
+        return cls(copy.deepcopy(data.get("modules", {})))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> ChannelPlan:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def then(self, later: ChannelPlan) -> ChannelPlan:
+        """This plan followed by `later` (whose indices refer to the already-pruned model)."""
+        out = copy.deepcopy(self.modules)
+        for name, entry in later.modules.items():
+            base = out.get(name)
+            merged = dict(entry)
+            for key in ("out", "in", "keep"):
+                if key in entry and base is not None and key in base:
+                    merged[key] = [base[key][i] for i in entry[key]]
+            out[name] = merged
+        return ChannelPlan(out)
+
+
+def _kept(graph: ChannelGraph, elements: list[int], removed: set[int]) -> list[int]:
+    return [i for i, e in enumerate(elements) if graph.find(e) not in removed]
+
+
+def make_plan(graph: ChannelGraph, removed: set[int], candidates: int = 0) -> ChannelPlan:
+    """The plan that removes every component whose root is in `removed` (of `candidates` scored ones)."""
+    plan = ChannelPlan(removed_groups=len(removed), candidate_groups=candidates)
+    for name, out_elements in graph.producers.items():
+        module = graph.modules[name]
+        if type(module) not in (nn.Conv2d, nn.Linear):
+            if any(graph.find(e) in removed for e in out_elements + graph.consumers[name]):
+                raise UnsupportedOpError(f"cannot slice '{name}' ({type(module).__name__}): only plain Conv2d "
+                                         f"and Linear layers can be pruned; exclude it")
+            continue
+        out = _kept(graph, out_elements, removed)
+        inp = _kept(graph, graph.consumers[name], removed)
+        if len(out) == len(out_elements) and len(inp) == len(graph.consumers[name]):
+            continue
+        entry: dict[str, Any] = {"type": "conv" if isinstance(module, nn.Conv2d) else "linear", "out": out, "in": inp}
+        if isinstance(module, nn.Conv2d):
+            entry["groups"] = module.groups * len(inp) // module.in_channels if module.groups > 1 else 1
+        plan.modules[name] = entry
+    for name, slots in graph.channel_users.items():
+        keep = _kept(graph, slots, removed)
+        if len(keep) != len(slots):
+            plan.modules[name] = {"type": "norm", "keep": keep}
+    for name, (slots, left, right) in graph.shortcuts.items():
+        kept = {i for i in _kept(graph, slots, removed)}
+        new_left = sum(1 for i in range(left) if i in kept)
+        new_right = sum(1 for i in range(len(slots) - right, len(slots)) if i in kept)
+        if (new_left, new_right) != (left, right):
+            plan.modules[name] = {"type": "shortcut", "pad": [new_left, new_right]}
+    return plan
+
+
+def _index(t: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
+    return t.index_select(dim, torch.as_tensor(idx, dtype=torch.long)).clone()
+
+
+def _sliced_layer(module: nn.Module, entry: dict[str, Any]) -> nn.Module:
+    out, inp = entry["out"], entry["in"]
+    if isinstance(module, nn.Conv2d):
+        groups = entry.get("groups", 1)
+        new: nn.Module = nn.Conv2d(len(inp), len(out), module.kernel_size, stride=module.stride,
+                                   padding=module.padding, dilation=module.dilation, groups=groups,
+                                   bias=module.bias is not None, padding_mode=module.padding_mode)
+        weight = _index(module.weight.data, 0, out)
+        new.weight.data.copy_(weight if module.groups > 1 else _index(weight, 1, inp))
+    else:
+        new = nn.Linear(len(inp), len(out), bias=module.bias is not None)
+        new.weight.data.copy_(_index(_index(module.weight.data, 0, out), 1, inp))
+    if module.bias is not None:
+        new.bias.data.copy_(_index(module.bias.data, 0, out))
+    return new.train(module.training)
+
+
+def _sliced_norm(module: nn.Module, keep: list[int]) -> nn.Module:
+    if isinstance(module, nn.PReLU):
+        new: nn.Module = nn.PReLU(len(keep))
+        new.weight.data.copy_(_index(module.weight.data, 0, keep))
+        return new
+    new = type(module)(len(keep), eps=module.eps, momentum=module.momentum, affine=module.affine,
+                       track_running_stats=module.track_running_stats)
+    for key, value in module.state_dict().items():
+        target = new.state_dict()[key]
+        target.copy_(value if value.ndim == 0 else _index(value, 0, keep))
+    return new.train(module.training)
+
+
+def _current_size(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.PReLU):
+        return module.num_parameters
+    return module.num_features
+
+
+def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any]) -> nn.Module:
+    """Slice `model` in place as `plan` says and return it: an ordinary, smaller nn.Module.
+
+    Layers already at the planned size are left alone, so applying a plan twice changes nothing.
+    """
+    plan = plan if isinstance(plan, ChannelPlan) else ChannelPlan.from_dict(plan)
+    for name, entry in plan.modules.items():
+        module = model.get_submodule(name)
+        if entry["type"] == "shortcut":
+            if not isinstance(module, ShortcutA):
+                raise UnsupportedOpError(f"plan entry '{name}' expects an option-A shortcut, found {type(module)}")
+            module.pad = tuple(entry["pad"])
+            continue
+        size = len(entry["keep"] if entry["type"] == "norm" else entry["out"])
+        in_size = len(entry.get("in", []))
+        if _current_size(module) == size and (entry["type"] == "norm" or _in_size(module) == in_size):
+            continue
+        new = _sliced_norm(module, entry["keep"]) if entry["type"] == "norm" else _sliced_layer(module, entry)
+        model.set_submodule(name, new)
+    return model
+
+
+def _in_size(module: nn.Module) -> int:
+    return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+
+
+@torch.no_grad()
+def zero_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> nn.Module:
+    """The masked reference: outputs of removed channels are exactly 0 (conv/linear rows and bias zeroed,
+    BN gamma and beta zeroed), so the pruned model must compute the same function."""
+    for name, elements in graph.producers.items():
+        module = graph.modules[name]
+        rows = [i for i, e in enumerate(elements) if graph.find(e) in removed]
+        if rows:
+            module.weight[rows] = 0
+            if module.bias is not None:
+                module.bias[rows] = 0
+    for name, slots in graph.channel_users.items():
+        module = graph.modules[name]
+        rows = [i for i, e in enumerate(slots) if graph.find(e) in removed]
+        if rows and isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            module.weight[rows] = 0
+            module.bias[rows] = 0
+    return model

@@ -1,0 +1,49 @@
+"""One call that prunes channels: trace, score, select, plan, slice."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from slimkit.channels.graph import build_graph
+from slimkit.channels.importance import CRITERIA, NEEDS_GRADIENTS, accumulate_bn_gradients, gfbs_scores
+from slimkit.channels.plan import ChannelPlan, apply_plan, make_plan
+from slimkit.channels.select import component_scores, select_removed
+from slimkit.errors import SlimkitError
+
+Criterion = Literal["l1", "bn_scale", "taylor", "gfbs"]
+
+
+def plan_pruning(model: nn.Module, example: Tensor, *, ratio: float, criterion: Criterion = "l1",
+                 batch: tuple[Tensor, Tensor] | None = None, scope: Literal["global", "layer"] = "global",
+                 min_channels: int = 1, round_to: int = 1, keep: set[str] = frozenset(),
+                 beta_weight: float = 0.05) -> ChannelPlan:
+    """The plan that removes `ratio` of the prunable channel groups of `model` by `criterion`.
+
+    Gradient criteria (taylor, gfbs) need `batch` (inputs, labels): one train-mode forward and backward.
+    Layers named in `keep` keep all their output channels. `beta_weight` is GFBS's w_beta.
+    """
+    if not 0 <= ratio < 1:
+        raise SlimkitError(f"channel ratio must lie in [0, 1), not {ratio}")
+    if criterion not in CRITERIA:
+        raise SlimkitError(f"unknown channel criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
+    graph = build_graph(model, example, keep)
+    if criterion in NEEDS_GRADIENTS:
+        if batch is None:
+            raise SlimkitError(f"criterion {criterion!r} needs a batch of training data")
+        accumulate_bn_gradients(model, batch)
+    scores = gfbs_scores(graph, beta_weight) if criterion == "gfbs" else CRITERIA[criterion](graph)
+    model.zero_grad(set_to_none=True)
+    if not scores and ratio > 0:
+        raise SlimkitError(f"criterion {criterion!r} scores no channel of this model (it reads BatchNorm layers, "
+                           f"and the model has none); use l1")
+    removed = select_removed(graph, scores, ratio, scope, min_channels, round_to)
+    return make_plan(graph, removed, len(component_scores(graph, scores)))
+
+
+def prune_channels(model: nn.Module, example: Tensor, *, ratio: float, criterion: Criterion = "l1",
+                   batch: tuple[Tensor, Tensor] | None = None, **options) -> tuple[nn.Module, ChannelPlan]:
+    """Prune `model` in place; returns it (an ordinary, smaller nn.Module) and the plan of kept indices."""
+    plan = plan_pruning(model, example, ratio=ratio, criterion=criterion, batch=batch, **options)
+    return apply_plan(model, plan), plan
