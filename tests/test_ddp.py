@@ -50,3 +50,21 @@ def test_cli_run_under_torchrun_writes_once(tmp_path, digits_recipe):
     assert metrics["models"]["compressed"]["test_acc"] > 0.8
     assert done.stdout.count("dense vs compressed") == 1  # only rank 0 reports
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".tmp") == []
+
+
+def test_gfbs_channel_plans_agree_across_ranks(tmp_path):
+    recipe = {
+        "name": "ddp-gfbs", "model": {"name": "resnet20", "width": 0.5},
+        "data": {"name": "digits", "batch_size": 32},
+        "baseline": {"epochs": 2, "lr": 0.05}, "train": {"epochs": 2, "lr": 0.02},
+        "stages": [{"channels": {"method": "gfbs", "ratio": 0.5}}],
+        "measure": {"batch_sizes": [1], "repeats": 2, "warmup": 1},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    # each rank scores its own batch; the averaged BN gradients must give both ranks one plan
+    done = torchrun("-m", "slimkit.cli", "run", str(path), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads((out / "plan.json").read_text())["modules"]
+    assert plan and json.loads((out / "metrics.json").read_text())["stages"][0]["removed_groups"] > 0

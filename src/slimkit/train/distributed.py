@@ -46,6 +46,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank. DDP syncs them only at the start of the
+    next forward, so after an epoch's last step each rank still holds statistics from its own batch."""
+    if current().enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def assert_ranks_agree(model: torch.nn.Module) -> None:
     """Fail loudly if ranks hold different weights or masks: a checksum of every tensor is compared."""
     info = current()

@@ -207,6 +207,7 @@ class Trainer:
             bar.update(loss_sum / seen, correct / seen, lr)
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "lr": lr, "seconds": time.perf_counter() - started}
+        distributed.broadcast_buffers(self.model)  # every rank evaluates (and keeps) the same statistics
         summary = f"loss {record['train_loss']:.4f} train acc {record['train_acc']:.2%}"
         if self.data.val is not None:
             record["val_loss"], record["val_acc"] = evaluate(self.model, self.data.val, self.eval_batch_size)
