@@ -1,9 +1,10 @@
 """Channel pruning that makes models smaller and faster: ResNet-20, ResNet-56 and VGG-small at 30/50/70%.
 
 Each architecture is trained dense once on Fashion-MNIST; each ratio then prunes that model with GFBS
-(one train-mode batch), fine-tunes it, and times it against the unpruned model in the same process
-(interleaved repeats, medians, 2 threads, eager PyTorch, allocator settings from harness.py). Writes
-benchmarks/results/channels.{json,md}. About 40 minutes on 2 CPU cores.
+(one train-mode batch) and fine-tunes it. Training runs resume, so a second invocation only re-times. The
+timing pass reloads every saved model.pt and times dense and pruned models in the same process
+(interleaved repeats, medians, 2 threads, eager PyTorch, allocator settings from harness.py): run it on an
+otherwise idle machine. Writes benchmarks/results/channels.{json,md}. About 40 minutes on 2 CPU cores.
 
     .venv/bin/python benchmarks/channels.py [--archs resnet20 ...] [--ratios 0.5 ...] [--overrides ...]
 """
@@ -28,7 +29,7 @@ def recipe_dict(arch: str, name: str) -> dict:
         "name": name, "seed": 0, "model": {"name": arch},
         "data": {"name": "fashion_mnist", "batch_size": 128, "train_subset": BUDGET["subset"]},
         "train": {"epochs": BUDGET["dense_epochs"], "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 0.5},
-        "measure": {"batch_sizes": [1, 64], "threads": 2, "repeats": 15, "warmup": 3},
+        "measure": {"batch_sizes": [1, 64], "threads": 2, "repeats": 5, "warmup": 1},
     }
 
 
@@ -36,6 +37,7 @@ def main() -> None:
     ensure_allocator_env()
     import slimkit
     from slimkit.environment import environment
+    from slimkit.metrics import compare_latency
     from slimkit.recipe import Recipe, apply_overrides
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,17 +62,20 @@ def main() -> None:
             raw["stages"] = [{"channels": {"method": "gfbs", "ratio": ratio}}]
             result = run(raw, args.runs / arch / f"gfbs-{ratio}")
             d, c = (result.metrics["models"][k] for k in ("dense", "compressed"))
-            dm, cm = d["measurement"], c["measurement"]
             rows.append({
                 "arch": arch, "ratio": ratio, "criterion": "gfbs",
-                "params": [dm["params"], cm["params"]], "macs": [dm["macs"], cm["macs"]],
+                "params": [d["measurement"]["params"], c["measurement"]["params"]],
+                "macs": [d["measurement"]["macs"], c["measurement"]["macs"]],
                 "test_acc": [d["test_acc"], c["test_acc"]],
-                "latency_ms": {b: [dm["latency_ms"][b]["median"], cm["latency_ms"][b]["median"]]
-                               for b in dm["latency_ms"]},
-                "latency_iqr_ms": {b: [dm["latency_ms"][b]["iqr"], cm["latency_ms"][b]["iqr"]]
-                                   for b in dm["latency_ms"]},
                 "dense_test_acc_before_any_pruning": dense_run.metrics["models"]["compressed"]["test_acc"],
             })
+    for row in rows:  # the timing pass: saved models only, nothing else running in this process
+        dense = slimkit.load(args.runs / row["arch"] / "dense" / "model.pt")
+        pruned = slimkit.load(args.runs / row["arch"] / f"gfbs-{row['ratio']}" / "model.pt")
+        timings = compare_latency({"dense": dense, "pruned": pruned}, (1, 28, 28), batch_sizes=(1, 64), threads=2,
+                                  warmup=5, repeats=25)
+        row["latency_ms"] = {b: [timings["dense"][b]["median"], timings["pruned"][b]["median"]] for b in ("1", "64")}
+        row["latency_iqr_ms"] = {b: [timings["dense"][b]["iqr"], timings["pruned"][b]["iqr"]] for b in ("1", "64")}
     env = environment(0) | {"command": " ".join(sys.argv), "allocator": ALLOCATOR_ENV, "budget": BUDGET}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "channels.json").write_text(json.dumps({"rows": rows, "environment": env}, indent=2))
