@@ -12,12 +12,23 @@ def test_readme_opens_with_the_two_commands():
     assert commands == ["make demo", "make test"]
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    example = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL) if "compress" in b)
+def _run_example(containing: str, tmp_path, monkeypatch) -> dict:
+    example = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL) if containing in b)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
-    run = namespace["run"]
+    return namespace
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    run = _run_example("slimkit.compress", tmp_path, monkeypatch)["run"]
     assert "| test accuracy |" in capsys.readouterr().out
     assert run.metrics["stages"][0]["achieved_sparsity"] == 0.9
     assert run.metrics["models"]["compressed"]["test_acc"] > 0.8
+
+
+def test_readme_channel_example_runs(tmp_path, monkeypatch):
+    namespace = _run_example("prune_channels", tmp_path, monkeypatch)
+    smaller, plan = namespace["smaller"], namespace["plan"]
+    assert (tmp_path / "plan.json").is_file() and plan.modules
+    assert smaller(namespace["torch"].randn(2, 3, 32, 32)).shape == (2, 10)

@@ -78,22 +78,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     for layer in result.layers:
         module = model.get_submodule(layer.name)
         layers.append({"name": layer.name, "type": layer.type, "shape": layer.shape, "params": layer.params,
-                       "nonzeros": layer.nonzeros, "sparsity": layer.sparsity,
-                       "structure": detect_structure(module.weight.detach())})
+                       "nonzeros": layer.nonzeros, "sparsity": layer.sparsity, "weight_bits": layer.weight_bits,
+                       "input_bits": layer.input_bits, "structure": detect_structure(module.weight.detach())})
     summary = {"model": str(args.model), "input_shape": list(shape), "params": result.params,
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
-               "effective_macs": result.effective_macs, "layers": layers}
+               "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     table = Table(title=f"{args.model}: {result.params:,} parameters, {result.nonzeros:,} nonzero, "
                         f"{result.macs:,} MACs per sample")
-    for col in ("layer", "type", "shape", "params", "nonzeros", "sparsity", "structure"):
+    for col in ("layer", "type", "shape", "params", "nonzeros", "sparsity", "bits (in/weight)", "structure"):
         table.add_column(col, justify="right" if col in ("params", "nonzeros", "sparsity") else "left")
     for layer in layers:
         table.add_row(layer["name"], layer["type"], "x".join(map(str, layer["shape"])), f"{layer['params']:,}",
-                      f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}", layer["structure"])
+                      f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}",
+                      f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
     console.print(table)
     return 0
 
