@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from slimkit import binary, channels, models, sparsity  # method packages register their methods on import
+from slimkit import binary, channels, models, quant, sparsity  # method packages register on import
 from slimkit.api import compress
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -34,6 +34,7 @@ __all__ = [
            "load_data",
            "measure",
            "models",
+           "quant",
            "run_recipe",
            "save_model",
            "sparsity",

@@ -25,6 +25,8 @@ from torch.nn.utils import parametrize
 
 from slimkit.binary.binarizers import WeightBinarizer
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
+from slimkit.quant.attach import weight_quantization
+from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 from slimkit.sparsity.masks import WeightMask
 
 
@@ -99,9 +101,9 @@ def effective_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, T
 
 
 def _float_buffers(model: nn.Module) -> Iterator[Tensor]:
-    """Inference buffers (BN statistics); masks and binarizer training state are not model data."""
+    """Inference buffers (BN statistics); masks and binarizer and quantizer state are not model data."""
     for module in model.modules():
-        if isinstance(module, WeightMask | WeightBinarizer):
+        if isinstance(module, WeightMask | WeightBinarizer | UniformQuantizer | LevelQuantizer):
             continue
         for buf in module._buffers.values():
             if buf is not None and buf.is_floating_point():
@@ -109,18 +111,21 @@ def _float_buffers(model: nn.Module) -> Iterator[Tensor]:
 
 
 def _stored_bytes(module: nn.Module, name: str, t: Tensor) -> int:
-    """Bytes to store `t`: 1 bit per binary weight, else the smaller of dense and values + bitmap."""
-    if name == "weight" and isinstance(module, BinaryConv2d | BinaryLinear):
-        return math.ceil(t.numel() / 8)
-    dense = t.numel() * t.element_size()
+    """Bytes to store `t`: binary and quantized weights at their bit width (nonzeros only, plus a bitmap,
+    when that is smaller), everything else at its dtype's width."""
+    bits = _bits(module)[0] if name == "weight" else t.element_size() * 8
+    dense = math.ceil(t.numel() * bits / 8)
     nnz = int(torch.count_nonzero(t))
-    return min(dense, nnz * t.element_size() + math.ceil(t.numel() / 8))
+    return min(dense, math.ceil(nnz * bits / 8) + math.ceil(t.numel() / 8))
 
 
 def _bits(module: nn.Module) -> tuple[int, int]:
     """(weight bits, input bits) of a conv or linear layer."""
     if isinstance(module, BinaryConv2d | BinaryLinear):
         return 1, 32 if isinstance(module.input_binarizer, nn.Identity) else 1
+    quantization = weight_quantization(module)
+    if quantization is not None:
+        return quantization.bits, getattr(module, "input_bits", 32)
     return 32, 32
 
 

@@ -49,8 +49,16 @@ def masked_layers(model: nn.Module) -> dict[str, tuple[nn.Module, WeightMask]]:
 
 
 def remove_mask(module: nn.Module, name: str = "weight") -> None:
-    """Bake the mask into the weight (W <- W * M) and drop the parametrization."""
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    """Bake the mask into the weight (W <- W * M) and drop it. Other parametrizations on the same weight (a
+    quantizer, say) stay and now act on the masked weight."""
+    chain = module.parametrizations[name]
+    if len(chain) == 1:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        return
+    index = next(i for i, p in enumerate(chain) if isinstance(p, WeightMask))
+    with torch.no_grad():
+        chain.original.mul_(chain[index].mask)
+    del chain[index]
 
 
 def remove_masks(model: nn.Module) -> nn.Module:

@@ -1,0 +1,47 @@
+"""Quantizing a layer in place: a parametrization quantizes its weight (after any pruning mask, so the two
+compose: W -> Q(W * M)) and a forward pre-hook quantizes its input. The layer stays the same module."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
+
+
+class WeightQuantization(nn.Module):
+    """Parametrization: weight -> quantizer(weight)."""
+
+    def __init__(self, quantizer: nn.Module, bits: int):
+        super().__init__()
+        self.quantizer = quantizer
+        self.bits = bits
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return self.quantizer(weight)
+
+
+def _quantize_input(module: nn.Module, args: tuple) -> tuple:
+    return (module.input_quantizer(args[0]), *args[1:])
+
+
+def quantize_layer(module: nn.Conv2d | nn.Linear, weight_quantizer: nn.Module, input_quantizer: nn.Module,
+                   bits: int, input_bits: int) -> None:
+    parametrize.register_parametrization(module, "weight", WeightQuantization(weight_quantizer, bits))
+    module.input_quantizer = input_quantizer
+    module.input_bits = input_bits
+    module.register_forward_pre_hook(_quantize_input)
+
+
+def weight_quantization(module: nn.Module) -> WeightQuantization | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p for p in module.parametrizations.weight if isinstance(p, WeightQuantization)), None)
+
+
+def quantizer_parameters(module: nn.Module) -> list[nn.Parameter]:
+    wq = weight_quantization(module)
+    params = list(wq.quantizer.parameters()) if wq is not None else []
+    if isinstance(getattr(module, "input_quantizer", None), UniformQuantizer | LevelQuantizer):
+        params += list(module.input_quantizer.parameters())
+    return params

@@ -1,0 +1,147 @@
+"""Quantization as a modifier: QAT (train with fake quantization) and PTQ (the same stage with
+train.epochs: 0: calibrate on a few batches, no training).
+
+Layers the selection leaves out (by default the first conv and the last linear) are quantized to
+`first_last_bits` with the uniform quantizer, or left in float when that is null.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from slimkit.layers import LAYER_TYPES, LayerSelection, select_layers
+from slimkit.quant.attach import quantize_layer, quantizer_parameters, weight_quantization
+from slimkit.quant.levels import apot_levels, sp2_levels
+from slimkit.quant.quantizers import LevelQuantizer, Observer, UniformQuantizer
+from slimkit.recipe import MethodConfig, register_method
+from slimkit.train.modifier import Modifier, TrainContext
+
+SAMPLES_PER_BATCH = 1 << 16
+
+
+class QuantizeConfig(MethodConfig):
+    """Shared by quantization methods: bit width, which layers, and calibration."""
+
+    kind = "quantize"
+    bits: int = Field(8, ge=2, le=8)
+    first_last_bits: int | None = Field(8, ge=2, le=8)
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+    calibration_batches: int = Field(4, ge=0)
+    observer: Observer = "mse"
+    percentile: float = Field(99.99, gt=50, le=100)
+
+
+class UniformConfig(QuantizeConfig):
+    """LSQ: per-channel weights, per-tensor activations, learned steps initialised by the observer."""
+
+    method: Literal["uniform"] = "uniform"
+
+
+class Sp2Config(QuantizeConfig):
+    """Weights on the sign + sum-of-two-powers-of-two levels with a learnable clip; LSQ activations."""
+
+    method: Literal["sp2"] = "sp2"
+
+
+class ApotConfig(QuantizeConfig):
+    """APoT: standardised weights on ±APoT(bits - 1) levels (uniform at 2 bits), activations on APoT(bits)
+    levels, learnable clips starting at 3.0 (weights) and 6.0 (activations)."""
+
+    method: Literal["apot"] = "apot"
+    bits: int = Field(4, ge=2, le=5)
+
+
+class Quantizer(Modifier):
+    config: QuantizeConfig
+
+    def __init__(self, config: QuantizeConfig):
+        super().__init__(config)
+        self.layers: dict[str, nn.Module] = {}
+
+    # --- which quantizers --------------------------------------------------------------------------
+    def quantizers(self, module: nn.Module, bits: int, uniform: bool) -> tuple[nn.Module, nn.Module]:
+        channels = module.weight.shape[0]
+        if uniform or self.config.method == "uniform":
+            return UniformQuantizer(bits, channels, signed=True), UniformQuantizer(bits)
+        if self.config.method == "sp2":
+            alpha = module.weight.detach().abs().max().item()
+            return LevelQuantizer(sp2_levels(bits), True, alpha, standardize=False), UniformQuantizer(bits)
+        weight = (UniformQuantizer(bits, channels, signed=True) if bits == 2
+                  else LevelQuantizer(apot_levels(bits - 1), True, 3.0, standardize=True))
+        return weight, LevelQuantizer(apot_levels(bits), False, 6.0, standardize=False)
+
+    def _plan(self, model: nn.Module) -> dict[str, tuple[int, bool]]:
+        """name -> (bits, forced uniform) for every layer this stage quantizes."""
+        chosen = select_layers(model, self.config.layers)
+        plan = {name: (self.config.bits, False) for name in chosen}
+        if self.config.first_last_bits is not None:
+            types = tuple(LAYER_TYPES[t] for t in self.config.layers.types)
+            for name, module in model.named_modules():
+                if isinstance(module, types) and name not in chosen and "parametrizations" not in name:
+                    plan[name] = (self.config.first_last_bits, True)
+        return plan
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def rebuild_structure(self, model: nn.Module) -> nn.Module:
+        for name, (bits, uniform) in self._plan(model).items():
+            module = model.get_submodule(name)
+            if weight_quantization(module) is None:
+                weight_q, input_q = self.quantizers(module, bits, uniform)
+                quantize_layer(module, weight_q, input_q, bits, bits)
+            self.layers[name] = module
+        return model
+
+    def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        samples = self._collect_inputs(model, ctx) if self.config.calibration_batches else {}
+        self.rebuild_structure(model)
+        for name, module in self.layers.items():
+            wq, iq = weight_quantization(module).quantizer, module.input_quantizer
+            if isinstance(wq, UniformQuantizer):
+                wq.calibrate(module.parametrizations.weight.original.detach(), self.config.observer)
+            if isinstance(iq, UniformQuantizer) and name in samples:
+                iq.calibrate(samples[name], self.config.observer, self.config.percentile)
+
+    @torch.no_grad()
+    def _collect_inputs(self, model: nn.Module, ctx: TrainContext) -> dict[str, Tensor]:
+        """A sample of each layer's inputs over a few batches (float model, eval mode), plus the extremes."""
+        if ctx.train_loader is None:
+            return {}
+        names = self._plan(model)
+        found: dict[str, list[Tensor]] = {name: [] for name in names}
+
+        def hook(name: str):
+            def record(module: nn.Module, args: tuple) -> None:
+                x = args[0].detach().reshape(-1)
+                pick = torch.randint(0, x.numel(), (min(x.numel(), SAMPLES_PER_BATCH),))
+                found[name] += [x[pick], x.min().reshape(1), x.max().reshape(1)]
+            return record
+
+        handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+        was_training = model.training
+        model.eval()
+        try:
+            for i, (x, _) in enumerate(ctx.train_loader):
+                if i == self.config.calibration_batches:
+                    break
+                model(x)
+        finally:
+            model.train(was_training)
+            for h in handles:
+                h.remove()
+        return {name: torch.cat(values) for name, values in found.items() if values}
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        params = [p for module in self.layers.values() for p in quantizer_parameters(module)]
+        return [{"params": params, "weight_decay": 0.0}] if params else []
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.name, "bits": self.config.bits, "first_last_bits": self.config.first_last_bits,
+                "quantized_layers": list(self.layers)}
+
+
+for _config in (UniformConfig, Sp2Config, ApotConfig):
+    register_method(_config, Quantizer)
