@@ -54,6 +54,9 @@ def test_run_writes_a_complete_run_folder(tmp_path, recipe_file, capsys):
     (lambda r: r["stages"][0]["prune"].update(sparsity=1.2), "'stages[0].prune.sparsity': invalid value 1.2"),
     (lambda r: r["data"].update(name="mnist", path="/no/such/folder"), "looked for train-images-idx3-ubyte"),
     (lambda r: r["model"].update(name="resnet99"), "'model.name': invalid value 'resnet99'"),
+    (lambda r: r["model"].update(checkpoint="/no/such/best.pt"), "'model.checkpoint': /no/such/best.pt does not exist"),
+    (lambda r: r["stages"].append({"distill": {"method": "hinton", "teacher": "/no/teacher.pt"}}),
+     "'stages[1].distill.teacher': /no/teacher.pt does not exist"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, digits_recipe, capsys, edit, expected):
     edit(digits_recipe)

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from slimkit import binary, channels, models, quant, sparsity  # method packages register on import
+from slimkit import binary, channels, distill, models, quant, sparsity  # methods register on import
 from slimkit.api import compress
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -30,6 +30,7 @@ __all__ = [
            "binary",
            "channels",
            "compress",
+           "distill",
            "load",
            "load_data",
            "measure",

@@ -78,6 +78,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
                callbacks: tuple[EpochCallback, ...] = ()) -> Run:
     """Run `recipe`. `model` and `data` replace the recipe's model and data sections when given."""
     info = distributed.current()
+    missing = recipe.missing_files()
+    if missing:
+        raise RecipeError(missing)
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and info.is_main:
         _prepare_out_dir(out_dir, recipe, resume)

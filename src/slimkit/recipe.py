@@ -261,6 +261,16 @@ class Recipe(StrictModel):
             raise RecipeError([f"{path}: not valid YAML: {exc}"]) from None
         return cls.from_dict(apply_overrides(data or {}, overrides))
 
+    def missing_files(self) -> list[str]:
+        """Files the recipe names (a model checkpoint, a teacher) that do not exist, by key path; checked
+        before any training so a typo does not cost a baseline's worth of time."""
+        named: list[tuple[str, Path | None]] = [("model.checkpoint", self.model.checkpoint if self.model else None)]
+        for i, stage in enumerate(self.stages):
+            for key, value in stage:
+                if isinstance(value, Path):
+                    named.append((f"stages[{i}].{stage.kind}.{key}", value))
+        return [f"'{where}': {path} does not exist" for where, path in named if path is not None and not path.exists()]
+
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"stages"})
         data["stages"] = [{s.kind: s.model_dump(mode="json")} for s in self.stages]

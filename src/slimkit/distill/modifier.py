@@ -1,0 +1,121 @@
+"""Distillation as a modifier: a frozen teacher (a slimkit model.pt, loaded with weights_only) runs on each
+training batch, and its logits or tapped features add a loss term to the student's cross-entropy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from slimkit.distill.losses import graph_kd, hinton_kd, rkd_distance
+from slimkit.errors import UnsupportedLayerError
+from slimkit.recipe import MethodConfig, register_method
+from slimkit.train.modifier import Modifier, TrainContext
+
+
+class DistillConfig(MethodConfig):
+    """Shared by distillation methods: the teacher file and the loss weight."""
+
+    kind = "distill"
+    teacher: Path
+    weight: float = Field(1.0, ge=0)
+
+
+class HintonConfig(DistillConfig):
+    """Hinton KD on logits, with the T^2 factor."""
+
+    method: Literal["hinton"] = "hinton"
+    temperature: float = Field(4.0, gt=0)
+
+
+class FeatureDistillConfig(DistillConfig):
+    """Methods on intermediate features: `taps` pairs a student module name with a teacher module name."""
+
+    taps: list[tuple[str, str]] = Field(min_length=1)
+
+
+class GraphKdConfig(FeatureDistillConfig):
+    """Graph-based relational KD: compare cosine-similarity graphs of the batch at each tap."""
+
+    method: Literal["graph_kd"] = "graph_kd"
+    k: int | None = Field(None, ge=1, description="k-NN graph from the teacher; null compares full graphs")
+    class_mask: Literal["none", "intra", "inter"] = "none"
+    power: int = Field(1, ge=1)
+
+
+class RkdConfig(FeatureDistillConfig):
+    """RKD distance: compare normalised pairwise distances at each tap."""
+
+    method: Literal["rkd"] = "rkd"
+
+
+class _Taps:
+    """Forward hooks that keep the latest output of named modules."""
+
+    def __init__(self, model: nn.Module, names: list[str], role: str):
+        self.outputs: dict[str, Tensor] = {}
+        available = dict(model.named_modules())
+        self.handles = []
+        for name in names:
+            if name not in available:
+                known = ", ".join(n for n in available if n)
+                raise UnsupportedLayerError(f"distill tap: the {role} has no module '{name}'; it has: {known[:600]}")
+            self.handles.append(available[name].register_forward_hook(self._keep(name)))
+
+    def _keep(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            self.outputs[name] = output
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class Distiller(Modifier):
+    config: DistillConfig
+
+    def __init__(self, config: DistillConfig):
+        super().__init__(config)
+        self.teacher: nn.Module | None = None
+        self.student_taps: _Taps | None = None
+        self.teacher_taps: _Taps | None = None
+
+    def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        from slimkit.persistence import load
+
+        self.teacher = load(self.config.teacher).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if isinstance(self.config, FeatureDistillConfig):
+            self.student_taps = _Taps(model, [s for s, _ in self.config.taps], "student")
+            self.teacher_taps = _Taps(self.teacher, [t for _, t in self.config.taps], "teacher")
+
+    def loss(self, outputs: Tensor, batch: tuple[Tensor, Tensor], ctx: TrainContext) -> Tensor | None:
+        x, y = batch
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        c = self.config
+        if isinstance(c, HintonConfig):
+            return c.weight * hinton_kd(outputs, teacher_logits, c.temperature)
+        student = [self.student_taps.outputs[s] for s, _ in c.taps]
+        teacher = [self.teacher_taps.outputs[t] for _, t in c.taps]
+        if isinstance(c, GraphKdConfig):
+            return c.weight * graph_kd(student, teacher, y, k=c.k, class_mask=c.class_mask, power=c.power)
+        return c.weight * rkd_distance(student, teacher)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        for taps in (self.student_taps, self.teacher_taps):
+            if taps is not None:
+                taps.remove()
+        return model
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.name, "teacher": str(self.config.teacher), "weight": self.config.weight}
+
+
+for _config in (HintonConfig, GraphKdConfig, RkdConfig):
+    register_method(_config, Distiller)
