@@ -12,10 +12,15 @@ from slimkit.binary.binarizers import WeightBinarizer
 
 
 class _BinaryMixin:
+    """Shared by the binary layers: the two binarizers, and the forward around the float op."""
+
     weight: nn.Parameter
     bias: nn.Parameter | None
-    weight_binarizer: WeightBinarizer
-    input_binarizer: nn.Module
+
+    def __init__(self, *args, weight_binarizer: WeightBinarizer, input_binarizer: nn.Module, **kwargs):
+        super().__init__(*args, **kwargs)  # the float layer (nn.Conv2d or nn.Linear), next in the MRO
+        self.weight_binarizer = weight_binarizer
+        self.input_binarizer = input_binarizer
 
     def binary_forward(self, x: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """op(binarized input, binary weights), then the output scale and bias per output channel."""
@@ -30,21 +35,11 @@ class _BinaryMixin:
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
-    def __init__(self, *args, weight_binarizer: WeightBinarizer, input_binarizer: nn.Module, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.weight_binarizer = weight_binarizer
-        self.input_binarizer = input_binarizer
-
     def forward(self, x: Tensor) -> Tensor:
         return self.binary_forward(x, lambda a, w: self._conv_forward(a, w, None))
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
-    def __init__(self, *args, weight_binarizer: WeightBinarizer, input_binarizer: nn.Module, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.weight_binarizer = weight_binarizer
-        self.input_binarizer = input_binarizer
-
     def forward(self, x: Tensor) -> Tensor:
         return self.binary_forward(x, F.linear)
 
