@@ -72,7 +72,8 @@ def main() -> None:
     teacher_path = str(args.runs / "teacher" / "model.pt")
     kd_rows = []
     for label, stage in (("no KD", None),
-                         ("Hinton KD (T=4)", {"method": "hinton", "teacher": teacher_path, "temperature": 4.0}),
+                         ("Hinton KD (T=4, weight 0.25)", {"method": "hinton", "teacher": teacher_path,
+                                                           "temperature": 4.0, "weight": 0.25}),
                          ("graph KD (λ=25)", {"method": "graph_kd", "teacher": teacher_path, "weight": 25.0,
                                               "taps": [["features.5", "features.5"],
                                                        ["classifier.2", "classifier.2"]]})):

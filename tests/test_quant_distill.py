@@ -88,6 +88,20 @@ def test_ste_and_lsq_gradients():
     assert level.alpha.grad.item() == pytest.approx((0.25 - 0.3) + (-1) + (1 - 0.9))
 
 
+def test_sp2_clip_is_calibrated_to_least_error():
+    torch.manual_seed(0)
+    w = torch.randn(4000)
+    q = LevelQuantizer(sp2_levels(2), True, 1.0, standardize=False)
+    q.calibrate(w)
+    assert q.alpha.item() < 0.5 * w.abs().max().item()  # not the maximum, which zeroes most weights at 2 bits
+    assert (q(w) != 0).float().mean() > 0.3
+    errors = {}
+    for alpha in (q.alpha.item(), w.abs().max().item()):
+        probe = LevelQuantizer(sp2_levels(2), True, alpha, standardize=False)
+        errors[alpha] = ((probe(w) - w) ** 2).mean().item()
+    assert errors[q.alpha.item()] < errors[w.abs().max().item()]
+
+
 @pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
 def test_observers_set_sensible_steps(observer):
     torch.manual_seed(0)

@@ -42,7 +42,8 @@ class UniformConfig(QuantizeConfig):
 
 
 class Sp2Config(QuantizeConfig):
-    """Weights on the sign + sum-of-two-powers-of-two levels with a learnable clip; LSQ activations."""
+    """Weights on the sign + sum-of-two-powers-of-two levels with a learnable clip (initialised to the clip with
+    the least quantization error); LSQ activations."""
 
     method: Literal["sp2"] = "sp2"
 
@@ -102,6 +103,8 @@ class Quantizer(Modifier):
             wq, iq = weight_quantization(module).quantizer, module.input_quantizer
             if isinstance(wq, UniformQuantizer):
                 wq.calibrate(module.parametrizations.weight.original.detach(), self.config.observer)
+            elif self.config.method == "sp2":
+                wq.calibrate(module.parametrizations.weight.original.detach())
             if isinstance(iq, UniformQuantizer) and name in samples:
                 iq.calibrate(samples[name], self.config.observer, self.config.percentile)
 

@@ -127,6 +127,17 @@ class LevelQuantizer(nn.Module):
         self.signed, self.standardize = signed, standardize
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
 
+    @torch.no_grad()
+    def calibrate(self, x: Tensor) -> None:
+        """Set alpha to the clip (of 50 candidates up to max |x|) with the least quantization error. At low bit
+        widths the maximum is a poor clip: with SP2's 2-bit levels {0, 1} it would round most weights to 0."""
+        top = x.abs().max().clamp_min(1e-8)
+        errors = []
+        for fraction in torch.linspace(0.05, 1.0, 50):
+            self.alpha.fill_(top * fraction)
+            errors.append((((self(x) - x) ** 2).mean().item(), fraction.item()))
+        self.alpha.fill_(top * min(errors)[1])
+
     def project(self, v: Tensor) -> Tensor:
         """The nearest level to each entry of v (v already clipped to the level range)."""
         index = torch.argmin((v.unsqueeze(-1) - self.levels).abs(), dim=-1)
