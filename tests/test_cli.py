@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 import slimkit
@@ -23,6 +24,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, recipe_file, capsys):
     for name in ("recipe.yaml", "environment.json", "metrics.json", "report.md", "training.png",
                  "layer_sparsity.png", "model.pt", "dense/best.pt", "dense/checkpoint.pt", "compressed/best.pt"):
         assert (out / name).is_file(), name
+    assert not (out / "weights.pt").exists() and not (out / "plan.json").exists()  # zoo model, no channel plan
     assert yaml.safe_load((out / "recipe.yaml").read_text())["train"]["epochs"] == 3
     metrics = json.loads((out / "metrics.json").read_text())
     stage = metrics["stages"][0]
@@ -104,3 +106,13 @@ def test_demo_falls_back_to_digits_and_keeps_accuracy(tmp_path, monkeypatch, cap
     assert metrics["stages"][0]["achieved_sparsity"] == pytest.approx(0.9, abs=1e-12)
     dense, sparse = (metrics["models"][k]["test_acc"] for k in ("dense", "compressed"))
     assert dense > 0.9 and sparse > dense - 0.03
+
+
+def test_compress_of_a_users_own_model_saves_its_weights(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    run = slimkit.compress(model, data="digits", recipe="gmp-90", out_dir=tmp_path / "own",
+                           overrides=("train.epochs=3", "stages.0.prune.start_epoch=0", "stages.0.prune.end_epoch=2",
+                                      "measure.repeats=2", "measure.batch_sizes=[1]"), progress=False)
+    assert (tmp_path / "own" / "weights.pt").is_file() and not (tmp_path / "own" / "model.pt").exists()
+    saved = torch.load(tmp_path / "own" / "weights.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())

@@ -131,11 +131,11 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         if arch is not None:
             save_model(compressed.model, out_dir / "model.pt", arch, data.in_channels, data.num_classes,
                        data.input_size, compressed.modifiers)
+        else:
+            atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
         for modifier in compressed.modifiers:
             if isinstance(modifier, ChannelPruner):  # the pruning plan, also as plain JSON beside model.pt
                 modifier.plan.save(out_dir / "plan.json")
-        else:
-            atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         Report(metrics).write(out_dir)
     return Run(recipe, compressed.model, dense.model, metrics, out_dir)
