@@ -57,16 +57,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from slimkit.metrics import measure
     from slimkit.models import MODELS, build_model
-    from slimkit.persistence import load
+    from slimkit.persistence import rebuild
     from slimkit.recipe import ModelConfig
     from slimkit.sparsity.structure import detect_structure
+    from slimkit.train.checkpoint import MODEL_FORMAT, safe_load
 
     source = Path(args.model)
     if source.is_dir():
         source = source / "model.pt"
     if source.exists():
-        model = load(source)
-        shape = _saved_input_shape(source)
+        saved = safe_load(source, MODEL_FORMAT)
+        model = rebuild(saved["arch"], saved.get("stages", []), saved["state_dict"], str(source))
+        shape = (saved["arch"]["in_channels"], saved["arch"]["input_size"], saved["arch"]["input_size"])
     elif args.model in MODELS:
         model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
         shape = (args.in_channels, args.input_size, args.input_size)
@@ -97,13 +99,6 @@ def cmd_info(args: argparse.Namespace) -> int:
                       f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
     console.print(table)
     return 0
-
-
-def _saved_input_shape(path: Path) -> tuple[int, int, int]:
-    from slimkit.train.checkpoint import MODEL_FORMAT, safe_load
-
-    arch = safe_load(path, MODEL_FORMAT)["arch"]
-    return (arch["in_channels"], arch["input_size"], arch["input_size"])
 
 
 def cmd_report(args: argparse.Namespace) -> int:

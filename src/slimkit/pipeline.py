@@ -45,7 +45,7 @@ class Run:
         return Report(self.metrics)
 
 
-def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
+def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool, env: dict[str, Any]) -> None:
     started = any((out_dir / phase / "checkpoint.pt").exists() for phase in ("dense", "compressed"))
     if started and not resume:
         raise SlimkitError(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
@@ -56,7 +56,7 @@ def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
                                f"and overrides, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(recipe.to_yaml())
-    (out_dir / "environment.json").write_text(json.dumps(environment(recipe.seed), indent=2))
+    (out_dir / "environment.json").write_text(json.dumps(env, indent=2))
 
 
 def _stage_sparsity(summary: dict[str, Any], dense: dict[str, Any], comp: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +82,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     if missing:
         raise RecipeError(missing)
     out_dir = Path(out_dir) if out_dir is not None else None
+    env = environment(recipe.seed)
     if out_dir is not None and info.is_main:
-        _prepare_out_dir(out_dir, recipe, resume)
+        _prepare_out_dir(out_dir, recipe, resume, env)
     torch.manual_seed(recipe.seed)
     data = data if data is not None else load_data(recipe.data)
     arch = recipe.model if model is None else None  # a user's own model has no zoo architecture to save
@@ -125,7 +126,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         "models": models,
         "stages": [_stage_sparsity(s, models["dense"]["measurement"], models["compressed"]["measurement"])
                    for s in compressed.summaries],
-        "environment": environment(recipe.seed) | {"threads": models["compressed"]["measurement"]["threads"]},
+        "environment": env | {"threads": models["compressed"]["measurement"]["threads"]},
     }
     if out_dir is not None and info.is_main:
         if arch is not None:

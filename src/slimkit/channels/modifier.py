@@ -90,9 +90,8 @@ class ChannelPruner(Modifier):
         self.rounds += 1
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        due = epoch - self.config.start_epoch
-        if due >= 0 and due % self.config.every == 0 and self.rounds < self.config.steps \
-                and due // self.config.every == self.rounds:
+        next_round_epoch = self.config.start_epoch + self.rounds * self.config.every
+        if self.rounds < self.config.steps and epoch == next_round_epoch:
             self.prune_round(ctx.model)
             ctx.structure_changed = True
 
