@@ -1,5 +1,6 @@
-"""Run by test_ddp under torchrun: trains with gradual magnitude pruning and writes each rank's masks."""
+"""Run by test_ddp under torchrun: trains with a pruning stage (JSON) and writes each rank's final masks."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -7,27 +8,27 @@ import torch
 
 from slimkit.data import load_data
 from slimkit.models import lenet
-from slimkit.recipe import DataConfig, TrainConfig
-from slimkit.sparsity import GradualMagnitudeConfig, MagnitudePruner
+from slimkit.recipe import DataConfig, TrainConfig, build_modifier, parse_stage
 from slimkit.train import Trainer, distributed
 
 
-def main(out: Path, break_agreement: bool) -> None:
+def main(out: Path, mode: str, stage: dict) -> None:
     info = distributed.init_from_env()
     torch.manual_seed(0)
     data = load_data(DataConfig(name="digits"))
     model = lenet(in_channels=1, input_size=8, width=0.5)
+    pruner = build_modifier(parse_stage({"prune": stage}))
     masks = {}
+    finalize = pruner.finalize
 
-    class RecordMasks(MagnitudePruner):
-        def finalize(self, model):
-            masks.update({n: m.mask.clone() for n, (_, m) in self.masks.items()})
-            if break_agreement and info.rank == 1:
-                with torch.no_grad():
-                    model.classifier[3].bias.add_(1.0)
-            return super().finalize(model)
+    def record_then_finalize(model):
+        masks.update({n: m.mask.clone() for n, (_, m) in pruner.masks.items()})
+        if mode == "break" and info.rank == 1:
+            with torch.no_grad():
+                model.classifier[3].bias.add_(1.0)
+        return finalize(model)
 
-    pruner = RecordMasks(GradualMagnitudeConfig(sparsity=0.7, start_epoch=0, end_epoch=2))
+    pruner.finalize = record_then_finalize
     try:
         Trainer(model, data, TrainConfig(epochs=3, lr=0.05), [pruner], batch_size=32, progress=False).fit()
     except RuntimeError as exc:
@@ -37,4 +38,4 @@ def main(out: Path, break_agreement: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] == "break")
+    main(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))

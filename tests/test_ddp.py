@@ -19,8 +19,18 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-def test_two_ranks_compute_identical_masks(tmp_path):
-    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "agree")
+GMP = {"method": "gmp", "sparsity": 0.7, "start_epoch": 0, "end_epoch": 2}
+
+
+@pytest.mark.parametrize("stage", [
+    GMP,
+    {"method": "gmp", "criterion": "taylor", "sparsity": 0.7, "end_epoch": 2},  # gradient scores from here on
+    {"method": "snip", "sparsity": 0.7},
+    {"method": "optg", "sparsity": 0.7, "end_epoch": 2, "mask_update": "step"},
+    {"method": "movement", "sparsity": 0.7, "end_epoch": 2},
+], ids=lambda s: s.get("criterion", s["method"]))
+def test_two_ranks_compute_identical_masks(tmp_path, stage):
+    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "agree", json.dumps(stage))
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"masks{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys() and len(rank0) == 2
@@ -31,7 +41,7 @@ def test_two_ranks_compute_identical_masks(tmp_path):
 
 
 def test_disagreeing_ranks_are_detected(tmp_path):
-    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "break")
+    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "break", json.dumps(GMP))
     errors = [p.read_text() for p in tmp_path.glob("error*.txt")]
     assert errors and all("disagrees with rank 0 on classifier.3.bias" in e for e in errors)
 

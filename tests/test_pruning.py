@@ -7,7 +7,8 @@ from slimkit.errors import UnsupportedLayerError
 from slimkit.layers import LayerSelection, select_layers
 from slimkit.models import lenet, resnet20
 from slimkit.recipe import DataConfig, TrainConfig
-from slimkit.sparsity import GradualMagnitudeConfig, MagnitudeConfig, MagnitudePruner, masked_layers
+from slimkit.sparsity import GradualMagnitudeConfig, GradualPruner, MagnitudeConfig, MagnitudePruner, masked_layers
+from slimkit.sparsity.pruner import Pruner
 from slimkit.sparsity.topk import keep_count
 from slimkit.train import TrainContext, Trainer
 
@@ -35,7 +36,7 @@ def test_unsupported_layer_and_empty_selection_are_errors():
         select_layers(lenet(), LayerSelection(include=["nothing.*"]))
 
 
-def _selected_stats(pruner: MagnitudePruner) -> tuple[int, int]:
+def _selected_stats(pruner: Pruner) -> tuple[int, int]:
     total = sum(mask.mask.numel() for _, mask in pruner.masks.values())
     kept = sum(int(mask.mask.sum()) for _, mask in pruner.masks.values())
     return total, kept
@@ -44,7 +45,7 @@ def _selected_stats(pruner: MagnitudePruner) -> tuple[int, int]:
 def test_gradual_schedule_is_cubic_monotone_and_exact():
     torch.manual_seed(0)
     model = lenet(in_channels=1, input_size=8)
-    pruner = MagnitudePruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=1, end_epoch=5, updates_per_epoch=2))
+    pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=1, end_epoch=5, updates_per_epoch=2))
     ctx = TrainContext(model, epochs=6, steps_per_epoch=10)
     pruner.attach(model, ctx)
     total, _ = _selected_stats(pruner)
@@ -87,7 +88,7 @@ def test_best_epoch_only_counts_once_target_is_reached():
     torch.manual_seed(0)
     data = load_data(DataConfig(name="digits"))
     model = lenet(in_channels=1, input_size=8, width=0.5)
-    pruner = MagnitudePruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=0, end_epoch=3))
+    pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=0, end_epoch=3))
     result = Trainer(model, data, TrainConfig(epochs=5, lr=0.05), [pruner], batch_size=64, progress=False).fit()
     assert [r["complete"] for r in result.history] == [False, False, True, True, True]
     assert result.best_epoch >= 2

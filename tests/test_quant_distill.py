@@ -228,10 +228,10 @@ def test_unknown_tap_is_a_clear_error(tmp_path, teacher_path):
 
 
 def test_prune_then_distill_then_quantize(tmp_path, teacher_path):
-    stages = [{"prune": {"method": "gmp", "sparsity": 0.9, "end_epoch": 2}},
+    stages = [{"prune": {"method": "optg", "sparsity": 0.9, "end_epoch": 2}},
               {"distill": {"method": "graph_kd", "teacher": str(teacher_path), "taps": [["features.5", "features.5"]]}},
               {"quantize": {"method": "uniform", "bits": 8}}]
-    run = slimkit.run_recipe(_digits(stages, epochs=3), tmp_path, progress=False)
+    run = slimkit.run_recipe(_digits(stages, epochs=6), tmp_path, progress=False)
     weights = torch.cat([run.model.features[3].weight.reshape(-1), run.model.classifier[1].weight.reshape(-1)])
     assert int((weights == 0).sum()) >= round(0.9 * weights.numel())  # masks survived quantization
     assert weight_quantization(run.model.classifier[1]).bits == 8

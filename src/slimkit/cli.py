@@ -55,6 +55,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
     from slimkit.metrics import measure
     from slimkit.models import MODELS, build_model
     from slimkit.persistence import rebuild
@@ -68,10 +70,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if source.exists():
         saved = safe_load(source, MODEL_FORMAT)
         model = rebuild(saved["arch"], saved.get("stages", []), saved["state_dict"], str(source))
+        library = next((torch.as_tensor(s["state"]["library"]) for s in saved.get("stages", [])
+                        if isinstance(s.get("state"), dict) and "library" in s["state"]), None)
         shape = (saved["arch"]["in_channels"], saved["arch"]["input_size"], saved["arch"]["input_size"])
     elif args.model in MODELS:
         model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
         shape = (args.in_channels, args.input_size, args.input_size)
+        library = None
     else:
         raise SlimkitError(f"{args.model!r} is neither a saved model (file or run folder) nor a zoo model; "
                            f"zoo models: {', '.join(sorted(MODELS))}")
@@ -81,7 +86,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         module = model.get_submodule(layer.name)
         layers.append({"name": layer.name, "type": layer.type, "shape": layer.shape, "params": layer.params,
                        "nonzeros": layer.nonzeros, "sparsity": layer.sparsity, "weight_bits": layer.weight_bits,
-                       "input_bits": layer.input_bits, "structure": detect_structure(module.weight.detach())})
+                       "input_bits": layer.input_bits, **detect_structure(module.weight, library)})
     summary = {"model": str(args.model), "input_shape": list(shape), "params": result.params,
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,

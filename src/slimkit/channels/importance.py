@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
 from slimkit.channels.graph import ChannelGraph
 from slimkit.train import distributed
+from slimkit.train.gradients import loss_gradients
 
 
 def _per_channel(graph: ChannelGraph, values: Callable[[nn.Module], Tensor | None]) -> dict[int, float]:
@@ -63,26 +63,14 @@ def gfbs_scores(graph: ChannelGraph, beta_weight: float = 0.05) -> dict[int, flo
         bn.weight.detach(), bn.weight.grad.detach(), bn.bias.detach(), beta_weight))
 
 
-@torch.no_grad()
-def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
 def accumulate_bn_gradients(model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
     """One train-mode forward/backward of cross-entropy, as GFBS scores. The gradients of BN gamma are
-    averaged over ranks (so every rank ranks the same numbers); BN statistics and all weights are restored,
-    and no optimiser step is taken."""
-    saved, was_training = _snapshot(model), model.training
-    model.train()
-    model.zero_grad(set_to_none=True)
-    x, y = batch
-    nn.functional.cross_entropy(model(x), y).backward()
+    averaged over ranks, so every rank ranks the same numbers."""
+    loss_gradients(model, [batch])
     world = distributed.current().world_size
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.weight.grad is not None:
             distributed.all_reduce_sum(module.weight.grad).div_(world)
-    model.load_state_dict(saved)
-    model.train(was_training)
 
 
 CRITERIA: dict[str, Callable[[ChannelGraph], dict[int, float]]] = {

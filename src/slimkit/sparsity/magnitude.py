@@ -1,7 +1,7 @@
-"""Magnitude pruning, one-shot and gradual (Zhu & Gupta's cubic schedule), through parametrized masks.
+"""The unstructured baselines (spec section 7): one-shot magnitude, gradual magnitude (Zhu & Gupta's cubic
+schedule, by |w| or by the Taylor criterion |w*g|) and SNIP.
 
-One-shot pruning is the gradual schedule with an empty window, so one modifier serves both. Scores are
-|W * M|: a pruned weight never returns, which makes the masks monotone over the schedule.
+Scores are taken through the mask, so a pruned weight never returns and masks shrink monotonically.
 """
 
 from __future__ import annotations
@@ -10,23 +10,12 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
-from slimkit.layers import LayerSelection, select_layers
-from slimkit.recipe import MethodConfig, register_method
-from slimkit.sparsity.masks import WeightMask, add_mask, raw_weight, remove_mask
-from slimkit.sparsity.schedules import cubic_sparsity
-from slimkit.sparsity.topk import global_masks, layerwise_masks
-from slimkit.train.modifier import Modifier, TrainContext
-
-
-class PruneConfig(MethodConfig):
-    """Shared by unstructured pruning methods: the final sparsity, its scope and the layers it covers."""
-
-    kind = "prune"
-    sparsity: float = Field(ge=0, lt=1, description="fraction of weights removed in the selected layers")
-    scope: Literal["global", "layer"] = "global"
-    layers: LayerSelection = Field(default_factory=LayerSelection)
+from slimkit.recipe import register_method
+from slimkit.sparsity.masks import raw_weight
+from slimkit.sparsity.pruner import GradualConfig, PruneConfig, Pruner
+from slimkit.train.modifier import TrainContext
 
 
 class MagnitudeConfig(PruneConfig):
@@ -35,93 +24,90 @@ class MagnitudeConfig(PruneConfig):
     method: Literal["magnitude"] = "magnitude"
 
 
-class GradualMagnitudeConfig(PruneConfig):
+class GradualMagnitudeConfig(GradualConfig):
     """Raise sparsity from initial_sparsity to sparsity between start_epoch and end_epoch (cubic)."""
 
     method: Literal["gmp"] = "gmp"
-    initial_sparsity: float = Field(0.0, ge=0, lt=1)
-    updates_per_epoch: int = Field(4, ge=1)
+    criterion: Literal["magnitude", "taylor"] = Field(
+        "magnitude", description="rank by |w|, or by |w*g| summed over the steps since the last update")
 
 
-class MagnitudePruner(Modifier):
-    config: PruneConfig
+class SnipConfig(PruneConfig):
+    """SNIP: rank |g*w| from `batches` batches at start_epoch (before any training by default), prune once."""
 
-    def __init__(self, config: PruneConfig):
+    method: Literal["snip"] = "snip"
+    batches: int = Field(1, ge=1)
+
+
+class MagnitudePruner(Pruner):
+    """One-shot magnitude pruning."""
+
+
+class GradualPruner(Pruner):
+    """Gradual pruning by magnitude or by the first-order Taylor criterion |w*g|.
+
+    The Taylor scores sum |w*g| over the optimiser steps since the last mask update; the gradients are the
+    ones DDP already averaged, and the sums are averaged again before the top-k so every rank agrees.
+    """
+
+    config: GradualMagnitudeConfig
+    gradual = True
+
+    def __init__(self, config: GradualMagnitudeConfig):
         super().__init__(config)
-        self.current = 0.0
-        self.masks: dict[str, tuple[nn.Module, WeightMask]] = {}
-        self.steps_per_epoch = 1
-        self.end_epoch = config.start_epoch
+        self.taylor = config.criterion == "taylor"
+        self.gradient_scores = self.taylor
+        self.sums: dict[str, Tensor] = {}
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
-        self.masks = {name: (m, add_mask(m)) for name, m in select_layers(model, self.config.layers).items()}
-        self.steps_per_epoch = max(1, ctx.steps_per_epoch)
-        if isinstance(self.config, GradualMagnitudeConfig):
-            self.end_epoch = self.config.end_epoch if self.config.end_epoch is not None else ctx.epochs
-
-    # --- schedule -------------------------------------------------------------------------------
-    @property
-    def _window(self) -> tuple[int, int]:
-        return self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
-
-    def target(self, step: int) -> float:
-        """Target sparsity after `step` optimiser steps."""
-        start, end = self._window
-        if step < start:
-            return 0.0
-        initial = getattr(self.config, "initial_sparsity", self.config.sparsity)
-        progress = 1.0 if end <= start else (step - start) / (end - start)
-        return cubic_sparsity(progress, initial, self.config.sparsity)
-
-    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        if epoch >= self.config.start_epoch:
-            self.prune_to(self.target(epoch * self.steps_per_epoch))
+        super().attach(model, ctx)
+        if self.taylor:
+            self.sums = {n: torch.zeros_like(raw_weight(m)) for n, (m, _) in self.masks.items()}
 
     def on_step_end(self, step: int, ctx: TrainContext) -> None:
-        start, end = self._window
-        if not start < step <= end:
-            return
-        updates = getattr(self.config, "updates_per_epoch", 1)
-        interval = max(1, self.steps_per_epoch // updates)
-        if (step - start) % interval == 0 or step == end:
-            self.prune_to(self.target(step))
+        if self.taylor:
+            with torch.no_grad():
+                for name, (module, _) in self.masks.items():
+                    weight = raw_weight(module)
+                    if weight.grad is not None:
+                        self.sums[name] += (weight * weight.grad).abs()
+        super().on_step_end(step, ctx)
 
-    # --- masks ------------------------------------------------------------------------------------
-    @torch.no_grad()
+    def scores(self) -> dict[str, Tensor]:
+        if not self.taylor:
+            return super().scores()
+        if all(not bool(s.any()) for s in self.sums.values()):  # no step yet: measure on one batch
+            for name, s in self.batch_taylor_scores(1).items():
+                self.sums[name] += s
+        return {n: self.sums[n] * mask.mask for n, (_, mask) in self.masks.items()}
+
     def prune_to(self, sparsity: float) -> None:
-        """Set masks so that exactly `sparsity` of the selected weights are zero; never lowers sparsity."""
-        if sparsity <= self.current:
-            return
-        scores = {n: (raw_weight(m) * mask.mask).abs() for n, (m, mask) in self.masks.items()}
-        select = global_masks if self.config.scope == "global" else layerwise_masks
-        for name, new in select(scores, sparsity).items():
-            self.masks[name][1].mask.copy_(new)
-        self.current = sparsity
-
-    def achieved_sparsity(self) -> float:
-        total = sum(mask.mask.numel() for _, mask in self.masks.values())
-        kept = sum(int(mask.mask.sum()) for _, mask in self.masks.values())
-        return 1.0 - kept / max(total, 1)
-
-    def is_complete(self, epoch: int) -> bool:
-        return self.current >= self.config.sparsity
-
-    def finalize(self, model: nn.Module) -> nn.Module:
-        self.prune_to(self.config.sparsity)
-        for module, _ in self.masks.values():
-            remove_mask(module)
-        return model
-
-    def summary(self) -> dict[str, Any]:
-        return {"method": self.name, "target_sparsity": self.config.sparsity, "scope": self.config.scope,
-                "layers": list(self.masks)}
+        before = self.current
+        super().prune_to(sparsity)
+        if self.taylor and self.current != before:
+            for s in self.sums.values():
+                s.zero_()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"current": self.current}
+        return super().state_dict() | ({"sums": self.sums} if self.taylor else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.current = float(state["current"])
+        super().load_state_dict(state)
+        self.sums.update({name: saved.clone() for name, saved in state.get("sums", {}).items()})
+
+
+class SnipPruner(Pruner):
+    """SNIP (Lee et al. 2019): connection sensitivity |dL/dc| at c = 1, i.e. |g*w|, on the weights as they
+    are at start_epoch, one global top-k, mask fixed afterwards. The official code also scores biases and
+    divides by the sum of scores; biases stay dense here and the division does not change the ranking."""
+
+    config: SnipConfig
+    gradient_scores = True
+
+    def scores(self) -> dict[str, Tensor]:
+        return self.batch_taylor_scores(self.config.batches)
 
 
 register_method(MagnitudeConfig, MagnitudePruner)
-register_method(GradualMagnitudeConfig, MagnitudePruner)
+register_method(GradualMagnitudeConfig, GradualPruner)
+register_method(SnipConfig, SnipPruner)

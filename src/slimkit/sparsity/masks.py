@@ -21,12 +21,29 @@ class WeightMask(nn.Module):
         return weight * self.mask
 
 
-def add_mask(module: nn.Module, name: str = "weight") -> WeightMask:
-    """Attach (or return the existing) mask of `module.name`."""
+class ScoredMask(WeightMask):
+    """A mask picked from trainable scores S beside the weight (OptG, movement pruning).
+
+    The forward value is W * M; a straight-through estimator passes the output gradient G to the scores as if
+    M were S, so dL/dS = W * G for kept and pruned entries alike, and dL/dW = G * M.
+    """
+
+    def __init__(self, shape: torch.Size):
+        super().__init__(shape)
+        self.scores = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * (self.mask + (self.scores - self.scores.detach()))
+
+
+def add_mask(module: nn.Module, name: str = "weight", scored: bool = False) -> WeightMask:
+    """Attach (or return the existing) mask of `module.name`; `scored` gives it trainable scores."""
     existing = get_mask(module, name)
     if existing is not None:
+        if scored and not isinstance(existing, ScoredMask):
+            raise ValueError(f"{type(module).__name__}.{name} already has a plain mask; two pruners overlap")
         return existing
-    mask = WeightMask(getattr(module, name).shape)
+    mask = (ScoredMask if scored else WeightMask)(getattr(module, name).shape)
     parametrize.register_parametrization(module, name, mask)
     return mask
 

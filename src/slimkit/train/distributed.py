@@ -46,6 +46,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average over ranks in place: scores from local batches become one ranking that every rank shares."""
+    return all_reduce_sum(tensor).div_(current().world_size)
+
+
 def broadcast_buffers(model: torch.nn.Module) -> None:
     """Copy rank 0's buffers (BN running statistics) to every rank. DDP syncs them only at the start of the
     next forward, so after an epoch's last step each rank still holds statistics from its own batch."""

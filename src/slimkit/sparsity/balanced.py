@@ -1,0 +1,109 @@
+"""Sense-style kernel-balanced sparsity (spec section 4): every group, one output filter times a tile of T
+input channels (all kernel positions), keeps exactly floor((1 - s) * |group|) weights, so each processing
+element gets the same work. Sense's own setting is s = 1/2.
+
+No code of the paper exists; this follows the spec's reconstruction: start from trained weights, raise s
+linearly to its target while retraining with the masks applied, and (optionally) rearrange input channels
+first so that each tile holds channels of similar activation sparsity (`rearrange.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from slimkit.recipe import register_method
+from slimkit.sparsity.pruner import GradualConfig, Pruner
+from slimkit.sparsity.rearrange import rearrange_channels
+from slimkit.train.modifier import TrainContext
+
+
+class SenseConfig(GradualConfig):
+    """Balanced groups of one filter x `tile` input channels; sparsity rises linearly over the window."""
+
+    method: Literal["sense"] = "sense"
+    sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed from every group")
+    tile: int = Field(8, ge=1, description="input channels per group (the PE array height)")
+    rearrange: bool = Field(True, description="sort input channels by measured zero fraction before pruning")
+    calibration_batches: int = Field(4, ge=1)
+
+
+def group_keep(size: int, sparsity: float) -> int:
+    """Weights a group of `size` keeps: floor((1 - s) * size), with a guard against 0.5 * 18 = 8.9999."""
+    return math.floor((1 - sparsity) * size + 1e-9)
+
+
+def _tiles(inputs: int, tile: int) -> list[slice]:
+    return [slice(start, min(start + tile, inputs)) for start in range(0, inputs, tile)]
+
+
+def balanced_mask(scores: Tensor, tile: int, sparsity: float) -> Tensor:
+    """Boolean mask keeping the top group_keep(|g|) scores of every (filter, input tile) group; ties go to
+    the lower index in the group's (channel, kh, kw) order."""
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    for part in _tiles(scores.shape[1], tile):
+        block = scores[:, part].reshape(scores.shape[0], -1)
+        order = torch.sort(block, dim=1, descending=True, stable=True).indices
+        keep = group_keep(block.shape[1], sparsity)
+        chosen = torch.zeros_like(block, dtype=torch.bool).scatter_(1, order[:, :keep], True)
+        mask[:, part] = chosen.reshape(mask[:, part].shape)
+    return mask
+
+
+def group_nonzeros(weight: Tensor, tile: int) -> list[Tensor]:
+    """Non-zero count of every group, one tensor (one entry per filter) per input tile."""
+    return [(weight[:, part] != 0).reshape(weight.shape[0], -1).sum(1) for part in _tiles(weight.shape[1], tile)]
+
+
+def is_balanced(weight: Tensor, tile: int, sparsity: float) -> bool:
+    """True when no group holds more than group_keep(|g|) non-zeros."""
+    return all(bool((count <= group_keep(weight[:1, part].numel(), sparsity)).all())
+               for count, part in zip(group_nonzeros(weight, tile), _tiles(weight.shape[1], tile), strict=True))
+
+
+class SensePruner(Pruner):
+    config: SenseConfig
+    gradual = True
+
+    def __init__(self, config: SenseConfig):
+        super().__init__(config)
+        self.permutations: dict[str, list[int]] = {}
+        self.rearranged = False
+
+    def schedule(self, progress: float) -> float:
+        return self.config.initial_sparsity + (self.config.sparsity - self.config.initial_sparsity) * progress
+
+    def select(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
+        return {name: balanced_mask(s, self.config.tile, sparsity) for name, s in scores.items()}
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        if self.config.rearrange and not self.rearranged and epoch >= self.config.start_epoch:
+            self.rearrange(ctx)
+        super().on_epoch_start(epoch, ctx)
+
+    def rearrange(self, ctx: TrainContext) -> None:
+        batches = []
+        for i, (x, _) in enumerate(ctx.train_loader or []):
+            if i == self.config.calibration_batches:
+                break
+            batches.append(x)
+        self.permutations = rearrange_channels(ctx.model, batches, list(self.masks), ctx.optimizer)
+        self.rearranged = True
+
+    def summary(self) -> dict[str, Any]:
+        return super().summary() | {"tile": self.config.tile, "rearranged_layers": sorted(self.permutations)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"rearranged": self.rearranged, "permutations": self.permutations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.rearranged = bool(state.get("rearranged", False))
+        self.permutations = dict(state.get("permutations", {}))
+
+
+register_method(SenseConfig, SensePruner)

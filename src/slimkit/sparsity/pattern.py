@@ -1,0 +1,218 @@
+"""PatDNN/PCONV pattern plus connectivity sparsity (spec section 2), trained with ADMM.
+
+- A pattern is a 3x3 support of 4 entries that includes the centre (56 candidates). The library is the K
+  patterns that occur most often when every trained 3x3 kernel keeps its centre plus its 3 largest |w|.
+- Pattern projection keeps, per kernel, the library pattern P maximising ||W_k * P||_2.
+- Connectivity projection keeps the ceil(n / r_c) kernels of largest ||W_k||_2 per layer (1x1 and other
+  kernel shapes get connectivity only).
+- ADMM minimises CE + rho/2 ||W - Z + U||^2 + rho/2 ||W - Y + V||^2 with Z, Y the pattern and connectivity
+  copies and U, V scaled duals updated after each epoch; then a hard prune to Pi_pat(Pi_conn(W)) != 0 and
+  masked retraining. The penalty is the papers' squared Frobenius norm (the unofficial code used the plain
+  norm). No official training code exists; see the spec for what is reconstructed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from slimkit.layers import LayerSelection
+from slimkit.recipe import MethodConfig, register_method
+from slimkit.sparsity.masks import raw_weight
+from slimkit.sparsity.pruner import Pruner
+from slimkit.train.modifier import TrainContext
+
+CENTRE = 4
+
+
+def candidate_patterns() -> Tensor:
+    """The 56 supports of a 3x3 kernel with 4 entries including the centre, (56, 9) bool, in a fixed order."""
+    others = [i for i in range(9) if i != CENTRE]
+    rows = []
+    for chosen in itertools.combinations(others, 3):
+        row = torch.zeros(9, dtype=torch.bool)
+        row[[CENTRE, *chosen]] = True
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def kernel_patterns(kernels: Tensor) -> Tensor:
+    """Each 3x3 kernel's own pattern: the centre plus the 3 largest |w| of the other 8, as (N, 9) bool."""
+    flat = kernels.reshape(-1, 9).abs().clone()
+    flat[:, CENTRE] = float("inf")
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :4]
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+
+
+def extract_library(kernels: Tensor, k: int = 8) -> Tensor:
+    """The k most frequent kernel patterns among `kernels` (..., 3, 3), (k, 9) bool; equal counts go to the
+    earlier candidate."""
+    candidates = candidate_patterns()
+    own = kernel_patterns(kernels)
+    counts = (own.unsqueeze(1) == candidates.unsqueeze(0)).all(-1).sum(0)
+    order = torch.sort(counts, descending=True, stable=True).indices
+    return candidates[order[:k]]
+
+
+def select_patterns(weight: Tensor, library: Tensor) -> Tensor:
+    """Per 3x3 kernel the index of the library pattern with the largest ||W_k * P||_2 (ties: lower index)."""
+    energy = weight.reshape(-1, 9).pow(2) @ library.float().T
+    return torch.sort(energy, dim=1, descending=True, stable=True).indices[:, 0]
+
+
+def pattern_mask(weight: Tensor, library: Tensor) -> Tensor:
+    """The support of the chosen library pattern of every 3x3 kernel, shaped like `weight`."""
+    return library[select_patterns(weight, library)].reshape(weight.shape)
+
+
+def project_patterns(weight: Tensor, library: Tensor) -> Tensor:
+    """Euclidean projection of a (out, in, 3, 3) weight onto the library's patterns."""
+    return weight * pattern_mask(weight, library)
+
+
+def kernels_kept(count: int, ratio: float) -> int:
+    """Kernels a layer of `count` keeps under connectivity ratio r_c: ceil(count / r_c)."""
+    return min(count, math.ceil(count / ratio - 1e-9))
+
+
+def connectivity_mask(weight: Tensor, ratio: float) -> Tensor:
+    """Shaped like `weight`: the ceil(n / ratio) kernels of largest L2 norm (ties: lower index). A linear
+    weight's kernels are its single entries."""
+    kernels = weight.reshape(weight.shape[0] * weight.shape[1], -1)
+    order = torch.sort(kernels.norm(dim=1), descending=True, stable=True).indices
+    keep = torch.zeros(kernels.shape[0], dtype=torch.bool)
+    keep[order[:kernels_kept(kernels.shape[0], ratio)]] = True
+    return keep.unsqueeze(1).expand_as(kernels).reshape(weight.shape)
+
+
+def project_connectivity(weight: Tensor, ratio: float) -> Tensor:
+    return weight * connectivity_mask(weight, ratio)
+
+
+def is_pattern_valid(weight: Tensor, library: Tensor) -> bool:
+    """True when every 3x3 kernel is all zero or has its non-zeros inside one library pattern."""
+    support = weight.reshape(-1, 9) != 0
+    inside = (support.unsqueeze(1) & ~library.unsqueeze(0)).any(-1).logical_not().any(1)
+    return bool((inside | ~support.any(1)).all())
+
+
+def _is_3x3(weight: Tensor) -> bool:
+    return weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3)
+
+
+class PatternConfig(MethodConfig):
+    """PatDNN: ADMM for `admm_epochs` from start_epoch, then hard pattern + connectivity pruning and
+    masked retraining to the end."""
+
+    kind = "prune"
+    method: Literal["patdnn"] = "patdnn"
+    patterns: int = Field(8, ge=1, le=56, description="library size K")
+    connectivity: float = Field(3.6, ge=1, description="r_c: a layer keeps ceil(kernels / r_c) kernels")
+    rho: float = Field(1e-2, gt=0, description="ADMM penalty weight")
+    admm_epochs: int = Field(2, ge=0)
+    layers: LayerSelection = Field(default_factory=lambda: LayerSelection(types=["conv"]))
+
+
+class PatternPruner(Pruner):
+    config: PatternConfig
+
+    def __init__(self, config: PatternConfig):
+        super().__init__(config)
+        self.library = torch.zeros(0, 9, dtype=torch.bool)
+        self.admm: dict[str, dict[str, Tensor]] = {}  # layer -> Z, Y, U, V
+        self.pruned = False
+
+    @property
+    def final(self) -> float:
+        return self.achieved_sparsity() if self.pruned else 1.0
+
+    @property
+    def prune_epoch(self) -> int:
+        return self.config.start_epoch + self.config.admm_epochs
+
+    def project(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """(pattern projection, connectivity projection) of a layer's weight."""
+        patterned = project_patterns(weight, self.library) if _is_3x3(weight) else weight
+        return patterned, project_connectivity(weight, self.config.connectivity)
+
+    @torch.no_grad()
+    def start_admm(self) -> None:
+        kernels = [raw_weight(m) for m, _ in self.masks.values() if _is_3x3(raw_weight(m))]
+        self.library = extract_library(torch.cat([k.reshape(-1, 9) for k in kernels]), self.config.patterns) \
+            if kernels else torch.zeros(0, 9, dtype=torch.bool)
+        for name, (module, _) in self.masks.items():
+            w = raw_weight(module).detach()
+            z, y = self.project(w)
+            self.admm[name] = {"Z": z, "Y": y, "U": torch.zeros_like(w), "V": torch.zeros_like(w)}
+
+    @torch.no_grad()
+    def update_admm(self) -> None:
+        for name, (module, _) in self.masks.items():
+            state, x = self.admm[name], raw_weight(module).detach()
+            state["Z"], _ = self.project(x + state["U"])
+            _, state["Y"] = self.project(x + state["V"])
+            state["U"] += x - state["Z"]
+            state["V"] += x - state["Y"]
+
+    @torch.no_grad()
+    def hard_prune(self) -> None:
+        """Masks = connectivity x pattern supports of the current weights; the duals are dropped."""
+        if not self.library.numel():
+            self.start_admm()
+        for module, mask in self.masks.values():
+            w = raw_weight(module)
+            support = connectivity_mask(w, self.config.connectivity)
+            if _is_3x3(w):
+                support = support & pattern_mask(w, self.library)
+            mask.mask.copy_(support)
+        self.admm, self.pruned = {}, True
+        self.current = self.achieved_sparsity()
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        if self.pruned or epoch < self.config.start_epoch:
+            return
+        if epoch >= self.prune_epoch:
+            self.hard_prune()
+        elif not self.admm:
+            self.start_admm()
+        else:
+            self.update_admm()
+
+    def on_step_end(self, step: int, ctx: TrainContext) -> None:
+        """ADMM updates run per epoch; nothing per step."""
+
+    def loss(self, outputs: Tensor, batch: tuple[Tensor, Tensor], ctx: TrainContext) -> Tensor | None:
+        if not self.admm:
+            return None
+        terms = []
+        for name, (module, _) in self.masks.items():
+            s, w = self.admm[name], raw_weight(module)
+            terms.append((w - s["Z"] + s["U"]).pow(2).sum() + (w - s["Y"] + s["V"]).pow(2).sum())
+        return self.config.rho / 2 * torch.stack(terms).sum()
+
+    def is_complete(self, epoch: int) -> bool:
+        return self.pruned
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        if not self.pruned:
+            self.hard_prune()
+        return super().finalize(model)
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.name, "library": self.library.int().tolist(), "connectivity": self.config.connectivity,
+                "target_sparsity": self.current, "layers": list(self.masks)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self.current, "pruned": self.pruned, "library": self.library, "admm": self.admm}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.current, self.pruned = float(state["current"]), bool(state["pruned"])
+        self.library, self.admm = state["library"], dict(state["admm"])
+
+
+register_method(PatternConfig, PatternPruner)

@@ -1,0 +1,158 @@
+"""The shared machinery of every mask-based pruning method: masks on the selected layers, a sparsity
+schedule over a window of epochs, exact-count selection from scores, and squashing at the end.
+
+A method says three things: how it scores weights (`scores`), how it picks a mask from scores at a
+sparsity (`select`: global or per-layer top-k, N:M groups, balanced groups), and how its target rises
+(`schedule`). Everything else, including checkpoints and DDP agreement, lives here once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from slimkit.layers import LayerSelection, select_layers
+from slimkit.recipe import MethodConfig
+from slimkit.sparsity.masks import WeightMask, add_mask, raw_weight, remove_mask
+from slimkit.sparsity.schedules import cubic_sparsity
+from slimkit.sparsity.topk import global_masks, layerwise_masks
+from slimkit.train import distributed
+from slimkit.train.gradients import loss_gradients
+from slimkit.train.modifier import Modifier, TrainContext
+
+
+class PruneConfig(MethodConfig):
+    """Shared by pruning methods: the final sparsity, its scope and the layers it covers."""
+
+    kind = "prune"
+    sparsity: float = Field(ge=0, lt=1, description="fraction of weights removed in the selected layers")
+    scope: Literal["global", "layer"] = "global"
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+
+
+class GradualConfig(PruneConfig):
+    """A target that rises from initial_sparsity at start_epoch to sparsity at end_epoch (default: the last)."""
+
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+    updates_per_epoch: int = Field(4, ge=1)
+
+
+class Pruner(Modifier):
+    """Base of the mask-based pruners. Subclasses override `scores`, `select` and `schedule` as needed."""
+
+    config: PruneConfig
+    scored_masks = False  # masks carry trainable scores (OptG, movement)
+    monotone = True  # a pruned weight never returns, so a target below the current one changes nothing
+    gradient_scores = False  # scores come from local gradients and are averaged over ranks before top-k
+    gradual = False  # the target rises over [start_epoch, end_epoch]; otherwise it jumps at start_epoch
+
+    def __init__(self, config: PruneConfig):
+        super().__init__(config)
+        self.current = 0.0
+        self.masks: dict[str, tuple[nn.Module, WeightMask]] = {}
+        self.steps_per_epoch = 1
+        self.end_epoch = config.start_epoch
+        self.model: nn.Module | None = None
+        self.loader: Iterable[tuple[Tensor, Tensor]] | None = None
+
+    @property
+    def final(self) -> float:
+        """The sparsity the method ends at."""
+        return self.config.sparsity
+
+    def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        layers = select_layers(model, self.config.layers)
+        self.masks = {name: (m, add_mask(m, scored=self.scored_masks)) for name, m in layers.items()}
+        self.steps_per_epoch = max(1, ctx.steps_per_epoch)
+        self.model, self.loader = model, ctx.train_loader
+        if self.gradual:
+            self.end_epoch = self.config.end_epoch if self.config.end_epoch is not None else ctx.epochs
+
+    # --- schedule -------------------------------------------------------------------------------
+    def schedule(self, progress: float) -> float:
+        """Target sparsity at `progress` in [0, 1] through the window: Zhu & Gupta's cubic by default."""
+        return cubic_sparsity(progress, getattr(self.config, "initial_sparsity", self.final), self.final)
+
+    def target(self, step: int) -> float:
+        """Target sparsity after `step` optimiser steps."""
+        start, end = self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
+        if step < start:
+            return 0.0
+        return self.schedule(1.0 if end <= start else (step - start) / (end - start))
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        if epoch >= self.config.start_epoch:
+            self.prune_to(self.target(epoch * self.steps_per_epoch))
+
+    def on_step_end(self, step: int, ctx: TrainContext) -> None:
+        start, end = self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
+        if not start < step <= end:
+            return
+        interval = max(1, self.steps_per_epoch // getattr(self.config, "updates_per_epoch", 1))
+        if (step - start) % interval == 0 or step == end:
+            self.prune_to(self.target(step))
+
+    # --- masks ------------------------------------------------------------------------------------
+    def scores(self) -> dict[str, Tensor]:
+        """Importance of every weight; the default is the magnitude of the weight as the model sees it."""
+        return {n: (raw_weight(m) * mask.mask).abs() for n, (m, mask) in self.masks.items()}
+
+    def batch_taylor_scores(self, batches: int) -> dict[str, Tensor]:
+        """|w * g| with g the cross-entropy gradient summed over the next `batches` training batches
+        (local to this rank: a method using it sets gradient_scores so they are averaged)."""
+        if self.loader is None:
+            raise RuntimeError(f"{self.name} needs training batches to score weights")
+        loss_gradients(self.model, itertools.islice(iter(self.loader), batches))
+        return {n: (raw_weight(m) * raw_weight(m).grad).abs() for n, (m, _) in self.masks.items()}
+
+    def tiebreak(self) -> dict[str, Tensor] | None:
+        """What decides between equal scores (before the flat index); None: the index alone."""
+        return None
+
+    def select(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
+        """Keep masks holding exactly `sparsity` zeros, over all layers at once or per layer."""
+        select = global_masks if self.config.scope == "global" else layerwise_masks
+        return select(scores, sparsity, self.tiebreak())
+
+    def prune_to(self, sparsity: float) -> None:
+        """Recompute the masks at `sparsity` (for a monotone method, only when it is above the current one)."""
+        if self.monotone and sparsity <= self.current:
+            return
+        scores = {n: s.detach().float().clone() for n, s in self.scores().items()}  # may run a backward pass
+        with torch.no_grad():
+            if self.gradient_scores:
+                for s in scores.values():
+                    distributed.all_reduce_mean(s)
+            for name, new in self.select(scores, sparsity).items():
+                self.masks[name][1].mask.copy_(new)
+        self.current = sparsity
+
+    def achieved_sparsity(self) -> float:
+        total = sum(mask.mask.numel() for _, mask in self.masks.values())
+        kept = sum(int(mask.mask.sum()) for _, mask in self.masks.values())
+        return 1.0 - kept / max(total, 1)
+
+    def is_complete(self, epoch: int) -> bool:
+        return self.current >= self.final
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        if self.current != self.final:  # the mask of the last epochs is kept once it is at the target
+            self.prune_to(self.final)
+        for module, _ in self.masks.values():
+            remove_mask(module)
+        return model
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.name, "target_sparsity": self.final, "scope": self.config.scope,
+                "layers": list(self.masks)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self.current}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.current = float(state["current"])

@@ -1,0 +1,148 @@
+"""Every sparsity method end to end: from a recipe, to its exact structure, through a kill and a resume."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from slimkit import cli
+from slimkit.pipeline import run_recipe
+from slimkit.recipe import Recipe
+from slimkit.sparsity import is_balanced, is_nm, is_pattern_valid
+from slimkit.sparsity.pattern import kernels_kept
+from slimkit.sparsity.topk import keep_count
+from slimkit.train.checkpoint import CHECKPOINT_FORMAT, safe_load
+from test_checkpoint import Interrupt, _interrupt_after
+
+STAGES = {
+    "magnitude": {"method": "magnitude", "sparsity": 0.75},
+    "gmp-taylor": {"method": "gmp", "criterion": "taylor", "sparsity": 0.75, "end_epoch": 2},
+    "snip": {"method": "snip", "sparsity": 0.75},
+    "optg": {"method": "optg", "sparsity": 0.75, "end_epoch": 3},
+    "movement": {"method": "movement", "sparsity": 0.75, "end_epoch": 2},
+    "nm": {"method": "nm", "n": 1, "m": 3, "end_epoch": 2},
+    "sense": {"method": "sense", "sparsity": 0.5, "tile": 2, "end_epoch": 2},
+    "patdnn": {"method": "patdnn", "connectivity": 2.0, "admm_epochs": 1},
+}
+
+
+def _recipe(base: dict, stage: dict) -> Recipe:
+    data = copy.deepcopy(base)
+    data["model"] = {"name": "lenet", "width": 0.5, "options": {"kernel_size": 3}}
+    data["baseline"]["epochs"] = 2
+    data["stages"] = [{"prune": stage}]
+    return Recipe.from_dict(data)
+
+
+def _layers(model):
+    return {"features.3": model.features[3].weight, "classifier.1": model.classifier[1].weight}
+
+
+def _check_structure(name: str, model) -> None:
+    weights = _layers(model)
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    total = sum(w.numel() for w in weights.values())
+    if name == "nm":
+        assert all(is_nm(w, 1, 3) for w in weights.values())
+        assert not any(is_nm(w, 1, 4) for w in weights.values())
+    elif name == "sense":
+        assert all(is_balanced(w, 2, 0.5) for w in weights.values())
+        assert zeros >= total // 2
+    elif name == "patdnn":
+        conv = weights["features.3"]  # the library check is in test_pattern_library_is_saved_with_the_model
+        assert int((conv.reshape(-1, 9) != 0).any(1).sum()) == kernels_kept(conv.shape[0] * conv.shape[1], 2.0)
+        assert bool(((conv.reshape(-1, 9) != 0).sum(1) <= 4).all())
+        assert int((weights["classifier.1"] == 0).sum()) == 0  # patdnn selects convs only by default
+    else:
+        assert zeros == total - keep_count(total, 0.75)
+
+
+STRUCTURE = {"nm": {"structure": "1:3", "n": 1, "m": 3}, "patdnn": {"structure": "pattern", "kernels_kept": 125,
+                                                                   "kernels": 250, "patterns": 8}}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_method_reaches_its_structure_and_resumes_identically(tmp_path, digits_recipe, name, capsys):
+    recipe = _recipe(digits_recipe, STAGES[name])
+    full = run_recipe(recipe, tmp_path / "full", progress=False)
+    _check_structure(name, full.model)
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "full"), "--json"]) == 0
+    layer = next(x for x in json.loads(capsys.readouterr().out)["layers"] if x["name"] == "features.3")
+    found = {k: v for k, v in layer.items() if k in ("structure", "n", "m", "kernels_kept", "kernels", "patterns",
+                                                     "tile", "kept_per_group", "group_size")}
+    expected = STRUCTURE.get(name, {"structure": "unstructured"})
+    if name == "sense":
+        expected = {"structure": "balanced", "tile": 2, "kept_per_group": 9, "group_size": 18}
+    assert found == expected
+    conv = full.model.features[3]
+    assert layer["nonzeros"] == int((conv.weight != 0).sum()) + int((conv.bias != 0).sum())
+    assert full.metrics["models"]["compressed"]["test_acc"] > 0.3  # it learned (chance is 0.1)
+    with pytest.raises(Interrupt):  # 2 baseline epochs, then 2 of the 4 compressed ones
+        run_recipe(recipe, tmp_path / "killed", progress=False, callbacks=(_interrupt_after(4),))
+    state = safe_load(tmp_path / "killed" / "compressed" / "checkpoint.pt", CHECKPOINT_FORMAT)
+    assert state["epoch"] == 1
+    resumed = run_recipe(recipe, tmp_path / "killed", resume=True, progress=False)
+    for (key, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
+def test_pattern_library_is_saved_with_the_model_and_checks(tmp_path, digits_recipe):
+    run = run_recipe(_recipe(digits_recipe, STAGES["patdnn"]), tmp_path, progress=False)
+    stage = torch.load(tmp_path / "model.pt", weights_only=True)["stages"][0]
+    library = torch.as_tensor(stage["state"]["library"])
+    assert library.shape == (8, 9) and bool(library[:, 4].all())
+    assert is_pattern_valid(run.model.features[3].weight, library)
+    summary = run.metrics["stages"][0]
+    assert summary["library"] == library.int().tolist()
+
+
+def test_sense_rearrangement_keeps_the_function():
+    from slimkit.models import lenet
+    from slimkit.sparsity.rearrange import rearrange_channels, zero_fractions
+
+    torch.manual_seed(0)
+    model = lenet(in_channels=1, input_size=8, width=0.5, kernel_size=3).eval()
+    x = torch.rand(64, 1, 8, 8)
+    before = model(x)
+    perms = rearrange_channels(model, [x], ["features.3", "classifier.1"])
+    assert set(perms) == {"features.0", "features.3"} and sorted(perms["features.3"]) == list(range(25))
+    assert torch.allclose(model(x), before, atol=1e-5)
+    after = zero_fractions(model, ["features.3"], [x])["features.3"]
+    assert bool((after[1:] >= after[:-1]).all())  # tiles now hold channels of similar sparsity
+
+
+def test_sense_rearrangement_on_a_resnet_moves_only_untied_channels():
+    from slimkit.models import resnet20
+    from slimkit.sparsity.rearrange import rearrange_channels
+
+    torch.manual_seed(0)
+    model = resnet20(width=0.5).eval()
+    for m in model.modules():  # non-trivial BN statistics, so a wrong permutation would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(8, 3, 32, 32)
+    before = model(x)
+    perms = rearrange_channels(model, [x], [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)])
+    assert perms and all(name.endswith("conv1") for name in perms)  # block conv2 outputs are tied by the adds
+    assert torch.allclose(model(x), before, atol=1e-4)
+
+
+BUNDLED = {
+    "optg-90": ["train.epochs=2"],
+    "movement-90": ["train.epochs=2", "stages.0.prune.start_epoch=0", "stages.0.prune.end_epoch=1"],
+    "snip-90": ["train.epochs=2"],
+    "gmp-taylor-90": ["train.epochs=2", "stages.0.prune.start_epoch=0", "stages.0.prune.end_epoch=1"],
+    "nm-2-4": ["train.epochs=1", "baseline.epochs=1"],
+    "sense-50": ["train.epochs=2", "baseline.epochs=1", "stages.0.prune.end_epoch=1"],
+    "patdnn": ["train.epochs=2", "baseline.epochs=1", "stages.0.prune.admm_epochs=1"],
+}
+
+
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_bundled_recipe_runs_through_the_cli(tmp_path, name, capsys):
+    code = cli.main(["run", name, "--out", str(tmp_path), "--no-progress", "data.name=digits", *BUNDLED[name]])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "report.md").exists()
