@@ -17,6 +17,7 @@ from slimkit.persistence import load, save_model
 from slimkit.pipeline import Run, run_recipe
 from slimkit.recipe import Recipe
 from slimkit.report import Report
+from slimkit.runtime import deploy, load_deployed, save_deployed
 from slimkit.train import Modifier, Trainer
 
 __all__ = [
@@ -30,13 +31,16 @@ __all__ = [
            "binary",
            "channels",
            "compress",
+           "deploy",
            "distill",
            "load",
            "load_data",
+           "load_deployed",
            "measure",
            "models",
            "quant",
            "run_recipe",
+           "save_deployed",
            "save_model",
            "sparsity",
 ]

@@ -45,14 +45,18 @@ class ActivationBinarizer(nn.Module):
         self.surrogate = surrogate
         self.normalize = normalize
 
-    def forward(self, x: Tensor) -> Tensor:
+    def normalized(self, x: Tensor) -> Tensor:
+        """The tensor whose sign is taken (deployment packs the signs of this)."""
         if self.normalize == "standardize":  # RBNN: per-sample, no eps
-            x = standardize_rows(x)
-        elif self.normalize == "standardize_eps":  # SiMaN
-            x = standardize_rows(x, eps=1e-5)
-        elif self.normalize == "scale" and self.training:  # ReCU: no centring, training only
-            x = x / _broadcast((_per_row(x).var(1) + 1e-5).sqrt(), x)
-        return surrogate_sign(x, self.surrogate)
+            return standardize_rows(x)
+        if self.normalize == "standardize_eps":  # SiMaN
+            return standardize_rows(x, eps=1e-5)
+        if self.normalize == "scale" and self.training:  # ReCU: no centring, training only
+            return x / _broadcast((_per_row(x).var(1) + 1e-5).sqrt(), x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return surrogate_sign(self.normalized(x), self.surrogate)
 
     def extra_repr(self) -> str:
         return f"surrogate={self.surrogate}, normalize={self.normalize}"

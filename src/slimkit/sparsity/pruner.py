@@ -83,7 +83,7 @@ class Pruner(Modifier):
         start, end = self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
         if step < start:
             return 0.0
-        return self.schedule(1.0 if end <= start else (step - start) / (end - start))
+        return self.schedule(1.0 if end <= start else min(1.0, (step - start) / (end - start)))
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         if epoch >= self.config.start_epoch:

@@ -1,0 +1,147 @@
+"""`deploy(model, example)`: replace compressed layers by inference kernels where they are measurably faster.
+
+Each candidate layer (binary; sparse conv/linear, pattern-pruned included) is built, timed against the
+layer it replaces on that layer's real input (the example's activations, after a warm-up that absorbs
+JIT compilation), and kept only if faster. Every decision is recorded in `model.deploy_report`, dense
+fallbacks and their reasons included. N:M layers stay dense: CPUs have no N:M speedup path.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimkit.binary.layers import BinaryConv2d, BinaryLinear
+from slimkit.errors import CheckpointError
+from slimkit.runtime.modules import NotDeployable, PackedBinaryConv2d, SparseConv2d, SparseLinear
+from slimkit.sparsity.structure import detect_structure
+from slimkit.train.checkpoint import MODEL_FORMAT, atomic_save, safe_load
+
+DEPLOYED_FORMAT = "slimkit-deployed-v1"
+MIN_SPARSITY = 0.5  # below this a sparse kernel cannot beat dense BLAS; not even tried
+
+
+def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[], nn.Module] | None, str]:
+    """(kind, builder or None, reason) for one layer."""
+    if isinstance(module, BinaryConv2d | BinaryLinear):
+        return "binary", lambda: PackedBinaryConv2d(module, threads), ""
+    if type(module) not in (nn.Conv2d, nn.Linear):  # parametrized (quantized, masked) layers are left alone
+        return "other", None, ""
+    weight = module.weight.detach()
+    sparsity = float((weight == 0).float().mean())
+    if sparsity == 0:
+        return "dense", None, "no zero weights"
+    structure = detect_structure(weight)["structure"]
+    kind = "pattern" if structure == "pattern" else ("n:m" if ":" in structure else "sparse")
+    if kind == "n:m":
+        return kind, None, f"{structure} has no CPU speedup path; runs dense"
+    if sparsity < MIN_SPARSITY:
+        return kind, None, f"{sparsity:.0%} sparse: below {MIN_SPARSITY:.0%}, dense BLAS wins"
+    build = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+    return kind, lambda: build(module, threads), ""
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def _layer_inputs(model: nn.Module, names: list[str], example: Tensor) -> dict[str, Tensor]:
+    captured: dict[str, Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _, args, n=n: captured.setdefault(n, args[0].detach().clone())) for n in names]
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def deploy(model: nn.Module, example: Tensor | None = None, *, choices: dict[str, str] | None = None,
+           threads: int | None = None, repeats: int = 15) -> nn.Module:
+    """An eval-mode copy of `model` with compressed layers replaced by inference kernels.
+
+    With `example` (a batch of the size you will run), each replacement is kept only where it is faster on
+    that layer's real input. With `choices` ({layer: "deployed" | "dense"}, as a saved deployment holds),
+    those decisions are applied without timing. With neither, every candidate is replaced.
+    """
+    model = copy.deepcopy(model).eval()
+    plans = {name: _candidate(m, threads) for name, m in model.named_modules() if name}
+    targets = [n for n, (_, build, _) in plans.items() if build is not None]
+    inputs = _layer_inputs(model, targets, example) if example is not None and choices is None else {}
+    report: list[dict[str, Any]] = []
+    for name, (kind, build, reason) in plans.items():
+        if kind == "other":
+            continue
+        entry: dict[str, Any] = {"layer": name, "kind": kind, "choice": "dense", "reason": reason}
+        if build is not None:
+            try:
+                new = build()
+            except NotDeployable as exc:
+                entry["reason"] = str(exc)
+            else:
+                entry["choice"] = _decide(name, model.get_submodule(name), new, inputs.get(name), choices, repeats,
+                                          entry)
+                if entry["choice"] == "deployed":
+                    model.set_submodule(name, new)
+        report.append(entry)
+    model.deploy_report = report
+    if example is not None:
+        with torch.inference_mode():
+            model(example)  # compile every kernel for this shape now, so no call that is timed pays for it
+    return model
+
+
+def _decide(name: str, old: nn.Module, new: nn.Module, x: Tensor | None, choices: dict[str, str] | None,
+            repeats: int, entry: dict[str, Any]) -> str:
+    if choices is not None:
+        return choices.get(name, "dense")
+    if x is None:
+        return "deployed"
+    with torch.inference_mode():
+        for _ in range(2):  # the first call compiles (or loads from the cache)
+            old(x)
+            new(x)
+        dense_ms = _median_ms(lambda: old(x), repeats)
+        deployed_ms = _median_ms(lambda: new(x), repeats)
+    entry.update(dense_ms=dense_ms, deployed_ms=deployed_ms, speedup=dense_ms / deployed_ms)
+    if deployed_ms < dense_ms:
+        return "deployed"
+    entry["reason"] = f"measured slower than dense ({deployed_ms:.3f} vs {dense_ms:.3f} ms)"
+    return "dense"
+
+
+def save_deployed(deployed: nn.Module, source: str | Path, path: str | Path) -> Path:
+    """Write `source` (the model.pt it was deployed from) plus the deployment's decisions. Loading re-packs
+    the weights deterministically, so the file stays plain tensors and never holds code."""
+    payload = safe_load(Path(source), MODEL_FORMAT)
+    report = getattr(deployed, "deploy_report", None)
+    if report is None:
+        raise CheckpointError("save_deployed needs a model returned by slimkit.deploy()")
+    payload.update(format=DEPLOYED_FORMAT, deploy={e["layer"]: e["choice"] for e in report}, deploy_report=report)
+    atomic_save(payload, Path(path))
+    return Path(path)
+
+
+def load_deployed(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by `save_deployed`, with the same layers deployed."""
+    from slimkit.persistence import rebuild
+
+    payload = safe_load(Path(path), DEPLOYED_FORMAT)
+    model = rebuild(payload["arch"], payload.get("stages", []), payload["state_dict"], str(path))
+    deployed = deploy(model, choices=payload["deploy"])
+    deployed.deploy_report = payload["deploy_report"]
+    return deployed

@@ -1,0 +1,131 @@
+"""Inference modules that replace compressed layers: packed binary conv/linear and sparse conv/linear.
+
+Each is built once from a trained layer (weights packed or compressed at build time), holds only buffers,
+and runs a compiled numba kernel. Binary layers reproduce the training graph's eval output exactly (the
+same +-1/0 sums, then the same float scale and bias); sparse layers sum in another order (within 1e-5).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimkit.binary.layers import BinaryConv2d, BinaryLinear
+from slimkit.runtime import binary_kernels, sparse_kernels
+
+
+class NotDeployable(ValueError):
+    """A layer this runtime cannot replace exactly; it stays as it is, and the reason is reported."""
+
+
+def set_kernel_threads(batch: int, threads: int | None) -> int:
+    """numba threads for one call: 1 at batch 1 (waking threads costs more than it buys), else `threads`
+    (default: torch's setting). Returns the count set."""
+    wanted = 1 if batch == 1 else (threads or torch.get_num_threads())
+    count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(count)
+    return count
+
+
+def _plain_conv(layer: nn.Conv2d) -> tuple[int, int]:
+    """(stride, padding) of a conv the kernels support: square, groups 1, dilation 1, zero padding."""
+    stride, padding = layer.stride, layer.padding
+    if (layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros" or isinstance(padding, str)
+            or stride[0] != stride[1] or padding[0] != padding[1]):
+        raise NotDeployable("only square-stride, symmetric zero-padded, ungrouped, undilated convs are supported")
+    return stride[0], padding[0]
+
+
+class PackedBinaryConv2d(nn.Module):
+    """A binary conv (any #5 method) on bit-packed activations and weights; see binary_kernels."""
+
+    def __init__(self, layer: BinaryConv2d | BinaryLinear, threads: int | None = None):
+        super().__init__()
+        conv = isinstance(layer, BinaryConv2d)
+        self.stride, self.padding = _plain_conv(layer) if conv else (1, 0)
+        self.linear = not conv
+        binarizer = layer.input_binarizer
+        if not hasattr(binarizer, "normalized"):
+            raise NotDeployable("weights-only binarization: the inputs are real-valued, so the layer stays dense")
+        with torch.no_grad():
+            signs, scale = layer.weight_binarizer.eval()(layer.weight)
+        signs = signs.detach().reshape(layer.weight.shape[0], -1, *(layer.weight.shape[2:] if conv else (1, 1)))
+        if not bool((signs.abs() == 1).all()):
+            raise NotDeployable("some binary weights are 0 (sign of an exactly-zero latent weight, or {0, 1} "
+                                "codes); the packed kernel needs +-1 weights")
+        out = signs.shape[0]
+        scale = torch.ones(out) if scale is None else scale.detach().reshape(-1).expand(out)
+        bias = torch.zeros(out) if layer.bias is None else layer.bias.detach()
+        self.input_binarizer = binarizer
+        self.kernel = tuple(signs.shape[2:])
+        self.register_buffer("weight_bits", torch.from_numpy(binary_kernels.pack_weights(signs.numpy())))
+        self.register_buffer("scale", scale.float().contiguous().clone())
+        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.threads = threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input_binarizer.normalized(x)  # on the layer's own input shape, as the training graph does
+        if self.linear:
+            x = x.reshape(x.shape[0], -1, 1, 1)
+        x = x.detach().float().contiguous()
+        threads = set_kernel_threads(x.shape[0], self.threads)
+        kh, kw = self.kernel
+        out_h = (x.shape[2] + 2 * self.padding - kh) // self.stride + 1
+        out_w = (x.shape[3] + 2 * self.padding - kw) // self.stride + 1
+        nonzero, positive = binary_kernels.pack_rows(x.numpy(), kw, self.stride, self.padding, out_w)
+        y = torch.from_numpy(binary_kernels.binary_conv(nonzero, positive, self.weight_bits.numpy(),
+                                                        self.scale.numpy(), self.bias.numpy(), self.stride,
+                                                        self.padding, out_h, threads))
+        return y.reshape(y.shape[0], -1) if self.linear else y
+
+
+class SparseConv2d(nn.Module):
+    """A pruned conv that multiplies only its non-zero weights; see sparse_kernels. A strided conv is
+    computed at stride 1 and subsampled, which costs stride^2 more multiply-adds: the deploy step times it
+    against dense and keeps whichever is faster."""
+
+    def __init__(self, layer: nn.Conv2d, threads: int | None = None):
+        super().__init__()
+        self.stride, self.padding = _plain_conv(layer)
+        weight = layer.weight.detach().float().numpy()
+        ptr, chan, position, values = sparse_kernels.conv_by_output(weight)
+        for name, value in (("ptr", ptr), ("chan", chan), ("position", position), ("values", values)):
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
+        bias = torch.zeros(weight.shape[0]) if layer.bias is None else layer.bias.detach()
+        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.kernel = tuple(weight.shape[2:])
+        self.threads = threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.padding
+        xp = F.pad(x.detach().float(), (p, p, p, p)) if p else x.detach().float()
+        batch, _, hp, wp = xp.shape
+        planes = xp.transpose(0, 1).reshape(xp.shape[1], -1).contiguous()
+        set_kernel_threads(batch, self.threads)
+        kh, kw = self.kernel
+        y = torch.from_numpy(sparse_kernels.sparse_conv(
+            planes.numpy(), self.ptr.numpy(), self.chan.numpy(), self.position.numpy(), self.values.numpy(),
+            self.bias.numpy(), kw, batch, hp, wp, hp - kh + 1, wp - kw + 1))
+        return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
+
+
+class SparseLinear(nn.Module):
+    """A pruned linear layer as a CSR product."""
+
+    def __init__(self, layer: nn.Linear, threads: int | None = None):
+        super().__init__()
+        ptr, cols, values = sparse_kernels.linear_by_output_row(layer.weight.detach().float().numpy())
+        for name, value in (("ptr", ptr), ("cols", cols), ("values", values)):
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
+        bias = torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach()
+        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.threads = threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        threads = set_kernel_threads(x.shape[0], self.threads)
+        yt = sparse_kernels.sparse_linear(x.detach().float().t().contiguous().numpy(), self.ptr.numpy(),
+                                          self.cols.numpy(), self.values.numpy(), self.bias.numpy(), threads)
+        return torch.from_numpy(yt).t()

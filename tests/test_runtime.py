@@ -1,0 +1,204 @@
+"""The CPU runtime: every kernel against a reference, deployed models against their training graphs."""
+
+import copy
+
+import numba
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import slimkit
+from slimkit.models import lenet, resnet20, vgg_small
+from slimkit.recipe import build_modifier, parse_stage
+from slimkit.runtime import binary_kernels, sparse_kernels
+from slimkit.runtime.modules import PackedBinaryConv2d, SparseConv2d, SparseLinear
+from slimkit.sparsity.nm import nm_mask
+from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
+from slimkit.sparsity.topk import layerwise_masks
+from slimkit.train import TrainContext
+
+SHAPES = dict(batch=st.integers(1, 3), channels=st.integers(1, 70), out=st.integers(1, 20), size=st.integers(1, 9),
+              kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
+              seed=st.integers(0, 2**16))
+
+
+def _fits(size, kernel, pad):
+    return size + 2 * pad >= kernel
+
+
+@settings(max_examples=40, deadline=None)
+@given(**SHAPES)
+def test_binary_conv_kernel_is_exact(batch, channels, out, size, kernel, stride, pad, seed):
+    if not _fits(size, kernel, pad):
+        return
+    torch.manual_seed(seed)
+    x = torch.randn(batch, channels, size, size)
+    x[torch.rand_like(x) < 0.2] = 0  # sign(0) = 0 must count as 0, like the padding
+    signs = torch.where(torch.rand(out, channels, kernel, kernel) < 0.5, -1.0, 1.0)
+    scale, bias = torch.rand(out), torch.randn(out)
+    expected = F.conv2d(torch.sign(x), signs, stride=stride, padding=pad) * scale[:, None, None] + bias[:, None, None]
+    out_w = (size + 2 * pad - kernel) // stride + 1
+    nonzero, positive = binary_kernels.pack_rows(x.numpy(), kernel, stride, pad, out_w)
+    got = binary_kernels.binary_conv(nonzero, positive, binary_kernels.pack_weights(signs.numpy()), scale.numpy(),
+                                     bias.numpy(), stride, pad, expected.shape[2], 2)
+    assert torch.equal(torch.from_numpy(got), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(**SHAPES, sparsity=st.floats(0.0, 0.99))
+def test_sparse_conv_kernel_matches_conv2d(batch, channels, out, size, kernel, stride, pad, seed, sparsity):
+    if not _fits(size, kernel, pad):
+        return
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(channels, out, kernel, stride=stride, padding=pad)
+    with torch.no_grad():
+        layer.weight[torch.rand_like(layer.weight) < sparsity] = 0
+    x = torch.randn(batch, channels, size, size)
+    with torch.no_grad():
+        assert torch.allclose(SparseConv2d(layer)(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 70), inputs=st.integers(1, 80), out=st.integers(1, 30), sparsity=st.floats(0.0, 0.99),
+       seed=st.integers(0, 2**16))
+def test_sparse_linear_kernel_matches_linear(batch, inputs, out, sparsity, seed):
+    torch.manual_seed(seed)
+    layer = nn.Linear(inputs, out)
+    with torch.no_grad():
+        layer.weight[torch.rand_like(layer.weight) < sparsity] = 0
+    x = torch.randn(batch, inputs)
+    with torch.no_grad():
+        assert torch.allclose(SparseLinear(layer)(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_csr_layout_round_trips():
+    weight = torch.randn(5, 4, 3, 3).numpy()
+    weight[weight < 0.5] = 0
+    ptr, chan, position, values = sparse_kernels.conv_by_output(weight)
+    rebuilt = np.zeros_like(weight)
+    for o in range(5):
+        for e in range(ptr[o], ptr[o + 1]):
+            rebuilt[o, chan[e], position[e] // 3, position[e] % 3] = values[e]
+    assert np.array_equal(rebuilt, weight) and ptr[-1] == np.count_nonzero(weight)
+
+
+# --- whole models ---------------------------------------------------------------------------------------------
+
+def _binary(model, method):
+    modifier = build_modifier(parse_stage({"binarize": {"method": method}}))
+    modifier.attach(model, TrainContext(model, epochs=1, steps_per_epoch=1))
+    return modifier.finalize(model).eval()
+
+
+def _randomise_bn(model):
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("method", ["xnor", "irnet", "rbnn", "recu", "siman"])
+@pytest.mark.parametrize("arch", ["resnet20", "vgg_small"])
+def test_deployed_binary_network_equals_eval_exactly(arch, method):
+    torch.manual_seed(0)
+    options = {"block": "bireal", "activation": "hardtanh"} if arch == "resnet20" else {}
+    model = _randomise_bn(_binary((resnet20 if arch == "resnet20" else vgg_small)(width=0.25, **options), method))
+    deployed = slimkit.deploy(model)
+    kinds = {e["layer"]: e["choice"] for e in deployed.deploy_report if e["kind"] == "binary"}
+    assert kinds and all(choice == "deployed" for choice in kinds.values()), deployed.deploy_report
+    assert all(isinstance(deployed.get_submodule(n), PackedBinaryConv2d) for n in kinds)
+    x = torch.randn(3, 3, 32, 32)
+    x[:, :, :4] = 0  # exact zeros in the input
+    with torch.inference_mode():
+        assert torch.equal(deployed(x), model(x))
+
+
+def _sparse(model, kind):
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    layers.pop(next(iter(layers)))  # first conv dense
+    with torch.no_grad():
+        if kind == "unstructured":
+            masks = layerwise_masks({n: m.weight.abs() for n, m in layers.items()}, 0.9)
+            for n, m in layers.items():
+                m.weight.mul_(masks[n])
+        elif kind == "pattern":
+            convs = {n: m for n, m in layers.items() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)}
+            library = extract_library(torch.cat([m.weight.reshape(-1, 9) for m in convs.values()]), 8)
+            for m in convs.values():
+                m.weight.mul_(connectivity_mask(m.weight, 3.6) & pattern_mask(m.weight, library))
+        else:  # 2:4
+            for m in layers.values():
+                m.weight.mul_(nm_mask(m.weight.abs(), 2, 4))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "pattern", "nm"])
+@pytest.mark.parametrize("arch", ["resnet20", "vgg_small", "lenet"])
+def test_deployed_sparse_network_equals_eval(arch, kind):
+    torch.manual_seed(0)
+    if arch == "lenet":
+        model, x = lenet(in_channels=1, input_size=28, kernel_size=3), torch.randn(2, 1, 28, 28)
+    else:
+        model, x = (resnet20 if arch == "resnet20" else vgg_small)(width=0.25), torch.randn(2, 3, 32, 32)
+    model = _randomise_bn(_sparse(model, kind)).eval()
+    deployed = slimkit.deploy(model)
+    report = {e["layer"]: e for e in deployed.deploy_report}
+    if kind == "nm":
+        assert all(e["choice"] == "dense" and "no CPU speedup path" in e["reason"] for e in report.values()
+                   if e["kind"] == "n:m") and any(e["kind"] == "n:m" for e in report.values())
+    else:
+        assert sum(e["choice"] == "deployed" for e in report.values()) >= (1 if arch == "lenet" else 2)
+        assert any(e["kind"] == kind.replace("unstructured", "sparse") for e in report.values())
+    with torch.inference_mode():
+        expected = model(x)
+        assert torch.allclose(deployed(x), expected, atol=1e-5 * float(expected.abs().max()) + 1e-6, rtol=1e-5)
+
+
+def test_channel_pruned_model_runs_as_the_smaller_dense_model():
+    from slimkit.channels import prune_channels
+
+    torch.manual_seed(0)
+    model = _randomise_bn(resnet20(width=0.5)).eval()
+    pruned, _ = prune_channels(copy.deepcopy(model), torch.randn(1, 3, 32, 32), ratio=0.5)
+    deployed = slimkit.deploy(pruned, torch.randn(4, 3, 32, 32))
+    assert all(e["choice"] == "dense" for e in deployed.deploy_report)
+    dense_params = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in deployed.parameters()) < 0.4 * dense_params
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(deployed(x), pruned.eval()(x))
+
+
+def test_results_do_not_depend_on_thread_count():
+    torch.manual_seed(0)
+    model = _randomise_bn(_sparse(_binary(resnet20(width=0.25, block="bireal"), "xnor"), "unstructured")).eval()
+    deployed = slimkit.deploy(model)
+    x = torch.randn(4, 3, 32, 32)
+    outputs = []
+    for threads in (1, 2):
+        for m in deployed.modules():
+            if hasattr(m, "threads"):
+                m.threads = threads
+        with torch.inference_mode():
+            outputs.append(deployed(x))
+    assert numba.config.NUMBA_NUM_THREADS >= 1 and torch.equal(outputs[0], outputs[1])
+
+
+def test_deployed_model_saves_and_loads(tmp_path, digits_recipe):
+    digits_recipe["model"] = {"name": "lenet", "width": 0.5, "options": {"kernel_size": 3}}
+    digits_recipe["stages"] = [{"prune": {"method": "magnitude", "sparsity": 0.9, "scope": "layer"}}]
+    run = slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    x = torch.randn(2, 1, 8, 8)
+    deployed = slimkit.deploy(run.model)
+    path = slimkit.save_deployed(deployed, tmp_path / "run" / "model.pt", tmp_path / "deployed.pt")
+    loaded = slimkit.load_deployed(path)
+    assert [e["choice"] for e in loaded.deploy_report] == [e["choice"] for e in deployed.deploy_report]
+    assert any(isinstance(m, SparseConv2d | SparseLinear) for m in loaded.modules())
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), deployed(x))
