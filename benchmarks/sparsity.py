@@ -64,7 +64,7 @@ def run(method: str, s: float | None, overrides: list[str], out: Path) -> dict:
     import slimkit
     from slimkit.recipe import Recipe, apply_overrides
 
-    name = "dense" if s is None else f"{method}-{int(round(s * 100))}"
+    name = "dense" if s is None else f"{method}-{round(s * 100)}"
     data = recipe(name, [] if s is None else [stage(method, s)])
     result = slimkit.run_recipe(Recipe.from_dict(apply_overrides(data, overrides)), out / name,
                                 resume=(out / name).exists(), progress=False)

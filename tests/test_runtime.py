@@ -1,6 +1,7 @@
 """The CPU runtime: every kernel against a reference, deployed models against their training graphs."""
 
 import copy
+import json
 
 import numba
 import numpy as np
@@ -202,3 +203,25 @@ def test_deployed_model_saves_and_loads(tmp_path, digits_recipe):
     assert any(isinstance(m, SparseConv2d | SparseLinear) for m in loaded.modules())
     with torch.inference_mode():
         assert torch.equal(loaded(x), deployed(x))
+
+
+def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch, capsys):
+    from slimkit.cli import main
+    from slimkit.environment import ALLOCATOR_ENV
+
+    for key, value in ALLOCATOR_ENV.items():  # already in force, so the command does not re-execute itself
+        monkeypatch.setenv(key, value)
+    digits_recipe["stages"] = [{"prune": {"method": "magnitude", "sparsity": 0.95, "scope": "layer"}}]
+    slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    code = main(["bench", str(tmp_path / "run"), "--batch-sizes", "1", "8", "--repeats", "3", "--no-compile"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "run" / "bench.json").read_text())
+    assert set(results["batches"]) == {"1", "8"}
+    for r in results["batches"].values():
+        assert {"eager", "deployed", "frozen"} <= set(r["latency_ms"])
+        assert r["speedup_vs_eager"] > 0 and r["best_dense"] == "frozen"
+        choices = {e["layer"]: e for e in r["layers"]}
+        assert choices["features.0"]["reason"] == "no zero weights"
+        assert all("dense_ms" in choices[n] and choices[n]["choice"] in ("deployed", "dense")
+                   for n in ("features.3", "classifier.1"))
+    assert "| layer | kind | runs |" in (tmp_path / "run" / "bench.md").read_text()

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -54,14 +55,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args, "demo")
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], Any]:
+    """(model, input shape, stored PatDNN library or None) from a model.pt, a run folder or a zoo name."""
     import torch
 
-    from slimkit.metrics import measure
     from slimkit.models import MODELS, build_model
     from slimkit.persistence import rebuild
     from slimkit.recipe import ModelConfig
-    from slimkit.sparsity.structure import detect_structure
     from slimkit.train.checkpoint import MODEL_FORMAT, safe_load
 
     source = Path(args.model)
@@ -73,13 +73,19 @@ def cmd_info(args: argparse.Namespace) -> int:
         library = next((torch.as_tensor(s["state"]["library"]) for s in saved.get("stages", [])
                         if isinstance(s.get("state"), dict) and "library" in s["state"]), None)
         shape = (saved["arch"]["in_channels"], saved["arch"]["input_size"], saved["arch"]["input_size"])
-    elif args.model in MODELS:
+        return model, shape, library
+    if args.model in MODELS:
         model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
-        shape = (args.in_channels, args.input_size, args.input_size)
-        library = None
-    else:
-        raise SlimkitError(f"{args.model!r} is neither a saved model (file or run folder) nor a zoo model; "
-                           f"zoo models: {', '.join(sorted(MODELS))}")
+        return model, (args.in_channels, args.input_size, args.input_size), None
+    raise SlimkitError(f"{args.model!r} is neither a saved model (file or run folder) nor a zoo model; "
+                       f"zoo models: {', '.join(sorted(MODELS))}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from slimkit.metrics import measure
+    from slimkit.sparsity.structure import detect_structure
+
+    model, shape, library = _load_model(args)
     result = measure(model, shape, latency=False)
     layers = []
     for layer in result.layers:
@@ -103,6 +109,33 @@ def cmd_info(args: argparse.Namespace) -> int:
                       f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}",
                       f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
     console.print(table)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from slimkit.environment import ensure_allocator_env
+
+    ensure_allocator_env()  # re-executes this command once, before anything is timed
+    from slimkit.environment import environment
+    from slimkit.runtime import bench
+
+    model, shape, _ = _load_model(args)
+    results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
+                          use_compile=not args.no_compile)
+    results["environment"] = environment(0)
+    default = Path(args.model) if Path(args.model).is_dir() else Path("bench") / Path(args.model).stem
+    out = Path(args.out) if args.out else default
+    _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
+    table = Table(title=f"{args.model}: deployed vs dense (ms, medians)")
+    for col in ("batch", "eager", "best dense", "deployed", "vs eager", "vs best dense"):
+        table.add_column(col, justify="right")
+    for batch, r in results["batches"].items():
+        ms = r["latency_ms"]
+        table.add_row(batch, f"{ms['eager']['median']:.3f}", f"{ms[r['best_dense']]['median']:.3f} ({r['best_dense']})",
+                      f"{ms['deployed']['median']:.3f}", f"{r['speedup_vs_eager']:.2f}x",
+                      f"{r['speedup_vs_best_dense']:.2f}x")
+    console.print(table)
+    console.print(f"bench: {md_path} and {md_path.with_suffix('.json')}", highlight=False)
     return 0
 
 
@@ -135,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no live progress bar")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
 
+    def add_model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--in-channels", type=int, default=3, help="for a zoo model name")
+        p.add_argument("--input-size", type=int, default=32, help="for a zoo model name")
+        p.add_argument("--num-classes", type=int, default=10, help="for a zoo model name")
+
     run = sub.add_parser("run", help="run a recipe (a YAML file or a bundled recipe name)")
     run.add_argument("recipe")
     add_run_options(run)
@@ -143,9 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="per-layer parameters, nonzeros and sparsity structure")
     info.add_argument("model", help="a saved model.pt, a run folder, or a zoo model name")
     info.add_argument("--json", action="store_true")
-    info.add_argument("--in-channels", type=int, default=3)
-    info.add_argument("--input-size", type=int, default=32)
-    info.add_argument("--num-classes", type=int, default=10)
+    add_model_options(info)
+    bench = sub.add_parser("bench", help="latency of the deployed model against eager and optimised dense PyTorch")
+    bench.add_argument("model", help="a saved model.pt, a run folder, or a zoo model name")
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    bench.add_argument("--repeats", type=int, default=21)
+    bench.add_argument("--threads", type=int, default=None, help="threads at batch > 1 (batch 1 uses 1 for kernels)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (slow to build)")
+    bench.add_argument("--out", help="folder for bench.json and bench.md (default: the run folder)")
+    add_model_options(bench)
     report = sub.add_parser("report", help="re-render report.md and plots of a finished run")
     report.add_argument("run_dir")
     sub.add_parser("recipes", help="list bundled recipes and registered methods")
@@ -164,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, args.recipe)
-        handler = {"demo": cmd_demo, "info": cmd_info, "report": cmd_report, "recipes": cmd_recipes}[args.command]
+        handler = {"demo": cmd_demo, "info": cmd_info, "bench": cmd_bench, "report": cmd_report,
+                   "recipes": cmd_recipes}[args.command]
         return handler(args)
     except SlimkitError as exc:
         print(f"slimkit: error: {exc}", file=sys.stderr)

@@ -43,16 +43,14 @@ def pack_rows(x: np.ndarray, kernel_w: int, stride: int, pad: int, out_w: int) -
     positive = np.zeros((batch, height, out_w, words), dtype=np.uint64)
     for row in prange(batch * height):
         b, h = row // height, row % height
-        pix_n = np.zeros((width, pixel_words), dtype=np.uint64)
-        pix_p = np.zeros((width, pixel_words), dtype=np.uint64)
+        pix_n = np.zeros((pixel_words, width), dtype=np.uint64)  # word-major: the w loop is contiguous
+        pix_p = np.zeros((pixel_words, width), dtype=np.uint64)
         for c in range(channels):
-            word, bit = c >> 6, ONE << np.uint64(c & 63)
-            for w in range(width):
-                v = x[b, c, h, w]
-                if v != 0:
-                    pix_n[w, word] |= bit
-                    if v > 0:
-                        pix_p[w, word] |= bit
+            line, shift = x[b, c, h], np.uint64(c & 63)
+            words_n, words_p = pix_n[c >> 6], pix_p[c >> 6]
+            for w in range(width):  # branch-free, so LLVM vectorises it
+                words_n[w] |= np.uint64(line[w] != 0) << shift
+                words_p[w] |= np.uint64(line[w] > 0) << shift
         for ow in range(out_w):
             for kw in range(kernel_w):
                 iw = ow * stride - pad + kw
@@ -61,11 +59,11 @@ def pack_rows(x: np.ndarray, kernel_w: int, stride: int, pad: int, out_w: int) -
                 for j in range(pixel_words):
                     offset = kw * channels + j * 64
                     word, shift = offset >> 6, np.uint64(offset & 63)
-                    nonzero[b, h, ow, word] |= pix_n[iw, j] << shift
-                    positive[b, h, ow, word] |= pix_p[iw, j] << shift
+                    nonzero[b, h, ow, word] |= pix_n[j, iw] << shift
+                    positive[b, h, ow, word] |= pix_p[j, iw] << shift
                     if shift != 0 and word + 1 < words:
-                        nonzero[b, h, ow, word + 1] |= pix_n[iw, j] >> (np.uint64(64) - shift)
-                        positive[b, h, ow, word + 1] |= pix_p[iw, j] >> (np.uint64(64) - shift)
+                        nonzero[b, h, ow, word + 1] |= pix_n[j, iw] >> (np.uint64(64) - shift)
+                        positive[b, h, ow, word + 1] |= pix_p[j, iw] >> (np.uint64(64) - shift)
     return nonzero, positive
 
 
@@ -91,7 +89,7 @@ def binary_conv(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarr
     rows = batch * out_h
     chunks = max(1, min(rows, threads))
     for chunk in prange(chunks):
-        acc = np.empty(out_c, dtype=np.int64)
+        acc = np.empty(out_c, dtype=np.int32)
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             b, oh = row // out_h, row % out_h
             for ow in range(out_w):
@@ -109,7 +107,7 @@ def binary_conv(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarr
                         ones += popcount(n)
                         w = weight_bits[kh, j]
                         for o in range(out_c):
-                            acc[o] += popcount(n & (p ^ w[o]))
+                            acc[o] += np.int32(popcount(n & (p ^ w[o])))
                 for o in range(out_c):
                     y[b, o, oh, ow] = np.float32(ones - 2 * acc[o]) * scale[o] + bias[o]
     return y
