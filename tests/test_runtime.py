@@ -225,3 +225,45 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch
         assert all("dense_ms" in choices[n] and choices[n]["choice"] in ("deployed", "dense")
                    for n in ("features.3", "classifier.1"))
     assert "| layer | kind | runs |" in (tmp_path / "run" / "bench.md").read_text()
+
+
+def _pattern_weight(out, channels, ratio, seed):
+    torch.manual_seed(seed)
+    weight = torch.randn(out, channels, 3, 3)
+    library = extract_library(weight, 8)
+    return weight * (connectivity_mask(weight, ratio) & pattern_mask(weight, library))
+
+
+@settings(max_examples=30, deadline=None)
+@given(out=st.integers(1, 12), channels=st.integers(1, 12), ratio=st.floats(1.0, 6.0), seed=st.integers(0, 2**16))
+def test_fkw_storage_round_trips(out, channels, ratio, seed):
+    from slimkit.runtime.pattern import fkw_decode, fkw_encode
+
+    weight = _pattern_weight(out, channels, ratio, seed)
+    fkw = fkw_encode(weight.numpy())
+    assert np.array_equal(fkw_decode(fkw), weight.numpy())
+    assert sorted(fkw.reorder.tolist()) == list(range(out))  # a permutation
+    kept = (weight.reshape(out, channels, 9) != 0).any(-1)
+    assert int(fkw.stride.sum()) == int(kept.sum()) == len(fkw.index)
+    counts = kept.sum(1)[torch.as_tensor(fkw.reorder, dtype=torch.long)]
+    assert bool((counts[1:] <= counts[:-1]).all())  # filters ordered by kernel count
+    x = torch.randn(2, channels, 6, 6)
+    reordered = F.conv2d(x, weight[torch.as_tensor(fkw.reorder, dtype=torch.long)], padding=1)
+    inverse = torch.argsort(torch.as_tensor(fkw.reorder, dtype=torch.long))
+    assert torch.allclose(reordered[:, inverse], F.conv2d(x, weight, padding=1), atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), out=st.integers(1, 12), channels=st.integers(1, 12), size=st.integers(1, 9),
+       stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]), seed=st.integers(0, 2**16))
+def test_pattern_conv_kernel_matches_conv2d(batch, out, channels, size, stride, pad, seed):
+    from slimkit.runtime.modules import PatternConv2d
+
+    if size + 2 * pad < 3:
+        return
+    layer = nn.Conv2d(channels, out, 3, stride=stride, padding=pad)
+    with torch.no_grad():
+        layer.weight.copy_(_pattern_weight(out, channels, 3.6, seed))
+    x = torch.randn(batch, channels, size, size)
+    with torch.no_grad():
+        assert torch.allclose(PatternConv2d(layer)(x), layer(x), atol=1e-5, rtol=1e-5)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import CheckpointError
-from slimkit.runtime.modules import NotDeployable, PackedBinaryConv2d, SparseConv2d, SparseLinear
+from slimkit.runtime.modules import NotDeployable, PackedBinaryConv2d, PatternConv2d, SparseConv2d, SparseLinear
 from slimkit.sparsity.structure import detect_structure
 from slimkit.train.checkpoint import MODEL_FORMAT, atomic_save, safe_load
 
@@ -44,7 +44,7 @@ def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[]
         return kind, None, f"{structure} has no CPU speedup path; runs dense"
     if sparsity < MIN_SPARSITY:
         return kind, None, f"{sparsity:.0%} sparse: below {MIN_SPARSITY:.0%}, dense BLAS wins"
-    build = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+    build = {"pattern": PatternConv2d, "sparse": SparseConv2d}[kind] if isinstance(module, nn.Conv2d) else SparseLinear
     return kind, lambda: build(module, threads), ""
 
 

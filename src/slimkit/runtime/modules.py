@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
-from slimkit.runtime import binary_kernels, sparse_kernels
+from slimkit.runtime import binary_kernels, pattern, sparse_kernels
 
 
 class NotDeployable(ValueError):
@@ -109,6 +109,38 @@ class SparseConv2d(nn.Module):
         y = torch.from_numpy(sparse_kernels.sparse_conv(
             planes.numpy(), self.ptr.numpy(), self.chan.numpy(), self.position.numpy(), self.values.numpy(),
             self.bias.numpy(), kw, batch, hp, wp, hp - kh + 1, wp - kw + 1))
+        return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
+
+
+class PatternConv2d(nn.Module):
+    """A pattern + connectivity pruned 3x3 conv in FKW storage; see runtime.pattern. Strided convs run at
+    stride 1 and are subsampled, as SparseConv2d does."""
+
+    def __init__(self, layer: nn.Conv2d, threads: int | None = None):
+        super().__init__()
+        self.stride, self.padding = _plain_conv(layer)
+        if layer.kernel_size != (3, 3):
+            raise NotDeployable("pattern kernels are 3x3")
+        try:
+            fkw = pattern.fkw_encode(layer.weight.detach().float().numpy())
+        except ValueError as exc:
+            raise NotDeployable(str(exc)) from None
+        for name in ("reorder", "offset", "index", "stride", "weights", "patterns"):
+            self.register_buffer(f"fkw_{name}", torch.from_numpy(np.ascontiguousarray(getattr(fkw, name))))
+        bias = torch.zeros(layer.out_channels) if layer.bias is None else layer.bias.detach()
+        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.threads = threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.padding
+        xp = F.pad(x.detach().float(), (p, p, p, p)) if p else x.detach().float()
+        batch, _, hp, wp = xp.shape
+        planes = xp.transpose(0, 1).reshape(xp.shape[1], -1).contiguous()
+        set_kernel_threads(batch, self.threads)
+        y = torch.from_numpy(pattern.pattern_conv(
+            planes.numpy(), self.fkw_reorder.numpy(), self.fkw_offset.numpy(), self.fkw_index.numpy(),
+            self.fkw_stride.numpy(), self.fkw_weights.numpy(), self.fkw_patterns.numpy(), self.bias.numpy(),
+            batch, hp, wp, hp - 2, wp - 2))
         return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
 
 

@@ -49,11 +49,18 @@ def sparse_conv(planes: np.ndarray, ptr: np.ndarray, chan: np.ndarray, position:
                 v = values[e]
                 for i in range(length):
                     acc[i] += v * src[i]
+    return unflatten(flat, batch, hp, wp, out_h, out_w)
+
+
+@njit(cache=True, parallel=True)
+def unflatten(flat: np.ndarray, batch: int, hp: int, wp: int, out_h: int, out_w: int) -> np.ndarray:
+    """(O, positions) on the padded grid -> (B, O, out_h, out_w), dropping the positions in the padding."""
+    out_c = flat.shape[0]
     y = np.empty((batch, out_c, out_h, out_w), dtype=np.float32)
     for o in prange(out_c):
         for b in range(batch):
             for oh in range(out_h):
-                base = b * plane + oh * wp
+                base = b * hp * wp + oh * wp
                 y[b, o, oh, :] = flat[o, base: base + out_w]
     return y
 
