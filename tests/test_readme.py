@@ -32,3 +32,14 @@ def test_readme_channel_example_runs(tmp_path, monkeypatch):
     smaller, plan = namespace["smaller"], namespace["plan"]
     assert (tmp_path / "plan.json").is_file() and plan.modules
     assert smaller(namespace["torch"].randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_readme_deploy_example_runs(tmp_path, monkeypatch, capsys):
+    import torch
+
+    namespace = _run_example("slimkit.deploy", tmp_path, monkeypatch)
+    run, fast = namespace["run"], namespace["fast"]
+    assert "deployed" in capsys.readouterr().out or all(e["reason"] for e in fast.deploy_report)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), run.model.eval()(x), atol=1e-4)

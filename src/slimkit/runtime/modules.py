@@ -108,7 +108,8 @@ class SparseConv2d(nn.Module):
         kh, kw = self.kernel
         y = torch.from_numpy(sparse_kernels.sparse_conv(
             planes.numpy(), self.ptr.numpy(), self.chan.numpy(), self.position.numpy(), self.values.numpy(),
-            self.bias.numpy(), kw, batch, hp, wp, hp - kh + 1, wp - kw + 1))
+            self.bias.numpy(), kw, batch, hp, wp, hp - kh + 1, wp - kw + 1,
+            sparse_kernels.segment_length(planes.shape[0])))
         return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
 
 
@@ -140,7 +141,7 @@ class PatternConv2d(nn.Module):
         y = torch.from_numpy(pattern.pattern_conv(
             planes.numpy(), self.fkw_reorder.numpy(), self.fkw_offset.numpy(), self.fkw_index.numpy(),
             self.fkw_stride.numpy(), self.fkw_weights.numpy(), self.fkw_patterns.numpy(), self.bias.numpy(),
-            batch, hp, wp, hp - 2, wp - 2))
+            batch, hp, wp, hp - 2, wp - 2, sparse_kernels.segment_length(planes.shape[0])))
         return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from slimkit.runtime.sparse_kernels import SEGMENT, unflatten
+from slimkit.runtime.sparse_kernels import unflatten
 
 
 @dataclass
@@ -85,17 +85,17 @@ def fkw_decode(fkw: FKW) -> np.ndarray:
 @njit(cache=True, parallel=True, fastmath=True)
 def pattern_conv(planes: np.ndarray, reorder: np.ndarray, offset: np.ndarray, index: np.ndarray,
                  stride: np.ndarray, weights: np.ndarray, patterns: np.ndarray, bias: np.ndarray, batch: int,
-                 hp: int, wp: int, out_h: int, out_w: int) -> np.ndarray:
+                 hp: int, wp: int, out_h: int, out_w: int, segment: int) -> np.ndarray:
     """Stride-1 3x3 pattern conv of channel-major padded planes (C, B*Hp*Wp) -> (B, O, out_h, out_w)."""
     out_c = bias.shape[0]
     plane = hp * wp
     span = (batch - 1) * plane + (out_h - 1) * wp + out_w
     shifts = (patterns // 3) * wp + patterns % 3
-    segments = (span + SEGMENT - 1) // SEGMENT
-    flat = np.empty((out_c, segments * SEGMENT), dtype=np.float32)
+    segments = (span + segment - 1) // segment
+    flat = np.empty((out_c, segments * segment), dtype=np.float32)
     for s in prange(segments):
-        start = s * SEGMENT
-        length = min(SEGMENT, span - start)
+        start = s * segment
+        length = min(segment, span - start)
         for slot in range(out_c):
             o = reorder[slot]
             acc = flat[o, start: start + length]

@@ -14,7 +14,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-SEGMENT = 512  # output positions per work item: 2 KiB of accumulator, C x 2 KiB of inputs
+CACHE_FLOATS = 64 * 1024  # inputs one segment may touch (256 KiB: half of an L2)
+
+
+def segment_length(channels: int) -> int:
+    """Output positions per work item, so that every channel's slice of a segment stays in L2."""
+    return int(min(1024, max(64, CACHE_FLOATS // max(channels, 1))))
 
 
 def conv_by_output(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -28,19 +33,19 @@ def conv_by_output(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 @njit(cache=True, parallel=True, fastmath=True)
 def sparse_conv(planes: np.ndarray, ptr: np.ndarray, chan: np.ndarray, position: np.ndarray, values: np.ndarray,
-                bias: np.ndarray, kernel_w: int, batch: int, hp: int, wp: int, out_h: int,
-                out_w: int) -> np.ndarray:
+                bias: np.ndarray, kernel_w: int, batch: int, hp: int, wp: int, out_h: int, out_w: int,
+                segment: int) -> np.ndarray:
     """Stride-1 conv of channel-major padded planes (C, B*Hp*Wp) -> (B, O, out_h, out_w)."""
     out_c = bias.shape[0]
     plane = hp * wp
     reach = ((out_h - 1) * wp + out_w)  # positions of one image that hold outputs
     span = (batch - 1) * plane + reach
     offsets = (position // kernel_w) * wp + position % kernel_w
-    segments = (span + SEGMENT - 1) // SEGMENT
-    flat = np.empty((out_c, segments * SEGMENT), dtype=np.float32)
+    segments = (span + segment - 1) // segment
+    flat = np.empty((out_c, segments * segment), dtype=np.float32)
     for s in prange(segments):
-        start = s * SEGMENT
-        length = min(SEGMENT, span - start)
+        start = s * segment
+        length = min(segment, span - start)
         for o in range(out_c):
             acc = flat[o, start: start + length]
             acc[:] = bias[o]
