@@ -29,7 +29,8 @@ def row_words(kernel_w: int, channels: int) -> int:
 
 
 @njit(cache=True, parallel=True)
-def pack_rows(x: np.ndarray, kernel_w: int, stride: int, pad: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+def pack_rows(x: np.ndarray, kernel_w: int, stride: int, pad: int, out_w: int,
+              threads: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, P) planes of shape (B, H, out_w, words): for input row h and output column ow, the bits of the
     pixels ow*stride - pad + kw (kw < kernel_w), channel-minor; columns outside the image stay 0.
 
@@ -41,29 +42,34 @@ def pack_rows(x: np.ndarray, kernel_w: int, stride: int, pad: int, out_w: int) -
     pixel_words = (channels + 63) // 64
     nonzero = np.zeros((batch, height, out_w, words), dtype=np.uint64)
     positive = np.zeros((batch, height, out_w, words), dtype=np.uint64)
-    for row in prange(batch * height):
-        b, h = row // height, row % height
-        pix_n = np.zeros((pixel_words, width), dtype=np.uint64)  # word-major: the w loop is contiguous
-        pix_p = np.zeros((pixel_words, width), dtype=np.uint64)
-        for c in range(channels):
-            line, shift = x[b, c, h], np.uint64(c & 63)
-            words_n, words_p = pix_n[c >> 6], pix_p[c >> 6]
-            for w in range(width):  # branch-free, so LLVM vectorises it
-                words_n[w] |= np.uint64(line[w] != 0) << shift
-                words_p[w] |= np.uint64(line[w] > 0) << shift
-        for ow in range(out_w):
-            for kw in range(kernel_w):
-                iw = ow * stride - pad + kw
-                if iw < 0 or iw >= width:
-                    continue
-                for j in range(pixel_words):
-                    offset = kw * channels + j * 64
-                    word, shift = offset >> 6, np.uint64(offset & 63)
-                    nonzero[b, h, ow, word] |= pix_n[j, iw] << shift
-                    positive[b, h, ow, word] |= pix_p[j, iw] << shift
-                    if shift != 0 and word + 1 < words:
-                        nonzero[b, h, ow, word + 1] |= pix_n[j, iw] >> (np.uint64(64) - shift)
-                        positive[b, h, ow, word + 1] |= pix_p[j, iw] >> (np.uint64(64) - shift)
+    rows = batch * height
+    chunks = max(1, min(rows, threads))
+    for chunk in prange(chunks):
+        pix_n = np.empty((pixel_words, width), dtype=np.uint64)  # word-major: the w loop is contiguous
+        pix_p = np.empty((pixel_words, width), dtype=np.uint64)
+        for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            b, h = row // height, row % height
+            pix_n[:] = 0
+            pix_p[:] = 0
+            for c in range(channels):
+                line, shift = x[b, c, h], np.uint64(c & 63)
+                words_n, words_p = pix_n[c >> 6], pix_p[c >> 6]
+                for w in range(width):  # branch-free, so LLVM vectorises it
+                    words_n[w] |= np.uint64(line[w] != 0) << shift
+                    words_p[w] |= np.uint64(line[w] > 0) << shift
+            for ow in range(out_w):
+                for kw in range(kernel_w):
+                    iw = ow * stride - pad + kw
+                    if iw < 0 or iw >= width:
+                        continue
+                    for j in range(pixel_words):
+                        offset = kw * channels + j * 64
+                        word, shift = offset >> 6, np.uint64(offset & 63)
+                        nonzero[b, h, ow, word] |= pix_n[j, iw] << shift
+                        positive[b, h, ow, word] |= pix_p[j, iw] << shift
+                        if shift != 0 and word + 1 < words:
+                            nonzero[b, h, ow, word + 1] |= pix_n[j, iw] >> (np.uint64(64) - shift)
+                            positive[b, h, ow, word + 1] |= pix_p[j, iw] >> (np.uint64(64) - shift)
     return nonzero, positive
 
 
@@ -90,6 +96,7 @@ def binary_conv(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarr
     chunks = max(1, min(rows, threads))
     for chunk in prange(chunks):
         acc = np.empty(out_c, dtype=np.int32)
+        line = np.empty((out_c, out_w), dtype=np.float32)  # one output row, written out contiguously
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             b, oh = row // out_h, row % out_h
             for ow in range(out_w):
@@ -109,5 +116,7 @@ def binary_conv(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarr
                         for o in range(out_c):
                             acc[o] += np.int32(popcount(n & (p ^ w[o])))
                 for o in range(out_c):
-                    y[b, o, oh, ow] = np.float32(ones - 2 * acc[o]) * scale[o] + bias[o]
+                    line[o, ow] = np.float32(ones - 2 * acc[o]) * scale[o] + bias[o]
+            for o in range(out_c):
+                y[b, o, oh, :] = line[o]
     return y

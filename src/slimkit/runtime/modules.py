@@ -75,7 +75,7 @@ class PackedBinaryConv2d(nn.Module):
         kh, kw = self.kernel
         out_h = (x.shape[2] + 2 * self.padding - kh) // self.stride + 1
         out_w = (x.shape[3] + 2 * self.padding - kw) // self.stride + 1
-        nonzero, positive = binary_kernels.pack_rows(x.numpy(), kw, self.stride, self.padding, out_w)
+        nonzero, positive = binary_kernels.pack_rows(x.numpy(), kw, self.stride, self.padding, out_w, threads)
         y = torch.from_numpy(binary_kernels.binary_conv(nonzero, positive, self.weight_bits.numpy(),
                                                         self.scale.numpy(), self.bias.numpy(), self.stride,
                                                         self.padding, out_h, threads))
