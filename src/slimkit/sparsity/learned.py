@@ -102,8 +102,9 @@ class OptgPruner(LearnedScorePruner):
         self.lr_scale = self._sigmoid(0)
 
     def _sigmoid(self, epoch: int) -> float:
+        """sigmoid(beta (e - E/2)) with e counted from start_epoch over the window E."""
         window = self.end_epoch - self.config.start_epoch
-        return sigmoid(self.config.beta * (epoch - self.config.start_epoch - window / 2))
+        return optg_sparsity(epoch - self.config.start_epoch, window, 1.0, self.config.beta)
 
     def epoch_target(self, epoch: int) -> float:
         """p_e inside the window; p itself once the window has passed."""
