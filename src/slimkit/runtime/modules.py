@@ -30,6 +30,11 @@ def set_kernel_threads(batch: int, threads: int | None) -> int:
     return count
 
 
+def _bias(layer: nn.Conv2d | nn.Linear, out: int) -> Tensor:
+    """The layer's bias as a contiguous float copy, zeros when it has none (the kernels always add one)."""
+    return (torch.zeros(out) if layer.bias is None else layer.bias.detach()).float().contiguous().clone()
+
+
 def _plain_conv(layer: nn.Conv2d) -> tuple[int, int]:
     """(stride, padding) of a conv the kernels support: square, groups 1, dilation 1, zero padding."""
     stride, padding = layer.stride, layer.padding
@@ -58,12 +63,11 @@ class PackedBinaryConv2d(nn.Module):
                                 "codes); the packed kernel needs +-1 weights")
         out = signs.shape[0]
         scale = torch.ones(out) if scale is None else scale.detach().reshape(-1).expand(out)
-        bias = torch.zeros(out) if layer.bias is None else layer.bias.detach()
         self.input_binarizer = binarizer
         self.kernel = tuple(signs.shape[2:])
         self.register_buffer("weight_bits", torch.from_numpy(binary_kernels.pack_weights(signs.numpy())))
         self.register_buffer("scale", scale.float().contiguous().clone())
-        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.register_buffer("bias", _bias(layer, out))
         self.threads = threads
 
     def forward(self, x: Tensor) -> Tensor:
@@ -82,10 +86,30 @@ class PackedBinaryConv2d(nn.Module):
         return y.reshape(y.shape[0], -1) if self.linear else y
 
 
-class SparseConv2d(nn.Module):
-    """A pruned conv that multiplies only its non-zero weights; see sparse_kernels. A strided conv is
-    computed at stride 1 and subsampled, which costs stride^2 more multiply-adds: the deploy step times it
-    against dense and keeps whichever is faster."""
+class _ChannelMajorConv(nn.Module):
+    """Shared by the sparse and pattern convs: pad, lay the input out channel-major over all images
+    (C, B*Hp*Wp), run the stride-1 kernel, subsample a strided conv (stride^2 more multiply-adds, which the
+    deploy step weighs against dense by timing)."""
+
+    stride: int
+    padding: int
+    threads: int | None
+
+    def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.padding
+        xp = F.pad(x.detach().float(), (p, p, p, p)) if p else x.detach().float()
+        batch, channels, hp, wp = xp.shape
+        planes = xp.transpose(0, 1).reshape(channels, -1).contiguous()
+        set_kernel_threads(batch, self.threads)
+        y = torch.from_numpy(self.kernel_call(planes.numpy(), batch, hp, wp, sparse_kernels.segment_length(channels)))
+        return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
+
+
+class SparseConv2d(_ChannelMajorConv):
+    """A pruned conv that multiplies only its non-zero weights; see sparse_kernels."""
 
     def __init__(self, layer: nn.Conv2d, threads: int | None = None):
         super().__init__()
@@ -94,28 +118,19 @@ class SparseConv2d(nn.Module):
         ptr, chan, position, values = sparse_kernels.conv_by_output(weight)
         for name, value in (("ptr", ptr), ("chan", chan), ("position", position), ("values", values)):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
-        bias = torch.zeros(weight.shape[0]) if layer.bias is None else layer.bias.detach()
-        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.register_buffer("bias", _bias(layer, weight.shape[0]))
         self.kernel = tuple(weight.shape[2:])
         self.threads = threads
 
-    def forward(self, x: Tensor) -> Tensor:
-        p = self.padding
-        xp = F.pad(x.detach().float(), (p, p, p, p)) if p else x.detach().float()
-        batch, _, hp, wp = xp.shape
-        planes = xp.transpose(0, 1).reshape(xp.shape[1], -1).contiguous()
-        set_kernel_threads(batch, self.threads)
+    def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
         kh, kw = self.kernel
-        y = torch.from_numpy(sparse_kernels.sparse_conv(
-            planes.numpy(), self.ptr.numpy(), self.chan.numpy(), self.position.numpy(), self.values.numpy(),
-            self.bias.numpy(), kw, batch, hp, wp, hp - kh + 1, wp - kw + 1,
-            sparse_kernels.segment_length(planes.shape[0])))
-        return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
+        return sparse_kernels.sparse_conv(planes, self.ptr.numpy(), self.chan.numpy(), self.position.numpy(),
+                                          self.values.numpy(), self.bias.numpy(), kw, batch, hp, wp,
+                                          hp - kh + 1, wp - kw + 1, segment)
 
 
-class PatternConv2d(nn.Module):
-    """A pattern + connectivity pruned 3x3 conv in FKW storage; see runtime.pattern. Strided convs run at
-    stride 1 and are subsampled, as SparseConv2d does."""
+class PatternConv2d(_ChannelMajorConv):
+    """A pattern + connectivity pruned 3x3 conv in FKW storage; see runtime.pattern."""
 
     def __init__(self, layer: nn.Conv2d, threads: int | None = None):
         super().__init__()
@@ -128,21 +143,14 @@ class PatternConv2d(nn.Module):
             raise NotDeployable(str(exc)) from None
         for name in ("reorder", "offset", "index", "stride", "weights", "patterns"):
             self.register_buffer(f"fkw_{name}", torch.from_numpy(np.ascontiguousarray(getattr(fkw, name))))
-        bias = torch.zeros(layer.out_channels) if layer.bias is None else layer.bias.detach()
-        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.register_buffer("bias", _bias(layer, layer.out_channels))
         self.threads = threads
 
-    def forward(self, x: Tensor) -> Tensor:
-        p = self.padding
-        xp = F.pad(x.detach().float(), (p, p, p, p)) if p else x.detach().float()
-        batch, _, hp, wp = xp.shape
-        planes = xp.transpose(0, 1).reshape(xp.shape[1], -1).contiguous()
-        set_kernel_threads(batch, self.threads)
-        y = torch.from_numpy(pattern.pattern_conv(
-            planes.numpy(), self.fkw_reorder.numpy(), self.fkw_offset.numpy(), self.fkw_index.numpy(),
-            self.fkw_stride.numpy(), self.fkw_weights.numpy(), self.fkw_patterns.numpy(), self.bias.numpy(),
-            batch, hp, wp, hp - 2, wp - 2, sparse_kernels.segment_length(planes.shape[0])))
-        return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
+    def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
+        return pattern.pattern_conv(planes, self.fkw_reorder.numpy(), self.fkw_offset.numpy(),
+                                    self.fkw_index.numpy(), self.fkw_stride.numpy(), self.fkw_weights.numpy(),
+                                    self.fkw_patterns.numpy(), self.bias.numpy(), batch, hp, wp, hp - 2, wp - 2,
+                                    segment)
 
 
 class SparseLinear(nn.Module):
@@ -153,8 +161,7 @@ class SparseLinear(nn.Module):
         ptr, cols, values = sparse_kernels.linear_by_output_row(layer.weight.detach().float().numpy())
         for name, value in (("ptr", ptr), ("cols", cols), ("values", values)):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
-        bias = torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach()
-        self.register_buffer("bias", bias.float().contiguous().clone())
+        self.register_buffer("bias", _bias(layer, layer.out_features))
         self.threads = threads
 
     def forward(self, x: Tensor) -> Tensor:
