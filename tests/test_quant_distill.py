@@ -239,21 +239,3 @@ def test_prune_then_distill_then_quantize(tmp_path, teacher_path):
     reloaded = slimkit.load(tmp_path / "model.pt")
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(reloaded(x), run.model.eval()(x))
-
-
-def test_onnx_int8_export_matches_fake_quant(tmp_path):
-    pytest.importorskip("onnxruntime")
-    from slimkit.quant.onnx_export import OnnxModel, export_onnx, integer_kernels
-
-    run = slimkit.run_recipe(_digits([{"quantize": {"method": "uniform", "bits": 8}}]), tmp_path / "run",
-                             progress=False)
-    path = export_onnx(run.model, tmp_path / "model.onnx", (1, 8, 8))
-    x = torch.randn(32, 1, 8, 8)
-    expected, got = run.model.eval()(x), OnnxModel(path)(x)
-    assert (got - expected).abs().max() < 0.05 * expected.abs().max()  # a few quantization steps at most
-    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.9
-    assert "QLinearConv" in integer_kernels(path)  # onnxruntime really runs integer convolutions
-    four_bit = slimkit.run_recipe(_digits([{"quantize": {"method": "uniform", "bits": 4}}], epochs=0),
-                                  tmp_path / "four", progress=False)
-    with pytest.raises(slimkit.SlimkitError, match="8-bit uniform"):
-        export_onnx(four_bit.model, tmp_path / "four.onnx", (1, 8, 8))

@@ -1,4 +1,5 @@
-"""The `slimkit` command: run | demo | info | report | recipes. Exit code 0 on success, 2 on bad input."""
+"""The `slimkit` command: run | demo | info | bench | export | report | recipes.
+Exit code 0 on success, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -139,6 +140,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_batches(model_arg: str, count: int) -> list[Any]:
+    """The first `count` training batches of the data set the run's recipe names (the run folder's
+    recipe.yaml), in the run's split: what the integer graph's added quantizers are calibrated on."""
+    from slimkit.data import load_data
+    from slimkit.recipe import Recipe
+
+    run_dir = Path(model_arg) if Path(model_arg).is_dir() else Path(model_arg).parent
+    if not (run_dir / "recipe.yaml").exists():
+        raise SlimkitError(f"calibrating the int8 graph needs the run's data, and {run_dir} holds no recipe.yaml; "
+                           "export from the run folder (slimkit export runs/NAME)")
+    recipe = Recipe.load(str(run_dir / "recipe.yaml"))
+    train = load_data(recipe.data).train
+    size = recipe.data.batch_size
+    return [train.__getitems__(list(range(i * size, min((i + 1) * size, len(train)))))[0]
+            for i in range(min(count, -(-len(train) // size)))]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from slimkit.quant.int8_graph import is_quantized
+    from slimkit.quant.onnx_export import FLOAT_COMPUTE_OPS, export_onnx, optimized_ops
+
+    model, shape, _ = _load_model(args)
+    quantized = is_quantized(model)
+    calibration = _calibration_batches(args.model, args.calibration_batches) if quantized else None
+    default = (Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem)
+    out = export_onnx(model, Path(args.out) if args.out else default / "model.onnx", shape, calibration)
+    ops = optimized_ops(out)
+    floats = {op: n for op, n in ops.items() if op in FLOAT_COMPUTE_OPS}
+    kind = "int8" if quantized else "fp32"
+    console.print(f"{kind} ONNX model: {out}", highlight=False)
+    console.print("onnxruntime runs: " + ", ".join(f"{op} x{n}" for op, n in ops.items()), highlight=False)
+    if quantized and floats:
+        console.print("float kernels left: " + ", ".join(floats), style="yellow")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from slimkit.report import Report
 
@@ -190,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (slow to build)")
     bench.add_argument("--out", help="folder for bench.json and bench.md (default: the run folder)")
     add_model_options(bench)
+    export = sub.add_parser("export", help="ONNX model for onnxruntime; an 8-bit model runs its layers in int8")
+    export.add_argument("model", help="a run folder (its data calibrates an 8-bit model), a model.pt or a zoo name")
+    export.add_argument("--calibration-batches", type=int, default=8)
+    export.add_argument("--out", help="the .onnx file (default: model.onnx in the run folder)")
+    add_model_options(export)
     report = sub.add_parser("report", help="re-render report.md and plots of a finished run")
     report.add_argument("run_dir")
     sub.add_parser("recipes", help="list bundled recipes and registered methods")
@@ -208,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, args.recipe)
-        handler = {"demo": cmd_demo, "info": cmd_info, "bench": cmd_bench, "report": cmd_report,
+        handler = {"demo": cmd_demo, "info": cmd_info, "bench": cmd_bench, "export": cmd_export, "report": cmd_report,
                    "recipes": cmd_recipes}[args.command]
         return handler(args)
     except SlimkitError as exc:

@@ -16,11 +16,9 @@ from torch import Tensor, nn
 from slimkit.layers import LAYER_TYPES, LayerSelection, select_layers
 from slimkit.quant.attach import quantize_layer, quantizer_parameters, weight_quantization
 from slimkit.quant.levels import apot_levels, sp2_levels
-from slimkit.quant.quantizers import LevelQuantizer, Observer, UniformQuantizer
+from slimkit.quant.quantizers import LevelQuantizer, Observer, UniformQuantizer, activation_sample
 from slimkit.recipe import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
-
-SAMPLES_PER_BATCH = 1 << 16
 
 
 class QuantizeConfig(MethodConfig):
@@ -118,9 +116,7 @@ class Quantizer(Modifier):
 
         def hook(name: str):
             def record(module: nn.Module, args: tuple) -> None:
-                x = args[0].detach().reshape(-1)
-                pick = torch.randint(0, x.numel(), (min(x.numel(), SAMPLES_PER_BATCH),))
-                found[name] += [x[pick], x.min().reshape(1), x.max().reshape(1)]
+                found[name] += activation_sample(args[0])
             return record
 
         handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]

@@ -1,21 +1,23 @@
 """Real int8 execution: export an 8-bit uniformly quantized model to ONNX with QuantizeLinear/
 DequantizeLinear pairs and run it in onnxruntime, whose CPU provider fuses them into integer kernels
-(QLinearConv, QLinearMatMul). Needs the optional packages onnx and onnxruntime (`pip install slimkit[onnx]`).
+(QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool). Needs the optional packages onnx and
+onnxruntime (`pip install slimkit[onnx]`).
 """
 
 from __future__ import annotations
 
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError
-from slimkit.quant.attach import weight_quantization
-from slimkit.quant.quantizers import UniformQuantizer
+from slimkit.quant.int8_graph import int8_graph, is_quantized
 
 
 def _require_onnxruntime():
@@ -26,24 +28,16 @@ def _require_onnxruntime():
     return onnxruntime
 
 
-def check_exportable(model: nn.Module) -> None:
-    """Only 8-bit uniform quantizers map onto ONNX's int8/uint8 Q/DQ operators."""
-    for name, module in model.named_modules():
-        wq = weight_quantization(module)
-        if wq is None:
-            continue
-        for role, q in (("weight", wq.quantizer), ("input", getattr(module, "input_quantizer", None))):
-            if not isinstance(q, UniformQuantizer) or q.bits != 8:
-                raise SlimkitError(f"layer '{name}': its {role} quantizer is {type(q).__name__} at "
-                                   f"{getattr(q, 'bits', '?')} bits; ONNX int8 export needs 8-bit uniform "
-                                   f"quantization (quantize: {{method: uniform, bits: 8}})")
-
-
-def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int], *, quantized: bool = True) -> Path:
-    """Write `model` (eval mode, batch dimension dynamic) to `path`. With `quantized`, check it is 8-bit
-    uniform first, so the file holds Q/DQ pairs that onnxruntime runs in int8."""
-    if quantized:
-        check_exportable(model)
+def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
+                calibration: Iterable[Tensor] | None = None) -> Path:
+    """Write `model` (eval mode, batch dimension dynamic) to `path`. A quantized model is written as its
+    integer graph (see int8_graph: 8-bit uniform only, BatchNorm folded, every tensor quantized), whose added
+    quantizers are calibrated on the `calibration` batches, so onnxruntime runs every layer in int8."""
+    if is_quantized(model):
+        if calibration is None:
+            raise SlimkitError("exporting a quantized model needs calibration batches (calibration=[x, ...]): "
+                               "the integer graph quantizes residual sums, pooled features and logits too")
+        model = int8_graph(model, calibration)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -87,18 +81,19 @@ class OnnxModel:
         return False
 
 
-def integer_kernels(path: str | Path) -> list[str]:
-    """The integer operators onnxruntime runs after its graph optimisations (QLinearConv, ...)."""
+FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "GlobalAveragePool")
+
+
+def optimized_ops(path: str | Path) -> dict[str, int]:
+    """How many of each operator onnxruntime runs after its graph optimisations: integer kernels (QLinearConv,
+    QGemm, QLinearAdd, ...) where it fused Q/DQ pairs, float ones (FLOAT_COMPUTE_OPS) where it could not."""
     ort = _require_onnxruntime()
     import onnx
 
-    optimized = Path(path).with_suffix(".optimized.onnx")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(optimized)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ops = sorted({n.op_type for n in onnx.load(str(optimized)).graph.node if n.op_type.startswith(("QLinear",
-                                                                                                     "MatMulInteger",
-                                                                                                     "ConvInteger"))})
-    optimized.unlink(missing_ok=True)
-    return ops
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return dict(sorted(Counter(n.op_type for n in onnx.load(str(optimized)).graph.node).items()))

@@ -14,6 +14,14 @@ import torch
 from torch import Tensor, nn
 
 Observer = Literal["minmax", "percentile", "mse"]
+SAMPLES_PER_BATCH = 1 << 16
+
+
+def activation_sample(x: Tensor) -> list[Tensor]:
+    """A random sample of a batch of activations plus its extremes: enough for an observer, bounded memory."""
+    flat = x.detach().reshape(-1)
+    pick = torch.randint(0, flat.numel(), (min(flat.numel(), SAMPLES_PER_BATCH),))
+    return [flat[pick], flat.min().reshape(1), flat.max().reshape(1)]
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -95,11 +103,12 @@ class UniformQuantizer(nn.Module):
                 self.step.copy_((2 * mean / math.sqrt(self.qmax)).clamp_min(1e-8))
             self.initialized.fill_(True)
         if not self.training:  # the exact same values, through ops ONNX export turns into Q/DQ pairs
-            zero = torch.zeros(self.channels, dtype=torch.int32)
             step = self.step.detach().float()
             if self.channels > 1:
+                zero = torch.zeros(self.channels, dtype=torch.int32)
                 return torch.fake_quantize_per_channel_affine(x, step, zero, 0, self.qmin, self.qmax)
-            return torch.fake_quantize_per_tensor_affine(x, step, zero, self.qmin, self.qmax)
+            zero = torch.zeros((), dtype=torch.int32)  # scalar scale and zero point, as QLinearAdd requires
+            return torch.fake_quantize_per_tensor_affine(x, step.reshape(()), zero, self.qmin, self.qmax)
         per_step = x.numel() / self.channels
         step = grad_scale(self.step, 1.0 / math.sqrt(per_step * self.qmax))
         step = self._view(step, x)

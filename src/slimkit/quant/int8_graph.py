@@ -1,0 +1,225 @@
+"""The integer graph of an 8-bit quantized model, for onnxruntime to run every layer in int8.
+
+onnxruntime fuses DequantizeLinear -> op -> QuantizeLinear into one integer kernel (QLinearConv, QGemm,
+QLinearAdd, ...) only when the op's inputs and its output are quantized. A QAT model quantizes layer inputs
+and weights only, so a conv followed by BatchNorm, or feeding a residual add, ran as a float kernel on
+dequantized values. This pass rewrites a copy of the model so that every op can be fused:
+
+- BatchNorm after a quantized conv is folded into it. With per-channel weight steps this is exact on the
+  grid: Q(W) * k has the integers of Q(W) with step s * |k| (k = gamma / sqrt(var + eps)).
+- Every value an integer op produces or consumes is quantized once. A value that feeds a quantized layer
+  uses that layer's trained input quantizer; a value that only ReLU reads is quantized after the ReLU
+  (onnxruntime drops a ReLU before an unsigned quantize); data-movement ops (slicing, zero padding,
+  flatten, max pooling) keep their input's grid; other values (residual sums, pooled features, the logits)
+  get a new 8-bit quantizer calibrated on sample batches.
+
+The result is a torch.fx GraphModule whose fake-quant forward is the reference the ONNX model must match.
+It adds rounding the QAT model did not have (at residual sums, pooled features and the logits), so it
+agrees with the QAT model within a few quantization steps, not exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx import GraphModule, Node, symbolic_trace
+
+from slimkit.errors import SlimkitError, UnsupportedLayerError
+from slimkit.quant.attach import weight_quantization
+from slimkit.quant.quantizers import Observer, UniformQuantizer, activation_sample
+
+RELU_MODULES, RELU_FUNCTIONS = (nn.ReLU,), (F.relu, torch.relu)
+INTEGER_FUNCTIONS = (operator.add, torch.add, F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean)
+INTEGER_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+GRID_KEEPING_FUNCTIONS = (operator.getitem, F.pad, torch.flatten, F.max_pool2d)
+GRID_KEEPING_METHODS = ("flatten", "view", "reshape")
+GRID_KEEPING_MODULES = (nn.Flatten, nn.MaxPool2d, nn.Identity)
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Only 8-bit uniform quantizers map onto ONNX's int8/uint8 Q/DQ operators."""
+    for name, module in model.named_modules():
+        wq = weight_quantization(module)
+        if wq is None:
+            continue
+        for role, q in (("weight", wq.quantizer), ("input", getattr(module, "input_quantizer", None))):
+            if not isinstance(q, UniformQuantizer) or q.bits != 8:
+                raise SlimkitError(f"layer '{name}': its {role} quantizer is {type(q).__name__} at "
+                                   f"{getattr(q, 'bits', '?')} bits; ONNX int8 export needs 8-bit uniform "
+                                   f"quantization (quantize: {{method: uniform, bits: 8}})")
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(weight_quantization(m) is not None for m in model.modules())
+
+
+class FoldedLayer(nn.Module):
+    """A conv or linear whose weight is fixed on a per-channel 8-bit grid; its input arrives quantized."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, weight: Tensor, step: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.layer = _plain_copy(layer)
+        self.layer.weight = nn.Parameter(weight, requires_grad=False)
+        self.layer.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.register_buffer("step", step)
+        self.register_buffer("zero", torch.zeros(step.numel(), dtype=torch.int32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = torch.fake_quantize_per_channel_affine(self.layer.weight, self.step, self.zero, 0, -128, 127)
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, weight, self.layer.bias)
+        return F.linear(x, weight, self.layer.bias)
+
+
+def _plain_copy(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
+    """The same layer type and hyper-parameters, without parametrizations or hooks."""
+    if isinstance(layer, nn.Conv2d):
+        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                         layer.dilation, layer.groups, bias=False, padding_mode=layer.padding_mode)
+    return nn.Linear(layer.in_features, layer.out_features, bias=False)
+
+
+def fold_batchnorm(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d | None) -> FoldedLayer:
+    """The layer with its quantized weight, and the eval-mode BatchNorm after it folded in."""
+    weight, step = layer.weight.detach().clone(), weight_quantization(layer).quantizer.step.detach().clone()
+    bias = None if layer.bias is None else layer.bias.detach().clone()
+    if bn is not None:
+        k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        weight = weight * k.reshape(-1, *[1] * (weight.ndim - 1))
+        step = step * k.abs()
+        bias = bn.bias.detach() - bn.running_mean * k + (0 if bias is None else bias * k)
+    return FoldedLayer(layer, weight, step.clamp_min(1e-12), bias)
+
+
+def _is(node: Node, modules: dict[str, nn.Module], types: tuple, functions: tuple = (),
+        methods: tuple = ()) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], types)
+    if node.op == "call_function":
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
+
+
+class _Recorder(nn.Module):
+    """Stands where a new quantizer will go and keeps a sample of the values passing, for calibration."""
+
+    def __init__(self):
+        super().__init__()
+        self.samples: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.samples += activation_sample(x)
+        return x
+
+
+def int8_graph(model: nn.Module, calibration: Iterable[Tensor], observer: Observer = "minmax") -> GraphModule:
+    """The integer graph of `model` (8-bit uniform quantization, see check_exportable), with the quantizers
+    it adds calibrated on the batches in `calibration`. `model` is not changed."""
+    check_exportable(model)
+    was_training = model.training
+    try:
+        graph_module = symbolic_trace(model.eval())
+    except Exception as exc:  # torch.fx raises many types on untraceable code
+        raise UnsupportedLayerError(f"int8 export traces the model with torch.fx, which failed: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    finally:
+        model.train(was_training)
+    modules = dict(graph_module.named_modules())
+    layers = {n for n in graph_module.graph.nodes
+              if n.op == "call_module" and weight_quantization(modules[n.target]) is not None}
+    _fold_batchnorms(graph_module, modules, layers)
+    _insert_quantizers(graph_module, modules, layers)
+    graph_module.delete_all_unused_submodules()
+    graph_module.graph.lint()
+    graph_module.recompile()
+    _calibrate(graph_module, calibration, observer)
+    return graph_module.eval()
+
+
+def _fold_batchnorms(graph_module: GraphModule, modules: dict[str, nn.Module], layers: set[Node]) -> None:
+    """Each quantized layer becomes a FoldedLayer, with the BatchNorm that alone reads it folded in."""
+    for node in layers:
+        users = list(node.users)
+        bn = None
+        if len(users) == 1 and _is(users[0], modules, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            bn = modules[users[0].target]
+            users[0].replace_all_uses_with(node)
+            graph_module.graph.erase_node(users[0])
+        graph_module.add_submodule(node.target, fold_batchnorm(modules[node.target], bn))
+
+
+def _insert_quantizers(graph_module: GraphModule, modules: dict[str, nn.Module], layers: set[Node]) -> None:
+    """Quantize every value an integer op produces or reads, once (see the module docstring)."""
+    graph = graph_module.graph
+
+    def keeps_grid(node: Node) -> bool:
+        return _is(node, modules, GRID_KEEPING_MODULES, GRID_KEEPING_FUNCTIONS, GRID_KEEPING_METHODS)
+
+    def integer_op(node: Node) -> bool:
+        return node in layers or _is(node, modules, INTEGER_MODULES, INTEGER_FUNCTIONS)
+
+    def is_relu(node: Node) -> bool:
+        return _is(node, modules, RELU_MODULES, RELU_FUNCTIONS)
+
+    def readers(node: Node) -> list[Node]:
+        """Who reads `node`, looking through data-movement ops."""
+        found = []
+        for user in node.users:
+            found += readers(user) if keeps_grid(user) and user.args and user.args[0] is node else [user]
+        return found
+
+    quantizer_of: dict[Node, str] = {}  # value -> the quantizer its integers are on
+
+    def quantize_after(node: Node, name: str) -> None:
+        with graph.inserting_after(node):
+            q = graph.call_module(name, (node,))
+        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+        quantizer_of[node] = quantizer_of[q] = name
+
+    for node in list(graph.nodes):
+        if node.op == "output":
+            continue
+        if keeps_grid(node) and node.args and node.args[0] in quantizer_of:
+            if _is(node, modules, (nn.Identity,)):
+                quantizer_of[node] = quantizer_of[node.args[0]]
+            else:  # the same grid: quantizing again is exact, and lets onnxruntime run the op on int8
+                quantize_after(node, quantizer_of[node.args[0]])
+            continue
+        if integer_op(node) and len(node.users) == 1 and is_relu(next(iter(node.users))):
+            continue  # quantized after the ReLU instead
+        reading = readers(node)
+        layer = next((r for r in reading if r in layers), None)
+        produced = integer_op(node) or (is_relu(node) and integer_op(node.args[0]))
+        if not (produced or layer is not None or any(integer_op(r) for r in reading)):
+            continue
+        name = f"int8_in_{node.name}"
+        quantizer = _Recorder() if layer is None else copy.deepcopy(model_input_quantizer(modules, layer))
+        graph_module.add_submodule(name, quantizer)
+        quantize_after(node, name)
+
+
+def model_input_quantizer(modules: dict[str, nn.Module], layer: Node) -> nn.Module:
+    """The trained input quantizer of a quantized layer (its forward pre-hook applied it in the QAT model)."""
+    return modules[layer.target].input_quantizer
+
+
+@torch.no_grad()
+def _calibrate(graph_module: GraphModule, calibration: Iterable[Tensor], observer: Observer) -> None:
+    recorders = {name: m for name, m in graph_module.named_children() if isinstance(m, _Recorder)}
+    if not recorders:
+        return
+    seen = 0
+    for x in calibration:
+        graph_module(x)
+        seen += 1
+    if not seen:
+        raise ValueError("int8_graph needs at least one calibration batch")
+    for name, recorder in recorders.items():
+        quantizer = UniformQuantizer(8)
+        quantizer.calibrate(torch.cat(recorder.samples), observer)
+        graph_module.add_submodule(name, quantizer.eval())
