@@ -159,13 +159,21 @@ def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+SETTLE_MS = 100.0
+
+
 def compare_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], *,
                     batch_sizes: Sequence[int] = (1, 64), threads: int | None = None, warmup: int = 3,
-                    repeats: int = 21, min_sample_ms: float = 5.0) -> dict[str, dict[str, dict[str, float]]]:
-    """Forward-pass latency in ms, {model: {batch: {median, iqr}}}, with the models' repeats interleaved.
+                    repeats: int = 21, min_sample_ms: float = 5.0, rounds: int = 3,
+                    ) -> dict[str, dict[str, dict[str, float]]]:
+    """Forward-pass latency in ms, {model: {batch: {median, iqr}}}, the models taking turns.
 
-    Interleaving puts every model under the same machine noise. Each sample averages enough calls to last
-    about `min_sample_ms`, so sub-millisecond batch-1 timings are not dominated by timer jitter.
+    The models run in alternating blocks (`rounds` each), so slow drifts in machine noise reach all of them.
+    Each sample averages enough calls to last about `min_sample_ms`, so sub-millisecond batch-1 timings are
+    not dominated by timer jitter. Each block starts with untimed calls lasting SETTLE_MS: torch, numba and
+    onnxruntime keep separate thread pools that go on spinning after their work, and without the pause a
+    model pays for the previous one's spin (measured: eager ResNet-20 ran at 7.7 ms instead of 3.3 ms for
+    80 ms after onnxruntime calls; onnxruntime int8 at batch 64 took 17.7 ms right after torch, 10.9 alone).
     """
     threads = threads or default_threads()
     previous = torch.get_num_threads()
@@ -185,12 +193,17 @@ def compare_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
                     once = (time.perf_counter() - start) * 1e3
                     calls[name] = max(1, math.ceil(min_sample_ms / max(once, 1e-3)))
                 samples: dict[str, list[float]] = {name: [] for name in models}
-                for _ in range(repeats):
+                for _ in range(rounds):
                     for name, model in models.items():
-                        start = time.perf_counter()
-                        for _ in range(calls[name]):
+                        settle = time.perf_counter()
+                        model(x)
+                        while (time.perf_counter() - settle) * 1e3 < SETTLE_MS:
                             model(x)
-                        samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
+                        for _ in range(math.ceil(repeats / rounds)):
+                            start = time.perf_counter()
+                            for _ in range(calls[name]):
+                                model(x)
+                            samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
                 for name, values in samples.items():
                     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
                     out[name][str(batch)] = {"median": statistics.median(values), "iqr": q[2] - q[0]}

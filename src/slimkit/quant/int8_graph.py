@@ -34,7 +34,7 @@ from slimkit.quant.attach import weight_quantization
 from slimkit.quant.quantizers import Observer, UniformQuantizer, activation_sample
 
 RELU_MODULES, RELU_FUNCTIONS = (nn.ReLU,), (F.relu, torch.relu)
-INTEGER_FUNCTIONS = (operator.add, torch.add, F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean)
+INTEGER_FUNCTIONS = (operator.add, torch.add, F.adaptive_avg_pool2d, F.avg_pool2d)
 INTEGER_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 GRID_KEEPING_FUNCTIONS = (operator.getitem, F.pad, torch.flatten, F.max_pool2d)
 GRID_KEEPING_METHODS = ("flatten", "view", "reshape")
@@ -198,14 +198,9 @@ def _insert_quantizers(graph_module: GraphModule, modules: dict[str, nn.Module],
         if not (produced or layer is not None or any(integer_op(r) for r in reading)):
             continue
         name = f"int8_in_{node.name}"
-        quantizer = _Recorder() if layer is None else copy.deepcopy(model_input_quantizer(modules, layer))
+        quantizer = _Recorder() if layer is None else copy.deepcopy(modules[layer.target].input_quantizer)
         graph_module.add_submodule(name, quantizer)
         quantize_after(node, name)
-
-
-def model_input_quantizer(modules: dict[str, nn.Module], layer: Node) -> nn.Module:
-    """The trained input quantizer of a quantized layer (its forward pre-hook applied it in the QAT model)."""
-    return modules[layer.target].input_quantizer
 
 
 @torch.no_grad()
