@@ -7,7 +7,10 @@ conv but the first (activations binarized; Bi-Real blocks for the ResNet), spars
 magnitude masks on every conv and linear but the first conv and last linear, channels = L1 pruning of 50%
 of every prunable channel group. Baselines are the uncompressed float model: eager, `torch.jit.freeze`
 and (with --compile) `torch.compile`; every form of one architecture and batch size is timed in the same
-loop, interleaved. Layer rows come from `deploy`'s own per-layer timing (layer alone, its real input).
+loop, taking turns. Each form is deployed twice: exact (binary layers bit for bit) and with
+`fold_batchnorm=True` (BatchNorm folded into the layer before it; equal within float rounding). The
+best-dense baseline folds BatchNorm too (jit.freeze does). Layer rows come from `deploy`'s own per-layer
+timing of the exact deployment (layer alone, its real input).
 Writes benchmarks/results/runtime.{json,md}. Run it on an otherwise idle machine.
 
     .venv/bin/python benchmarks/runtime.py [--archs resnet20 vgg_small resnet56] [--compile] [--repeats 15]
@@ -24,6 +27,7 @@ from pathlib import Path
 from harness import ensure_allocator_env
 
 HERE = Path(__file__).parent
+FOLDED = " + BN folded"
 FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "channels50"],
          "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "channels50"],
          "resnet56": ["channels50"]}
@@ -91,6 +95,8 @@ def main() -> None:
         for batch in args.batch_sizes:
             example = torch.randn(batch, 3, 32, 32)
             deployed = {form: deploy(model, example) for form, model in forms.items()}
+            deployed |= {f"{form}{FOLDED}": deploy(model, example, fold_batchnorm=True)
+                         for form, model in forms.items()}
             baselines = {k: v for k, v in dense_baselines(copy.deepcopy(dense), example, args.compile).items()
                          if not k.endswith("_error")}
             timing = compare_latency({"eager": dense, **baselines, **deployed}, (3, 32, 32), batch_sizes=(batch,),
@@ -112,7 +118,8 @@ def main() -> None:
                         e["deployed_ms"] if e["choice"] == "deployed" else e["dense_ms"] for e in body))
                     if body else None,
                 })
-                layers += [{"arch": arch, "form": form, "batch": batch, **e} for e in report if "dense_ms" in e]
+                if not form.endswith(FOLDED):
+                    layers += [{"arch": arch, "form": form, "batch": batch, **e} for e in report if "dense_ms" in e]
             print(f"{arch} b{batch}: " + ", ".join(f"{r['form']} {r['speedup_vs_eager']:.2f}x"
                                                    for r in rows if r["arch"] == arch and r["batch"] == batch))
     args.results.mkdir(parents=True, exist_ok=True)
@@ -143,7 +150,7 @@ def markdown(rows: list[dict], layers: list[dict], env: dict) -> str:
         out.append(f"| {e['arch']} | {e['form']} | {e['batch']} | {e['layer']} | {e['kind']} | {e['dense_ms']:.3f} "
                    f"| {e['deployed_ms']:.3f} | {e['speedup']:.2f}x | {e['choice']} |")
     out += ["", f"Reproduce: `{env['command']}` (torch {env['torch']}, {env['cpu_count']} CPUs, commit "
-            f"{env['git_commit']}). Medians ± IQR of interleaved repeats in one process."]
+            f"{env['git_commit']}). Medians ± IQR of repeats in one process, the models taking turns in blocks."]
     return "\n".join(out) + "\n"
 
 

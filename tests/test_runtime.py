@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import slimkit
+from slimkit.folding import batchnorm_pairs
 from slimkit.models import lenet, resnet20, vgg_small
 from slimkit.recipe import build_modifier, parse_stage
 from slimkit.runtime import binary_kernels, sparse_kernels
@@ -159,6 +160,53 @@ def test_deployed_sparse_network_equals_eval(arch, kind):
     with torch.inference_mode():
         expected = model(x)
         assert torch.allclose(deployed(x), expected, atol=1e-5 * float(expected.abs().max()) + 1e-6, rtol=1e-5)
+
+
+def test_batchnorm_pairs_are_the_layers_only_a_batchnorm_reads():
+    assert batchnorm_pairs(lenet(in_channels=1, input_size=28)) == {}
+    pairs = batchnorm_pairs(resnet20(width=0.25))
+    assert len(pairs) == 19 and pairs["conv1"] == "bn1" and pairs["layer3.2.conv2"] == "layer3.2.bn2"
+    binary = _binary(resnet20(width=0.25, block="bireal"), "xnor")  # binary layers pair like float ones
+    assert batchnorm_pairs(binary) == pairs
+
+    class Tapped(nn.Module):  # the conv's output is read twice: folding would change the second reader
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    assert batchnorm_pairs(Tapped()) == {}
+
+
+@pytest.mark.parametrize("form", ["binary", "unstructured"])
+def test_deploy_folds_batchnorm_on_request(form):
+    torch.manual_seed(0)
+    model = resnet20(width=0.25, block="bireal", activation="hardtanh") if form == "binary" else resnet20(width=0.25)
+    model = _randomise_bn(_binary(model, "xnor") if form == "binary" else _sparse(model, form)).eval()
+    folded = slimkit.deploy(model, fold_batchnorm=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())  # all 19 folded
+    assert sum("batchnorm_folded" in e for e in folded.deploy_report) == 19
+    exact = slimkit.deploy(model)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in exact.modules()) == 19  # off by default
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(x)
+        assert torch.allclose(folded(x), expected, atol=1e-5 * float(expected.abs().max()), rtol=1e-4)
+        if form == "binary":
+            assert torch.equal(exact(x), expected)
+        for name, module in folded.named_modules():  # layer by layer: each folded binary layer is BN(conv)
+            if isinstance(module, PackedBinaryConv2d):
+                layer = model.get_submodule(name)
+                layer_in = torch.randn(2, layer.in_channels, 8, 8)
+                reference = model.get_submodule(name.replace("conv", "bn"))(layer(layer_in))
+                assert torch.allclose(module(layer_in), reference, atol=1e-5, rtol=1e-5)
+        # what load_deployed does: the saved choices and options rebuild the same model
+        again = slimkit.deploy(model, choices={e["layer"]: e["choice"] for e in folded.deploy_report},
+                               **folded.deploy_options)
+        assert torch.equal(again(x), folded(x))
 
 
 def test_channel_pruned_model_runs_as_the_smaller_dense_model():

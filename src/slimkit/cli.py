@@ -122,7 +122,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     model, shape, _ = _load_model(args)
     results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
-                          use_compile=not args.no_compile)
+                          use_compile=not args.no_compile, fold_batchnorm=args.fold_batchnorm)
     results["environment"] = environment(0)
     default = Path(args.model) if Path(args.model).is_dir() else Path("bench") / Path(args.model).stem
     out = Path(args.out) if args.out else default
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=21)
     bench.add_argument("--threads", type=int, default=None, help="threads at batch > 1 (batch 1 uses 1 for kernels)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (slow to build)")
+    bench.add_argument("--fold-batchnorm", action="store_true",
+                       help="fold BatchNorm into the layer before it (binary layers then match within rounding)")
     bench.add_argument("--out", help="folder for bench.json and bench.md (default: the run folder)")
     add_model_options(bench)
     export = sub.add_parser("export", help="ONNX model for onnxruntime; an 8-bit model runs its layers in int8")

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node, symbolic_trace
 
 from slimkit.errors import SlimkitError, UnsupportedLayerError
+from slimkit.folding import batchnorm_affine, batchnorm_pairs
 from slimkit.quant.attach import weight_quantization
 from slimkit.quant.quantizers import Observer, UniformQuantizer, activation_sample
 
@@ -89,10 +90,10 @@ def fold_batchnorm(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNo
     weight, step = layer.weight.detach().clone(), weight_quantization(layer).quantizer.step.detach().clone()
     bias = None if layer.bias is None else layer.bias.detach().clone()
     if bn is not None:
-        k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        k, c = batchnorm_affine(bn)
         weight = weight * k.reshape(-1, *[1] * (weight.ndim - 1))
         step = step * k.abs()
-        bias = bn.bias.detach() - bn.running_mean * k + (0 if bias is None else bias * k)
+        bias = c + (0 if bias is None else bias * k)
     return FoldedLayer(layer, weight, step.clamp_min(1e-12), bias)
 
 
@@ -132,24 +133,25 @@ def int8_graph(model: nn.Module, calibration: Iterable[Tensor], observer: Observ
     modules = dict(graph_module.named_modules())
     layers = {n for n in graph_module.graph.nodes
               if n.op == "call_module" and weight_quantization(modules[n.target]) is not None}
-    _fold_batchnorms(graph_module, modules, layers)
+    _fold_batchnorms(graph_module, modules, layers, batchnorm_pairs(model))
     _insert_quantizers(graph_module, modules, layers)
     graph_module.delete_all_unused_submodules()
     graph_module.graph.lint()
     graph_module.recompile()
-    _calibrate(graph_module, calibration, observer)
-    return graph_module.eval()
+    _calibrate(graph_module.eval(), calibration, observer)  # eval: BatchNorms it kept are shared with `model`
+    return graph_module
 
 
-def _fold_batchnorms(graph_module: GraphModule, modules: dict[str, nn.Module], layers: set[Node]) -> None:
+def _fold_batchnorms(graph_module: GraphModule, modules: dict[str, nn.Module], layers: set[Node],
+                     pairs: dict[str, str]) -> None:
     """Each quantized layer becomes a FoldedLayer, with the BatchNorm that alone reads it folded in."""
     for node in layers:
-        users = list(node.users)
         bn = None
-        if len(users) == 1 and _is(users[0], modules, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            bn = modules[users[0].target]
-            users[0].replace_all_uses_with(node)
-            graph_module.graph.erase_node(users[0])
+        if node.target in pairs:
+            bn_node = next(iter(node.users))
+            bn = modules[bn_node.target]
+            bn_node.replace_all_uses_with(node)
+            graph_module.graph.erase_node(bn_node)
         graph_module.add_submodule(node.target, fold_batchnorm(modules[node.target], bn))
 
 

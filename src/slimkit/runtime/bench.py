@@ -52,13 +52,14 @@ def dense_baselines(model: nn.Module, example: torch.Tensor, use_compile: bool) 
 
 
 def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 64),
-          repeats: int = 21, threads: int | None = None, use_compile: bool = True) -> dict[str, Any]:
+          repeats: int = 21, threads: int | None = None, use_compile: bool = True,
+          fold_batchnorm: bool = False) -> dict[str, Any]:
     """Latency of eager, best optimised dense and deployed forms of `model`, per batch size."""
     model = model.eval()
     results: dict[str, Any] = {"input_shape": list(input_shape), "batches": {}}
     for batch in batch_sizes:
         example = torch.randn(batch, *input_shape)
-        deployed = deploy(model, example, threads=threads)
+        deployed = deploy(model, example, threads=threads, fold_batchnorm=fold_batchnorm)
         forms: dict[str, Any] = {"eager": model, "deployed": deployed}
         baselines = dense_baselines(model, example, use_compile)
         forms.update({k: v for k, v in baselines.items() if not k.endswith("_error")})

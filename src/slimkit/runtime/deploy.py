@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import CheckpointError
+from slimkit.folding import batchnorm_affine, batchnorm_pairs, fold_into
 from slimkit.runtime.modules import NotDeployable, PackedBinaryConv2d, PatternConv2d, SparseConv2d, SparseLinear
 from slimkit.sparsity.structure import detect_structure
 from slimkit.train.checkpoint import MODEL_FORMAT, atomic_save, safe_load
@@ -71,14 +72,25 @@ def _layer_inputs(model: nn.Module, names: list[str], example: Tensor) -> dict[s
 
 
 def deploy(model: nn.Module, example: Tensor | None = None, *, choices: dict[str, str] | None = None,
-           threads: int | None = None, repeats: int = 15) -> nn.Module:
+           threads: int | None = None, repeats: int = 15, fold_batchnorm: bool = False) -> nn.Module:
     """An eval-mode copy of `model` with compressed layers replaced by inference kernels.
 
     With `example` (a batch of the size you will run), each replacement is kept only where it is faster on
     that layer's real input. With `choices` ({layer: "deployed" | "dense"}, as a saved deployment holds),
     those decisions are applied without timing. With neither, every candidate is replaced.
+
+    `fold_batchnorm` folds each BatchNorm into the float conv/linear before it, and into the output scale
+    of a deployed binary layer. It saves a pass over every activation, but the float sums change order, so
+    outputs match eval within float rounding only; in a BNN a value within rounding of 0 can then take the
+    other sign in the next binary layer. Off by default, so binary layers stay exact.
     """
     model = copy.deepcopy(model).eval()
+    pairs = batchnorm_pairs(model) if fold_batchnorm else {}
+    for layer_name, bn_name in pairs.items():  # float layers fold now, so their timing is of the folded form
+        layer = model.get_submodule(layer_name)
+        if type(layer) in (nn.Conv2d, nn.Linear):
+            model.set_submodule(layer_name, fold_into(layer, model.get_submodule(bn_name)))
+            model.set_submodule(bn_name, nn.Identity())
     plans = {name: _candidate(m, threads) for name, m in model.named_modules() if name}
     targets = [n for n, (_, build, _) in plans.items() if build is not None]
     inputs = _layer_inputs(model, targets, example) if example is not None and choices is None else {}
@@ -97,8 +109,15 @@ def deploy(model: nn.Module, example: Tensor | None = None, *, choices: dict[str
                                           entry)
                 if entry["choice"] == "deployed":
                     model.set_submodule(name, new)
+        bn_name = pairs.get(name)
+        if bn_name is not None and isinstance(model.get_submodule(name), PackedBinaryConv2d):
+            model.get_submodule(name).fold(*batchnorm_affine(model.get_submodule(bn_name)))
+            model.set_submodule(bn_name, nn.Identity())
+        if bn_name is not None and isinstance(model.get_submodule(bn_name), nn.Identity):
+            entry["batchnorm_folded"] = bn_name
         report.append(entry)
     model.deploy_report = report
+    model.deploy_options = {"fold_batchnorm": fold_batchnorm}
     if example is not None:
         with torch.inference_mode():
             model(example)  # compile every kernel for this shape now, so no call that is timed pays for it
@@ -131,7 +150,8 @@ def save_deployed(deployed: nn.Module, source: str | Path, path: str | Path) -> 
     report = getattr(deployed, "deploy_report", None)
     if report is None:
         raise CheckpointError("save_deployed needs a model returned by slimkit.deploy()")
-    payload.update(format=DEPLOYED_FORMAT, deploy={e["layer"]: e["choice"] for e in report}, deploy_report=report)
+    payload.update(format=DEPLOYED_FORMAT, deploy={e["layer"]: e["choice"] for e in report}, deploy_report=report,
+                   deploy_options=getattr(deployed, "deploy_options", {}))
     atomic_save(payload, Path(path))
     return Path(path)
 
@@ -142,6 +162,6 @@ def load_deployed(path: str | Path) -> nn.Module:
 
     payload = safe_load(Path(path), DEPLOYED_FORMAT)
     model = rebuild(payload["arch"], payload.get("stages", []), payload["state_dict"], str(path))
-    deployed = deploy(model, choices=payload["deploy"])
+    deployed = deploy(model, choices=payload["deploy"], **payload.get("deploy_options", {}))
     deployed.deploy_report = payload["deploy_report"]
     return deployed

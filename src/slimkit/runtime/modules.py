@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.runtime import binary_kernels, pattern, sparse_kernels
 
+FKW_ARRAYS = ("reorder", "offset", "index", "stride", "weights", "patterns")  # pattern_conv's argument order
+
 
 class NotDeployable(ValueError):
     """A layer this runtime cannot replace exactly; it stays as it is, and the reason is reported."""
@@ -44,7 +46,23 @@ def _plain_conv(layer: nn.Conv2d) -> tuple[int, int]:
     return stride[0], padding[0]
 
 
-class PackedBinaryConv2d(nn.Module):
+class KernelModule(nn.Module):
+    """Keeps its kernel's arrays as buffers (state_dict, save) and hands numba their numpy views, cached:
+    `.numpy()` costs microseconds a call, a tenth of a small layer's whole time at batch 1."""
+
+    def arrays(self, *names: str) -> list[np.ndarray]:
+        views = self.__dict__.setdefault("_numpy_views", {})
+        out = []
+        for name in names:
+            tensor = getattr(self, name)
+            cached = views.get(name)
+            if cached is None or cached[0] is not tensor:  # a buffer replaced (load, .to()) gets a new view
+                cached = views[name] = (tensor, tensor.numpy())
+            out.append(cached[1])
+        return out
+
+
+class PackedBinaryConv2d(KernelModule):
     """A binary conv (any #5 method) on bit-packed activations and weights; see binary_kernels."""
 
     def __init__(self, layer: BinaryConv2d | BinaryLinear, threads: int | None = None):
@@ -70,6 +88,11 @@ class PackedBinaryConv2d(nn.Module):
         self.register_buffer("bias", _bias(layer, out))
         self.threads = threads
 
+    def fold(self, k: Tensor, c: Tensor) -> None:
+        """Fold a per-channel affine map y -> y * k + c (an eval-mode BatchNorm) into the output scale."""
+        self.scale.mul_(k)
+        self.bias.mul_(k).add_(c)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_binarizer.normalized(x)  # on the layer's own input shape, as the training graph does
         if self.linear:
@@ -80,13 +103,12 @@ class PackedBinaryConv2d(nn.Module):
         out_h = (x.shape[2] + 2 * self.padding - kh) // self.stride + 1
         out_w = (x.shape[3] + 2 * self.padding - kw) // self.stride + 1
         nonzero, positive = binary_kernels.pack_rows(x.numpy(), kw, self.stride, self.padding, out_w, threads)
-        y = torch.from_numpy(binary_kernels.binary_conv(nonzero, positive, self.weight_bits.numpy(),
-                                                        self.scale.numpy(), self.bias.numpy(), self.stride,
-                                                        self.padding, out_h, threads))
+        y = torch.from_numpy(binary_kernels.binary_conv(nonzero, positive, *self.arrays("weight_bits", "scale", "bias"),
+                                                        self.stride, self.padding, out_h, threads))
         return y.reshape(y.shape[0], -1) if self.linear else y
 
 
-class _ChannelMajorConv(nn.Module):
+class _ChannelMajorConv(KernelModule):
     """Shared by the sparse and pattern convs: pad, lay the input out channel-major over all images
     (C, B*Hp*Wp), run the stride-1 kernel, subsample a strided conv (stride^2 more multiply-adds, which the
     deploy step weighs against dense by timing)."""
@@ -124,8 +146,8 @@ class SparseConv2d(_ChannelMajorConv):
 
     def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
         kh, kw = self.kernel
-        return sparse_kernels.sparse_conv(planes, self.ptr.numpy(), self.chan.numpy(), self.position.numpy(),
-                                          self.values.numpy(), self.bias.numpy(), kw, batch, hp, wp,
+        return sparse_kernels.sparse_conv(planes, *self.arrays("ptr", "chan", "position", "values", "bias"),
+                                          kw, batch, hp, wp,
                                           hp - kh + 1, wp - kw + 1, segment)
 
 
@@ -141,19 +163,18 @@ class PatternConv2d(_ChannelMajorConv):
             fkw = pattern.fkw_encode(layer.weight.detach().float().numpy())
         except ValueError as exc:
             raise NotDeployable(str(exc)) from None
-        for name in ("reorder", "offset", "index", "stride", "weights", "patterns"):
+        for name in FKW_ARRAYS:
             self.register_buffer(f"fkw_{name}", torch.from_numpy(np.ascontiguousarray(getattr(fkw, name))))
         self.register_buffer("bias", _bias(layer, layer.out_channels))
         self.threads = threads
 
     def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
-        return pattern.pattern_conv(planes, self.fkw_reorder.numpy(), self.fkw_offset.numpy(),
-                                    self.fkw_index.numpy(), self.fkw_stride.numpy(), self.fkw_weights.numpy(),
-                                    self.fkw_patterns.numpy(), self.bias.numpy(), batch, hp, wp, hp - 2, wp - 2,
+        return pattern.pattern_conv(planes, *self.arrays(*(f"fkw_{n}" for n in FKW_ARRAYS), "bias"),
+                                    batch, hp, wp, hp - 2, wp - 2,
                                     segment)
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(KernelModule):
     """A pruned linear layer as a CSR product."""
 
     def __init__(self, layer: nn.Linear, threads: int | None = None):
@@ -166,6 +187,6 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         threads = set_kernel_threads(x.shape[0], self.threads)
-        yt = sparse_kernels.sparse_linear(x.detach().float().t().contiguous().numpy(), self.ptr.numpy(),
-                                          self.cols.numpy(), self.values.numpy(), self.bias.numpy(), threads)
+        yt = sparse_kernels.sparse_linear(x.detach().float().t().contiguous().numpy(),
+                                          *self.arrays("ptr", "cols", "values", "bias"), threads)
         return torch.from_numpy(yt).t()

@@ -1,0 +1,65 @@
+"""Folding an eval-mode BatchNorm into the conv or linear layer that feeds it.
+
+In eval mode a BatchNorm is a per-channel affine map, bn(v) = v * k + c, so a layer whose output only that
+BatchNorm reads can absorb it: its weights (or, for binary layers, its output scale) times k, its bias
+times k plus c. Zero weights stay zero, so sparsity and pattern structure survive. Which pairs qualify is
+read from a torch.fx trace; a model that does not trace folds nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import torch
+from torch import Tensor, nn
+from torch.fx import Tracer
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class _LayerTracer(Tracer):
+    """Every conv and linear (binary, quantized and masked subclasses included) stays one node."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear, *BATCHNORMS)) or super().is_leaf_module(m, qualname)
+
+
+def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
+    """{layer: BatchNorm} for each conv or linear whose output feeds one BatchNorm and nothing else, both
+    called once per forward."""
+    try:
+        graph = _LayerTracer().trace(model)
+    except Exception:  # torch.fx raises many types on untraceable code; folding is only an optimisation
+        return {}
+    modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d | nn.Linear):
+            continue
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module" or not isinstance(modules[users[0].target], BATCHNORMS):
+            continue
+        if calls[node.target] == 1 and calls[users[0].target] == 1:
+            pairs[node.target] = users[0].target
+    return pairs
+
+
+def batchnorm_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(k, c) with bn(v) = v * k + c per channel, in eval mode."""
+    k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(
+        bn.running_var + bn.eps)
+    shift = bn.bias.detach() if bn.affine else torch.zeros_like(k)
+    return k, shift - bn.running_mean * k
+
+
+def fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Conv2d | nn.Linear:
+    """A copy of a plain float layer computing bn(layer(x))."""
+    k, c = batchnorm_affine(bn)
+    folded = copy.deepcopy(layer)
+    with torch.no_grad():
+        folded.weight.mul_(k.reshape(-1, *[1] * (layer.weight.ndim - 1)))
+        bias = c if layer.bias is None else layer.bias.detach() * k + c
+        folded.bias = nn.Parameter(bias.clone(), requires_grad=layer.weight.requires_grad)
+    return folded
