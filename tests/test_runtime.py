@@ -80,12 +80,15 @@ def test_sparse_linear_kernel_matches_linear(batch, inputs, out, sparsity, seed)
 def test_csr_layout_round_trips():
     weight = torch.randn(5, 4, 3, 3).numpy()
     weight[weight < 0.5] = 0
+    weight[1] = 0  # an output channel with no weights at all
     ptr, chan, position, values = sparse_kernels.conv_by_output(weight)
     rebuilt = np.zeros_like(weight)
     for o in range(5):
         for e in range(ptr[o], ptr[o + 1]):
-            rebuilt[o, chan[e], position[e] // 3, position[e] % 3] = values[e]
-    assert np.array_equal(rebuilt, weight) and ptr[-1] == np.count_nonzero(weight)
+            rebuilt[o, chan[e], position[e] // 3, position[e] % 3] += values[e]  # padding entries add 0
+        assert (ptr[o + 1] - ptr[o]) % sparse_kernels.GROUP == 0
+        assert ptr[o + 1] - ptr[o] - np.count_nonzero(weight[o]) < sparse_kernels.GROUP
+    assert np.array_equal(rebuilt, weight) and np.count_nonzero(values) == np.count_nonzero(weight)
 
 
 # --- whole models ---------------------------------------------------------------------------------------------

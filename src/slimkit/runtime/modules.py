@@ -10,7 +10,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
@@ -122,11 +121,11 @@ class _ChannelMajorConv(KernelModule):
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.padding
-        xp = F.pad(x.detach().float(), (p, p, p, p)) if p else x.detach().float()
-        batch, channels, hp, wp = xp.shape
-        planes = xp.transpose(0, 1).reshape(channels, -1).contiguous()
+        batch, channels, height, width = x.shape
         set_kernel_threads(batch, self.threads)
-        y = torch.from_numpy(self.kernel_call(planes.numpy(), batch, hp, wp, sparse_kernels.segment_length(channels)))
+        planes = sparse_kernels.channel_major(x.detach().float().contiguous().numpy(), p)
+        hp, wp = height + 2 * p, width + 2 * p
+        y = torch.from_numpy(self.kernel_call(planes, batch, hp, wp, sparse_kernels.segment_length(channels)))
         return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
 
 
