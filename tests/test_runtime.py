@@ -233,12 +233,14 @@ def test_results_do_not_depend_on_thread_count():
     deployed = slimkit.deploy(model)
     x = torch.randn(4, 3, 32, 32)
     outputs = []
+    torch_threads = torch.get_num_threads()
     for threads in (1, 2):
         for m in deployed.modules():
             if hasattr(m, "threads"):
                 m.threads = threads
         with torch.inference_mode():
             outputs.append(deployed(x))
+        assert torch.get_num_threads() == torch_threads  # the kernels' numba threads did not leak into torch
     assert numba.config.NUMBA_NUM_THREADS >= 1 and torch.equal(outputs[0], outputs[1])
 
 

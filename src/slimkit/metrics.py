@@ -170,8 +170,8 @@ def compare_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
 
     The models run in alternating blocks (`rounds` each), so slow drifts in machine noise reach all of them.
     Each sample averages enough calls to last about `min_sample_ms`, so sub-millisecond batch-1 timings are
-    not dominated by timer jitter. Each block starts with untimed calls lasting SETTLE_MS: torch, numba and
-    onnxruntime keep separate thread pools that go on spinning after their work, and without the pause a
+    not dominated by timer jitter. Each block starts with untimed calls lasting SETTLE_MS: torch and onnxruntime
+    keep separate thread pools that go on spinning after their work, and without the pause a
     model pays for the previous one's spin (measured: eager ResNet-20 ran at 7.7 ms instead of 3.3 ms for
     80 ms after onnxruntime calls; onnxruntime int8 at batch 64 took 17.7 ms right after torch, 10.9 alone).
     """

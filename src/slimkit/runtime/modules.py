@@ -7,6 +7,9 @@ same +-1/0 sums, then the same float scale and bias); sparse layers sum in anoth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numba
 import numpy as np
 import torch
@@ -22,13 +25,23 @@ class NotDeployable(ValueError):
     """A layer this runtime cannot replace exactly; it stays as it is, and the reason is reported."""
 
 
-def set_kernel_threads(batch: int, threads: int | None) -> int:
-    """numba threads for one call: 1 at batch 1 (waking threads costs more than it buys), else `threads`
-    (default: torch's setting). Returns the count set."""
-    wanted = 1 if batch == 1 else (threads or torch.get_num_threads())
+@contextmanager
+def kernel_threads(batch: int, threads: int | None) -> Iterator[int]:
+    """numba threads for one kernel call: 1 at batch 1 (waking threads costs more than it buys), else
+    `threads` (default: torch's setting). Yields the count.
+
+    numba's OpenMP layer binds to the libgomp torch loaded, so each parallel launch also sets torch's
+    thread count; it is put back afterwards, or a deployed model would leave torch on the kernels' count
+    (and float results of later torch work would depend on whether a kernel ran before)."""
+    torch_threads = torch.get_num_threads()
+    wanted = 1 if batch == 1 else (threads or torch_threads)
     count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(count)
-    return count
+    try:
+        yield count
+    finally:
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def _bias(layer: nn.Conv2d | nn.Linear, out: int) -> Tensor:
@@ -97,13 +110,14 @@ class PackedBinaryConv2d(KernelModule):
         if self.linear:
             x = x.reshape(x.shape[0], -1, 1, 1)
         x = x.detach().float().contiguous()
-        threads = set_kernel_threads(x.shape[0], self.threads)
         kh, kw = self.kernel
         out_h = (x.shape[2] + 2 * self.padding - kh) // self.stride + 1
         out_w = (x.shape[3] + 2 * self.padding - kw) // self.stride + 1
-        nonzero, positive = binary_kernels.pack_rows(x.numpy(), kw, self.stride, self.padding, out_w, threads)
-        y = torch.from_numpy(binary_kernels.binary_conv(nonzero, positive, *self.arrays("weight_bits", "scale", "bias"),
-                                                        self.stride, self.padding, out_h, threads))
+        with kernel_threads(x.shape[0], self.threads) as threads:
+            nonzero, positive = binary_kernels.pack_rows(x.numpy(), kw, self.stride, self.padding, out_w, threads)
+            y = binary_kernels.binary_conv(nonzero, positive, *self.arrays("weight_bits", "scale", "bias"),
+                                           self.stride, self.padding, out_h, threads)
+        y = torch.from_numpy(y)
         return y.reshape(y.shape[0], -1) if self.linear else y
 
 
@@ -122,10 +136,10 @@ class _ChannelMajorConv(KernelModule):
     def forward(self, x: Tensor) -> Tensor:
         p = self.padding
         batch, channels, height, width = x.shape
-        set_kernel_threads(batch, self.threads)
-        planes = sparse_kernels.channel_major(x.detach().float().contiguous().numpy(), p)
         hp, wp = height + 2 * p, width + 2 * p
-        y = torch.from_numpy(self.kernel_call(planes, batch, hp, wp, sparse_kernels.segment_length(channels)))
+        with kernel_threads(batch, self.threads):
+            planes = sparse_kernels.channel_major(x.detach().float().contiguous().numpy(), p)
+            y = torch.from_numpy(self.kernel_call(planes, batch, hp, wp, sparse_kernels.segment_length(channels)))
         return y if self.stride == 1 else y[:, :, ::self.stride, ::self.stride].contiguous()
 
 
@@ -185,7 +199,7 @@ class SparseLinear(KernelModule):
         self.threads = threads
 
     def forward(self, x: Tensor) -> Tensor:
-        threads = set_kernel_threads(x.shape[0], self.threads)
-        yt = sparse_kernels.sparse_linear(x.detach().float().t().contiguous().numpy(),
-                                          *self.arrays("ptr", "cols", "values", "bias"), threads)
+        with kernel_threads(x.shape[0], self.threads) as threads:
+            yt = sparse_kernels.sparse_linear(x.detach().float().t().contiguous().numpy(),
+                                              *self.arrays("ptr", "cols", "values", "bias"), threads)
         return torch.from_numpy(yt).t()
