@@ -9,6 +9,15 @@ import torch
 # Two xdist workers share two cores: one thread each keeps them from fighting.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Kernel tests call numba kernels directly, and numba's OpenMP launch sets the OpenMP thread count of
+    the libgomp torch shares (not MKL's): a later training run then mixed thread counts and a resumed run
+    differed in the 4th decimal. Deployed modules restore it themselves (runtime.modules.kernel_threads)."""
+    yield
+    torch.set_num_threads(1)
+
 DIGITS_RECIPE: dict[str, Any] = {
     "name": "digits-test",
     "seed": 0,

@@ -30,9 +30,10 @@ def kernel_threads(batch: int, threads: int | None) -> Iterator[int]:
     """numba threads for one kernel call: 1 at batch 1 (waking threads costs more than it buys), else
     `threads` (default: torch's setting). Yields the count.
 
-    numba's OpenMP layer binds to the libgomp torch loaded, so each parallel launch also sets torch's
-    thread count; it is put back afterwards, or a deployed model would leave torch on the kernels' count
-    (and float results of later torch work would depend on whether a kernel ran before)."""
+    numba's OpenMP layer binds to the libgomp torch loaded, so each parallel launch also sets the OpenMP
+    thread count torch reads (and not MKL's). It is put back afterwards with torch.set_num_threads, or a
+    deployed model would leave torch on a mixed thread setting, and float results of later torch work
+    would depend on whether a kernel ran before."""
     torch_threads = torch.get_num_threads()
     wanted = 1 if batch == 1 else (threads or torch_threads)
     count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
