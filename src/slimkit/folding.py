@@ -26,8 +26,8 @@ class _LayerTracer(Tracer):
 
 
 def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
-    """{layer: BatchNorm} for each conv or linear whose output feeds one BatchNorm and nothing else, both
-    called once per forward."""
+    """{layer: BatchNorm} for each conv or linear whose output feeds one BatchNorm (with running statistics)
+    and nothing else, both called once per forward."""
     try:
         graph = _LayerTracer().trace(model)
     except Exception:  # torch.fx raises many types on untraceable code; folding is only an optimisation
@@ -41,17 +41,18 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
         users = list(node.users)
         if len(users) != 1 or users[0].op != "call_module" or not isinstance(modules[users[0].target], BATCHNORMS):
             continue
-        if calls[node.target] == 1 and calls[users[0].target] == 1:
+        bn = modules[users[0].target]
+        if calls[node.target] == 1 and calls[users[0].target] == 1 and bn.running_var is not None:
             pairs[node.target] = users[0].target
     return pairs
 
 
 def batchnorm_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """(k, c) with bn(v) = v * k + c per channel, in eval mode."""
-    k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(
-        bn.running_var + bn.eps)
-    shift = bn.bias.detach() if bn.affine else torch.zeros_like(k)
-    return k, shift - bn.running_mean * k
+    gamma = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
+    beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_var)
+    k = gamma / torch.sqrt(bn.running_var + bn.eps)
+    return k, beta - bn.running_mean * k
 
 
 def fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Conv2d | nn.Linear:
