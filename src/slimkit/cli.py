@@ -143,7 +143,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _calibration_batches(model_arg: str, count: int) -> list[Any]:
     """The first `count` training batches of the data set the run's recipe names (the run folder's
     recipe.yaml), in the run's split: what the integer graph's added quantizers are calibrated on."""
-    from slimkit.data import load_data
+    from itertools import islice
+
+    from torch.utils.data import DataLoader
+
+    from slimkit.data import collate_batch, load_data
     from slimkit.recipe import Recipe
 
     run_dir = Path(model_arg) if Path(model_arg).is_dir() else Path(model_arg).parent
@@ -151,10 +155,8 @@ def _calibration_batches(model_arg: str, count: int) -> list[Any]:
         raise SlimkitError(f"calibrating the int8 graph needs the run's data, and {run_dir} holds no recipe.yaml; "
                            "export from the run folder (slimkit export runs/NAME)")
     recipe = Recipe.load(str(run_dir / "recipe.yaml"))
-    train = load_data(recipe.data).train
-    size = recipe.data.batch_size
-    return [train.__getitems__(list(range(i * size, min((i + 1) * size, len(train)))))[0]
-            for i in range(min(count, -(-len(train) // size)))]
+    loader = DataLoader(load_data(recipe.data).train, batch_size=recipe.data.batch_size, collate_fn=collate_batch)
+    return [x for x, _ in islice(loader, count)]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
