@@ -55,12 +55,19 @@ def batchnorm_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tenso
     return k, beta - bn.running_mean * k
 
 
+def folded_weight_bias(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm1d | nn.BatchNorm2d,
+                       ) -> tuple[Tensor, Tensor]:
+    """The weight and bias of a layer computing bn(layer(x)), from the layer's own (bias None: zero)."""
+    k, c = batchnorm_affine(bn)
+    return weight * k.reshape(-1, *[1] * (weight.ndim - 1)), c if bias is None else bias * k + c
+
+
 def fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Conv2d | nn.Linear:
     """A copy of a plain float layer computing bn(layer(x))."""
-    k, c = batchnorm_affine(bn)
     folded = copy.deepcopy(layer)
     with torch.no_grad():
-        folded.weight.mul_(k.reshape(-1, *[1] * (layer.weight.ndim - 1)))
-        bias = c if layer.bias is None else layer.bias.detach() * k + c
+        bias = None if layer.bias is None else layer.bias.detach()
+        weight, bias = folded_weight_bias(layer.weight.detach(), bias, bn)
+        folded.weight.copy_(weight)
         folded.bias = nn.Parameter(bias.clone(), requires_grad=layer.weight.requires_grad)
     return folded

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node, symbolic_trace
 
 from slimkit.errors import SlimkitError, UnsupportedLayerError
-from slimkit.folding import batchnorm_affine, batchnorm_pairs
+from slimkit.folding import batchnorm_affine, batchnorm_pairs, folded_weight_bias
 from slimkit.quant.attach import weight_quantization
 from slimkit.quant.quantizers import Observer, UniformQuantizer, activation_sample
 
@@ -90,10 +90,8 @@ def fold_batchnorm(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNo
     weight, step = layer.weight.detach().clone(), weight_quantization(layer).quantizer.step.detach().clone()
     bias = None if layer.bias is None else layer.bias.detach().clone()
     if bn is not None:
-        k, c = batchnorm_affine(bn)
-        weight = weight * k.reshape(-1, *[1] * (weight.ndim - 1))
-        step = step * k.abs()
-        bias = c + (0 if bias is None else bias * k)
+        step = step * batchnorm_affine(bn)[0].abs()  # the integers stay; their step takes |k|
+        weight, bias = folded_weight_bias(weight, bias, bn)
     return FoldedLayer(layer, weight, step.clamp_min(1e-12), bias)
 
 
