@@ -45,9 +45,10 @@ def test_binary_conv_kernel_is_exact(batch, channels, out, size, kernel, stride,
     expected = F.conv2d(torch.sign(x), signs, stride=stride, padding=pad) * scale[:, None, None] + bias[:, None, None]
     out_w = (size + 2 * pad - kernel) // stride + 1
     nonzero, positive = binary_kernels.pack_rows(x.numpy(), kernel, stride, pad, out_w, 2)
-    got = binary_kernels.binary_conv(nonzero, positive, binary_kernels.pack_weights(signs.numpy()), scale.numpy(),
-                                     bias.numpy(), stride, pad, expected.shape[2], 2)
-    assert torch.equal(torch.from_numpy(got), expected)
+    weight_bits = binary_kernels.pack_weights(signs.numpy())
+    for loop_order in (binary_kernels.conv_over_columns, binary_kernels.conv_over_channels):
+        got = loop_order(nonzero, positive, weight_bits, scale.numpy(), bias.numpy(), stride, pad, expected.shape[2], 2)
+        assert torch.equal(torch.from_numpy(got), expected), loop_order.__name__
 
 
 @settings(max_examples=40, deadline=None)
