@@ -1,10 +1,12 @@
 """Deployed CPU inference against dense PyTorch: ResNet-20 and VGG-small as BNN, 90% and 95% unstructured,
-pattern + connectivity (r_c = 3.6), 50% channels; ResNet-56 at 50% channels.
+pattern + connectivity (r_c = 3.6; per filter as in PatDNN, and shared by groups of 4 filters), 50% channels;
+ResNet-56 at 50% channels.
 
 Speed depends on structure, not on trained values, so each form is made from the randomly initialised
 dense model (BN statistics randomised, so no layer is degenerate): BNN = XNOR-Net binarization of every
 conv but the first (activations binarized; Bi-Real blocks for the ResNet), sparse forms = per-layer
-magnitude masks on every conv and linear but the first conv and last linear, channels = L1 pruning of 50%
+magnitude masks on every conv and linear but the first conv and last linear, pattern = 8-pattern library and
+r_c = 3.6 on those 3x3 convs (pattern_g4: with filter_group 4), channels = L1 pruning of 50%
 of every prunable channel group. Baselines are the uncompressed float model: eager, `torch.jit.freeze`
 and (with --compile) `torch.compile`; every form of one architecture and batch size is timed in the same
 loop, taking turns. Each form is deployed twice: exact (binary layers bit for bit) and with
@@ -28,8 +30,8 @@ from harness import ensure_allocator_env
 
 HERE = Path(__file__).parent
 FOLDED = " + BN folded"
-FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "channels50"],
-         "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "channels50"],
+FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
+         "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
          "resnet56": ["channels50"]}
 
 
@@ -62,11 +64,12 @@ def build(arch: str, form: str):
             masks = layerwise_masks({n: m.weight.abs() for n, m in inner.items()}, int(form[6:]) / 100)
             for n, m in inner.items():
                 m.weight.mul_(masks[n])
-        elif form == "pattern":
+        elif form.startswith("pattern"):
+            group = int(form[9:]) if form.startswith("pattern_g") else 1
             convs = {n: m for n, m in inner.items() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)}
             library = extract_library(torch.cat([m.weight.reshape(-1, 9) for m in convs.values()]), 8)
             for m in convs.values():
-                m.weight.mul_(connectivity_mask(m.weight, 3.6) & pattern_mask(m.weight, library))
+                m.weight.mul_(connectivity_mask(m.weight, 3.6, group) & pattern_mask(m.weight, library, group))
         elif form == "channels50":
             model, _ = prune_channels(model, torch.randn(1, 3, 32, 32), ratio=0.5, scope="layer")
     return model.eval()

@@ -7,7 +7,9 @@ weights (one-shot magnitude, N:M, Sense, PatDNN) train dense first inside that b
 Sense uses tiles of 32 input channels (a tile of 8 leaves a linear group of 8 weights, which keeps none at 90%).
 N:M runs at the N:M closest to each sparsity (2:4, 1:5, 1:10, 1:20); PatDNN keeps its natural 4 of 9
 weights per kernel combined with connectivity ratios r_c = 4 / (9 (1 - s)), at least 1, applied to the
-linear layer's single weights too, so its achieved sparsity is reported beside the target.
+linear layer's single weights too, so its achieved sparsity is reported beside the target; patdnn-g4 makes
+groups of 4 filters (4 rows of the linear layer) share kept kernels and patterns, the structure the CPU
+runtime runs as dense GEMMs.
 Writes benchmarks/results/sparsity.{json,md}. About 40 minutes on 2 CPU cores.
 
     .venv/bin/python benchmarks/sparsity.py [--methods gmp optg ...] [--sparsities 0.9] [--overrides ...]
@@ -45,10 +47,11 @@ def stage(method: str, s: float) -> dict:
         "patdnn": {"method": "patdnn", "connectivity": max(1.0, 4 / (9 * (1 - s))), "start_epoch": PRUNE_EPOCH,
                    "admm_epochs": 2, "layers": PRUNED_LAYERS},
     }
+    stages["patdnn-g4"] = {**stages["patdnn"], "filter_group": 4}
     return stages[method]
 
 
-METHODS = ["magnitude", "gmp", "gmp-taylor", "snip", "movement", "optg", "nm", "sense", "patdnn"]
+METHODS = ["magnitude", "gmp", "gmp-taylor", "snip", "movement", "optg", "nm", "sense", "patdnn", "patdnn-g4"]
 
 
 def recipe(name: str, stages: list[dict]) -> dict:

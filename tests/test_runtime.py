@@ -281,11 +281,11 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch
     assert "| layer | kind | runs |" in (tmp_path / "run" / "bench.md").read_text()
 
 
-def _pattern_weight(out, channels, ratio, seed):
+def _pattern_weight(out, channels, ratio, seed, group=1):
     torch.manual_seed(seed)
     weight = torch.randn(out, channels, 3, 3)
     library = extract_library(weight, 8)
-    return weight * (connectivity_mask(weight, ratio) & pattern_mask(weight, library))
+    return weight * (connectivity_mask(weight, ratio, group) & pattern_mask(weight, library, group))
 
 
 @settings(max_examples=30, deadline=None)
@@ -321,3 +321,52 @@ def test_pattern_conv_kernel_matches_conv2d(batch, out, channels, size, stride, 
     x = torch.randn(batch, channels, size, size)
     with torch.no_grad():
         assert torch.allclose(PatternConv2d(layer)(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), out=st.integers(1, 24), channels=st.integers(1, 12), group=st.integers(4, 9),
+       size=st.integers(1, 9), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
+       seed=st.integers(0, 2**16))
+def test_grouped_pattern_conv_runs_filter_groups_as_gemms(batch, out, channels, group, size, stride, pad, seed):
+    """Filter-grouped pattern layers take the GEMM path (group sizes not multiples of 4, empty groups and
+    fully pruned filters included) and match conv2d."""
+    from slimkit.runtime.modules import PatternConv2d
+    from slimkit.runtime.pattern import TILE, group_filters
+
+    if size + 2 * pad < 3:
+        return
+    weight = _pattern_weight(out, channels, 2.5, seed, group)
+    groups = group_filters(weight.numpy())
+    assert (np.diff(groups.group_ptr) % TILE == 0).all()
+    assert sorted(groups.slots[groups.slots < out].tolist()) == list(range(out))  # every filter once
+    for g in range(len(groups.group_ptr) - 1):  # each group's slots hold exactly its filters' weights
+        rows = slice(groups.row_ptr[g], groups.row_ptr[g + 1])
+        kept = torch.as_tensor(groups.chan[rows] * 9 + groups.tap[rows], dtype=torch.long)
+        for slot in range(groups.group_ptr[g], groups.group_ptr[g + 1]):
+            if groups.slots[slot] < out:
+                flat = weight.reshape(out, -1)[groups.slots[slot]]
+                assert torch.equal(flat[kept], torch.from_numpy(groups.weights[slot, :len(kept)]))
+                assert int((flat != 0).sum()) == int((flat[kept] != 0).sum())
+    layer = nn.Conv2d(channels, out, 3, stride=stride, padding=pad)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    deployed = PatternConv2d(layer)
+    assert deployed.grouped == (groups.mean_filters >= 4)
+    x = torch.randn(batch, channels, size, size)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_deploy_reports_filter_grouped_pattern_layers():
+    torch.manual_seed(0)
+    model = vgg_small(width=0.125).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1:]
+    with torch.no_grad():
+        for m in convs:
+            m.weight.copy_(_pattern_weight(m.out_channels, m.in_channels, 3.6, 0, group=4))
+    deployed = slimkit.deploy(model)
+    kinds = {e["layer"]: e["kind"] for e in deployed.deploy_report}
+    assert kinds["body.conv1"] == "pattern, filter groups" and kinds["body.conv5"] == "pattern, filter groups"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), model(x), atol=1e-4, rtol=1e-4)

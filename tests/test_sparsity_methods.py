@@ -146,3 +146,16 @@ def test_bundled_recipe_runs_through_the_cli(tmp_path, name, capsys):
     code = cli.main(["run", name, "--out", str(tmp_path), "--no-progress", "data.name=digits", *BUNDLED[name]])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "model.pt").exists() and (tmp_path / "report.md").exists()
+
+
+def test_patdnn_filter_groups_train_to_shared_structure(tmp_path, digits_recipe):
+    """filter_group: 2 from a recipe: after ADMM and retraining, each pair of filters keeps identical
+    kernels and patterns, and the layer keeps ceil(blocks / r_c) (pair, channel) blocks."""
+    run = run_recipe(_recipe(digits_recipe, {**STAGES["patdnn"], "filter_group": 2}), tmp_path, progress=False)
+    support = run.model.features[3].weight != 0
+    out, channels = support.shape[:2]
+    pairs = out // 2 * 2  # an odd last filter is a group of its own
+    assert bool((support[0:pairs:2] == support[1:pairs:2]).all())
+    blocks = support.reshape(out, channels, 9).any(-1)[::2]
+    assert int(blocks.sum()) == kernels_kept(-(-out // 2) * channels, 2.0)
+    assert run.metrics["models"]["compressed"]["test_acc"] > 0.3

@@ -20,6 +20,7 @@ from slimkit.sparsity.pattern import (
     is_pattern_valid,
     kernel_patterns,
     kernels_kept,
+    pattern_mask,
     project_connectivity,
     project_patterns,
     select_patterns,
@@ -106,6 +107,39 @@ def test_pattern_and_connectivity_projections(out, inp, ratio, k, seed):
     assert torch.equal(project_patterns(patterned, library), patterned)  # idempotent
     assert torch.equal(project_connectivity(patterned, ratio), patterned)
     assert not is_pattern_valid(weight, library)  # a dense random kernel fits no 4-entry pattern
+
+
+@settings(max_examples=30, deadline=None)
+@given(out=st.integers(1, 12), inp=st.integers(1, 9), group=st.integers(1, 6), ratio=st.floats(1.0, 6.0),
+       seed=st.integers(0, 2**16))
+def test_filter_groups_share_kernels_and_patterns(out, inp, group, ratio, seed):
+    """filter_group > 1: consecutive groups of filters keep identical supports, ceil(n_blocks / r_c) blocks."""
+    torch.manual_seed(seed)
+    weight = torch.randn(out, inp, 3, 3)
+    library = extract_library(weight, 8)
+    support = connectivity_mask(weight, ratio, group) & pattern_mask(weight, library, group)
+    groups = -(-out // group)
+    for g in range(groups):
+        members = support[g * group: (g + 1) * group]
+        assert bool((members == members[:1]).all())
+    blocks = support.reshape(out, inp, 9).any(-1)[::group]  # one row per group
+    assert int(blocks.sum()) == kernels_kept(groups * inp, ratio)
+    assert is_pattern_valid(weight * support, library)
+    projected = project_patterns(project_connectivity(weight, ratio, group), library, group)
+    assert torch.equal(projected, weight * support)
+
+
+def test_filter_group_keeps_the_most_energetic_shared_pattern():
+    """Two filters of one group: the shared pattern maximises their summed energy, not either one's own."""
+    library = torch.zeros(2, 9, dtype=torch.bool)
+    library[0, [0, 1, 2, 4]] = True
+    library[1, [4, 6, 7, 8]] = True
+    weight = torch.zeros(2, 1, 9)
+    weight[0, 0, [0, 1, 2]] = 1.0  # energy 3 on pattern 0
+    weight[1, 0, [6, 7, 8]] = 1.2  # energy 4.32 on pattern 1
+    weight = weight.reshape(2, 1, 3, 3)
+    assert select_patterns(weight, library).tolist() == [0, 1]
+    assert select_patterns(weight, library, group=2).tolist() == [1, 1]
 
 
 def test_connectivity_keeps_ceil_n_over_3_6():

@@ -105,6 +105,7 @@ def deploy(model: nn.Module, example: Tensor | None = None, *, choices: dict[str
             except NotDeployable as exc:
                 entry["reason"] = str(exc)
             else:
+                entry["kind"] = getattr(new, "kind", kind)  # a kernel module may name its layout more exactly
                 entry["choice"] = _decide(name, model.get_submodule(name), new, inputs.get(name), choices, repeats,
                                           entry)
                 if entry["choice"] == "deployed":

@@ -19,6 +19,7 @@ from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.runtime import binary_kernels, pattern, sparse_kernels
 
 FKW_ARRAYS = ("reorder", "offset", "index", "stride", "weights", "patterns")  # pattern_conv's argument order
+GROUP_ARRAYS = ("slots", "group_ptr", "row_ptr", "chan", "tap", "weights")  # grouped_conv's argument order
 
 
 class NotDeployable(ValueError):
@@ -166,26 +167,36 @@ class SparseConv2d(_ChannelMajorConv):
 
 
 class PatternConv2d(_ChannelMajorConv):
-    """A pattern + connectivity pruned 3x3 conv in FKW storage; see runtime.pattern."""
+    """A pattern + connectivity pruned 3x3 conv; see runtime.pattern. Filters that share their kernels and
+    patterns in groups (pruned with filter_group > 1) run as per-group dense GEMMs over gathered inputs;
+    otherwise (PatDNN's per-filter connectivity) in FKW storage, one 4-tap pass per kernel."""
 
     def __init__(self, layer: nn.Conv2d, threads: int | None = None):
         super().__init__()
         self.stride, self.padding = _plain_conv(layer)
         if layer.kernel_size != (3, 3):
             raise NotDeployable("pattern kernels are 3x3")
+        weight = layer.weight.detach().float().numpy()
         try:
-            fkw = pattern.fkw_encode(layer.weight.detach().float().numpy())
+            groups = pattern.group_filters(weight)
         except ValueError as exc:
             raise NotDeployable(str(exc)) from None
-        for name in FKW_ARRAYS:
-            self.register_buffer(f"fkw_{name}", torch.from_numpy(np.ascontiguousarray(getattr(fkw, name))))
+        self.grouped = groups.mean_filters >= pattern.MIN_GROUP
+        self.kind = "pattern, filter groups" if self.grouped else "pattern"
+        arrays = ({f"group_{n}": getattr(groups, n) for n in GROUP_ARRAYS} if self.grouped else
+                  {f"fkw_{n}": getattr(pattern.fkw_encode(weight), n) for n in FKW_ARRAYS})
+        for name, value in arrays.items():
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
         self.register_buffer("bias", _bias(layer, layer.out_channels))
         self.threads = threads
 
     def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
-        return pattern.pattern_conv(planes, *self.arrays(*(f"fkw_{n}" for n in FKW_ARRAYS), "bias"),
-                                    batch, hp, wp, hp - 2, wp - 2,
-                                    segment)
+        kernel, names = ((pattern.grouped_conv, [f"group_{n}" for n in GROUP_ARRAYS]) if self.grouped else
+                         (pattern.pattern_conv, [f"fkw_{n}" for n in FKW_ARRAYS]))
+        return kernel(planes, *self.arrays(*names, "bias"), batch, hp, wp, hp - 2, wp - 2, segment)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, stride={self.stride}, padding={self.padding}"
 
 
 class SparseLinear(KernelModule):

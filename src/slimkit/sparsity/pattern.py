@@ -59,20 +59,36 @@ def extract_library(kernels: Tensor, k: int = 8) -> Tensor:
     return candidates[order[:k]]
 
 
-def select_patterns(weight: Tensor, library: Tensor) -> Tensor:
-    """Per 3x3 kernel the index of the library pattern with the largest ||W_k * P||_2 (ties: lower index)."""
-    energy = weight.reshape(-1, 9).pow(2) @ library.float().T
-    return torch.sort(energy, dim=1, descending=True, stable=True).indices[:, 0]
+def filter_groups(out_channels: int, group: int) -> Tensor:
+    """The group of each filter when consecutive runs of `group` filters share structure (the last run may be
+    shorter)."""
+    return torch.arange(out_channels) // group
 
 
-def pattern_mask(weight: Tensor, library: Tensor) -> Tensor:
+def group_sum(values: Tensor, group: int) -> Tensor:
+    """Sum of a per-filter (O, ...) tensor over each group of `group` consecutive filters, (groups, ...)."""
+    ids = filter_groups(values.shape[0], group)
+    return torch.zeros(int(ids[-1]) + 1, *values.shape[1:], dtype=values.dtype).index_add_(0, ids, values)
+
+
+def select_patterns(weight: Tensor, library: Tensor, group: int = 1) -> Tensor:
+    """Per 3x3 kernel the index of the library pattern with the largest ||W_k * P||_2 (ties: lower index).
+    With `group` > 1 the kernels of one input channel in a group of filters share the pattern of largest
+    summed energy, so those filters keep identical structure."""
+    out_c = weight.shape[0]
+    energy = (weight.reshape(-1, 9).pow(2) @ library.float().T).reshape(out_c, -1, len(library))
+    energy = group_sum(energy, group)[filter_groups(out_c, group)]
+    return torch.sort(energy.reshape(-1, len(library)), dim=1, descending=True, stable=True).indices[:, 0]
+
+
+def pattern_mask(weight: Tensor, library: Tensor, group: int = 1) -> Tensor:
     """The support of the chosen library pattern of every 3x3 kernel, shaped like `weight`."""
-    return library[select_patterns(weight, library)].reshape(weight.shape)
+    return library[select_patterns(weight, library, group)].reshape(weight.shape)
 
 
-def project_patterns(weight: Tensor, library: Tensor) -> Tensor:
-    """Euclidean projection of a (out, in, 3, 3) weight onto the library's patterns."""
-    return weight * pattern_mask(weight, library)
+def project_patterns(weight: Tensor, library: Tensor, group: int = 1) -> Tensor:
+    """Euclidean projection of a (out, in, 3, 3) weight onto the library's patterns (shared per filter group)."""
+    return weight * pattern_mask(weight, library, group)
 
 
 def kernels_kept(count: int, ratio: float) -> int:
@@ -80,18 +96,22 @@ def kernels_kept(count: int, ratio: float) -> int:
     return min(count, math.ceil(count / ratio - 1e-9))
 
 
-def connectivity_mask(weight: Tensor, ratio: float) -> Tensor:
+def connectivity_mask(weight: Tensor, ratio: float, group: int = 1) -> Tensor:
     """Shaped like `weight`: the ceil(n / ratio) kernels of largest L2 norm (ties: lower index). A linear
-    weight's kernels are its single entries."""
-    kernels = weight.reshape(weight.shape[0] * weight.shape[1], -1)
-    order = torch.sort(kernels.norm(dim=1), descending=True, stable=True).indices
-    keep = torch.zeros(kernels.shape[0], dtype=torch.bool)
-    keep[order[:kernels_kept(kernels.shape[0], ratio)]] = True
-    return keep.unsqueeze(1).expand_as(kernels).reshape(weight.shape)
+    weight's kernels are its single entries. With `group` > 1, consecutive groups of filters keep the same
+    input channels: ceil(n_g / ratio) of the n_g (filter group, input channel) blocks, ranked by their
+    summed squared norm."""
+    out_c = weight.shape[0]
+    energy = group_sum(weight.reshape(out_c, weight.shape[1], -1).pow(2).sum(-1), group).reshape(-1)
+    order = torch.sort(energy, descending=True, stable=True).indices
+    keep = torch.zeros(energy.shape[0], dtype=torch.bool)
+    keep[order[:kernels_kept(energy.shape[0], ratio)]] = True
+    keep = keep.reshape(-1, weight.shape[1])[filter_groups(out_c, group)]
+    return keep.reshape(out_c, weight.shape[1], *([1] * (weight.dim() - 2))).expand_as(weight).clone()
 
 
-def project_connectivity(weight: Tensor, ratio: float) -> Tensor:
-    return weight * connectivity_mask(weight, ratio)
+def project_connectivity(weight: Tensor, ratio: float, group: int = 1) -> Tensor:
+    return weight * connectivity_mask(weight, ratio, group)
 
 
 def is_pattern_valid(weight: Tensor, library: Tensor) -> bool:
@@ -113,6 +133,8 @@ class PatternConfig(MethodConfig):
     method: Literal["patdnn"] = "patdnn"
     patterns: int = Field(8, ge=1, le=56, description="library size K")
     connectivity: float = Field(3.6, ge=1, description="r_c: a layer keeps ceil(kernels / r_c) kernels")
+    filter_group: int = Field(1, ge=1, description="consecutive filters that share kept kernels and patterns "
+                              "(1 = PatDNN; larger groups run as dense GEMMs in the CPU runtime)")
     rho: float = Field(1e-2, gt=0, description="ADMM penalty weight")
     admm_epochs: int = Field(2, ge=0)
     layers: LayerSelection = Field(default_factory=lambda: LayerSelection(types=["conv"]))
@@ -137,8 +159,9 @@ class PatternPruner(Pruner):
 
     def project(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """(pattern projection, connectivity projection) of a layer's weight."""
-        patterned = project_patterns(weight, self.library) if _is_3x3(weight) else weight
-        return patterned, project_connectivity(weight, self.config.connectivity)
+        group = self.config.filter_group
+        patterned = project_patterns(weight, self.library, group) if _is_3x3(weight) else weight
+        return patterned, project_connectivity(weight, self.config.connectivity, group)
 
     @torch.no_grad()
     def start_admm(self) -> None:
@@ -166,9 +189,9 @@ class PatternPruner(Pruner):
             self.start_admm()
         for module, mask in self.masks.values():
             w = raw_weight(module)
-            support = connectivity_mask(w, self.config.connectivity)
+            support = connectivity_mask(w, self.config.connectivity, self.config.filter_group)
             if _is_3x3(w):
-                support = support & pattern_mask(w, self.library)
+                support = support & pattern_mask(w, self.library, self.config.filter_group)
             mask.mask.copy_(support)
         self.admm, self.pruned = {}, True
         self.current = self.achieved_sparsity()
