@@ -3,6 +3,7 @@ import pickle
 
 import pytest
 import torch
+import yaml
 
 from slimkit.errors import CheckpointError, SlimkitError
 from slimkit.pipeline import run_recipe
@@ -94,6 +95,10 @@ def test_existing_run_needs_resume_and_same_recipe(tmp_path, digits_recipe):
     run_recipe(recipe, tmp_path / "run", progress=False)
     with pytest.raises(SlimkitError, match="already holds a run; pass --resume"):
         run_recipe(recipe, tmp_path / "run", progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    del saved["data"]["eval_batch_size"]  # as written before that option existed: its default fills it in
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    run_recipe(recipe, tmp_path / "run", resume=True, progress=False)
     digits_recipe["train"]["lr"] = 0.5
     with pytest.raises(SlimkitError, match="differs from this recipe"):
         run_recipe(Recipe.from_dict(digits_recipe), tmp_path / "run", resume=True, progress=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from slimkit.channels.modifier import ChannelPruner
@@ -45,13 +46,22 @@ class Run:
         return Report(self.metrics)
 
 
+def _normalized(recipe_yaml: str) -> str | None:
+    """A saved recipe as this version writes it (options added since get their defaults), None if it no
+    longer validates."""
+    try:
+        return Recipe.from_dict(yaml.safe_load(recipe_yaml)).to_yaml()
+    except (RecipeError, yaml.YAMLError):
+        return None
+
+
 def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool, env: dict[str, Any]) -> None:
     started = any((out_dir / phase / "checkpoint.pt").exists() for phase in ("dense", "compressed"))
     if started and not resume:
         raise SlimkitError(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
     if started:
         saved = (out_dir / "recipe.yaml").read_text() if (out_dir / "recipe.yaml").exists() else None
-        if saved is not None and saved != recipe.to_yaml():
+        if saved is not None and _normalized(saved) != recipe.to_yaml():
             raise SlimkitError(f"{out_dir}/recipe.yaml differs from this recipe; resume with the same recipe "
                                f"and overrides, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
