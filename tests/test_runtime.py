@@ -46,9 +46,10 @@ def test_binary_conv_kernel_is_exact(batch, channels, out, size, kernel, stride,
     out_w = (size + 2 * pad - kernel) // stride + 1
     nonzero, positive = binary_kernels.pack_rows(x.numpy(), kernel, stride, pad, out_w, 2)
     weight_bits = binary_kernels.pack_weights(signs.numpy())
-    for loop_order in (binary_kernels.conv_over_columns, binary_kernels.conv_over_channels):
-        got = loop_order(nonzero, positive, weight_bits, scale.numpy(), bias.numpy(), stride, pad, expected.shape[2], 2)
-        assert torch.equal(torch.from_numpy(got), expected), loop_order.__name__
+    for columns_inner in (True, False):  # both loop orders, whichever binary_conv would pick here
+        got = binary_kernels.binary_conv_in_order(nonzero, positive, weight_bits, scale.numpy(), bias.numpy(),
+                                                  stride, pad, expected.shape[2], 2, columns_inner)
+        assert torch.equal(torch.from_numpy(got), expected), columns_inner
 
 
 @settings(max_examples=40, deadline=None)

@@ -102,76 +102,79 @@ def binary_conv(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarr
     """y[b, o, oh, ow] = scale[o] * sum + bias[o], sum the +-1/0 dot product of one window (see module),
     vectorised over output columns where rows are at least half as wide as the layer has output channels
     (measured on ResNet-20 and VGG-small shapes: each order wins clearly on its side of that line)."""
-    wide_rows = 2 * nonzero.shape[3] >= weight_bits.shape[2]
-    kernel = conv_over_columns if wide_rows else conv_over_channels
-    return kernel(nonzero, positive, weight_bits, scale, bias, stride, pad, out_h, threads)
+    columns_inner = 2 * nonzero.shape[3] >= weight_bits.shape[2]
+    return binary_conv_in_order(nonzero, positive, weight_bits, scale, bias, stride, pad, out_h, threads,
+                                columns_inner)
 
 
 @njit(cache=True, parallel=True)
-def conv_over_columns(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarray, scale: np.ndarray,
-                      bias: np.ndarray, stride: int, pad: int, out_h: int, threads: int) -> np.ndarray:
-    """binary_conv with the output row's columns innermost: one accumulator row per output channel."""
-    batch, height, words, out_w = nonzero.shape
-    kernel_h, _, out_c = weight_bits.shape
+def binary_conv_in_order(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarray, scale: np.ndarray,
+                         bias: np.ndarray, stride: int, pad: int, out_h: int, threads: int,
+                         columns_inner: bool) -> np.ndarray:
+    """binary_conv with the given innermost loop; output rows are split into one chunk per thread."""
+    batch, out_w = nonzero.shape[0], nonzero.shape[3]
+    out_c = weight_bits.shape[2]
     y = np.empty((batch, out_c, out_h, out_w), dtype=np.float32)
     rows = batch * out_h
     chunks = max(1, min(rows, threads))
     for chunk in prange(chunks):
         acc = np.empty((out_c, out_w), dtype=np.uint64)
         ones = np.empty(out_w, dtype=np.uint64)
+        pixel = np.empty(out_c, dtype=np.int32)  # _row_over_channels' per-pixel sums (int32 adds vectorise best)
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             b, oh = row // out_h, row % out_h
-            acc[:] = 0
-            ones[:] = 0
-            for kh in range(kernel_h):
-                ih = oh * stride - pad + kh
-                if ih < 0 or ih >= height:
-                    continue
-                for j in range(words):
-                    for ow in range(out_w):
-                        ones[ow] += popcount(nonzero[b, ih, j, ow])
-                    for o in range(out_c):
-                        w = weight_bits[kh, j, o]
-                        for ow in range(out_w):
-                            acc[o, ow] += popcount(nonzero[b, ih, j, ow] & (positive[b, ih, j, ow] ^ w))
+            if columns_inner:
+                _row_over_columns(nonzero, positive, weight_bits, stride, pad, b, oh, acc, ones)
+            else:
+                _row_over_channels(nonzero, positive, weight_bits, stride, pad, b, oh, acc, ones, pixel)
             for o in range(out_c):
                 for ow in range(out_w):
                     y[b, o, oh, ow] = np.float32(np.int64(ones[ow]) - 2 * np.int64(acc[o, ow])) * scale[o] + bias[o]
     return y
 
 
-@njit(cache=True, parallel=True)
-def conv_over_channels(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarray, scale: np.ndarray,
-                       bias: np.ndarray, stride: int, pad: int, out_h: int, threads: int) -> np.ndarray:
-    """binary_conv with the output channels innermost: one accumulator per output pixel."""
-    batch, height, words, out_w = nonzero.shape
+@njit(cache=True)
+def _row_over_columns(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarray, stride: int, pad: int,
+                      b: int, oh: int, acc: np.ndarray, ones: np.ndarray) -> None:
+    """One output row's popcount sums into acc (out_c, out_w) and ones (out_w), columns innermost."""
+    height, words, out_w = nonzero.shape[1:]
     kernel_h, _, out_c = weight_bits.shape
-    y = np.empty((batch, out_c, out_h, out_w), dtype=np.float32)
-    rows = batch * out_h
-    chunks = max(1, min(rows, threads))
-    for chunk in prange(chunks):
-        acc = np.empty(out_c, dtype=np.int32)
-        line = np.empty((out_c, out_w), dtype=np.float32)  # one output row, written out contiguously
-        for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-            b, oh = row // out_h, row % out_h
+    acc[:] = 0
+    ones[:] = 0
+    for kh in range(kernel_h):
+        ih = oh * stride - pad + kh
+        if ih < 0 or ih >= height:
+            continue
+        for j in range(words):
             for ow in range(out_w):
-                acc[:] = 0
-                ones = 0
-                for kh in range(kernel_h):
-                    ih = oh * stride - pad + kh
-                    if ih < 0 or ih >= height:
-                        continue
-                    for j in range(words):
-                        n = nonzero[b, ih, j, ow]
-                        if n == 0:
-                            continue
-                        p = positive[b, ih, j, ow]
-                        ones += popcount(n)
-                        w = weight_bits[kh, j]
-                        for o in range(out_c):
-                            acc[o] += np.int32(popcount(n & (p ^ w[o])))
-                for o in range(out_c):
-                    line[o, ow] = np.float32(ones - 2 * acc[o]) * scale[o] + bias[o]
+                ones[ow] += popcount(nonzero[b, ih, j, ow])
             for o in range(out_c):
-                y[b, o, oh, :] = line[o]
-    return y
+                w = weight_bits[kh, j, o]
+                for ow in range(out_w):
+                    acc[o, ow] += popcount(nonzero[b, ih, j, ow] & (positive[b, ih, j, ow] ^ w))
+
+
+@njit(cache=True)
+def _row_over_channels(nonzero: np.ndarray, positive: np.ndarray, weight_bits: np.ndarray, stride: int, pad: int,
+                       b: int, oh: int, acc: np.ndarray, ones: np.ndarray, pixel: np.ndarray) -> None:
+    """As _row_over_columns, output channels innermost: one pixel's sums at a time, in `pixel`."""
+    height, words, out_w = nonzero.shape[1:]
+    kernel_h, _, out_c = weight_bits.shape
+    for ow in range(out_w):
+        pixel[:] = 0
+        count = np.uint64(0)
+        for kh in range(kernel_h):
+            ih = oh * stride - pad + kh
+            if ih < 0 or ih >= height:
+                continue
+            for j in range(words):
+                n = nonzero[b, ih, j, ow]
+                if n == 0:
+                    continue
+                p = positive[b, ih, j, ow]
+                count += popcount(n)
+                w = weight_bits[kh, j]
+                for o in range(out_c):
+                    pixel[o] += np.int32(popcount(n & (p ^ w[o])))
+        ones[ow] = count
+        acc[:, ow] = pixel
