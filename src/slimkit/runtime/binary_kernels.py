@@ -75,9 +75,14 @@ def pack_rows(x: np.ndarray, kernel_w: int, stride: int, pad: int, out_w: int,
                     for j in range(pixel_words):
                         offset = kw * channels + j * 64
                         word, shift = offset >> 6, np.uint64(offset & 63)
-                        for ow in range(out_w):
-                            nonzero[b, h, word, ow] |= pix_n[h, j, ow * stride + kw] << shift
-                            positive[b, h, word, ow] |= pix_p[h, j, ow * stride + kw] << shift
+                        if stride == 1:  # a unit stride LLVM can see vectorises (0.45 -> 0.32 ms, 16 ch, b64)
+                            for ow in range(out_w):
+                                nonzero[b, h, word, ow] |= pix_n[h, j, ow + kw] << shift
+                                positive[b, h, word, ow] |= pix_p[h, j, ow + kw] << shift
+                        else:
+                            for ow in range(out_w):
+                                nonzero[b, h, word, ow] |= pix_n[h, j, ow * stride + kw] << shift
+                                positive[b, h, word, ow] |= pix_p[h, j, ow * stride + kw] << shift
                         if shift != 0 and word + 1 < words:
                             back = np.uint64(64) - shift
                             for ow in range(out_w):
