@@ -9,6 +9,9 @@
   copies and U, V scaled duals updated after each epoch; then a hard prune to Pi_pat(Pi_conn(W)) != 0 and
   masked retraining. The penalty is the papers' squared Frobenius norm (the unofficial code used the plain
   norm). No official training code exists; see the spec for what is reconstructed.
+- `filter_group` (slimkit's extension): consecutive groups of filters share kept kernels and patterns, both
+  chosen on summed squared norms, so both projections stay Euclidean; the CPU runtime runs such groups as
+  dense GEMMs. 1 (the default) is PatDNN.
 """
 
 from __future__ import annotations
