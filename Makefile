@@ -13,6 +13,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python scripts/check_imports.py
 	$(VENV)/bin/python -m pytest
 
 clean:

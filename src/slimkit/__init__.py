@@ -9,8 +9,8 @@
 __version__ = "0.1.0"
 
 from slimkit import binary, channels, distill, models, quant, sparsity  # methods register on import
-from slimkit.api import compress
-from slimkit.data import load_data
+from slimkit.api import compress, prepare
+from slimkit.data import load_data, user_data
 from slimkit.errors import SlimkitError
 from slimkit.metrics import measure
 from slimkit.persistence import load, save_model
@@ -18,9 +18,11 @@ from slimkit.pipeline import Run, run_recipe
 from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.runtime import deploy, load_deployed, save_deployed
-from slimkit.train import Modifier, Trainer
+from slimkit.train import Compression, Metric, Modifier, Trainer
 
 __all__ = [
+           "Compression",
+           "Metric",
            "Modifier",
            "Recipe",
            "Report",
@@ -38,9 +40,11 @@ __all__ = [
            "load_deployed",
            "measure",
            "models",
+           "prepare",
            "quant",
            "run_recipe",
            "save_deployed",
            "save_model",
            "sparsity",
+           "user_data",
 ]

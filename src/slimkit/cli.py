@@ -160,6 +160,9 @@ def _calibration_batches(model_arg: str, count: int) -> list[Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import platform
+
+    from slimkit.environment import has_int8_dot_product
     from slimkit.quant.int8_graph import is_quantized
     from slimkit.quant.onnx_export import FLOAT_COMPUTE_OPS, export_onnx, optimized_ops
 
@@ -175,6 +178,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     console.print("onnxruntime runs: " + ", ".join(f"{op} x{n}" for op, n in ops.items()), highlight=False)
     if quantized and floats:
         console.print("float kernels left: " + ", ".join(floats), style="yellow")
+    if quantized and platform.machine() in ("x86_64", "AMD64") and not has_int8_dot_product():
+        console.print("this CPU has no VNNI: onnxruntime's AVX2 int8 kernels saturate int16 pair sums, so its "
+                      "outputs may differ from the exported integer arithmetic (a VNNI CPU computes it exactly)",
+                      style="yellow")
     return 0
 
 

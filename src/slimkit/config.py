@@ -72,3 +72,28 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple 
         else:
             lines.append(f"'{path}': invalid value {value!r}: {err['msg']}")
     return lines
+
+
+def resolve_factory(path: str, key: str) -> typing.Callable[..., typing.Any]:
+    """The callable a 'package.module:function' import path names; a clear error at `key` otherwise.
+
+    Import paths let a recipe (and so the CLI) build a user's own model or data: the user names code of
+    their own, which is imported like any module, never unpickled from a file.
+    """
+    import importlib
+
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{key}: {path!r} is not an import path of the form 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{key}: cannot import module {module_name!r} ({exc})") from None
+    target: typing.Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{key}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{key}: {path!r} is not callable")
+    return target

@@ -34,6 +34,33 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq", "avx512_bitalg")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and the SIMD extensions that decide which int8 and popcount paths run (Linux x86;
+    elsewhere the model from `platform` and no flags)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"cpu_model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def has_int8_dot_product() -> bool:
+    """Whether x86 int8 kernels get VNNI (vpdpbusd). Without it, engines such as onnxruntime multiply u8 by
+    s8 with vpmaddubsw, whose int16 pair sums saturate, so their int8 results can differ from exact
+    integer arithmetic."""
+    return bool({"avx512_vnni", "avx_vnni"} & set(cpu_info()["isa"]))
+
+
 def environment(seed: int) -> dict[str, Any]:
     from slimkit import __version__
 
@@ -46,6 +73,7 @@ def environment(seed: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor() or "unknown",
+        **cpu_info(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "seed": seed,

@@ -20,14 +20,63 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.binarizers import WeightBinarizer
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
+from slimkit.config import StrictModel
+from slimkit.errors import SlimkitError
 from slimkit.quant.attach import weight_quantization
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 from slimkit.sparsity.masks import WeightMask
+
+
+class MeasureConfig(StrictModel):
+    """How latency is measured: batch sizes, a fixed thread count, warm-up and repeats (median)."""
+
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
+    threads: int | None = Field(None, ge=1)
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(21, ge=1)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, sizes: list[int]) -> list[int]:
+        if not sizes or any(b < 1 for b in sizes):
+            raise ValueError("batch sizes must be a non-empty list of integers >= 1")
+        return sizes
+
+
+Example = Sequence[int] | Tensor | Mapping[str, Tensor]
+
+
+def example_batch(example: Example, batch: int = 1, random: bool = False) -> Tensor | dict[str, Tensor]:
+    """A model input of `batch` samples from an example: a per-sample shape (C, H, W) gives zeros (or
+    normal noise with `random`); a tensor or a dict of tensors (token ids, masks) with a batch dimension is
+    repeated from its first sample, so token ids stay valid ids."""
+    if isinstance(example, Tensor):
+        return example[:1].repeat(batch, *[1] * (example.ndim - 1))
+    if isinstance(example, Mapping):
+        return {k: example_batch(v, batch) for k, v in example.items()}
+    if isinstance(example, Sequence) and all(isinstance(d, int) for d in example):
+        return torch.randn(batch, *example) if random else torch.zeros(batch, *example)
+    raise SlimkitError(f"an example input is a per-sample shape, a tensor or a dict of tensors, not "
+                       f"{type(example).__name__}")
+
+
+def call(model: nn.Module, inputs: Tensor | Mapping[str, Tensor]) -> object:
+    """The model on one input as `example_batch` makes it: keyword arguments for a dict."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def _example_shape(example: Example) -> list[int] | dict[str, list[int]]:
+    if isinstance(example, Tensor):
+        return list(example.shape[1:])
+    if isinstance(example, Mapping):
+        return {k: list(v.shape[1:]) for k, v in example.items()}
+    return list(example)
 
 
 @dataclass
@@ -60,7 +109,7 @@ class Measurement:
     macs: int
     effective_macs: int
     bops: int
-    input_shape: list[int]
+    input_shape: list[int] | dict[str, list[int]]
     threads: int
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     layers: list[LayerStats] = field(default_factory=list)
@@ -129,8 +178,9 @@ def _bits(module: nn.Module) -> tuple[int, int]:
     return 32, 32
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """Per-sample multiply-accumulates of every conv and linear layer, from one forward pass."""
+def count_macs(model: nn.Module, example: Example) -> dict[str, int]:
+    """Per-sample multiply-accumulates of every conv and linear layer, from one forward pass on one sample
+    (`example`: a per-sample input shape, or an example input; see `example_batch`)."""
     macs: dict[str, int] = {}
     hooks = []
 
@@ -147,7 +197,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            call(model, example_batch(example))
     finally:
         model.train(was_training)
         for h in hooks:
@@ -162,7 +212,7 @@ def default_threads() -> int:
 SETTLE_MS = 100.0
 
 
-def compare_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], *,
+def compare_latency(models: Mapping[str, nn.Module], example: Example, *,
                     batch_sizes: Sequence[int] = (1, 64), threads: int | None = None, warmup: int = 3,
                     repeats: int = 21, min_sample_ms: float = 5.0, rounds: int = 3,
                     ) -> dict[str, dict[str, dict[str, float]]]:
@@ -183,26 +233,26 @@ def compare_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
     try:
         with torch.inference_mode():
             for batch in batch_sizes:
-                x = torch.randn(batch, *input_shape)
+                x = example_batch(example, batch, random=True)
                 calls = {}
                 for name, model in models.items():
                     model.eval()
                     for _ in range(max(1, warmup)):
                         start = time.perf_counter()
-                        model(x)
+                        call(model, x)
                     once = (time.perf_counter() - start) * 1e3
                     calls[name] = max(1, math.ceil(min_sample_ms / max(once, 1e-3)))
                 samples: dict[str, list[float]] = {name: [] for name in models}
                 for _ in range(rounds):
                     for name, model in models.items():
                         settle = time.perf_counter()
-                        model(x)
+                        call(model, x)
                         while (time.perf_counter() - settle) * 1e3 < SETTLE_MS:
-                            model(x)
+                            call(model, x)
                         for _ in range(math.ceil(repeats / rounds)):
                             start = time.perf_counter()
                             for _ in range(calls[name]):
-                                model(x)
+                                call(model, x)
                             samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
                 for name, values in samples.items():
                     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -214,11 +264,13 @@ def compare_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
     return out
 
 
-def measure(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 64),
+def measure(model: nn.Module, example: Example, *, batch_sizes: Sequence[int] = (1, 64),
             threads: int | None = None, warmup: int = 3, repeats: int = 21, latency: bool = True) -> Measurement:
-    """Size, sparsity, MACs and (optionally) latency of `model` for inputs of shape (C, H, W)."""
+    """Size, sparsity, MACs and (optionally) latency of `model`. `example` is a per-sample input shape
+    (C, H, W), or an example input with its batch dimension: a tensor, or a dict of tensors such as token ids
+    and an attention mask."""
     tensors = list(effective_tensors(model))
-    macs = count_macs(model, input_shape)
+    macs = count_macs(model, example)
     layers = []
     for mod_name, module in model.named_modules():
         if mod_name in macs:
@@ -245,12 +297,12 @@ def measure(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequen
         macs=sum(macs.values()),
         effective_macs=sum(layer.effective_macs for layer in layers),
         bops=sum(layer.effective_macs for layer in layers if layer.weight_bits == 1 and layer.input_bits == 1),
-        input_shape=list(input_shape),
+        input_shape=_example_shape(example),
         threads=threads,
         layers=layers,
     )
     if latency:
-        result.latency_ms = compare_latency({"model": model}, input_shape, batch_sizes=batch_sizes,
+        result.latency_ms = compare_latency({"model": model}, example, batch_sizes=batch_sizes,
                                             threads=threads, warmup=warmup, repeats=repeats)["model"]
     return result
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from slimkit.channels.plan import ChannelPlan, apply_plan
 from slimkit.errors import CheckpointError
-from slimkit.models import build_model
-from slimkit.recipe import ModelConfig, build_modifier, parse_stage
+from slimkit.methods import build_modifier, parse_stage
+from slimkit.models import ModelConfig, build_model
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
 from slimkit.train.modifier import Modifier
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,15 @@ from slimkit.channels.modifier import ChannelPruner
 from slimkit.data import DataBundle, load_data
 from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError
+from slimkit.methods import build_modifier
 from slimkit.metrics import compare_latency, measure
 from slimkit.models import build_model
 from slimkit.persistence import load_weights, save_model
-from slimkit.recipe import Recipe, build_modifier
+from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import distributed
 from slimkit.train.checkpoint import WEIGHTS_FORMAT, atomic_save
+from slimkit.train.objective import Objective
 from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
 
 
@@ -83,56 +85,87 @@ def _stage_sparsity(summary: dict[str, Any], dense: dict[str, Any], comp: dict[s
     return {**summary, "dense_sparsity": sparsity(dense), "achieved_sparsity": sparsity(comp)}
 
 
+def _image_facts(example: Any) -> tuple[int | None, int | None]:
+    """(channels, size) of image inputs, for building a zoo model; (None, None) for other inputs."""
+    shape = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else example
+    return (shape[0], shape[-1]) if isinstance(shape, tuple) and len(shape) == 3 else (None, None)
+
+
+def _evaluated_split(data: DataBundle) -> str:
+    """The split the report judges quality on: test, else validation; training data only when nothing is
+    held out, and then the report says so."""
+    return next(split for split in ("test", "val", "train") if getattr(data, split) is not None)
+
+
 def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = False,
                model: nn.Module | None = None, data: DataBundle | None = None, progress: bool = True,
-               callbacks: tuple[EpochCallback, ...] = ()) -> Run:
-    """Run `recipe`. `model` and `data` replace the recipe's model and data sections when given."""
+               callbacks: tuple[EpochCallback, ...] = (), objective: Objective | None = None) -> Run:
+    """Run `recipe`. `model`, `data` and `objective` replace the recipe's model, data and objective
+    sections when given."""
     info = distributed.current()
     missing = recipe.missing_files()
     if missing:
         raise RecipeError(missing)
+    objective = objective if objective is not None else recipe.objective.build()
+    smoothing = [(key, c.label_smoothing) for key, c in (("baseline", recipe.baseline), ("train", recipe.train))
+                 if c is not None and c.label_smoothing]
+    if smoothing and objective.loss_fn is not None:
+        raise RecipeError([f"'{key}.label_smoothing': {value} applies to the default cross-entropy, and this run "
+                           f"uses loss {objective.describe()['loss']!r}; set it to 0" for key, value in smoothing])
     out_dir = Path(out_dir) if out_dir is not None else None
     env = environment(recipe.seed)
     if out_dir is not None and info.is_main:
         _prepare_out_dir(out_dir, recipe, resume, env)
     torch.manual_seed(recipe.seed)
     data = data if data is not None else load_data(recipe.data)
-    arch = recipe.model if model is None else None  # a user's own model has no zoo architecture to save
+    # a user's own model (given, or built by an import path) has no zoo architecture to save with it
+    arch = recipe.model if model is None and recipe.model is not None and recipe.model.name else None
+    example = data.input_shape if data.images is not None else data.example(objective.target_key)
     if model is None:
         if recipe.model is None:
             raise RecipeError(["'model': required key is missing (or pass a model to slimkit.compress)"])
-        model = build_model(recipe.model, data.in_channels, data.num_classes, data.input_size)
+        model_label = recipe.model.label
+        channels, size = _image_facts(example)
+        model = build_model(recipe.model, channels, data.num_classes, size)
         if recipe.model.checkpoint is not None:
             load_weights(model, recipe.model.checkpoint)
+    else:
+        model_label = type(model).__name__
+    split = _evaluated_split(data)
 
     def train(net: nn.Module, phase: str, config, stages) -> TrainResult:
         trainer = Trainer(net, data, config, [build_modifier(s) for s in stages],
                           batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size,
                           out_dir=out_dir / phase if out_dir else None, seed=recipe.seed, label=phase,
-                          progress=progress, callbacks=callbacks)
+                          progress=progress, callbacks=callbacks,
+                          objective=replace(objective, label_smoothing=config.label_smoothing))
         return trainer.fit(resume=resume)
 
     dense = train(model, "dense", recipe.baseline, []) if recipe.baseline else TrainResult(model.eval())
     compressed = train(copy.deepcopy(dense.model), "compressed", recipe.train, recipe.stages)
     m = recipe.measure
+    metric = objective.metric.name if objective.metric is not None else None
     models: dict[str, Any] = {}
     for phase, result in (("dense", dense), ("compressed", compressed)):
-        test_loss, test_acc = evaluate(result.model, data.test, recipe.data.eval_batch_size)
+        test_loss, test_metric = evaluate(result.model, getattr(data, split), recipe.data.eval_batch_size, objective)
         models[phase] = {
-            "test_acc": test_acc, "test_loss": test_loss, "best_epoch": result.best_epoch,
-            "train_seconds": result.seconds, "history": result.history,
-            "measurement": measure(result.model, data.input_shape, threads=m.threads, latency=False).to_dict(),
+            "test_loss": test_loss, **({f"test_{metric}": test_metric} if metric else {}),
+            "best_epoch": result.best_epoch, "train_seconds": result.seconds, "history": result.history,
+            "measurement": measure(result.model, example, threads=m.threads, latency=False).to_dict(),
         }
     if info.is_main:
-        latency = compare_latency({"dense": dense.model, "compressed": compressed.model}, data.input_shape,
+        latency = compare_latency({"dense": dense.model, "compressed": compressed.model}, example,
                                   batch_sizes=m.batch_sizes, threads=m.threads, warmup=m.warmup, repeats=m.repeats)
         for phase, timings in latency.items():
             models[phase]["measurement"]["latency_ms"] = timings
     metrics = {
         "recipe": recipe.name,
-        "model": arch.name if arch else type(model).__name__,
-        "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
-                 "test": len(data.test), "input_shape": list(data.input_shape), "note": data.note},
+        "model": model_label,
+        "reference": "trained" if recipe.baseline else "given",
+        "objective": objective.describe(),
+        "data": {"name": data.name, "train": data.size("train"), "val": data.size("val"),
+                 "test": data.size("test"), "eval_split": split,
+                 "input_shape": models["dense"]["measurement"]["input_shape"], "note": data.note},
         "models": models,
         "stages": [_stage_sparsity(s, models["dense"]["measurement"], models["compressed"]["measurement"])
                    for s in compressed.summaries],
@@ -150,4 +183,3 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         Report(metrics).write(out_dir)
     return Run(recipe, compressed.model, dense.model, metrics, out_dir)
-

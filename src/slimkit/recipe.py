@@ -1,191 +1,41 @@
-"""The recipe: typed, validated configs for model, data, training and the compression stages.
+"""The recipe: one validated document composing the model, data, objective, training, stages and
+measurement sections. Each section's config lives beside the code it configures; methods register in
+`slimkit.methods`, so a new method adds one module and the recipe format never changes.
 
-A recipe is validated completely before any training starts. Methods register their config class and
-modifier here, so a new method adds one module and a recipe, and the recipe format never changes.
+A recipe is validated completely before any training starts.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from slimkit.config import StrictModel, describe_errors, format_path
+from slimkit import binary, channels, distill, quant, sparsity  # noqa: F401  (their methods register on import)
+from slimkit.config import StrictModel, describe_errors
+from slimkit.data.config import DataConfig
 from slimkit.errors import RecipeError
+from slimkit.methods import (
+    STAGE_KINDS,
+    MethodConfig,
+    build_modifier,
+    method_configs,
+    methods,
+    parse_stage,
+    window_issues,
+)
+from slimkit.metrics import MeasureConfig
+from slimkit.models.config import ModelConfig
+from slimkit.train.config import ObjectiveConfig, TrainConfig
 
-if TYPE_CHECKING:
-    from slimkit.train.modifier import Modifier
+__all__ = ["STAGE_KINDS", "DataConfig", "MeasureConfig", "MethodConfig", "ModelConfig", "ObjectiveConfig", "Recipe",
+           "TrainConfig", "apply_overrides", "build_modifier", "bundled_recipes", "method_configs", "methods",
+           "parse_stage"]
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-STAGE_KINDS = ("prune", "channels", "binarize", "quantize", "distill")
-
-
-class ModelConfig(StrictModel):
-    """Which zoo model to build. Input channels, size and class count default to the data set's."""
-
-    name: str
-    width: float = Field(1.0, gt=0, le=16)
-    in_channels: int | None = Field(None, ge=1)
-    num_classes: int | None = Field(None, ge=2)
-    input_size: int | None = Field(None, ge=4)
-    options: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Path | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        from slimkit.models import MODELS
-
-        if name not in MODELS:
-            raise ValueError(f"unknown model; allowed: {', '.join(sorted(MODELS))}")
-        return name
-
-    @model_validator(mode="after")
-    def _known_options(self) -> ModelConfig:
-        from slimkit.models import MODELS
-
-        params = inspect.signature(MODELS[self.name]).parameters
-        fixed = {"in_channels", "num_classes", "input_size", "width"}
-        allowed = sorted(p for p in params if p not in fixed)
-        unknown = sorted(set(self.options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"model '{self.name}' has no option {', '.join(unknown)}; allowed options: "
-                f"{', '.join(allowed) or 'none'}"
-            )
-        return self
-
-
-class DataConfig(StrictModel):
-    """Which data set to read from disk, how to split it and how to batch it."""
-
-    name: str
-    path: Path | None = None
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    val_fraction: float = Field(0.1, ge=0, lt=0.5)
-    split_seed: int = 0
-    augment: Literal["auto", "none", "crop_flip", "crop"] = "auto"
-    image_size: int = Field(32, ge=4)
-    train_subset: int | None = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
-
-    @field_validator("name")
-    @classmethod
-    def _known_data(cls, name: str) -> str:
-        from slimkit.data import DATASETS
-
-        if name not in DATASETS:
-            raise ValueError(f"unknown data set; allowed: {', '.join(sorted(DATASETS))}")
-        return name
-
-
-class TrainConfig(StrictModel):
-    """Optimiser, learning-rate schedule and length of one training phase."""
-
-    epochs: int = Field(10, ge=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = Field(0.1, gt=0, le=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _milestones_in_range(self) -> TrainConfig:
-        bad = [m for m in self.milestones if not 0 < m <= self.epochs]
-        if bad:
-            raise ValueError(f"milestones {bad} must lie in 1..epochs ({self.epochs})")
-        return self
-
-
-class MeasureConfig(StrictModel):
-    """How latency is measured: batch sizes, a fixed thread count, warm-up and repeats (median)."""
-
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
-    threads: int | None = Field(None, ge=1)
-    warmup: int = Field(3, ge=0)
-    repeats: int = Field(21, ge=1)
-
-
-class MethodConfig(StrictModel):
-    """Base of every compression method's config. `kind` is the stage key, `method` its name."""
-
-    kind: ClassVar[str] = ""
-    method: str
-    start_epoch: int = Field(0, ge=0)
-    end_epoch: int | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered_window(self) -> MethodConfig:
-        if self.end_epoch is not None and self.end_epoch < self.start_epoch:
-            raise ValueError(f"end_epoch ({self.end_epoch}) is before start_epoch ({self.start_epoch})")
-        return self
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    config: type[MethodConfig]
-    modifier: Callable[[Any], Modifier]
-
-
-_METHODS: dict[str, dict[str, MethodSpec]] = {kind: {} for kind in STAGE_KINDS}
-
-
-def register_method(config: type[MethodConfig], modifier: Callable[[Any], Modifier]) -> None:
-    """Make `config`'s method usable in recipes; `modifier(config)` builds its modifier."""
-    if config.kind not in _METHODS:
-        raise ValueError(f"{config.__name__}.kind must be one of {STAGE_KINDS}, not {config.kind!r}")
-    name = config.model_fields["method"].default
-    _METHODS[config.kind][name] = MethodSpec(config, modifier)
-
-
-def methods(kind: str) -> list[str]:
-    """The registered method names for a stage kind."""
-    return sorted(_METHODS[kind])
-
-
-def method_configs(kind: str) -> dict[str, type[MethodConfig]]:
-    """Registered method name -> its config class, for a stage kind."""
-    return {name: spec.config for name, spec in sorted(_METHODS[kind].items())}
-
-
-def build_modifier(config: MethodConfig) -> Modifier:
-    return _METHODS[config.kind][config.method].modifier(config)
-
-
-def parse_stage(item: Any, loc: tuple = ()) -> MethodConfig:
-    """{'prune': {'method': 'gmp', ...}} -> the registered config, with errors named by key path."""
-    if isinstance(item, MethodConfig):
-        return item
-    where = format_path(loc)
-    if not isinstance(item, dict) or len(item) != 1:
-        raise RecipeError([f"'{where}': a stage is one mapping {{kind: {{method: ...}}}}; got {item!r}. "
-                           f"Allowed kinds: {', '.join(STAGE_KINDS)}"])
-    (kind, body), = item.items()
-    if kind not in _METHODS:
-        raise RecipeError([f"'{where}': unknown stage kind {kind!r}; allowed: {', '.join(STAGE_KINDS)}"])
-    if not isinstance(body, dict) or "method" not in body:
-        raise RecipeError([f"'{format_path((*loc, kind, 'method'))}': required key is missing; "
-                           f"allowed methods: {', '.join(methods(kind)) or 'none yet'}"])
-    spec = _METHODS[kind].get(body["method"])
-    if spec is None:
-        raise RecipeError([f"'{format_path((*loc, kind, 'method'))}': unknown method {body['method']!r}; "
-                           f"allowed: {', '.join(methods(kind)) or 'none yet'}"])
-    try:
-        return spec.config.model_validate(body)
-    except ValidationError as exc:
-        raise RecipeError(describe_errors(exc, spec.config, (*loc, kind))) from None
 
 
 class Recipe(StrictModel):
@@ -195,6 +45,7 @@ class Recipe(StrictModel):
     seed: int = 0
     model: ModelConfig | None = None
     data: DataConfig
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     baseline: TrainConfig | None = None
     train: TrainConfig
     stages: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
@@ -209,12 +60,9 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _stages_fit_training(self) -> Recipe:
-        for i, stage in enumerate(self.stages):
-            for key in ("start_epoch", "end_epoch"):
-                value = getattr(stage, key)
-                if value is not None and value > self.train.epochs:
-                    raise ValueError(f"'stages[{i}].{stage.kind}.{key}': {value} is beyond "
-                                     f"train.epochs ({self.train.epochs})")
+        issues = window_issues(self.stages, self.train.epochs)
+        if issues:
+            raise ValueError(issues[0])
         return self
 
     @classmethod

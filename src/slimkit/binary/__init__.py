@@ -3,7 +3,21 @@ SiMaN methods as modifiers."""
 
 from slimkit.binary.binarizers import ActivationBinarizer, WeightBinarizer
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear, binarize_module
-from slimkit.binary.methods import BinaryMethod, IrNet, Rbnn, Recu, Siman, Xnor
+from slimkit.binary.methods import (
+    BinarizeConfig,
+    BinaryMethod,
+    IrNet,
+    IrNetConfig,
+    Rbnn,
+    RbnnConfig,
+    Recu,
+    RecuConfig,
+    Siman,
+    SimanConfig,
+    Xnor,
+    XnorConfig,
+)
 
-__all__ = ["ActivationBinarizer", "BinaryConv2d", "BinaryLinear", "BinaryMethod", "IrNet", "Rbnn", "Recu",
-           "Siman", "WeightBinarizer", "Xnor", "binarize_module"]
+__all__ = ["ActivationBinarizer", "BinarizeConfig", "BinaryConv2d", "BinaryLinear", "BinaryMethod", "IrNet",
+           "IrNetConfig", "Rbnn", "RbnnConfig", "Recu", "RecuConfig", "Siman", "SimanConfig", "WeightBinarizer",
+           "Xnor", "XnorConfig", "binarize_module"]

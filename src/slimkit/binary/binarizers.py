@@ -1,4 +1,5 @@
-"""Binarizers: what turns a latent weight or an activation into signs, per method (spec: binarization.md).
+"""Binarizers: what turns a latent weight or an activation into signs, per method (papers cited on the
+method configs in `slimkit.binary.methods`).
 
 A weight binarizer maps the latent weight W to (signs, scale): signs hold the binary values (+1/-1, or
 {0, 1} for SiMaN's paper form) and scale is a per-output-channel factor applied to the layer output, or

@@ -25,7 +25,7 @@ from slimkit.binary.binarizers import (
 from slimkit.binary.functions import ApproxSign, ClippedSTE, Ede, RbnnSign, log_schedule
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear, binarize_module
 from slimkit.layers import LayerSelection, select_layers
-from slimkit.recipe import MethodConfig, register_method
+from slimkit.methods import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
 
 
@@ -82,11 +82,20 @@ class BinaryMethod(Modifier):
 
 
 class XnorConfig(BinarizeConfig):
-    """XNOR-Net: alpha * sign(W), sign(x), straight-through gradients clipped at |x| <= 1."""
+    """XNOR-Net: alpha * sign(W), sign(x), straight-through gradients clipped at |x| <= 1.
+
+    B_w = alpha_c sign(W_c), alpha_c = ||W_c||_1 / n: the least-squares binary approximation of each filter, so
+    a conv becomes XNOR + popcount times one scale.
+
+    References:
+        Rastegari, Ordonez, Redmon & Farhadi, "XNOR-Net: ImageNet Classification Using Binary Convolutional
+        Neural Networks", ECCV 2016, arXiv:1603.05279.
+    """
 
     method: Literal["xnor"] = "xnor"
 
 
+@register_method(XnorConfig)
 class Xnor(BinaryMethod):
     def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
         return XnorWeight()
@@ -96,13 +105,23 @@ class Xnor(BinaryMethod):
 
 
 class IrNetConfig(BinarizeConfig):
-    """IR-Net: standardised weights with a power-of-two scale; EDE gradients on a log t schedule."""
+    """IR-Net: standardised weights with a power-of-two scale; EDE gradients on a log t schedule.
+
+    What = (W - mean_c) / std_c, B_w = sign(What) * 2^round(log2 mean|What_c|): balanced signs carry the most
+    information. EDE backward k t (1 - tanh^2(t x)), k = max(1/t, 1), t rising from t_min to t_max, moves the
+    gradient from identity-like (weights update freely) to sign-like (accurate).
+
+    References:
+        Qin et al., "Forward and Backward Information Retention for Accurate Binary Neural Networks", CVPR 2020,
+        arXiv:1909.10788.
+    """
 
     method: Literal["irnet"] = "irnet"
     t_min: float = Field(1e-3, gt=0)
     t_max: float = Field(10.0, gt=0)
 
 
+@register_method(IrNetConfig)
 class IrNet(BinaryMethod):
     config: IrNetConfig
 
@@ -121,7 +140,15 @@ class IrNet(BinaryMethod):
 
 
 class RbnnConfig(BinarizeConfig):
-    """RBNN: bi-rotation of weights, its sign approximation on a log t/k schedule, standardised inputs."""
+    """RBNN: bi-rotation of weights, its sign approximation on a log t/k schedule, standardised inputs.
+
+    Each standardised filter, reshaped to X_i (a x b), becomes R1^T X_i R2 with one orthogonal pair (R1, R2) per
+    layer, updated at epoch starts to maximise sum_i ||R1^T X_i R2||_1; W_t = What + |sin theta| (rotated - What)
+    and B_w = sign(W_t). Rotating w towards sign(w) cuts the angular error a scale alone cannot.
+
+    References:
+        Lin et al., "Rotated Binary Neural Network", NeurIPS 2020, arXiv:2009.13055.
+    """
 
     method: Literal["rbnn"] = "rbnn"
     t_min: float = Field(1e-2, gt=0)
@@ -129,6 +156,7 @@ class RbnnConfig(BinarizeConfig):
     rotate_every: int = Field(1, ge=1, description="epochs between rotation updates")
 
 
+@register_method(RbnnConfig)
 class Rbnn(BinaryMethod):
     config: RbnnConfig
 
@@ -157,13 +185,21 @@ def recu_tau(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
 
 
 class RecuConfig(BinarizeConfig):
-    """ReCU: clamps weights at a rising Laplace quantile tau; ApproxSign gradients on scaled inputs."""
+    """ReCU: clamps weights at a rising Laplace quantile tau; ApproxSign gradients on scaled inputs.
+
+    B_w = sign(clamp(What, -Q_tau, Q_tau)), Q_tau = -mean|What| ln(2 - 2 tau) the tau-quantile of a Laplace,
+    tau(e) = A exp(e/E) + B from tau_min to tau_max: the clamp revives "dead weights" that rarely change sign.
+
+    References:
+        Xu et al., "ReCU: Reviving the Dead Weights in Binary Neural Networks", ICCV 2021, arXiv:2103.12369.
+    """
 
     method: Literal["recu"] = "recu"
     tau_min: float = Field(0.85, gt=0.5, lt=1)
     tau_max: float = Field(0.99, gt=0.5, lt=1)
 
 
+@register_method(RecuConfig)
 class Recu(BinaryMethod):
     config: RecuConfig
 
@@ -181,7 +217,15 @@ class Recu(BinaryMethod):
 
 class SimanConfig(BinarizeConfig):
     """SiMaN: sign-to-magnitude coding with a shrinking percentile projection and no weight decay on the
-    binarized weights and their scales. `weight_values: "01"` is the paper's {0, +1} form."""
+    binarized weights and their scales. `weight_values: "01"` is the paper's {0, +1} form.
+
+    B_c = 1[|What_c| > median |What_c|]: the {0, +1} code best aligned with w in angle, with half ones per channel
+    (maximal bit entropy). The paper finds l2 drives latent weights to a Laplacian that defeats entropy
+    maximisation, hence no weight decay on them.
+
+    References:
+        Lin et al., "SiMaN: Sign-to-Magnitude Network Binarization", IEEE TPAMI 2023, arXiv:2102.07981.
+    """
 
     method: Literal["siman"] = "siman"
     percent_max: float = Field(15.0, ge=0, lt=50)
@@ -189,6 +233,7 @@ class SimanConfig(BinarizeConfig):
     binary_weight_decay: float = Field(0.0, ge=0)
 
 
+@register_method(SimanConfig)
 class Siman(BinaryMethod):
     config: SimanConfig
 
@@ -205,8 +250,3 @@ class Siman(BinaryMethod):
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         params = [p for layer in self.layers.values() for p in (layer.weight, layer.weight_binarizer.alpha)]
         return [{"params": params, "weight_decay": self.config.binary_weight_decay}]
-
-
-for _config, _method in ((XnorConfig, Xnor), (IrNetConfig, IrNet), (RbnnConfig, Rbnn), (RecuConfig, Recu),
-                         (SimanConfig, Siman)):
-    register_method(_config, _method)

@@ -2,9 +2,10 @@
 that return a smaller ordinary model."""
 
 from slimkit.channels.graph import ChannelGraph, UnsupportedOpError, build_graph
-from slimkit.channels.modifier import ChannelPruner
+from slimkit.channels.modifier import BnScaleConfig, ChannelConfig, ChannelPruner, GfbsConfig, L1Config, TaylorConfig
 from slimkit.channels.plan import ChannelPlan, apply_plan, make_plan, zero_channels
 from slimkit.channels.prune import plan_pruning, prune_channels
 
-__all__ = ["ChannelGraph", "ChannelPlan", "ChannelPruner", "UnsupportedOpError", "apply_plan", "build_graph",
-           "make_plan", "plan_pruning", "prune_channels", "zero_channels"]
+__all__ = ["BnScaleConfig", "ChannelConfig", "ChannelGraph", "ChannelPlan", "ChannelPruner", "GfbsConfig", "L1Config",
+           "TaylorConfig", "UnsupportedOpError", "apply_plan", "build_graph", "make_plan", "plan_pruning",
+           "prune_channels", "zero_channels"]

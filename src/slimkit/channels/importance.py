@@ -1,21 +1,25 @@
 """Channel importance, one score per graph element; a component scores the mean of its members.
 
-- l1: ||W_c||_1 of a conv/linear output channel, divided by its layer's mean so layers compare.
-- bn_scale: |gamma_c| (network slimming).
-- taylor: |gamma_c * dL/dgamma_c| from one train-mode batch.
+- l1: ||W_c||_1 of a conv/linear output channel, divided by its layer's mean so layers compare (Li et al.).
+- bn_scale: |gamma_c| (network slimming, Liu et al.).
+- taylor: |gamma_c * dL/dgamma_c| from one train-mode batch (Molchanov et al.).
 - gfbs: GFBS as its official code computes it: |gamma_c|/||gamma|| * |g_c|/||g|| + w_beta * beta_c/||beta||,
-  per BN layer, beta signed and no dL/dbeta (spec section 3).
+  per BN layer, beta signed and no dL/dbeta.
+
+The papers are cited, with arXiv ids, on the method configs in `slimkit.channels.modifier`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 
 from slimkit.channels.graph import ChannelGraph
 from slimkit.train import distributed
 from slimkit.train.gradients import loss_gradients
+from slimkit.train.objective import Objective
 
 
 def _per_channel(graph: ChannelGraph, values: Callable[[nn.Module], Tensor | None]) -> dict[int, float]:
@@ -63,10 +67,10 @@ def gfbs_scores(graph: ChannelGraph, beta_weight: float = 0.05) -> dict[int, flo
         bn.weight.detach(), bn.weight.grad.detach(), bn.bias.detach(), beta_weight))
 
 
-def accumulate_bn_gradients(model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
-    """One train-mode forward/backward of cross-entropy, as GFBS scores. The gradients of BN gamma are
+def accumulate_bn_gradients(model: nn.Module, batch: Any, objective: Objective) -> None:
+    """One train-mode forward/backward of the task's loss, as GFBS scores. The gradients of BN gamma are
     averaged over ranks, so every rank ranks the same numbers."""
-    loss_gradients(model, [batch])
+    loss_gradients(model, [batch], objective)
     world = distributed.current().world_size
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.weight.grad is not None:

@@ -12,10 +12,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from slimkit.channels.importance import NEEDS_GRADIENTS
 from slimkit.channels.plan import ChannelPlan, apply_plan
 from slimkit.channels.prune import plan_pruning
+from slimkit.errors import SlimkitError
 from slimkit.layers import LayerSelection, select_layers
-from slimkit.recipe import MethodConfig, register_method
+from slimkit.methods import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
 
 
@@ -31,28 +33,77 @@ class ChannelConfig(MethodConfig):
     steps: int = Field(1, ge=1, description="pruning rounds; each removes an equal share of the ratio")
     every: int = Field(1, ge=1, description="epochs between rounds")
 
+    def criterion_options(self) -> dict[str, Any]:
+        """Extra arguments of this method's importance criterion (see `plan_pruning`)."""
+        return {}
+
+    @property
+    def penalty(self) -> float:
+        """Weight of an L1 penalty on BN scales while rounds remain (network slimming); 0 for none."""
+        return 0.0
+
 
 class L1Config(ChannelConfig):
+    """L1 filter norm: s_c = ||W_c||_1 over the filter's weights (divided by the layer mean so layers compare);
+    small-norm filters give weak outputs, so removing them costs little accuracy.
+
+    References:
+        Li, Kadav, Durdanovic, Samet & Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017,
+        arXiv:1608.08710.
+    """
+
     method: Literal["l1"] = "l1"
 
 
 class BnScaleConfig(ChannelConfig):
     """Network slimming: |gamma| ranks channels; `l1_penalty` adds lambda * sum |gamma| to the loss until
-    the last pruning round, to push unneeded channels towards zero first."""
+    the last pruning round, to push unneeded channels towards zero first.
+
+    s_c = |gamma_c| of the BN after the channel; L = CE + lambda sum |gamma| makes the scales sparse.
+
+    References:
+        Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017,
+        arXiv:1708.06519.
+    """
 
     method: Literal["bn_scale"] = "bn_scale"
     l1_penalty: float = Field(0.0, ge=0)
 
+    @property
+    def penalty(self) -> float:
+        return self.l1_penalty
+
 
 class TaylorConfig(ChannelConfig):
+    """Taylor importance: s_c = |gamma_c * dL/dgamma_c| from one train-mode batch, the first-order estimate of
+    the loss change when channel c is zeroed (the paper squares it; the ranking is the same).
+
+    References:
+        Molchanov, Mallya, Tyree, Frosio & Kautz, "Importance Estimation for Neural Network Pruning", CVPR 2019,
+        arXiv:1906.10771.
+    """
+
     method: Literal["taylor"] = "taylor"
 
 
 class GfbsConfig(ChannelConfig):
+    """GFBS: s_c = |gamma_c|/||gamma|| * |g_c|/||g|| + beta_weight * beta_c/||beta|| per BN layer, g = dL/dgamma
+    from one train-mode batch, beta signed (as the official code): the Taylor term of the BN scale plus the
+    shift, which decides how much of the channel passes the ReLU.
+
+    References:
+        Liu, Li, Chen & Yuan, "Exploring Gradient Flow Based Saliency for DNN Model Compression", ACM MM 2021,
+        arXiv:2110.12477.
+    """
+
     method: Literal["gfbs"] = "gfbs"
     beta_weight: float = Field(0.05, ge=0)
 
+    def criterion_options(self) -> dict[str, Any]:
+        return {"beta_weight": self.beta_weight}
 
+
+@register_method(L1Config, BnScaleConfig, TaylorConfig, GfbsConfig)
 class ChannelPruner(Modifier):
     config: ChannelConfig
 
@@ -61,10 +112,10 @@ class ChannelPruner(Modifier):
         self.plan = ChannelPlan()
         self.rounds = 0
         self.groups = [0, 0]  # removed, candidates (of the first round's model)
-        self.loader = None
+        self.ctx: TrainContext | None = None
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
-        self.loader = ctx.train_loader
+        self.ctx = ctx
 
     def _keep(self, model: nn.Module) -> set[str]:
         if not self.config.keep:
@@ -72,18 +123,19 @@ class ChannelPruner(Modifier):
         return set(select_layers(model, LayerSelection(include=self.config.keep, skip_first_conv=False,
                                                        skip_last_linear=False)))
 
-    def _batch(self) -> tuple[Tensor, Tensor]:
-        return next(iter(self.loader))
-
     def prune_round(self, model: nn.Module) -> None:
         """Remove this round's share: after round k of n, (k/n) * ratio of the original groups are gone."""
         done, target = self.rounds / self.config.steps, (self.rounds + 1) / self.config.steps
         share = 1 - (1 - self.config.ratio * target) / (1 - self.config.ratio * done)
-        batch = self._batch()
-        options = {"beta_weight": self.config.beta_weight} if isinstance(self.config, GfbsConfig) else {}
-        plan = plan_pruning(model, batch[0][:1], ratio=share, criterion=self.config.method, batch=batch,
-                            scope=self.config.scope, min_channels=self.config.min_channels,
-                            round_to=self.config.round_to, keep=self._keep(model), **options)
+        if self.ctx is None:
+            raise SlimkitError(f"{self.name}: attach the modifier (slimkit.prepare) before pruning")
+        needs = f"{self.name} pruning"
+        example = self.ctx.input_tensors(1, needs)[0][:1]
+        batch = self.ctx.batches(1, needs)[0] if self.config.method in NEEDS_GRADIENTS else None
+        plan = plan_pruning(model, example, ratio=share, criterion=self.config.method, batch=batch,
+                            objective=self.ctx.objective, scope=self.config.scope,
+                            min_channels=self.config.min_channels, round_to=self.config.round_to,
+                            keep=self._keep(model), **self.config.criterion_options())
         apply_plan(model, plan)
         self.plan = self.plan.then(plan)
         self.groups = [self.groups[0] + plan.removed_groups, self.groups[1] or plan.candidate_groups]
@@ -95,8 +147,8 @@ class ChannelPruner(Modifier):
             self.prune_round(ctx.model)
             ctx.structure_changed = True
 
-    def loss(self, outputs: Tensor, batch: tuple[Tensor, Tensor], ctx: TrainContext) -> Tensor | None:
-        penalty = getattr(self.config, "l1_penalty", 0.0)
+    def loss(self, outputs: Tensor, batch: Any, ctx: TrainContext) -> Tensor | None:
+        penalty = self.config.penalty
         if not penalty or self.rounds >= self.config.steps:
             return None
         gammas = [m.weight.abs().sum() for m in ctx.model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
@@ -124,7 +176,3 @@ class ChannelPruner(Modifier):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plan, self.rounds = ChannelPlan.from_dict(state["plan"]), int(state["rounds"])
         self.groups = list(state.get("groups", [0, 0]))
-
-
-for _config in (L1Config, BnScaleConfig, TaylorConfig, GfbsConfig):
-    register_method(_config, ChannelPruner)

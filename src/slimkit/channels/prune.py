@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -11,17 +11,19 @@ from slimkit.channels.importance import CRITERIA, NEEDS_GRADIENTS, accumulate_bn
 from slimkit.channels.plan import ChannelPlan, apply_plan, make_plan
 from slimkit.channels.select import component_scores, select_removed
 from slimkit.errors import SlimkitError
+from slimkit.train.objective import Objective
 
 Criterion = Literal["l1", "bn_scale", "taylor", "gfbs"]
 
 
 def plan_pruning(model: nn.Module, example: Tensor, *, ratio: float, criterion: Criterion = "l1",
-                 batch: tuple[Tensor, Tensor] | None = None, scope: Literal["global", "layer"] = "global",
+                 batch: Any = None, objective: Objective | None = None, scope: Literal["global", "layer"] = "global",
                  min_channels: int = 1, round_to: int = 1, keep: set[str] = frozenset(),
                  beta_weight: float = 0.05) -> ChannelPlan:
     """The plan that removes `ratio` of the prunable channel groups of `model` by `criterion`.
 
-    Gradient criteria (taylor, gfbs) need `batch` (inputs, labels): one train-mode forward and backward.
+    Gradient criteria (taylor, gfbs) need `batch`: one train-mode forward and backward of the task's loss
+    (`objective`, cross-entropy on class ids by default).
     Layers named in `keep` keep all their output channels. `beta_weight` is GFBS's w_beta.
     """
     if not 0 <= ratio < 1:
@@ -31,8 +33,8 @@ def plan_pruning(model: nn.Module, example: Tensor, *, ratio: float, criterion: 
     graph = build_graph(model, example, keep)
     if criterion in NEEDS_GRADIENTS:
         if batch is None:
-            raise SlimkitError(f"criterion {criterion!r} needs a batch of training data")
-        accumulate_bn_gradients(model, batch)
+            raise SlimkitError(f"criterion {criterion!r} needs a batch of training data (batch=...)")
+        accumulate_bn_gradients(model, batch, objective or Objective())
     scores = gfbs_scores(graph, beta_weight) if criterion == "gfbs" else CRITERIA[criterion](graph)
     model.zero_grad(set_to_none=True)
     if not scores and ratio > 0:
@@ -43,7 +45,7 @@ def plan_pruning(model: nn.Module, example: Tensor, *, ratio: float, criterion: 
 
 
 def prune_channels(model: nn.Module, example: Tensor, *, ratio: float, criterion: Criterion = "l1",
-                   batch: tuple[Tensor, Tensor] | None = None, **options) -> tuple[nn.Module, ChannelPlan]:
+                   batch: Any = None, **options: Any) -> tuple[nn.Module, ChannelPlan]:
     """Prune `model` in place; returns it (an ordinary, smaller nn.Module) and the plan of kept indices."""
     plan = plan_pruning(model, example, ratio=ratio, criterion=criterion, batch=batch, **options)
     return apply_plan(model, plan), plan

@@ -1,31 +1,62 @@
-"""Data sets read from local disk; nothing here touches the network."""
+"""Data: bundled data sets read from local disk, and the user's own Datasets and DataLoaders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from slimkit.data.arrays import ArrayDataset, DataBundle, RawSplits, collate_batch, split_bundle
-from slimkit.data.cifar import load_cifar10
-from slimkit.data.digits import load_digits_dataset
-from slimkit.data.folder import load_image_folder
-from slimkit.data.idx import load_idx_dataset, locate_idx_files
+from torch.utils.data import DataLoader, Dataset
 
-if TYPE_CHECKING:
-    from slimkit.recipe import DataConfig
+from slimkit.config import resolve_factory
+from slimkit.data.arrays import ArrayDataset, DataBundle, RawSplits, batch_collate, collate_batch, split_bundle
+from slimkit.data.config import DataConfig
+from slimkit.data.idx import locate_idx_files
+from slimkit.data.sources import DATASETS
+from slimkit.errors import SlimkitError
 
-DATASETS: dict[str, Callable[[DataConfig], RawSplits]] = {
-    "fashion_mnist": lambda cfg: load_idx_dataset("fashion_mnist", cfg.path),
-    "mnist": lambda cfg: load_idx_dataset("mnist", cfg.path),
-    "digits": lambda cfg: load_digits_dataset(),
-    "cifar10": lambda cfg: load_cifar10(cfg.path),
-    "image_folder": lambda cfg: load_image_folder(cfg.path, cfg.image_size),
-}
+SPLITS = ("train", "val", "test")
+
+
+def _check_split(value: Any, argument: str) -> Dataset | DataLoader | None:
+    """A user's split as given, or an error naming the argument and what it accepts."""
+    if value is None or isinstance(value, Dataset | DataLoader):
+        return value
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    hint = (" (wrap arrays as torch.utils.data.TensorDataset(torch.as_tensor(x), torch.as_tensor(y)))"
+            if "numpy" in kind or isinstance(value, Sequence) else "")
+    raise SlimkitError(f"{argument}: a {kind} is not data slimkit reads; pass a torch Dataset or DataLoader"
+                       f"{hint}, a bundled data-set name ({', '.join(sorted(DATASETS))}) or a DataConfig")
+
+
+def user_data(train: Any, val: Any = None, test: Any = None, *, name: str = "user data",
+              classes: Sequence[str] | None = None, arguments: Sequence[str] = SPLITS) -> DataBundle:
+    """A DataBundle of the user's own splits (torch Datasets are batched by slimkit, DataLoaders are used
+    as given). Anything else is an error naming the argument."""
+    splits = [_check_split(value, argument) for value, argument in zip((train, val, test), arguments, strict=True)]
+    if splits[0] is None:
+        raise SlimkitError(f"{arguments[0]}: training data is required")
+    return DataBundle(name, *splits, classes=list(classes) if classes else None)
 
 
 def load_data(config: DataConfig) -> DataBundle:
-    """Read the configured data set and split it deterministically (by data.split_seed)."""
-    raw = DATASETS[config.name](config)
+    """Read the configured data set and split it deterministically (by data.split_seed), or call the
+    user's data factory."""
+    if config.factory is not None:
+        made = resolve_factory(config.factory, "data.factory")(**config.kwargs)
+        if isinstance(made, DataBundle):
+            return made
+        if isinstance(made, Mapping):
+            unknown = sorted(set(made) - set(SPLITS))
+            if unknown:
+                raise SlimkitError(f"data.factory {config.factory!r} returned keys {unknown}; allowed: {SPLITS}")
+            made = tuple(made.get(split) for split in SPLITS)
+        if not isinstance(made, tuple) or not 1 <= len(made) <= 3:
+            raise SlimkitError(f"data.factory {config.factory!r} must return {{'train': ..., 'val': ..., 'test': ...}}"
+                               f" or a tuple (train, val, test); it returned {type(made).__name__}")
+        made = (*made, None, None)[:3]
+        return user_data(*made, name=config.factory,
+                         arguments=[f"data.factory {config.factory!r} -> {s}" for s in SPLITS])
+    raw = DATASETS[config.name](config.path, config.image_size)
     return split_bundle(config.name, raw, val_fraction=config.val_fraction, split_seed=config.split_seed,
                         augment=config.augment, train_subset=config.train_subset)
 
@@ -34,4 +65,5 @@ def fashion_mnist_available() -> bool:
     return locate_idx_files("fashion_mnist", None) is not None
 
 
-__all__ = ["DATASETS", "ArrayDataset", "DataBundle", "collate_batch", "fashion_mnist_available", "load_data"]
+__all__ = ["DATASETS", "SPLITS", "ArrayDataset", "DataBundle", "DataConfig", "RawSplits", "batch_collate",
+           "collate_batch", "fashion_mnist_available", "load_data", "user_data"]

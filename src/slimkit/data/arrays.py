@@ -7,12 +7,15 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from slimkit.errors import SlimkitError
 
 Augment = Literal["none", "crop", "crop_flip"]
 
@@ -85,26 +88,73 @@ class RawSplits:
 
 @dataclass
 class DataBundle:
-    """Train/val/test splits plus the shape facts a model needs."""
+    """Train, validation and test data plus what is known of them. Each split is a torch Dataset (batched
+    by slimkit) or a DataLoader (used exactly as given); `classes` is None for data without class names."""
 
     name: str
-    train: ArrayDataset
-    val: ArrayDataset | None
-    test: ArrayDataset
-    classes: list[str]
+    train: Dataset | DataLoader
+    val: Dataset | DataLoader | None
+    test: Dataset | DataLoader | None
+    classes: list[str] | None = None
     note: str = ""
-    num_classes: int = field(init=False)
-    in_channels: int = field(init=False)
-    input_size: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.num_classes = len(self.classes)
-        self.in_channels = self.train.images.shape[1]
-        self.input_size = self.train.images.shape[-1]
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.input_size, self.input_size)
+    def num_classes(self) -> int | None:
+        return len(self.classes) if self.classes else None
+
+    @property
+    def images(self) -> Tensor | None:
+        """The stored training images of slimkit's own image data sets; None for other data."""
+        return self.train.images if isinstance(self.train, ArrayDataset) else None
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def input_size(self) -> int:
+        return self.input_shape[-1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's input shape, for data whose model input is a single tensor."""
+        if self.images is not None:
+            return tuple(self.images.shape[1:])
+        example = self.example()
+        if not isinstance(example, Tensor):
+            raise SlimkitError(f"data {self.name!r}: the model input is {type(example).__name__}, not one tensor, "
+                               f"so it has no single input shape; pass an example input where one is asked for")
+        return tuple(example.shape[1:])
+
+    def example(self, target_key: str = "labels") -> Any:
+        """One training sample as a batch of one: the model input (a tensor, or a dict of tensors without
+        the target's key)."""
+        loader = self.train if isinstance(self.train, DataLoader) else DataLoader(
+            self.train, batch_size=1, collate_fn=batch_collate(self.train), generator=torch.Generator())
+        batch = next(iter(loader), None)
+        if batch is None:
+            raise SlimkitError(f"data {self.name!r}: the training data is empty")
+        if isinstance(batch, Mapping):
+            return {k: v[:1] for k, v in batch.items() if k != target_key}
+        if isinstance(batch, Sequence) and batch and isinstance(batch[0], Tensor):
+            return batch[0][:1]
+        raise SlimkitError(f"data {self.name!r}: a batch of type {type(batch).__name__} is not one slimkit reads; "
+                           f"batches are tuples (inputs, target) or dicts of tensors")
+
+    def size(self, split: str) -> int | None:
+        """Samples in a split (None where a DataLoader's sampler does not say)."""
+        data = getattr(self, split)
+        if data is None:
+            return 0
+        try:
+            return len(data.dataset if isinstance(data, DataLoader) else data)
+        except TypeError:
+            return None
+
+
+def batch_collate(dataset: Dataset) -> Callable[[Any], Any]:
+    """slimkit's array data sets hand out whole batches already; any other data set is collated by torch."""
+    return collate_batch if isinstance(dataset, ArrayDataset) else default_collate
 
 
 def split_bundle(name: str, raw: RawSplits, *, val_fraction: float, split_seed: int, augment: str,

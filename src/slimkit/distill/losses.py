@@ -1,4 +1,6 @@
-"""Distillation losses: Hinton KD, graph-based relational KD (Lassance et al.) and RKD distance."""
+"""Distillation losses: Hinton KD (arXiv:1503.02531), graph-based relational KD (Lassance et al.,
+arXiv:1911.03080) and RKD distance (Park et al., arXiv:1904.05068); full references on the configs in
+`slimkit.distill.modifier`."""
 
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ from torch import Tensor, nn
 
 from slimkit.distill.losses import graph_kd, hinton_kd, rkd_distance
 from slimkit.errors import UnsupportedLayerError
-from slimkit.recipe import MethodConfig, register_method
+from slimkit.methods import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
+from slimkit.train.objective import Objective, logits_of
 
 
 class DistillConfig(MethodConfig):
@@ -25,7 +26,14 @@ class DistillConfig(MethodConfig):
 
 
 class HintonConfig(DistillConfig):
-    """Hinton KD on logits, with the T^2 factor."""
+    """Hinton KD on logits, with the T^2 factor.
+
+    L = weight * T^2 * KL(softmax(t / T) || softmax(s / T)): the teacher's softened outputs carry how it ranks
+    the wrong classes; T^2 keeps gradient magnitudes independent of T.
+
+    References:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531.
+    """
 
     method: Literal["hinton"] = "hinton"
     temperature: float = Field(4.0, gt=0)
@@ -38,7 +46,15 @@ class FeatureDistillConfig(DistillConfig):
 
 
 class GraphKdConfig(FeatureDistillConfig):
-    """Graph-based relational KD: compare cosine-similarity graphs of the batch at each tap."""
+    """Graph-based relational KD: compare cosine-similarity graphs of the batch at each tap.
+
+    A = cosine similarities of the batch's features (diagonal 0), Â = D^-1/2 A D^-1/2;
+    L = weight * sum over taps and entries of (Â_T^p - Â_S^p)^2 / taps. Only the B x B graphs are compared, so
+    student and teacher widths may differ.
+
+    References:
+        Lassance et al., "Deep Geometric Knowledge Distillation with Graphs", ICASSP 2020, arXiv:1911.03080.
+    """
 
     method: Literal["graph_kd"] = "graph_kd"
     k: int | None = Field(None, ge=1, description="k-NN graph from the teacher; null compares full graphs")
@@ -47,7 +63,14 @@ class GraphKdConfig(FeatureDistillConfig):
 
 
 class RkdConfig(FeatureDistillConfig):
-    """RKD distance: compare normalised pairwise distances at each tap."""
+    """RKD distance: compare normalised pairwise distances at each tap.
+
+    psi(i, j) = ||f_i - f_j|| / mean of the positive distances; L = weight * mean over taps of
+    smooth-L1(psi_S, psi_T): the student keeps the teacher's geometry, not its coordinates.
+
+    References:
+        Park, Kim, Lu & Cho, "Relational Knowledge Distillation", CVPR 2019, arXiv:1904.05068.
+    """
 
     method: Literal["rkd"] = "rkd"
 
@@ -75,6 +98,7 @@ class _Taps:
             handle.remove()
 
 
+@register_method(HintonConfig, GraphKdConfig, RkdConfig)
 class Distiller(Modifier):
     config: DistillConfig
 
@@ -94,17 +118,18 @@ class Distiller(Modifier):
             self.student_taps = _Taps(model, [s for s, _ in self.config.taps], "student")
             self.teacher_taps = _Taps(self.teacher, [t for _, t in self.config.taps], "teacher")
 
-    def loss(self, outputs: Tensor, batch: tuple[Tensor, Tensor], ctx: TrainContext) -> Tensor | None:
-        x, y = batch
+    def loss(self, outputs: Tensor, batch: Any, ctx: TrainContext | None) -> Tensor | None:
+        objective = ctx.objective if ctx is not None else Objective()  # the teacher reads batches as the student
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
+            teacher_logits = logits_of(objective.forward(self.teacher, batch))
         c = self.config
         if isinstance(c, HintonConfig):
             return c.weight * hinton_kd(outputs, teacher_logits, c.temperature)
         student = [self.student_taps.outputs[s] for s, _ in c.taps]
         teacher = [self.teacher_taps.outputs[t] for _, t in c.taps]
         if isinstance(c, GraphKdConfig):
-            return c.weight * graph_kd(student, teacher, y, k=c.k, class_mask=c.class_mask, power=c.power)
+            labels = objective.target(batch) if c.class_mask != "none" else None
+            return c.weight * graph_kd(student, teacher, labels, k=c.k, class_mask=c.class_mask, power=c.power)
         return c.weight * rkd_distance(student, teacher)
 
     def finalize(self, model: nn.Module) -> nn.Module:
@@ -115,7 +140,3 @@ class Distiller(Modifier):
 
     def summary(self) -> dict[str, Any]:
         return {"method": self.name, "teacher": str(self.config.teacher), "weight": self.config.weight}
-
-
-for _config in (HintonConfig, GraphKdConfig, RkdConfig):
-    register_method(_config, Distiller)

@@ -1,41 +1,37 @@
-"""The model zoo. Every builder takes in_channels, num_classes, input_size and width, so each model runs
-on 1x8x8 digits, 1x28x28 (Fashion-)MNIST and 3x32x32 CIFAR alike."""
+"""Models: the zoo (every builder takes in_channels, num_classes, input_size and width, so each model runs
+on 1x8x8 digits, 1x28x28 (Fashion-)MNIST and 3x32x32 CIFAR alike) and users' own models by import path."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from torch import nn
 
+from slimkit.config import resolve_factory
+from slimkit.errors import SlimkitError
+from slimkit.models.config import ModelConfig
 from slimkit.models.lenet import lenet
 from slimkit.models.mlp import mlp
 from slimkit.models.resnet import resnet18, resnet20, resnet32, resnet56
 from slimkit.models.vgg import vgg_small
-
-if TYPE_CHECKING:
-    from slimkit.recipe import ModelConfig
-
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
-    "lenet": lenet,
-    "resnet18": resnet18,
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet56": resnet56,
-    "vgg_small": vgg_small,
-}
+from slimkit.models.zoo import MODELS
 
 
-def build_model(config: ModelConfig, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
-    """Build a zoo model; explicit values in `config` win over the data set's shape."""
-    return MODELS[config.name](
-        in_channels=config.in_channels or in_channels,
-        num_classes=config.num_classes or num_classes,
-        input_size=config.input_size or input_size,
-        width=config.width,
-        **config.options,
-    )
+def build_model(config: ModelConfig, in_channels: int | None = None, num_classes: int | None = None,
+                input_size: int | None = None) -> nn.Module:
+    """Build the configured model. For a zoo model, explicit values in `config` win over the data's shape."""
+    if config.factory is not None:
+        model = resolve_factory(config.factory, "model.factory")(**config.kwargs)
+        if not isinstance(model, nn.Module):
+            raise SlimkitError(f"model.factory {config.factory!r} returned {type(model).__name__}, not a "
+                               f"torch.nn.Module")
+        return model
+    facts = {"in_channels": config.in_channels or in_channels, "num_classes": config.num_classes or num_classes,
+             "input_size": config.input_size or input_size}
+    missing = [k for k, v in facts.items() if v is None]
+    if missing:
+        raise SlimkitError(f"model {config.name!r} needs {', '.join(f'model.{k}' for k in missing)}: the data "
+                           f"does not say (it has no class names or is not images)")
+    return MODELS[config.name](**facts, width=config.width, **config.options)
 
 
-__all__ = ["MODELS", "build_model", "lenet", "mlp", "resnet18", "resnet20", "resnet32", "resnet56", "vgg_small"]
+__all__ = ["MODELS", "ModelConfig", "build_model", "lenet", "mlp", "resnet18", "resnet20", "resnet32", "resnet56",
+           "vgg_small"]

@@ -1,4 +1,5 @@
-"""Non-uniform level sets on [0, 1]: sum-of-two-powers-of-two (SP2) and additive powers of two (APoT)."""
+"""Non-uniform level sets on [0, 1]: sum-of-two-powers-of-two (SP2, Chang et al., HPCA 2021, arXiv:2012.04240)
+and additive powers of two (APoT, Li et al., ICLR 2020, arXiv:1909.13144)."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from slimkit.layers import LAYER_TYPES, LayerSelection, select_layers
+from slimkit.methods import MethodConfig, register_method
 from slimkit.quant.attach import quantize_layer, quantizer_parameters, weight_quantization
 from slimkit.quant.levels import apot_levels, sp2_levels
 from slimkit.quant.quantizers import LevelQuantizer, Observer, UniformQuantizer, activation_sample
-from slimkit.recipe import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
 
 
@@ -34,27 +34,53 @@ class QuantizeConfig(MethodConfig):
 
 
 class UniformConfig(QuantizeConfig):
-    """LSQ: per-channel weights, per-tensor activations, learned steps initialised by the observer."""
+    """LSQ: per-channel weights, per-tensor activations, learned steps initialised by the observer.
+
+    q = round(clamp(x / s, Q_n, Q_p)) * s, the step s learned through the straight-through estimator with its
+    gradient scaled by 1/sqrt(N Q_p), so steps and weights learn at comparable rates.
+
+    References:
+        Esser, McKinstry, Bablani, Appuswamy & Modha, "Learned Step Size Quantization", ICLR 2020,
+        arXiv:1902.08153.
+    """
 
     method: Literal["uniform"] = "uniform"
 
 
 class Sp2Config(QuantizeConfig):
     """Weights on the sign + sum-of-two-powers-of-two levels with a learnable clip (initialised to the clip with
-    the least quantization error); LSQ activations."""
+    the least quantization error); LSQ activations.
+
+    q = ±alpha (q1 + q2), q_i in {0, 2^-1, ..., 2^-(2^m_i - 1)}, m1 + m2 + 1 = bits: levels dense near 0, where
+    Gaussian-like weights sit, and each product is two shifts and an add.
+
+    References:
+        Chang et al., "Mix and Match: A Novel FPGA-Centric Deep Neural Network Quantization Framework" (SP2 and
+        mixed-scheme quantization, MSQ), HPCA 2021, arXiv:2012.04240.
+    """
 
     method: Literal["sp2"] = "sp2"
 
 
 class ApotConfig(QuantizeConfig):
     """APoT: standardised weights on ±APoT(bits - 1) levels (uniform at 2 bits), activations on APoT(bits)
-    levels, learnable clips starting at 3.0 (weights) and 6.0 (activations)."""
+    levels, learnable clips starting at 3.0 (weights) and 6.0 (activations).
+
+    Levels are alpha * (p_1 + ... + p_n), one term from each additive power-of-two set (APoT(4):
+    {0, 2^-1, 2^-3, 2^-5} + {0, 2^-2, 2^-4, 2^-6}, rescaled to max 1): non-uniform like powers of two but
+    without their sparse tail near alpha, and each product is still a few shifts and adds.
+
+    References:
+        Li, Dong & Wang, "Additive Powers-of-Two Quantization: An Efficient Non-uniform Discretization for Neural
+        Networks", ICLR 2020, arXiv:1909.13144.
+    """
 
     method: Literal["apot"] = "apot"
     bits: int = Field(4, ge=2, le=5)
 
 
-class Quantizer(Modifier):
+@register_method(UniformConfig, Sp2Config, ApotConfig)
+class QuantizeModifier(Modifier):
     config: QuantizeConfig
 
     def __init__(self, config: QuantizeConfig):
@@ -109,8 +135,8 @@ class Quantizer(Modifier):
     @torch.no_grad()
     def _collect_inputs(self, model: nn.Module, ctx: TrainContext) -> dict[str, Tensor]:
         """A sample of each layer's inputs over a few batches (float model, eval mode), plus the extremes."""
-        if ctx.train_loader is None:
-            return {}
+        batches = ctx.batches(self.config.calibration_batches, f"{self.name} calibration (calibration_batches: "
+                                                               f"{self.config.calibration_batches})")
         names = self._plan(model)
         found: dict[str, list[Tensor]] = {name: [] for name in names}
 
@@ -123,10 +149,8 @@ class Quantizer(Modifier):
         was_training = model.training
         model.eval()
         try:
-            for i, (x, _) in enumerate(ctx.train_loader):
-                if i == self.config.calibration_batches:
-                    break
-                model(x)
+            for batch in batches:
+                ctx.objective.forward(model, batch)
         finally:
             model.train(was_training)
             for h in handles:
@@ -140,7 +164,3 @@ class Quantizer(Modifier):
     def summary(self) -> dict[str, Any]:
         return {"method": self.name, "bits": self.config.bits, "first_last_bits": self.config.first_last_bits,
                 "quantized_layers": list(self.layers)}
-
-
-for _config in (UniformConfig, Sp2Config, ApotConfig):
-    register_method(_config, Quantizer)

@@ -35,7 +35,7 @@ def grad_scale(x: Tensor, scale: float) -> Tensor:
 
 
 class UniformQuantizer(nn.Module):
-    """LSQ (Esser et al. 2020): q = round(clamp(x / s, Qn, Qp)) * s with a learned step s.
+    """LSQ (Esser et al., ICLR 2020, arXiv:1902.08153): q = round(clamp(x / s, Qn, Qp)) * s with a learned step s.
 
     Weights: signed, one step per output channel. Activations: one step per tensor, unsigned when the
     calibration data are non-negative. The step is initialised by an observer on calibration data (or,

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.metrics import precision_summary
-from slimkit.report.plots import plot_layer_sparsity, plot_training
 
 
 def _pct(x: float) -> str:
@@ -24,6 +23,12 @@ def _size(n: float) -> str:
 
 def _count(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+def _shape(shape: list[int] | dict[str, list[int]]) -> str:
+    if isinstance(shape, dict):
+        return ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shape.items())
+    return "x".join(map(str, shape))
 
 
 def _ratio(before: float, after: float) -> str:
@@ -45,13 +50,52 @@ class Report:
             raise SlimkitError(f"{run_dir} is not a finished slimkit run: {path} is missing")
         return cls(json.loads(path.read_text()))
 
+    @property
+    def reference(self) -> str:
+        """'trained' when the dense column is a baseline this run trained, 'given' when it is the user's
+        model as it was handed in (runs from before this key were one or the other by their history)."""
+        saved = self.metrics.get("reference")
+        if saved is not None:
+            return saved
+        return "trained" if self.metrics["models"]["dense"].get("history") else "given"
+
+    @property
+    def reference_label(self) -> str:
+        """The dense column's heading."""
+        return "dense (trained baseline)" if self.reference == "trained" else "dense (as given)"
+
+    @property
+    def metric(self) -> dict[str, Any] | None:
+        """The task metric ({name, higher_is_better}) or None; accuracy for runs from before this key."""
+        objective = self.metrics.get("objective")
+        return {"name": "acc", "higher_is_better": True} if objective is None else objective["metric"]
+
+    def _quality_rows(self) -> list[tuple[str, str, str, str]]:
+        """The metric and loss on the evaluated split. A change is claimed only against a trained baseline:
+        the model as given may never have been trained, so a gain over it would mean nothing."""
+        dense, comp = self.metrics["models"]["dense"], self.metrics["models"]["compressed"]
+        split = self.metrics["data"].get("eval_split", "test")
+        trained = self.reference == "trained"
+        rows = []
+        if self.metric is not None:
+            key, name = f"test_{self.metric['name']}", self.metric["name"]
+            if name == "acc":
+                change = f"{100 * (comp[key] - dense[key]):+.2f} pts"
+                rows.append((f"{split} accuracy", _pct(dense[key]), _pct(comp[key]), change if trained else "n/a"))
+            else:
+                change = f"{comp[key] - dense[key]:+.4g}"
+                rows.append((f"{split} {name}", f"{dense[key]:.4g}", f"{comp[key]:.4g}", change if trained else "n/a"))
+        if self.metric is None or self.metric["name"] != "acc":
+            rows.append((f"{split} loss", f"{dense['test_loss']:.4g}", f"{comp['test_loss']:.4g}",
+                         f"{comp['test_loss'] - dense['test_loss']:+.4g}" if trained else "n/a"))
+        return rows
+
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(metric, dense, compressed, change) for the headline table."""
         dense, comp = self.metrics["models"]["dense"], self.metrics["models"]["compressed"]
         dm, cm = dense["measurement"], comp["measurement"]
         rows = [
-            ("test accuracy", _pct(dense["test_acc"]), _pct(comp["test_acc"]),
-             f"{100 * (comp['test_acc'] - dense['test_acc']):+.2f} pts"),
+            *self._quality_rows(),
             ("sparsity (all parameters)", _pct(dm["sparsity"]), _pct(cm["sparsity"]), ""),
         ]
         for stage in self.metrics.get("stages", []):
@@ -82,7 +126,7 @@ class Report:
 
     def table(self) -> str:
         """The headline comparison as a Markdown table."""
-        lines = ["| metric | dense | compressed | change |", "|---|---:|---:|---:|"]
+        lines = [f"| metric | {self.reference_label} | compressed | change |", "|---|---:|---:|---:|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows()]
         return "\n".join(lines)
 
@@ -94,6 +138,13 @@ class Report:
             lines.append(f"| {layer['name']} | {layer['type']} | {shape} | {layer['params']} | {layer['nonzeros']} "
                          f"| {_pct(layer['sparsity'])} | {_count(layer['macs'])} | {_count(layer['effective_macs'])} |")
         return "\n".join(lines)
+
+    def _reference_note(self) -> str:
+        if self.reference == "trained":
+            return "The dense column is the baseline this run trained first; the compressed model starts from it."
+        return ("The dense column is the model **as given**: this recipe trains no baseline, so it is whatever "
+                "was handed in, trained or not. No change in quality is claimed against it; add a `baseline` "
+                "section to the recipe to compare against a trained dense model.")
 
     def _precision_section(self) -> list[str]:
         layers = self.metrics["models"]["compressed"]["measurement"]["layers"]
@@ -109,15 +160,18 @@ class Report:
             f"# slimkit report: {m['recipe']}",
             "",
             f"Data: **{data['name']}** ({data['train']} train / {data['val']} val / {data['test']} test, "
-            f"input {'x'.join(map(str, data['input_shape']))}). Model: **{m['model']}**. Seed {env['seed']}."
+            f"input {_shape(data['input_shape'])}). Model: **{m['model']}**. Seed {env['seed']}."
             + (f"\n\n> {data['note']}" if data.get("note") else ""),
             "",
             "## Dense versus compressed",
             "",
             self.table(),
             "",
-            "Accuracy is on the held-out test split, for the epoch with the best validation accuracy among "
-            "epochs where compression had reached its target. Latency is the median over interleaved repeats "
+            self._reference_note(),
+            "",
+            "Quality is measured on the held-out split named in the table, for the best epoch (by the validation "
+            "metric, or loss) among epochs where compression had reached its target. Latency is the median over "
+            "interleaved repeats "
             "after warm-up in eager PyTorch. Sparse and binary layers run on dense float kernels here, so they "
             "save bytes and operations but not time until the model is deployed with sparse or bit-packed "
             "kernels.",
@@ -149,9 +203,12 @@ class Report:
 
     def write(self, run_dir: Path) -> Path:
         """report.md plus its two PNG plots, in `run_dir`."""
+        from slimkit.report.plots import plot_layer_sparsity, plot_training  # matplotlib only when drawing
+
         run_dir = Path(run_dir)
         models = self.metrics["models"]
-        plot_training({k: v["history"] for k, v in models.items()}, run_dir / "training.png")
+        metric = self.metric["name"] if self.metric else None
+        plot_training({k: v["history"] for k, v in models.items()}, run_dir / "training.png", metric)
         plot_layer_sparsity(models["compressed"]["measurement"]["layers"], run_dir / "layer_sparsity.png")
         path = run_dir / "report.md"
         path.write_text(self.markdown())

@@ -11,23 +11,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def plot_training(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Loss and accuracy per epoch; the phases (dense, compressed) follow each other on one time axis."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+def plot_training(histories: dict[str, list[dict[str, Any]]], path: Path, metric: str | None = "acc") -> Path:
+    """Loss and the task metric per epoch (loss alone without a metric); the phases (dense, compressed)
+    follow each other on one time axis."""
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 3.6), squeeze=False)
+    ax_loss, ax_metric = axes[0][0], axes[0][1] if metric else None
+    scale = 100 if metric == "acc" else 1
     offset = 0
     for phase, history in histories.items():
         if not history:
             continue
         epochs = [offset + r["epoch"] + 1 for r in history]
         ax_loss.plot(epochs, [r["train_loss"] for r in history], marker=".", label=f"{phase} train")
-        ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], marker=".", label=f"{phase} train")
-        if "val_acc" in history[0]:
+        if "val_loss" in history[0]:
             ax_loss.plot(epochs, [r["val_loss"] for r in history], marker=".", ls="--", label=f"{phase} val")
-            ax_acc.plot(epochs, [100 * r["val_acc"] for r in history], marker=".", ls="--", label=f"{phase} val")
+        if ax_metric is not None:
+            ax_metric.plot(epochs, [scale * r[f"train_{metric}"] for r in history], marker=".", label=f"{phase} train")
+            if f"val_{metric}" in history[0]:
+                ax_metric.plot(epochs, [scale * r[f"val_{metric}"] for r in history], marker=".", ls="--",
+                               label=f"{phase} val")
         offset = epochs[-1]
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
+    if ax_metric is not None:
+        label = "accuracy (%)" if metric == "acc" else metric
+        ax_metric.set(xlabel="epoch", ylabel=label, title=label.split(" ")[0].capitalize())
+    for ax in [a for a in (ax_loss, ax_metric) if a is not None]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

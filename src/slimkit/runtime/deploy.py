@@ -4,6 +4,9 @@ Each candidate layer (binary; sparse conv/linear, pattern-pruned included) is bu
 layer it replaces on that layer's real input (the example's activations, after a warm-up that absorbs
 JIT compilation), and kept only if faster. Every decision is recorded in `model.deploy_report`, dense
 fallbacks and their reasons included. N:M layers stay dense: CPUs have no N:M speedup path.
+
+The kernel modules (and so numba, which takes a fifth of a second to import) are imported on first use,
+inside the functions below, so that `import slimkit` does not load numba.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from torch import Tensor, nn
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import CheckpointError
 from slimkit.folding import batchnorm_affine, batchnorm_pairs, fold_into
-from slimkit.runtime.modules import NotDeployable, PackedBinaryConv2d, PatternConv2d, SparseConv2d, SparseLinear
 from slimkit.sparsity.structure import detect_structure
 from slimkit.train.checkpoint import MODEL_FORMAT, atomic_save, safe_load
 
@@ -31,6 +33,8 @@ MIN_SPARSITY = 0.5  # below this a sparse kernel cannot beat dense BLAS; not eve
 
 def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[], nn.Module] | None, str]:
     """(kind, builder or None, reason) for one layer."""
+    from slimkit.runtime.modules import PackedBinaryConv2d, PatternConv2d, SparseConv2d, SparseLinear
+
     if isinstance(module, BinaryConv2d | BinaryLinear):
         return "binary", lambda: PackedBinaryConv2d(module, threads), ""
     if type(module) not in (nn.Conv2d, nn.Linear):  # parametrized (quantized, masked) layers are left alone
@@ -84,6 +88,8 @@ def deploy(model: nn.Module, example: Tensor | None = None, *, choices: dict[str
     outputs match eval within float rounding only; in a BNN a value within rounding of 0 can then take the
     other sign in the next binary layer. Off by default, so binary layers stay exact.
     """
+    from slimkit.runtime.modules import NotDeployable, PackedBinaryConv2d  # numba loads here, not on import
+
     model = copy.deepcopy(model).eval()
     pairs = batchnorm_pairs(model) if fold_batchnorm else {}
     for layer_name, bn_name in pairs.items():  # float layers fold now, so their timing is of the folded form

@@ -1,10 +1,10 @@
-"""Sense-style kernel-balanced sparsity (spec section 4): every group, one output filter times a tile of T
-input channels (all kernel positions), keeps exactly floor((1 - s) * |group|) weights, so each processing
-element gets the same work. Sense's own setting is s = 1/2.
+"""Sense-style kernel-balanced sparsity: every group, one output filter times a tile of T input channels
+(all kernel positions), keeps exactly floor((1 - s) * |group|) weights, so each processing element gets the
+same work. Sense's own setting is s = 1/2.
 
-No code of the paper exists; this follows the spec's reconstruction: start from trained weights, raise s
-linearly to its target while retraining with the masks applied, and (optionally) rearrange input channels
-first so that each tile holds channels of similar activation sparsity (`rearrange.py`).
+No code of the paper exists, so the training is reconstructed from its description: start from trained
+weights, raise s linearly to its target while retraining with the masks applied, and (optionally) rearrange
+input channels first so that each tile holds channels of similar activation sparsity (`rearrange.py`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from slimkit.recipe import register_method
+from slimkit.methods import register_method
 from slimkit.sparsity.pruner import GradualConfig, Pruner
 from slimkit.sparsity.rearrange import rearrange_channels
 from slimkit.train.modifier import TrainContext
 
 
 class SenseConfig(GradualConfig):
-    """Balanced groups of one filter x `tile` input channels; sparsity rises linearly over the window."""
+    """Balanced groups of one filter x `tile` input channels; sparsity rises linearly over the window.
+
+    Each group g keeps its floor((1 - s) |g|) largest |w|, so every PE column of a systolic array gets equal work.
+
+    References:
+        Sun et al., "Sense: Model Hardware Co-design for Accelerating Sparse CNN on Systolic Array",
+        arXiv:2202.00389.
+    """
 
     method: Literal["sense"] = "sense"
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed from every group")
@@ -65,6 +72,7 @@ def is_balanced(weight: Tensor, tile: int, sparsity: float) -> bool:
                for count, part in zip(group_nonzeros(weight, tile), _tiles(weight.shape[1], tile), strict=True))
 
 
+@register_method(SenseConfig)
 class SensePruner(Pruner):
     config: SenseConfig
     gradual = True
@@ -86,11 +94,7 @@ class SensePruner(Pruner):
         super().on_epoch_start(epoch, ctx)
 
     def rearrange(self, ctx: TrainContext) -> None:
-        batches = []
-        for i, (x, _) in enumerate(ctx.train_loader or []):
-            if i == self.config.calibration_batches:
-                break
-            batches.append(x)
+        batches = ctx.input_tensors(self.config.calibration_batches, f"{self.name} channel rearrangement")
         self.permutations = rearrange_channels(ctx.model, batches, list(self.masks), ctx.optimizer)
         self.rearranged = True
 
@@ -104,6 +108,3 @@ class SensePruner(Pruner):
         super().load_state_dict(state)
         self.rearranged = bool(state.get("rearranged", False))
         self.permutations = dict(state.get("permutations", {}))
-
-
-register_method(SenseConfig, SensePruner)

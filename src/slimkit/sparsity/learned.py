@@ -1,4 +1,4 @@
-"""Masks from learned scores: OptG (spec section 1) and hard movement pruning (spec section 7).
+"""Masks from learned scores: OptG and hard movement pruning.
 
 Both keep a score tensor S beside each weight, start it at 0, and train it with the straight-through
 estimator dL/dS = W * G (see `ScoredMask`), so S accumulates the first-order Taylor criterion -w*g for kept
@@ -15,14 +15,22 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from slimkit.recipe import register_method
+from slimkit.methods import register_method
 from slimkit.sparsity.masks import ScoredMask, raw_weight
 from slimkit.sparsity.pruner import GradualConfig, PruneConfig, Pruner
 from slimkit.train.modifier import TrainContext
 
 
 class OptgConfig(PruneConfig):
-    """OptG: supermask scores, one global ranking per epoch, sigmoid sparsity and score-LR schedule."""
+    """OptG: supermask scores, one global ranking per epoch, sigmoid sparsity and score-LR schedule.
+
+    p_e = p * sigmoid(beta (e - E/2)); S <- S - lr_e sigmoid(beta (e - E/2)) (W * G). Supermask training sums the
+    gradient criterion -w*g over kept and pruned weights, so the ranking sees how weights interact.
+
+    References:
+        Zhang, Lin, Chen, Chao & Ji, "OptG: Optimizing Gradient-driven Criteria in Network Sparsity",
+        arXiv:2201.12826.
+    """
 
     method: Literal["optg"] = "optg"
     beta: float = Field(1.0, gt=0, description="steepness of the sigmoid schedule (the paper's configs use 1)")
@@ -31,7 +39,14 @@ class OptgConfig(PruneConfig):
 
 
 class MovementConfig(GradualConfig):
-    """Hard movement pruning: per-layer top-k of learned scores, cubic schedule."""
+    """Hard movement pruning: per-layer top-k of learned scores, cubic schedule.
+
+    S <- S - lr (W * G) (straight-through), keep the top-k of S: weights that move away from zero during
+    fine-tuning are kept, whatever their magnitude, which suits pretrained models.
+
+    References:
+        Sanh, Wolf & Rush, "Movement Pruning: Adaptive Sparsity by Fine-Tuning", NeurIPS 2020, arXiv:2005.07683.
+    """
 
     method: Literal["movement"] = "movement"
     scope: Literal["global", "layer"] = "layer"
@@ -78,6 +93,7 @@ class LearnedScorePruner(Pruner):
                 group["lr_scale"] = scale
 
 
+@register_method(MovementConfig)
 class MovementPruner(LearnedScorePruner):
     config: MovementConfig
     gradual = True
@@ -87,6 +103,7 @@ class MovementPruner(LearnedScorePruner):
         self.lr_scale = config.score_lr_scale
 
 
+@register_method(OptgConfig)
 class OptgPruner(LearnedScorePruner):
     """OptG as zyxxmu/OptG's code runs it. Deviations: ties at the threshold go to the larger |w|, so exactly
     keep weights survive (the code keeps every tie, and prunes nothing while all scores are still 0);
@@ -125,7 +142,3 @@ class OptgPruner(LearnedScorePruner):
 
     def summary(self) -> dict[str, Any]:
         return super().summary() | {"beta": self.config.beta, "mask_update": self.config.mask_update}
-
-
-register_method(OptgConfig, OptgPruner)
-register_method(MovementConfig, MovementPruner)

@@ -1,5 +1,5 @@
-"""The unstructured baselines (spec section 7): one-shot magnitude, gradual magnitude (Zhu & Gupta's cubic
-schedule, by |w| or by the Taylor criterion |w*g|) and SNIP.
+"""The unstructured baselines: one-shot magnitude, gradual magnitude (Zhu & Gupta's cubic schedule, by |w|
+or by the Taylor criterion |w*g|) and SNIP.
 
 Scores are taken through the mask, so a pruned weight never returns and masks shrink monotonically.
 """
@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from slimkit.recipe import register_method
+from slimkit.methods import register_method
 from slimkit.sparsity.masks import raw_weight
 from slimkit.sparsity.pruner import GradualConfig, PruneConfig, Pruner
 from slimkit.train.modifier import TrainContext
@@ -25,7 +25,15 @@ class MagnitudeConfig(PruneConfig):
 
 
 class GradualMagnitudeConfig(GradualConfig):
-    """Raise sparsity from initial_sparsity to sparsity between start_epoch and end_epoch (cubic)."""
+    """Raise sparsity from initial_sparsity to sparsity between start_epoch and end_epoch (cubic).
+
+    s(t) = s_f + (s_i - s_f) (1 - p)^3, p the fraction of the window elapsed, masks re-ranked at every update:
+    prune fast while redundancy is high, slowly near the target so training can recover.
+
+    References:
+        Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model compression",
+        arXiv:1710.01878.
+    """
 
     method: Literal["gmp"] = "gmp"
     criterion: Literal["magnitude", "taylor"] = Field(
@@ -33,16 +41,26 @@ class GradualMagnitudeConfig(GradualConfig):
 
 
 class SnipConfig(PruneConfig):
-    """SNIP: rank |g*w| from `batches` batches at start_epoch (before any training by default), prune once."""
+    """SNIP: rank |g*w| from `batches` batches at start_epoch (before any training by default), prune once.
+
+    s_j = |dL/dc_j| at c = 1 = |g_j w_j| (connection sensitivity), one global top-k: the weights the loss
+    depends on are chosen from data, with no pretraining or schedule.
+
+    References:
+        Lee, Ajanthan & Torr, "SNIP: Single-shot Network Pruning based on Connection Sensitivity", ICLR 2019,
+        arXiv:1810.02340.
+    """
 
     method: Literal["snip"] = "snip"
     batches: int = Field(1, ge=1)
 
 
+@register_method(MagnitudeConfig)
 class MagnitudePruner(Pruner):
     """One-shot magnitude pruning."""
 
 
+@register_method(GradualMagnitudeConfig)
 class GradualPruner(Pruner):
     """Gradual pruning by magnitude or by the first-order Taylor criterion |w*g|.
 
@@ -96,6 +114,7 @@ class GradualPruner(Pruner):
         self.sums.update({name: saved.clone() for name, saved in state.get("sums", {}).items()})
 
 
+@register_method(SnipConfig)
 class SnipPruner(Pruner):
     """SNIP (Lee et al. 2019): connection sensitivity |dL/dc| at c = 1, i.e. |g*w|, on the weights as they
     are at start_epoch, one global top-k, mask fixed afterwards. The official code also scores biases and
@@ -106,8 +125,3 @@ class SnipPruner(Pruner):
 
     def scores(self) -> dict[str, Tensor]:
         return self.batch_taylor_scores(self.config.batches)
-
-
-register_method(MagnitudeConfig, MagnitudePruner)
-register_method(GradualMagnitudeConfig, GradualPruner)
-register_method(SnipConfig, SnipPruner)

@@ -14,13 +14,22 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from slimkit.layers import LayerSelection
-from slimkit.recipe import MethodConfig, register_method
+from slimkit.methods import MethodConfig, register_method
 from slimkit.sparsity.pruner import Pruner
 from slimkit.sparsity.schedules import cubic_sparsity
 
 
 class NMConfig(MethodConfig):
-    """Keep the n largest |w| of every m along the input dimension; gradual when end_epoch is set."""
+    """Keep the n largest |w| of every m along the input dimension; gradual when end_epoch is set.
+
+    mask_g = top-n |w| within each group g of m consecutive inputs (sparsity 1 - n/m). 2:4 is the pattern sparse
+    tensor cores run at twice the dense rate. Masks come from magnitude; SR-STE is not implemented.
+
+    References:
+        Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch", ICLR 2021,
+        arXiv:2102.04010.
+        Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378.
+    """
 
     kind = "prune"
     method: Literal["nm"] = "nm"
@@ -28,6 +37,10 @@ class NMConfig(MethodConfig):
     m: int = Field(4, ge=2)
     layers: LayerSelection = Field(default_factory=LayerSelection)
     updates_per_epoch: int = Field(4, ge=1)
+
+    @property
+    def mask_updates_per_epoch(self) -> int:
+        return self.updates_per_epoch
 
     @model_validator(mode="after")
     def _n_below_m(self) -> NMConfig:
@@ -71,6 +84,7 @@ def is_nm(weight: Tensor, n: int, m: int) -> bool:
     return bool((padded.reshape(-1, m).sum(1) <= n).all())
 
 
+@register_method(NMConfig)
 class NMPruner(Pruner):
     """One-shot at start_epoch, or, with end_epoch, kept-per-group stepping down from m to n (cubic)."""
 
@@ -97,6 +111,3 @@ class NMPruner(Pruner):
     def summary(self) -> dict[str, Any]:
         return {"method": self.name, "n": self.config.n, "m": self.config.m, "target_sparsity": self.final,
                 "layers": list(self.masks)}
-
-
-register_method(NMConfig, NMPruner)

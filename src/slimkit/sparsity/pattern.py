@@ -1,4 +1,4 @@
-"""PatDNN/PCONV pattern plus connectivity sparsity (spec section 2), trained with ADMM.
+"""PatDNN/PCONV pattern plus connectivity sparsity, trained with ADMM.
 
 - A pattern is a 3x3 support of 4 entries that includes the centre (56 candidates). The library is the K
   patterns that occur most often when every trained 3x3 kernel keeps its centre plus its 3 largest |w|.
@@ -8,7 +8,7 @@
 - ADMM minimises CE + rho/2 ||W - Z + U||^2 + rho/2 ||W - Y + V||^2 with Z, Y the pattern and connectivity
   copies and U, V scaled duals updated after each epoch; then a hard prune to Pi_pat(Pi_conn(W)) != 0 and
   masked retraining. The penalty is the papers' squared Frobenius norm (the unofficial code used the plain
-  norm). No official training code exists; see the spec for what is reconstructed.
+  norm). No official training code exists: this follows the papers and that unofficial reimplementation.
 - `filter_group` (slimkit's extension): consecutive groups of filters share kept kernels and patterns, both
   chosen on summed squared norms, so both projections stay Euclidean; the CPU runtime runs such groups as
   dense GEMMs. 1 (the default) is PatDNN.
@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from slimkit.layers import LayerSelection
-from slimkit.recipe import MethodConfig, register_method
+from slimkit.methods import MethodConfig, register_method
 from slimkit.sparsity.masks import raw_weight
 from slimkit.sparsity.pruner import Pruner
 from slimkit.train.modifier import TrainContext
@@ -130,7 +130,17 @@ def _is_3x3(weight: Tensor) -> bool:
 
 class PatternConfig(MethodConfig):
     """PatDNN: ADMM for `admm_epochs` from start_epoch, then hard pattern + connectivity pruning and
-    masked retraining to the end."""
+    masked retraining to the end.
+
+    Every kept 3x3 kernel has one of K 4-entry patterns and ceil(n / r_c) kernels per layer survive: regular
+    enough for a compiler to emit dense inner loops, fine-grained enough to keep accuracy.
+
+    References:
+        Niu et al., "PatDNN: Achieving Real-Time DNN Execution on Mobile Devices with Pattern-based Weight
+        Pruning", ASPLOS 2020, arXiv:2001.00138.
+        Ma et al., "PCONV: The Missing but Desirable Sparsity in DNN Weight Pruning for Real-time Execution on
+        Mobile Devices", AAAI 2020, arXiv:1909.05073.
+    """
 
     kind = "prune"
     method: Literal["patdnn"] = "patdnn"
@@ -143,6 +153,7 @@ class PatternConfig(MethodConfig):
     layers: LayerSelection = Field(default_factory=lambda: LayerSelection(types=["conv"]))
 
 
+@register_method(PatternConfig)
 class PatternPruner(Pruner):
     config: PatternConfig
 
@@ -239,6 +250,3 @@ class PatternPruner(Pruner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.current, self.pruned = float(state["current"]), bool(state["pruned"])
         self.library, self.admm = state["library"], dict(state["admm"])
-
-
-register_method(PatternConfig, PatternPruner)

@@ -8,8 +8,6 @@ sparsity (`select`: global or per-layer top-k, N:M groups, balanced groups), and
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -17,10 +15,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from slimkit.layers import LayerSelection, select_layers
-from slimkit.recipe import MethodConfig
+from slimkit.methods import MethodConfig
 from slimkit.sparsity.masks import WeightMask, add_mask, raw_weight, remove_mask
 from slimkit.sparsity.schedules import cubic_sparsity
-from slimkit.sparsity.topk import global_masks, layerwise_masks
+from slimkit.sparsity.topk import global_masks, layerwise_masks, refuse_empty
 from slimkit.train import distributed
 from slimkit.train.gradients import loss_gradients
 from slimkit.train.modifier import Modifier, TrainContext
@@ -32,7 +30,18 @@ class PruneConfig(MethodConfig):
     kind = "prune"
     sparsity: float = Field(ge=0, lt=1, description="fraction of weights removed in the selected layers")
     scope: Literal["global", "layer"] = "global"
+    max_layer_sparsity: float | None = Field(
+        None, gt=0, le=1, description="global scope: no layer loses more than this share of its weights")
     layers: LayerSelection = Field(default_factory=LayerSelection)
+
+    @property
+    def schedule_start(self) -> float:
+        """Where the sparsity schedule starts: the target itself for a method that prunes at once."""
+        return self.sparsity
+
+    @property
+    def mask_updates_per_epoch(self) -> int:
+        return 1
 
 
 class GradualConfig(PruneConfig):
@@ -40,6 +49,14 @@ class GradualConfig(PruneConfig):
 
     initial_sparsity: float = Field(0.0, ge=0, lt=1)
     updates_per_epoch: int = Field(4, ge=1)
+
+    @property
+    def schedule_start(self) -> float:
+        return self.initial_sparsity
+
+    @property
+    def mask_updates_per_epoch(self) -> int:
+        return self.updates_per_epoch
 
 
 class Pruner(Modifier):
@@ -57,8 +74,7 @@ class Pruner(Modifier):
         self.masks: dict[str, tuple[nn.Module, WeightMask]] = {}
         self.steps_per_epoch = 1
         self.end_epoch = config.start_epoch
-        self.model: nn.Module | None = None
-        self.loader: Iterable[tuple[Tensor, Tensor]] | None = None
+        self.ctx: TrainContext | None = None
 
     @property
     def final(self) -> float:
@@ -69,14 +85,14 @@ class Pruner(Modifier):
         layers = select_layers(model, self.config.layers)
         self.masks = {name: (m, add_mask(m, scored=self.scored_masks)) for name, m in layers.items()}
         self.steps_per_epoch = max(1, ctx.steps_per_epoch)
-        self.model, self.loader = model, ctx.train_loader
+        self.ctx = ctx
         if self.gradual:
             self.end_epoch = self.config.end_epoch if self.config.end_epoch is not None else ctx.epochs
 
     # --- schedule -------------------------------------------------------------------------------
     def schedule(self, progress: float) -> float:
         """Target sparsity at `progress` in [0, 1] through the window: Zhu & Gupta's cubic by default."""
-        return cubic_sparsity(progress, getattr(self.config, "initial_sparsity", self.final), self.final)
+        return cubic_sparsity(progress, self.config.schedule_start, self.final)
 
     def target(self, step: int) -> float:
         """Target sparsity after `step` optimiser steps."""
@@ -93,7 +109,7 @@ class Pruner(Modifier):
         start, end = self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
         if not start < step <= end:
             return
-        interval = max(1, self.steps_per_epoch // getattr(self.config, "updates_per_epoch", 1))
+        interval = max(1, self.steps_per_epoch // self.config.mask_updates_per_epoch)
         if (step - start) % interval == 0 or step == end:
             self.prune_to(self.target(step))
 
@@ -103,11 +119,9 @@ class Pruner(Modifier):
         return {n: (raw_weight(m) * mask.mask).abs() for n, (m, mask) in self.masks.items()}
 
     def batch_taylor_scores(self, batches: int) -> dict[str, Tensor]:
-        """|w * g| with g the cross-entropy gradient summed over the next `batches` training batches
+        """|w * g| with g the gradient of the task's loss summed over the first `batches` training batches
         (local to this rank: a method using it sets gradient_scores so they are averaged)."""
-        if self.loader is None:
-            raise RuntimeError(f"{self.name} needs training batches to score weights")
-        loss_gradients(self.model, itertools.islice(iter(self.loader), batches))
+        loss_gradients(self.ctx.model, self.ctx.batches(batches, f"{self.name} scores"), self.ctx.objective)
         return {n: (raw_weight(m) * raw_weight(m).grad).abs() for n, (m, _) in self.masks.items()}
 
     def tiebreak(self) -> dict[str, Tensor] | None:
@@ -116,8 +130,9 @@ class Pruner(Modifier):
 
     def select(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
         """Keep masks holding exactly `sparsity` zeros, over all layers at once or per layer."""
-        select = global_masks if self.config.scope == "global" else layerwise_masks
-        return select(scores, sparsity, self.tiebreak())
+        if self.config.scope == "layer":
+            return layerwise_masks(scores, sparsity, self.tiebreak())
+        return global_masks(scores, sparsity, self.tiebreak(), self.config.max_layer_sparsity)
 
     def prune_to(self, sparsity: float) -> None:
         """Recompute the masks at `sparsity` (for a monotone method, only when it is above the current one)."""
@@ -128,7 +143,7 @@ class Pruner(Modifier):
             if self.gradient_scores:
                 for s in scores.values():
                     distributed.all_reduce_mean(s)
-            for name, new in self.select(scores, sparsity).items():
+            for name, new in refuse_empty(self.select(scores, sparsity), sparsity).items():
                 self.masks[name][1].mask.copy_(new)
         self.current = sparsity
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from slimkit.errors import SlimkitError
+
 
 def keep_count(numel: int, sparsity: float) -> int:
     """How many of `numel` entries survive at `sparsity`: numel - round(sparsity * numel)."""
@@ -27,6 +29,16 @@ def topk_mask(scores: Tensor, keep: int, tiebreak: Tensor | None = None) -> Tens
     return mask.view_as(scores)
 
 
+def refuse_empty(masks: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
+    """A layer with no weight left disconnects the network: refuse it, naming the layers."""
+    empty = [name for name, mask in masks.items() if mask.numel() and not bool(mask.any())]
+    if empty:
+        raise SlimkitError(f"pruning to {sparsity:.2%} would remove every weight of {', '.join(empty[:5])}"
+                           f"{' and more' if len(empty) > 5 else ''}, which disconnects the network; cap each "
+                           f"layer with max_layer_sparsity (e.g. 0.98), use scope: layer, or lower the sparsity")
+    return masks
+
+
 def layerwise_masks(scores: dict[str, Tensor], sparsity: float,
                     tiebreak: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Each layer keeps its own exact share."""
@@ -34,16 +46,31 @@ def layerwise_masks(scores: dict[str, Tensor], sparsity: float,
             for name, s in scores.items()}
 
 
-def global_masks(scores: dict[str, Tensor], sparsity: float,
-                 tiebreak: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-    """One ranking over all layers; exactly keep_count(total) entries survive in all."""
+def global_masks(scores: dict[str, Tensor], sparsity: float, tiebreak: dict[str, Tensor] | None = None,
+                 max_layer_sparsity: float | None = None) -> dict[str, Tensor]:
+    """One ranking over all layers; exactly keep_count(total) entries survive in all.
+
+    With `max_layer_sparsity` (Torch-Pruning's max_pruning_ratio, per weight), every layer first keeps its
+    own best keep_count(n, cap) entries and the rest of the budget goes by the global ranking; a target
+    the cap cannot meet is refused.
+    """
     names = list(scores)
     flat = torch.cat([scores[n].reshape(-1).float() for n in names])
     second = torch.cat([tiebreak[n].reshape(-1).float() for n in names]) if tiebreak else None
-    keep = topk_mask(flat, keep_count(flat.numel(), sparsity), second)
+    keep = keep_count(flat.numel(), sparsity)
+    if max_layer_sparsity is not None and max_layer_sparsity < 1:
+        floors = {n: keep_count(scores[n].numel(), max_layer_sparsity) for n in names}
+        if sum(floors.values()) > keep:
+            raise SlimkitError(f"sparsity {sparsity:.2%} cannot be met with max_layer_sparsity "
+                               f"{max_layer_sparsity:.2%}: the layers' floors keep {sum(floors.values())} weights, "
+                               f"more than the {keep} the target allows; raise the cap or lower the sparsity")
+        reserved = torch.cat([topk_mask(scores[n].float(), floors[n], tiebreak[n] if tiebreak else None).reshape(-1)
+                              for n in names])
+        flat = flat.masked_fill(reserved, float("inf"))
+    kept = topk_mask(flat, keep, second)
     out, offset = {}, 0
     for name in names:
         n = scores[name].numel()
-        out[name] = keep[offset: offset + n].view_as(scores[name])
+        out[name] = kept[offset: offset + n].view_as(scores[name])
         offset += n
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from slimkit.recipe import TrainConfig
+from slimkit.train.config import TrainConfig
 
 
 class LRSchedule:

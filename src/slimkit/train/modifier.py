@@ -7,30 +7,56 @@ steps, may add a loss term, and finally makes its change permanent.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader
 
-from slimkit.recipe import MethodConfig
+from slimkit.errors import SlimkitError
+from slimkit.methods import MethodConfig
 from slimkit.train.distributed import DistInfo
+from slimkit.train.objective import Objective
 
 
 @dataclass
 class TrainContext:
-    """What a modifier may read about the run: the (unwrapped) model, its length and position, and ranks."""
+    """What a modifier may read about the run: the (unwrapped) model, its length and position, ranks, the
+    objective, and training batches (the trainer's loader, or what the user passed to `prepare`)."""
 
     model: nn.Module
     epochs: int
     steps_per_epoch: int
-    train_loader: DataLoader | None = None
+    data: Iterable[Any] | None = None
     dist: DistInfo = field(default_factory=DistInfo)
     epoch: int = 0
     step: int = 0
     optimizer: Optimizer | None = None
     structure_changed: bool = False  # set by a modifier that replaced parameters (channel surgery)
+    objective: Objective = field(default_factory=Objective)
+
+    def batches(self, count: int, needed_by: str) -> list[Any]:
+        """The first `count` training batches, or an error saying that `needed_by` needs data."""
+        if self.data is None:
+            raise SlimkitError(f"{needed_by} needs training batches; pass data=<your DataLoader> (and loss_fn= "
+                               f"for a loss other than cross-entropy) to slimkit.prepare")
+        batches = list(itertools.islice(iter(self.data), count))
+        if not batches:
+            raise SlimkitError(f"{needed_by} needs training batches, and the data yielded none")
+        return batches
+
+    def input_tensors(self, count: int, needed_by: str) -> list[Tensor]:
+        """The model inputs of the first `count` batches, for methods that trace the model with one tensor."""
+        inputs = []
+        for batch in self.batches(count, needed_by):
+            args, kwargs, _ = self.objective.split(batch)
+            if kwargs or len(args) != 1:
+                raise SlimkitError(f"{needed_by} traces the model on one input tensor; these batches give keyword "
+                                   f"inputs {sorted(kwargs)}")
+            inputs.append(args[0])
+        return inputs
 
 
 class Modifier:
@@ -58,8 +84,9 @@ class Modifier:
     def on_step_end(self, step: int, ctx: TrainContext) -> None:
         """After optimiser step number `step` (1-based, counted over the whole run)."""
 
-    def loss(self, outputs: Tensor, batch: tuple[Tensor, Tensor], ctx: TrainContext) -> Tensor | None:
-        """An extra loss term (distillation, penalties), or None."""
+    def loss(self, outputs: Tensor, batch: Any, ctx: TrainContext) -> Tensor | None:
+        """An extra loss term (distillation, penalties), or None. `outputs` is the model's output tensor
+        (`.logits` unwrapped); `batch` is the batch as the loader gave it (`ctx.objective` splits it)."""
         return None
 
     def is_complete(self, epoch: int) -> bool:

@@ -21,9 +21,10 @@ class EpochProgress:
             self._task = self._bar.add_task(self.header, total=steps, stats="")
             self._bar.start()
 
-    def update(self, loss: float, acc: float, lr: float) -> None:
+    def update(self, loss: float, metric: str, lr: float) -> None:
+        """Advance one step; `metric` is the running metric already formatted ('' for none)."""
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, stats=f"loss {loss:.4f} acc {acc:.2%} lr {lr:.4g}")
+            self._bar.update(self._task, advance=1, stats=f"loss {loss:.4f}{metric} lr {lr:.4g}")
 
     def close(self, summary: str) -> None:
         if self._bar is not None:

@@ -1,4 +1,5 @@
-"""The training loop every method shares. It knows modifiers only through their hooks.
+"""The training loop every method shares. It drives methods only through `Compression`, the same loop-facing
+API a user's own loop calls, so there is one code path for hooks, parameter groups and checkpoints.
 
 Each epoch trains, evaluates on the validation split and writes an atomic checkpoint; a resumed run
 continues bit for bit because every epoch re-seeds its randomness from (seed, epoch) and the learning
@@ -8,7 +9,7 @@ rate is a pure function of the step.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import SGD, Adam, Optimizer
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from slimkit.data import ArrayDataset, DataBundle, collate_batch
-from slimkit.errors import CheckpointError
-from slimkit.recipe import TrainConfig
+from slimkit.data import DataBundle, batch_collate
+from slimkit.errors import CheckpointError, SlimkitError
 from slimkit.train import distributed
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
+from slimkit.train.compression import Compression, param_groups
+from slimkit.train.config import TrainConfig
 from slimkit.train.lr import LRSchedule
-from slimkit.train.modifier import Modifier, TrainContext
+from slimkit.train.modifier import Modifier
+from slimkit.train.objective import Objective
 from slimkit.train.progress import EpochProgress
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -42,44 +45,68 @@ class TrainResult:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, modifiers: Sequence[Modifier]) -> Optimizer:
-    """One group per modifier claim (e.g. no weight decay on scores), the rest in the default group."""
-    claimed: dict[int, str] = {}
-    groups: list[dict[str, Any]] = []
-    for modifier in modifiers:
-        for group in modifier.param_groups(model):
-            params = list(group["params"])
-            for p in params:
-                if id(p) in claimed:
-                    raise ValueError(f"a parameter is claimed by both {claimed[id(p)]} and {modifier.name}")
-                claimed[id(p)] = modifier.name
-            groups.append({**group, "params": params})
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
-    if rest:
-        groups.insert(0, {"params": rest})
+    """The recipe's optimizer over the methods' parameter groups (e.g. no weight decay on scores); each
+    group's `base_lr` is what the schedule scales."""
+    groups = param_groups(model, modifiers, weight_decay=config.weight_decay)
     for group in groups:
-        group.setdefault("weight_decay", config.weight_decay)
         group["base_lr"] = group.get("lr", config.lr)
     if config.optimizer == "sgd":
         return SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     return Adam(groups, lr=config.lr)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: ArrayDataset, batch_size: int = 512) -> tuple[float, float]:
-    """(mean loss, accuracy) in eval mode; under DDP each rank takes a shard and the sums are reduced."""
+class _Shard(Sampler[int]):
+    """Indices rank, rank + world, ...: every sample is evaluated exactly once over all ranks."""
+
+    def __init__(self, size: int, rank: int, world: int):
+        self.indices = list(range(rank, size, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _eval_batches(data: Dataset | DataLoader, batch_size: int) -> tuple[Iterable[Any], bool]:
+    """(batches, whether ranks hold different shards): a Dataset is sharded over ranks, a user's DataLoader
+    is evaluated whole on every rank."""
+    if isinstance(data, DataLoader):
+        return data, False
     info = distributed.current()
+    sampler = _Shard(len(data), info.rank, info.world_size)
+    # a generator of its own: evaluating must not draw from (and so shift) the global random stream
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=batch_collate(data),
+                      generator=torch.Generator()), True
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 512,
+             objective: Objective | None = None) -> tuple[float, float | None]:
+    """(mean loss, mean metric or None) in eval mode, averaged over samples; under DDP each rank takes a
+    shard of a Dataset and the sums are reduced."""
+    objective = objective or Objective()
     was_training = model.training
     model.eval()
-    indices = list(range(info.rank, len(dataset), info.world_size))
-    totals = torch.zeros(3, dtype=torch.float64)
-    for i in range(0, len(indices), batch_size):
-        x, y = dataset.__getitems__(indices[i: i + batch_size])
-        out = model(x)
-        totals += torch.tensor([nn.functional.cross_entropy(out, y, reduction="sum").item(),
-                                (out.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-    distributed.all_reduce_sum(totals)
+    batches, sharded = _eval_batches(data, batch_size)
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, samples, metric total, metric count
+    for batch in batches:
+        out = objective.forward(model, batch)
+        target = objective.target(batch)
+        n = objective.batch_size(batch)
+        score = objective.score(out, target) or (0.0, 0.0)
+        totals += torch.tensor([objective.loss(out, target).item() * n, n, *score], dtype=torch.float64)
+    if sharded:
+        distributed.all_reduce_sum(totals)
     model.train(was_training)
-    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+    if totals[1] == 0:
+        raise SlimkitError("evaluation data is empty")
+    metric = (totals[2] / totals[3].clamp_min(1)).item() if objective.metric is not None else None
+    return (totals[0] / totals[1]).item(), metric
+
+
+def _shown(name: str, value: float) -> str:
+    return f"{value:.2%}" if name == "acc" else f"{value:.4g}"
 
 
 def _clone_state(model: nn.Module) -> dict[str, Tensor]:
@@ -87,37 +114,51 @@ def _clone_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 class Trainer:
-    """Trains `model` on `data` under `config`, with `modifiers` applying a compression method."""
+    """Trains `model` on `data` under `config`, with `modifiers` applying a compression method and
+    `objective` (cross-entropy and accuracy on class ids by default) saying what is optimised."""
 
     def __init__(self, model: nn.Module, data: DataBundle, config: TrainConfig,
                  modifiers: Sequence[Modifier] = (), *, batch_size: int = 128, eval_batch_size: int = 512,
                  out_dir: Path | None = None, seed: int = 0, label: str = "train", progress: bool = True,
-                 callbacks: Sequence[EpochCallback] = ()):
+                 callbacks: Sequence[EpochCallback] = (), objective: Objective | None = None):
         self.model, self.data, self.config = model, data, config
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.modifiers = list(modifiers)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.seed, self.label, self.progress = seed, label, progress
         self.callbacks = list(callbacks)
+        self.objective = objective or Objective(label_smoothing=config.label_smoothing)
         self.dist = distributed.current()
 
     @property
     def checkpoint_path(self) -> Path | None:
         return self.out_dir / "checkpoint.pt" if self.out_dir else None
 
-    def _loader(self) -> tuple[DataLoader, DistributedSampler]:
-        sampler = DistributedSampler(self.data.train, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                     shuffle=True, seed=self.seed)
-        loader = DataLoader(self.data.train, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_batch)
-        return loader, sampler
+    def _loader(self) -> tuple[DataLoader, Any]:
+        """The training loader and the sampler to re-seed each epoch (None for a user's own loader)."""
+        train = self.data.train
+        if isinstance(train, DataLoader):
+            loader, sampler = train, getattr(train, "sampler", None)
+        else:
+            sampler = DistributedSampler(train, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                         shuffle=True, seed=self.seed)
+            loader = DataLoader(train, batch_size=self.batch_size, sampler=sampler, collate_fn=batch_collate(train))
+        try:
+            steps = len(loader)
+        except TypeError:
+            raise SlimkitError("the training data has no length, so the schedule cannot count steps per epoch; "
+                               "pass a map-style Dataset, or train in your own loop with slimkit.prepare") from None
+        if steps == 0:
+            raise SlimkitError("the training data yields no batch")
+        return loader, sampler if hasattr(sampler, "set_epoch") else None
 
     def fit(self, resume: bool = False) -> TrainResult:
-        """Train, keep the best complete epoch by validation accuracy, finalize and return the model."""
+        """Train, keep the best complete epoch by the validation metric (or loss), finalize and return the
+        model."""
         started = time.perf_counter()
         loader, sampler = self._loader()
-        ctx = TrainContext(self.model, self.config.epochs, len(loader), loader, self.dist)
-        for modifier in self.modifiers:
-            modifier.attach(self.model, ctx)
+        compression = Compression(self.model, self.modifiers, epochs=self.config.epochs, steps_per_epoch=len(loader),
+                                  data=loader, objective=self.objective, auto_epochs=False)
         schedule = LRSchedule(self.config, len(loader))
 
         history: list[dict[str, Any]] = []
@@ -129,28 +170,27 @@ class Trainer:
             if state["train_config"] != self.config.model_dump(mode="json"):
                 raise CheckpointError(f"{self.checkpoint_path} was written under another train config; "
                                       f"resume with the same recipe, or start without --resume")
-            for modifier, mod_state in zip(self.modifiers, state["modifiers"], strict=True):
-                modifier.load_state_dict(mod_state)
-                self.model = modifier.rebuild_structure(self.model)  # e.g. re-slice pruned channels
+            compression.load_modifier_states(state["modifiers"])  # e.g. re-slice pruned channels
+            self.model = compression.model
             self.model.load_state_dict(state["model"])
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        optimizer = ctx.optimizer = build_optimizer(self.model, self.config, self.modifiers)
+        optimizer = compression.wrap(build_optimizer(self.model, self.config, self.modifiers))
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
-        ctx.step = start_epoch * len(loader)
+        compression.ctx.step = start_epoch * len(loader)
 
-        net = self._wrap()
-        criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
+        net, version = self._wrap(), compression.structure_version
         for epoch in range(start_epoch, self.config.epochs):
-            self._start_epoch(epoch, sampler, ctx)
-            if ctx.structure_changed:  # parameters were replaced: a fresh optimiser (and DDP wrapper)
-                optimizer = ctx.optimizer = build_optimizer(self.model, self.config, self.modifiers)
-                net, ctx.structure_changed = self._wrap(), False
-            record = self._run_epoch(net, epoch, loader, optimizer, schedule, criterion, ctx)
-            record["complete"] = all(m.is_complete(epoch) for m in self.modifiers)
+            self._start_epoch(epoch, sampler, compression)
+            if compression.structure_version != version:  # parameters were replaced: a fresh DDP wrapper
+                net, version = self._wrap(), compression.structure_version
+            record = self._run_epoch(net, epoch, loader, optimizer, schedule, compression)
+            record["complete"] = compression.is_complete(epoch)
             history.append(record)
-            score = record.get("val_acc", record["train_acc"])
-            if record["complete"] and (best is None or score > best["score"]):
+            key = self.objective.selects_by if "val_loss" in record else self.objective.selects_by.replace("val_",
+                                                                                                           "train_")
+            score = record[key]
+            if record["complete"] and (best is None or self.objective.better(score, best["score"])):
                 best = {"epoch": epoch, "score": score, "model": _clone_state(self.model)}
             self._save(epoch, optimizer, history, best)
             for callback in self.callbacks:
@@ -158,60 +198,66 @@ class Trainer:
 
         if best is not None:
             self.model.load_state_dict(best["model"])
-        self.model.eval()
-        for modifier in self.modifiers:
-            self.model = modifier.finalize(self.model)
-        summaries = [m.summary() for m in self.modifiers]
+        self.model = compression.finalize()
         distributed.assert_ranks_agree(self.model)
         return TrainResult(self.model, history, best["epoch"] if best else None, time.perf_counter() - started,
-                           summaries, self.modifiers)
+                           compression.summaries(), self.modifiers)
 
     def _wrap(self) -> nn.Module:
         return DistributedDataParallel(self.model) if self.dist.enabled else self.model
 
-    def _start_epoch(self, epoch: int, sampler: DistributedSampler, ctx: TrainContext) -> None:
-        """Re-seed everything from (seed, epoch, rank), then let modifiers apply their epoch schedules."""
+    def _start_epoch(self, epoch: int, sampler: Any, compression: Compression) -> None:
+        """Re-seed everything from (seed, epoch, rank), then let the methods apply their epoch schedules."""
         torch.manual_seed(self.seed * 100_003 + epoch * 101 + self.dist.rank)
-        sampler.set_epoch(epoch)
-        self.data.train.set_epoch(epoch, self.dist.rank)
-        ctx.epoch = epoch
-        for modifier in self.modifiers:
-            modifier.on_epoch_start(epoch, ctx)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train = self.data.train.dataset if isinstance(self.data.train, DataLoader) else self.data.train
+        if hasattr(train, "set_epoch"):
+            train.set_epoch(epoch, self.dist.rank)
+        compression.start_epoch(epoch)
+        self.model = compression.model
 
     def _run_epoch(self, net: nn.Module, epoch: int, loader: DataLoader, optimizer: Optimizer,
-                   schedule: LRSchedule, criterion: nn.Module, ctx: TrainContext) -> dict[str, Any]:
+                   schedule: LRSchedule, compression: Compression) -> dict[str, Any]:
         net.train()
         bar = EpochProgress(self.label, epoch, self.config.epochs, len(loader), self.progress and self.dist.is_main)
         started = time.perf_counter()
-        loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
-        for x, y in loader:
-            factor = schedule.factor(ctx.step)
+        objective, name = self.objective, self.objective.metric.name if self.objective.metric else None
+        loss_sum, seen, lr = 0.0, 0, 0.0
+        metric_sum, metric_count = 0.0, 0.0
+        for batch in loader:
+            factor = schedule.factor(compression.step_count)
             for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor * group.get("lr_scale", 1.0)
-            lr = optimizer.param_groups[0]["lr"]
-            out = net(x)
-            loss = criterion(out, y)
-            for modifier in self.modifiers:
-                extra = modifier.loss(out, (x, y), ctx)
-                if extra is not None:
-                    loss = loss + extra
+                group["lr"] = group["base_lr"] * factor
+            lr = optimizer.param_groups[0]["lr"] * optimizer.param_groups[0].get("lr_scale", 1.0)
+            out = objective.forward(net, batch)
+            target = objective.target(batch)
+            loss = objective.loss(out, target) + compression.loss(out, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            ctx.step += 1
-            for modifier in self.modifiers:
-                modifier.on_step_end(ctx.step, ctx)
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.update(loss_sum / seen, correct / seen, lr)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                  "lr": lr, "seconds": time.perf_counter() - started}
+            optimizer.step()  # the wrapped step advances compression (hooks, schedules)
+            n = objective.batch_size(batch)
+            loss_sum += loss.item() * n
+            if name:
+                with torch.no_grad():
+                    total, count = objective.score(out, target)
+                metric_sum, metric_count = metric_sum + total, metric_count + count
+            seen += n
+            bar.update(loss_sum / seen, f" {name} {_shown(name, metric_sum / max(metric_count, 1))}" if name else "",
+                       lr)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr,
+                  "seconds": time.perf_counter() - started}
+        summary = f"loss {record['train_loss']:.4f}"
+        if name:
+            record[f"train_{name}"] = metric_sum / max(metric_count, 1)
+            summary += f" train {name} {_shown(name, record[f'train_{name}'])}"
         distributed.broadcast_buffers(self.model)  # every rank evaluates (and keeps) the same statistics
-        summary = f"loss {record['train_loss']:.4f} train acc {record['train_acc']:.2%}"
         if self.data.val is not None:
-            record["val_loss"], record["val_acc"] = evaluate(self.model, self.data.val, self.eval_batch_size)
-            summary += f" val acc {record['val_acc']:.2%}"
+            record["val_loss"], val_metric = evaluate(self.model, self.data.val, self.eval_batch_size, objective)
+            summary += f" val loss {record['val_loss']:.4f}"
+            if name:
+                record[f"val_{name}"] = val_metric
+                summary += f" val {name} {_shown(name, val_metric)}"
         bar.close(f"{summary} lr {lr:.4g} ({record['seconds']:.1f}s)")
         return record
 

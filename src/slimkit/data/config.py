@@ -1,0 +1,55 @@
+"""The data section of a recipe: a bundled data set read from disk, or the user's own data by import path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slimkit.config import StrictModel, resolve_factory
+from slimkit.data.sources import DATASETS
+
+
+class DataConfig(StrictModel):
+    """Which data set to read from disk, how to split it and how to batch it.
+
+    `factory: "pkg.module:build"` instead of `name` calls the user's function with `kwargs`; it returns the
+    splits as a mapping {train, val, test} (or a tuple in that order) of torch Datasets or DataLoaders.
+    """
+
+    name: str | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    path: Path | None = None
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    val_fraction: float = Field(0.1, ge=0, lt=0.5)
+    split_seed: int = 0
+    augment: Literal["auto", "none", "crop_flip", "crop"] = "auto"
+    image_size: int = Field(32, ge=4)
+    train_subset: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_data(cls, name: str | None) -> str | None:
+        if name is not None and name not in DATASETS:
+            raise ValueError(f"unknown data set; allowed: {', '.join(sorted(DATASETS))}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'name' (a bundled data set: "
+                             f"{', '.join(sorted(DATASETS))}) and 'factory' (an import path 'pkg.module:function')")
+        if self.factory is not None:
+            resolve_factory(self.factory, "data.factory")
+        elif self.kwargs:
+            raise ValueError("'kwargs' goes with 'factory'; a bundled data set takes none")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The name the report gives the data."""
+        return self.name if self.name is not None else self.factory
