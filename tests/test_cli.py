@@ -18,6 +18,7 @@ def recipe_file(tmp_path, digits_recipe):
     return path
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_run_folder(tmp_path, recipe_file, capsys):
     out = tmp_path / "run"
     assert main(["run", str(recipe_file), "--out", str(out), "--no-progress", "train.epochs=3"]) == 0
@@ -77,6 +78,7 @@ def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, recipe_file, capsys):
     assert (out / "dense" / "checkpoint.pt").read_bytes() == b"garbage"  # nothing was overwritten
 
 
+@pytest.mark.slow
 def test_console_script_reports_misspelt_key(tmp_path, digits_recipe):
     digits_recipe["trian"] = digits_recipe.pop("train")
     path = tmp_path / "typo.yaml"
@@ -96,6 +98,7 @@ def test_info_on_zoo_model_and_unknown_name(capsys):
     assert "zoo models:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_falls_back_to_digits_and_keeps_accuracy(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("slimkit.data.fashion_mnist_available", lambda: False)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0

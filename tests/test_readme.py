@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = (Path(__file__).parents[1] / "README.md").read_text()
 
 
@@ -12,19 +14,44 @@ def test_readme_opens_with_the_two_commands():
     assert commands == ["make demo", "make test"]
 
 
-def _run_example(containing: str, tmp_path, monkeypatch) -> dict:
+def _run_example(containing: str, tmp_path, monkeypatch, namespace: dict | None = None) -> dict:
     example = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL) if containing in b)
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
+    namespace = namespace if namespace is not None else {}
     exec(compile(example, "README.md", "exec"), namespace)
     return namespace
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     run = _run_example("slimkit.compress", tmp_path, monkeypatch)["run"]
     assert "| test accuracy |" in capsys.readouterr().out
     assert run.metrics["stages"][0]["achieved_sparsity"] == 0.9
     assert run.metrics["models"]["compressed"]["test_acc"] > 0.8
+
+
+def test_readme_own_data_example_runs(tmp_path, monkeypatch):
+    import torch
+    from torch.nn import functional as F
+
+    import slimkit
+    import user_code
+
+    torch.manual_seed(0)
+    data = user_code.regression_data()
+    namespace = {"slimkit": slimkit, "F": F, "model": user_code.regression_model(), "train_set": data["train"],
+                 "val_set": data["val"], "test_set": data["test"]}
+    run = _run_example("val_data=val_set", tmp_path, monkeypatch, namespace)["run"]
+    assert run.metrics["data"]["train"] == len(data["train"]) and run.metrics["objective"]["loss"] == "mse_loss"
+    assert run.metrics["stages"][0]["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_readme_loop_example_runs(tmp_path, monkeypatch):
+    namespace = _run_example("slimkit.prepare", tmp_path, monkeypatch)
+    model, compression = namespace["model"], namespace["compression"]
+    assert compression.step_count == 5 * len(namespace["loader"])
+    assert [int((model[i].weight == 0).sum()) for i in (0, 2)] == [round(0.8 * 6 * 32), round(0.8 * 32 * 32)]
+    assert not any("parametrizations" in name for name, _ in model.named_modules())
 
 
 def test_readme_channel_example_runs(tmp_path, monkeypatch):
@@ -34,6 +61,7 @@ def test_readme_channel_example_runs(tmp_path, monkeypatch):
     assert smaller(namespace["torch"].randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_readme_deploy_example_runs(tmp_path, monkeypatch, capsys):
     import torch
 

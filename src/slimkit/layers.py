@@ -1,23 +1,111 @@
-"""Which layers a method touches: by type and by name pattern, leaving out the first conv and last linear."""
+"""Which layers a method touches, and how slimkit reads each layer type's weight.
+
+Layer types are known through one small adapter registry: a type (or, for a library slimkit does not import,
+its qualified class name) maps to its kind and to how its weight is laid out. Users register their own.
+A selection never picks a layer whose weight is tied to another module's: changing one would silently
+change both.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from slimkit.config import StrictModel
 from slimkit.errors import UnsupportedLayerError
 
-LAYER_TYPES: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
+LayerKind = Literal["conv", "linear"]
+
+
+@dataclass(frozen=True)
+class LayerAdapter:
+    """How slimkit reads one layer type. `kind` decides which selections pick it. `transposed`: the weight
+    is stored (in, out), as HF's Conv1D stores it, rather than torch's (out, in, ...). `linear_map`: the
+    layer computes exactly `x @ W.T + b` with its canonical weight W on the last dimension of x, so a
+    method may replace it by an equivalent module (binarization does); masks and quantizers only change
+    the weight tensor and need no such promise."""
+
+    kind: LayerKind
+    transposed: bool = False
+    linear_map: bool = False
+
+    def canonical(self, weight: Tensor) -> Tensor:
+        """The weight as (out, in, ...): the view every per-output or per-input rule works on."""
+        return weight.t() if self.transposed else weight
+
+    def stored(self, canonical: Tensor) -> Tensor:
+        """The inverse of `canonical`: a canonical-shaped tensor in the layer's own layout."""
+        return canonical.t() if self.transposed else canonical
+
+
+_BY_TYPE: dict[type[nn.Module], LayerAdapter] = {
+    nn.Conv2d: LayerAdapter("conv"),
+    nn.Linear: LayerAdapter("linear", linear_map=True),
+}
+_BY_NAME: dict[str, LayerAdapter] = {  # libraries slimkit does not import
+    "transformers.pytorch_utils.Conv1D": LayerAdapter("linear", transposed=True, linear_map=True),
+}
+
+
+def register_layer(layer_type: type[nn.Module] | str, adapter: LayerAdapter) -> None:
+    """Teach slimkit a layer type (a class, or a 'module.QualName' string for a class it should not import).
+    Its subclasses are covered too; registering a type again replaces its adapter."""
+    if isinstance(layer_type, str):
+        _BY_NAME[layer_type] = adapter
+    else:
+        _BY_TYPE[layer_type] = adapter
+
+
+def adapter_of(module: nn.Module) -> LayerAdapter | None:
+    """The adapter of `module`'s type or of its nearest registered base class; None for other modules."""
+    for cls in type(module).__mro__:
+        found = _BY_TYPE.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return found
+    return None
+
+
+def layer_kind(module: nn.Module) -> LayerKind | None:
+    adapter = adapter_of(module)
+    return adapter.kind if adapter is not None else None
+
+
+def canonical_weight(module: nn.Module, weight: Tensor | None = None) -> Tensor:
+    """`weight` (default: the module's) as (out, in, ...)."""
+    adapter = adapter_of(module)
+    weight = module.weight if weight is None else weight
+    return adapter.canonical(weight) if adapter is not None else weight
+
+
+def tied_owners(model: nn.Module) -> dict[int, list[str]]:
+    """Parameter id -> every 'module.param' name that holds it, for parameters held more than once."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        if "parametrizations" in name.split("."):
+            continue
+        params = dict(module._parameters)
+        if hasattr(module, "parametrizations"):
+            params.update({k: plist.original for k, plist in module.parametrizations.items()})
+        for key, p in params.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append(f"{name}.{key}" if name else key)
+    return {pid: names for pid, names in owners.items() if len(names) > 1}
+
+
+def _raw_weight(module: nn.Module) -> Tensor:
+    if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
+        return module.parametrizations.weight.original
+    return module.weight
 
 
 class LayerSelection(StrictModel):
     """Layers are chosen by type, then narrowed by fnmatch patterns on their module names."""
 
-    types: list[Literal["conv", "linear"]] = Field(default_factory=lambda: ["conv", "linear"])
+    types: list[LayerKind] = Field(default_factory=lambda: ["conv", "linear"])
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     skip_first_conv: bool = True
@@ -30,10 +118,10 @@ def select_layers(model: nn.Module, selection: LayerSelection) -> dict[str, nn.M
     A name pattern that matches only layers of unsupported types is an error naming them, and so is a
     selection that picks nothing: a method silently doing nothing is the worst outcome.
     """
-    wanted = tuple(LAYER_TYPES[t] for t in selection.types)
     named = [(n, m) for n, m in model.named_modules() if n and "parametrizations" not in n.split(".")]
-    convs = [n for n, m in named if isinstance(m, nn.Conv2d)]
-    linears = [n for n, m in named if isinstance(m, nn.Linear)]
+    kinds = {n: layer_kind(m) for n, m in named}
+    convs = [n for n, _ in named if kinds[n] == "conv"]
+    linears = [n for n, _ in named if kinds[n] == "linear"]
     skipped = set()
     if selection.skip_first_conv and convs:
         skipped.add(convs[0])
@@ -45,22 +133,36 @@ def select_layers(model: nn.Module, selection: LayerSelection) -> dict[str, nn.M
 
     for pattern in selection.include:
         hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, pattern)]
-        unsupported = [f"{n} ({type(m).__name__})" for n, m in hits if not isinstance(m, wanted)]
+        unsupported = [f"{n} ({type(m).__name__})" for n, m in hits if kinds[n] not in selection.types]
         if hits and len(unsupported) == len(hits):
             raise UnsupportedLayerError(
                 f"layers.include pattern {pattern!r} matches only unsupported layers: {', '.join(unsupported[:5])}. "
-                f"Supported types: {', '.join(selection.types)} ({', '.join(c.__name__ for c in wanted)})"
+                f"Selected kinds: {', '.join(selection.types)}; slimkit.layers.register_layer teaches slimkit a "
+                f"layer type"
             )
     chosen = {
         n: m for n, m in named
-        if isinstance(m, wanted) and n not in skipped
+        if kinds[n] in selection.types and n not in skipped
         and (not selection.include or matches(n, selection.include))
         and not matches(n, selection.exclude)
     }
     if not chosen:
-        candidates = [n for n, m in named if isinstance(m, wanted)]
+        candidates = [n for n, _ in named if kinds[n] in selection.types]
         raise UnsupportedLayerError(
             f"the layer selection {selection.model_dump()} picks no layer of this model; "
             f"layers of the selected types: {', '.join(candidates) or 'none'}"
         )
+    check_untied(model, chosen)
     return chosen
+
+
+def check_untied(model: nn.Module, layers: dict[str, nn.Module]) -> None:
+    """Refuse layers whose weight another module holds too, naming both owners."""
+    tied = tied_owners(model)
+    for name, module in layers.items():
+        owners = tied.get(id(_raw_weight(module)))
+        if owners:
+            others = [o for o in owners if not o.startswith(f"{name}.")]
+            raise UnsupportedLayerError(
+                f"{name}.weight is the same tensor as {', '.join(others)} (tied weights): a change to one would "
+                f"change both. Leave it out (layers.exclude: [{name!r}]) or untie the weights first")

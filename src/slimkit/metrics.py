@@ -28,6 +28,7 @@ from slimkit.binary.binarizers import WeightBinarizer
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.config import StrictModel
 from slimkit.errors import SlimkitError
+from slimkit.layers import canonical_weight, layer_kind
 from slimkit.quant.attach import weight_quantization
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 from slimkit.sparsity.masks import WeightMask
@@ -186,12 +187,12 @@ def count_macs(model: nn.Module, example: Example) -> dict[str, int]:
 
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            per_output = module.weight[0].numel() if isinstance(module, nn.Conv2d) else module.in_features
+            per_output = canonical_weight(module)[0].numel()  # inputs feeding one output value
             macs[name] = macs.get(name, 0) + (output.numel() // output.shape[0]) * per_output
         return record
 
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
+        if layer_kind(module) is not None and "parametrizations" not in name.split("."):
             hooks.append(module.register_forward_hook(hook(name)))
     was_training = model.training
     try:

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.binary.binarizers import WeightBinarizer
+from slimkit.errors import UnsupportedLayerError
+from slimkit.layers import adapter_of
 
 
 class _BinaryMixin:
@@ -22,11 +24,13 @@ class _BinaryMixin:
         self.weight_binarizer = weight_binarizer
         self.input_binarizer = input_binarizer
 
+    channel_dim = 1  # where outputs hold their channels: dim 1 for convs, the last dim for linears
+
     def binary_forward(self, x: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """op(binarized input, binary weights), then the output scale and bias per output channel."""
         signs, scale = self.weight_binarizer(self.weight)
         y = op(self.input_binarizer(x), signs)
-        view = (1, -1) + (1,) * (y.ndim - 2)
+        view = (-1,) if self.channel_dim == -1 else (1, -1) + (1,) * (y.ndim - 2)
         if scale is not None:
             y = y * scale.reshape(view)
         if self.bias is not None:
@@ -40,23 +44,35 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
+    """Inputs of any rank whose last dimension is the features, as nn.Linear takes them."""
+
+    channel_dim = -1
+
     def forward(self, x: Tensor) -> Tensor:
         return self.binary_forward(x, F.linear)
 
 
-def binarize_module(module: nn.Conv2d | nn.Linear, weight_binarizer: Callable[[Tensor], WeightBinarizer],
+def binarize_module(module: nn.Module, weight_binarizer: Callable[[Tensor], WeightBinarizer],
                     input_binarizer: nn.Module) -> BinaryConv2d | BinaryLinear:
-    """A binary copy of a float conv or linear layer, with the same latent weights and bias."""
-    wb = weight_binarizer(module.weight.detach())
+    """A binary copy of a float conv or linear layer, with the same latent weights and bias. A registered
+    layer type qualifies when its adapter promises it is a linear map (HF's Conv1D is); its weight is
+    copied in the (out, in) layout."""
+    adapter = adapter_of(module)
+    if not isinstance(module, nn.Conv2d) and (adapter is None or not adapter.linear_map):
+        raise UnsupportedLayerError(f"binarization replaces layers by binary nn.Conv2d/nn.Linear equivalents, and "
+                                    f"{type(module).__qualname__} is not registered as a linear map "
+                                    f"(slimkit.layers.register_layer(..., LayerAdapter('linear', linear_map=True)))")
+    weight = adapter.canonical(module.weight.detach())
+    wb = weight_binarizer(weight)
     if isinstance(module, nn.Conv2d):
         new: BinaryConv2d | BinaryLinear = BinaryConv2d(
             module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
             padding=module.padding, dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
             padding_mode=module.padding_mode, weight_binarizer=wb, input_binarizer=input_binarizer)
     else:
-        new = BinaryLinear(module.in_features, module.out_features, bias=module.bias is not None,
+        new = BinaryLinear(weight.shape[1], weight.shape[0], bias=module.bias is not None,
                            weight_binarizer=wb, input_binarizer=input_binarizer)
-    new.weight.data.copy_(module.weight.data)
+    new.weight.data.copy_(weight)
     if module.bias is not None:
         new.bias.data.copy_(module.bias.data)
     return new.train(module.training)

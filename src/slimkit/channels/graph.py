@@ -8,6 +8,19 @@ gating), concatenation concatenates slot lists (index offsets come for free), fl
 once per spatial position, a grouped conv joins each group's inputs and outputs, and a module called twice
 joins the inputs of both calls. The connected components of that union-find are the units of pruning.
 
+Every op is classified by what it does to the channel dimension (dim 1):
+- element-wise over channels (activations, dropout, spatial pooling, +, *, spatial padding and slicing):
+  the slots pass through, and operands of a binary op are joined position by position;
+- a reduction or normalisation over other dimensions (mean over H, W; softmax over the last dim): passes;
+- a reduction, normalisation or mixing over the channel dimension (softmax(dim=1), mean(1), a full mean,
+  LayerNorm over channels, matmul, transpose): refused, since removing a channel changes the others;
+- a layer applied to another dimension (a Linear on the last dim of an (N, C, L) tensor): the channels pass
+  through it untouched, and it is never pruned.
+Removing a channel is exact only if it is dead where it is read: the walk also tracks whether removed
+(zeroed) channels stay zero. An op that maps zero to something else (sigmoid, softmax over other dims, a
+bias added along another dimension, adding a constant) makes them live again; a layer that reads such
+channels keeps them all (their elements are fixed), so the pruned model always equals the original with
+the removed channels zeroed.
 Any op the walk does not understand stops it at once with an UnsupportedOpError that names the op and the
 module path: a wrong model is never returned.
 """
@@ -33,16 +46,21 @@ class UnsupportedOpError(UnsupportedLayerError):
 
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Hardswish,
                 nn.Hardsigmoid, nn.Mish, nn.ELU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
-                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.Softmax)
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample)
+DIM_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)  # normalise along `dim`: fine unless it is the channels
 CHANNEL_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)  # per-channel parameters, sliced with the slots
 PASS_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.hardtanh, F.sigmoid, F.silu, F.gelu, F.hardswish, F.dropout,
                   torch.relu, torch.sigmoid, torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-                  F.adaptive_max_pool2d, F.softmax, F.log_softmax, F.interpolate}
-PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "softmax",
-                "clamp", "clamp_"}
+                  F.adaptive_max_pool2d, F.interpolate}
+PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "clamp", "clamp_"}
+NORMALIZE_ALONG = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax", "log_softmax"}
+REDUCE = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
 JOIN_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.truediv,
                   torch.add, torch.sub, torch.mul}
 JOIN_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}  # zero times anything stays zero
+DIVIDE = {operator.truediv, "div"}
+ZERO_TO_NONZERO = {F.sigmoid, torch.sigmoid, "sigmoid", F.hardsigmoid}
 RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
 
 
@@ -136,6 +154,7 @@ def build_graph(model: nn.Module, example: Tensor, fixed_modules: set[str] = fro
     walker = _Walker(graph, traced, slots, fixed_modules)
     for node in traced.graph.nodes:
         slots[node] = walker.visit(node)
+        walker.track(node)
     return graph
 
 
@@ -143,6 +162,47 @@ class _Walker:
     def __init__(self, graph: ChannelGraph, traced: GraphModule, slots: dict[Node, list[int] | None],
                  fixed_modules: set[str]):
         self.graph, self.traced, self.slots, self.fixed_modules = graph, traced, slots, fixed_modules
+        self.live: dict[Node, str] = {}  # node -> the op after which removed (zero) channels are non-zero
+
+    def track(self, node: Node) -> None:
+        """Record whether removed channels are still zero after `node` (see the module docstring)."""
+        if self.slots.get(node) is None or node.op == "placeholder":
+            return
+        inputs = [a for a in node.all_input_nodes if self.slots.get(a) is not None]
+        inherited = next((self.live[a] for a in inputs if a in self.live), None)
+        target = node.target
+        if node.op == "call_module":
+            module = self.traced.get_submodule(node.target)
+            if isinstance(module, nn.Linear) and str(node.target) not in self.graph.producers:
+                reason = None if module.bias is None else _where(node)
+            elif isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm1d | nn.BatchNorm2d):
+                reason = None  # removed rows, bias, gamma and beta are all zeroed
+            elif isinstance(module, (nn.Sigmoid, nn.Hardsigmoid, *DIM_MODULES)):
+                reason = _where(node)
+            else:
+                reason = inherited
+        elif target in ZERO_TO_NONZERO or target in NORMALIZE_ALONG:
+            reason = _where(node)
+        elif target in ("clamp", "clamp_"):
+            low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+            high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
+            reason = _where(node) if (low is not None and low > 0) or (high is not None and high < 0) else inherited
+        elif target in MULTIPLY:
+            clean = [a for a in inputs if a not in self.live]
+            reason = None if clean else inherited
+        elif target in DIVIDE:
+            first = node.args[0]
+            reason = self.live.get(first) if isinstance(first, Node) else inherited
+        elif target in JOIN_FUNCTIONS or target in JOIN_METHODS:  # additions: every term must be zero
+            constants = [a for a in node.args if not isinstance(a, Node) or self.slots.get(a) is None]
+            reason = _where(node) if any(c != 0 for c in constants if isinstance(c, int | float)) or any(
+                isinstance(c, Node) for c in constants) else inherited
+        elif target is F.pad and node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0) not in (0, None):
+            reason = _where(node)
+        else:
+            reason = inherited
+        if reason is not None:
+            self.live[node] = reason
 
     def slot(self, arg: object) -> list[int] | None:
         return self.slots.get(arg) if isinstance(arg, Node) else None
@@ -156,12 +216,12 @@ class _Walker:
                 for e in self.slot(arg) or []:
                     self.graph.fixed.add(e)
             return None
+        if node.op in ("call_function", "call_method"):
+            return self.function(node, shape)
         if shape is None or len(shape) < 2:
             return None  # sizes, scalars and losses carry no channels
         if node.op == "call_module":
             return self.module(node, self.traced.get_submodule(node.target), shape)
-        if node.op in ("call_function", "call_method"):
-            return self.function(node, shape)
         raise UnsupportedOpError(f"cannot prune through {_where(node)}: {node.op} nodes are not supported")
 
     def module(self, node: Node, module: nn.Module, shape: tuple[int, ...]) -> list[int] | None:
@@ -185,13 +245,20 @@ class _Walker:
             return out
         if isinstance(module, PASS_MODULES):
             return inp
+        if isinstance(module, DIM_MODULES):
+            return self.along(node, module.dim, inp, len(_shape(node.args[0]) or ()))
         raise UnsupportedOpError(f"cannot prune through module '{name}' ({type(module).__name__}): its channel "
                                  f"behaviour is unknown; exclude the model or replace the layer")
 
     def layer(self, node: Node, name: str, module: nn.Conv2d | nn.Linear, inp: list[int] | None) -> list[int]:
+        in_shape = _shape(node.args[0]) or ()
+        if isinstance(module, nn.Linear) and len(in_shape) > 2:
+            return inp  # applied to the last dimension, not the channels (dim 1): they pass through untouched
         if isinstance(module, nn.Linear) and (inp is None or len(inp) != module.in_features):
             raise UnsupportedOpError(f"cannot prune through linear '{name}': it is applied to a tensor whose "
                                      f"last dimension is not its channel dimension")
+        if node.args[0] in self.live:  # channels that are not zero where removed: this layer keeps them all
+            self.graph.fixed.update(inp)
         if name in self.graph.consumers:  # a module called again: both calls share its input channels
             self.graph.join(self.graph.consumers[name], inp)
         else:
@@ -215,6 +282,8 @@ class _Walker:
             return None
         if len(in_shape) == len(shape) and in_shape[1] == shape[1]:
             return inp
+        if len(shape) >= 2 and shape[:2] == in_shape[:2]:
+            return inp  # regroups dims after the channels only: each channel keeps its own values
         per_sample = 1
         for d in in_shape[2:]:
             per_sample *= d
@@ -225,18 +294,58 @@ class _Walker:
         raise UnsupportedOpError(f"cannot prune through {_where(node)}: a reshape that mixes the channel "
                                  f"dimension with others")
 
-    def function(self, node: Node, shape: tuple[int, ...]) -> list[int] | None:
+    def keeps_channels(self, node: Node) -> bool:
+        """Whether an indexing op takes every sample and every channel (slicing only later dimensions)."""
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        ndim = len(_shape(node.args[0]) or ())
+        effective: list[object] = []
+        for entry in index:
+            effective += [slice(None)] * (ndim - len(index) + 1) if entry is Ellipsis else [entry]
+        return len(effective) >= 1 and all(e == slice(None) for e in [*effective, slice(None)][:2])
+
+    def along(self, node: Node, dim: int | None, inp: list[int] | None, ndim: int) -> list[int] | None:
+        """An op that normalises along `dim`: exact when that is not the channel dimension."""
+        if dim is None or (dim % max(ndim, 1)) == 1:
+            raise UnsupportedOpError(f"cannot prune through {_where(node)}: it normalises over the channel "
+                                     f"dimension, so removing a channel changes the others")
+        return inp
+
+    def reduction(self, node: Node, inp: list[int] | None) -> list[int] | None:
+        """mean/sum/amax over `dim`: exact when the channel dimension is kept."""
+        in_shape = _shape(node.args[0]) or ()
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        dims = {d % len(in_shape) for d in (dim if isinstance(dim, tuple | list) else [dim])} if dim is not None \
+            else set(range(len(in_shape)))
+        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        if inp is not None and (1 in dims or (0 in dims and not keepdim)):
+            raise UnsupportedOpError(f"cannot prune through {_where(node)}: it reduces over the channel (or batch) "
+                                     f"dimension, so removing a channel changes the result")
+        return inp
+
+    def function(self, node: Node, shape: tuple[int, ...] | None) -> list[int] | None:
         target = node.target
         args = [a for a in node.args if isinstance(a, Node)]
         first = self.slot(node.args[0]) if node.args else None
+        if target in REDUCE:
+            kept = self.reduction(node, first)
+            return kept if shape is not None and len(shape) >= 2 else None
+        if shape is None or len(shape) < 2:
+            return None  # sizes and scalars that no channel feeds
+        if target in NORMALIZE_ALONG:
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            return self.along(node, dim, first, len(_shape(node.args[0]) or ()))
         if target in JOIN_FUNCTIONS or target in JOIN_METHODS:
+            ranks = {len(_shape(a) or ()) for a in args if self.slot(a) is not None}
+            if ranks - {len(shape)}:
+                raise UnsupportedOpError(f"cannot prune through {_where(node)}: an operand of another rank "
+                                         f"broadcasts across the channel dimension")
             operands = [s for s in (self.slot(a) for a in args) if s is not None and len(s) == shape[1]]
             for other in operands[1:]:
                 self.graph.join(operands[0], other)
             if operands:
                 return operands[0]
             raise UnsupportedOpError(f"cannot prune through {_where(node)}: no operand carries its channels")
-        passes = target in PASS_FUNCTIONS or target in PASS_METHODS or target in {"mean", "sum", "amax", torch.mean}
+        passes = target in PASS_FUNCTIONS or target in PASS_METHODS
         if passes and first is not None and len(first) == shape[1]:
             return first
         if target in RESHAPES:
@@ -246,11 +355,9 @@ class _Walker:
             parts = [self.slot(t) for t in tensors]
             if dim == 1 and all(p is not None for p in parts):
                 return [e for p in parts for e in p]
-        if target is operator.getitem and isinstance(node.args[1], tuple):
-            index = node.args[1]
-            if len(index) >= 2 and all(i == slice(None) for i in index[:2]) and first is not None:
-                return first  # spatial slicing, as option-A shortcuts do
-        if target is F.pad and first is not None and len(node.args[1]) <= 4:
+        if target is operator.getitem and first is not None and self.keeps_channels(node):
+            return first  # slicing after the channel dimension, as option-A shortcuts do
+        if target is F.pad and first is not None and len(node.args[1]) <= 2 * (len(shape) - 2):
             return first  # spatial padding only
         raise UnsupportedOpError(f"cannot prune through {_where(node)}: slimkit does not know how this op "
                                  f"moves channels")

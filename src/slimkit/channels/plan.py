@@ -163,16 +163,17 @@ def _in_size(module: nn.Module) -> int:
 @torch.no_grad()
 def zero_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> nn.Module:
     """The masked reference: outputs of removed channels are exactly 0 (conv/linear rows and bias zeroed,
-    BN gamma and beta zeroed), so the pruned model must compute the same function."""
+    BN gamma and beta zeroed), so the pruned model must compute the same function. It acts on `model`, found
+    by the graph's module names, not on the modules the graph was traced from."""
     for name, elements in graph.producers.items():
-        module = graph.modules[name]
+        module = model.get_submodule(name)
         rows = [i for i, e in enumerate(elements) if graph.find(e) in removed]
         if rows:
             module.weight[rows] = 0
             if module.bias is not None:
                 module.bias[rows] = 0
     for name, slots in graph.channel_users.items():
-        module = graph.modules[name]
+        module = model.get_submodule(name)
         rows = [i for i, e in enumerate(slots) if graph.find(e) in removed]
         if rows and isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             module.weight[rows] = 0

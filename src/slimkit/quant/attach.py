@@ -6,18 +6,23 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from slimkit.layers import adapter_of
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 
 
 class WeightQuantization(nn.Module):
-    """Parametrization: weight -> quantizer(weight)."""
+    """Parametrization: weight -> quantizer(weight), applied to the weight as (out, in, ...) so per-channel
+    steps follow output channels whatever the layer's storage (HF's Conv1D stores (in, out))."""
 
-    def __init__(self, quantizer: nn.Module, bits: int):
+    def __init__(self, quantizer: nn.Module, bits: int, transposed: bool = False):
         super().__init__()
         self.quantizer = quantizer
         self.bits = bits
+        self.transposed = transposed
 
     def forward(self, weight: Tensor) -> Tensor:
+        if self.transposed:
+            return self.quantizer(weight.t()).t()
         return self.quantizer(weight)
 
 
@@ -25,9 +30,11 @@ def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     return (module.input_quantizer(args[0]), *args[1:])
 
 
-def quantize_layer(module: nn.Conv2d | nn.Linear, weight_quantizer: nn.Module, input_quantizer: nn.Module,
+def quantize_layer(module: nn.Module, weight_quantizer: nn.Module, input_quantizer: nn.Module,
                    bits: int, input_bits: int) -> None:
-    parametrize.register_parametrization(module, "weight", WeightQuantization(weight_quantizer, bits))
+    adapter = adapter_of(module)
+    transposed = adapter is not None and adapter.transposed
+    parametrize.register_parametrization(module, "weight", WeightQuantization(weight_quantizer, bits, transposed))
     module.input_quantizer = input_quantizer
     module.input_bits = input_bits
     module.register_forward_pre_hook(_quantize_input)

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from slimkit.layers import LAYER_TYPES, LayerSelection, select_layers
+from slimkit.layers import LayerSelection, canonical_weight, check_untied, layer_kind, select_layers
 from slimkit.methods import MethodConfig, register_method
 from slimkit.quant.attach import quantize_layer, quantizer_parameters, weight_quantization
 from slimkit.quant.levels import apot_levels, sp2_levels
@@ -89,7 +89,7 @@ class QuantizeModifier(Modifier):
 
     # --- which quantizers --------------------------------------------------------------------------
     def quantizers(self, module: nn.Module, bits: int, uniform: bool) -> tuple[nn.Module, nn.Module]:
-        channels = module.weight.shape[0]
+        channels = canonical_weight(module).shape[0]
         if uniform or self.config.method == "uniform":
             return UniformQuantizer(bits, channels, signed=True), UniformQuantizer(bits)
         if self.config.method == "sp2":
@@ -104,10 +104,11 @@ class QuantizeModifier(Modifier):
         chosen = select_layers(model, self.config.layers)
         plan = {name: (self.config.bits, False) for name in chosen}
         if self.config.first_last_bits is not None:
-            types = tuple(LAYER_TYPES[t] for t in self.config.layers.types)
-            for name, module in model.named_modules():
-                if isinstance(module, types) and name not in chosen and "parametrizations" not in name:
-                    plan[name] = (self.config.first_last_bits, True)
+            extra = {name: module for name, module in model.named_modules()
+                     if layer_kind(module) in self.config.layers.types and name not in chosen
+                     and "parametrizations" not in name}
+            check_untied(model, extra)
+            plan.update({name: (self.config.first_last_bits, True) for name in extra})
         return plan
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -126,9 +127,10 @@ class QuantizeModifier(Modifier):
         for name, module in self.layers.items():
             wq, iq = weight_quantization(module).quantizer, module.input_quantizer
             if isinstance(wq, UniformQuantizer):
-                wq.calibrate(module.parametrizations.weight.original.detach(), self.config.observer)
+                wq.calibrate(canonical_weight(module, module.parametrizations.weight.original).detach(),
+                             self.config.observer)
             elif self.config.method == "sp2":
-                wq.calibrate(module.parametrizations.weight.original.detach())
+                wq.calibrate(canonical_weight(module, module.parametrizations.weight.original).detach())
             if isinstance(iq, UniformQuantizer) and name in samples:
                 iq.calibrate(samples[name], self.config.observer, self.config.percentile)
 

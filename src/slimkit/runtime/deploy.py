@@ -20,10 +20,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import CheckpointError
 from slimkit.folding import batchnorm_affine, batchnorm_pairs, fold_into
+from slimkit.layers import adapter_of, canonical_weight
+from slimkit.metrics import Example, call
 from slimkit.sparsity.structure import detect_structure
 from slimkit.train.checkpoint import MODEL_FORMAT, atomic_save, safe_load
 
@@ -37,9 +40,12 @@ def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[]
 
     if isinstance(module, BinaryConv2d | BinaryLinear):
         return "binary", lambda: PackedBinaryConv2d(module, threads), ""
-    if type(module) not in (nn.Conv2d, nn.Linear):  # parametrized (quantized, masked) layers are left alone
+    adapter = adapter_of(module)
+    plain = type(module) in (nn.Conv2d, nn.Linear) or (adapter is not None and adapter.linear_map
+                                                       and not parametrize.is_parametrized(module))
+    if not plain:  # parametrized (quantized, masked) layers are left alone
         return "other", None, ""
-    weight = module.weight.detach()
+    weight = canonical_weight(module).detach()
     sparsity = float((weight == 0).float().mean())
     if sparsity == 0:
         return "dense", None, "no zero weights"
@@ -62,24 +68,25 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _layer_inputs(model: nn.Module, names: list[str], example: Tensor) -> dict[str, Tensor]:
+def _layer_inputs(model: nn.Module, names: list[str], example: Example) -> dict[str, Tensor]:
     captured: dict[str, Tensor] = {}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda _, args, n=n: captured.setdefault(n, args[0].detach().clone())) for n in names]
     try:
         with torch.inference_mode():
-            model(example)
+            call(model, example)
     finally:
         for h in hooks:
             h.remove()
     return captured
 
 
-def deploy(model: nn.Module, example: Tensor | None = None, *, choices: dict[str, str] | None = None,
+def deploy(model: nn.Module, example: Example | None = None, *, choices: dict[str, str] | None = None,
            threads: int | None = None, repeats: int = 15, fold_batchnorm: bool = False) -> nn.Module:
     """An eval-mode copy of `model` with compressed layers replaced by inference kernels.
 
-    With `example` (a batch of the size you will run), each replacement is kept only where it is faster on
+    With `example` (a batch of the size you will run: a tensor, or a dict of tensors passed as keyword
+    arguments, such as token ids and an attention mask), each replacement is kept only where it is faster on
     that layer's real input. With `choices` ({layer: "deployed" | "dense"}, as a saved deployment holds),
     those decisions are applied without timing. With neither, every candidate is replaced.
 
@@ -127,7 +134,7 @@ def deploy(model: nn.Module, example: Tensor | None = None, *, choices: dict[str
     model.deploy_options = {"fold_batchnorm": fold_batchnorm}
     if example is not None:
         with torch.inference_mode():
-            model(example)  # compile every kernel for this shape now, so no call that is timed pays for it
+            call(model, example)  # compile every kernel for this shape now, so no call that is timed pays for it
     return model
 
 

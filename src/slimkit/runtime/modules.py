@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
+from slimkit.layers import canonical_weight
 from slimkit.runtime import binary_kernels, pattern, sparse_kernels
 
 FKW_ARRAYS = ("reorder", "offset", "index", "stride", "weights", "patterns")  # pattern_conv's argument order
@@ -109,8 +110,9 @@ class PackedBinaryConv2d(KernelModule):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_binarizer.normalized(x)  # on the layer's own input shape, as the training graph does
-        if self.linear:
-            x = x.reshape(x.shape[0], -1, 1, 1)
+        lead = x.shape[:-1]
+        if self.linear:  # any rank whose last dimension is the features: one 1x1 "image" per row
+            x = x.reshape(-1, x.shape[-1], 1, 1)
         x = x.detach().float().contiguous()
         kh, kw = self.kernel
         out_h = (x.shape[2] + 2 * self.padding - kh) // self.stride + 1
@@ -120,7 +122,7 @@ class PackedBinaryConv2d(KernelModule):
             y = binary_kernels.binary_conv(nonzero, positive, *self.arrays("weight_bits", "scale", "bias"),
                                            self.stride, self.padding, out_h, threads)
         y = torch.from_numpy(y)
-        return y.reshape(y.shape[0], -1) if self.linear else y
+        return y.reshape(*lead, -1) if self.linear else y
 
 
 class _ChannelMajorConv(KernelModule):
@@ -202,16 +204,19 @@ class PatternConv2d(_ChannelMajorConv):
 class SparseLinear(KernelModule):
     """A pruned linear layer as a CSR product."""
 
-    def __init__(self, layer: nn.Linear, threads: int | None = None):
+    def __init__(self, layer: nn.Module, threads: int | None = None):
         super().__init__()
-        ptr, cols, values = sparse_kernels.linear_by_output_row(layer.weight.detach().float().numpy())
+        weight = canonical_weight(layer).detach().float()  # (out, in), also for HF's (in, out) Conv1D
+        ptr, cols, values = sparse_kernels.linear_by_output_row(weight.numpy())
         for name, value in (("ptr", ptr), ("cols", cols), ("values", values)):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
-        self.register_buffer("bias", _bias(layer, layer.out_features))
+        self.register_buffer("bias", _bias(layer, weight.shape[0]))
         self.threads = threads
 
     def forward(self, x: Tensor) -> Tensor:
-        with kernel_threads(x.shape[0], self.threads) as threads:
-            yt = sparse_kernels.sparse_linear(x.detach().float().t().contiguous().numpy(),
+        """Inputs of any rank whose last dimension is the features, as nn.Linear takes them."""
+        rows = x.reshape(-1, x.shape[-1])
+        with kernel_threads(rows.shape[0], self.threads) as threads:
+            yt = sparse_kernels.sparse_linear(rows.detach().float().t().contiguous().numpy(),
                                               *self.arrays("ptr", "cols", "values", "bias"), threads)
-        return torch.from_numpy(yt).t()
+        return torch.from_numpy(yt).t().reshape(*x.shape[:-1], -1)

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from slimkit.layers import LayerSelection
+from slimkit.layers import LayerSelection, adapter_of
 from slimkit.methods import MethodConfig, register_method
 from slimkit.sparsity.pruner import Pruner
 from slimkit.sparsity.schedules import cubic_sparsity
@@ -106,7 +106,11 @@ class NMPruner(Pruner):
 
     def select(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
         kept = self.kept_per_group(sparsity)
-        return {name: nm_mask(s, kept, self.config.m) for name, s in scores.items()}
+        out = {}
+        for name, s in scores.items():
+            adapter = adapter_of(self.masks[name][0])  # groups run along inputs, whatever the storage
+            out[name] = adapter.stored(nm_mask(adapter.canonical(s), kept, self.config.m))
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {"method": self.name, "n": self.config.n, "m": self.config.m, "target_sparsity": self.final,

@@ -318,6 +318,7 @@ def _channel_recipe(method, **stage):
     })
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["l1", "bn_scale", "taylor", "gfbs"])
 def test_every_criterion_runs_from_a_recipe_and_reloads(tmp_path, method):
     run = slimkit.run_recipe(_channel_recipe(method), tmp_path / method, progress=False)
@@ -335,6 +336,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_iterative_schedule_and_resume_after_pruning(tmp_path):
     recipe = _channel_recipe("bn_scale", steps=2, every=1, l1_penalty=1e-4)
     full = slimkit.run_recipe(recipe, tmp_path / "full", progress=False)

@@ -228,6 +228,7 @@ def test_unknown_tap_is_a_clear_error(tmp_path, teacher_path):
         slimkit.run_recipe(_digits([stage], baseline=0), tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_prune_then_distill_then_quantize(tmp_path, teacher_path):
     stages = [{"prune": {"method": "optg", "sparsity": 0.9, "end_epoch": 2}},
               {"distill": {"method": "graph_kd", "teacher": str(teacher_path), "taps": [["features.5", "features.5"]]}},

@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 
+from interrupts import Interrupt, interrupt_after
 from slimkit.errors import CheckpointError, SlimkitError
 from slimkit.pipeline import run_recipe
 from slimkit.recipe import Recipe
@@ -56,27 +57,13 @@ def test_checkpoint_loading_never_unpickles_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(n):
-    calls = []
-
-    def callback(record):
-        calls.append(record)
-        if len(calls) == n:
-            raise Interrupt
-
-    return callback
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [2, 5])  # in the dense phase, then in the compressed phase
 def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_after):
     recipe = Recipe.from_dict(digits_recipe)
     full = run_recipe(recipe, tmp_path / "full", progress=False)
     with pytest.raises(Interrupt):
-        run_recipe(recipe, tmp_path / "killed", progress=False, callbacks=(_interrupt_after(kill_after),))
+        run_recipe(recipe, tmp_path / "killed", progress=False, callbacks=(interrupt_after(kill_after),))
     assert not (tmp_path / "killed" / "metrics.json").exists()
     resumed = run_recipe(recipe, tmp_path / "killed", resume=True, progress=False)
     for phase in ("dense", "compressed"):
@@ -90,6 +77,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_aft
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume_and_same_recipe(tmp_path, digits_recipe):
     recipe = Recipe.from_dict(digits_recipe)
     run_recipe(recipe, tmp_path / "run", progress=False)
@@ -108,7 +96,7 @@ def test_masks_survive_a_mid_training_checkpoint(tmp_path, digits_recipe):
     digits_recipe["baseline"] = None
     recipe = Recipe.from_dict(digits_recipe)
     with pytest.raises(Interrupt):
-        run_recipe(recipe, tmp_path / "run", progress=False, callbacks=(_interrupt_after(2),))
+        run_recipe(recipe, tmp_path / "run", progress=False, callbacks=(interrupt_after(2),))
     state = safe_load(tmp_path / "run" / "compressed" / "checkpoint.pt", CHECKPOINT_FORMAT)
     masks = {k: v for k, v in state["model"].items() if k.endswith(".mask")}
     assert set(masks) == {"features.3.parametrizations.weight.0.mask", "classifier.1.parametrizations.weight.0.mask"}

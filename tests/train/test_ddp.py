@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+pytestmark = pytest.mark.slow  # every test here trains under torchrun
 HERE = Path(__file__).parent
 
 

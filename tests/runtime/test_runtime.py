@@ -246,6 +246,7 @@ def test_results_do_not_depend_on_thread_count():
     assert numba.config.NUMBA_NUM_THREADS >= 1 and torch.equal(outputs[0], outputs[1])
 
 
+@pytest.mark.slow
 def test_deployed_model_saves_and_loads(tmp_path, digits_recipe):
     digits_recipe["model"] = {"name": "lenet", "width": 0.5, "options": {"kernel_size": 3}}
     digits_recipe["stages"] = [{"prune": {"method": "magnitude", "sparsity": 0.9, "scope": "layer"}}]
@@ -260,6 +261,7 @@ def test_deployed_model_saves_and_loads(tmp_path, digits_recipe):
         assert torch.equal(loaded(x), deployed(x))
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch, capsys):
     from slimkit.cli import main
     from slimkit.environment import ALLOCATOR_ENV

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from interrupts import Interrupt, interrupt_after
 from slimkit import cli
 from slimkit.pipeline import run_recipe
 from slimkit.recipe import Recipe
@@ -13,7 +14,6 @@ from slimkit.sparsity import is_balanced, is_nm, is_pattern_valid
 from slimkit.sparsity.pattern import kernels_kept
 from slimkit.sparsity.topk import keep_count
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, safe_load
-from test_checkpoint import Interrupt, _interrupt_after
 
 STAGES = {
     "magnitude": {"method": "magnitude", "sparsity": 0.75},
@@ -62,6 +62,7 @@ STRUCTURE = {"nm": {"structure": "1:3", "n": 1, "m": 3}, "patdnn": {"structure":
                                                                    "kernels": 250, "patterns": 8}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(STAGES))
 def test_method_reaches_its_structure_and_resumes_identically(tmp_path, digits_recipe, name, capsys):
     recipe = _recipe(digits_recipe, STAGES[name])
@@ -80,7 +81,7 @@ def test_method_reaches_its_structure_and_resumes_identically(tmp_path, digits_r
     assert layer["nonzeros"] == int((conv.weight != 0).sum()) + int((conv.bias != 0).sum())
     assert full.metrics["models"]["compressed"]["test_acc"] > 0.3  # it learned (chance is 0.1)
     with pytest.raises(Interrupt):  # 2 baseline epochs, then 2 of the 4 compressed ones
-        run_recipe(recipe, tmp_path / "killed", progress=False, callbacks=(_interrupt_after(4),))
+        run_recipe(recipe, tmp_path / "killed", progress=False, callbacks=(interrupt_after(4),))
     state = safe_load(tmp_path / "killed" / "compressed" / "checkpoint.pt", CHECKPOINT_FORMAT)
     assert state["epoch"] == 1
     resumed = run_recipe(recipe, tmp_path / "killed", resume=True, progress=False)
@@ -141,6 +142,7 @@ BUNDLED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUNDLED))
 def test_bundled_recipe_runs_through_the_cli(tmp_path, name, capsys):
     code = cli.main(["run", name, "--out", str(tmp_path), "--no-progress", "data.name=digits", *BUNDLED[name]])
@@ -148,6 +150,7 @@ def test_bundled_recipe_runs_through_the_cli(tmp_path, name, capsys):
     assert (tmp_path / "model.pt").exists() and (tmp_path / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_patdnn_filter_groups_train_to_shared_structure(tmp_path, digits_recipe):
     """filter_group: 2 from a recipe: after ADMM and retraining, each pair of filters keeps identical
     kernels and patterns, and the layer keeps ceil(blocks / r_c) (pair, channel) blocks."""

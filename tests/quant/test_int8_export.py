@@ -55,6 +55,7 @@ def test_batchnorm_folds_exactly_onto_the_weight_grid():
     assert torch.allclose(integers, integers.round(), atol=1e-3) and integers.abs().max() <= 128
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [{"name": "lenet", "width": 0.5}, {"name": "resnet20", "width": 0.5}])
 def test_onnxruntime_runs_every_layer_in_int8_and_matches(tmp_path, digits, model):
     calibration, x, y = digits
@@ -82,6 +83,7 @@ def test_onnxruntime_runs_every_layer_in_int8_and_matches(tmp_path, digits, mode
     assert accuracy["onnx"] > accuracy["qat"] - 0.03 and accuracy["graph"] > accuracy["qat"] - 0.03, accuracy
 
 
+@pytest.mark.slow
 def test_int8_graph_leaves_the_model_alone(tmp_path, digits):
     calibration, x, _ = digits
     qat = _ptq(tmp_path, {"name": "resnet20", "width": 0.25}).model.eval()
@@ -92,6 +94,7 @@ def test_int8_graph_leaves_the_model_alone(tmp_path, digits):
     assert torch.equal(qat.eval()(x), expected)
 
 
+@pytest.mark.slow
 def test_export_says_what_it_needs(tmp_path, digits):
     calibration, _, _ = digits
     eight = _ptq(tmp_path, {"name": "lenet", "width": 0.5}).model
@@ -102,6 +105,7 @@ def test_export_says_what_it_needs(tmp_path, digits):
         export_onnx(four, tmp_path / "four.onnx", (1, 8, 8), calibration=calibration)
 
 
+@pytest.mark.slow
 def test_export_command(tmp_path, capsys):
     from slimkit.cli import main
 

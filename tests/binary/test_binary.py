@@ -127,6 +127,7 @@ def test_accounting_counts_bops_and_one_bit_weights():
     assert any(layer.weight_bits == 1 for layer in m.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_from_its_recipe_and_reloads(tmp_path, method):
     recipe = Recipe.load(f"{method}-fashion", ["data.name=digits", "data.train_subset=null", "train.epochs=2",
