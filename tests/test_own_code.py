@@ -387,3 +387,39 @@ def test_metric_functions_are_averaged_over_samples():
         assert loss == pytest.approx(F.mse_loss(model(x), y).item(), rel=1e-6)
         assert mae == pytest.approx((model(x) - y).abs().mean().item(), rel=1e-6)
     assert math.isfinite(loss)
+
+
+def test_any_module_teaches_on_the_users_batches():
+    from slimkit.distill.losses import hinton_kd
+
+    torch.manual_seed(0)
+    teacher, student = user_code.TokenTagger(dim=48), user_code.TokenTagger()
+    loader = DataLoader(user_code.token_data()["train"], batch_size=16)
+    stage = {"distill": {"method": "hinton", "teacher": teacher, "temperature": 2.0, "weight": 0.5}}
+    compression = slimkit.prepare(student, stage, steps_per_epoch=len(loader), epochs=1)
+    compression.optimizer(torch.optim.SGD, lr=0.1)
+    batch = next(iter(loader))
+    outputs = student(batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        expected = 0.5 * hinton_kd(outputs.logits, teacher(batch["input_ids"], batch["attention_mask"]).logits, 2.0)
+    assert torch.allclose(compression.loss(outputs, batch), expected)
+    from slimkit.methods import parse_stage
+
+    assert parse_stage(stage).model_dump(mode="json")["teacher"] == "<in-memory TokenTagger>"  # recipes stay YAML
+
+
+def test_channel_taylor_scores_come_from_the_users_loss():
+    from slimkit.channels import plan_pruning
+    from slimkit.train.objective import make_objective
+
+    torch.manual_seed(0)
+    model = user_code.SmallCNN()
+    x, target = user_code.ColourImages(32, 3).images, torch.randn(32, 3)
+    plan = plan_pruning(copy.deepcopy(model), x[:1], ratio=0.5, criterion="taylor", batch=(x, target),
+                        objective=make_objective(F.mse_loss), scope="layer")
+    reference = copy.deepcopy(model).train()  # independently: |gamma * dMSE/dgamma| of bn1, top half kept
+    F.mse_loss(reference(x), target).backward()
+    scores = (reference.bn1.weight * reference.bn1.weight.grad).abs().detach()
+    assert scores.count_nonzero() == 8
+    expected = sorted(torch.sort(scores, descending=True, stable=True).indices[:4].tolist())
+    assert plan.modules["conv1"]["out"] == expected

@@ -166,3 +166,52 @@ def test_vit_masks_and_measure():
     assert int((layer.weight == 0).sum()) == round(0.5 * layer.weight.numel())
     result = slimkit.measure(model, (3, 16, 16), latency=False)
     assert result.macs > 0 and 0 < result.sparsity < 0.5
+
+
+def pixels() -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))}
+
+
+@pytest.mark.parametrize("build,inputs", [(bert, ids), (gpt2, ids), (vit, pixels)], ids=["bert", "gpt2", "vit"])
+def test_heads_and_neurons_are_removed_for_real_and_match_the_dead_group_reference(build, inputs):
+    import copy
+
+    from slimkit.channels.transformer import apply_transformer_plan, find_blocks, zero_heads_and_neurons
+
+    model, example = build(), inputs()
+    pruned, plan = slimkit.channels.prune_heads_and_neurons(copy.deepcopy(model), heads=0.5, neurons=0.5)
+    assert {entry["kind"] for entry in plan.values()} == {"heads", "neurons"}
+    blocks = find_blocks(pruned)
+    assert [b.count for b in blocks if b.kind == "heads"] == [2] * LAYERS  # 4 heads -> 2 in every block
+    reference = zero_heads_and_neurons(copy.deepcopy(model), plan)
+    with torch.no_grad():
+        got, expected, original = (m(**example).logits for m in (pruned, reference, model))
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(got, original, atol=1e-6, rtol=1e-3)  # and pruning did change the function
+    assert sum(p.numel() for p in pruned.parameters()) < 0.75 * sum(p.numel() for p in model.parameters())
+    rebuilt = apply_transformer_plan(build(), plan)  # a fresh model takes the plan, then the weights
+    rebuilt.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(**example).logits, got)
+
+
+def test_a_model_without_known_blocks_is_refused():
+    with pytest.raises(UnsupportedLayerError, match="no attention or MLP block slimkit recognises"):
+        slimkit.channels.prune_heads_and_neurons(torch.nn.Sequential(torch.nn.Linear(4, 4)), heads=0.5)
+
+
+def test_the_channel_graph_names_the_module_it_cannot_trace():
+    from slimkit.channels import UnsupportedOpError, build_graph
+
+    with pytest.raises(UnsupportedOpError, match=r"cannot trace module '<top level>' \(BertForSequence"):
+        build_graph(bert(), ids()["input_ids"])
+
+
+def test_deployed_binary_bert_runs_token_inputs_bit_exactly():
+    model = bert()
+    compression = _prepare(model, {"binarize": {"method": "xnor"}})
+    model = compression.finalize()
+    fast = slimkit.deploy(model)
+    assert sum(e["choice"] == "deployed" and e["kind"] == "binary" for e in fast.deploy_report) >= 2 * LAYERS
+    with torch.inference_mode():
+        assert torch.allclose(fast(**ids(3)).logits, model(**ids(3)).logits, atol=1e-5)

@@ -5,7 +5,8 @@ from slimkit.channels.graph import ChannelGraph, UnsupportedOpError, build_graph
 from slimkit.channels.modifier import BnScaleConfig, ChannelConfig, ChannelPruner, GfbsConfig, L1Config, TaylorConfig
 from slimkit.channels.plan import ChannelPlan, apply_plan, make_plan, zero_channels
 from slimkit.channels.prune import plan_pruning, prune_channels
+from slimkit.channels.transformer import apply_transformer_plan, prune_heads_and_neurons
 
 __all__ = ["BnScaleConfig", "ChannelConfig", "ChannelGraph", "ChannelPlan", "ChannelPruner", "GfbsConfig", "L1Config",
-           "TaylorConfig", "UnsupportedOpError", "apply_plan", "build_graph", "make_plan", "plan_pruning",
-           "prune_channels", "zero_channels"]
+           "TaylorConfig", "UnsupportedOpError", "apply_plan", "apply_transformer_plan", "build_graph", "make_plan",
+           "plan_pruning", "prune_channels", "prune_heads_and_neurons", "zero_channels"]

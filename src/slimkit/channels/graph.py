@@ -65,10 +65,21 @@ RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
 
 
 class _LeafTracer(Tracer):
-    """torch.nn modules and option-A shortcuts stay single nodes; everything else is traced through."""
+    """torch.nn modules and option-A shortcuts stay single nodes; everything else is traced through. The
+    stack of modules being traced names where tracing failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, ShortcutA | nn.Conv2d | nn.Linear) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        self.stack.append(f"'{self.path_of_module(m) or '<top level>'}' ({type(m).__name__})")
+        result = super().call_module(m, forward, args, kwargs)
+        self.stack.pop()
+        return result
 
 
 @dataclass
@@ -134,10 +145,14 @@ def _shape(node: object) -> tuple[int, ...] | None:
 
 def build_graph(model: nn.Module, example: Tensor, fixed_modules: set[str] = frozenset()) -> ChannelGraph:
     """Trace `model` on `example` and build its channel graph. Outputs of `fixed_modules` are never pruned."""
+    tracer = _LeafTracer()
     try:
-        traced = GraphModule(model, _LeafTracer().trace(model))
+        traced = GraphModule(model, tracer.trace(model))
     except Exception as exc:  # torch.fx raises many types on untraceable code
-        raise UnsupportedOpError(f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}") from None
+        where = tracer.stack[-1] if tracer.stack else f"'<top level>' ({type(model).__name__})"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnsupportedOpError(f"cannot trace module {where} with torch.fx ({type(exc).__name__}: {first}); "
+                                 f"for transformer blocks use slimkit.channels.prune_heads_and_neurons") from None
     was_training = model.training
     model.eval()
     try:

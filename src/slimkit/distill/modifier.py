@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_serializer
 from torch import Tensor, nn
 
 from slimkit.distill.losses import graph_kd, hinton_kd, rkd_distance
@@ -18,11 +18,18 @@ from slimkit.train.objective import Objective, logits_of
 
 
 class DistillConfig(MethodConfig):
-    """Shared by distillation methods: the teacher file and the loss weight."""
+    """Shared by distillation methods: the teacher and the loss weight. The teacher is a slimkit model file
+    (loaded with weights_only), or, from Python, any nn.Module: it runs in eval mode under no_grad on the
+    student's batches, read the same way (tuple or dict batches, outputs with `.logits`)."""
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
     kind = "distill"
-    teacher: Path
+    teacher: Path | nn.Module
     weight: float = Field(1.0, ge=0)
+
+    @field_serializer("teacher")
+    def _teacher_name(self, teacher: Path | nn.Module) -> str:
+        return str(teacher) if isinstance(teacher, Path) else f"<in-memory {type(teacher).__name__}>"
 
 
 class HintonConfig(DistillConfig):
@@ -111,9 +118,11 @@ class Distiller(Modifier):
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         from slimkit.persistence import load
 
-        self.teacher = load(self.config.teacher).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        teacher = self.config.teacher
+        self.teacher = (teacher if isinstance(teacher, nn.Module) else load(teacher)).eval()
+        if not isinstance(teacher, nn.Module):  # a loaded teacher is ours to freeze; a user's module is left as is
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
         if isinstance(self.config, FeatureDistillConfig):
             self.student_taps = _Taps(model, [s for s, _ in self.config.taps], "student")
             self.teacher_taps = _Taps(self.teacher, [t for _, t in self.config.taps], "teacher")
