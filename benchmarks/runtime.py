@@ -7,9 +7,11 @@ dense model (BN statistics randomised, so no layer is degenerate): BNN = XNOR-Ne
 conv but the first (activations binarized; Bi-Real blocks for the ResNet), sparse forms = per-layer
 magnitude masks on every conv and linear but the first conv and last linear, pattern = 8-pattern library and
 r_c = 3.6 on those 3x3 convs (pattern_g4: with filter_group 4), channels = L1 pruning of 50%
-of every prunable channel group. Baselines are the uncompressed float model: eager, `torch.jit.freeze`
-and (with --compile) `torch.compile`; every form of one architecture and batch size is timed in the same
-loop, taking turns. Each form is deployed twice: exact (binary layers bit for bit) and with
+of every prunable channel group. Baselines are the uncompressed model in the engines a CPU user deploys
+with: eager, `torch.jit.freeze` and (with --compile) `torch.compile`, onnxruntime fp32 and int8 (its own
+quantize_static: QDQ, per-channel) and OpenVINO fp32 and int8 (the same QDQ model); the channel-pruned
+model also runs in both int8 engines. Every form of one architecture and batch size is timed in the same
+loop, taking turns, with the same threads. Each form is deployed twice: exact (binary layers bit for bit) and with
 `fold_batchnorm=True` (BatchNorm folded into the layer before it; equal within float rounding). The
 best-dense baseline folds BatchNorm too (jit.freeze does). Layer rows come from `deploy`'s own per-layer
 timing of the exact deployment (layer alone, its real input).
@@ -30,6 +32,7 @@ from harness import ensure_allocator_env
 
 HERE = Path(__file__).parent
 FOLDED = " + BN folded"
+DENSE = ("eager", "frozen", "compiled", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
 FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
          "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
          "resnet56": ["channels50"]}
@@ -77,12 +80,15 @@ def build(arch: str, form: str):
 
 def main() -> None:
     ensure_allocator_env()
+    import tempfile
+
     import torch
 
-    from slimkit.environment import environment
-    from slimkit.metrics import compare_latency
+    from slimkit.environment import cpu_info, environment
+    from slimkit.metrics import compare_latency, default_threads
     from slimkit.runtime import deploy
-    from slimkit.runtime.bench import dense_baselines
+    from slimkit.runtime.bench import dense_baselines, speedups
+    from slimkit.runtime.engines import dense_engines, export_dense
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="*", default=list(FORMS))
@@ -91,69 +97,99 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add the torch.compile baseline (minutes)")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    rows, layers = [], []
-    for arch in args.archs:
-        dense = build(arch, "dense")
-        forms = {form: build(arch, form) for form in FORMS[arch]}
-        for batch in args.batch_sizes:
-            example = torch.randn(batch, 3, 32, 32)
-            deployed = {form: deploy(model, example) for form, model in forms.items()}
-            deployed |= {f"{form}{FOLDED}": deploy(model, example, fold_batchnorm=True)
-                         for form, model in forms.items()}
-            baselines = {k: v for k, v in dense_baselines(copy.deepcopy(dense), example, args.compile).items()
-                         if not k.endswith("_error")}
-            timing = compare_latency({"eager": dense, **baselines, **deployed}, (3, 32, 32), batch_sizes=(batch,),
-                                     repeats=args.repeats)
-            ms = {name: t[str(batch)] for name, t in timing.items()}
-            best = min(baselines, key=lambda k: ms[k]["median"]) if baselines else "eager"
-            for form, model in deployed.items():
-                report = model.deploy_report
-                kinds = {e["kind"] for e in report if e["choice"] == "deployed"}
-                body = [e for e in report if "dense_ms" in e]
-                rows.append({
-                    "arch": arch, "form": form, "batch": batch, "eager_ms": ms["eager"], "best_dense": best,
-                    "best_dense_ms": ms[best], "deployed_ms": ms[form],
-                    "speedup_vs_eager": ms["eager"]["median"] / ms[form]["median"],
-                    "speedup_vs_best_dense": ms[best]["median"] / ms[form]["median"],
-                    "deployed_layers": sum(e["choice"] == "deployed" for e in report),
-                    "candidate_layers": len(body), "kernels": sorted(kinds),
-                    "body_speedup": (sum(e["dense_ms"] for e in body) / sum(
-                        e["deployed_ms"] if e["choice"] == "deployed" else e["dense_ms"] for e in body))
-                    if body else None,
-                })
-                if not form.endswith(FOLDED):
-                    layers += [{"arch": arch, "form": form, "batch": batch, **e} for e in report if "dense_ms" in e]
-            print(f"{arch} b{batch}: " + ", ".join(f"{r['form']} {r['speedup_vs_eager']:.2f}x"
-                                                   for r in rows if r["arch"] == arch and r["batch"] == batch))
+    threads = default_threads()
+    rows, layers, missing = [], [], {}
+    calibration = [torch.randn(8, 3, 32, 32) for _ in range(4)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.archs:
+            dense = build(arch, "dense")
+            forms = {form: build(arch, form) for form in FORMS[arch]}
+            exported = export_dense(dense, (3, 32, 32), calibration, Path(tmp) / arch)
+            pruned = {form: export_dense(model, (3, 32, 32), calibration, Path(tmp) / f"{arch}-{form}")
+                      for form, model in forms.items() if form.startswith("channels")}  # an ordinary, smaller model
+            for batch in args.batch_sizes:
+                example = torch.randn(batch, 3, 32, 32)
+                deployed = {form: deploy(model, example) for form, model in forms.items()}
+                deployed |= {f"{form}{FOLDED}": deploy(model, example, fold_batchnorm=True)
+                             for form, model in forms.items()}
+                baselines = dense_baselines(copy.deepcopy(dense), example, args.compile)
+                baselines |= dense_engines(exported, (batch, 3, 32, 32), threads)
+                engines = {f"{form} in {k}": v for form, paths in pruned.items()
+                           for k, v in dense_engines(paths, (batch, 3, 32, 32), threads).items()
+                           if not k.endswith("_error")}
+                missing |= {k: v for k, v in baselines.items() if k.endswith("_error")}
+                timed = {"eager": dense, **{k: v for k, v in baselines.items() if not k.endswith("_error")},
+                         **deployed, **engines}
+                timing = compare_latency(timed, (3, 32, 32), batch_sizes=(batch,), repeats=args.repeats,
+                                         threads=threads)
+                ms = {name: t[str(batch)] for name, t in timing.items()}
+                for name in (*deployed, *engines):
+                    report = getattr(deployed.get(name), "deploy_report", [])
+                    body = [e for e in report if "dense_ms" in e]
+                    rows.append({
+                        "arch": arch, "form": name, "batch": batch, "ms": ms[name], "vs": speedups(ms, name),
+                        "dense_ms": {k: ms[k] for k in ms if k not in deployed and k not in engines},
+                        "deployed_layers": sum(e["choice"] == "deployed" for e in report),
+                        "candidate_layers": len(body),
+                        "kernels": sorted({e["kind"] for e in report if e["choice"] == "deployed"}),
+                        "body_speedup": (sum(e["dense_ms"] for e in body) / sum(
+                            e["deployed_ms"] if e["choice"] == "deployed" else e["dense_ms"] for e in body))
+                        if body else None,
+                    })
+                    if name in deployed and not name.endswith(FOLDED):
+                        layers += [{"arch": arch, "form": name, "batch": batch, **e} for e in body]
+                print(f"{arch} b{batch}: " + ", ".join(
+                    f"{r['form']} {r['vs']['best_dense']['speedup']:.2f}x vs {r['vs']['best_dense']['baseline']}"
+                    for r in rows if r["arch"] == arch and r["batch"] == batch))
     args.results.mkdir(parents=True, exist_ok=True)
-    env = environment(0) | {"command": " ".join(sys.argv)}
-    (args.results / "runtime.json").write_text(json.dumps({"rows": rows, "layers": layers, "environment": env},
-                                                         indent=2))
-    (args.results / "runtime.md").write_text(markdown(rows, layers, env))
+    env = environment(0) | {"command": " ".join(sys.argv), "threads": threads} | cpu_info()
+    (args.results / "runtime.json").write_text(json.dumps({"rows": rows, "layers": layers, "missing": missing,
+                                                          "environment": env}, indent=2))
+    (args.results / "runtime.md").write_text(markdown(rows, layers, missing, env))
 
 
-def markdown(rows: list[dict], layers: list[dict], env: dict) -> str:
-    out = ["# CPU runtime: deployed vs dense PyTorch", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
-           "## Whole networks", "",
-           "| model | form | batch | eager dense ms | best dense (ms) | deployed ms | vs eager | vs best dense "
-           "| layers on compiled kernels | compressed-layer body vs dense |",
-           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+def _vs(entry: dict | None) -> str:
+    return f"{entry['speedup']:.2f}x ({entry['baseline']})" if entry else "n/a"
+
+
+def markdown(rows: list[dict], layers: list[dict], missing: dict, env: dict) -> str:
+    isa = ", ".join(env.get("isa", [])) or "no AVX2"
+    out = ["# CPU runtime: compressed models against the dense engines users deploy with", "",
+           f"CPU: **{env.get('cpu_model')}** ({isa}), {env['threads']} threads for every form, torch "
+           f"{env['torch']}. Every ratio names its baseline; > 1 means the compressed form is faster.", "",
+           __doc__.split("\n\n")[1].replace("\n", " "), "", "## Dense baselines (ms)", "",
+           "| model | batch | " + " | ".join(DENSE) + " |", "|---|---:|" + "---:|" * len(DENSE)]
+    seen = set()
+    for r in rows:
+        if (r["arch"], r["batch"]) in seen:
+            continue
+        seen.add((r["arch"], r["batch"]))
+        cells = [f"{r['dense_ms'][k]['median']:.3f}" if k in r["dense_ms"] else "-" for k in DENSE]
+        out.append(f"| {r['arch']} | {r['batch']} | " + " | ".join(cells) + " |")
+    if missing:
+        out += ["", "Missing baselines: " + "; ".join(f"{k.removesuffix('_error')}: {v}" for k, v in missing.items())]
+    out += ["", "## Compressed forms", "",
+            "| model | form | batch | ms | vs best dense engine | vs best fp32 | vs best int8 | vs eager torch "
+            "| layers on compiled kernels | compressed-layer body vs dense torch |",
+            "|---|---|---:|---:|---|---|---|---|---:|---:|"]
     for r in rows:
         body = f"{r['body_speedup']:.2f}x" if r["body_speedup"] else "-"
-        out.append(f"| {r['arch']} | {r['form']} | {r['batch']} | {r['eager_ms']['median']:.3f} "
-                   f"| {r['best_dense']} ({r['best_dense_ms']['median']:.3f}) | {r['deployed_ms']['median']:.3f} "
-                   f"± {r['deployed_ms']['iqr']:.3f} | {r['speedup_vs_eager']:.2f}x | "
-                   f"{r['speedup_vs_best_dense']:.2f}x | {r['deployed_layers']}/{r['candidate_layers']} | {body} |")
+        kernels = f"{r['deployed_layers']}/{r['candidate_layers']}" if r["candidate_layers"] else "-"
+        v = r["vs"]
+        out.append(f"| {r['arch']} | {r['form']} | {r['batch']} | {r['ms']['median']:.3f} ± {r['ms']['iqr']:.3f} | "
+                   f"{_vs(v.get('best_dense'))} | {_vs(v.get('best_fp32'))} | {_vs(v.get('best_int8'))} | "
+                   f"{_vs(v.get('eager'))} | {kernels} | {body} |")
     out += ["", "'compressed-layer body' sums the per-layer timings `deploy` took of every candidate layer (alone, "
-            "on its real input): dense time over the time of what runs after deployment (the kernel where it "
-            "won, dense where it lost).", "", "## Layers", "",
+            "on its real input): dense torch time over the time of what runs after deployment (the kernel where it "
+            "won, dense where it lost). 'channels50 in ort_int8' is the channel-pruned model, an ordinary smaller "
+            "model, quantized by onnxruntime's own quantize_static and run by that engine.", "", "## Layers", "",
             "| model | form | batch | layer | kind | dense ms | kernel ms | speedup | runs |",
             "|---|---|---:|---|---|---:|---:|---:|---|"]
     for e in layers:
         out.append(f"| {e['arch']} | {e['form']} | {e['batch']} | {e['layer']} | {e['kind']} | {e['dense_ms']:.3f} "
                    f"| {e['deployed_ms']:.3f} | {e['speedup']:.2f}x | {e['choice']} |")
     out += ["", f"Reproduce: `{env['command']}` (torch {env['torch']}, {env['cpu_count']} CPUs, commit "
-            f"{env['git_commit']}). Medians ± IQR of repeats in one process, the models taking turns in blocks."]
+            f"{env['git_commit']}). Medians ± IQR of repeats in one process, the forms taking turns in blocks."]
     return "\n".join(out) + "\n"
 
 

@@ -20,9 +20,11 @@ if not console.is_terminal:
     console.width = 120
 
 
-def _print_run(report_rows: list[tuple[str, str, str, str]], out_dir: Path | None) -> None:
-    table = Table(title="dense vs compressed")
-    for name, justify in (("metric", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
+def _print_run(report: Any, out_dir: Path | None) -> None:
+    table = Table(title=f"{report.reference_label} vs compressed")
+    report_rows = report.rows()
+    for name, justify in (("metric", "left"), (report.reference_label, "right"), ("compressed", "right"),
+                          ("change", "right")):
         table.add_column(name, justify=justify)
     for row in report_rows:
         table.add_row(*row)
@@ -41,7 +43,7 @@ def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
     out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
     run = run_recipe(recipe, out_dir, resume=args.resume, progress=not args.no_progress)
     if info.is_main:
-        _print_run(run.report.rows(), out_dir)
+        _print_run(run.report, out_dir)
     return 0
 
 
@@ -122,19 +124,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     model, shape, _ = _load_model(args)
     results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
-                          use_compile=not args.no_compile, fold_batchnorm=args.fold_batchnorm)
+                          use_compile=not args.no_compile, engines=not args.no_engines,
+                          fold_batchnorm=args.fold_batchnorm)
     results["environment"] = environment(0)
     default = Path(args.model) if Path(args.model).is_dir() else Path("bench") / Path(args.model).stem
     out = Path(args.out) if args.out else default
     _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
-    table = Table(title=f"{args.model}: deployed vs dense (ms, medians)")
-    for col in ("batch", "eager", "best dense", "deployed", "vs eager", "vs best dense"):
+    table = Table(title=f"{args.model}: deployed vs the dense engines (ms, medians; {results['cpu_model']}, "
+                        f"{', '.join(results['isa']) or 'no AVX2'}, {results['threads']} threads)")
+    for col in ("batch", "deployed", "vs best dense engine", "vs best fp32", "vs best int8", "vs eager torch"):
         table.add_column(col, justify="right")
     for batch, r in results["batches"].items():
-        ms = r["latency_ms"]
-        table.add_row(batch, f"{ms['eager']['median']:.3f}", f"{ms[r['best_dense']]['median']:.3f} ({r['best_dense']})",
-                      f"{ms['deployed']['median']:.3f}", f"{r['speedup_vs_eager']:.2f}x",
-                      f"{r['speedup_vs_best_dense']:.2f}x")
+        versus = r["deployed_vs"]
+        table.add_row(batch, f"{r['latency_ms']['deployed']['median']:.3f}",
+                      *(bench.versus(versus.get(k)) for k in ("best_dense", "best_fp32", "best_int8", "eager")))
     console.print(table)
     console.print(f"bench: {md_path} and {md_path.with_suffix('.json')}", highlight=False)
     return 0
@@ -190,7 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report = Report.from_run(Path(args.run_dir))
     path = report.write(Path(args.run_dir))
-    _print_run(report.rows(), None)
+    _print_run(report, None)
     console.print(f"report: {path}", highlight=False)
     return 0
 
@@ -234,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=21)
     bench.add_argument("--threads", type=int, default=None, help="threads at batch > 1 (batch 1 uses 1 for kernels)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (slow to build)")
+    bench.add_argument("--no-engines", action="store_true", help="skip the onnxruntime and OpenVINO baselines")
     bench.add_argument("--fold-batchnorm", action="store_true",
                        help="fold BatchNorm into the layer before it (binary layers then match within rounding)")
     bench.add_argument("--out", help="folder for bench.json and bench.md (default: the run folder)")

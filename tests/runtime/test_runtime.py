@@ -274,14 +274,22 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch
     assert code == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert set(results["batches"]) == {"1", "8"}
+    assert results["cpu_model"] and isinstance(results["isa"], list) and results["threads"] >= 1
+    dense = ("eager", "frozen", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
     for r in results["batches"].values():
-        assert {"eager", "deployed", "frozen"} <= set(r["latency_ms"])
-        assert r["speedup_vs_eager"] > 0 and r["best_dense"] == "frozen"
+        ms = r["latency_ms"]
+        assert {"eager", "deployed", "frozen", "ort_fp32", "ort_int8"} <= set(ms)
+        fastest = min((f for f in dense if f in ms), key=lambda f: ms[f]["median"])  # found independently
+        best = r["deployed_vs"]["best_dense"]
+        assert best["baseline"] == fastest
+        assert best["speedup"] == pytest.approx(ms[fastest]["median"] / ms["deployed"]["median"])
+        assert r["deployed_vs"]["best_int8"]["baseline"] in ("ort_int8", "openvino_int8")
         choices = {e["layer"]: e for e in r["layers"]}
         assert choices["features.0"]["reason"] == "no zero weights"
         assert all("dense_ms" in choices[n] and choices[n]["choice"] in ("deployed", "dense")
                    for n in ("features.3", "classifier.1"))
-    assert "| layer | kind | runs |" in (tmp_path / "run" / "bench.md").read_text()
+    report = (tmp_path / "run" / "bench.md").read_text()
+    assert "| layer | kind | runs |" in report and "CPU: " in report and "best dense engine" in report
 
 
 def _pattern_weight(out, channels, ratio, seed, group=1):

@@ -1,13 +1,17 @@
-"""`slimkit bench`: the deployed model against two dense baselines, eager PyTorch and the best of
-`torch.jit.freeze` and `torch.compile`, in one process, with interleaved repeats (median and IQR).
+"""`slimkit bench`: the deployed model against the dense baselines a user would pick: eager PyTorch,
+`torch.jit.freeze` and `torch.compile`, onnxruntime fp32 and int8 (its own quantize_static), OpenVINO fp32
+and int8, all in one process, taking turns, with the same threads (median and IQR).
 
-The deployment is made per batch size (its per-layer choices are timed at that size) and warmed up, so
-no JIT compilation is counted. Which layers run which kernel is part of the result.
+Every speed-up names its baseline: the best dense engine of all, the best fp32 and the best int8 one, and
+eager PyTorch as an extra column. The CPU model and ISA are part of the result. The deployment is made per
+batch size (its per-layer choices are timed at that size) and warmed up, so no JIT compilation is counted.
+The int8 engines are calibrated on random inputs: their speed, not their accuracy, is measured here.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.metrics import compare_latency
+from slimkit.environment import cpu_info
+from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.deploy import deploy
+from slimkit.runtime.engines import dense_engines, export_dense
 
 
 class _Opaque(nn.Module):
@@ -51,42 +57,76 @@ def dense_baselines(model: nn.Module, example: torch.Tensor, use_compile: bool) 
     return out
 
 
+DENSE_FP32 = ("eager", "frozen", "compiled", "ort_fp32", "openvino_fp32")
+DENSE_INT8 = ("ort_int8", "openvino_int8")
+
+
+def best_of(ms: dict[str, dict[str, float]], forms: Sequence[str]) -> str | None:
+    """The fastest of `forms` that was timed, or None."""
+    timed = [f for f in forms if f in ms]
+    return min(timed, key=lambda f: ms[f]["median"]) if timed else None
+
+
+def speedups(ms: dict[str, dict[str, float]], form: str) -> dict[str, Any]:
+    """`form` against the best dense engine, the best fp32 and the best int8 one, and eager torch, each ratio
+    with its baseline named (>1: `form` is faster)."""
+    out: dict[str, Any] = {}
+    for key, forms in (("best_dense", DENSE_FP32 + DENSE_INT8), ("best_fp32", DENSE_FP32), ("best_int8", DENSE_INT8),
+                       ("eager", ("eager",))):
+        best = best_of(ms, forms)
+        if best is not None:
+            out[key] = {"baseline": best, "speedup": ms[best]["median"] / ms[form]["median"]}
+    return out
+
+
 def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 64),
-          repeats: int = 21, threads: int | None = None, use_compile: bool = True,
+          repeats: int = 21, threads: int | None = None, use_compile: bool = True, engines: bool = True,
           fold_batchnorm: bool = False) -> dict[str, Any]:
-    """Latency of eager, best optimised dense and deployed forms of `model`, per batch size."""
+    """Latency of the deployed model and every dense baseline of `model`, per batch size."""
     model = model.eval()
-    results: dict[str, Any] = {"input_shape": list(input_shape), "batches": {}}
-    for batch in batch_sizes:
-        example = torch.randn(batch, *input_shape)
-        deployed = deploy(model, example, threads=threads, fold_batchnorm=fold_batchnorm)
-        forms: dict[str, Any] = {"eager": model, "deployed": deployed}
-        baselines = dense_baselines(model, example, use_compile)
-        forms.update({k: v for k, v in baselines.items() if not k.endswith("_error")})
-        timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
-        ms = {name: timing[name][str(batch)] for name in forms}
-        optimised = [k for k in ("frozen", "compiled") if k in ms]
-        best = min(optimised, key=lambda k: ms[k]["median"]) if optimised else "eager"
-        results["batches"][str(batch)] = {
-            "latency_ms": ms, "best_dense": best,
-            "speedup_vs_eager": ms["eager"]["median"] / ms["deployed"]["median"],
-            "speedup_vs_best_dense": ms[best]["median"] / ms["deployed"]["median"],
-            "layers": deployed.deploy_report,
-            "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
-        }
+    threads = threads or default_threads()
+    results: dict[str, Any] = {"input_shape": list(input_shape), "threads": threads, **cpu_info(), "batches": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = (export_dense(model, input_shape, [torch.randn(8, *input_shape) for _ in range(4)], Path(tmp))
+                    if engines else {})
+        for batch in batch_sizes:
+            example = torch.randn(batch, *input_shape)
+            deployed = deploy(model, example, threads=threads, fold_batchnorm=fold_batchnorm)
+            forms: dict[str, Any] = {"eager": model, "deployed": deployed}
+            baselines = dense_baselines(model, example, use_compile)
+            baselines.update(dense_engines(exported, (batch, *input_shape), threads))
+            forms.update({k: v for k, v in baselines.items() if not k.endswith("_error")})
+            timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
+            ms = {name: timing[name][str(batch)] for name in forms}
+            results["batches"][str(batch)] = {
+                "latency_ms": ms, "deployed_vs": speedups(ms, "deployed"), "layers": deployed.deploy_report,
+                "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
+            }
     return results
 
 
+def versus(entry: dict[str, Any] | None) -> str:
+    """'1.42x (ort_int8)': a speed-up with the baseline it is against."""
+    return f"{entry['speedup']:.2f}x ({entry['baseline']})" if entry else "n/a"
+
+
 def markdown(results: dict[str, Any], title: str) -> str:
-    """The bench result as a Markdown report: one latency table, then each batch size's layer choices."""
-    lines = [f"# {title}", "", "| batch | eager ms | best dense | best dense ms | deployed ms | vs eager | "
-             "vs best dense |", "|---:|---:|---|---:|---:|---:|---:|"]
+    """The bench result as a Markdown report: every form's latency, the deployed model against the best dense
+    engine (and the best fp32, best int8 and eager ones), then each batch size's layer choices."""
+    isa = ", ".join(results.get("isa", [])) or "none of the listed extensions"
+    lines = [f"# {title}", "", f"CPU: {results.get('cpu_model', 'unknown')} ({isa}); {results.get('threads')} "
+             f"threads for every form.", "", "| batch | form | median ms | IQR ms |", "|---:|---|---:|---:|"]
     for batch, r in results["batches"].items():
-        ms = r["latency_ms"]
-        lines.append(f"| {batch} | {ms['eager']['median']:.3f} ± {ms['eager']['iqr']:.3f} | {r['best_dense']} "
-                     f"| {ms[r['best_dense']]['median']:.3f} | {ms['deployed']['median']:.3f} "
-                     f"± {ms['deployed']['iqr']:.3f} | {r['speedup_vs_eager']:.2f}x | "
-                     f"{r['speedup_vs_best_dense']:.2f}x |")
+        for form, t in sorted(r["latency_ms"].items(), key=lambda kv: kv[1]["median"]):
+            lines.append(f"| {batch} | {form} | {t['median']:.3f} | {t['iqr']:.3f} |")
+    lines += ["", "Deployed against (ratio > 1: deployed is faster; the baseline is named):", "",
+              "| batch | best dense engine | best fp32 | best int8 | eager torch |", "|---:|---|---|---|---|"]
+    for batch, r in results["batches"].items():
+        v = r["deployed_vs"]
+        lines.append(f"| {batch} | {versus(v.get('best_dense'))} | {versus(v.get('best_fp32'))} | "
+                     f"{versus(v.get('best_int8'))} | {versus(v.get('eager'))} |")
+        for form, reason in r.get("baseline_errors", {}).items():
+            lines.append(f"| {batch} | {form.removesuffix('_error')} missing: {reason} | | | |")
     for batch, r in results["batches"].items():
         lines += ["", f"Layer choices at batch {batch}:", "", "| layer | kind | runs | layer speedup | why |",
                   "|---|---|---|---:|---|"]
@@ -99,6 +139,7 @@ def markdown(results: dict[str, Any], title: str) -> str:
 
 
 def write(results: dict[str, Any], out_dir: Path, title: str) -> tuple[Path, Path]:
+    """bench.json and bench.md in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     json_path.write_text(json.dumps(results, indent=2))

@@ -1,0 +1,118 @@
+"""The dense engines a CPU user deploys with, as baselines: onnxruntime fp32, onnxruntime int8 (its own
+`quantize_static`: QDQ format, per-channel weights, the three lines a user would write) and OpenVINO fp32
+and int8 (OpenVINO runs the same QDQ model with its int8 kernels). Each is callable like a model, so
+`compare_latency` times them against torch forms in one process, taking turns, with the same thread count;
+onnxruntime's intra-op threads do not spin between calls, so the engine timed next does not pay for them.
+
+onnxruntime and OpenVINO are optional: a missing one is reported by name, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from slimkit.errors import SlimkitError
+from slimkit.quant.onnx_export import OnnxModel, export_onnx
+
+
+class _Engine:
+    """A compiled engine model that the latency harness treats like an eval-mode nn.Module."""
+
+    training = False
+
+    def eval(self) -> _Engine:
+        return self
+
+    def train(self, mode: bool = True) -> _Engine:
+        return self
+
+
+class OpenVinoModel(_Engine):
+    """An OpenVINO CPU model compiled for one input shape with a fixed thread count and latency hint."""
+
+    def __init__(self, path: Path, shape: Sequence[int], threads: int):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        model.reshape(list(shape))
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.request.infer([x.detach().numpy().astype(np.float32, copy=False)])
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over a list of input batches."""
+
+    def __init__(self, name: str, batches: Sequence[Tensor]):
+        self.items = iter([{name: b.detach().numpy().astype(np.float32)} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.items, None)
+
+
+def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor]) -> Path:
+    """onnxruntime's own post-training int8 as its documentation does it: `quant_pre_process` (shape
+    inference, graph optimisation), then `quantize_static` with QDQ and per-channel weights."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_name(out.stem + "-prepared.onnx")
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its advice to pre-process is taken; the rest is noise here
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(str(prepared), str(out), _Calibration("input", calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        logger.setLevel(level)
+    return out
+
+
+def export_dense(model: nn.Module, input_shape: Sequence[int], calibration: Sequence[Tensor],
+                 workdir: Path) -> dict[str, Path | str]:
+    """The dense model as ONNX fp32 and as onnxruntime's int8; a value that is a string says why a form is
+    missing (an optional package not installed, an export that failed)."""
+    out: dict[str, Path | str] = {}
+    try:
+        out["fp32"] = export_onnx(model, workdir / "dense-fp32.onnx", input_shape)
+    except Exception as exc:  # the exporter's failures are many and not ours to enumerate
+        return {"fp32": f"ONNX export failed: {type(exc).__name__}: {exc}"[:200],
+                "int8": "needs the fp32 export"}
+    try:
+        out["int8"] = quantize_static_int8(out["fp32"], workdir / "dense-int8.onnx", calibration)
+    except (ImportError, SlimkitError):
+        out["int8"] = "onnxruntime is not installed"
+    return out
+
+
+def dense_engines(exported: dict[str, Path | str], shape: Sequence[int], threads: int) -> dict[str, Any]:
+    """{form: engine} for one input shape (batch included): ort_fp32, ort_int8, openvino_fp32,
+    openvino_int8; a form that cannot be built appears as '<form>_error' with the reason."""
+    engines: dict[str, Any] = {}
+    for precision, path in exported.items():
+        for engine in ("ort", "openvino"):
+            form = f"{engine}_{precision}"
+            if isinstance(path, str):
+                engines[f"{form}_error"] = path
+                continue
+            try:
+                engines[form] = OnnxModel(path, threads) if engine == "ort" else OpenVinoModel(path, shape, threads)
+            except (ImportError, SlimkitError):
+                engines[f"{form}_error"] = f"{'onnxruntime' if engine == 'ort' else 'openvino'} is not installed"
+    return engines
+
+
+ENGINE_FORMS = ("ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
