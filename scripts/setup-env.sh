@@ -24,8 +24,8 @@ if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.s
   if [ -n "$wheel" ]; then
     "${pip[@]}" install -q "$wheel"
   else
-    "${pip[@]}" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-      --extra-index-url https://pypi.org/simple
+    # the exact CPU build by its local version; PyTorch's CPU index is an extra index beside the default one
+    "${pip[@]}" install -q "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
   fi
 fi
 

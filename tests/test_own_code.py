@@ -342,7 +342,7 @@ def test_capped_global_pruning_through_prepare():
 
 # --- the CLI runs a user's model and data by import path ---------------------------------------------------
 
-def test_cli_runs_a_users_model_and_data_by_import_path(tmp_path):
+def test_cli_runs_a_users_model_and_data_by_import_path(tmp_path, capsys):
     recipe = {"name": "cli-own", "model": {"factory": "user_code:regression_model", "kwargs": {"hidden": 16}},
               "data": {"factory": "user_code:regression_data", "kwargs": {"n": 256}, "batch_size": 32},
               "objective": {"loss": "mse"},
@@ -357,6 +357,9 @@ def test_cli_runs_a_users_model_and_data_by_import_path(tmp_path):
     assert metrics["objective"]["loss"] == "mse_loss"
     state = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)["model"]
     assert int((state["2.weight"] == 0).sum()) == 128  # 16x16 at 50%
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "run")]) == 2  # slimkit cannot rebuild a user's model from a file
+    assert "weights.pt holds its state_dict" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -69,6 +69,10 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], An
 
     source = Path(args.model)
     if source.is_dir():
+        if not (source / "model.pt").exists() and (source / "weights.pt").exists():
+            raise SlimkitError(f"{source} is a run of your own model (built by model.factory or given to "
+                               f"slimkit.compress): {source / 'weights.pt'} holds its state_dict, which your code "
+                               f"loads into the model it builds; slimkit rebuilds only zoo models from a file")
         source = source / "model.pt"
     if source.exists():
         saved = safe_load(source, MODEL_FORMAT)

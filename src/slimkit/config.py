@@ -7,13 +7,31 @@ import types
 import typing
 from collections.abc import Iterable
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+def _numbers_only(annotation: object) -> bool:
+    """Whether a field takes numbers but not booleans (bool is an int to Python, never to a recipe)."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is not None or isinstance(
+        annotation, types.UnionType) else (annotation,)
+    return bool({int, float} & set(args)) and bool not in args
 
 
 class StrictModel(BaseModel):
-    """Base for every config: unknown keys are errors, and assignments are validated too."""
+    """Base for every config: unknown keys are errors, assignments are validated too, and a boolean is
+    never read as a number (`sparsity: false` is an error, not 0.0)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field is not None and _numbers_only(field.annotation):
+                    raise ValueError(f"'{key}': {value!r} is a boolean, and '{key}' takes a number")
+        return data
 
 
 def format_path(loc: Iterable[str | int]) -> str:
@@ -72,6 +90,16 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple 
         else:
             lines.append(f"'{path}': invalid value {value!r}: {err['msg']}")
     return lines
+
+
+def check_one_source(name: str | None, factory: str | None, what: str, allowed: Iterable[str], key: str) -> None:
+    """A section names a bundled `what` or a user factory, exactly one; a factory must import (see
+    resolve_factory)."""
+    if (name is None) == (factory is None):
+        raise ValueError(f"give exactly one of 'name' (a {what}: {', '.join(sorted(allowed))}) and 'factory' "
+                         f"(an import path 'pkg.module:function')")
+    if factory is not None:
+        resolve_factory(factory, key)
 
 
 def resolve_factory(path: str, key: str) -> typing.Callable[..., typing.Any]:

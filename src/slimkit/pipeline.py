@@ -21,6 +21,7 @@ from slimkit.channels.modifier import ChannelPruner
 from slimkit.data import DataBundle, load_data
 from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError
+from slimkit.files import atomic_write_text, remove_stale_temps
 from slimkit.methods import build_modifier
 from slimkit.metrics import compare_latency, measure
 from slimkit.models import build_model
@@ -63,12 +64,16 @@ def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool, env: dict[str,
         raise SlimkitError(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
     if started:
         saved = (out_dir / "recipe.yaml").read_text() if (out_dir / "recipe.yaml").exists() else None
+        if saved is not None and not saved.strip():
+            raise SlimkitError(f"{out_dir}/recipe.yaml is empty (torn by a kill while it was written, before "
+                               f"writes were atomic); delete it to resume with this recipe")
         if saved is not None and _normalized(saved) != recipe.to_yaml():
             raise SlimkitError(f"{out_dir}/recipe.yaml differs from this recipe; resume with the same recipe "
                                f"and overrides, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.yaml").write_text(recipe.to_yaml())
-    (out_dir / "environment.json").write_text(json.dumps(env, indent=2))
+    remove_stale_temps(out_dir)  # what a kill mid-write left behind
+    atomic_write_text(out_dir / "recipe.yaml", recipe.to_yaml())
+    atomic_write_text(out_dir / "environment.json", json.dumps(env, indent=2))
 
 
 def _stage_sparsity(summary: dict[str, Any], dense: dict[str, Any], comp: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +136,10 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
             load_weights(model, recipe.model.checkpoint)
     else:
         model_label = type(model).__name__
+    bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
+               None)
+    if bad is not None:
+        raise SlimkitError(f"the model's {bad} holds NaN or Inf values; compressing it would train on NaN")
     split = _evaluated_split(data)
 
     def train(net: nn.Module, phase: str, config, stages) -> TrainResult:
@@ -180,6 +189,6 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         for modifier in compressed.modifiers:
             if isinstance(modifier, ChannelPruner):  # the pruning plan, also as plain JSON beside model.pt
                 modifier.plan.save(out_dir / "plan.json")
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         Report(metrics).write(out_dir)
     return Run(recipe, compressed.model, dense.model, metrics, out_dir)

@@ -38,6 +38,25 @@ __all__ = ["STAGE_KINDS", "DataConfig", "MeasureConfig", "MethodConfig", "ModelC
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise RecipeError([f"line {line}: key {key!r} is given twice in one mapping (first on line "
+                               f"{seen[key]}); give each key once"])
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 class Recipe(StrictModel):
     """A whole job: model, data, an optional dense baseline, the compression run and its stages."""
 
@@ -104,7 +123,7 @@ class Recipe(StrictModel):
                                    f"bundled: {', '.join(bundled_recipes())}"])
             path = bundled
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
             raise RecipeError([f"{path}: not valid YAML: {exc}"]) from None
         return cls.from_dict(apply_overrides(data or {}, overrides))

@@ -59,7 +59,7 @@ def test_cli_run_under_torchrun_writes_once(tmp_path, digits_recipe):
     assert metrics["stages"][0]["achieved_sparsity"] == pytest.approx(0.8, abs=1e-12)
     assert metrics["models"]["dense"]["test_acc"] > 0.8
     assert metrics["models"]["compressed"]["test_acc"] > 0.8
-    assert done.stdout.count("dense vs compressed") == 1  # only rank 0 reports
+    assert done.stdout.count("dense (trained baseline) vs compressed") == 1  # only rank 0 reports
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".tmp") == []
 
 

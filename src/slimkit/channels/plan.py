@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.channels.graph import ChannelGraph, UnsupportedOpError
+from slimkit.files import atomic_write_text
 from slimkit.models.resnet import ShortcutA
 
 
@@ -36,7 +37,7 @@ class ChannelPlan:
         return cls(copy.deepcopy(data.get("modules", {})))
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> ChannelPlan:

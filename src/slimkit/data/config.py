@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from slimkit.config import StrictModel, resolve_factory
+from slimkit.config import StrictModel, check_one_source
 from slimkit.data.sources import DATASETS
 
 
@@ -40,12 +40,8 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if (self.name is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'name' (a bundled data set: "
-                             f"{', '.join(sorted(DATASETS))}) and 'factory' (an import path 'pkg.module:function')")
-        if self.factory is not None:
-            resolve_factory(self.factory, "data.factory")
-        elif self.kwargs:
+        check_one_source(self.name, self.factory, "bundled data set", DATASETS, "data.factory")
+        if self.factory is None and self.kwargs:
             raise ValueError("'kwargs' goes with 'factory'; a bundled data set takes none")
         return self
 

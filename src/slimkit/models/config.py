@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from slimkit.config import StrictModel, resolve_factory
+from slimkit.config import StrictModel, check_one_source
 from slimkit.models.zoo import MODELS
 
 ZOO_ONLY = ("in_channels", "num_classes", "input_size", "options")
@@ -39,11 +39,8 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.name is None) == (self.factory is None):
-            raise ValueError(f"give exactly one of 'name' (a zoo model: {', '.join(sorted(MODELS))}) and "
-                             f"'factory' (an import path 'pkg.module:function')")
+        check_one_source(self.name, self.factory, "zoo model", MODELS, "model.factory")
         if self.factory is not None:
-            resolve_factory(self.factory, "model.factory")
             zoo_keys = [k for k in (*ZOO_ONLY, "width") if getattr(self, k) != type(self).model_fields[k].get_default(
                 call_default_factory=True)]
             if zoo_keys:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slimkit.files import atomic_write_text
 from slimkit.metrics import precision_summary
 
 
@@ -211,5 +212,5 @@ class Report:
         plot_training({k: v["history"] for k, v in models.items()}, run_dir / "training.png", metric)
         plot_layer_sparsity(models["compressed"]["measurement"]["layers"], run_dir / "layer_sparsity.png")
         path = run_dir / "report.md"
-        path.write_text(self.markdown())
+        atomic_write_text(path, self.markdown())
         return path

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from slimkit.files import atomic_write
+
 
 def plot_training(histories: dict[str, list[dict[str, Any]]], path: Path, metric: str | None = "acc") -> Path:
     """Loss and the task metric per epoch (loss alone without a metric); the phases (dense, compressed)
@@ -39,7 +41,7 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], path: Path, metric
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -53,6 +55,6 @@ def plot_layer_sparsity(layers: list[dict[str, Any]], path: Path) -> Path:
     ax.set(ylabel="zeros (%)", ylim=(0, 100), title="Per-layer sparsity of the compressed model")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from slimkit.environment import cpu_info
+from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.deploy import deploy
 from slimkit.runtime.engines import dense_engines, export_dense
@@ -140,8 +141,7 @@ def markdown(results: dict[str, Any], title: str) -> str:
 
 def write(results: dict[str, Any], out_dir: Path, title: str) -> tuple[Path, Path]:
     """bench.json and bench.md in `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    json_path.write_text(json.dumps(results, indent=2))
-    md_path.write_text(markdown(results, title))
+    atomic_write_text(json_path, json.dumps(results, indent=2))
+    atomic_write_text(md_path, markdown(results, title))
     return json_path, md_path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from slimkit.errors import CheckpointError
+from slimkit.files import atomic_write
 
 CHECKPOINT_FORMAT = "slimkit-checkpoint-v1"  # full training state, written every epoch
 WEIGHTS_FORMAT = "slimkit-weights-v1"  # a trainer's best model state
@@ -17,26 +17,19 @@ MODEL_FORMAT = "slimkit-model-v1"  # a finished model: weights plus the architec
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+    """torch.save through `files.atomic_write`: a run killed mid-write leaves the previous checkpoint intact,
+    never a half-written one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
-    A run killed mid-write leaves the previous checkpoint intact, never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+
+def _first_line(exc: BaseException) -> str:
+    """The cause in one line; of torch's weights-only refusal only the unpickler's finding (its advice to turn
+    the protection off is never passed on)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def safe_load(path: Path, *formats: str) -> dict[str, Any]:
@@ -46,12 +39,14 @@ def safe_load(path: Path, *formats: str) -> dict[str, Any]:
         raise CheckpointError(f"{path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is corrupt or is not a slimkit file ({first}). Delete it to start afresh, "
-            f"or restore it from a copy."
-        ) from None
+    except Exception as exc:  # torch.load fails in many ways on a bad file; every one is a CheckpointError
+        if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
+            raise CheckpointError(
+                f"{path} was refused: it holds code or objects other than tensors and plain data, and slimkit "
+                f"loads files with weights_only=True only, so that a file can never run code. Use a file slimkit "
+                f"wrote, or one you saved as a plain state_dict") from None
+        raise CheckpointError(f"{path} is corrupt or is not a slimkit file ({_first_line(exc)}). Delete it to "
+                              f"start afresh, or restore it from a copy.") from None
     if not isinstance(obj, dict) or obj.get("format") not in formats:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is not a {' or '.join(formats)} file (found format {found!r})")

@@ -233,6 +233,11 @@ class Trainer:
             out = objective.forward(net, batch)
             target = objective.target(batch)
             loss = objective.loss(out, target) + compression.loss(out, batch)
+            if not torch.isfinite(loss):
+                kept = f"; {self.checkpoint_path} still holds the last complete epoch" if self.out_dir else ""
+                raise SlimkitError(f"{self.label}: the loss is {loss.item()} at epoch {epoch + 1}, step "
+                                   f"{compression.step_count + 1}: training diverged{kept}. Lower train.lr, or "
+                                   f"check the data and the model's weights for NaN or Inf")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()  # the wrapped step advances compression (hooks, schedules)
