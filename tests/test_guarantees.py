@@ -100,3 +100,26 @@ def test_a_file_that_holds_code_is_refused_without_advice_to_turn_the_protection
         safe_load(path, CHECKPOINT_FORMAT)
     message = str(error.value)
     assert "holds code" in message and "weights_only=False" not in message
+
+
+@pytest.mark.parametrize("stage,message", [
+    ({"prune": {"method": "gmp", "sparsity": 0.5, "layers": {"include": ["nothing.*"]}}},
+     "'stages[0].prune.layers': the layer selection"),
+    ({"channels": {"method": "l1", "ratio": 0.5, "keep": ["no_such_layer"]}}, "'stages[0].channels.keep'"),
+    ({"quantize": {"method": "uniform", "layers": {"include": ["features.1"]}}},
+     "'stages[0].quantize.layers': layers.include pattern 'features.1' matches only unsupported"),
+])
+def test_layer_selections_are_checked_before_any_training(tmp_path, digits_recipe, stage, message):
+    digits_recipe["stages"] = [stage]
+    digits_recipe["train"]["epochs"] = 4
+    with pytest.raises(SlimkitError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        slimkit.run_recipe(Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "dense").exists()  # the baseline never started
+
+
+def test_distillation_taps_are_checked_before_any_training(tmp_path, digits_recipe):
+    teacher = slimkit.models.lenet(in_channels=1, input_size=8, width=0.5)
+    digits_recipe["stages"] = [{"distill": {"method": "rkd", "teacher": teacher, "taps": [["features.5", "nope"]]}}]
+    with pytest.raises(SlimkitError, match=r"'stages\[0\].distill.taps': the teacher has no module 'nope'"):
+        slimkit.run_recipe(Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "dense").exists()

@@ -36,14 +36,17 @@ def _print_run(report: Any, out_dir: Path | None) -> None:
 def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
     from slimkit.pipeline import run_recipe
     from slimkit.recipe import Recipe
-    from slimkit.train.distributed import init_from_env
+    from slimkit.train.distributed import finish, init_from_env
 
     recipe = Recipe.load(recipe_source, args.overrides)
     info = init_from_env()
-    out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
-    run = run_recipe(recipe, out_dir, resume=args.resume, progress=not args.no_progress)
-    if info.is_main:
-        _print_run(run.report, out_dir)
+    try:
+        out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
+        run = run_recipe(recipe, out_dir, resume=args.resume, progress=not args.no_progress)
+        if info.is_main:
+            _print_run(run.report, out_dir)
+    finally:
+        finish()  # rank 0's files are complete before any rank exits
     return 0
 
 

@@ -166,3 +166,12 @@ def check_untied(model: nn.Module, layers: dict[str, nn.Module]) -> None:
             raise UnsupportedLayerError(
                 f"{name}.weight is the same tensor as {', '.join(others)} (tied weights): a change to one would "
                 f"change both. Leave it out (layers.exclude: [{name!r}]) or untie the weights first")
+
+
+def selection_issues(model: nn.Module, selection: LayerSelection, key: str) -> list[str]:
+    """`select_layers`' refusal as a message under `key`, or nothing when the selection is fine."""
+    try:
+        select_layers(model, selection)
+    except UnsupportedLayerError as exc:
+        return [f"'{key}': {exc}"]
+    return []

@@ -136,6 +136,10 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
             load_weights(model, recipe.model.checkpoint)
     else:
         model_label = type(model).__name__
+    issues = [f"'stages[{i}].{stage.kind}.{issue[1:]}" for i, stage in enumerate(recipe.stages)
+              for issue in build_modifier(stage).check(model)]
+    if issues:  # found on the built model before anything trains, not after the baseline
+        raise RecipeError(issues)
     bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
                None)
     if bad is not None:

@@ -26,6 +26,10 @@ def main(out: Path, mode: str, stage: dict) -> None:
         if mode == "break" and info.rank == 1:
             with torch.no_grad():
                 model.classifier[3].bias.add_(1.0)
+        if mode == "swap" and info.rank == 1:  # two weights trade places: every sum stays the same
+            with torch.no_grad():
+                w = model.classifier[3].weight
+                w[0, 0], w[0, 1] = w[0, 1].clone() + 0.5, w[0, 0].clone() - 0.5
         return finalize(model)
 
     pruner.finalize = record_then_finalize

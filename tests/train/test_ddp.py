@@ -47,6 +47,12 @@ def test_disagreeing_ranks_are_detected(tmp_path):
     assert errors and all("disagrees with rank 0 on classifier.3.bias" in e for e in errors)
 
 
+def test_swapped_weights_on_one_rank_are_caught(tmp_path):
+    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "swap", json.dumps(GMP))
+    errors = [p.read_text() for p in tmp_path.glob("error*.txt")]
+    assert errors and all("disagrees with rank 0 on classifier.3.weight" in e for e in errors)
+
+
 def test_cli_run_under_torchrun_writes_once(tmp_path, digits_recipe):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(digits_recipe))
@@ -60,6 +66,7 @@ def test_cli_run_under_torchrun_writes_once(tmp_path, digits_recipe):
     assert metrics["models"]["dense"]["test_acc"] > 0.8
     assert metrics["models"]["compressed"]["test_acc"] > 0.8
     assert done.stdout.count("dense (trained baseline) vs compressed") == 1  # only rank 0 reports
+    assert "2 ranks hold byte-identical tensors (sha256" in done.stderr  # and says what it checked
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".tmp") == []
 
 

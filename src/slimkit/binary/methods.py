@@ -24,7 +24,7 @@ from slimkit.binary.binarizers import (
 )
 from slimkit.binary.functions import ApproxSign, ClippedSTE, Ede, RbnnSign, log_schedule
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear, binarize_module
-from slimkit.layers import LayerSelection, select_layers
+from slimkit.layers import LayerSelection, select_layers, selection_issues
 from slimkit.methods import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
 
@@ -66,6 +66,9 @@ class BinaryMethod(Modifier):
             model.set_submodule(name, binary)
             self.layers[name] = binary
         return model
+
+    def check(self, model: nn.Module) -> list[str]:
+        return selection_issues(model, self.config.layers, "layers")
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         self.rebuild_structure(model)

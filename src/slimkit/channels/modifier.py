@@ -16,7 +16,7 @@ from slimkit.channels.importance import NEEDS_GRADIENTS
 from slimkit.channels.plan import ChannelPlan, apply_plan
 from slimkit.channels.prune import plan_pruning
 from slimkit.errors import SlimkitError
-from slimkit.layers import LayerSelection, select_layers
+from slimkit.layers import LayerSelection, select_layers, selection_issues
 from slimkit.methods import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
 
@@ -113,6 +113,12 @@ class ChannelPruner(Modifier):
         self.rounds = 0
         self.groups = [0, 0]  # removed, candidates (of the first round's model)
         self.ctx: TrainContext | None = None
+
+    def check(self, model: nn.Module) -> list[str]:
+        if not self.config.keep:
+            return []
+        return selection_issues(model, LayerSelection(include=self.config.keep, skip_first_conv=False,
+                                                      skip_last_linear=False), "keep")
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         self.ctx = ctx

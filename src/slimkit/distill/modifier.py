@@ -115,11 +115,25 @@ class Distiller(Modifier):
         self.student_taps: _Taps | None = None
         self.teacher_taps: _Taps | None = None
 
-    def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+    def check(self, model: nn.Module) -> list[str]:
+        if not isinstance(self.config, FeatureDistillConfig):
+            return []
+        issues = []
+        for role, net, names in (("student", model, [s for s, _ in self.config.taps]),
+                                 ("teacher", self._teacher(), [t for _, t in self.config.taps])):
+            available = dict(net.named_modules())
+            issues += [f"'taps': the {role} has no module '{n}'" for n in names if n not in available]
+        return issues
+
+    def _teacher(self) -> nn.Module:
         from slimkit.persistence import load
 
         teacher = self.config.teacher
-        self.teacher = (teacher if isinstance(teacher, nn.Module) else load(teacher)).eval()
+        return teacher if isinstance(teacher, nn.Module) else load(teacher)
+
+    def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        teacher = self.config.teacher
+        self.teacher = self._teacher().eval()
         if not isinstance(teacher, nn.Module):  # a loaded teacher is ours to freeze; a user's module is left as is
             for p in self.teacher.parameters():
                 p.requires_grad_(False)

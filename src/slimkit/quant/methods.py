@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from slimkit.errors import UnsupportedLayerError
 from slimkit.layers import LayerSelection, canonical_weight, check_untied, layer_kind, select_layers
 from slimkit.methods import MethodConfig, register_method
 from slimkit.quant.attach import quantize_layer, quantizer_parameters, weight_quantization
@@ -120,6 +121,13 @@ class QuantizeModifier(Modifier):
                 quantize_layer(module, weight_q, input_q, bits, bits)
             self.layers[name] = module
         return model
+
+    def check(self, model: nn.Module) -> list[str]:
+        try:
+            self._plan(model)
+        except UnsupportedLayerError as exc:
+            return [f"'layers': {exc}"]
+        return []
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         samples = self._collect_inputs(model, ctx) if self.config.calibration_batches else {}

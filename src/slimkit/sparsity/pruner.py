@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from slimkit.layers import LayerSelection, select_layers
+from slimkit.layers import LayerSelection, select_layers, selection_issues
 from slimkit.methods import MethodConfig
 from slimkit.sparsity.masks import WeightMask, add_mask, raw_weight, remove_mask
 from slimkit.sparsity.schedules import cubic_sparsity
@@ -80,6 +80,9 @@ class Pruner(Modifier):
     def final(self) -> float:
         """The sparsity the method ends at."""
         return self.config.sparsity
+
+    def check(self, model: nn.Module) -> list[str]:
+        return selection_issues(model, self.config.layers, "layers")
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         layers = select_layers(model, self.config.layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -59,16 +60,26 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def assert_ranks_agree(model: torch.nn.Module) -> None:
-    """Fail loudly if ranks hold different weights or masks: a checksum of every tensor is compared."""
+def assert_ranks_agree(model: torch.nn.Module) -> str | None:
+    """Fail loudly if ranks hold different weights or masks: every rank's sha256 digest of every tensor's
+    bytes is compared with rank 0's (a sum would miss two swapped weights). Returns what was checked."""
     info = current()
     if not info.enabled:
-        return
+        return None
     state = model.state_dict()
-    local = torch.stack([t.detach().double().sum() for t in state.values()]) if state else torch.zeros(1)
-    gathered = [torch.zeros_like(local) for _ in range(info.world_size)]
-    dist.all_gather(gathered, local)
+    local = {k: hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest() for k, t in state.items()}
+    gathered: list[dict[str, str] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, local)
     for rank, other in enumerate(gathered):
-        if not torch.equal(other, gathered[0]):
-            bad = [k for k, a, b in zip(state, gathered[0], other, strict=True) if a != b]
+        bad = [k for k in local if other.get(k) != gathered[0].get(k)]
+        if bad:
             raise RuntimeError(f"rank {rank} disagrees with rank 0 on {', '.join(bad[:5])}")
+    return f"{info.world_size} ranks hold byte-identical tensors (sha256 of all {len(local)} in the state_dict)"
+
+
+def finish() -> None:
+    """End a distributed run cleanly: every rank waits at a barrier until rank 0's final writes are done, then
+    the process group is torn down, so no rank's exit can kill another mid-write."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

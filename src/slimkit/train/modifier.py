@@ -71,6 +71,11 @@ class Modifier:
     def name(self) -> str:
         return f"{self.config.kind}:{self.config.method}"
 
+    def check(self, model: nn.Module) -> list[str]:
+        """Problems this method would meet on `model` (a layer selection that picks nothing, a tap that does
+        not exist), as messages; called on the built model before any training, and must not change it."""
+        return []
+
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         """Wrap layers or register masks. Runs before the optimiser exists and before any resume."""
 

@@ -29,7 +29,7 @@ from slimkit.train.config import TrainConfig
 from slimkit.train.lr import LRSchedule
 from slimkit.train.modifier import Modifier
 from slimkit.train.objective import Objective
-from slimkit.train.progress import EpochProgress
+from slimkit.train.progress import EpochProgress, console
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -199,7 +199,9 @@ class Trainer:
         if best is not None:
             self.model.load_state_dict(best["model"])
         self.model = compression.finalize()
-        distributed.assert_ranks_agree(self.model)
+        agreed = distributed.assert_ranks_agree(self.model)
+        if agreed and self.dist.is_main:  # under DDP only, one line per phase, also without progress output
+            console.print(f"{self.label}: {agreed}", highlight=False)
         return TrainResult(self.model, history, best["epoch"] if best else None, time.perf_counter() - started,
                            compression.summaries(), self.modifiers)
 
