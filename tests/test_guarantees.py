@@ -123,3 +123,24 @@ def test_distillation_taps_are_checked_before_any_training(tmp_path, digits_reci
     with pytest.raises(SlimkitError, match=r"'stages\[0\].distill.taps': the teacher has no module 'nope'"):
         slimkit.run_recipe(Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "dense").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [("in_channels", 3, "does not run on the data's inputs"),
+                                               ("num_classes", 7, "outputs 7 classes and the data has 10")])
+def test_a_model_that_does_not_fit_the_data_is_an_error_before_training(tmp_path, digits_recipe, key, value, message):
+    digits_recipe["model"][key] = value
+    with pytest.raises(SlimkitError, match=message):
+        slimkit.run_recipe(Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "dense").exists()
+
+
+@pytest.mark.parametrize("content,message", [(b"\x1f\x8b not gzip at all", "cannot be read as gzip"),
+                                             (b"\x00\x00\x08\x03\x00", "bad IDX header")])
+def test_a_data_file_that_is_not_what_it_claims_is_named(tmp_path, content, message):
+    from slimkit.data.idx import read_idx
+
+    path = tmp_path / ("train-images-idx3-ubyte.gz" if content.startswith(b"\x1f") else "train-images-idx3-ubyte")
+    path.write_bytes(content)
+    with pytest.raises(SlimkitError, match=message) as error:
+        read_idx(path)
+    assert str(path) in str(error.value)

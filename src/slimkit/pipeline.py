@@ -23,14 +23,14 @@ from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError
 from slimkit.files import atomic_write_text, remove_stale_temps
 from slimkit.methods import build_modifier
-from slimkit.metrics import compare_latency, measure
+from slimkit.metrics import call, compare_latency, example_batch, measure
 from slimkit.models import build_model
 from slimkit.persistence import load_weights, save_model
 from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import distributed
 from slimkit.train.checkpoint import WEIGHTS_FORMAT, atomic_save
-from slimkit.train.objective import Objective
+from slimkit.train.objective import Objective, logits_of
 from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
 
 
@@ -96,6 +96,35 @@ def _image_facts(example: Any) -> tuple[int | None, int | None]:
     return (shape[0], shape[-1]) if isinstance(shape, tuple) and len(shape) == 3 else (None, None)
 
 
+def _check_model_fits_data(model: nn.Module, example: Any, data: DataBundle, objective: Objective) -> None:
+    """One forward on a data sample before anything trains: inputs the model cannot take, or a class count
+    that differs from the data's, are errors now rather than after a baseline (model.in_channels,
+    input_size and num_classes are the keys to look at)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = logits_of(call(model, example_batch(example, 2)))
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SlimkitError(f"the model does not run on the data's inputs ({_shape_text(example)}): {first}. Check "
+                           f"model.in_channels and model.input_size against the data") from None
+    finally:
+        model.train(was_training)
+    classes = data.num_classes
+    if classes and objective.loss_fn is None and logits.ndim == 2 and logits.shape[1] != classes:
+        raise SlimkitError(f"the model outputs {logits.shape[1]} classes and the data has {classes} "
+                           f"({', '.join(map(str, data.classes[:5]))}...); set model.num_classes to {classes}")
+
+
+def _shape_text(example: Any) -> str:
+    if isinstance(example, torch.Tensor):
+        return f"shape {tuple(example.shape[1:])} per sample"
+    if isinstance(example, dict):
+        return ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in example.items())
+    return f"shape {tuple(example)} per sample"
+
+
 def _evaluated_split(data: DataBundle) -> str:
     """The split the report judges quality on: test, else validation; training data only when nothing is
     held out, and then the report says so."""
@@ -136,6 +165,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
             load_weights(model, recipe.model.checkpoint)
     else:
         model_label = type(model).__name__
+    _check_model_fits_data(model, example, data, objective)
     issues = [f"'stages[{i}].{stage.kind}.{issue[1:]}" for i, stage in enumerate(recipe.stages)
               for issue in build_modifier(stage).check(model)]
     if issues:  # found on the built model before anything trains, not after the baseline

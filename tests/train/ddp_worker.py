@@ -42,4 +42,7 @@ def main(out: Path, mode: str, stage: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))
+    try:
+        main(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))
+    finally:
+        distributed.finish()  # a barrier, then the process group torn down: no rank aborts at exit

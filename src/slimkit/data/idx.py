@@ -32,11 +32,17 @@ HOW_TO_GET = {
 def read_idx(path: Path) -> np.ndarray:
     """Parse one IDX file: magic (0, 0, dtype 0x08, ndim), big-endian dims, then uint8 data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataNotFoundError(f"{path} cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'}: "
+                                f"{exc}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataNotFoundError(f"{path} is not an unsigned-byte IDX file (bad magic {data[:4]!r})")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataNotFoundError(f"{path} has a bad IDX header: {ndim} dimensions announced, the file ends first")
     dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(int)
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
