@@ -144,3 +144,33 @@ def test_a_data_file_that_is_not_what_it_claims_is_named(tmp_path, content, mess
     with pytest.raises(SlimkitError, match=message) as error:
         read_idx(path)
     assert str(path) in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from slimkit.models import ModelConfig
+    from slimkit.persistence import save_model
+
+    path = tmp_path_factory.mktemp("saved") / "model.pt"
+    model = slimkit.models.lenet(in_channels=1, input_size=8, width=0.5)
+    save_model(model, path, ModelConfig(name="lenet", width=0.5), 1, 10, 8)
+    return path
+
+
+@pytest.mark.parametrize("tamper,message", [
+    (lambda p: p["arch"].update(input_size=100000), "'arch.input_size': invalid value 100000"),
+    (lambda p: p.pop("arch"), "field 'arch' is missing"),
+    (lambda p: p["arch"].update(in_channels=None), "field 'arch' lacks in_channels"),
+    (lambda p: p.update(state_dict={"w": "not a tensor"}), "'state_dict' holds values that are not tensors"),
+    (lambda p: p.update(stages=[{"stage": {"prune": {"method": "nope"}}}]), "unknown method 'nope'"),
+])
+def test_a_tampered_model_file_is_refused_naming_the_field(tmp_path, saved_model, capsys, tamper, message):
+    from slimkit.train.checkpoint import MODEL_FORMAT
+
+    payload = safe_load(saved_model, MODEL_FORMAT)
+    tamper(payload)
+    path = tmp_path / "model.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message):
+        slimkit.load(path)
+    assert main(["info", str(path)]) == 2 and message.split("'")[1] in capsys.readouterr().err

@@ -66,9 +66,8 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], An
     import torch
 
     from slimkit.models import MODELS, build_model
-    from slimkit.persistence import rebuild
+    from slimkit.persistence import read_model_file, rebuild
     from slimkit.recipe import ModelConfig
-    from slimkit.train.checkpoint import MODEL_FORMAT, safe_load
 
     source = Path(args.model)
     if source.is_dir():
@@ -78,12 +77,11 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], An
                                f"loads into the model it builds; slimkit rebuilds only zoo models from a file")
         source = source / "model.pt"
     if source.exists():
-        saved = safe_load(source, MODEL_FORMAT)
-        model = rebuild(saved["arch"], saved.get("stages", []), saved["state_dict"], str(source))
-        library = next((torch.as_tensor(s["state"]["library"]) for s in saved.get("stages", [])
+        arch, stages, state_dict = read_model_file(source)
+        model = rebuild(arch, stages, state_dict, str(source))
+        library = next((torch.as_tensor(s["state"]["library"]) for s in stages
                         if isinstance(s.get("state"), dict) and "library" in s["state"]), None)
-        shape = (saved["arch"]["in_channels"], saved["arch"]["input_size"], saved["arch"]["input_size"])
-        return model, shape, library
+        return model, (arch.in_channels, arch.input_size, arch.input_size), library
     if args.model in MODELS:
         model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
         return model, (args.in_channels, args.input_size, args.input_size), None

@@ -6,10 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from pydantic import ValidationError
 from torch import nn
 
 from slimkit.channels.plan import ChannelPlan, apply_plan
-from slimkit.errors import CheckpointError
+from slimkit.config import describe_errors
+from slimkit.errors import CheckpointError, RecipeError
 from slimkit.methods import build_modifier, parse_stage
 from slimkit.models import ModelConfig, build_model
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
@@ -26,6 +29,33 @@ def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: i
               for m in modifiers]
     atomic_save({"format": MODEL_FORMAT, "arch": arch.model_dump(mode="json"), "stages": stages,
                  "state_dict": model.state_dict()}, Path(path))
+
+
+def read_model_file(path: str | Path) -> tuple[ModelConfig, list[dict[str, Any]], dict[str, Any]]:
+    """(architecture, stages, state_dict) of a slimkit model file, after weights_only loading and a schema
+    check: required fields present and of the right kind, the architecture a valid (bounded) zoo config with
+    its shape facts, every stage a valid method config. Anything else is a CheckpointError naming the file
+    and the field; a file never makes slimkit allocate what its fields claim before they are checked."""
+    saved = safe_load(Path(path), MODEL_FORMAT)
+    for key, kind in (("arch", dict), ("state_dict", dict), ("stages", list)):
+        if not isinstance(saved.get(key, [] if key == "stages" else None), kind):
+            raise CheckpointError(f"{path}: field '{key}' is missing or not a {kind.__name__}")
+    try:
+        arch = ModelConfig.model_validate(saved["arch"])
+    except ValidationError as exc:
+        raise CheckpointError(f"{path}: " + "; ".join(describe_errors(exc, ModelConfig, ("arch",)))) from None
+    missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
+    if missing:
+        raise CheckpointError(f"{path}: field 'arch' lacks {', '.join(missing)}")
+    stages = saved.get("stages", [])
+    for i, entry in enumerate(stages):
+        try:
+            parse_stage(entry.get("stage") if isinstance(entry, dict) else entry, ("stages", i))
+        except RecipeError as exc:
+            raise CheckpointError(f"{path}: " + "; ".join(exc.issues)) from None
+    if not all(isinstance(v, torch.Tensor) for v in saved["state_dict"].values()):
+        raise CheckpointError(f"{path}: field 'state_dict' holds values that are not tensors")
+    return arch, stages, saved["state_dict"]
 
 
 def rebuild(arch: ModelConfig | dict[str, Any], stages: Sequence[dict[str, Any]],
@@ -61,8 +91,8 @@ def load(source: str | Path | ModelConfig | dict[str, Any], plan: ChannelPlan | 
         except RuntimeError as exc:
             raise CheckpointError(f"the state_dict does not fit {arch.name} pruned by this plan: {exc}") from None
         return model.eval()
-    saved = safe_load(Path(source), MODEL_FORMAT)
-    return rebuild(saved["arch"], saved.get("stages", []), saved["state_dict"], str(source))
+    arch, stages, state_dict = read_model_file(source)
+    return rebuild(arch, stages, state_dict, str(source))
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -24,9 +24,9 @@ class ModelConfig(StrictModel):
     factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     width: float = Field(1.0, gt=0, le=16)
-    in_channels: int | None = Field(None, ge=1)
-    num_classes: int | None = Field(None, ge=2)
-    input_size: int | None = Field(None, ge=4)
+    in_channels: int | None = Field(None, ge=1, le=4096)
+    num_classes: int | None = Field(None, ge=2, le=100_000)
+    input_size: int | None = Field(None, ge=4, le=4096)
     options: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = None
 
