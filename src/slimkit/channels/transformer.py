@@ -20,7 +20,7 @@ with those heads and neurons zeroed; `zero_heads_and_neurons` builds that refere
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,7 +42,6 @@ class Block:
     inputs: list[str]  # layers whose input columns hold the groups (the output projection; the MLP's second)
     fused: int = 1  # q, k, v side by side in one layer (GPT-2's c_attn): 3
     owner: str = ""  # the attention module whose size attributes follow the slicing
-    keep: list[int] = field(default_factory=list)
 
 
 def _child(module: nn.Module, path: str) -> nn.Module | None:
@@ -150,7 +149,7 @@ def apply_block(model: nn.Module, block: Block, keep: list[int]) -> None:
                             ("split_size", width), ("embed_dim", width)):
             if attr in vars(owner):
                 setattr(owner, attr, value)
-    block.keep, block.count = keep, len(keep)
+    block.count = len(keep)
 
 
 def prune_heads_and_neurons(model: nn.Module, *, heads: float = 0.0, neurons: float = 0.0,

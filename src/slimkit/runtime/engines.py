@@ -113,6 +113,3 @@ def dense_engines(exported: dict[str, Path | str], shape: Sequence[int], threads
             except (ImportError, SlimkitError):
                 engines[f"{form}_error"] = f"{'onnxruntime' if engine == 'ort' else 'openvino'} is not installed"
     return engines
-
-
-ENGINE_FORMS = ("ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
