@@ -89,10 +89,7 @@ class Compression:
 
     def optimizer(self, optimizer_class: type[Optimizer] = torch.optim.SGD, **defaults: Any) -> Optimizer:
         """Build `optimizer_class(groups, **defaults)` over the methods' groups and wrap it."""
-        groups = self.param_groups()
-        for group in groups:
-            group.setdefault("base_lr", group.get("lr", defaults.get("lr")))
-        return self._drive(optimizer_class(groups, **defaults))
+        return self._drive(optimizer_class(self.param_groups(), **defaults))
 
     def wrap(self, optimizer: Optimizer) -> Optimizer:
         """Take over a user's optimizer: add the methods' parameter groups, check that it trains exactly the
@@ -125,8 +122,6 @@ class Compression:
                 if params:
                     optimizer.add_param_group({**group, "params": params})
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
-        for group in optimizer.param_groups:
-            group.setdefault("base_lr", group["lr"])
 
     def _check_tracks_model(self, optimizer: Optimizer) -> None:
         live = {id(p): name for name, p in self.model.named_parameters() if p.requires_grad}
