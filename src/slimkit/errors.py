@@ -25,3 +25,12 @@ class CheckpointError(SlimkitError):
 
 class UnsupportedLayerError(SlimkitError):
     """A method was asked to handle a layer type it does not support."""
+
+
+def first_line(cause: BaseException | str) -> str:
+    """The first non-blank line of an exception's message (its type's name when it has none), so a message
+    quoting a library's error stays one line."""
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    if lines:
+        return lines[0]
+    return type(cause).__name__ if isinstance(cause, BaseException) else ""

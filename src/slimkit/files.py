@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, first_line
 
 TEMP_SUFFIX = ".tmp"
 
@@ -40,7 +40,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         raise SlimkitError(f"cannot write {path}: {exc.strerror or exc}; the previous version of the file, if "
                            f"any, is unchanged") from None
     except RuntimeError as exc:  # torch.save reports a failed write (a full disk) as a RuntimeError
-        raise SlimkitError(f"cannot write {path}: {str(exc).splitlines()[0]}; the previous version of the file, "
+        raise SlimkitError(f"cannot write {path}: {first_line(exc)}; the previous version of the file, "
                            f"if any, is unchanged") from None
     finally:
         tmp.unlink(missing_ok=True)

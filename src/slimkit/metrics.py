@@ -72,7 +72,8 @@ def call(model: nn.Module, inputs: Tensor | Mapping[str, Tensor]) -> object:
     return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
-def _example_shape(example: Example) -> list[int] | dict[str, list[int]]:
+def example_shape(example: Example) -> list[int] | dict[str, list[int]]:
+    """The per-sample input shape of an example: a list, or one list per key of a dict example."""
     if isinstance(example, Tensor):
         return list(example.shape[1:])
     if isinstance(example, Mapping):
@@ -298,7 +299,7 @@ def measure(model: nn.Module, example: Example, *, batch_sizes: Sequence[int] = 
         macs=sum(macs.values()),
         effective_macs=sum(layer.effective_macs for layer in layers),
         bops=sum(layer.effective_macs for layer in layers if layer.weight_bits == 1 and layer.input_bits == 1),
-        input_shape=_example_shape(example),
+        input_shape=example_shape(example),
         threads=threads,
         layers=layers,
     )

@@ -20,10 +20,10 @@ from torch import nn
 from slimkit.channels.modifier import ChannelPruner
 from slimkit.data import DataBundle, load_data
 from slimkit.environment import environment
-from slimkit.errors import RecipeError, SlimkitError
+from slimkit.errors import RecipeError, SlimkitError, first_line
 from slimkit.files import atomic_write_text, remove_stale_temps
 from slimkit.methods import build_modifier
-from slimkit.metrics import call, compare_latency, example_batch, measure
+from slimkit.metrics import call, compare_latency, example_batch, example_shape, measure
 from slimkit.models import build_model
 from slimkit.persistence import load_weights, save_model
 from slimkit.recipe import Recipe
@@ -106,23 +106,15 @@ def _check_model_fits_data(model: nn.Module, example: Any, data: DataBundle, obj
         with torch.no_grad():
             logits = logits_of(call(model, example_batch(example, 2)))
     except (RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SlimkitError(f"the model does not run on the data's inputs ({_shape_text(example)}): {first}. Check "
-                           f"model.in_channels and model.input_size against the data") from None
+        raise SlimkitError(f"the model does not run on the data's inputs (per sample {example_shape(example)}): "
+                           f"{first_line(exc)}. Check model.in_channels and model.input_size against the data"
+                           ) from None
     finally:
         model.train(was_training)
     classes = data.num_classes
     if classes and objective.loss_fn is None and logits.ndim == 2 and logits.shape[1] != classes:
         raise SlimkitError(f"the model outputs {logits.shape[1]} classes and the data has {classes} "
                            f"({', '.join(map(str, data.classes[:5]))}...); set model.num_classes to {classes}")
-
-
-def _shape_text(example: Any) -> str:
-    if isinstance(example, torch.Tensor):
-        return f"shape {tuple(example.shape[1:])} per sample"
-    if isinstance(example, dict):
-        return ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in example.items())
-    return f"shape {tuple(example)} per sample"
 
 
 def _evaluated_split(data: DataBundle) -> str:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node, Tracer
 from torch.fx.passes.shape_prop import ShapeProp
 
-from slimkit.errors import UnsupportedLayerError
+from slimkit.errors import UnsupportedLayerError, first_line
 from slimkit.models.resnet import ShortcutA
 
 
@@ -150,9 +150,9 @@ def build_graph(model: nn.Module, example: Tensor, fixed_modules: set[str] = fro
         traced = GraphModule(model, tracer.trace(model))
     except Exception as exc:  # torch.fx raises many types on untraceable code
         where = tracer.stack[-1] if tracer.stack else f"'<top level>' ({type(model).__name__})"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UnsupportedOpError(f"cannot trace module {where} with torch.fx ({type(exc).__name__}: {first}); "
-                                 f"for transformer blocks use slimkit.channels.prune_heads_and_neurons") from None
+        raise UnsupportedOpError(f"cannot trace module {where} with torch.fx ({type(exc).__name__}: "
+                                 f"{first_line(exc)}); for transformer blocks use "
+                                 f"slimkit.channels.prune_heads_and_neurons") from None
     was_training = model.training
     model.eval()
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from slimkit.errors import CheckpointError
+from slimkit.errors import CheckpointError, first_line
 from slimkit.files import atomic_write
 
 CHECKPOINT_FORMAT = "slimkit-checkpoint-v1"  # full training state, written every epoch
@@ -22,14 +22,11 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _first_line(exc: BaseException) -> str:
+def _cause(exc: BaseException) -> str:
     """The cause in one line; of torch's weights-only refusal only the unpickler's finding (its advice to turn
     the protection off is never passed on)."""
-    text = str(exc)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    marker = "WeightsUnpickler error:"
+    return first_line(str(exc).split(marker, 1)[1]) if marker in str(exc) else first_line(exc)
 
 
 def safe_load(path: Path, *formats: str) -> dict[str, Any]:
@@ -45,7 +42,7 @@ def safe_load(path: Path, *formats: str) -> dict[str, Any]:
                 f"{path} was refused: it holds code or objects other than tensors and plain data, and slimkit "
                 f"loads files with weights_only=True only, so that a file can never run code. Use a file slimkit "
                 f"wrote, or one you saved as a plain state_dict") from None
-        raise CheckpointError(f"{path} is corrupt or is not a slimkit file ({_first_line(exc)}). Delete it to "
+        raise CheckpointError(f"{path} is corrupt or is not a slimkit file ({_cause(exc)}). Delete it to "
                               f"start afresh, or restore it from a copy.") from None
     if not isinstance(obj, dict) or obj.get("format") not in formats:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
