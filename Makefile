@@ -1,6 +1,8 @@
 # The two commands of the README: `make demo` and `make test`. Each builds .venv on first use.
 VENV  := .venv
 STAMP := $(VENV)/.installed
+# slimkit's OpenVINO operators (C++), rebuilt when their sources change
+NATIVE := $(VENV)/.native
 
 .PHONY: demo test lint clean
 
@@ -8,10 +10,14 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/setup-env.sh
 	bash scripts/setup-env.sh $(VENV)
 	touch $@
 
-demo: $(STAMP)
+$(NATIVE): $(STAMP) $(wildcard src/slimkit/runtime/native/*)
+	$(VENV)/bin/python -m slimkit.runtime.native
+	touch $@
+
+demo: $(NATIVE)
 	$(VENV)/bin/slimkit demo --out runs/demo
 
-test: $(STAMP)
+test: $(NATIVE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python scripts/check_imports.py
 	$(VENV)/bin/python -m pytest

@@ -29,8 +29,9 @@ def _require_onnxruntime():
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
-                calibration: Iterable[Tensor] | None = None) -> Path:
-    """Write `model` (eval mode, batch dimension dynamic) to `path`. A quantized model is written as its
+                calibration: Iterable[Tensor] | None = None, custom_opsets: dict[str, int] | None = None) -> Path:
+    """Write `model` (eval mode, batch dimension dynamic) to `path`; `custom_opsets` names the domains of
+    custom operators the model emits (slimkit's engine operators). A quantized model is written as its
     integer graph (see int8_graph: 8-bit uniform only, BatchNorm folded, every tensor quantized), whose added
     quantizers are calibrated on the `calibration` batches, so onnxruntime runs every layer in int8."""
     if is_quantized(model):
@@ -47,7 +48,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              custom_opsets=custom_opsets)
     finally:
         model.train(was_training)
     return path

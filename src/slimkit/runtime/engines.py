@@ -35,12 +35,13 @@ class _Engine:
 
 
 class OpenVinoModel(_Engine):
-    """An OpenVINO CPU model compiled for one input shape with a fixed thread count and latency hint."""
+    """An OpenVINO CPU model compiled for one input shape with a fixed thread count and latency hint; pass
+    `core` (runtime.engine_ops.openvino_core()) for a model that holds slimkit's operators."""
 
-    def __init__(self, path: Path, shape: Sequence[int], threads: int):
+    def __init__(self, path: Path, shape: Sequence[int], threads: int, core: Any = None):
         import openvino as ov
 
-        core = ov.Core()
+        core = core or ov.Core()
         model = core.read_model(str(path))
         model.reshape(list(shape))
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,

@@ -1,0 +1,109 @@
+"""Builds and finds slimkit's OpenVINO operator library (runtime/native/*.cpp), compiled by g++ against the
+headers and libraries the `openvino` wheel ships.
+
+The set-up script builds it (`python -m slimkit.runtime.native`); nothing is compiled on import. The kernels
+are compiled once per instruction set (AVX-512 with VPOPCNTDQ, AVX2, portable) and the library picks one
+from the CPU at run time, so one build serves every x86-64 machine; its file name carries a digest of the
+sources, the compiler and the OpenVINO version, so a changed source or engine never loads a stale build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from slimkit.errors import SlimkitError
+
+SOURCES = Path(__file__).with_name("native")
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off"]  # no FMA contraction: outputs stay bit-exact
+OPENVINO_DEFINES = ["-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-D_GLIBCXX_USE_CXX11_ABI=1"]  # as the wheel's CMake sets
+ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq"], "avx2": ["-mavx2", "-mpopcnt"],
+             "generic": []}
+
+
+def _openvino_dir() -> Path:
+    try:
+        import openvino
+    except ImportError:
+        raise SlimkitError("slimkit's engine operators need OpenVINO: pip install 'slimkit[engines]'") from None
+    return Path(openvino.__file__).parent
+
+
+def _compiler() -> str:
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise SlimkitError("building slimkit's OpenVINO operators needs a C++17 compiler (g++ or $CXX) on PATH")
+    return compiler
+
+
+def _runtime_library(openvino_dir: Path, stem: str) -> Path:
+    found = sorted((openvino_dir / "libs").glob(f"{stem}.so.*"))
+    if not found:
+        raise SlimkitError(f"the openvino wheel at {openvino_dir} has no libs/{stem}.so.*; reinstall openvino")
+    return found[0]
+
+
+def library_path() -> Path:
+    """Where the library for these sources, this compiler and this OpenVINO lives (built or not)."""
+    import openvino
+
+    digest = hashlib.sha256()
+    for source in sorted(SOURCES.glob("*.[ch]pp")):
+        digest.update(source.name.encode() + source.read_bytes())
+    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, check=True).stdout
+    settings = repr((FLAGS, OPENVINO_DEFINES, ISA_FLAGS))
+    digest.update(version.encode() + openvino.__version__.encode() + settings.encode())
+    return Path(sys.prefix) / "lib" / "slimkit" / f"libslimkit_openvino-{digest.hexdigest()[:16]}.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compile the library unless this exact build exists; the file appears atomically (built in a temporary
+    folder, then renamed), so a killed build never leaves a half-written library behind."""
+    target = library_path()
+    if target.exists() and not force:
+        return target
+    ov_dir = _openvino_dir()
+    compiler = _compiler()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        objects = []
+        for isa, flags in ISA_FLAGS.items():
+            objects.append(Path(tmp) / f"binary_{isa}.o")
+            _run([compiler, *FLAGS, *flags, "-c", str(SOURCES / f"binary_{isa}.cpp"), "-o", str(objects[-1])])
+        objects.append(Path(tmp) / "openvino_ops.o")
+        _run([compiler, *FLAGS, *OPENVINO_DEFINES, f"-I{ov_dir / 'include'}", "-c",
+              str(SOURCES / "openvino_ops.cpp"), "-o", str(objects[-1])])
+        built = Path(tmp) / target.name
+        _run([compiler, "-shared", "-o", str(built), *map(str, objects),
+              *(str(_runtime_library(ov_dir, lib)) for lib in ("libopenvino", "libopenvino_onnx_frontend", "libtbb")),
+              f"-Wl,-rpath,{ov_dir / 'libs'}"])
+        os.replace(built, target)
+    for stale in target.parent.glob("libslimkit_openvino-*.so"):
+        if stale != target:
+            stale.unlink(missing_ok=True)
+    return target
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SlimkitError(f"building slimkit's OpenVINO operators failed:\n{' '.join(command)}\n{done.stderr[-4000:]}")
+
+
+def require_library() -> Path:
+    """The built library; a clear error naming the build command when the set-up has not built it."""
+    path = library_path()
+    if not path.exists():
+        raise SlimkitError(f"slimkit's OpenVINO operators are not built for this installation ({path}); "
+                           f"run `make test`/`make demo` (the set-up builds them) or `{sys.executable} -m "
+                           "slimkit.runtime.native`")
+    return path
+
+
+if __name__ == "__main__":
+    print(build())

@@ -1,0 +1,2 @@
+#define SLIMKIT_ISA avx2
+#include "binary_kernel.hpp"

@@ -1,0 +1,2 @@
+#define SLIMKIT_ISA avx512
+#include "binary_kernel.hpp"

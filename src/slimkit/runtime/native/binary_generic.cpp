@@ -1,0 +1,2 @@
+#define SLIMKIT_ISA generic
+#include "binary_kernel.hpp"

@@ -1,0 +1,186 @@
+"""slimkit's operators inside OpenVINO: the exported artifact against the training graph, every instruction
+set the CPU has, epilogue fusion, and loading with plain OpenVINO."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from slimkit.binary.binarizers import ActivationBinarizer, XnorWeight
+from slimkit.binary.functions import ClippedSTE
+from slimkit.binary.layers import BinaryConv2d
+from slimkit.environment import cpu_info
+from slimkit.models import resnet20, vgg_small
+from slimkit.recipe import build_modifier, parse_stage
+from slimkit.runtime import native
+from slimkit.runtime.engine_ops import engine_form, export_openvino, openvino_core
+from slimkit.runtime.engines import OpenVinoModel
+from slimkit.train import TrainContext
+
+pytest.importorskip("openvino")
+
+
+def _layer(channels, out, kernel=3, stride=1, pad=1, dilation=1):
+    layer = BinaryConv2d(channels, out, kernel, stride=stride, padding=pad, dilation=dilation, bias=True,
+                         weight_binarizer=XnorWeight(), input_binarizer=ActivationBinarizer(ClippedSTE()))
+    with torch.no_grad():
+        layer.bias.normal_()
+    return layer.eval()
+
+
+def _engine(model, tmp_path, shape, threads=2):
+    info = export_openvino(model, tmp_path / "model.xml", shape[1:])
+    return OpenVinoModel(Path(info["model"]), shape, threads, core=openvino_core()), info
+
+
+def _input(shape, seed):
+    torch.manual_seed(seed)
+    x = torch.randn(*shape)
+    x[torch.rand_like(x) < 0.2] = 0  # sign(0) = 0 must count as 0, like the padding
+    return x
+
+
+@settings(max_examples=12, deadline=None)
+@given(batch=st.integers(1, 3), channels=st.integers(1, 140), out=st.integers(1, 21), size=st.integers(3, 9),
+       kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
+       seed=st.integers(0, 2**16))
+def test_binary_operator_equals_the_layer_exactly(tmp_path_factory, batch, channels, out, size, kernel, stride, pad,
+                                                  seed):
+    torch.manual_seed(seed)
+    layer = _layer(channels, out, kernel, stride, pad)
+    x = _input((batch, channels, size, size), seed)
+    engine, info = _engine(nn.Sequential(layer), tmp_path_factory.mktemp("op"), tuple(x.shape))
+    assert [line["engine"] for line in info["slimkit_layers"]] == ["slimkit::BinaryConv2d"]
+    with torch.no_grad():
+        assert torch.equal(engine(x), layer(x))
+
+
+CHECK_LEVEL = """
+import ctypes, sys, torch
+from pathlib import Path
+from torch import nn
+sys.path.insert(0, {tests!r})
+from runtime.test_engine_ops import _engine, _input, _layer
+from slimkit.runtime import native
+library = ctypes.CDLL(str(native.require_library()))
+library.slimkit_isa.restype = ctypes.c_char_p
+torch.manual_seed(0)
+ok = []
+for channels, out, size, stride in ((16, 16, 12, 1), (70, 9, 7, 2), (130, 64, 5, 1), (3, 33, 6, 1)):
+    layer = _layer(channels, out, 3, stride, 1)
+    x = _input((2, channels, size, size), channels)
+    folder = Path({tmp!r}) / f"{{channels}}"
+    engine, _ = _engine(nn.Sequential(layer), folder, tuple(x.shape))
+    with torch.no_grad():
+        ok.append(torch.equal(engine(x), layer(x)))
+print(library.slimkit_isa().decode(), all(ok))
+"""
+
+
+def _levels():
+    isa = set(cpu_info()["isa"])
+    return ["generic", *(["avx2"] if "avx2" in isa else []),
+            *(["avx512"] if {"avx512f", "avx512bw", "avx512_vpopcntdq"} <= isa else [])]
+
+
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_every_instruction_set_build_is_exact(tmp_path, level):
+    if level not in _levels():
+        pytest.skip(f"this CPU has no {level} (it has {cpu_info()['isa']})")
+    script = CHECK_LEVEL.format(tests=str(Path(__file__).parents[1]), tmp=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "SLIMKIT_ISA": level}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == [level, "True"]
+
+
+def _bnn(arch, method="xnor"):
+    torch.manual_seed(0)
+    options = {"block": "bireal", "activation": "hardtanh"} if arch == "resnet20" else {}
+    model = (resnet20 if arch == "resnet20" else vgg_small)(width=0.5, **options)
+    modifier = build_modifier(parse_stage({"binarize": {"method": method}}))
+    modifier.attach(model, TrainContext(model, epochs=1, steps_per_epoch=1))
+    model = modifier.finalize(model).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("method", ["xnor", "rbnn"])
+@pytest.mark.parametrize("arch", ["resnet20", "vgg_small"])
+def test_binary_network_in_openvino_matches_eval(tmp_path, arch, method):
+    model = _bnn(arch, method)
+    x = _input((2, 3, 32, 32), 1)
+    engine, info = _engine(model, tmp_path, tuple(x.shape))
+    binary = [n for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
+    assert [line["layer"] for line in info["slimkit_layers"]] == binary
+    assert all(line["engine"] == "slimkit::BinaryConv2d" for line in info["slimkit_layers"])
+    with torch.no_grad():
+        # The sums are exact; BatchNorm folded into the epilogue rounds once instead of twice
+        torch.testing.assert_close(engine(x), model(x), rtol=1e-4, atol=1e-4)
+    if arch == "resnet20":  # Bi-Real blocks: BN, the block's residual add and the hardtanh all fused
+        fused = {line["layer"]: line["fused"] for line in info["slimkit_layers"]}
+        assert all(len(f) == 3 and f[0].endswith("bn1") for n, f in fused.items() if n.endswith("conv1")), fused
+
+
+def test_fusion_stops_where_another_op_reads_the_value():
+    torch.manual_seed(0)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = _layer(8, 8)
+            self.bn = nn.BatchNorm2d(8).eval()
+            self.act = nn.Hardtanh()
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return self.act(y + x) * y  # y is read twice: BN fuses, the add may not
+
+    model = Twice().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    engine_model, lines = engine_form(model)
+    assert lines[0]["fused"] == ["bn"]
+    x = _input((2, 8, 6, 6), 3)
+    with torch.no_grad():
+        torch.testing.assert_close(engine_model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_the_operator_cannot_take_stays_exact_and_says_why(tmp_path):
+    model = nn.Sequential(_layer(8, 8, dilation=2, pad=2))
+    x = _input((1, 8, 9, 9), 4)
+    engine, info = _engine(model, tmp_path, tuple(x.shape))
+    assert info["slimkit_layers"][0]["engine"] == "OpenVINO float conv on +-1 values"
+    assert "dilation" in info["slimkit_layers"][0]["reason"]
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_artifact_loads_in_plain_openvino_and_leaves_no_temporary_files(tmp_path):
+    import openvino as ov
+
+    model = nn.Sequential(_layer(16, 8), nn.BatchNorm2d(8).eval(), nn.ReLU())
+    x = _input((2, 16, 8, 8), 5)
+    info = export_openvino(model, tmp_path / "model.xml", (16, 8, 8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
+    core = ov.Core()
+    core.add_extension(info["library"])
+    compiled = core.compile_model(core.read_model(str(tmp_path / "model.xml")), "CPU")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(compiled(x.numpy())[0]), model(x), rtol=1e-5, atol=1e-5)
+    assert json.dumps(info)  # the summary is plain data
+
+
+def test_library_name_carries_a_digest_of_sources_compiler_and_engine():
+    path = native.library_path()
+    assert path.exists() and path.name.startswith("libslimkit_openvino-")
+    assert native.build() == path  # already built: nothing recompiled, same file
