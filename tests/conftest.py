@@ -29,6 +29,10 @@ DIGITS_RECIPE: dict[str, Any] = {
     "measure": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
 }
 
+SHORT_RECIPE: dict[str, Any] = copy.deepcopy(DIGITS_RECIPE)  # every write point of a run within a few seconds
+SHORT_RECIPE["baseline"]["epochs"], SHORT_RECIPE["train"]["epochs"] = 1, 2
+SHORT_RECIPE["stages"] = [{"prune": {"method": "gmp", "sparsity": 0.8, "start_epoch": 0, "end_epoch": 1}}]
+
 
 @pytest.fixture
 def digits_recipe() -> dict[str, Any]:

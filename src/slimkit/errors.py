@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SlimkitError(Exception):
     """Base class for every error a user can fix by changing their input."""
@@ -34,3 +36,43 @@ def first_line(cause: BaseException | str) -> str:
     if lines:
         return lines[0]
     return type(cause).__name__ if isinstance(cause, BaseException) else ""
+
+
+
+_MISSING = object()
+
+
+def _is(value: object, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def _kind_names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def checked_field(payload: object, key: str | int, kind: type | tuple[type, ...], source: object, *,
+                  where: str = "", values: type | tuple[type, ...] | None = None) -> Any:
+    """`payload[key]` of a loaded file when it is there and a `kind` (a bool is never a number), and, with
+    `values`, every value of that mapping or list a `values`; otherwise a CheckpointError naming the file
+    (`source`) and the field by its path (`where` is the path of `payload`). One helper, so that every payload
+    kind (model, checkpoint, deployed model, plan, teacher) reports a tampered field the same way."""
+    name = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key
+    if isinstance(payload, dict):
+        value = payload.get(key, _MISSING)
+    elif isinstance(payload, list) and isinstance(key, int) and 0 <= key < len(payload):
+        value = payload[key]
+    else:
+        value = _MISSING
+    if value is _MISSING:
+        raise CheckpointError(f"{source}: field '{name}' is missing")
+    if not _is(value, kind):
+        raise CheckpointError(f"{source}: field '{name}' is {type(value).__name__}, not {_kind_names(kind)}")
+    if values is not None:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if not _is(v, values):
+                raise CheckpointError(f"{source}: field '{name}[{k!r}]' is {type(v).__name__}, not "
+                                      f"{_kind_names(values)}")
+    return value

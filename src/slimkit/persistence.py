@@ -12,7 +12,7 @@ from torch import nn
 
 from slimkit.channels.plan import ChannelPlan, apply_plan
 from slimkit.config import describe_errors
-from slimkit.errors import CheckpointError, RecipeError
+from slimkit.errors import CheckpointError, RecipeError, SlimkitError, checked_field, first_line
 from slimkit.methods import build_modifier, parse_stage
 from slimkit.models import ModelConfig, build_model
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
@@ -32,14 +32,20 @@ def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: i
 
 
 def read_model_file(path: str | Path) -> tuple[ModelConfig, list[dict[str, Any]], dict[str, Any]]:
-    """(architecture, stages, state_dict) of a slimkit model file, after weights_only loading and a schema
-    check: required fields present and of the right kind, the architecture a valid (bounded) zoo config with
-    its shape facts, every stage a valid method config. Anything else is a CheckpointError naming the file
-    and the field; a file never makes slimkit allocate what its fields claim before they are checked."""
-    saved = safe_load(Path(path), MODEL_FORMAT)
-    for key, kind in (("arch", dict), ("state_dict", dict), ("stages", list)):
-        if not isinstance(saved.get(key, [] if key == "stages" else None), kind):
-            raise CheckpointError(f"{path}: field '{key}' is missing or not a {kind.__name__}")
+    """(architecture, stages, state_dict) of a slimkit model file, after weights_only loading and the schema
+    check of `checked_model`."""
+    return checked_model(safe_load(Path(path), MODEL_FORMAT), path)
+
+
+def checked_model(saved: dict[str, Any], path: str | Path) -> tuple[ModelConfig, list[dict[str, Any]],
+                                                                     dict[str, Any]]:
+    """(architecture, stages, state_dict) of a loaded model or deployed-model payload: required fields present
+    and of the right kind, the architecture a valid (bounded) zoo config with its shape facts, every stage a
+    valid method config, the state_dict all tensors. Anything else is a CheckpointError naming the file and
+    the field; a file never makes slimkit allocate what its fields claim before they are checked."""
+    checked_field(saved, "arch", dict, path)
+    state_dict = checked_field(saved, "state_dict", dict, path, values=torch.Tensor)
+    stages = checked_field(saved, "stages", list, path) if "stages" in saved else []
     try:
         arch = ModelConfig.model_validate(saved["arch"])
     except ValidationError as exc:
@@ -47,15 +53,15 @@ def read_model_file(path: str | Path) -> tuple[ModelConfig, list[dict[str, Any]]
     missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
     if missing:
         raise CheckpointError(f"{path}: field 'arch' lacks {', '.join(missing)}")
-    stages = saved.get("stages", [])
     for i, entry in enumerate(stages):
+        checked_field(stages, i, dict, path, where="stages")
+        if "state" in entry:
+            checked_field(entry, "state", dict, path, where=f"stages[{i}]")
         try:
-            parse_stage(entry.get("stage") if isinstance(entry, dict) else entry, ("stages", i))
+            parse_stage(checked_field(entry, "stage", dict, path, where=f"stages[{i}]"), ("stages", i))
         except RecipeError as exc:
             raise CheckpointError(f"{path}: " + "; ".join(exc.issues)) from None
-    if not all(isinstance(v, torch.Tensor) for v in saved["state_dict"].values()):
-        raise CheckpointError(f"{path}: field 'state_dict' holds values that are not tensors")
-    return arch, stages, saved["state_dict"]
+    return arch, stages, state_dict
 
 
 def rebuild(arch: ModelConfig | dict[str, Any], stages: Sequence[dict[str, Any]],
@@ -65,8 +71,13 @@ def rebuild(arch: ModelConfig | dict[str, Any], stages: Sequence[dict[str, Any]]
     model = build_model(arch, arch.in_channels, arch.num_classes, arch.input_size)
     for i, entry in enumerate(stages):
         modifier = build_modifier(parse_stage(entry["stage"], ("stages", i)))
-        modifier.load_state_dict(entry.get("state", {}))
-        model = modifier.rebuild_structure(model)
+        try:
+            modifier.load_state_dict(entry.get("state", {}))
+            model = modifier.rebuild_structure(model)
+        except (KeyError, TypeError, ValueError, IndexError, SlimkitError) as exc:  # a state its method cannot use
+            detail = f"it lacks {exc}" if isinstance(exc, KeyError) else first_line(exc)
+            raise CheckpointError(f"{source}: field 'stages[{i}].state' does not fit its "
+                                  f"{modifier.config.method} stage: {detail}") from None
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
@@ -98,7 +109,8 @@ def load(source: str | Path | ModelConfig | dict[str, Any], plan: ChannelPlan | 
 def load_weights(model: nn.Module, path: Path) -> None:
     """Initialise `model` from a slimkit model file or a trainer's best.pt/checkpoint.pt."""
     saved = safe_load(Path(path), MODEL_FORMAT, WEIGHTS_FORMAT, CHECKPOINT_FORMAT)
-    state = saved["state_dict"] if saved["format"] == MODEL_FORMAT else saved["model"]
+    state = checked_field(saved, "state_dict" if saved["format"] == MODEL_FORMAT else "model", dict, path,
+                          values=torch.Tensor)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

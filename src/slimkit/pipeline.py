@@ -29,8 +29,9 @@ from slimkit.persistence import load_weights, save_model
 from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import distributed
-from slimkit.train.checkpoint import WEIGHTS_FORMAT, atomic_save
+from slimkit.train.checkpoint import WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.train.objective import Objective, logits_of
+from slimkit.train.progress import console
 from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
 
 
@@ -58,21 +59,55 @@ def _normalized(recipe_yaml: str) -> str | None:
         return None
 
 
+def _recipe_on_disk(path: Path) -> tuple[str | None, str | None]:
+    """(text, None) of a readable recipe.yaml, or (None, why not): missing, empty, or torn (not a YAML mapping),
+    as a kill mid-write by a version from before atomic writes left it."""
+    if not path.exists():
+        return None, "missing"
+    text = path.read_text()
+    if not text.strip():
+        return None, "empty"
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        parsed = None
+    return (text, None) if isinstance(parsed, dict) else (None, "torn (not a complete YAML mapping)")
+
+
+def _checkpointed_recipe(out_dir: Path) -> tuple[str | None, Path | None]:
+    """The recipe text kept in the run's latest checkpoint (compressed, else dense) and that checkpoint; (None,
+    None) when no checkpoint keeps one (written before recipes were kept)."""
+    for phase in ("compressed", "dense"):
+        path = out_dir / phase / "checkpoint.pt"
+        if path.exists():
+            recipe_text = read_checkpoint(path).get("recipe")
+            return (recipe_text, path) if recipe_text is not None else (None, None)
+    return None, None
+
+
 def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool, env: dict[str, Any]) -> None:
+    """Create or re-open the run folder. A resume checks this recipe against the run's recipe of record, the
+    copy in its latest checkpoint (else recipe.yaml), and restores an empty or torn recipe.yaml from it."""
     started = any((out_dir / phase / "checkpoint.pt").exists() for phase in ("dense", "compressed"))
     if started and not resume:
         raise SlimkitError(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
     if started:
-        saved = (out_dir / "recipe.yaml").read_text() if (out_dir / "recipe.yaml").exists() else None
-        if saved is not None and not saved.strip():
-            raise SlimkitError(f"{out_dir}/recipe.yaml is empty (torn by a kill while it was written, before "
-                               f"writes were atomic); delete it to resume with this recipe")
-        if saved is not None and _normalized(saved) != recipe.to_yaml():
-            raise SlimkitError(f"{out_dir}/recipe.yaml differs from this recipe; resume with the same recipe "
-                               f"and overrides, or choose another --out")
+        saved, problem = _recipe_on_disk(out_dir / "recipe.yaml")
+        kept, checkpoint = _checkpointed_recipe(out_dir)
+        if problem not in (None, "missing"):
+            if kept is None:
+                raise SlimkitError(f"{out_dir}/recipe.yaml is {problem} (torn by a kill while it was written, "
+                                   f"before writes were atomic), and the checkpoint keeps no copy; delete it to "
+                                   f"resume with this recipe")
+            console.print(f"{out_dir}/recipe.yaml is {problem}; restoring it from {checkpoint}", highlight=False)
+        reference, source = (kept, f"the recipe kept in {checkpoint}") if kept is not None else (
+            saved, f"{out_dir}/recipe.yaml")
+        if reference is not None and _normalized(reference) != recipe.to_yaml():
+            raise SlimkitError(f"{source} differs from this recipe; resume with the same recipe and overrides, or "
+                               f"choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)  # what a kill mid-write left behind
-    atomic_write_text(out_dir / "recipe.yaml", recipe.to_yaml())
+    atomic_write_text(out_dir / "recipe.yaml", recipe.to_yaml())  # equal to the recipe of record on a resume
     atomic_write_text(out_dir / "environment.json", json.dumps(env, indent=2))
 
 
@@ -158,8 +193,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     else:
         model_label = type(model).__name__
     _check_model_fits_data(model, example, data, objective)
-    issues = [f"'stages[{i}].{stage.kind}.{issue[1:]}" for i, stage in enumerate(recipe.stages)
-              for issue in build_modifier(stage).check(model)]
+    modifiers = [build_modifier(stage) for stage in recipe.stages]  # checked now, trained later: files read once
+    issues = [f"'stages[{i}].{stage.kind}.{issue[1:]}" for i, (stage, modifier) in
+              enumerate(zip(recipe.stages, modifiers, strict=True)) for issue in modifier.check(model)]
     if issues:  # found on the built model before anything trains, not after the baseline
         raise RecipeError(issues)
     bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
@@ -168,8 +204,8 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         raise SlimkitError(f"the model's {bad} holds NaN or Inf values; compressing it would train on NaN")
     split = _evaluated_split(data)
 
-    def train(net: nn.Module, phase: str, config, stages) -> TrainResult:
-        trainer = Trainer(net, data, config, [build_modifier(s) for s in stages],
+    def train(net: nn.Module, phase: str, config, phase_modifiers) -> TrainResult:
+        trainer = Trainer(net, data, config, phase_modifiers, recipe=recipe.to_yaml(),
                           batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size,
                           out_dir=out_dir / phase if out_dir else None, seed=recipe.seed, label=phase,
                           progress=progress, callbacks=callbacks,
@@ -177,7 +213,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         return trainer.fit(resume=resume)
 
     dense = train(model, "dense", recipe.baseline, []) if recipe.baseline else TrainResult(model.eval())
-    compressed = train(copy.deepcopy(dense.model), "compressed", recipe.train, recipe.stages)
+    compressed = train(copy.deepcopy(dense.model), "compressed", recipe.train, modifiers)
     m = recipe.measure
     metric = objective.metric.name if objective.metric is not None else None
     models: dict[str, Any] = {}

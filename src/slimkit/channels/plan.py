@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 from slimkit.channels.graph import ChannelGraph, UnsupportedOpError
+from slimkit.errors import CheckpointError, checked_field, first_line
 from slimkit.files import atomic_write_text
 from slimkit.models.resnet import ShortcutA
+
+_FIELDS = {"conv": ("out", "in"), "linear": ("out", "in"), "norm": ("keep",), "shortcut": ("pad",)}
 
 
 @dataclass
@@ -33,15 +36,35 @@ class ChannelPlan:
         return {"modules": copy.deepcopy(self.modules)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChannelPlan:
-        return cls(copy.deepcopy(data.get("modules", {})))
+    def from_dict(cls, data: dict[str, Any], source: object = "the channel plan") -> ChannelPlan:
+        """A plan from its plain form (plan.json, a checkpoint's or model file's stage state), schema-checked:
+        a loaded plan is data from a file, and a wrong field is a CheckpointError naming `source` and it."""
+        modules = checked_field(data, "modules", dict, source, values=dict)
+        for name, entry in modules.items():
+            where = f"modules[{name!r}]"
+            kind = checked_field(entry, "type", str, source, where=where)
+            if kind not in _FIELDS:
+                raise CheckpointError(f"{source}: field '{where}.type' is {kind!r}, not one of {', '.join(_FIELDS)}")
+            for key in _FIELDS[kind]:
+                indices = checked_field(entry, key, list, source, where=where, values=int)
+                if any(i < 0 for i in indices) or (key == "pad" and len(indices) != 2):
+                    raise CheckpointError(f"{source}: field '{where}.{key}' must hold "
+                                          f"{'two counts' if key == 'pad' else 'indices'} >= 0, not {indices}")
+            if "groups" in entry and checked_field(entry, "groups", int, source, where=where) < 1:
+                raise CheckpointError(f"{source}: field '{where}.groups' must be >= 1")
+        return cls(copy.deepcopy(modules))
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> ChannelPlan:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a plan.json; a missing, unreadable or mis-shaped file is a CheckpointError naming it."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CheckpointError(f"{path} cannot be read as a channel plan: {first_line(exc)}") from None
+        return cls.from_dict(data, source=path)
 
     def then(self, later: ChannelPlan) -> ChannelPlan:
         """This plan followed by `later` (whose indices refer to the already-pruned model)."""
@@ -142,7 +165,10 @@ def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any]) -> nn.Modul
     """
     plan = plan if isinstance(plan, ChannelPlan) else ChannelPlan.from_dict(plan)
     for name, entry in plan.modules.items():
-        module = model.get_submodule(name)
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"the channel plan names '{name}', which the model does not have") from None
         if entry["type"] == "shortcut":
             if not isinstance(module, ShortcutA):
                 raise UnsupportedOpError(f"plan entry '{name}' expects an option-A shortcut, found {type(module)}")
@@ -152,6 +178,7 @@ def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any]) -> nn.Modul
         in_size = len(entry.get("in", []))
         if _current_size(module) == size and (entry["type"] == "norm" or _in_size(module) == in_size):
             continue
+        _check_bounds(name, module, entry)
         new = _sliced_norm(module, entry["keep"]) if entry["type"] == "norm" else _sliced_layer(module, entry)
         model.set_submodule(name, new)
     return model
@@ -159,6 +186,21 @@ def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any]) -> nn.Modul
 
 def _in_size(module: nn.Module) -> int:
     return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+
+
+def _check_bounds(name: str, module: nn.Module, entry: dict[str, Any]) -> None:
+    """A plan from a file may name channels the layer does not have: an error naming the entry, before any
+    slicing."""
+    kinds = {"norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU), "conv": nn.Conv2d, "linear": nn.Linear}
+    if not isinstance(module, kinds[entry["type"]]):
+        raise CheckpointError(f"the channel plan's entry '{name}' is for a {entry['type']} layer, and the model's "
+                              f"'{name}' is a {type(module).__name__}")
+    sizes = {"keep": _current_size(module)} if entry["type"] == "norm" else {
+        "out": _current_size(module), "in": _in_size(module)}
+    for key, size in sizes.items():
+        if any(i >= size for i in entry[key]):
+            raise CheckpointError(f"the channel plan's entry '{name}.{key}' names channel {max(entry[key])} of a "
+                                  f"layer with {size}")
 
 
 @torch.no_grad()

@@ -112,24 +112,29 @@ class Distiller(Modifier):
     def __init__(self, config: DistillConfig):
         super().__init__(config)
         self.teacher: nn.Module | None = None
+        self._loaded: nn.Module | None = None
         self.student_taps: _Taps | None = None
         self.teacher_taps: _Taps | None = None
 
     def check(self, model: nn.Module) -> list[str]:
+        teacher = self._teacher()  # a teacher file is read and schema-checked before anything trains
         if not isinstance(self.config, FeatureDistillConfig):
             return []
         issues = []
         for role, net, names in (("student", model, [s for s, _ in self.config.taps]),
-                                 ("teacher", self._teacher(), [t for _, t in self.config.taps])):
+                                 ("teacher", teacher, [t for _, t in self.config.taps])):
             available = dict(net.named_modules())
             issues += [f"'taps': the {role} has no module '{n}'" for n in names if n not in available]
         return issues
 
     def _teacher(self) -> nn.Module:
+        """The teacher, a teacher file read (and schema-checked) once for both `check` and `attach`."""
         from slimkit.persistence import load
 
-        teacher = self.config.teacher
-        return teacher if isinstance(teacher, nn.Module) else load(teacher)
+        if self._loaded is None:
+            teacher = self.config.teacher
+            self._loaded = teacher if isinstance(teacher, nn.Module) else load(teacher)
+        return self._loaded
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         teacher = self.config.teacher

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
-from slimkit.errors import CheckpointError
+from slimkit.errors import CheckpointError, checked_field
 from slimkit.folding import batchnorm_affine, batchnorm_pairs, fold_into
 from slimkit.layers import adapter_of, canonical_weight
 from slimkit.metrics import Example, call
@@ -158,9 +158,12 @@ def _decide(name: str, old: nn.Module, new: nn.Module, x: Tensor | None, choices
 
 
 def save_deployed(deployed: nn.Module, source: str | Path, path: str | Path) -> Path:
-    """Write `source` (the model.pt it was deployed from) plus the deployment's decisions. Loading re-packs
-    the weights deterministically, so the file stays plain tensors and never holds code."""
+    """Write `source` (the model.pt it was deployed from, schema-checked) plus the deployment's decisions.
+    Loading re-packs the weights deterministically, so the file stays plain tensors and never holds code."""
+    from slimkit.persistence import checked_model
+
     payload = safe_load(Path(source), MODEL_FORMAT)
+    checked_model(payload, source)
     report = getattr(deployed, "deploy_report", None)
     if report is None:
         raise CheckpointError("save_deployed needs a model returned by slimkit.deploy()")
@@ -171,11 +174,31 @@ def save_deployed(deployed: nn.Module, source: str | Path, path: str | Path) -> 
 
 
 def load_deployed(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by `save_deployed`, with the same layers deployed."""
-    from slimkit.persistence import rebuild
+    """Rebuild a model saved by `save_deployed`, with the same layers deployed. The file is schema-checked
+    first: the model fields as `read_model_file` checks them, then `deploy` a mapping of this model's layers to
+    "deployed" or "dense", `deploy_options` only known options, `deploy_report` a list of mappings; a
+    mismatch is a CheckpointError naming the file and the field."""
+    from slimkit.persistence import checked_model, rebuild
 
+    known_options = {"fold_batchnorm": bool}  # what `deploy` takes from a saved deployment, and of which kind
     payload = safe_load(Path(path), DEPLOYED_FORMAT)
-    model = rebuild(payload["arch"], payload.get("stages", []), payload["state_dict"], str(path))
-    deployed = deploy(model, choices=payload["deploy"], **payload.get("deploy_options", {}))
-    deployed.deploy_report = payload["deploy_report"]
+    arch, stages, state_dict = checked_model(payload, path)
+    choices = checked_field(payload, "deploy", dict, path, values=str)
+    bad = next((layer for layer, choice in choices.items() if choice not in ("deployed", "dense")), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: field 'deploy[{bad!r}]' is {choices[bad]!r}, not 'deployed' or 'dense'")
+    options = checked_field(payload, "deploy_options", dict, path) if "deploy_options" in payload else {}
+    for key in options:
+        if key not in known_options:
+            raise CheckpointError(f"{path}: field 'deploy_options.{key}' is not a deploy option; known: "
+                                  f"{', '.join(known_options)}")
+        checked_field(options, key, known_options[key], path, where="deploy_options")
+    report = checked_field(payload, "deploy_report", list, path, values=dict)
+    model = rebuild(arch, stages, state_dict, str(path))
+    layers = dict(model.named_modules())
+    unknown = next((layer for layer in choices if layer not in layers), None)
+    if unknown is not None:
+        raise CheckpointError(f"{path}: field 'deploy' names layer {unknown!r}, which the model does not have")
+    deployed = deploy(model, choices=choices, **options)
+    deployed.deploy_report = report
     return deployed

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from slimkit.errors import CheckpointError, first_line
+from slimkit.errors import CheckpointError, checked_field, first_line
 from slimkit.files import atomic_write
 
 CHECKPOINT_FORMAT = "slimkit-checkpoint-v1"  # full training state, written every epoch
@@ -48,3 +48,26 @@ def safe_load(path: Path, *formats: str) -> dict[str, Any]:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is not a {' or '.join(formats)} file (found format {found!r})")
     return obj
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A trainer's checkpoint.pt after weights_only loading and a schema check: every field present and of its
+    kind, tensors (and only tensors) in the model states, the recipe text a string where present (checkpoints
+    from before it was kept lack it). A mismatch is a CheckpointError naming the file and the field."""
+    state = safe_load(path, CHECKPOINT_FORMAT)
+    if checked_field(state, "epoch", int, path) < 0:
+        raise CheckpointError(f"{path}: field 'epoch' is {state['epoch']}, not an epoch number")
+    checked_field(state, "train_config", dict, path)
+    checked_field(state, "model", dict, path, values=torch.Tensor)
+    optimizer = checked_field(state, "optimizer", dict, path)
+    checked_field(optimizer, "state", dict, path, where="optimizer", values=dict)
+    checked_field(optimizer, "param_groups", list, path, where="optimizer", values=dict)
+    checked_field(state, "modifiers", list, path, values=dict)
+    checked_field(state, "history", list, path, values=dict)
+    if checked_field(state, "best", (dict, type(None)), path) is not None:
+        checked_field(state["best"], "epoch", int, path, where="best")
+        checked_field(state["best"], "score", (int, float), path, where="best")
+        checked_field(state["best"], "model", dict, path, where="best", values=torch.Tensor)
+    if "recipe" in state:
+        checked_field(state, "recipe", str, path)
+    return state

@@ -25,6 +25,7 @@ class TrainConfig(StrictModel):
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    nan_policy: Literal["stop", "skip"] = "stop"  # on a NaN or Inf loss: stop the run, or skip that batch
 
     @model_validator(mode="after")
     def _milestones_in_range(self) -> TrainConfig:

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import SGD, Adam, Optimizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from slimkit.config import describe_errors
 from slimkit.data import DataBundle, batch_collate
-from slimkit.errors import CheckpointError, SlimkitError
+from slimkit.errors import CheckpointError, SlimkitError, first_line
 from slimkit.train import distributed
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
+from slimkit.train.checkpoint import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.train.compression import Compression, param_groups
 from slimkit.train.config import TrainConfig
 from slimkit.train.lr import LRSchedule
@@ -120,8 +122,10 @@ class Trainer:
     def __init__(self, model: nn.Module, data: DataBundle, config: TrainConfig,
                  modifiers: Sequence[Modifier] = (), *, batch_size: int = 128, eval_batch_size: int = 512,
                  out_dir: Path | None = None, seed: int = 0, label: str = "train", progress: bool = True,
-                 callbacks: Sequence[EpochCallback] = (), objective: Objective | None = None):
+                 callbacks: Sequence[EpochCallback] = (), objective: Objective | None = None,
+                 recipe: str | None = None):
         self.model, self.data, self.config = model, data, config
+        self.recipe = recipe  # the run's recipe (YAML), kept in every checkpoint: a resume's copy of record
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.modifiers = list(modifiers)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -166,17 +170,15 @@ class Trainer:
         start_epoch = 0
         state = None
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            state = safe_load(self.checkpoint_path, CHECKPOINT_FORMAT)
-            if state["train_config"] != self.config.model_dump(mode="json"):
-                raise CheckpointError(f"{self.checkpoint_path} was written under another train config; "
-                                      f"resume with the same recipe, or start without --resume")
-            compression.load_modifier_states(state["modifiers"])  # e.g. re-slice pruned channels
-            self.model = compression.model
-            self.model.load_state_dict(state["model"])
+            state = self._resume_state(compression)
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         optimizer = compression.wrap(build_optimizer(self.model, self.config, self.modifiers))
         if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise CheckpointError(f"{self.checkpoint_path}: field 'optimizer' does not fit this run's "
+                                      f"optimizer: {first_line(exc)}") from None
         compression.ctx.step = start_epoch * len(loader)
 
         net, version = self._wrap(), compression.structure_version
@@ -184,7 +186,7 @@ class Trainer:
             self._start_epoch(epoch, sampler, compression)
             if compression.structure_version != version:  # parameters were replaced: a fresh DDP wrapper
                 net, version = self._wrap(), compression.structure_version
-            record = self._run_epoch(net, epoch, loader, optimizer, schedule, compression)
+            record = self._run_epoch(net, epoch, loader, optimizer, schedule, compression, history)
             record["complete"] = compression.is_complete(epoch)
             history.append(record)
             key = self.objective.selects_by if "val_loss" in record else self.objective.selects_by.replace("val_",
@@ -197,13 +199,50 @@ class Trainer:
                 callback(record)
 
         if best is not None:
-            self.model.load_state_dict(best["model"])
+            try:
+                self.model.load_state_dict(best["model"])
+            except RuntimeError as exc:
+                if state is None:  # kept by this process: a bug, not a bad file
+                    raise
+                raise CheckpointError(f"{self.checkpoint_path}: field 'best.model' does not fit the model: "
+                                      f"{first_line(exc)}") from None
         self.model = compression.finalize()
         agreed = distributed.assert_ranks_agree(self.model)
         if agreed and self.dist.is_main:  # under DDP only, one line per phase, also without progress output
             console.print(f"{self.label}: {agreed}", highlight=False)
         return TrainResult(self.model, history, best["epoch"] if best else None, time.perf_counter() - started,
                            compression.summaries(), self.modifiers)
+
+    def _resume_state(self, compression: Compression) -> dict[str, Any]:
+        """The checkpoint to continue from, schema-checked (`read_checkpoint`) and checked against this run:
+        the same train config, one state per method, weights that fit the model its states rebuild."""
+        path = self.checkpoint_path
+        state = read_checkpoint(path)
+        try:
+            saved_config = TrainConfig.model_validate(state["train_config"]).model_dump(mode="json")
+        except ValidationError as exc:
+            raise CheckpointError(f"{path}: " + "; ".join(describe_errors(exc, TrainConfig, ("train_config",)))
+                                  ) from None
+        if saved_config != self.config.model_dump(mode="json"):
+            raise CheckpointError(f"{path} was written under another train config; resume with the same recipe, "
+                                  f"or start without --resume")
+        if state["epoch"] >= self.config.epochs:
+            raise CheckpointError(f"{path}: field 'epoch' is {state['epoch']}, beyond this run's "
+                                  f"{self.config.epochs} epochs")
+        if len(state["modifiers"]) != len(self.modifiers):
+            raise CheckpointError(f"{path}: field 'modifiers' holds {len(state['modifiers'])} method states and "
+                                  f"this run has {len(self.modifiers)} methods")
+        try:
+            compression.load_modifier_states(state["modifiers"])  # e.g. re-slice pruned channels
+        except (KeyError, TypeError, ValueError, IndexError, SlimkitError) as exc:
+            detail = f"a state lacks {exc}" if isinstance(exc, KeyError) else first_line(exc)
+            raise CheckpointError(f"{path}: field 'modifiers' does not fit this run's methods: {detail}") from None
+        self.model = compression.model
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: field 'model' does not fit the model: {first_line(exc)}") from None
+        return state
 
     def _wrap(self) -> nn.Module:
         return DistributedDataParallel(self.model) if self.dist.enabled else self.model
@@ -220,12 +259,14 @@ class Trainer:
         self.model = compression.model
 
     def _run_epoch(self, net: nn.Module, epoch: int, loader: DataLoader, optimizer: Optimizer,
-                   schedule: LRSchedule, compression: Compression) -> dict[str, Any]:
+                   schedule: LRSchedule, compression: Compression, history: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
         net.train()
         bar = EpochProgress(self.label, epoch, self.config.epochs, len(loader), self.progress and self.dist.is_main)
         started = time.perf_counter()
         objective, name = self.objective, self.objective.metric.name if self.objective.metric else None
         loss_sum, seen, lr = 0.0, 0, 0.0
+        skipped, skipped_before = 0, sum(r.get("skipped_batches", 0) for r in history)
         metric_sum, metric_count = 0.0, 0.0
         for batch in loader:
             factor = schedule.factor(compression.step_count)
@@ -235,14 +276,16 @@ class Trainer:
             out = objective.forward(net, batch)
             target = objective.target(batch)
             loss = objective.loss(out, target) + compression.loss(out, batch)
-            if not torch.isfinite(loss):
-                kept = f"; {self.checkpoint_path} still holds the last complete epoch" if self.out_dir else ""
-                raise SlimkitError(f"{self.label}: the loss is {loss.item()} at epoch {epoch + 1}, step "
-                                   f"{compression.step_count + 1}: training diverged{kept}. Lower train.lr, or "
-                                   f"check the data and the model's weights for NaN or Inf")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()  # the wrapped step advances compression (hooks, schedules)
+            finite = self._finite(loss)
+            if finite:
+                loss.backward()
+            else:
+                skipped += 1
+                self._on_non_finite(loss, epoch, compression.step_count + 1, skipped + skipped_before, len(loader))
+            optimizer.step()  # the wrapped step advances compression; with no gradient it changes no weight
+            if not finite:
+                continue
             n = objective.batch_size(batch)
             loss_sum += loss.item() * n
             if name:
@@ -255,6 +298,9 @@ class Trainer:
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr,
                   "seconds": time.perf_counter() - started}
         summary = f"loss {record['train_loss']:.4f}"
+        if skipped:
+            record["skipped_batches"] = skipped
+            summary = f"{skipped} batches skipped (non-finite loss), {summary}"
         if name:
             record[f"train_{name}"] = metric_sum / max(metric_count, 1)
             summary += f" train {name} {_shown(name, record[f'train_{name}'])}"
@@ -267,6 +313,25 @@ class Trainer:
                 summary += f" val {name} {_shown(name, val_metric)}"
         bar.close(f"{summary} lr {lr:.4g} ({record['seconds']:.1f}s)")
         return record
+
+    def _finite(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every rank: under DDP the ranks agree, so that all of them skip the
+        batch (or stop) together and none waits for another's gradients."""
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
+        return distributed.all_reduce_sum(bad).item() == 0
+
+    def _on_non_finite(self, loss: Tensor, epoch: int, step: int, skipped: int, steps_per_epoch: int) -> None:
+        """train.nan_policy: `stop` ends the run here (the checkpoint keeps the last complete epoch); `skip`
+        lets this batch go without an update, until as many batches as one epoch holds have gone."""
+        kept = f"; {self.checkpoint_path} still holds the last complete epoch" if self.out_dir else ""
+        where = f"{self.label}: the loss is {loss.item()} at epoch {epoch + 1}, step {step}"
+        if self.config.nan_policy == "stop":
+            raise SlimkitError(f"{where}: training diverged{kept}. Lower train.lr, check the data and the model's "
+                               f"weights for NaN or Inf, or set train.nan_policy: skip to skip such batches")
+        if skipped >= steps_per_epoch:
+            raise SlimkitError(f"{where}: {skipped} batches were skipped for a non-finite loss (train.nan_policy: "
+                               f"skip), as many as one epoch holds, so training has diverged{kept}. Lower train.lr, "
+                               f"or check the data and the model's weights for NaN or Inf")
 
     def _save(self, epoch: int, optimizer: Optimizer, history: list[dict[str, Any]],
               best: dict[str, Any] | None) -> None:
@@ -284,4 +349,5 @@ class Trainer:
             "modifiers": [m.state_dict() for m in self.modifiers],
             "history": history,
             "best": best,
+            **({"recipe": self.recipe} if self.recipe is not None else {}),
         }, self.checkpoint_path)
