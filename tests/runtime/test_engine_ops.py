@@ -20,8 +20,10 @@ from slimkit.environment import cpu_info
 from slimkit.models import resnet20, vgg_small
 from slimkit.recipe import build_modifier, parse_stage
 from slimkit.runtime import native
-from slimkit.runtime.engine_ops import engine_form, export_openvino, openvino_core
+from slimkit.runtime.engine_ops import SPARSE_MIN, engine_form, export_openvino, openvino_core
 from slimkit.runtime.engines import OpenVinoModel
+from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
+from slimkit.sparsity.topk import layerwise_masks
 from slimkit.train import TrainContext
 
 pytest.importorskip("openvino")
@@ -60,6 +62,65 @@ def test_binary_operator_equals_the_layer_exactly(tmp_path_factory, batch, chann
     assert [line["engine"] for line in info["slimkit_layers"]] == ["slimkit::BinaryConv2d"]
     with torch.no_grad():
         assert torch.equal(engine(x), layer(x))
+
+
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 3), channels=st.integers(1, 40), out=st.integers(1, 21), size=st.integers(3, 9),
+       kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
+       sparsity=st.floats(0.7, 0.99), seed=st.integers(0, 2**16))
+def test_sparse_operator_matches_conv2d(tmp_path_factory, batch, channels, out, size, kernel, stride, pad, sparsity,
+                                        seed):
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(channels, out, kernel, stride=stride, padding=pad).eval()
+    with torch.no_grad():
+        layer.weight.mul_(layerwise_masks({"w": layer.weight.abs()}, sparsity)["w"])
+    x = torch.randn(batch, channels, size, size)
+    engine, info = _engine(nn.Sequential(layer), tmp_path_factory.mktemp("sparse"), tuple(x.shape))
+    chosen = float((layer.weight == 0).float().mean()) >= SPARSE_MIN  # exact counts round; 1 of 2 is 50%
+    assert [line["engine"] for line in info["slimkit_layers"]] == [
+        "slimkit::SparseConv2d" if chosen else "OpenVINO dense conv"]
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def _pruned(arch, kind):
+    torch.manual_seed(0)
+    model = (resnet20 if arch == "resnet20" else vgg_small)(width=0.5).eval()
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    convs.pop(next(iter(convs)))  # the stem stays dense
+    with torch.no_grad():
+        if kind == "unstructured":
+            masks = layerwise_masks({n: m.weight.abs() for n, m in convs.items()}, 0.9)
+            for n, m in convs.items():
+                m.weight.mul_(masks[n])
+        else:
+            library = extract_library(torch.cat([m.weight.reshape(-1, 9) for m in convs.values()]), 8)
+            for m in convs.values():
+                m.weight.mul_(connectivity_mask(m.weight, 3.6) & pattern_mask(m.weight, library))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model, list(convs)
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "pattern"])
+@pytest.mark.parametrize("arch", ["resnet20", "vgg_small"])
+def test_sparse_network_in_openvino_matches_eval(tmp_path, arch, kind):
+    model, pruned = _pruned(arch, kind)
+    x = torch.randn(2, 3, 32, 32)
+    engine, info = _engine(model, tmp_path, tuple(x.shape))
+    lines = {line["layer"]: line for line in info["slimkit_layers"]}
+    assert all(lines[n]["engine"] == "slimkit::SparseConv2d" for n in pruned), lines
+    fused = {n: lines[n]["fused"] for n in pruned}
+    if arch == "resnet20":  # BN, then the residual add and ReLU after a block's second conv
+        assert all(f == [n.replace("conv", "bn"), n.replace("conv", "act")] for n, f in fused.items()
+                   if n.endswith("conv1")), fused
+        assert all(f[0] == n.replace("conv", "bn") and len(f) == 3 for n, f in fused.items() if n.endswith("conv2"))
+    else:  # a max-pool between conv and BN stops the fusion
+        assert fused["body.conv2"] == ["body.bn2", "body.act2"] and fused["body.conv1"] == [], fused
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 CHECK_LEVEL = """
@@ -159,7 +220,7 @@ def test_layer_the_operator_cannot_take_stays_exact_and_says_why(tmp_path):
     model = nn.Sequential(_layer(8, 8, dilation=2, pad=2))
     x = _input((1, 8, 9, 9), 4)
     engine, info = _engine(model, tmp_path, tuple(x.shape))
-    assert info["slimkit_layers"][0]["engine"] == "OpenVINO float conv on +-1 values"
+    assert info["slimkit_layers"][0]["engine"] == "OpenVINO conv (the training graph's ops)"
     assert "dilation" in info["slimkit_layers"][0]["reason"]
     with torch.no_grad():
         torch.testing.assert_close(engine(x), model(x), rtol=1e-5, atol=1e-5)

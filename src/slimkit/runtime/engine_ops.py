@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.nn.utils import parametrize
 
 from slimkit.binary.layers import BinaryConv2d
 from slimkit.errors import SlimkitError, first_line
@@ -34,6 +36,18 @@ from slimkit.quant.onnx_export import export_onnx
 from slimkit.runtime import native
 
 DOMAIN = "slimkit"
+SPARSE_MIN = 0.7  # sparser convs run slimkit::SparseConv2d (see docs/design.md for the measurement)
+
+
+def _epilogue(y: Tensor, bounds: tuple[float, float] | None, residual: tuple[Tensor, ...]) -> Tensor:
+    if residual:
+        y = y + residual[0]
+    return y if bounds is None else y.clamp(*bounds)
+
+
+def _epilogue_attributes(bounds: tuple[float, float] | None) -> dict[str, Any]:
+    low, high = bounds or (0.0, 0.0)
+    return {"clamp_i": int(bounds is not None), "low_f": low, "high_f": high}
 
 
 class _BinaryConvFunction(torch.autograd.Function):
@@ -43,31 +57,85 @@ class _BinaryConvFunction(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, signs: Tensor, scale: Tensor, shift: Tensor, stride: int, pad: int,
                 bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
         y = F.conv2d(torch.sign(x), signs, None, stride, pad) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
-        if residual:
-            y = y + residual[0]
-        return y if bounds is None else y.clamp(*bounds)
+        return _epilogue(y, bounds, residual)
 
     @staticmethod
     def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, stride: int, pad: int,
                  bounds: tuple[float, float] | None, *residual: Any) -> Any:
-        low, high = bounds or (0.0, 0.0)
         return g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *residual, stride_i=stride, pad_i=pad,
-                    clamp_i=int(bounds is not None), low_f=low, high_f=high)
+                    **_epilogue_attributes(bounds))
 
 
-class EngineBinaryConv2d(nn.Module):
-    """A BinaryConv2d in its engine form: the input binarizer's normalisation (real ONNX ops), then the
-    custom node with the weight binarizer's signs and the output scale and shift frozen as constants. The
-    exporter fuses what follows the layer into it (`fuse_batchnorm`, `fuse_residual`, `fuse_clamp`)."""
+class _SparseConvFunction(torch.autograd.Function):
+    """clamp(conv(x, W) + shift (+ residual)) with W held as CSR; one slimkit::SparseConv2d in ONNX."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, value: Tensor, channel: Tensor, tap: Tensor, ptr: Tensor, shift: Tensor,
+                shape: tuple[int, int, int, int], stride: int, pad: int, bounds: tuple[float, float] | None,
+                *residual: Tensor) -> Tensor:
+        out, channels, kernel_h, kernel_w = shape
+        rows = torch.repeat_interleave(torch.arange(out), ptr.diff())
+        weight = torch.zeros(out, channels, kernel_h * kernel_w)
+        weight.index_put_((rows, channel.long(), tap.long()), value, accumulate=True)
+        y = F.conv2d(x, weight.reshape(shape), shift, stride, pad)
+        return _epilogue(y, bounds, residual)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, value: Any, channel: Any, tap: Any, ptr: Any, shift: Any,
+                 shape: tuple[int, int, int, int], stride: int, pad: int, bounds: tuple[float, float] | None,
+                 *residual: Any) -> Any:
+        return g.op(f"{DOMAIN}::SparseConv2d", x, value, channel, tap, ptr, shift, *residual, kernel_h_i=shape[2],
+                    kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **_epilogue_attributes(bounds))
+
+
+def _square(layer: nn.Conv2d, operator_name: str) -> tuple[int, int]:
+    """(stride, pad) of a conv the operators take: square stride, symmetric zero padding, ungrouped, undilated."""
+    stride, padding = layer.stride, layer.padding
+    if (layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros"
+            or isinstance(padding, str) or stride[0] != stride[1] or padding[0] != padding[1]):
+        raise SlimkitError(f"slimkit's {operator_name} takes square-stride, symmetric zero-padded, ungrouped, "
+                           f"undilated convs; this one has stride {stride}, padding {padding}, groups "
+                           f"{layer.groups}, dilation {layer.dilation}")
+    return stride[0], padding[0]
+
+
+class EngineConv(nn.Module):
+    """A conv in an engine operator's form, with the epilogue the exporter fuses into it: a BatchNorm that
+    alone reads it (`fuse_batchnorm`), then a residual add, then a ReLU/hardtanh clamp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.residual = False
+        self.bounds: tuple[float, float] | None = None
+        self.fused: list[str] = []
+
+    def fuse_batchnorm(self, bn: nn.BatchNorm2d, name: str) -> None:
+        k, c = batchnorm_affine(bn)
+        self.fold(k.double(), c.double())
+        self.fused.append(name)
+
+    def fold(self, k: Tensor, c: Tensor) -> None:
+        """Apply y -> y * k + c per output channel to the operator's constants."""
+        raise NotImplementedError
+
+    def fuse_residual(self, name: str) -> None:
+        self.residual = True
+        self.fused.append(name)
+
+    def fuse_clamp(self, low: float, high: float, name: str) -> None:
+        self.bounds = (low, high)
+        self.fused.append(name)
+
+
+class EngineBinaryConv2d(EngineConv):
+    """A BinaryConv2d as slimkit::BinaryConv2d: the input binarizer's normalisation (real ONNX ops), then the
+    custom node with the weight binarizer's signs and the output scale and shift frozen as constants."""
+
+    operator = f"{DOMAIN}::BinaryConv2d"
 
     def __init__(self, layer: BinaryConv2d):
         super().__init__()
-        stride, padding = layer.stride, layer.padding
-        if (layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros"
-                or isinstance(padding, str) or stride[0] != stride[1] or padding[0] != padding[1]):
-            raise SlimkitError(f"slimkit's engine binary conv takes square-stride, symmetric zero-padded, "
-                               f"ungrouped, undilated convs; this one has stride {stride}, padding {padding}, "
-                               f"groups {layer.groups}, dilation {layer.dilation}")
+        self.stride, self.pad = _square(layer, "binary conv")
         if not hasattr(layer.input_binarizer, "normalized"):
             raise SlimkitError("a weights-only binary conv has real-valued inputs; it has no engine binary form")
         with torch.no_grad():
@@ -81,34 +149,54 @@ class EngineBinaryConv2d(nn.Module):
         self.register_buffer("scale", (torch.ones(out) if scale is None else scale.detach().reshape(-1).expand(out))
                              .float().contiguous().clone())
         self.register_buffer("shift", (torch.zeros(out) if layer.bias is None else layer.bias.detach()).float().clone())
-        self.stride, self.pad = stride[0], padding[0]
-        self.residual = False
-        self.bounds: tuple[float, float] | None = None
-        self.fused: list[str] = []
 
-    def fuse_batchnorm(self, bn: nn.BatchNorm2d, name: str) -> None:
-        """Fold an eval-mode BatchNorm that reads only this layer: y -> y * k + c, in float64 then rounded once."""
-        k, c = batchnorm_affine(bn)
-        self.scale = (self.scale.double() * k.double()).float()
-        self.shift = (self.shift.double() * k.double() + c.double()).float()
-        self.fused.append(name)
-
-    def fuse_residual(self, name: str) -> None:
-        self.residual = True
-        self.fused.append(name)
-
-    def fuse_clamp(self, low: float, high: float, name: str) -> None:
-        self.bounds = (low, high)
-        self.fused.append(name)
+    def fold(self, k: Tensor, c: Tensor) -> None:
+        """In float64, rounded once: the window sums stay exact, only the epilogue's rounding changes."""
+        self.scale = (self.scale.double() * k).float()
+        self.shift = (self.shift.double() * k + c).float()
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
         return _BinaryConvFunction.apply(self.input_binarizer.normalized(x), self.signs, self.scale, self.shift,
                                          self.stride, self.pad, self.bounds, *residual)
 
 
+class EngineSparseConv2d(EngineConv):
+    """A pruned float conv as slimkit::SparseConv2d: its non-zeros in CSR over output channels (each
+    channel's entries padded to a multiple of 4 with zeros), the bias as the shift."""
+
+    operator = f"{DOMAIN}::SparseConv2d"
+
+    def __init__(self, layer: nn.Conv2d):
+        super().__init__()
+        from slimkit.runtime.sparse_kernels import conv_by_output
+
+        self.stride, self.pad = _square(layer, "sparse conv")
+        weight = layer.weight.detach().float()
+        ptr, channel, tap, value = conv_by_output(weight.numpy())
+        if value.size == 0:  # an all-zero layer: one group of zero entries, so no constant is empty
+            ptr, channel, tap, value = ptr + np.int64(4) * (np.arange(ptr.size) > 0), *(a.repeat(4) for a in (
+                np.zeros(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.float32)))
+        self.shape = tuple(weight.shape)
+        self.register_buffer("value", torch.from_numpy(value))
+        self.register_buffer("channel", torch.from_numpy(channel))
+        self.register_buffer("tap", torch.from_numpy(tap))
+        self.register_buffer("ptr", torch.from_numpy(ptr))
+        self.register_buffer("shift", (torch.zeros(weight.shape[0]) if layer.bias is None
+                                       else layer.bias.detach().float().clone()))
+
+    def fold(self, k: Tensor, c: Tensor) -> None:
+        rows = torch.repeat_interleave(torch.arange(self.shape[0]), self.ptr.diff())
+        self.value = (self.value.double() * k[rows]).float()
+        self.shift = (self.shift.double() * k + c).float()
+
+    def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
+        return _SparseConvFunction.apply(x, self.value, self.channel, self.tap, self.ptr, self.shift, self.shape,
+                                         self.stride, self.pad, self.bounds, *residual)
+
+
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, EngineBinaryConv2d | BinaryConv2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, EngineConv | BinaryConv2d) or super().is_leaf_module(m, qualname)
 
 
 def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, float] | None:
@@ -129,14 +217,13 @@ def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, 
 
 
 def _fuse_epilogues(model: nn.Module) -> nn.Module:
-    """Fuse into each engine binary conv, in this order, what alone reads its output: an eval BatchNorm, a
+    """Fuse into each engine conv, in this order, what alone reads its output: an eval BatchNorm, a
     residual add, then a ReLU/hardtanh. Each fused op is one pass over a batch's activations saved, and no
     OpenVINO node (with its layout reorders) between two slimkit nodes."""
     graph = _LeafTracer().trace(model)
     modules = dict(model.named_modules())
-    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)],
-                                                                                   EngineBinaryConv2d)]:
-        layer: EngineBinaryConv2d = modules[str(conv.target)]
+    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
+        layer: EngineConv = modules[str(conv.target)]
         tail, residual = conv, None
         users = list(tail.users)
         if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[str(users[0].target)],
@@ -151,7 +238,7 @@ def _fuse_epilogues(model: nn.Module) -> nn.Module:
             tail, users = users[0], list(users[0].users)
         bounds = _clamp_bounds(users[0], modules) if len(users) == 1 else None
         if bounds is not None:
-            layer.fuse_clamp(*bounds, users[0].name)
+            layer.fuse_clamp(*bounds, _label(users[0]))
             tail = users[0]
         if tail is conv:
             continue
@@ -163,6 +250,11 @@ def _fuse_epilogues(model: nn.Module) -> nn.Module:
     return fx.GraphModule(model, graph)
 
 
+def _label(node: fx.Node) -> str:
+    """A module's path for a module call, the traced node's name for a function (an add, F.relu)."""
+    return str(node.target) if node.op == "call_module" else node.name
+
+
 def _chain(first: fx.Node, last: fx.Node) -> list[fx.Node]:
     """The single-user chain of nodes from `first` to `last`, both included."""
     chain = [first]
@@ -171,30 +263,46 @@ def _chain(first: fx.Node, last: fx.Node) -> list[fx.Node]:
     return chain
 
 
+def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
+    """Which operator a layer becomes, or (None, why not) for a layer that stays OpenVINO's own."""
+    if isinstance(module, BinaryConv2d):
+        return EngineBinaryConv2d, ""
+    if type(module) is not nn.Conv2d or parametrize.is_parametrized(module):
+        return None, ""
+    sparsity = float((module.weight == 0).float().mean())
+    if sparsity < SPARSE_MIN:
+        return None, f"{sparsity:.0%} sparse: below {SPARSE_MIN:.0%}, OpenVINO's dense conv wins" if sparsity else ""
+    return EngineSparseConv2d, ""
+
+
 def engine_form(model: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """An eval-mode copy with every binary conv in its engine form, epilogues fused, and a line per binary
-    layer saying what it became and what it absorbed. A binary conv the operator does not take (dilated,
-    grouped, 0-valued weights) stays the training graph's float conv on +-1 values, which OpenVINO runs
-    exactly but not fast; its line says why."""
+    """An eval-mode copy with every binary conv, and every conv at least SPARSE_MIN sparse, in its engine
+    operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
+    A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
+    own ops, which OpenVINO runs exactly but not fast; its line says why."""
     model = copy.deepcopy(model).eval()
     lines: dict[str, dict[str, Any]] = {}
     for name, module in list(model.named_modules()):
-        if isinstance(module, BinaryConv2d):
-            try:
-                model.set_submodule(name, EngineBinaryConv2d(module))
-                lines[name] = {"layer": name, "engine": f"{DOMAIN}::BinaryConv2d"}
-            except SlimkitError as exc:
-                lines[name] = {"layer": name, "engine": "OpenVINO float conv on +-1 values", "reason": str(exc)}
-    if not any(isinstance(m, EngineBinaryConv2d) for m in model.modules()):
+        kind, reason = _engine_layer(module)
+        if kind is None:
+            if reason:
+                lines[name] = {"layer": name, "engine": "OpenVINO dense conv", "reason": reason}
+            continue
+        try:
+            model.set_submodule(name, kind(module))
+            lines[name] = {"layer": name, "engine": kind.operator}
+        except SlimkitError as exc:
+            lines[name] = {"layer": name, "engine": "OpenVINO conv (the training graph's ops)", "reason": str(exc)}
+    if not any(isinstance(m, EngineConv) for m in model.modules()):
         return model, list(lines.values())
     try:
         model = _fuse_epilogues(model)
     except Exception as exc:  # torch.fx fails on data-dependent control flow, among others
-        raise SlimkitError(f"torch.fx could not trace the model to fuse the binary layers' epilogues: "
+        raise SlimkitError(f"torch.fx could not trace the model to fuse the engine operators' epilogues: "
                            f"{type(exc).__name__}: {first_line(exc)}") from None
     for name, line in lines.items():
         module = model.get_submodule(name)
-        if isinstance(module, EngineBinaryConv2d):
+        if isinstance(module, EngineConv):
             line["fused"] = module.fused
     return model, list(lines.values())
 

@@ -22,8 +22,8 @@ from slimkit.errors import SlimkitError
 SOURCES = Path(__file__).with_name("native")
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off"]  # no FMA contraction: outputs stay bit-exact
 OPENVINO_DEFINES = ["-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-D_GLIBCXX_USE_CXX11_ABI=1"]  # as the wheel's CMake sets
-ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq"], "avx2": ["-mavx2", "-mpopcnt"],
-             "generic": []}
+ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq", "-mfma"],
+             "avx2": ["-mavx2", "-mpopcnt", "-mfma"], "generic": []}
 
 
 def _openvino_dir() -> Path:
@@ -73,8 +73,8 @@ def build(force: bool = False) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         objects = []
         for isa, flags in ISA_FLAGS.items():
-            objects.append(Path(tmp) / f"binary_{isa}.o")
-            _run([compiler, *FLAGS, *flags, "-c", str(SOURCES / f"binary_{isa}.cpp"), "-o", str(objects[-1])])
+            objects.append(Path(tmp) / f"kernels_{isa}.o")
+            _run([compiler, *FLAGS, *flags, "-c", str(SOURCES / f"kernels_{isa}.cpp"), "-o", str(objects[-1])])
         objects.append(Path(tmp) / "openvino_ops.o")
         _run([compiler, *FLAGS, *OPENVINO_DEFINES, f"-I{ov_dir / 'include'}", "-c",
               str(SOURCES / "openvino_ops.cpp"), "-o", str(objects[-1])])

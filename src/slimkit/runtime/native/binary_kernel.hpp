@@ -11,7 +11,7 @@
 #include <cstring>
 #include <vector>
 
-#include "binary_shape.hpp"
+#include "kernel_shapes.hpp"
 
 #if defined(__AVX2__) && !defined(__AVX512VPOPCNTDQ__)
 #include <immintrin.h>

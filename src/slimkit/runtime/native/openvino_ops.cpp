@@ -18,7 +18,7 @@
 #include <openvino/frontend/onnx/extension/op.hpp>
 #include <openvino/op/op.hpp>
 
-#include "binary_shape.hpp"
+#include "kernel_shapes.hpp"
 
 namespace slimkit {
 
@@ -68,43 +68,20 @@ static void conv_row_any(const uint64_t* n, const uint64_t* p, const uint64_t* w
     }
 }
 
-// y = clamp(conv(sign(x), W) * scale + shift (+ residual), low, high) for +-1 weights W, with sign(0) = 0 and
-// zero padding, as the training graph's BinaryConv2d computes its sums (exactly). The epilogue is what the
-// exporter fused: the layer's own scale and bias, a BatchNorm folded into them, a residual add, a clamp
-// (ReLU, hardtanh). Inputs: x [B, C, H, W] f32, W [O, C, KH, KW] f32 (+-1), scale [O], shift [O], and
-// optionally residual [B, O, OH, OW]. Attributes: stride, pad (square); clamp (0/1), low, high.
-class BinaryConv2d : public ov::op::Op {
+static void sparse_segment_any(const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,
+                               int o_end, size_t start, int length, int row_stride, float* acc) {
+    switch (isa()) {
+        case Isa::avx512: return avx512::sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc);
+        case Isa::avx2: return avx2::sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc);
+        default: return generic::sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc);
+    }
+}
+
+// What the two conv operators share: square stride and padding, and the fused epilogue's attributes
+// (clamp on/off and its bounds; a residual is an extra last input). The output is [B, O, OH, OW] with O
+// from `out_channels(...)` and the kernel size from `kernel(...)`, which each operator reads its own way.
+class FusedConv : public ov::op::Op {
 public:
-    OPENVINO_OP("BinaryConv2d", "slimkit");
-
-    BinaryConv2d() = default;
-
-    void validate_and_infer_types() override {
-        const auto& x = get_input_partial_shape(0);
-        const auto& w = get_input_partial_shape(1);
-        ov::PartialShape out = ov::PartialShape::dynamic(4);
-        if (x.rank().is_static() && w.rank().is_static()) {
-            out[0] = x[0];
-            out[1] = w[0];
-            for (int axis = 2; axis < 4; ++axis)
-                if (x[axis].is_static() && w[axis].is_static())
-                    out[axis] = (x[axis].get_length() + 2 * pad_ - w[axis].get_length()) / stride_ + 1;
-        }
-        set_output_type(0, ov::element::f32, out);
-    }
-
-    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto copy = std::make_shared<BinaryConv2d>();
-        copy->set_arguments(args);
-        copy->stride_ = stride_;
-        copy->pad_ = pad_;
-        copy->clamp_ = clamp_;
-        copy->low_ = low_;
-        copy->high_ = high_;
-        copy->constructor_validate_and_infer_types();
-        return copy;
-    }
-
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("stride", stride_);
         visitor.on_attribute("pad", pad_);
@@ -115,6 +92,71 @@ public:
     }
 
     bool has_evaluate() const override { return true; }
+
+protected:
+    void infer_output(const ov::Dimension& out_channels, const ov::Dimension& kernel_h, const ov::Dimension& kernel_w) {
+        const auto& x = get_input_partial_shape(0);
+        ov::PartialShape out = ov::PartialShape::dynamic(4);
+        if (x.rank().is_static()) {
+            out[0] = x[0];
+            out[1] = out_channels;
+            const ov::Dimension kernel[2] = {kernel_h, kernel_w};
+            for (int axis = 2; axis < 4; ++axis)
+                if (x[axis].is_static() && kernel[axis - 2].is_static())
+                    out[axis] = (x[axis].get_length() + 2 * pad_ - kernel[axis - 2].get_length()) / stride_ + 1;
+        }
+        set_output_type(0, ov::element::f32, out);
+    }
+
+    template <typename Op>
+    std::shared_ptr<ov::Node> clone_as(const ov::OutputVector& args) const {
+        auto copy = std::make_shared<Op>();
+        copy->set_arguments(args);
+        copy->copy_attributes(*this);
+        copy->constructor_validate_and_infer_types();
+        return copy;
+    }
+
+    void copy_attributes(const FusedConv& other) {
+        stride_ = other.stride_;
+        pad_ = other.pad_;
+        clamp_ = other.clamp_;
+        low_ = other.low_;
+        high_ = other.high_;
+    }
+
+    float low() const { return clamp_ ? low_ : -std::numeric_limits<float>::infinity(); }
+    float high() const { return clamp_ ? high_ : std::numeric_limits<float>::infinity(); }
+
+    int64_t stride_ = 1;
+    int64_t pad_ = 0;
+    int64_t clamp_ = 0;
+    float low_ = 0.0f;
+    float high_ = 0.0f;
+};
+
+// y = clamp(conv(sign(x), W) * scale + shift (+ residual), low, high) for +-1 weights W, with sign(0) = 0 and
+// zero padding, as the training graph's BinaryConv2d computes its sums (exactly). The epilogue is what the
+// exporter fused: the layer's own scale and bias, a BatchNorm folded into them, a residual add, a clamp
+// (ReLU, hardtanh). Inputs: x [B, C, H, W] f32, W [O, C, KH, KW] f32 (+-1), scale [O], shift [O], and
+// optionally residual [B, O, OH, OW]. Attributes: stride, pad (square); clamp (0/1), low, high.
+class BinaryConv2d : public FusedConv {
+public:
+    OPENVINO_OP("BinaryConv2d", "slimkit");
+
+    BinaryConv2d() = default;
+
+    void validate_and_infer_types() override {
+        const auto& w = get_input_partial_shape(1);
+        if (w.rank().is_static())
+            infer_output(w[0], w[2], w[3]);
+        else
+            infer_output(ov::Dimension::dynamic(), ov::Dimension::dynamic(), ov::Dimension::dynamic());
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return clone_as<BinaryConv2d>(args);
+    }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& xs = inputs[0].get_shape();
@@ -144,9 +186,7 @@ public:
         const uint64_t* wbits = packed_weights(inputs[1], s);
         const float* x = inputs[0].data<const float>();
         const float* residual = inputs.size() > 4 ? inputs[4].data<const float>() : nullptr;
-        Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr,
-                   clamp_ ? low_ : -std::numeric_limits<float>::infinity(),
-                   clamp_ ? high_ : std::numeric_limits<float>::infinity()};
+        Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high()};
         float* y = outputs[0].data<float>();
         const size_t plane = static_cast<size_t>(s.height) * s.words * s.cols;
         std::vector<uint64_t> nonzero(batch * plane), positive(batch * plane);
@@ -192,14 +232,152 @@ private:
         return packed_.data();
     }
 
-    int64_t stride_ = 1;
-    int64_t pad_ = 0;
-    int64_t clamp_ = 0;
-    float low_ = 0.0f;
-    float high_ = 0.0f;
     mutable std::mutex mutex_;
     mutable std::vector<uint64_t> packed_;
     mutable const float* packed_from_ = nullptr;
+};
+
+
+// y = clamp(conv(x, W) + shift (+ residual), low, high) for a sparse W given as CSR over output channels:
+// value, channel (input channel), tap (kh * KW + kw) per entry, each channel's entries padded with zeros to
+// a multiple of 4, and ptr [O + 1]. A BatchNorm after the conv is folded into the values and shift by the
+// exporter. Inputs: x [B, C, H, W] f32, value f32, channel i32, tap i32, ptr i64, shift [O] f32, optionally
+// residual [B, O, OH, OW]. Attributes: kernel_h, kernel_w, stride, pad, clamp, low, high.
+class SparseConv2d : public FusedConv {
+public:
+    OPENVINO_OP("SparseConv2d", "slimkit");
+
+    SparseConv2d() = default;
+
+    void validate_and_infer_types() override {
+        const auto& ptr = get_input_partial_shape(4);
+        const ov::Dimension out = ptr.rank().is_static() && ptr[0].is_static()
+                                      ? ov::Dimension(ptr[0].get_length() - 1) : ov::Dimension::dynamic();
+        infer_output(out, ov::Dimension(kernel_h_), ov::Dimension(kernel_w_));
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        auto copy = clone_as<SparseConv2d>(args);
+        auto* sparse = static_cast<SparseConv2d*>(copy.get());
+        sparse->kernel_h_ = kernel_h_;
+        sparse->kernel_w_ = kernel_w_;
+        sparse->constructor_validate_and_infer_types();
+        return copy;
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("kernel_h", kernel_h_);
+        visitor.on_attribute("kernel_w", kernel_w_);
+        return FusedConv::visit_attributes(visitor);
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const auto& xs = inputs[0].get_shape();
+        const size_t batch = xs[0];
+        const int channels = static_cast<int>(xs[1]), height = static_cast<int>(xs[2]), width = static_cast<int>(xs[3]);
+        const int stride = static_cast<int>(stride_), pad = static_cast<int>(pad_);
+        const int kh = static_cast<int>(kernel_h_), kw = static_cast<int>(kernel_w_);
+        const int out_c = static_cast<int>(inputs[4].get_shape()[0]) - 1;
+        if (inputs[2].get_element_type() != ov::element::i32 || inputs[3].get_element_type() != ov::element::i32)
+            throw std::runtime_error("slimkit SparseConv2d: channel and tap must be int32");
+        const int hp = height + 2 * pad, wp = width + 2 * pad;
+        const int out_h = (hp - kh) / stride + 1, out_w = (wp - kw) / stride + 1;
+        // the stride x stride phases of the padded input, each a stride-1 plane of hq x wq
+        const int hq = (hp + stride - 1) / stride, wq = (wp + stride - 1) / stride;
+        const int planes_count = channels * stride * stride;
+        const size_t image = static_cast<size_t>(hq) * wq, plane_stride = batch * image + wq;  // + a spare row
+        outputs[0].set_shape({batch, static_cast<size_t>(out_c), static_cast<size_t>(out_h), static_cast<size_t>(out_w)});
+        const SparseWeights w = weights(inputs, channels, wq);
+        const float* x = inputs[0].data<const float>();
+        const float* residual = inputs.size() > 6 ? inputs[6].data<const float>() : nullptr;
+        float* y = outputs[0].data<float>();
+
+        std::vector<float> planes(static_cast<size_t>(planes_count) * plane_stride, 0.0f);
+        ov::parallel_for(static_cast<size_t>(channels) * batch, [&](size_t item) {
+            const size_t c = item / batch, b = item % batch;
+            const float* src = x + (b * channels + c) * height * width;
+            for (int h = 0; h < height; ++h) {
+                const int ph = (h + pad) % stride, i = (h + pad) / stride;
+                for (int v = 0; v < width; ++v) {
+                    const int pw = (v + pad) % stride, j = (v + pad) / stride;
+                    planes[(c * stride * stride + ph * stride + pw) * plane_stride + b * image + i * wq + j] =
+                        src[h * width + v];
+                }
+            }
+        });
+        const size_t span = (batch - 1) * image + static_cast<size_t>(out_h - 1) * wq + out_w;
+        // segments short enough that every plane's slice of one stays in L2 (64 Ki floats in all)
+        const int segment = static_cast<int>(std::min<size_t>(1024, std::max<size_t>(64, 65536 / planes_count)));
+        const size_t segments = (span + segment - 1) / segment;
+        const int block = 16, blocks = (out_c + block - 1) / block;
+        const size_t row_stride = segments * segment;
+        std::vector<float> flat(static_cast<size_t>(out_c) * row_stride);
+        ov::parallel_for(segments * blocks, [&](size_t item) {
+            const size_t seg = item / blocks;
+            const int first = static_cast<int>(item % blocks) * block;
+            const size_t start = seg * segment;
+            const int length = static_cast<int>(std::min<size_t>(segment, span - start));
+            sparse_segment_any(planes.data(), plane_stride, w, first, std::min(out_c, first + block), start, length,
+                               static_cast<int>(row_stride), flat.data() + static_cast<size_t>(first) * row_stride + start);
+        });
+        const float lo = low(), hi = high();
+        ov::parallel_for(batch * out_c, [&](size_t item) {
+            const size_t b = item / out_c, o = item % out_c;
+            for (int oh = 0; oh < out_h; ++oh) {
+                const float* src = flat.data() + o * row_stride + b * image + static_cast<size_t>(oh) * wq;
+                const size_t at = ((b * out_c + o) * out_h + oh) * out_w;
+                float* row = y + at;
+                for (int ow = 0; ow < out_w; ++ow) row[ow] = src[ow];
+                if (residual != nullptr)
+                    for (int ow = 0; ow < out_w; ++ow) row[ow] += residual[at + ow];
+                for (int ow = 0; ow < out_w; ++ow) row[ow] = std::min(std::max(row[ow], lo), hi);
+            }
+        });
+        return true;
+    }
+
+private:
+    // The entries' phase planes and flat offsets for phase planes wq wide, derived on the first call and kept
+    // while the weight tensors and the width stay the same.
+    SparseWeights weights(const ov::TensorVector& inputs, int channels, int wq) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const float* value = inputs[1].data<const float>();
+        if (value != derived_from_ || wq != derived_wq_) {
+            const size_t count = inputs[1].get_shape()[0];
+            const int32_t* channel = inputs[2].data<const int32_t>();
+            const int32_t* tap = inputs[3].data<const int32_t>();
+            const int stride = static_cast<int>(stride_), kw = static_cast<int>(kernel_w_);
+            plane_.resize(count);
+            offset_.resize(count);
+            for (size_t e = 0; e < count; ++e) {
+                const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
+                if (channel[e] < 0 || channel[e] >= channels || kh_e >= kernel_h_)
+                    throw std::runtime_error("slimkit SparseConv2d: entry " + std::to_string(e) +
+                                             " names a channel or tap outside the layer");
+                plane_[e] = channel[e] * stride * stride + (kh_e % stride) * stride + kw_e % stride;
+                offset_[e] = (kh_e / stride) * wq + kw_e / stride;
+            }
+            // OpenVINO's CPU plugin may hand an i64 constant over as i32
+            const auto& ptr = inputs[4];
+            ptr_.resize(ptr.get_shape()[0]);
+            for (size_t i = 0; i < ptr_.size(); ++i)
+                ptr_[i] = ptr.get_element_type() == ov::element::i64 ? ptr.data<const int64_t>()[i]
+                                                                     : ptr.data<const int32_t>()[i];
+            if (ptr_.back() != static_cast<int64_t>(count))
+                throw std::runtime_error("slimkit SparseConv2d: ptr does not end at the entry count");
+            derived_from_ = value;
+            derived_wq_ = wq;
+        }
+        return SparseWeights{ptr_.data(), plane_.data(), offset_.data(), value, inputs[5].data<const float>()};
+    }
+
+    int64_t kernel_h_ = 1;
+    int64_t kernel_w_ = 1;
+    mutable std::mutex mutex_;
+    mutable std::vector<int32_t> plane_, offset_;
+    mutable std::vector<int64_t> ptr_;
+    mutable const float* derived_from_ = nullptr;
+    mutable int derived_wq_ = -1;
 };
 
 }  // namespace slimkit
@@ -207,4 +385,6 @@ private:
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<slimkit::BinaryConv2d>>(),
     std::make_shared<ov::frontend::onnx::OpExtension<slimkit::BinaryConv2d>>("BinaryConv2d", "slimkit"),
+    std::make_shared<ov::OpExtension<slimkit::SparseConv2d>>(),
+    std::make_shared<ov::frontend::onnx::OpExtension<slimkit::SparseConv2d>>("SparseConv2d", "slimkit"),
 }));

@@ -1,5 +1,6 @@
-// The geometry of one binary conv call, shared by every instruction-set build of the kernel.
+// What one kernel call needs to know, shared by every instruction-set build of the kernels.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace slimkit {
@@ -20,11 +21,24 @@ struct Epilogue {
     float low, high;
 };
 
+// A sparse conv's non-zeros in CSR over output channels, each channel's entries padded with zero weights
+// to a multiple of 4; offset is the entry's kernel tap as a flat input offset (kh * Wp + kw, Wp the padded
+// width of the stride-1 phase planes), channel its input plane; shift[o] the output's bias.
+struct SparseWeights {
+    const int64_t* ptr;
+    const int32_t* channel;
+    const int32_t* offset;
+    const float* value;
+    const float* shift;
+};
+
 #define SLIMKIT_DECLARE_KERNELS(ns)                                                                    \
     namespace ns {                                                                                     \
     void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* positive);            \
     void conv_row(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,      \
                   const Epilogue& e, const Shape& s, int oh, float* y);                    \
+    void sparse_segment(const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,  \
+                        int o_end, size_t start, int length, int row_stride, float* acc);                \
     }
 SLIMKIT_DECLARE_KERNELS(avx512)
 SLIMKIT_DECLARE_KERNELS(avx2)

@@ -1,2 +1,0 @@
-#define SLIMKIT_ISA avx2
-#include "binary_kernel.hpp"

@@ -1,2 +1,0 @@
-#define SLIMKIT_ISA avx512
-#include "binary_kernel.hpp"

@@ -1,2 +1,0 @@
-#define SLIMKIT_ISA generic
-#include "binary_kernel.hpp"
