@@ -10,11 +10,13 @@ r_c = 3.6 on those 3x3 convs (pattern_g4: with filter_group 4), channels = L1 pr
 of every prunable channel group. Baselines are the uncompressed model in the engines a CPU user deploys
 with: eager, `torch.jit.freeze` and (with --compile) `torch.compile`, onnxruntime fp32 and int8 (its own
 quantize_static: QDQ, per-channel) and OpenVINO fp32 and int8 (the same QDQ model); the channel-pruned
-model also runs in both int8 engines. Every form of one architecture and batch size is timed in the same
-loop, taking turns, with the same threads. Each form is deployed twice: exact (binary layers bit for bit) and with
-`fold_batchnorm=True` (BatchNorm folded into the layer before it; equal within float rounding). The
-best-dense baseline folds BatchNorm too (jit.freeze does). Layer rows come from `deploy`'s own per-layer
-timing of the exact deployment (layer alone, its real input).
+model also runs in both int8 engines. Each BNN, sparse and pattern form is also exported to OpenVINO with slimkit's
+operators inside (`in openvino+slimkit`: the deployable artifact, `slimkit export --engine openvino`) and profiled
+with OpenVINO's per-node counters, so every miss says where the time goes. Every form of one architecture and batch
+size is timed in the same loop, taking turns, with the same threads. Each form is deployed twice: exact (binary
+layers bit for bit) and with `fold_batchnorm=True` (BatchNorm folded into the layer before it; equal within float
+rounding). The best-dense baseline folds BatchNorm too (jit.freeze does). Layer rows come from `deploy`'s own per-
+layer timing of the exact deployment (layer alone, its real input).
 Writes benchmarks/results/runtime.{json,md}. Run it on an otherwise idle machine.
 
     .venv/bin/python benchmarks/runtime.py [--archs resnet20 vgg_small resnet56] [--compile] [--repeats 15]
@@ -32,6 +34,7 @@ from harness import ensure_allocator_env
 
 HERE = Path(__file__).parent
 FOLDED = " + BN folded"
+IN_ENGINE = " in openvino+slimkit"
 DENSE = ("eager", "frozen", "compiled", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
 FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
          "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
@@ -88,7 +91,8 @@ def main() -> None:
     from slimkit.metrics import compare_latency, default_threads
     from slimkit.runtime import deploy
     from slimkit.runtime.bench import dense_baselines, speedups
-    from slimkit.runtime.engines import dense_engines, export_dense
+    from slimkit.runtime.engine_ops import export_openvino, openvino_core, profile_openvino
+    from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="*", default=list(FORMS))
@@ -98,13 +102,15 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     threads = default_threads()
-    rows, layers, missing = [], [], {}
+    rows, layers, missing, profiles = [], [], {}, []
     calibration = [torch.randn(8, 3, 32, 32) for _ in range(4)]
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
             dense = build(arch, "dense")
             forms = {form: build(arch, form) for form in FORMS[arch]}
             exported = export_dense(dense, (3, 32, 32), calibration, Path(tmp) / arch)
+            artifacts = {form: export_openvino(model, Path(tmp) / f"{arch}-{form}-engine" / "model.xml", (3, 32, 32))
+                         for form, model in forms.items() if not form.startswith("channels")}
             pruned = {form: export_dense(model, (3, 32, 32), calibration, Path(tmp) / f"{arch}-{form}")
                       for form, model in forms.items() if form.startswith("channels")}  # an ordinary, smaller model
             for batch in args.batch_sizes:
@@ -117,6 +123,8 @@ def main() -> None:
                 engines = {f"{form} in {k}": v for form, paths in pruned.items()
                            for k, v in dense_engines(paths, (batch, 3, 32, 32), threads).items()
                            if not k.endswith("_error")}
+                engines |= {f"{form}{IN_ENGINE}": OpenVinoModel(Path(a["model"]), (batch, 3, 32, 32), threads,
+                                                                core=openvino_core()) for form, a in artifacts.items()}
                 missing |= {k: v for k, v in baselines.items() if k.endswith("_error")}
                 timed = {"eager": dense, **{k: v for k, v in baselines.items() if not k.endswith("_error")},
                          **deployed, **engines}
@@ -138,21 +146,27 @@ def main() -> None:
                     })
                     if name in deployed and not name.endswith(FOLDED):
                         layers += [{"arch": arch, "form": name, "batch": batch, **e} for e in body]
+                for form, a in artifacts.items():
+                    profile = profile_openvino(a["model"], (batch, 3, 32, 32), threads)
+                    name = f"{form}{IN_ENGINE}"
+                    profiles.append({"arch": arch, "form": name, "batch": batch, "ms": ms[name],
+                                     "vs": speedups(ms, name), "profile": profile,
+                                     "slimkit_layers": a["slimkit_layers"]})
                 print(f"{arch} b{batch}: " + ", ".join(
                     f"{r['form']} {r['vs']['best_dense']['speedup']:.2f}x vs {r['vs']['best_dense']['baseline']}"
                     for r in rows if r["arch"] == arch and r["batch"] == batch))
     args.results.mkdir(parents=True, exist_ok=True)
     env = environment(0) | {"command": " ".join(sys.argv), "threads": threads} | cpu_info()
     (args.results / "runtime.json").write_text(json.dumps({"rows": rows, "layers": layers, "missing": missing,
-                                                          "environment": env}, indent=2))
-    (args.results / "runtime.md").write_text(markdown(rows, layers, missing, env))
+                                                          "profiles": profiles, "environment": env}, indent=2))
+    (args.results / "runtime.md").write_text(markdown(rows, layers, missing, profiles, env))
 
 
 def _vs(entry: dict | None) -> str:
     return f"{entry['speedup']:.2f}x ({entry['baseline']})" if entry else "n/a"
 
 
-def markdown(rows: list[dict], layers: list[dict], missing: dict, env: dict) -> str:
+def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list[dict], env: dict) -> str:
     isa = ", ".join(env.get("isa", [])) or "no AVX2"
     out = ["# CPU runtime: compressed models against the dense engines users deploy with", "",
            f"CPU: **{env.get('cpu_model')}** ({isa}), {env['threads']} threads for every form, torch "
@@ -182,7 +196,19 @@ def markdown(rows: list[dict], layers: list[dict], missing: dict, env: dict) -> 
     out += ["", "'compressed-layer body' sums the per-layer timings `deploy` took of every candidate layer (alone, "
             "on its real input): dense torch time over the time of what runs after deployment (the kernel where it "
             "won, dense where it lost). 'channels50 in ort_int8' is the channel-pruned model, an ordinary smaller "
-            "model, quantized by onnxruntime's own quantize_static and run by that engine.", "", "## Layers", "",
+            "model, quantized by onnxruntime's own quantize_static and run by that engine.", "",
+            "## Where the engine's time goes", "",
+            "OpenVINO's per-node counters for each `in openvino+slimkit` form (ms per inference, summed by node type "
+            "and kernel; slimkit's operators are BinaryConv2d and SparseConv2d).", "",
+            "| model | form | batch | total ms | vs best dense engine | node | kernel | nodes | ms | share |",
+            "|---|---|---:|---:|---|---|---|---:|---:|---:|"]
+    for p in profiles:
+        total = sum(r["ms"] for r in p["profile"])
+        for i, r in enumerate(p["profile"][:6]):
+            head = (f"| {p['arch']} | {p['form']} | {p['batch']} | {p['ms']['median']:.3f} | "
+                    f"{_vs(p['vs'].get('best_dense'))} |" if i == 0 else "| | | | | |")
+            out.append(f"{head} {r['node']} | {r['kernel']} | {r['nodes']} | {r['ms']:.3f} | {r['ms'] / total:.0%} |")
+    out += ["", "## Layers", "",
             "| model | form | batch | layer | kind | dense ms | kernel ms | speedup | runs |",
             "|---|---|---:|---|---|---:|---:|---:|---|"]
     for e in layers:

@@ -288,8 +288,15 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch
         assert choices["features.0"]["reason"] == "no zero weights"
         assert all("dense_ms" in choices[n] and choices[n]["choice"] in ("deployed", "dense")
                    for n in ("features.3", "classifier.1"))
+        # the OpenVINO artifact with slimkit's operators, against the same best dense engine, with its profile
+        assert r["engine_vs"]["best_dense"]["baseline"] == fastest
+        assert r["engine_vs"]["best_dense"]["speedup"] == pytest.approx(ms[fastest]["median"] / ms["engine"]["median"])
+        assert any(p["node"] == "SparseConv2d" and p["nodes"] == 1 for p in r["engine_profile"]), r["engine_profile"]
+    engine_layers = {line["layer"]: line["engine"] for line in results["engine"]["slimkit_layers"]}
+    assert engine_layers["features.3"] == "slimkit::SparseConv2d" and "features.0" not in engine_layers
     report = (tmp_path / "run" / "bench.md").read_text()
     assert "| layer | kind | runs |" in report and "CPU: " in report and "best dense engine" in report
+    assert "Where the engine's time goes at batch 8" in report
 
 
 def _pattern_weight(out, channels, ratio, seed, group=1):

@@ -1,6 +1,8 @@
-"""`slimkit bench`: the deployed model against the dense baselines a user would pick: eager PyTorch,
-`torch.jit.freeze` and `torch.compile`, onnxruntime fp32 and int8 (its own quantize_static), OpenVINO fp32
-and int8, all in one process, taking turns, with the same threads (median and IQR).
+"""`slimkit bench`: the compressed model, deployed in eager PyTorch (`deploy`) and exported to OpenVINO with
+slimkit's operators inside (`engine`, the deployable artifact), against the dense baselines a user would
+pick: eager PyTorch, `torch.jit.freeze` and `torch.compile`, onnxruntime fp32 and int8 (its own
+quantize_static), OpenVINO fp32 and int8, all in one process, taking turns, with the same threads (median
+and IQR). The engine form comes with OpenVINO's per-node profile, so a miss says where the time goes.
 
 Every speed-up names its baseline: the best dense engine of all, the best fp32 and the best int8 one, and
 eager PyTorch as an extra column. The CPU model and ISA are part of the result. The deployment is made per
@@ -21,10 +23,12 @@ import torch
 from torch import nn
 
 from slimkit.environment import cpu_info
+from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.deploy import deploy
-from slimkit.runtime.engines import dense_engines, export_dense
+from slimkit.runtime.engine_ops import engine_form, export_openvino, openvino_core, profile_openvino
+from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
 
 
 class _Opaque(nn.Module):
@@ -90,6 +94,9 @@ def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence
     with tempfile.TemporaryDirectory() as tmp:
         exported = (export_dense(model, input_shape, [torch.randn(8, *input_shape) for _ in range(4)], Path(tmp))
                     if engines else {})
+        artifact = _export_engine(model, input_shape, Path(tmp) / "engine" / "model.xml") if engines else None
+        if artifact is not None:
+            results["engine"] = {k: v for k, v in artifact.items() if k != "model"}
         for batch in batch_sizes:
             example = torch.randn(batch, *input_shape)
             deployed = deploy(model, example, threads=threads, fold_batchnorm=fold_batchnorm)
@@ -97,13 +104,30 @@ def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence
             baselines = dense_baselines(model, example, use_compile)
             baselines.update(dense_engines(exported, (batch, *input_shape), threads))
             forms.update({k: v for k, v in baselines.items() if not k.endswith("_error")})
+            if artifact and "model" in artifact:
+                forms["engine"] = OpenVinoModel(artifact["model"], (batch, *input_shape), threads, core=openvino_core())
             timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
             ms = {name: timing[name][str(batch)] for name in forms}
             results["batches"][str(batch)] = {
                 "latency_ms": ms, "deployed_vs": speedups(ms, "deployed"), "layers": deployed.deploy_report,
                 "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
             }
+            if "engine" in forms:
+                results["batches"][str(batch)].update(
+                    engine_vs=speedups(ms, "engine"),
+                    engine_profile=profile_openvino(artifact["model"], (batch, *input_shape), threads))
     return results
+
+
+def _export_engine(model: nn.Module, input_shape: Sequence[int], path: Path) -> dict[str, Any] | None:
+    """The OpenVINO artifact with slimkit's operators, when the model has layers they take; a missing engine
+    or library is reported under 'error', never skipped silently."""
+    try:
+        if not any(line.get("engine", "").startswith("slimkit::") for line in engine_form(model)[1]):
+            return None
+        return export_openvino(model, path, input_shape)
+    except (ImportError, SlimkitError) as exc:
+        return {"error": str(exc)}
 
 
 def versus(entry: dict[str, Any] | None) -> str:
@@ -128,6 +152,20 @@ def markdown(results: dict[str, Any], title: str) -> str:
                      f"{versus(v.get('best_int8'))} | {versus(v.get('eager'))} |")
         for form, reason in r.get("baseline_errors", {}).items():
             lines.append(f"| {batch} | {form.removesuffix('_error')} missing: {reason} | | | |")
+    if "engine" in results:
+        lines += ["", "The OpenVINO artifact with slimkit's operators (`engine`) against (ratio > 1: faster):", "",
+                  "| batch | best dense engine | best fp32 | best int8 | eager torch |", "|---:|---|---|---|---|"]
+        for batch, r in results["batches"].items():
+            v = r.get("engine_vs", {})
+            lines.append(f"| {batch} | {versus(v.get('best_dense'))} | {versus(v.get('best_fp32'))} | "
+                         f"{versus(v.get('best_int8'))} | {versus(v.get('eager'))} |")
+        if "error" in results["engine"]:
+            lines.append(f"| | engine missing: {results['engine']['error']} | | | |")
+        for batch, r in results["batches"].items():
+            lines += ["", f"Where the engine's time goes at batch {batch} (OpenVINO per-node counters, ms per "
+                      "inference):", "", "| node | kernel | nodes | ms |", "|---|---|---:|---:|"]
+            lines += [f"| {p['node']} | {p['kernel']} | {p['nodes']} | {p['ms']:.3f} |"
+                      for p in r.get("engine_profile", [])]
     for batch, r in results["batches"].items():
         lines += ["", f"Layer choices at batch {batch}:", "", "| layer | kind | runs | layer speedup | why |",
                   "|---|---|---|---:|---|"]

@@ -340,3 +340,32 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
             leftover.unlink(missing_ok=True)
     return {"model": str(path), "weights": str(path.with_suffix(".bin")), "library": str(native.require_library()),
             "slimkit_layers": layers}
+
+
+def profile_openvino(path: str | Path, shape: Sequence[int], threads: int, runs: int = 20) -> list[dict[str, Any]]:
+    """Where an OpenVINO model's time goes: OpenVINO's own per-node counters (PERF_COUNT), summed by node type
+    and kernel over `runs` inferences after a warm-up, in ms per inference, slowest first. slimkit's
+    operators appear as their own types (BinaryConv2d, SparseConv2d run as 'Reference' nodes)."""
+    import numpy as np
+
+    core = openvino_core()
+    model = core.read_model(str(path))
+    model.reshape(list(shape))
+    types = {op.get_friendly_name(): op.get_type_name() for op in model.get_ordered_ops()}
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                 "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
+    for _ in range(3):
+        request.infer([x])
+    totals: dict[tuple[str, str], list[float]] = {}
+    for _ in range(runs):
+        request.infer([x])
+        for info in request.profiling_info:
+            kind = types.get(info.node_name, info.node_type)
+            entry = totals.setdefault((kind, info.exec_type), [0.0, 0])
+            entry[0] += info.real_time.total_seconds() * 1e3 / runs
+            entry[1] += 1
+    rows = [{"node": kind, "kernel": kernel, "ms": ms, "nodes": count // runs}
+            for (kind, kernel), (ms, count) in totals.items() if ms > 0]
+    return sorted(rows, key=lambda r: -r["ms"])
