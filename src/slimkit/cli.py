@@ -173,25 +173,76 @@ def _calibration_batches(model_arg: str, count: int) -> list[Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import platform
-
-    from slimkit.environment import has_int8_dot_product
     from slimkit.quant.int8_graph import is_quantized
-    from slimkit.quant.onnx_export import FLOAT_COMPUTE_OPS, export_onnx, optimized_ops
+    from slimkit.runtime.engine_ops import engine_form
 
     model, shape, _ = _load_model(args)
     quantized = is_quantized(model)
-    calibration = _calibration_batches(args.model, args.calibration_batches) if quantized else None
+    engine = args.engine
+    if engine == "auto":  # slimkit's operators where it has layers they run; otherwise ONNX, which both engines run
+        slimkit_layers = any(line["engine"].startswith("slimkit::") for line in engine_form(model)[1])
+        engine = "openvino" if slimkit_layers and not quantized and not args.int8 else "onnx"
     default = (Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem)
-    out = export_onnx(model, Path(args.out) if args.out else default / "model.onnx", shape, calibration)
+    if engine == "openvino":
+        if quantized or args.int8:
+            raise SlimkitError("--engine openvino writes slimkit's binary and sparse operators; an int8 model is "
+                               "written as ONNX Q/DQ (--engine onnx), which onnxruntime and OpenVINO both run in int8")
+        return _export_openvino(model, shape, Path(args.out) if args.out else default / "engine")
+    return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
+
+
+def _export_openvino(model: Any, shape: tuple[int, int, int], folder: Path) -> int:
+    """The deployable folder: OpenVINO IR, slimkit's operator library beside it, and engine.json saying what
+    runs where and how to load it."""
+    import json
+
+    import openvino
+
+    from slimkit.files import atomic_write, atomic_write_text
+    from slimkit.runtime.engine_ops import LIBRARY_NAME, export_openvino
+
+    info = export_openvino(model, folder / "model.xml", shape)
+    library = Path(info["library"]).read_bytes()
+    atomic_write(folder / LIBRARY_NAME, lambda f: f.write(library))
+    manifest = {"model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME, "input_shape": list(shape),
+                "openvino": openvino.__version__, "slimkit_layers": info["slimkit_layers"],
+                "load": ["core = openvino.Core()", f"core.add_extension('{LIBRARY_NAME}')",
+                         "compiled = core.compile_model(core.read_model('model.xml'), 'CPU')"]}
+    atomic_write_text(folder / "engine.json", json.dumps(manifest, indent=2))
+    table = Table(title=f"OpenVINO model with slimkit's operators: {folder}")
+    for col in ("layer", "runs as", "fused into it"):
+        table.add_column(col)
+    for line in info["slimkit_layers"]:
+        table.add_row(line["layer"], line["engine"], ", ".join(line.get("fused", [])) or line.get("reason", ""))
+    console.print(table)
+    console.print(f"load it with: {'; '.join(manifest['load'])}  (in {folder}; built for OpenVINO "
+                  f"{openvino.__version__}; the library picks AVX-512, AVX2 or portable kernels at run time)",
+                  highlight=False)
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, int], quantized: bool,
+                 out: Path) -> int:
+    import platform
+
+    from slimkit.environment import has_int8_dot_product
+    from slimkit.quant.onnx_export import FLOAT_COMPUTE_OPS, export_onnx, optimized_ops
+
+    calibration = _calibration_batches(args.model, args.calibration_batches) if quantized or args.int8 else None
+    out = export_onnx(model, out, shape, calibration)
+    if args.int8 and not quantized:  # the engine's own post-training int8 of this (pruned, smaller) float model
+        from slimkit.runtime.engines import quantize_static_int8
+
+        out = quantize_static_int8(out, out.with_name(out.stem + "-int8.onnx"), calibration)
     ops = optimized_ops(out)
     floats = {op: n for op, n in ops.items() if op in FLOAT_COMPUTE_OPS}
-    kind = "int8" if quantized else "fp32"
+    int8 = quantized or args.int8
+    kind = "int8 (slimkit's integer graph)" if quantized else "int8 (onnxruntime's quantize_static)" if int8 else "fp32"
     console.print(f"{kind} ONNX model: {out}", highlight=False)
     console.print("onnxruntime runs: " + ", ".join(f"{op} x{n}" for op, n in ops.items()), highlight=False)
-    if quantized and floats:
+    if int8 and floats:
         console.print("float kernels left: " + ", ".join(floats), style="yellow")
-    if quantized and platform.machine() in ("x86_64", "AMD64") and not has_int8_dot_product():
+    if int8 and platform.machine() in ("x86_64", "AMD64") and not has_int8_dot_product():
         console.print("this CPU has no VNNI: onnxruntime's AVX2 int8 kernels saturate int16 pair sums, so its "
                       "outputs may differ from the exported integer arithmetic (a VNNI CPU computes it exactly)",
                       style="yellow")
@@ -252,10 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fold BatchNorm into the layer before it (binary layers then match within rounding)")
     bench.add_argument("--out", help="folder for bench.json and bench.md (default: the run folder)")
     add_model_options(bench)
-    export = sub.add_parser("export", help="ONNX model for onnxruntime; an 8-bit model runs its layers in int8")
+    export = sub.add_parser("export", help="the deployable model: OpenVINO IR with slimkit's binary and sparse "
+                                           "operators, or ONNX (an 8-bit model runs its layers in int8)")
     export.add_argument("model", help="a run folder (its data calibrates an 8-bit model), a model.pt or a zoo name")
+    export.add_argument("--engine", choices=("auto", "openvino", "onnx"), default="auto",
+                        help="auto: openvino where slimkit's operators take layers of the model, else onnx")
+    export.add_argument("--int8", action="store_true",
+                        help="a float model (channel-pruned, say) quantized by onnxruntime's quantize_static on the "
+                             "run's data")
     export.add_argument("--calibration-batches", type=int, default=8)
-    export.add_argument("--out", help="the .onnx file (default: model.onnx in the run folder)")
+    export.add_argument("--out", help="the .onnx file, or the folder for openvino (default: in the run folder)")
     add_model_options(export)
     report = sub.add_parser("report", help="re-render report.md and plots of a finished run")
     report.add_argument("run_dir")

@@ -245,3 +245,33 @@ def test_library_name_carries_a_digest_of_sources_compiler_and_engine():
     path = native.library_path()
     assert path.exists() and path.name.startswith("libslimkit_openvino-")
     assert native.build() == path  # already built: nothing recompiled, same file
+
+
+def test_export_command_writes_a_folder_plain_openvino_runs(tmp_path, digits_recipe, capsys):
+    import openvino as ov
+
+    import slimkit
+    from slimkit.cli import main
+
+    digits_recipe["stages"] = [{"prune": {"method": "magnitude", "sparsity": 0.95, "scope": "layer"}}]
+    slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    assert main(["export", str(tmp_path / "run")]) == 0, capsys.readouterr().err  # auto: openvino here
+    folder = tmp_path / "run" / "engine"
+    assert sorted(p.name for p in folder.iterdir()) == ["engine.json", "libslimkit_openvino.so", "model.bin",
+                                                        "model.xml"]
+    manifest = json.loads((folder / "engine.json").read_text())
+    assert {line["layer"]: line["engine"] for line in manifest["slimkit_layers"]}["features.3"] == \
+        "slimkit::SparseConv2d"
+    core = ov.Core()
+    core.add_extension(str(folder / manifest["library"]))  # the copy beside the model, not slimkit's build
+    compiled = core.compile_model(core.read_model(str(folder / manifest["model"])), "CPU")
+    model = slimkit.load(tmp_path / "run" / "model.pt").eval()
+    x = torch.rand(4, *manifest["input_shape"])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(compiled(x.numpy())[0]), model(x), rtol=1e-4, atol=1e-4)
+
+    assert main(["export", str(tmp_path / "run"), "--engine", "onnx", "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "run" / "model-int8.onnx").exists() and "quantize_static" in printed and "QLinearConv" in printed
+    assert main(["export", str(tmp_path / "run"), "--engine", "openvino", "--int8"]) == 2
+    assert "ONNX Q/DQ" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from slimkit.quant.onnx_export import export_onnx
 from slimkit.runtime import native
 
 DOMAIN = "slimkit"
+LIBRARY_NAME = "libslimkit_openvino.so"  # the name the library has beside an exported model
 SPARSE_MIN = 0.7  # sparser convs run slimkit::SparseConv2d (see docs/design.md for the measurement)
 
 
