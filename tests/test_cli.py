@@ -109,6 +109,9 @@ def test_demo_falls_back_to_digits_and_keeps_accuracy(tmp_path, monkeypatch, cap
     assert metrics["stages"][0]["achieved_sparsity"] == pytest.approx(0.9, abs=1e-12)
     dense, sparse = (metrics["models"][k]["test_acc"] for k in ("dense", "compressed"))
     assert dense > 0.9 and sparse > dense - 0.03
+    engine = metrics["engine"]  # the demo ends in the engine: the artifact, timed against every dense engine
+    assert (tmp_path / "demo" / "engine" / "model.xml").is_file() and set(engine["batches"]) == {"1", "64"}
+    assert "In the engines users deploy with" in (tmp_path / "demo" / "report.md").read_text()
 
 
 def test_compress_of_a_users_own_model_saves_its_weights(tmp_path):

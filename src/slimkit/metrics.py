@@ -41,6 +41,7 @@ class MeasureConfig(StrictModel):
     threads: int | None = Field(None, ge=1)
     warmup: int = Field(3, ge=0)
     repeats: int = Field(21, ge=1)
+    engines: bool = False  # also deploy the compressed model in OpenVINO and time it against the dense engines
 
     @field_validator("batch_sizes")
     @classmethod

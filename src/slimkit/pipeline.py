@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 from slimkit.channels.modifier import ChannelPruner
 from slimkit.data import DataBundle, load_data
@@ -152,6 +153,28 @@ def _check_model_fits_data(model: nn.Module, example: Any, data: DataBundle, obj
                            f"({', '.join(map(str, data.classes[:5]))}...); set model.num_classes to {classes}")
 
 
+def _engine_comparison(dense: nn.Module, compressed: nn.Module, example: Any, data: DataBundle, recipe: Recipe,
+                       out_dir: Path | None) -> dict[str, Any]:
+    """measure.engines: the compressed model deployed in OpenVINO with slimkit's operators (the artifact lands
+    in the run's engine/ folder) against the dense model in the engines users deploy with, the int8 ones
+    calibrated on the first training batches."""
+    from itertools import islice
+
+    from torch.utils.data import DataLoader
+
+    from slimkit.data import collate_batch
+    from slimkit.runtime.bench import engine_versus_dense
+
+    loader = DataLoader(data.train, batch_size=recipe.data.batch_size, collate_fn=collate_batch)
+    calibration = [batch[0] for batch in islice(loader, 4)]
+    m = recipe.measure
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = out_dir / "engine" if out_dir is not None else Path(tmp) / "engine"
+        shape = list(example.shape[1:]) if isinstance(example, Tensor) else list(example)
+        return engine_versus_dense(dense, compressed, shape, calibration, folder,
+                                   batch_sizes=m.batch_sizes, threads=m.threads, repeats=m.repeats)
+
+
 def _evaluated_split(data: DataBundle) -> str:
     """The split the report judges quality on: test, else validation; training data only when nothing is
     held out, and then the report says so."""
@@ -193,6 +216,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     else:
         model_label = type(model).__name__
     _check_model_fits_data(model, example, data, objective)
+    if recipe.measure.engines and isinstance(example, dict):
+        raise RecipeError(["'measure.engines': true: engine deployment takes models with one tensor input, and this "
+                           "model takes a dict of them; allowed: false"])
     modifiers = [build_modifier(stage) for stage in recipe.stages]  # checked now, trained later: files read once
     issues = [f"'stages[{i}].{stage.kind}.{issue[1:]}" for i, (stage, modifier) in
               enumerate(zip(recipe.stages, modifiers, strict=True)) for issue in modifier.check(model)]
@@ -229,6 +255,8 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
                                   batch_sizes=m.batch_sizes, threads=m.threads, warmup=m.warmup, repeats=m.repeats)
         for phase, timings in latency.items():
             models[phase]["measurement"]["latency_ms"] = timings
+    engine = _engine_comparison(dense.model, compressed.model, example, data, recipe, out_dir) if (
+        m.engines and info.is_main) else None
     metrics = {
         "recipe": recipe.name,
         "model": model_label,
@@ -241,6 +269,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         "stages": [_stage_sparsity(s, models["dense"]["measurement"], models["compressed"]["measurement"])
                    for s in compressed.summaries],
         "environment": env | {"threads": models["compressed"]["measurement"]["threads"]},
+        **({"engine": engine} if engine else {}),
     }
     if out_dir is not None and info.is_main:
         if arch is not None:

@@ -275,3 +275,25 @@ def test_export_command_writes_a_folder_plain_openvino_runs(tmp_path, digits_rec
     assert (tmp_path / "run" / "model-int8.onnx").exists() and "quantize_static" in printed and "QLinearConv" in printed
     assert main(["export", str(tmp_path / "run"), "--engine", "openvino", "--int8"]) == 2
     assert "ONNX Q/DQ" in capsys.readouterr().err
+
+
+def test_a_run_with_measure_engines_times_its_artifact_against_every_dense_engine(tmp_path, digits_recipe):
+    import slimkit
+    from slimkit.runtime.bench import DENSE_FP32, DENSE_INT8
+
+    digits_recipe["stages"] = [{"prune": {"method": "magnitude", "sparsity": 0.9, "scope": "layer"}}]
+    digits_recipe["measure"] = {"engines": True, "batch_sizes": [1, 8], "repeats": 3}
+    run = slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    engine = run.metrics["engine"]
+    assert (tmp_path / "run" / "engine" / "model.xml").is_file() and set(engine["batches"]) == {"1", "8"}
+    for r in engine["batches"].values():
+        dense = {k: v for k, v in r["latency_ms"].items() if k in DENSE_FP32 + DENSE_INT8}
+        assert {"ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8"} <= set(dense)
+        fastest = min(dense, key=lambda k: dense[k]["median"])  # found independently
+        best = r["engine_vs"]["best_dense"]
+        assert best["baseline"] == fastest
+        assert best["speedup"] == pytest.approx(dense[fastest]["median"] / r["latency_ms"]["engine"]["median"])
+        assert any(p["node"] == "SparseConv2d" for p in r["engine_profile"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## In the engines users deploy with" in report and "in engines (dense: best of" in report
+    assert ("speed-up" in report) or ("slower than the dense engine" in report)

@@ -121,8 +121,16 @@ class Report:
             ]
         for batch, lat in cm.get("latency_ms", {}).items():
             before = dm["latency_ms"][batch]["median"]
-            rows.append((f"latency batch {batch} (median ms, {cm['threads']} threads)", f"{before:.3f}",
-                         f"{lat['median']:.3f}", _ratio(before, lat["median"]) + " speed-up"))
+            rows.append((f"latency batch {batch} (median ms, {cm['threads']} threads, eager PyTorch)",
+                         f"{before:.3f}", f"{lat['median']:.3f}", _ratio(before, lat["median"]) + " speed-up"))
+        for batch, r in self.metrics.get("engine", {}).get("batches", {}).items():
+            best = r["engine_vs"].get("best_dense")
+            if best is not None:
+                before, after = r["latency_ms"][best["baseline"]]["median"], r["latency_ms"]["engine"]["median"]
+                rows.append((f"latency batch {batch} in engines (dense: best of onnxruntime/OpenVINO fp32/int8 = "
+                             f"{best['baseline']}; compressed: OpenVINO + slimkit operators)", f"{before:.3f}",
+                             f"{after:.3f}", f"{best['speedup']:.2f}x " + ("speed-up" if best["speedup"] >= 1
+                                                                          else "(slower than the dense engine)")))
         return rows
 
     def table(self) -> str:
@@ -146,6 +154,33 @@ class Report:
         return ("The dense column is the model **as given**: this recipe trains no baseline, so it is whatever "
                 "was handed in, trained or not. No change in quality is claimed against it; add a `baseline` "
                 "section to the recipe to compare against a trained dense model.")
+
+    def _engine_section(self) -> list[str]:
+        """The compressed model in an engine against the dense model in every dense engine, and where its time
+        goes, when the recipe asked for it (measure.engines)."""
+        engine = self.metrics.get("engine")
+        if not engine:
+            return []
+        isa = ", ".join(engine.get("isa", [])) or "none of the listed extensions"
+        lines = ["## In the engines users deploy with", "",
+                 f"The compressed model was exported to OpenVINO with slimkit's operators (`{engine['artifact']}`, "
+                 f"loadable by plain OpenVINO with the library beside it) and timed against the dense model in "
+                 f"onnxruntime and OpenVINO, fp32 and int8 (their own post-training quantization), taking turns in "
+                 f"one process with {engine['threads']} threads on {engine.get('cpu_model', 'unknown')} ({isa}).",
+                 "", "| batch | form | median ms |", "|---:|---|---:|"]
+        for batch, r in engine["batches"].items():
+            for form, t in sorted(r["latency_ms"].items(), key=lambda kv: kv[1]["median"]):
+                label = "compressed in OpenVINO + slimkit" if form == "engine" else f"dense in {form}"
+                lines.append(f"| {batch} | {label} | {t['median']:.3f} |")
+        lines += ["", "| layer | runs as | fused into it |", "|---|---|---|"]
+        for line in engine["slimkit_layers"]:
+            detail = ", ".join(line.get("fused", [])) or line.get("reason", "")
+            lines.append(f"| {line['layer']} | {line['engine']} | {detail} |")
+        for batch, r in engine["batches"].items():
+            lines += ["", f"Where the compressed model's engine time goes at batch {batch} (OpenVINO per-node "
+                      "counters, ms per inference):", "", "| node | kernel | nodes | ms |", "|---|---|---:|---:|"]
+            lines += [f"| {p['node']} | {p['kernel']} | {p['nodes']} | {p['ms']:.3f} |" for p in r["engine_profile"]]
+        return [*lines, ""]
 
     def _precision_section(self) -> list[str]:
         layers = self.metrics["models"]["compressed"]["measurement"]["layers"]
@@ -192,6 +227,7 @@ class Report:
             "![per-layer sparsity](layer_sparsity.png)",
             "",
             *self._precision_section(),
+            *self._engine_section(),
             "## Environment",
             "",
             "| key | value |",

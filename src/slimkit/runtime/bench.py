@@ -130,6 +130,33 @@ def _export_engine(model: nn.Module, input_shape: Sequence[int], path: Path) -> 
         return {"error": str(exc)}
 
 
+def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Sequence[int],
+                        calibration: Sequence[torch.Tensor], folder: Path, *, batch_sizes: Sequence[int],
+                        threads: int | None = None, repeats: int = 21) -> dict[str, Any]:
+    """A run's compressed model as the deployable OpenVINO artifact (written to `folder`) against its dense
+    model in every dense engine (onnxruntime and OpenVINO, fp32 and int8, the int8 ones calibrated on
+    `calibration`), taking turns in one process with the same threads. Per batch: every latency, the
+    speed-up over the best dense engine (named), and OpenVINO's per-node profile of the artifact."""
+    threads = threads or default_threads()
+    artifact = export_openvino(compressed, folder / "model.xml", input_shape)
+    out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(),
+                           "slimkit_layers": artifact["slimkit_layers"], "batches": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export_dense(dense.eval(), input_shape, calibration, Path(tmp))
+        for batch in batch_sizes:
+            shape = (batch, *input_shape)
+            baselines = dense_engines(exported, shape, threads)
+            forms = {k: v for k, v in baselines.items() if not k.endswith("_error")}
+            forms["engine"] = OpenVinoModel(Path(artifact["model"]), shape, threads, core=openvino_core())
+            timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
+            ms = {name: timing[name][str(batch)] for name in forms}
+            out["batches"][str(batch)] = {
+                "latency_ms": ms, "engine_vs": speedups(ms, "engine"),
+                "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
+                "engine_profile": profile_openvino(artifact["model"], shape, threads)}
+    return out
+
+
 def versus(entry: dict[str, Any] | None) -> str:
     """'1.42x (ort_int8)': a speed-up with the baseline it is against."""
     return f"{entry['speedup']:.2f}x ({entry['baseline']})" if entry else "n/a"
