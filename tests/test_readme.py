@@ -71,3 +71,7 @@ def test_readme_deploy_example_runs(tmp_path, monkeypatch, capsys):
     x = torch.randn(5, 1, 8, 8)
     with torch.inference_mode():
         assert torch.allclose(fast(x), run.model.eval()(x), atol=1e-4)
+    artifact = namespace["artifact"]  # the engine export beside it: a real file, with the pruned conv on slimkit's op
+    assert (tmp_path / "runs" / "readme-engine" / "model.xml").is_file()
+    assert {line["layer"]: line["engine"] for line in artifact["slimkit_layers"]}.get("features.3") == \
+        "slimkit::SparseConv2d"
