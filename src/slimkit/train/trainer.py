@@ -324,7 +324,8 @@ class Trainer:
         """train.nan_policy: `stop` ends the run here (the checkpoint keeps the last complete epoch); `skip`
         lets this batch go without an update, until as many batches as one epoch holds have gone."""
         kept = f"; {self.checkpoint_path} still holds the last complete epoch" if self.out_dir else ""
-        where = f"{self.label}: the loss is {loss.item()} at epoch {epoch + 1}, step {step}"
+        shown = loss.item() if not torch.isfinite(loss) else "non-finite on another rank"
+        where = f"{self.label}: the loss is {shown} at epoch {epoch + 1}, step {step}"
         if self.config.nan_policy == "stop":
             raise SlimkitError(f"{where}: training diverged{kept}. Lower train.lr, check the data and the model's "
                                f"weights for NaN or Inf, or set train.nan_policy: skip to skip such batches")
