@@ -85,41 +85,52 @@ static inline __m256i byte_counts(__m256i v) {
 
 static inline __m256i load(const uint64_t* at) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)); }
 
-// V x 4 sums of popcount(N & (P xor W)) over `taps` words: each step takes one word of `single` (a weight
-// when columns vary, an input word when output channels vary) against 4V consecutive words of `many`.
-// Byte counts add up in registers for up to 31 steps (8 each: 248 < 256), then one vpsadbw folds them.
-template <int V, bool SingleIsWeight>
-static inline void block_sums(const uint64_t* const* single_n, const uint64_t* const* single_p,
-                              const uint64_t* const* many_a, const uint64_t* const* many_b, int steps,
-                              uint64_t* out) {
+// O x 4V sums of popcount(N & (P xor W)) over `steps` words: output channels `o`..`o + O - 1` against 4V
+// consecutive columns. Each step loads the 4V columns' N and P words once for all O channels and broadcasts
+// each channel's weight word. Byte counts add up in registers for up to 31 steps (8 each: 248 < 256), then
+// one vpsadbw folds them into 64-bit lanes.
+template <int O, int V>
+static inline void block_sums(const uint64_t* const* n_at, const uint64_t* const* p_at,
+                              const uint64_t* const* w_at, int steps, int o, int first, uint64_t* acc, int cols) {
     const __m256i zero = _mm256_setzero_si256();
-    __m256i total[V], bytes[V];
-    for (int v = 0; v < V; ++v) total[v] = bytes[v] = zero;
+    __m256i total[O][V], bytes[O][V];
+    for (int i = 0; i < O; ++i)
+        for (int v = 0; v < V; ++v) total[i][v] = bytes[i][v] = zero;
     int pending = 0;
     for (int t = 0; t < steps; ++t) {
-        if (SingleIsWeight) {  // many_a/many_b: N and P of 4V columns; single_n: the weight word
-            const __m256i w = _mm256_set1_epi64x(static_cast<long long>(*single_n[t]));
-            for (int v = 0; v < V; ++v)
-                bytes[v] = _mm256_add_epi8(bytes[v], byte_counts(_mm256_and_si256(
-                    load(many_a[t] + 4 * v), _mm256_xor_si256(load(many_b[t] + 4 * v), w))));
-        } else {  // single_n/single_p: N and P of one pixel; many_a: weight words of 4V output channels
-            const __m256i n = _mm256_set1_epi64x(static_cast<long long>(*single_n[t]));
-            const __m256i p = _mm256_set1_epi64x(static_cast<long long>(*single_p[t]));
-            for (int v = 0; v < V; ++v)
-                bytes[v] = _mm256_add_epi8(bytes[v], byte_counts(_mm256_and_si256(
-                    n, _mm256_xor_si256(p, load(many_a[t] + 4 * v)))));
+        __m256i w[O];
+        for (int i = 0; i < O; ++i) w[i] = _mm256_set1_epi64x(static_cast<long long>(w_at[t][o + i]));
+        for (int v = 0; v < V; ++v) {
+            const __m256i n = load(n_at[t] + first + 4 * v), p = load(p_at[t] + first + 4 * v);
+            for (int i = 0; i < O; ++i)
+                bytes[i][v] = _mm256_add_epi8(bytes[i][v], byte_counts(_mm256_and_si256(n, _mm256_xor_si256(p, w[i]))));
         }
         if (++pending == 31) {
-            for (int v = 0; v < V; ++v) {
-                total[v] = _mm256_add_epi64(total[v], _mm256_sad_epu8(bytes[v], zero));
-                bytes[v] = zero;
-            }
+            for (int i = 0; i < O; ++i)
+                for (int v = 0; v < V; ++v) {
+                    total[i][v] = _mm256_add_epi64(total[i][v], _mm256_sad_epu8(bytes[i][v], zero));
+                    bytes[i][v] = zero;
+                }
             pending = 0;
         }
     }
-    for (int v = 0; v < V; ++v)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * v),
-                            _mm256_add_epi64(total[v], _mm256_sad_epu8(bytes[v], zero)));
+    for (int i = 0; i < O; ++i)
+        for (int v = 0; v < V; ++v)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + static_cast<size_t>(o + i) * cols + first + 4 * v),
+                                _mm256_add_epi64(total[i][v], _mm256_sad_epu8(bytes[i][v], zero)));
+}
+
+template <int O>
+static inline void channel_sums(const uint64_t* const* n_at, const uint64_t* const* p_at, const uint64_t* const* w_at,
+                                int steps, int o, const Shape& s, uint64_t* acc) {
+    for (int first = 0; first < s.cols; first += 16) {
+        switch (std::min(4, (s.cols - first) / 4)) {
+            case 4: block_sums<O, 4>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+            case 3: block_sums<O, 3>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+            case 2: block_sums<O, 2>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+            default: block_sums<O, 1>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+        }
+    }
 }
 #endif
 
@@ -148,40 +159,12 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
         for (int ow = 0; ow < s.cols; ++ow) ones[ow] += __builtin_popcountll(n_at[t][ow]);
     const bool columns = 2 * s.out_w >= s.out_c;
 #ifdef SLIMKIT_AVX2_POPCOUNT
-    const uint64_t* single_n[max_steps];
-    const uint64_t* single_p[max_steps];
-    const uint64_t* many_a[max_steps];
-    const uint64_t* many_b[max_steps];
-    const int fixed_count = columns ? s.out_c : s.out_w, lanes = columns ? s.cols : s.outs;
-    alignas(32) uint64_t out[16];
-    for (int fixed = 0; fixed < fixed_count; ++fixed) {
-        for (int t = 0; t < steps; ++t) {
-            single_n[t] = columns ? w_at[t] + fixed : n_at[t] + fixed;
-            single_p[t] = p_at[t] + fixed;
-        }
-        for (int first = 0; first < lanes; first += 16) {
-            for (int t = 0; t < steps; ++t) {
-                many_a[t] = (columns ? n_at[t] : w_at[t]) + first;
-                many_b[t] = p_at[t] + first;
-            }
-            const int vectors = std::min(4, (lanes - first) / 4);
-            switch (vectors * 2 + (columns ? 1 : 0)) {
-                case 9: block_sums<4, true>(single_n, single_p, many_a, many_b, steps, out); break;
-                case 8: block_sums<4, false>(single_n, single_p, many_a, many_b, steps, out); break;
-                case 7: block_sums<3, true>(single_n, single_p, many_a, many_b, steps, out); break;
-                case 6: block_sums<3, false>(single_n, single_p, many_a, many_b, steps, out); break;
-                case 5: block_sums<2, true>(single_n, single_p, many_a, many_b, steps, out); break;
-                case 4: block_sums<2, false>(single_n, single_p, many_a, many_b, steps, out); break;
-                case 3: block_sums<1, true>(single_n, single_p, many_a, many_b, steps, out); break;
-                default: block_sums<1, false>(single_n, single_p, many_a, many_b, steps, out); break;
-            }
-            for (int i = 0; i < 4 * vectors; ++i) {
-                const int lane = first + i;
-                acc[columns ? static_cast<size_t>(fixed) * s.cols + lane : static_cast<size_t>(lane) * s.cols + fixed] =
-                    out[i];
-            }
-        }
-    }
+    // Columns vary in the vector lanes for every layer shape: measured against the output-channel order on
+    // ResNet-20 and VGG-small shapes, it was as fast or faster everywhere in this build.
+    int o = 0;
+    for (; o + 2 <= s.out_c; o += 2) channel_sums<2>(n_at, p_at, w_at, steps, o, s, acc);
+    if (o < s.out_c) channel_sums<1>(n_at, p_at, w_at, steps, o, s, acc);
+    (void)columns;
 #else
     // Portable and AVX-512 builds: plain loops, the varying index innermost (GCC turns the popcount into
     // vpopcntq where AVX-512 VPOPCNTDQ is enabled).

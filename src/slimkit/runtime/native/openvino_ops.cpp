@@ -77,6 +77,16 @@ static void sparse_segment_any(const float* planes, size_t plane_stride, const S
     }
 }
 
+// A per-thread buffer of at least `count` elements, kept between calls: a fresh multi-megabyte allocation
+// per call comes from mmap and page-faults on every first touch, which cost as much as a small layer's
+// compute. One buffer per (type, slot) and thread; OpenVINO runs each inference's nodes on one thread.
+template <typename T, int Slot>
+static T* scratch(size_t count) {
+    thread_local std::vector<T> buffer;
+    if (buffer.size() < count) buffer.resize(count);
+    return buffer.data();
+}
+
 // What the two conv operators share: square stride and padding, and the fused epilogue's attributes
 // (clamp on/off and its bounds; a residual is an extra last input). The output is [B, O, OH, OW] with O
 // from `out_channels(...)` and the kernel size from `kernel(...)`, which each operator reads its own way.
@@ -189,17 +199,18 @@ public:
         Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high()};
         float* y = outputs[0].data<float>();
         const size_t plane = static_cast<size_t>(s.height) * s.words * s.cols;
-        std::vector<uint64_t> nonzero(batch * plane), positive(batch * plane);
+        uint64_t* nonzero = scratch<uint64_t, 0>(batch * plane);  // pack_image fills them
+        uint64_t* positive = scratch<uint64_t, 1>(batch * plane);
         const size_t image_in = static_cast<size_t>(s.channels) * s.height * s.width;
         const size_t image_out = static_cast<size_t>(s.out_c) * s.out_h * s.out_w;
         ov::parallel_for(batch, [&](size_t b) {
-            pack_image_any(x + b * image_in, s, nonzero.data() + b * plane, positive.data() + b * plane);
+            pack_image_any(x + b * image_in, s, nonzero + b * plane, positive + b * plane);
         });
         ov::parallel_for(batch * s.out_h, [&](size_t row) {
             const size_t b = row / s.out_h;
             Epilogue image = e;
             if (residual != nullptr) image.residual = residual + b * image_out;
-            conv_row_any(nonzero.data() + b * plane, positive.data() + b * plane, wbits, image, s,
+            conv_row_any(nonzero + b * plane, positive + b * plane, wbits, image, s,
                          static_cast<int>(row % s.out_h), y + b * image_out);
         });
         return true;
@@ -292,7 +303,8 @@ public:
         const float* residual = inputs.size() > 6 ? inputs[6].data<const float>() : nullptr;
         float* y = outputs[0].data<float>();
 
-        std::vector<float> planes(static_cast<size_t>(planes_count) * plane_stride, 0.0f);
+        float* planes = scratch<float, 0>(static_cast<size_t>(planes_count) * plane_stride);
+        std::fill(planes, planes + static_cast<size_t>(planes_count) * plane_stride, 0.0f);  // the padding
         ov::parallel_for(static_cast<size_t>(channels) * batch, [&](size_t item) {
             const size_t c = item / batch, b = item % batch;
             const float* src = x + (b * channels + c) * height * width;
@@ -311,20 +323,20 @@ public:
         const size_t segments = (span + segment - 1) / segment;
         const int block = 16, blocks = (out_c + block - 1) / block;
         const size_t row_stride = segments * segment;
-        std::vector<float> flat(static_cast<size_t>(out_c) * row_stride);
+        float* flat = scratch<float, 1>(static_cast<size_t>(out_c) * row_stride);  // every read is written first
         ov::parallel_for(segments * blocks, [&](size_t item) {
             const size_t seg = item / blocks;
             const int first = static_cast<int>(item % blocks) * block;
             const size_t start = seg * segment;
             const int length = static_cast<int>(std::min<size_t>(segment, span - start));
-            sparse_segment_any(planes.data(), plane_stride, w, first, std::min(out_c, first + block), start, length,
-                               static_cast<int>(row_stride), flat.data() + static_cast<size_t>(first) * row_stride + start);
+            sparse_segment_any(planes, plane_stride, w, first, std::min(out_c, first + block), start, length,
+                               static_cast<int>(row_stride), flat + static_cast<size_t>(first) * row_stride + start);
         });
         const float lo = low(), hi = high();
         ov::parallel_for(batch * out_c, [&](size_t item) {
             const size_t b = item / out_c, o = item % out_c;
             for (int oh = 0; oh < out_h; ++oh) {
-                const float* src = flat.data() + o * row_stride + b * image + static_cast<size_t>(oh) * wq;
+                const float* src = flat + o * row_stride + b * image + static_cast<size_t>(oh) * wq;
                 const size_t at = ((b * out_c + o) * out_h + oh) * out_w;
                 float* row = y + at;
                 for (int ow = 0; ow < out_w; ++ow) row[ow] = src[ow];
