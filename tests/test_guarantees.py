@@ -101,6 +101,26 @@ def test_a_duplicate_yaml_key_is_an_error(tmp_path, digits_recipe, capsys):
     assert "key 'seed' is given twice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override,says", [
+    ("stages.0.prune.sparsity=nan", "'stages[0].prune.sparsity': invalid value 'nan': NaN is not a number; it must "
+                                    "be less than 1"),
+    ("stages.0.prune.sparsity=.nan", "'stages[0].prune.sparsity': invalid value nan: NaN is not a number"),
+    ("train.epochs=0", "'stages[0].prune.end_epoch': 2 is beyond train.epochs (0)"),
+])
+def test_weak_messages_name_the_key_and_what_is_wrong(tmp_path, digits_recipe, capsys, override, says):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(digits_recipe, sort_keys=False))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), override]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "<recipe>" not in err and "{'name'" not in err  # no whole-recipe dump
+
+
+def test_an_override_without_a_value_says_how_to_write_one(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["run", "gmp-90", "train.epochs"])
+    assert exit_code.value.code == 2
+    assert "override 'train.epochs' has no value: write key.path=value" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("path,value", [(("stages", 0, "prune", "sparsity"), False), (("train", "epochs"), True),
                                         (("data", "batch_size"), True)])
 def test_a_boolean_is_never_read_as_a_number(digits_recipe, path, value):

@@ -324,7 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after options, which argparse alone does not allow.
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command not in ("run", "demo")]
+    takes_overrides = args.command in ("run", "demo")
+    no_value = [e for e in [*getattr(args, "overrides", []), *extra] if not e.startswith("-") and "=" not in e]
+    if takes_overrides and no_value:  # an override missing its '=' reads as a stray positional argument
+        parser.error(f"override {no_value[0]!r} has no value: write key.path=value (e.g. train.epochs=8)")
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not takes_overrides]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -87,9 +88,22 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], prefix: tuple 
             )
         elif err["type"] == "missing":
             lines.append(f"'{path}': required key is missing")
+        elif not loc and err["type"] == "value_error":  # a check across keys names its own keys: no value dump
+            lines.append(str(err["ctx"]["error"]) if "ctx" in err else err["msg"].removeprefix("Value error, "))
+        elif _is_nan(value):  # pydantic's "should be less than 1" says nothing about NaN
+            lines.append(f"'{path}': invalid value {value!r}: NaN is not a number; "
+                         f"{err['msg'].replace('Input should', 'it must')}")
         else:
             lines.append(f"'{path}': invalid value {value!r}: {err['msg']}")
     return lines
+
+
+def _is_nan(value: object) -> bool:
+    """A float NaN, or a string pydantic reads as one ('nan' from an override, '.nan' in YAML)."""
+    try:
+        return isinstance(value, float | str) and math.isnan(float(value))
+    except ValueError:
+        return False
 
 
 def check_one_source(name: str | None, factory: str | None, what: str, allowed: Iterable[str], key: str) -> None:
