@@ -53,6 +53,15 @@ def test_swapped_weights_on_one_rank_are_caught(tmp_path):
     assert errors and all("disagrees with rank 0 on classifier.3.weight" in e for e in errors)
 
 
+def test_nan_policy_skip_skips_the_batch_on_every_rank_together(tmp_path):
+    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "nanskip", json.dumps(GMP))
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = [json.loads((tmp_path / f"skipped{r}.json").read_text()) for r in (0, 1)]
+    assert skipped[0] == skipped[1] == [2, 0, 0]  # rank 1's two NaN batches skipped by both ranks, in epoch 1
+    rank0, rank1 = (torch.load(tmp_path / f"masks{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[n], rank1[n]) for n in rank0)  # and the ranks still agree (checked at finalize)
+
+
 def test_cli_run_under_torchrun_writes_once(tmp_path, digits_recipe):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(digits_recipe))
