@@ -29,9 +29,9 @@ from slimkit.train import TrainContext
 pytest.importorskip("openvino")
 
 
-def _layer(channels, out, kernel=3, stride=1, pad=1, dilation=1):
+def _layer(channels, out, kernel=3, stride=1, pad=1, dilation=1, zero="zero"):
     layer = BinaryConv2d(channels, out, kernel, stride=stride, padding=pad, dilation=dilation, bias=True,
-                         weight_binarizer=XnorWeight(), input_binarizer=ActivationBinarizer(ClippedSTE()))
+                         weight_binarizer=XnorWeight(), input_binarizer=ActivationBinarizer(ClippedSTE(), zero=zero))
     with torch.no_grad():
         layer.bias.normal_()
     return layer.eval()
@@ -49,14 +49,15 @@ def _input(shape, seed):
     return x
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(batch=st.integers(1, 3), channels=st.integers(1, 140), out=st.integers(1, 21), size=st.integers(3, 9),
-       kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
-       seed=st.integers(0, 2**16))
+       kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1, 2]),
+       zero=st.sampled_from(["zero", "positive"]), seed=st.integers(0, 2**16))
 def test_binary_operator_equals_the_layer_exactly(tmp_path_factory, batch, channels, out, size, kernel, stride, pad,
-                                                  seed):
+                                                  zero, seed):
+    """Under either sign(0) convention: two planes for sign(0) = 0, one plane plus the padding recount for +1."""
     torch.manual_seed(seed)
-    layer = _layer(channels, out, kernel, stride, pad)
+    layer = _layer(channels, out, kernel, stride, pad, zero=zero)
     x = _input((batch, channels, size, size), seed)
     engine, info = _engine(nn.Sequential(layer), tmp_path_factory.mktemp("op"), tuple(x.shape))
     assert [line["engine"] for line in info["slimkit_layers"]] == ["slimkit::BinaryConv2d"]
@@ -124,7 +125,7 @@ def test_sparse_network_in_openvino_matches_eval(tmp_path, arch, kind):
 
 
 CHECK_LEVEL = """
-import ctypes, sys, torch
+import ctypes, itertools, sys, torch
 from pathlib import Path
 from torch import nn
 sys.path.insert(0, {tests!r})
@@ -134,10 +135,11 @@ library = ctypes.CDLL(str(native.require_library()))
 library.slimkit_isa.restype = ctypes.c_char_p
 torch.manual_seed(0)
 ok = []
-for channels, out, size, stride in ((16, 16, 12, 1), (70, 9, 7, 2), (130, 64, 5, 1), (3, 33, 6, 1)):
-    layer = _layer(channels, out, 3, stride, 1)
+for (channels, out, size, stride), zero in itertools.product(
+        ((16, 16, 12, 1), (70, 9, 7, 2), (130, 64, 5, 1), (3, 33, 6, 1)), ("zero", "positive")):
+    layer = _layer(channels, out, 3, stride, 1, zero=zero)
     x = _input((2, channels, size, size), channels)
-    folder = Path({tmp!r}) / f"{{channels}}"
+    folder = Path({tmp!r}) / f"{{channels}}-{{zero}}"
     engine, _ = _engine(nn.Sequential(layer), folder, tuple(x.shape))
     with torch.no_grad():
         ok.append(torch.equal(engine(x), layer(x)))
@@ -297,3 +299,25 @@ def test_a_run_with_measure_engines_times_its_artifact_against_every_dense_engin
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## In the engines users deploy with" in report and "in engines (dense: best of" in report
     assert ("speed-up" in report) or ("slower than the dense engine" in report)
+
+
+def test_sign_of_zero_positive_trains_and_deploys_exactly(tmp_path):
+    import slimkit
+
+    model = _bnn("resnet20")
+    modifier = build_modifier(parse_stage({"binarize": {"method": "xnor", "zero": "positive"}}))
+    torch.manual_seed(0)
+    positive = (resnet20)(width=0.5, block="bireal", activation="hardtanh")
+    modifier.attach(positive, TrainContext(positive, epochs=1, steps_per_epoch=1))
+    positive = modifier.finalize(positive).eval()
+    binarizers = [m.input_binarizer for m in positive.modules() if isinstance(m, BinaryConv2d)]
+    assert binarizers and all(b.zero == "positive" for b in binarizers)
+    x = torch.zeros(1, 4, 3, 3)
+    assert torch.equal(binarizers[0](x), torch.ones_like(x))  # sign(0) = +1; the papers' convention gives 0
+    assert torch.equal(next(m.input_binarizer for m in model.modules() if isinstance(m, BinaryConv2d))(x), x)
+    x = _input((2, 3, 32, 32), 7)
+    with torch.inference_mode():
+        assert torch.equal(slimkit.deploy(positive)(x), positive(x))  # the numba kernels, exact
+    engine, _ = _engine(positive, tmp_path, tuple(x.shape))
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), positive(x), rtol=1e-4, atol=1e-4)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from slimkit.binary.functions import ClippedSTE, Ede, RbnnSign, Surrogate, surrogate_sign
+from slimkit.binary.functions import ClippedSTE, Ede, RbnnSign, Surrogate, Zero, surrogate_sign
 
 Normalize = Literal["none", "standardize", "scale", "standardize_eps"]
 
@@ -39,12 +39,17 @@ def standardize_rows(x: Tensor, eps: float | None = None) -> Tensor:
 
 class ActivationBinarizer(nn.Module):
     """sign(normalize(x)) with a surrogate gradient. The normalisations never change the sign except
-    through centring, but they set where the surrogate's window sits."""
+    through centring, but they set where the surrogate's window sits.
 
-    def __init__(self, surrogate: Surrogate, normalize: Normalize = "none"):
+    `zero` is the sign of 0: "zero" (the papers' code: sign(0) = 0, deployed exactly with two bit planes,
+    non-zero and positive) or "positive" (Larq's sign(0) = +1: every binarized value is +-1, so deployment
+    needs one plane except in windows that reach the zero padding)."""
+
+    def __init__(self, surrogate: Surrogate, normalize: Normalize = "none", zero: Zero = "zero"):
         super().__init__()
         self.surrogate = surrogate
         self.normalize = normalize
+        self.zero = zero
 
     def normalized(self, x: Tensor) -> Tensor:
         """The tensor whose sign is taken (deployment packs the signs of this)."""
@@ -57,10 +62,10 @@ class ActivationBinarizer(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        return surrogate_sign(self.normalized(x), self.surrogate)
+        return surrogate_sign(self.normalized(x), self.surrogate, self.zero)
 
     def extra_repr(self) -> str:
-        return f"surrogate={self.surrogate}, normalize={self.normalize}"
+        return f"surrogate={self.surrogate}, normalize={self.normalize}, zero={self.zero}"
 
 
 class WeightBinarizer(nn.Module):

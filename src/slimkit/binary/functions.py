@@ -1,7 +1,8 @@
 """sign() with a surrogate gradient. One autograd.Function; the backward shapes are the papers' own.
 
-Forward is always torch.sign (so sign(0) = 0, as in every reference implementation). Backward multiplies
-the incoming gradient by `surrogate.grad(x)`:
+Forward is torch.sign (so sign(0) = 0, as in every reference implementation), or with `zero="positive"`
+sign(0) = +1 as Larq takes it, which deploys with one bit plane (see ActivationBinarizer). Backward
+multiplies the incoming gradient by `surrogate.grad(x)`:
 
 - ClippedSTE: 1{|x| <= clip} (XNOR-Net, BNN), or identity when clip is None (ReCU's weights).
 - ApproxSign: max(0, 2 - 2|x|) (Bi-Real; ReCU and SiMaN activations).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -55,21 +56,29 @@ class Ede:
         return self.k * self.t * (1 - torch.tanh(self.t * x) ** 2)
 
 
+Zero = Literal["zero", "positive"]
+
+
+def sign(x: Tensor, zero: Zero = "zero") -> Tensor:
+    """torch.sign, or with zero="positive" +1 at 0 (and at -0.0), -1 below."""
+    return torch.sign(x) if zero == "zero" else torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
 class SurrogateSign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, surrogate: Surrogate) -> Tensor:
+    def forward(ctx: Any, x: Tensor, surrogate: Surrogate, zero: Zero) -> Tensor:
         ctx.save_for_backward(x)
         ctx.surrogate = surrogate
-        return torch.sign(x)
+        return sign(x, zero)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        return grad_output * ctx.surrogate.grad(x), None
+        return grad_output * ctx.surrogate.grad(x), None, None
 
 
-def surrogate_sign(x: Tensor, surrogate: Surrogate) -> Tensor:
-    return SurrogateSign.apply(x, surrogate)
+def surrogate_sign(x: Tensor, surrogate: Surrogate, zero: Zero = "zero") -> Tensor:
+    return SurrogateSign.apply(x, surrogate, zero)
 
 
 def log_schedule(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:

@@ -22,7 +22,7 @@ from slimkit.binary.binarizers import (
     WeightBinarizer,
     XnorWeight,
 )
-from slimkit.binary.functions import ApproxSign, ClippedSTE, Ede, RbnnSign, log_schedule
+from slimkit.binary.functions import ApproxSign, ClippedSTE, Ede, RbnnSign, Zero, log_schedule
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear, binarize_module
 from slimkit.layers import LayerSelection, select_layers, selection_issues
 from slimkit.methods import MethodConfig, register_method
@@ -35,6 +35,9 @@ class BinarizeConfig(MethodConfig):
     kind = "binarize"
     layers: LayerSelection = Field(default_factory=LayerSelection)
     binarize_activations: bool = True
+    # the sign of 0 for activations: "zero" as the papers' code; "positive" (+1, as Larq) deploys with one
+    # bit plane instead of two (see ActivationBinarizer)
+    zero: Zero = "zero"
 
 
 class BinaryMethod(Modifier):
@@ -62,6 +65,8 @@ class BinaryMethod(Modifier):
                 self.layers[name] = module
                 continue
             ab = self.activation_binarizer() if self.config.binarize_activations else nn.Identity()
+            if isinstance(ab, ActivationBinarizer):
+                ab.zero = self.config.zero
             binary = binarize_module(module, self.weight_binarizer, ab)
             model.set_submodule(name, binary)
             self.layers[name] = binary

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
+from slimkit.binary.functions import Zero, sign
 from slimkit.binary.layers import BinaryConv2d
 from slimkit.errors import SlimkitError, first_line
 from slimkit.files import atomic_write
@@ -56,15 +57,15 @@ class _BinaryConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, signs: Tensor, scale: Tensor, shift: Tensor, stride: int, pad: int,
-                bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
-        y = F.conv2d(torch.sign(x), signs, None, stride, pad) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+                zero: Zero, bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
+        y = F.conv2d(sign(x, zero), signs, None, stride, pad) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
         return _epilogue(y, bounds, residual)
 
     @staticmethod
-    def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, stride: int, pad: int,
+    def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, stride: int, pad: int, zero: Zero,
                  bounds: tuple[float, float] | None, *residual: Any) -> Any:
         return g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *residual, stride_i=stride, pad_i=pad,
-                    **_epilogue_attributes(bounds))
+                    one_plane_i=int(zero == "positive"), **_epilogue_attributes(bounds))
 
 
 class _SparseConvFunction(torch.autograd.Function):
@@ -158,7 +159,7 @@ class EngineBinaryConv2d(EngineConv):
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
         return _BinaryConvFunction.apply(self.input_binarizer.normalized(x), self.signs, self.scale, self.shift,
-                                         self.stride, self.pad, self.bounds, *residual)
+                                         self.stride, self.pad, self.input_binarizer.zero, self.bounds, *residual)
 
 
 class EngineSparseConv2d(EngineConv):

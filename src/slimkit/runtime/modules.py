@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from slimkit.binary.functions import sign
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.layers import canonical_weight
 from slimkit.runtime import binary_kernels, pattern, sparse_kernels
@@ -110,6 +111,8 @@ class PackedBinaryConv2d(KernelModule):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_binarizer.normalized(x)  # on the layer's own input shape, as the training graph does
+        if getattr(self.input_binarizer, "zero", "zero") == "positive":  # sign(0) = +1: no value may pack as 0
+            x = sign(x, "positive")
         lead = x.shape[:-1]
         if self.linear:  # any rank whose last dimension is the features: one 1x1 "image" per row
             x = x.reshape(-1, x.shape[-1], 1, 1)

@@ -35,9 +35,16 @@ void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* pos
         uint64_t* hn = half_n.data() + static_cast<size_t>(c >> 6) * area;
         uint64_t* hp = half_p.data() + static_cast<size_t>(c >> 6) * area;
         const uint64_t shift = c & 63;
-        for (int i = 0; i < area; ++i) {
-            hn[i] |= static_cast<uint64_t>(plane[i] != 0.0f) << shift;
-            hp[i] |= static_cast<uint64_t>(plane[i] > 0.0f) << shift;
+        if (s.one_plane) {  // sign(0) = +1: every pixel is non-zero, positive where x >= 0
+            for (int i = 0; i < area; ++i) {
+                hn[i] |= uint64_t{1} << shift;
+                hp[i] |= static_cast<uint64_t>(plane[i] >= 0.0f) << shift;
+            }
+        } else {
+            for (int i = 0; i < area; ++i) {
+                hn[i] |= static_cast<uint64_t>(plane[i] != 0.0f) << shift;
+                hp[i] |= static_cast<uint64_t>(plane[i] > 0.0f) << shift;
+            }
         }
     }
     for (int h = 0; h < s.height; ++h)
@@ -89,7 +96,7 @@ static inline __m256i load(const uint64_t* at) { return _mm256_loadu_si256(reint
 // consecutive columns. Each step loads the 4V columns' N and P words once for all O channels and broadcasts
 // each channel's weight word. Byte counts add up in registers for up to 31 steps (8 each: 248 < 256), then
 // one vpsadbw folds them into 64-bit lanes.
-template <int O, int V>
+template <int O, int V, bool OnePlane>
 static inline void block_sums(const uint64_t* const* n_at, const uint64_t* const* p_at,
                               const uint64_t* const* w_at, int steps, int o, int first, uint64_t* acc, int cols) {
     const __m256i zero = _mm256_setzero_si256();
@@ -101,9 +108,16 @@ static inline void block_sums(const uint64_t* const* n_at, const uint64_t* const
         __m256i w[O];
         for (int i = 0; i < O; ++i) w[i] = _mm256_set1_epi64x(static_cast<long long>(w_at[t][o + i]));
         for (int v = 0; v < V; ++v) {
-            const __m256i n = load(n_at[t] + first + 4 * v), p = load(p_at[t] + first + 4 * v);
-            for (int i = 0; i < O; ++i)
-                bytes[i][v] = _mm256_add_epi8(bytes[i][v], byte_counts(_mm256_and_si256(n, _mm256_xor_si256(p, w[i]))));
+            const __m256i p = load(p_at[t] + first + 4 * v);
+            if (OnePlane) {  // no padding in these windows' words (see fix_border_columns): P alone
+                for (int i = 0; i < O; ++i)
+                    bytes[i][v] = _mm256_add_epi8(bytes[i][v], byte_counts(_mm256_xor_si256(p, w[i])));
+            } else {
+                const __m256i n = load(n_at[t] + first + 4 * v);
+                for (int i = 0; i < O; ++i)
+                    bytes[i][v] = _mm256_add_epi8(bytes[i][v],
+                                                  byte_counts(_mm256_and_si256(n, _mm256_xor_si256(p, w[i]))));
+            }
         }
         if (++pending == 31) {
             for (int i = 0; i < O; ++i)
@@ -120,17 +134,25 @@ static inline void block_sums(const uint64_t* const* n_at, const uint64_t* const
                                 _mm256_add_epi64(total[i][v], _mm256_sad_epu8(bytes[i][v], zero)));
 }
 
-template <int O>
+template <int O, bool OnePlane>
 static inline void channel_sums(const uint64_t* const* n_at, const uint64_t* const* p_at, const uint64_t* const* w_at,
                                 int steps, int o, const Shape& s, uint64_t* acc) {
     for (int first = 0; first < s.cols; first += 16) {
         switch (std::min(4, (s.cols - first) / 4)) {
-            case 4: block_sums<O, 4>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
-            case 3: block_sums<O, 3>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
-            case 2: block_sums<O, 2>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
-            default: block_sums<O, 1>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+            case 4: block_sums<O, 4, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+            case 3: block_sums<O, 3, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+            case 2: block_sums<O, 2, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
+            default: block_sums<O, 1, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
         }
     }
+}
+
+template <bool OnePlane>
+static void all_channel_sums(const uint64_t* const* n_at, const uint64_t* const* p_at, const uint64_t* const* w_at,
+                             int steps, const Shape& s, uint64_t* acc) {
+    int o = 0;
+    for (; o + 2 <= s.out_c; o += 2) channel_sums<2, OnePlane>(n_at, p_at, w_at, steps, o, s, acc);
+    if (o < s.out_c) channel_sums<1, OnePlane>(n_at, p_at, w_at, steps, o, s, acc);
 }
 #endif
 
@@ -161,9 +183,10 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
 #ifdef SLIMKIT_AVX2_POPCOUNT
     // Columns vary in the vector lanes for every layer shape: measured against the output-channel order on
     // ResNet-20 and VGG-small shapes, it was as fast or faster everywhere in this build.
-    int o = 0;
-    for (; o + 2 <= s.out_c; o += 2) channel_sums<2>(n_at, p_at, w_at, steps, o, s, acc);
-    if (o < s.out_c) channel_sums<1>(n_at, p_at, w_at, steps, o, s, acc);
+    if (s.one_plane)
+        all_channel_sums<true>(n_at, p_at, w_at, steps, s, acc);
+    else
+        all_channel_sums<false>(n_at, p_at, w_at, steps, s, acc);
     (void)columns;
 #else
     // Portable and AVX-512 builds: plain loops, the varying index innermost (GCC turns the popcount into
@@ -176,7 +199,10 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
                 const uint64_t* n = n_at[t];
                 const uint64_t* p = p_at[t];
                 const uint64_t w = w_at[t][o];
-                for (int ow = 0; ow < s.cols; ++ow) a[ow] += __builtin_popcountll(n[ow] & (p[ow] ^ w));
+                if (s.one_plane)  // P alone; fix_border_columns recounts the windows that reach the padding
+                    for (int ow = 0; ow < s.cols; ++ow) a[ow] += __builtin_popcountll(p[ow] ^ w);
+                else
+                    for (int ow = 0; ow < s.cols; ++ow) a[ow] += __builtin_popcountll(n[ow] & (p[ow] ^ w));
             }
         }
         return;
@@ -195,6 +221,30 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
 #endif
 }
 
+// One-plane sums count popcount(P xor W), which is exact wherever N is all ones over the weight's bits (an
+// image pixel is never 0 under sign(0) = +1, and bits past the last channel are 0 in P and W alike). Windows
+// that reach into the left or right padding are recounted with N here; rows outside the image are skipped.
+static void fix_border_columns(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+                               const Shape& s, int oh, uint64_t* acc) {
+    for (int ow = 0; ow < s.out_w; ++ow) {
+        const int left = ow * s.stride - s.pad;
+        if (left >= 0 && left + s.kernel_w <= s.width) continue;
+        for (int o = 0; o < s.out_c; ++o) {
+            uint64_t sum = 0;
+            for (int kh = 0; kh < s.kernel_h; ++kh) {
+                const int ih = oh * s.stride - s.pad + kh;
+                if (ih < 0 || ih >= s.height) continue;
+                for (int j = 0; j < s.words; ++j) {
+                    const size_t at = (static_cast<size_t>(ih) * s.words + j) * s.cols + ow;
+                    sum += __builtin_popcountll(nonzero[at] & (positive[at] ^
+                                                weight_bits[(static_cast<size_t>(kh) * s.words + j) * s.outs + o]));
+                }
+            }
+            acc[static_cast<size_t>(o) * s.cols + ow] = sum;
+        }
+    }
+}
+
 // One output row (image b's packed planes, output row oh) into y (channel stride out_h * out_w): the window
 // sums, then the fused epilogue y = clamp(sum * scale[o] + shift[o] (+ residual), low, high).
 void conv_row(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits, const Epilogue& e,
@@ -205,6 +255,7 @@ void conv_row(const uint64_t* nonzero, const uint64_t* positive, const uint64_t*
     ones.resize(s.cols);
     count.resize(s.cols);
     window_sums(nonzero, positive, weight_bits, s, oh, acc.data(), ones.data());
+    if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc.data());
     for (int ow = 0; ow < s.out_w; ++ow) count[ow] = static_cast<int32_t>(ones[ow]);
     const size_t plane = static_cast<size_t>(s.out_h) * s.out_w;
     for (int o = 0; o < s.out_c; ++o) {  // branch-free int32 -> float and min/max: vectorises

@@ -7,8 +7,10 @@ namespace slimkit {
 
 // cols and outs are out_w and out_c rounded up to a multiple of 4: packed planes are [row][word][cols] and
 // packed weights [kh][word][outs], with zero words in the spare places, so SIMD loops need no tails.
+// one_plane: the sign(0) = +1 convention (binarize `zero: positive`), where every pixel is +-1, so the N
+// plane only marks the padding and windows clear of it need the P plane alone.
 struct Shape {
-    int channels, height, width, kernel_h, kernel_w, stride, pad, out_c, out_h, out_w, words, cols, outs;
+    int channels, height, width, kernel_h, kernel_w, stride, pad, out_c, out_h, out_w, words, cols, outs, one_plane;
 };
 
 // What the kernel applies to each window sum: y = clamp(sum * scale + shift (+ residual), low, high).

@@ -149,7 +149,8 @@ protected:
 // zero padding, as the training graph's BinaryConv2d computes its sums (exactly). The epilogue is what the
 // exporter fused: the layer's own scale and bias, a BatchNorm folded into them, a residual add, a clamp
 // (ReLU, hardtanh). Inputs: x [B, C, H, W] f32, W [O, C, KH, KW] f32 (+-1), scale [O], shift [O], and
-// optionally residual [B, O, OH, OW]. Attributes: stride, pad (square); clamp (0/1), low, high.
+// optionally residual [B, O, OH, OW]. Attributes: stride, pad (square); clamp (0/1), low, high; one_plane
+// (1: sign(0) = +1, so a pixel is never 0 and windows clear of the padding need one bit plane).
 class BinaryConv2d : public FusedConv {
 public:
     OPENVINO_OP("BinaryConv2d", "slimkit");
@@ -165,7 +166,14 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return clone_as<BinaryConv2d>(args);
+        auto copy = clone_as<BinaryConv2d>(args);
+        static_cast<BinaryConv2d*>(copy.get())->one_plane_ = one_plane_;
+        return copy;
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("one_plane", one_plane_);
+        return FusedConv::visit_attributes(visitor);
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -185,6 +193,7 @@ public:
         s.words = (s.kernel_w * s.channels + 63) / 64;
         s.cols = (s.out_w + 3) / 4 * 4;
         s.outs = (s.out_c + 3) / 4 * 4;
+        s.one_plane = static_cast<int>(one_plane_);
         if (static_cast<int>(ws[1]) != s.channels)
             throw std::runtime_error("slimkit BinaryConv2d: the input has " + std::to_string(s.channels) +
                                      " channels and the weights " + std::to_string(ws[1]));
@@ -243,6 +252,7 @@ private:
         return packed_.data();
     }
 
+    int64_t one_plane_ = 0;  // 1: sign(0) = +1 (binarize zero: positive)
     mutable std::mutex mutex_;
     mutable std::vector<uint64_t> packed_;
     mutable const float* packed_from_ = nullptr;
