@@ -98,7 +98,7 @@ static inline __m256i load(const uint64_t* at) { return _mm256_loadu_si256(reint
 // one vpsadbw folds them into 64-bit lanes.
 template <int O, int V, bool OnePlane>
 static inline void block_sums(const uint64_t* const* n_at, const uint64_t* const* p_at,
-                              const uint64_t* const* w_at, int steps, int o, int first, uint64_t* acc, int cols) {
+                              const uint64_t* const* w_at, int steps, int o, int first, uint32_t* acc, int cols) {
     const __m256i zero = _mm256_setzero_si256();
     __m256i total[O][V], bytes[O][V];
     for (int i = 0; i < O; ++i)
@@ -128,15 +128,18 @@ static inline void block_sums(const uint64_t* const* n_at, const uint64_t* const
             pending = 0;
         }
     }
+    const __m256i low_halves = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // the sums fit 32 bits
     for (int i = 0; i < O; ++i)
-        for (int v = 0; v < V; ++v)
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + static_cast<size_t>(o + i) * cols + first + 4 * v),
-                                _mm256_add_epi64(total[i][v], _mm256_sad_epu8(bytes[i][v], zero)));
+        for (int v = 0; v < V; ++v) {
+            const __m256i sums = _mm256_add_epi64(total[i][v], _mm256_sad_epu8(bytes[i][v], zero));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(acc + static_cast<size_t>(o + i) * cols + first + 4 * v),
+                             _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(sums, low_halves)));
+        }
 }
 
 template <int O, bool OnePlane>
 static inline void channel_sums(const uint64_t* const* n_at, const uint64_t* const* p_at, const uint64_t* const* w_at,
-                                int steps, int o, const Shape& s, uint64_t* acc) {
+                                int steps, int o, const Shape& s, uint32_t* acc) {
     for (int first = 0; first < s.cols; first += 16) {
         switch (std::min(4, (s.cols - first) / 4)) {
             case 4: block_sums<O, 4, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols); break;
@@ -149,7 +152,7 @@ static inline void channel_sums(const uint64_t* const* n_at, const uint64_t* con
 
 template <bool OnePlane>
 static void all_channel_sums(const uint64_t* const* n_at, const uint64_t* const* p_at, const uint64_t* const* w_at,
-                             int steps, const Shape& s, uint64_t* acc) {
+                             int steps, const Shape& s, uint32_t* acc) {
     int o = 0;
     for (; o + 2 <= s.out_c; o += 2) channel_sums<2, OnePlane>(n_at, p_at, w_at, steps, o, s, acc);
     if (o < s.out_c) channel_sums<1, OnePlane>(n_at, p_at, w_at, steps, o, s, acc);
@@ -161,7 +164,7 @@ static void all_channel_sums(const uint64_t* const* n_at, const uint64_t* const*
 // layer has output channels, output channels otherwise (measured with the numba kernel on ResNet-20 and
 // VGG-small shapes: each order wins clearly on its side of that line).
 static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
-                        const Shape& s, int oh, uint64_t* acc, uint64_t* ones) {
+                        const Shape& s, int oh, uint32_t* acc, int32_t* ones) {
     constexpr int max_steps = 16 * 64;  // kernel rows x words per row; the op checks the bound
     const uint64_t* n_at[max_steps];
     const uint64_t* p_at[max_steps];
@@ -193,7 +196,7 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
     // vpopcntq where AVX-512 VPOPCNTDQ is enabled).
     if (columns) {
         for (int o = 0; o < s.out_c; ++o) {
-            uint64_t* a = acc + static_cast<size_t>(o) * s.cols;
+            uint32_t* a = acc + static_cast<size_t>(o) * s.cols;
             for (int ow = 0; ow < s.cols; ++ow) a[ow] = 0;
             for (int t = 0; t < steps; ++t) {
                 const uint64_t* n = n_at[t];
@@ -207,7 +210,7 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
         }
         return;
     }
-    thread_local std::vector<uint64_t> pixel;
+    thread_local std::vector<uint32_t> pixel;
     pixel.resize(s.outs);
     for (int ow = 0; ow < s.out_w; ++ow) {
         std::fill(pixel.begin(), pixel.end(), 0);
@@ -225,12 +228,12 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
 // image pixel is never 0 under sign(0) = +1, and bits past the last channel are 0 in P and W alike). Windows
 // that reach into the left or right padding are recounted with N here; rows outside the image are skipped.
 static void fix_border_columns(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
-                               const Shape& s, int oh, uint64_t* acc) {
+                               const Shape& s, int oh, uint32_t* acc) {
     for (int ow = 0; ow < s.out_w; ++ow) {
         const int left = ow * s.stride - s.pad;
         if (left >= 0 && left + s.kernel_w <= s.width) continue;
         for (int o = 0; o < s.out_c; ++o) {
-            uint64_t sum = 0;
+            uint32_t sum = 0;
             for (int kh = 0; kh < s.kernel_h; ++kh) {
                 const int ih = oh * s.stride - s.pad + kh;
                 if (ih < 0 || ih >= s.height) continue;
@@ -249,25 +252,29 @@ static void fix_border_columns(const uint64_t* nonzero, const uint64_t* positive
 // sums, then the fused epilogue y = clamp(sum * scale[o] + shift[o] (+ residual), low, high).
 void conv_row(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits, const Epilogue& e,
               const Shape& s, int oh, float* y) {
-    thread_local std::vector<uint64_t> acc, ones;
-    thread_local std::vector<int32_t> count;
+    thread_local std::vector<uint32_t> acc;
+    thread_local std::vector<int32_t> ones;
     acc.resize(static_cast<size_t>(s.outs) * s.cols);
     ones.resize(s.cols);
-    count.resize(s.cols);
     window_sums(nonzero, positive, weight_bits, s, oh, acc.data(), ones.data());
     if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc.data());
-    for (int ow = 0; ow < s.out_w; ++ow) count[ow] = static_cast<int32_t>(ones[ow]);
     const size_t plane = static_cast<size_t>(s.out_h) * s.out_w;
-    for (int o = 0; o < s.out_c; ++o) {  // branch-free int32 -> float and min/max: vectorises
+    const float low = e.low, high = e.high;
+    for (int o = 0; o < s.out_c; ++o) {  // one branch-free pass per row: int32 -> float, affine, add, clamp
         const size_t at = o * plane + static_cast<size_t>(oh) * s.out_w;
         float* row = y + at;
-        const uint64_t* a = acc.data() + static_cast<size_t>(o) * s.cols;
+        const int32_t* a = reinterpret_cast<const int32_t*>(acc.data()) + static_cast<size_t>(o) * s.cols;
+        const int32_t* count = ones.data();
         const float scale = e.scale[o], shift = e.shift[o];
-        for (int ow = 0; ow < s.out_w; ++ow)
-            row[ow] = static_cast<float>(count[ow] - 2 * static_cast<int32_t>(a[ow])) * scale + shift;
-        if (e.residual != nullptr)
-            for (int ow = 0; ow < s.out_w; ++ow) row[ow] += e.residual[at + ow];
-        for (int ow = 0; ow < s.out_w; ++ow) row[ow] = std::min(std::max(row[ow], e.low), e.high);
+        if (e.residual != nullptr) {
+            const float* r = e.residual + at;
+            for (int ow = 0; ow < s.out_w; ++ow)
+                row[ow] = std::min(std::max(static_cast<float>(count[ow] - 2 * a[ow]) * scale + shift + r[ow], low),
+                                  high);
+        } else {
+            for (int ow = 0; ow < s.out_w; ++ow)
+                row[ow] = std::min(std::max(static_cast<float>(count[ow] - 2 * a[ow]) * scale + shift, low), high);
+        }
     }
 }
 
