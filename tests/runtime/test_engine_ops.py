@@ -84,6 +84,27 @@ def test_sparse_operator_matches_conv2d(tmp_path_factory, batch, channels, out, 
         torch.testing.assert_close(engine(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=8, deadline=None)
+@given(rows=st.sampled_from([(1,), (3,), (2, 5), (17,)]), features=st.integers(1, 70), out=st.integers(1, 40),
+       sparsity=st.floats(0.7, 0.99), relu=st.booleans(), seed=st.integers(0, 2**16))
+def test_sparse_linear_operator_matches_linear(tmp_path_factory, rows, features, out, sparsity, relu, seed):
+    """Batch 1 (gathered dots) and larger batches (batch-minor rows), any leading shape, ReLU fused or not."""
+    torch.manual_seed(seed)
+    layer = nn.Linear(features, out).eval()
+    with torch.no_grad():
+        layer.weight.mul_(layerwise_masks({"w": layer.weight.abs()}, sparsity)["w"])
+    model = nn.Sequential(layer, *([nn.ReLU()] if relu else []))
+    x = torch.randn(*rows, features)
+    engine, info = _engine(model, tmp_path_factory.mktemp("linear"), tuple(x.shape))
+    line = info["slimkit_layers"][0]
+    chosen = float((layer.weight == 0).float().mean()) >= SPARSE_MIN
+    assert line["engine"] == ("slimkit::SparseLinear" if chosen else "OpenVINO dense linear")
+    if chosen:
+        assert line["fused"] == (["1"] if relu else [])
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def _pruned(arch, kind):
     torch.manual_seed(0)
     model = (resnet20 if arch == "resnet20" else vgg_small)(width=0.5).eval()

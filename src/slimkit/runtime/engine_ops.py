@@ -29,10 +29,11 @@ from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.functions import Zero, sign
-from slimkit.binary.layers import BinaryConv2d
+from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import SlimkitError, first_line
 from slimkit.files import atomic_write
 from slimkit.folding import batchnorm_affine
+from slimkit.layers import adapter_of, canonical_weight
 from slimkit.quant.onnx_export import export_onnx
 from slimkit.runtime import native
 
@@ -88,6 +89,22 @@ class _SparseConvFunction(torch.autograd.Function):
                  *residual: Any) -> Any:
         return g.op(f"{DOMAIN}::SparseConv2d", x, value, channel, tap, ptr, shift, *residual, kernel_h_i=shape[2],
                     kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **_epilogue_attributes(bounds))
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    """clamp(x W^T + shift (+ residual)) with W held as CSR; one slimkit::SparseLinear in ONNX."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, value: Tensor, column: Tensor, ptr: Tensor, shift: Tensor, features: int,
+                bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
+        rows = torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr.diff())
+        weight = torch.zeros(ptr.numel() - 1, features).index_put_((rows, column.long()), value, accumulate=True)
+        return _epilogue(F.linear(x, weight, shift), bounds, residual)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, value: Any, column: Any, ptr: Any, shift: Any, features: int,
+                 bounds: tuple[float, float] | None, *residual: Any) -> Any:
+        return g.op(f"{DOMAIN}::SparseLinear", x, value, column, ptr, shift, *residual, **_epilogue_attributes(bounds))
 
 
 def _square(layer: nn.Conv2d, operator_name: str) -> tuple[int, int]:
@@ -196,9 +213,39 @@ class EngineSparseConv2d(EngineConv):
                                          self.stride, self.pad, self.bounds, *residual)
 
 
+class EngineSparseLinear(EngineConv):
+    """A pruned linear layer (or a registered linear map, such as HF's Conv1D) as slimkit::SparseLinear: its
+    non-zeros in CSR over output features, the bias as the shift."""
+
+    operator = f"{DOMAIN}::SparseLinear"
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        weight = canonical_weight(layer).detach().float()  # (out, in), also for HF's (in, out) Conv1D
+        rows, column = torch.nonzero(weight, as_tuple=True)
+        if rows.numel() == 0:  # an all-zero layer: one zero entry, so no constant is empty
+            rows, column = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        self.features = weight.shape[1]
+        self.register_buffer("value", weight[rows, column].contiguous())
+        self.register_buffer("column", column.to(torch.int32))
+        self.register_buffer("ptr", torch.cat([torch.zeros(1, dtype=torch.int64),
+                                               torch.bincount(rows, minlength=weight.shape[0]).cumsum(0)]))
+        bias = getattr(layer, "bias", None)
+        self.register_buffer("shift", torch.zeros(weight.shape[0]) if bias is None else bias.detach().float().clone())
+
+    def fold(self, k: Tensor, c: Tensor) -> None:
+        rows = torch.repeat_interleave(torch.arange(self.shift.numel()), self.ptr.diff())
+        self.value = (self.value.double() * k[rows]).float()
+        self.shift = (self.shift.double() * k + c).float()
+
+    def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
+        return _SparseLinearFunction.apply(x, self.value, self.column, self.ptr, self.shift, self.features,
+                                           self.bounds, *residual)
+
+
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, EngineConv | BinaryConv2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, EngineConv | BinaryConv2d | BinaryLinear) or super().is_leaf_module(m, qualname)
 
 
 def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, float] | None:
@@ -269,17 +316,21 @@ def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
     """Which operator a layer becomes, or (None, why not) for a layer that stays OpenVINO's own."""
     if isinstance(module, BinaryConv2d):
         return EngineBinaryConv2d, ""
-    if type(module) is not nn.Conv2d or parametrize.is_parametrized(module):
+    adapter = adapter_of(module)
+    linear = type(module) is nn.Linear or (adapter is not None and adapter.linear_map and type(module) is not nn.Conv2d
+                                           and not isinstance(module, BinaryLinear))
+    if (type(module) is not nn.Conv2d and not linear) or parametrize.is_parametrized(module):
         return None, ""
-    sparsity = float((module.weight == 0).float().mean())
+    sparsity = float((canonical_weight(module) == 0).float().mean())
+    kind = "linear" if linear else "conv"
     if sparsity < SPARSE_MIN:
-        return None, f"{sparsity:.0%} sparse: below {SPARSE_MIN:.0%}, OpenVINO's dense conv wins" if sparsity else ""
-    return EngineSparseConv2d, ""
+        return None, f"{sparsity:.0%} sparse: below {SPARSE_MIN:.0%}, OpenVINO's dense {kind} wins" if sparsity else ""
+    return (EngineSparseLinear if linear else EngineSparseConv2d), ""
 
 
 def engine_form(model: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """An eval-mode copy with every binary conv, and every conv at least SPARSE_MIN sparse, in its engine
-    operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
+    """An eval-mode copy with every binary conv, and every conv and linear layer at least SPARSE_MIN sparse, in
+    its engine operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
     A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
     own ops, which OpenVINO runs exactly but not fast; its line says why."""
     model = copy.deepcopy(model).eval()
@@ -288,7 +339,8 @@ def engine_form(model: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
         kind, reason = _engine_layer(module)
         if kind is None:
             if reason:
-                lines[name] = {"layer": name, "engine": "OpenVINO dense conv", "reason": reason}
+                dense = "OpenVINO dense linear" if "dense linear" in reason else "OpenVINO dense conv"
+                lines[name] = {"layer": name, "engine": dense, "reason": reason}
             continue
         try:
             model.set_submodule(name, kind(module))

@@ -23,9 +23,10 @@ struct Epilogue {
     float low, high;
 };
 
-// A sparse conv's non-zeros in CSR over output channels, each channel's entries padded with zero weights
-// to a multiple of 4; offset is the entry's kernel tap as a flat input offset (kh * Wp + kw, Wp the padded
-// width of the stride-1 phase planes), channel its input plane; shift[o] the output's bias.
+// A sparse layer's non-zeros in CSR over output channels; shift[o] the output's bias. For a conv, each
+// channel's entries are padded with zero weights to a multiple of 4, offset is the entry's kernel tap as a
+// flat input offset (kh * Wp + kw, Wp the padded width of the stride-1 phase planes) and channel its input
+// plane; for a linear layer channel is the input feature and offset is unused.
 struct SparseWeights {
     const int64_t* ptr;
     const int32_t* channel;
@@ -41,6 +42,8 @@ struct SparseWeights {
                   const Epilogue& e, const Shape& s, int oh, float* y);                    \
     void sparse_segment(const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,  \
                         int o_end, size_t start, int length, int row_stride, float* acc);                \
+    void sparse_rows(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt); \
+    void sparse_dots(const float* x, const SparseWeights& w, int o_begin, int o_end, float* y);      \
     }
 SLIMKIT_DECLARE_KERNELS(avx512)
 SLIMKIT_DECLARE_KERNELS(avx2)

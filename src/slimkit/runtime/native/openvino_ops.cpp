@@ -87,6 +87,29 @@ static T* scratch(size_t count) {
     return buffer.data();
 }
 
+static void sparse_rows_any(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
+    switch (isa()) {
+        case Isa::avx512: return avx512::sparse_rows(xt, batch, w, o_begin, o_end, yt);
+        case Isa::avx2: return avx2::sparse_rows(xt, batch, w, o_begin, o_end, yt);
+        default: return generic::sparse_rows(xt, batch, w, o_begin, o_end, yt);
+    }
+}
+
+static void sparse_dots_any(const float* x, const SparseWeights& w, int o_begin, int o_end, float* y) {
+    switch (isa()) {
+        case Isa::avx512: return avx512::sparse_dots(x, w, o_begin, o_end, y);
+        case Isa::avx2: return avx2::sparse_dots(x, w, o_begin, o_end, y);
+        default: return generic::sparse_dots(x, w, o_begin, o_end, y);
+    }
+}
+
+// The ptr input as int64: OpenVINO's CPU plugin may hand an i64 constant over as i32.
+static void read_ptr(const ov::Tensor& ptr, std::vector<int64_t>& out) {
+    out.resize(ptr.get_shape()[0]);
+    for (size_t i = 0; i < out.size(); ++i)
+        out[i] = ptr.get_element_type() == ov::element::i64 ? ptr.data<const int64_t>()[i] : ptr.data<const int32_t>()[i];
+}
+
 // What the two conv operators share: square stride and padding, and the fused epilogue's attributes
 // (clamp on/off and its bounds; a residual is an extra last input). The output is [B, O, OH, OW] with O
 // from `out_channels(...)` and the kernel size from `kernel(...)`, which each operator reads its own way.
@@ -379,12 +402,7 @@ private:
                 plane_[e] = channel[e] * stride * stride + (kh_e % stride) * stride + kw_e % stride;
                 offset_[e] = (kh_e / stride) * wq + kw_e / stride;
             }
-            // OpenVINO's CPU plugin may hand an i64 constant over as i32
-            const auto& ptr = inputs[4];
-            ptr_.resize(ptr.get_shape()[0]);
-            for (size_t i = 0; i < ptr_.size(); ++i)
-                ptr_[i] = ptr.get_element_type() == ov::element::i64 ? ptr.data<const int64_t>()[i]
-                                                                     : ptr.data<const int32_t>()[i];
+            read_ptr(inputs[4], ptr_);
             if (ptr_.back() != static_cast<int64_t>(count))
                 throw std::runtime_error("slimkit SparseConv2d: ptr does not end at the entry count");
             derived_from_ = value;
@@ -402,6 +420,110 @@ private:
     mutable int derived_wq_ = -1;
 };
 
+
+// y = clamp(x W^T + shift (+ residual), low, high) over the last dimension of x, for a sparse W in CSR over
+// output features: value f32, column i32 (input feature), ptr i64 [O + 1], shift [O]; optionally residual
+// shaped like y. Attributes: clamp, low, high. Batch 1 runs gathered dot products; larger batches transpose
+// x to batch-minor so each non-zero is one vectorised multiply-add row.
+class SparseLinear : public ov::op::Op {
+public:
+    OPENVINO_OP("SparseLinear", "slimkit");
+
+    SparseLinear() = default;
+
+    void validate_and_infer_types() override {
+        ov::PartialShape out = get_input_partial_shape(0);
+        const auto& ptr = get_input_partial_shape(3);
+        if (out.rank().is_static())
+            out[out.rank().get_length() - 1] = ptr.rank().is_static() && ptr[0].is_static()
+                                                   ? ov::Dimension(ptr[0].get_length() - 1) : ov::Dimension::dynamic();
+        set_output_type(0, ov::element::f32, out);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        auto copy = std::make_shared<SparseLinear>();
+        copy->set_arguments(args);
+        copy->clamp_ = clamp_;
+        copy->low_ = low_;
+        copy->high_ = high_;
+        copy->constructor_validate_and_infer_types();
+        return copy;
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("clamp", clamp_);
+        visitor.on_attribute("low", low_);
+        visitor.on_attribute("high", high_);
+        return true;
+    }
+
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        ov::Shape shape = inputs[0].get_shape();
+        const size_t features = shape.back(), rows = ov::shape_size(shape) / std::max<size_t>(features, 1);
+        const int out = static_cast<int>(inputs[3].get_shape()[0]) - 1;
+        if (inputs[2].get_element_type() != ov::element::i32)
+            throw std::runtime_error("slimkit SparseLinear: column must be int32");
+        shape.back() = static_cast<size_t>(out);
+        outputs[0].set_shape(shape);
+        const SparseWeights w = weights(inputs, features);
+        const float* x = inputs[0].data<const float>();
+        const float* residual = inputs.size() > 5 ? inputs[5].data<const float>() : nullptr;
+        float* y = outputs[0].data<float>();
+        const int block = 16, blocks = (out + block - 1) / block;
+        if (rows == 1) {
+            ov::parallel_for(blocks, [&](int b) { sparse_dots_any(x, w, b * block, std::min(out, (b + 1) * block), y); });
+        } else {
+            float* xt = scratch<float, 2>(features * rows);
+            float* yt = scratch<float, 3>(static_cast<size_t>(out) * rows);
+            ov::parallel_for(features, [&](size_t k) {
+                for (size_t n = 0; n < rows; ++n) xt[k * rows + n] = x[n * features + k];
+            });
+            ov::parallel_for(blocks, [&](int b) {
+                sparse_rows_any(xt, static_cast<int>(rows), w, b * block, std::min(out, (b + 1) * block), yt);
+            });
+            ov::parallel_for(rows, [&](size_t n) {
+                for (int o = 0; o < out; ++o) y[n * out + o] = yt[static_cast<size_t>(o) * rows + n];
+            });
+        }
+        const float lo = clamp_ ? low_ : -std::numeric_limits<float>::infinity();
+        const float hi = clamp_ ? high_ : std::numeric_limits<float>::infinity();
+        const size_t total = rows * static_cast<size_t>(out);
+        if (residual != nullptr)
+            for (size_t i = 0; i < total; ++i) y[i] += residual[i];
+        if (clamp_)
+            for (size_t i = 0; i < total; ++i) y[i] = std::min(std::max(y[i], lo), hi);
+        return true;
+    }
+
+private:
+    SparseWeights weights(const ov::TensorVector& inputs, size_t features) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const float* value = inputs[1].data<const float>();
+        if (value != derived_from_) {
+            read_ptr(inputs[3], ptr_);
+            const size_t count = inputs[1].get_shape()[0];
+            const int32_t* column = inputs[2].data<const int32_t>();
+            if (ptr_.back() != static_cast<int64_t>(count))
+                throw std::runtime_error("slimkit SparseLinear: ptr does not end at the entry count");
+            for (size_t e = 0; e < count; ++e)
+                if (column[e] < 0 || static_cast<size_t>(column[e]) >= features)
+                    throw std::runtime_error("slimkit SparseLinear: entry " + std::to_string(e) +
+                                             " names a column outside the input features");
+            derived_from_ = value;
+        }
+        return SparseWeights{ptr_.data(), inputs[2].data<const int32_t>(), nullptr, value, inputs[4].data<const float>()};
+    }
+
+    int64_t clamp_ = 0;
+    float low_ = 0.0f;
+    float high_ = 0.0f;
+    mutable std::mutex mutex_;
+    mutable std::vector<int64_t> ptr_;
+    mutable const float* derived_from_ = nullptr;
+};
+
 }  // namespace slimkit
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
@@ -409,4 +531,6 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::frontend::onnx::OpExtension<slimkit::BinaryConv2d>>("BinaryConv2d", "slimkit"),
     std::make_shared<ov::OpExtension<slimkit::SparseConv2d>>(),
     std::make_shared<ov::frontend::onnx::OpExtension<slimkit::SparseConv2d>>("SparseConv2d", "slimkit"),
+    std::make_shared<ov::OpExtension<slimkit::SparseLinear>>(),
+    std::make_shared<ov::frontend::onnx::OpExtension<slimkit::SparseLinear>>("SparseLinear", "slimkit"),
 }));

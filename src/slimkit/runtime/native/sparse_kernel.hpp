@@ -34,5 +34,29 @@ void sparse_segment(const float* planes, size_t plane_stride, const SparseWeight
     }
 }
 
+// Rows o_begin..o_end of yt = W x^T + shift for a CSR W, with x^T batch-minor (K, N): each non-zero is one
+// multiply-add over N contiguous values, which GCC vectorises (N >= 8); yt rows are N floats.
+void sparse_rows(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
+    for (int o = o_begin; o < o_end; ++o) {
+        float* __restrict row = yt + static_cast<size_t>(o) * batch;
+        const float shift = w.shift[o];
+        for (int n = 0; n < batch; ++n) row[n] = shift;
+        for (int64_t e = w.ptr[o]; e < w.ptr[o + 1]; ++e) {
+            const float* __restrict line = xt + static_cast<size_t>(w.channel[e]) * batch;
+            const float v = w.value[e];
+            for (int n = 0; n < batch; ++n) row[n] += v * line[n];
+        }
+    }
+}
+
+// One row of y = x W^T + shift for a single input row (batch 1): a gathered dot product per output.
+void sparse_dots(const float* x, const SparseWeights& w, int o_begin, int o_end, float* y) {
+    for (int o = o_begin; o < o_end; ++o) {
+        float total = w.shift[o];
+        for (int64_t e = w.ptr[o]; e < w.ptr[o + 1]; ++e) total += w.value[e] * x[w.channel[e]];
+        y[o] = total;
+    }
+}
+
 }  // namespace SLIMKIT_ISA
 }  // namespace slimkit
