@@ -338,15 +338,22 @@ public:
 
         float* planes = scratch<float, 0>(static_cast<size_t>(planes_count) * plane_stride);
         std::fill(planes, planes + static_cast<size_t>(planes_count) * plane_stride, 0.0f);  // the padding
+        // where input column v lands: phase plane pw (as an offset in planes) and column j of it, once per call
+        std::vector<size_t> column_at(width);
+        for (int v = 0; v < width; ++v)
+            column_at[v] = static_cast<size_t>((v + pad) % stride) * plane_stride + (v + pad) / stride;
         ov::parallel_for(static_cast<size_t>(channels) * batch, [&](size_t item) {
             const size_t c = item / batch, b = item % batch;
             const float* src = x + (b * channels + c) * height * width;
             for (int h = 0; h < height; ++h) {
                 const int ph = (h + pad) % stride, i = (h + pad) / stride;
-                for (int v = 0; v < width; ++v) {
-                    const int pw = (v + pad) % stride, j = (v + pad) / stride;
-                    planes[(c * stride * stride + ph * stride + pw) * plane_stride + b * image + i * wq + j] =
-                        src[h * width + v];
+                float* row = planes + (c * stride * stride + ph * stride) * plane_stride + b * image +
+                             static_cast<size_t>(i) * wq;
+                const float* in = src + static_cast<size_t>(h) * width;
+                if (stride == 1) {
+                    std::memcpy(row + pad, in, sizeof(float) * width);
+                } else {
+                    for (int v = 0; v < width; ++v) row[column_at[v]] = in[v];
                 }
             }
         });
