@@ -48,6 +48,26 @@ def _epilogue(y: Tensor, bounds: tuple[float, float] | None, residual: tuple[Ten
     return y if bounds is None else y.clamp(*bounds)
 
 
+def _typed(out: Any, x: Any, sizes: Any) -> Any:
+    """Give a custom node's output its type and shape (`sizes` maps the input's sizes, None where dynamic),
+    so the exporter's shape inference knows it instead of warning that it cannot."""
+    try:
+        known = x.type().varyingSizes()
+    except RuntimeError:  # an input of unknown rank
+        return out
+    if known is not None:
+        out.setType(x.type().with_sizes(sizes(known)))
+    return out
+
+
+def _conv_sizes(out_channels: int, kernel: tuple[int, int], stride: int, pad: int) -> Any:
+    def sizes(known: list[int | None]) -> list[int | None]:
+        spatial = [None if n is None else (n + 2 * pad - k) // stride + 1
+                   for n, k in zip(known[2:], kernel, strict=True)]
+        return [known[0], out_channels, *spatial]
+    return sizes
+
+
 def _epilogue_attributes(bounds: tuple[float, float] | None) -> dict[str, Any]:
     low, high = bounds or (0.0, 0.0)
     return {"clamp_i": int(bounds is not None), "low_f": low, "high_f": high}
@@ -65,8 +85,10 @@ class _BinaryConvFunction(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, stride: int, pad: int, zero: Zero,
                  bounds: tuple[float, float] | None, *residual: Any) -> Any:
-        return g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *residual, stride_i=stride, pad_i=pad,
-                    one_plane_i=int(zero == "positive"), **_epilogue_attributes(bounds))
+        out = g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *residual, stride_i=stride, pad_i=pad,
+                   one_plane_i=int(zero == "positive"), **_epilogue_attributes(bounds))
+        shape = signs.type().sizes()
+        return _typed(out, x, _conv_sizes(shape[0], tuple(shape[2:]), stride, pad))
 
 
 class _SparseConvFunction(torch.autograd.Function):
@@ -87,8 +109,9 @@ class _SparseConvFunction(torch.autograd.Function):
     def symbolic(g: Any, x: Any, value: Any, channel: Any, tap: Any, ptr: Any, shift: Any,
                  shape: tuple[int, int, int, int], stride: int, pad: int, bounds: tuple[float, float] | None,
                  *residual: Any) -> Any:
-        return g.op(f"{DOMAIN}::SparseConv2d", x, value, channel, tap, ptr, shift, *residual, kernel_h_i=shape[2],
-                    kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **_epilogue_attributes(bounds))
+        out = g.op(f"{DOMAIN}::SparseConv2d", x, value, channel, tap, ptr, shift, *residual, kernel_h_i=shape[2],
+                   kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **_epilogue_attributes(bounds))
+        return _typed(out, x, _conv_sizes(shape[0], tuple(shape[2:]), stride, pad))
 
 
 class _SparseLinearFunction(torch.autograd.Function):
@@ -104,7 +127,8 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, value: Any, column: Any, ptr: Any, shift: Any, features: int,
                  bounds: tuple[float, float] | None, *residual: Any) -> Any:
-        return g.op(f"{DOMAIN}::SparseLinear", x, value, column, ptr, shift, *residual, **_epilogue_attributes(bounds))
+        out = g.op(f"{DOMAIN}::SparseLinear", x, value, column, ptr, shift, *residual, **_epilogue_attributes(bounds))
+        return _typed(out, x, lambda known: [*known[:-1], ptr.type().sizes()[0] - 1])
 
 
 def _square(layer: nn.Conv2d, operator_name: str) -> tuple[int, int]:
@@ -384,7 +408,8 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
     onnx_path = path.with_suffix(".onnx.tmp")
     staging = path.with_name(path.stem + ".staging.xml")
     try:
-        export_onnx(engine, onnx_path, input_shape, custom_opsets={DOMAIN: 1})
+        uses_ours = any(isinstance(m, EngineConv) for m in engine.modules())
+        export_onnx(engine, onnx_path, input_shape, custom_opsets={DOMAIN: 1} if uses_ours else None)
         ov.save_model(core.read_model(str(onnx_path)), str(staging), compress_to_fp16=False)
         for source, target in ((staging.with_suffix(".bin"), path.with_suffix(".bin")), (staging, path)):
             data = source.read_bytes()
