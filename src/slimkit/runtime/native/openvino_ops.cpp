@@ -110,14 +110,11 @@ static void read_ptr(const ov::Tensor& ptr, std::vector<int64_t>& out) {
         out[i] = ptr.get_element_type() == ov::element::i64 ? ptr.data<const int64_t>()[i] : ptr.data<const int32_t>()[i];
 }
 
-// What the two conv operators share: square stride and padding, and the fused epilogue's attributes
-// (clamp on/off and its bounds; a residual is an extra last input). The output is [B, O, OH, OW] with O
-// from `out_channels(...)` and the kernel size from `kernel(...)`, which each operator reads its own way.
-class FusedConv : public ov::op::Op {
+// What every slimkit operator shares: the fused epilogue's attributes (clamp on/off and its bounds; a
+// residual is an extra last input) and copying them into a clone.
+class FusedEpilogue : public ov::op::Op {
 public:
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
-        visitor.on_attribute("stride", stride_);
-        visitor.on_attribute("pad", pad_);
         visitor.on_attribute("clamp", clamp_);
         visitor.on_attribute("low", low_);
         visitor.on_attribute("high", high_);
@@ -125,6 +122,40 @@ public:
     }
 
     bool has_evaluate() const override { return true; }
+
+protected:
+    template <typename Op>
+    std::shared_ptr<ov::Node> clone_as(const ov::OutputVector& args) const {
+        auto copy = std::make_shared<Op>();
+        copy->set_arguments(args);
+        copy->copy_attributes(*this);
+        copy->constructor_validate_and_infer_types();
+        return copy;
+    }
+
+    // An operator with attributes of its own extends this (its clone's type is its own).
+    virtual void copy_attributes(const FusedEpilogue& other) {
+        clamp_ = other.clamp_;
+        low_ = other.low_;
+        high_ = other.high_;
+    }
+
+    float low() const { return clamp_ ? low_ : -std::numeric_limits<float>::infinity(); }
+    float high() const { return clamp_ ? high_ : std::numeric_limits<float>::infinity(); }
+
+    int64_t clamp_ = 0;
+    float low_ = 0.0f;
+    float high_ = 0.0f;
+};
+
+// What the two conv operators add: square stride and padding, and the [B, O, OH, OW] output shape.
+class FusedConv : public FusedEpilogue {
+public:
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("stride", stride_);
+        visitor.on_attribute("pad", pad_);
+        return FusedEpilogue::visit_attributes(visitor);
+    }
 
 protected:
     void infer_output(const ov::Dimension& out_channels, const ov::Dimension& kernel_h, const ov::Dimension& kernel_w) {
@@ -141,31 +172,14 @@ protected:
         set_output_type(0, ov::element::f32, out);
     }
 
-    template <typename Op>
-    std::shared_ptr<ov::Node> clone_as(const ov::OutputVector& args) const {
-        auto copy = std::make_shared<Op>();
-        copy->set_arguments(args);
-        copy->copy_attributes(*this);
-        copy->constructor_validate_and_infer_types();
-        return copy;
+    void copy_attributes(const FusedEpilogue& other) override {
+        FusedEpilogue::copy_attributes(other);
+        stride_ = static_cast<const FusedConv&>(other).stride_;
+        pad_ = static_cast<const FusedConv&>(other).pad_;
     }
-
-    void copy_attributes(const FusedConv& other) {
-        stride_ = other.stride_;
-        pad_ = other.pad_;
-        clamp_ = other.clamp_;
-        low_ = other.low_;
-        high_ = other.high_;
-    }
-
-    float low() const { return clamp_ ? low_ : -std::numeric_limits<float>::infinity(); }
-    float high() const { return clamp_ ? high_ : std::numeric_limits<float>::infinity(); }
 
     int64_t stride_ = 1;
     int64_t pad_ = 0;
-    int64_t clamp_ = 0;
-    float low_ = 0.0f;
-    float high_ = 0.0f;
 };
 
 // y = clamp(conv(sign(x), W) * scale + shift (+ residual), low, high) for +-1 weights W, with sign(0) = 0 and
@@ -189,9 +203,12 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto copy = clone_as<BinaryConv2d>(args);
-        static_cast<BinaryConv2d*>(copy.get())->one_plane_ = one_plane_;
-        return copy;
+        return clone_as<BinaryConv2d>(args);
+    }
+
+    void copy_attributes(const FusedEpilogue& other) override {
+        FusedConv::copy_attributes(other);
+        one_plane_ = static_cast<const BinaryConv2d&>(other).one_plane_;
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -301,12 +318,13 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto copy = clone_as<SparseConv2d>(args);
-        auto* sparse = static_cast<SparseConv2d*>(copy.get());
-        sparse->kernel_h_ = kernel_h_;
-        sparse->kernel_w_ = kernel_w_;
-        sparse->constructor_validate_and_infer_types();
-        return copy;
+        return clone_as<SparseConv2d>(args);
+    }
+
+    void copy_attributes(const FusedEpilogue& other) override {
+        FusedConv::copy_attributes(other);
+        kernel_h_ = static_cast<const SparseConv2d&>(other).kernel_h_;
+        kernel_w_ = static_cast<const SparseConv2d&>(other).kernel_w_;
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -432,7 +450,7 @@ private:
 // output features: value f32, column i32 (input feature), ptr i64 [O + 1], shift [O]; optionally residual
 // shaped like y. Attributes: clamp, low, high. Batch 1 runs gathered dot products; larger batches transpose
 // x to batch-minor so each non-zero is one vectorised multiply-add row.
-class SparseLinear : public ov::op::Op {
+class SparseLinear : public FusedEpilogue {
 public:
     OPENVINO_OP("SparseLinear", "slimkit");
 
@@ -448,23 +466,8 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto copy = std::make_shared<SparseLinear>();
-        copy->set_arguments(args);
-        copy->clamp_ = clamp_;
-        copy->low_ = low_;
-        copy->high_ = high_;
-        copy->constructor_validate_and_infer_types();
-        return copy;
+        return clone_as<SparseLinear>(args);
     }
-
-    bool visit_attributes(ov::AttributeVisitor& visitor) override {
-        visitor.on_attribute("clamp", clamp_);
-        visitor.on_attribute("low", low_);
-        visitor.on_attribute("high", high_);
-        return true;
-    }
-
-    bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         ov::Shape shape = inputs[0].get_shape();
@@ -494,8 +497,7 @@ public:
                 for (int o = 0; o < out; ++o) y[n * out + o] = yt[static_cast<size_t>(o) * rows + n];
             });
         }
-        const float lo = clamp_ ? low_ : -std::numeric_limits<float>::infinity();
-        const float hi = clamp_ ? high_ : std::numeric_limits<float>::infinity();
+        const float lo = low(), hi = high();
         const size_t total = rows * static_cast<size_t>(out);
         if (residual != nullptr)
             for (size_t i = 0; i < total; ++i) y[i] += residual[i];
@@ -523,9 +525,6 @@ private:
         return SparseWeights{ptr_.data(), inputs[2].data<const int32_t>(), nullptr, value, inputs[4].data<const float>()};
     }
 
-    int64_t clamp_ = 0;
-    float low_ = 0.0f;
-    float high_ = 0.0f;
     mutable std::mutex mutex_;
     mutable std::vector<int64_t> ptr_;
     mutable const float* derived_from_ = nullptr;
