@@ -180,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     quantized = is_quantized(model)
     engine = args.engine
     if engine == "auto":  # slimkit's operators where it has layers they run; otherwise ONNX, which both engines run
-        slimkit_layers = any(line["engine"].startswith("slimkit::") for line in engine_form(model)[1])
+        slimkit_layers = any(line["engine"].startswith("slimkit::") for line in engine_form(model, shape)[1])
         engine = "openvino" if slimkit_layers and not quantized and not args.int8 else "onnx"
     default = (Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem)
     if engine == "openvino":

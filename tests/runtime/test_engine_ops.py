@@ -232,11 +232,38 @@ def test_fusion_stops_where_another_op_reads_the_value():
 
     model = Twice().eval()
     model.bn.running_mean.uniform_(-1, 1)
-    engine_model, lines = engine_form(model)
+    engine_model, lines = engine_form(model, (8, 6, 6))
     assert lines[0]["fused"] == ["bn"]
     x = _input((2, 8, 6, 6), 3)
     with torch.no_grad():
         torch.testing.assert_close(engine_model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class _Broadcast(nn.Module):
+    """Adds a per-channel tensor and the output to itself: neither is a residual of the output's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = _layer(8, 8)
+        self.bn = nn.BatchNorm2d(8).eval()
+        self.offset = nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.other = _layer(8, 8)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x)) + self.offset
+        z = self.other(x)
+        return y + (z + z)
+
+
+def test_a_broadcast_add_or_a_self_add_is_never_fused_as_a_residual(tmp_path):
+    model = _Broadcast().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    _, lines = engine_form(model, (8, 6, 6))
+    assert {line["layer"]: line["fused"] for line in lines} == {"conv": ["bn"], "other": []}
+    x = _input((2, 8, 6, 6), 6)
+    engine, _ = _engine(model, tmp_path, tuple(x.shape))
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_layer_the_operator_cannot_take_stays_exact_and_says_why(tmp_path):

@@ -123,7 +123,7 @@ def _export_engine(model: nn.Module, input_shape: Sequence[int], path: Path) -> 
     """The OpenVINO artifact with slimkit's operators, when the model has layers they take; a missing engine
     or library is reported under 'error', never skipped silently."""
     try:
-        if not any(line.get("engine", "").startswith("slimkit::") for line in engine_form(model)[1]):
+        if not any(line.get("engine", "").startswith("slimkit::") for line in engine_form(model, input_shape)[1]):
             return None
         return export_openvino(model, path, input_shape)
     except (ImportError, SlimkitError) as exc:

@@ -1,6 +1,6 @@
 """Compressed models as OpenVINO models with slimkit's operators inside: the deployable artifact.
 
-`engine_form(model)` swaps every deployable binary layer for a module that computes the same eval output
+`engine_form(model, input_shape)` swaps every deployable binary layer for a module that computes the same eval output
 and exports to ONNX as one `slimkit::BinaryConv2d` node (the binarized weights and output scale become
 constants). `export_openvino` writes that ONNX, reads it into OpenVINO with slimkit's operator library
 (runtime/native, built by the set-up) and saves an OpenVINO IR (`model.xml` + `model.bin`). The IR runs in
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
 from slimkit.binary.functions import Zero, sign
@@ -289,23 +290,32 @@ def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, 
     return None
 
 
-def _fuse_epilogues(model: nn.Module) -> nn.Module:
-    """Fuse into each engine conv, in this order, what alone reads its output: an eval BatchNorm, a
-    residual add, then a ReLU/hardtanh. Each fused op is one pass over a batch's activations saved, and no
-    OpenVINO node (with its layout reorders) between two slimkit nodes."""
-    graph = _LeafTracer().trace(model)
+def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+    """Fuse into each engine conv, in this order, what alone reads its output: an eval BatchNorm with
+    running statistics, an add of a tensor of the output's own shape (shapes propagated from an input of
+    `input_shape`, so a broadcast add is never read as a residual), then a ReLU/hardtanh. Each fused op is one
+    pass over a batch's activations saved, and no OpenVINO node (with its layout reorders) between two
+    slimkit nodes."""
+    traced = fx.GraphModule(model, _LeafTracer().trace(model))
+    ShapeProp(traced).propagate(torch.zeros(1, *input_shape))
+    graph = traced.graph
     modules = dict(model.named_modules())
+
+    def shape(node: fx.Node) -> Any:
+        return getattr(node.meta.get("tensor_meta"), "shape", None)
+
     for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
         layer: EngineConv = modules[str(conv.target)]
         tail, residual = conv, None
         users = list(tail.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[str(users[0].target)],
-                                                                         nn.BatchNorm2d):
+        bn = modules.get(str(users[0].target)) if len(users) == 1 and users[0].op == "call_module" else None
+        if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None:
             layer.fuse_batchnorm(modules[str(users[0].target)], str(users[0].target))
             tail, users = users[0], list(users[0].users)
         if (len(users) == 1 and users[0].op == "call_function" and users[0].target in (operator.add, torch.add)
                 and len(users[0].args) == 2 and not users[0].kwargs
-                and all(isinstance(a, fx.Node) for a in users[0].args)):
+                and all(isinstance(a, fx.Node) for a in users[0].args) and users[0].args[0] is not users[0].args[1]
+                and shape(users[0].args[0]) is not None and shape(users[0].args[0]) == shape(users[0].args[1])):
             residual = next(a for a in users[0].args if a is not tail)
             layer.fuse_residual(users[0].name)
             tail, users = users[0], list(users[0].users)
@@ -320,7 +330,8 @@ def _fuse_epilogues(model: nn.Module) -> nn.Module:
         tail.replace_all_uses_with(fused)
         for dead in reversed(_chain(conv, tail)):
             graph.erase_node(dead)
-    return fx.GraphModule(model, graph)
+    traced.recompile()
+    return traced
 
 
 def _label(node: fx.Node) -> str:
@@ -352,7 +363,7 @@ def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
     return (EngineSparseLinear if linear else EngineSparseConv2d), ""
 
 
-def engine_form(model: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
+def engine_form(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, list[dict[str, Any]]]:
     """An eval-mode copy with every binary conv, and every conv and linear layer at least SPARSE_MIN sparse, in
     its engine operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
     A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
@@ -374,7 +385,7 @@ def engine_form(model: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
     if not any(isinstance(m, EngineConv) for m in model.modules()):
         return model, list(lines.values())
     try:
-        model = _fuse_epilogues(model)
+        model = _fuse_epilogues(model, input_shape)
     except Exception as exc:  # torch.fx fails on data-dependent control flow, among others
         raise SlimkitError(f"torch.fx could not trace the model to fuse the engine operators' epilogues: "
                            f"{type(exc).__name__}: {first_line(exc)}") from None
@@ -402,15 +413,18 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
     path = Path(path)
     if path.suffix != ".xml":
         raise SlimkitError(f"an OpenVINO model is written as .xml (+ .bin); got {path}")
-    engine, layers = engine_form(model)
+    engine, layers = engine_form(model, input_shape)
     core = openvino_core()
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = path.with_suffix(".onnx.tmp")
     staging = path.with_name(path.stem + ".staging.xml")
     try:
         uses_ours = any(isinstance(m, EngineConv) for m in engine.modules())
-        export_onnx(engine, onnx_path, input_shape, custom_opsets={DOMAIN: 1} if uses_ours else None)
-        ov.save_model(core.read_model(str(onnx_path)), str(staging), compress_to_fp16=False)
+        try:
+            export_onnx(engine, onnx_path, input_shape, custom_opsets={DOMAIN: 1} if uses_ours else None)
+            ov.save_model(core.read_model(str(onnx_path)), str(staging), compress_to_fp16=False)
+        except Exception as exc:  # the exporter's and OpenVINO's failures are many; each names its op
+            raise SlimkitError(f"exporting to OpenVINO failed: {type(exc).__name__}: {first_line(exc)}") from None
         for source, target in ((staging.with_suffix(".bin"), path.with_suffix(".bin")), (staging, path)):
             data = source.read_bytes()
             atomic_write(target, lambda f, data=data: f.write(data))
