@@ -1,16 +1,16 @@
 """Compressed models as OpenVINO models with slimkit's operators inside: the deployable artifact.
 
-`engine_form(model, input_shape)` swaps every deployable binary layer for a module that computes the same eval output
-and exports to ONNX as one `slimkit::BinaryConv2d` node (the binarized weights and output scale become
-constants). `export_openvino` writes that ONNX, reads it into OpenVINO with slimkit's operator library
-(runtime/native, built by the set-up) and saves an OpenVINO IR (`model.xml` + `model.bin`). The IR runs in
-plain OpenVINO once the library is added, with no slimkit training code:
+`engine_form(model, input_shape)` swaps every binary conv for `slimkit::BinaryConv2d` and every conv or
+linear layer at least SPARSE_MIN sparse for `slimkit::SparseConv2d` / `slimkit::SparseLinear` (modules
+that compute the eval output in torch and export to ONNX as one custom node each), then fuses into each
+node the BatchNorm, residual add and ReLU/hardtanh that alone read it. `export_openvino` writes that ONNX,
+reads it into OpenVINO with slimkit's operator library (runtime/native, built by the set-up) and saves an
+OpenVINO IR (`model.xml` + `model.bin`), which plain OpenVINO runs once the library is added:
 
     core = openvino.Core(); core.add_extension("libslimkit_openvino.so"); core.read_model("model.xml")
 
-Every other layer is OpenVINO's own (it fuses BatchNorm, residual adds and activations around the custom
-node). The binary operator is exact (two bit planes, as runtime/binary_kernels), so the engine's output
-equals the training graph's eval output up to the float order of those fused ops.
+Every other layer is OpenVINO's own. Binary window sums are exact (two bit planes, or one under sign(0) =
++1); folded epilogues round once where eval rounds twice, so whole networks agree within float rounding.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from slimkit.runtime import native
 
 DOMAIN = "slimkit"
 LIBRARY_NAME = "libslimkit_openvino.so"  # the name the library has beside an exported model
-SPARSE_MIN = 0.7  # sparser convs run slimkit::SparseConv2d (see docs/design.md for the measurement)
+SPARSE_MIN = 0.7  # a fixed threshold; layers are not yet timed one by one against OpenVINO's dense kernel
 
 
 def _epilogue(y: Tensor, bounds: tuple[float, float] | None, residual: tuple[Tensor, ...]) -> Tensor:
