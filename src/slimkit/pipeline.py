@@ -171,8 +171,12 @@ def _engine_comparison(dense: nn.Module, compressed: nn.Module, example: Any, da
     with tempfile.TemporaryDirectory() as tmp:
         folder = out_dir / "engine" if out_dir is not None else Path(tmp) / "engine"
         shape = list(example.shape[1:]) if isinstance(example, Tensor) else list(example)
-        return engine_versus_dense(dense, compressed, shape, calibration, folder,
-                                   batch_sizes=m.batch_sizes, threads=m.threads, repeats=m.repeats)
+        try:
+            return engine_versus_dense(dense, compressed, shape, calibration, folder,
+                                       batch_sizes=m.batch_sizes, threads=m.threads, repeats=m.repeats)
+        except SlimkitError as exc:  # a model the engine cannot take: the trained run is still saved and reported
+            console.print(f"measure.engines: {exc}", style="yellow", highlight=False)
+            return {"error": str(exc)}
 
 
 def _evaluated_split(data: DataBundle) -> str:

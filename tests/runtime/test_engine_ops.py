@@ -369,3 +369,20 @@ def test_sign_of_zero_positive_trains_and_deploys_exactly(tmp_path):
     engine, _ = _engine(positive, tmp_path, tuple(x.shape))
     with torch.no_grad():
         torch.testing.assert_close(engine(x), positive(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_the_engine_cannot_take_still_saves_its_run_and_says_why(tmp_path, digits_recipe, monkeypatch):
+    import slimkit
+    from slimkit.errors import SlimkitError
+
+    def refuse(*args, **kwargs):
+        raise SlimkitError("torch.fx could not trace the model to fuse the engine operators' epilogues: because")
+
+    monkeypatch.setattr("slimkit.runtime.bench.engine_versus_dense", refuse)
+    digits_recipe["measure"] = {"engines": True, "batch_sizes": [1], "repeats": 2}
+    run = slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    assert run.metrics["engine"] == {"error": "torch.fx could not trace the model to fuse the engine operators' "
+                                              "epilogues: because"}
+    assert (tmp_path / "run" / "model.pt").is_file()  # the trained model is not lost to a measurement
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "could not be deployed in an engine: torch.fx could not trace" in report

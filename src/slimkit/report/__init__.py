@@ -161,6 +161,9 @@ class Report:
         engine = self.metrics.get("engine")
         if not engine:
             return []
+        if "error" in engine:
+            return ["## In the engines users deploy with", "",
+                    f"The compressed model could not be deployed in an engine: {engine['error']}", ""]
         isa = ", ".join(engine.get("isa", [])) or "none of the listed extensions"
         lines = ["## In the engines users deploy with", "",
                  f"The compressed model was exported to OpenVINO with slimkit's operators (`{engine['artifact']}`, "
