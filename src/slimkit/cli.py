@@ -192,31 +192,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_openvino(model: Any, shape: tuple[int, int, int], folder: Path) -> int:
-    """The deployable folder: OpenVINO IR, slimkit's operator library beside it, and engine.json saying what
-    runs where and how to load it."""
-    import json
+    """Write the deployable folder (see engine_ops.export_folder) and say what runs where."""
+    from slimkit.runtime.engine_ops import export_folder
 
-    import openvino
-
-    from slimkit.files import atomic_write, atomic_write_text
-    from slimkit.runtime.engine_ops import LIBRARY_NAME, export_openvino
-
-    info = export_openvino(model, folder / "model.xml", shape)
-    library = Path(info["library"]).read_bytes()
-    atomic_write(folder / LIBRARY_NAME, lambda f: f.write(library))
-    manifest = {"model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME, "input_shape": list(shape),
-                "openvino": openvino.__version__, "slimkit_layers": info["slimkit_layers"],
-                "load": ["core = openvino.Core()", f"core.add_extension('{LIBRARY_NAME}')",
-                         "compiled = core.compile_model(core.read_model('model.xml'), 'CPU')"]}
-    atomic_write_text(folder / "engine.json", json.dumps(manifest, indent=2))
+    manifest = export_folder(model, folder, shape)
     table = Table(title=f"OpenVINO model with slimkit's operators: {folder}")
     for col in ("layer", "runs as", "fused into it"):
         table.add_column(col)
-    for line in info["slimkit_layers"]:
+    for line in manifest["slimkit_layers"]:
         table.add_row(line["layer"], line["engine"], ", ".join(line.get("fused", [])) or line.get("reason", ""))
     console.print(table)
     console.print(f"load it with: {'; '.join(manifest['load'])}  (in {folder}; built for OpenVINO "
-                  f"{openvino.__version__}; the library picks AVX-512, AVX2 or portable kernels at run time)",
+                  f"{manifest['openvino']}; the library picks AVX-512, AVX2 or portable kernels at run time)",
                   highlight=False)
     return 0
 

@@ -335,7 +335,9 @@ def test_a_run_with_measure_engines_times_its_artifact_against_every_dense_engin
     digits_recipe["measure"] = {"engines": True, "batch_sizes": [1, 8], "repeats": 3}
     run = slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
     engine = run.metrics["engine"]
-    assert (tmp_path / "run" / "engine" / "model.xml").is_file() and set(engine["batches"]) == {"1", "8"}
+    assert sorted(p.name for p in (tmp_path / "run" / "engine").iterdir()) == [
+        "engine.json", "libslimkit_openvino.so", "model.bin", "model.xml"]  # the deployable folder, library included
+    assert set(engine["batches"]) == {"1", "8"}
     for r in engine["batches"].values():
         dense = {k: v for k, v in r["latency_ms"].items() if k in DENSE_FP32 + DENSE_INT8}
         assert {"ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8"} <= set(dense)

@@ -27,7 +27,7 @@ from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.deploy import deploy
-from slimkit.runtime.engine_ops import engine_form, export_openvino, openvino_core, profile_openvino
+from slimkit.runtime.engine_ops import engine_form, export_folder, export_openvino, openvino_core, profile_openvino
 from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
 
 
@@ -138,22 +138,23 @@ def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Se
     `calibration`), taking turns in one process with the same threads. Per batch: every latency, the
     speed-up over the best dense engine (named), and OpenVINO's per-node profile of the artifact."""
     threads = threads or default_threads()
-    artifact = export_openvino(compressed, folder / "model.xml", input_shape)
+    manifest = export_folder(compressed, folder, input_shape)
+    model_path = folder / manifest["model"]
     out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(),
-                           "slimkit_layers": artifact["slimkit_layers"], "batches": {}}
+                           "slimkit_layers": manifest["slimkit_layers"], "batches": {}}
     with tempfile.TemporaryDirectory() as tmp:
         exported = export_dense(dense.eval(), input_shape, calibration, Path(tmp))
         for batch in batch_sizes:
             shape = (batch, *input_shape)
             baselines = dense_engines(exported, shape, threads)
             forms = {k: v for k, v in baselines.items() if not k.endswith("_error")}
-            forms["engine"] = OpenVinoModel(Path(artifact["model"]), shape, threads, core=openvino_core())
+            forms["engine"] = OpenVinoModel(model_path, shape, threads, core=openvino_core())
             timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
             ms = {name: timing[name][str(batch)] for name in forms}
             out["batches"][str(batch)] = {
                 "latency_ms": ms, "engine_vs": speedups(ms, "engine"),
                 "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
-                "engine_profile": profile_openvino(artifact["model"], shape, threads)}
+                "engine_profile": profile_openvino(model_path, shape, threads)}
     return out
 
 

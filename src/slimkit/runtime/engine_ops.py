@@ -435,6 +435,26 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
             "slimkit_layers": layers}
 
 
+def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[int]) -> dict[str, Any]:
+    """The folder a user deploys: the OpenVINO IR, slimkit's operator library beside it, and engine.json
+    saying what runs where and how plain OpenVINO loads it (returned too); every file written atomically."""
+    import json
+
+    import openvino
+
+    folder = Path(folder)
+    info = export_openvino(model, folder / "model.xml", input_shape)
+    library = Path(info["library"]).read_bytes()
+    atomic_write(folder / LIBRARY_NAME, lambda f: f.write(library))
+    manifest = {"model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME,
+                "input_shape": list(input_shape), "openvino": openvino.__version__,
+                "slimkit_layers": info["slimkit_layers"],
+                "load": ["core = openvino.Core()", f"core.add_extension('{LIBRARY_NAME}')",
+                         "compiled = core.compile_model(core.read_model('model.xml'), 'CPU')"]}
+    atomic_write(folder / "engine.json", lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    return manifest
+
+
 def profile_openvino(path: str | Path, shape: Sequence[int], threads: int, runs: int = 20) -> list[dict[str, Any]]:
     """Where an OpenVINO model's time goes: OpenVINO's own per-node counters (PERF_COUNT), summed by node type
     and kernel over `runs` inferences after a warm-up, in ms per inference, slowest first. slimkit's
