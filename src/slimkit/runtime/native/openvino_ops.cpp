@@ -50,31 +50,34 @@ extern "C" const char* slimkit_isa() {
     }
 }
 
-static void pack_image_any(const float* x, const Shape& s, uint64_t* n, uint64_t* p) {
-    switch (isa()) {
-        case Isa::avx512: return avx512::pack_image(x, s, n, p);
-        case Isa::avx2: return avx2::pack_image(x, s, n, p);
-        default: return generic::pack_image(x, s, n, p);
+// Calls `call` (a kernel and its arguments) in the namespace of the level isa() chose.
+#define SLIMKIT_DISPATCH(call)                    \
+    switch (isa()) {                              \
+        case Isa::avx512: return avx512::call;    \
+        case Isa::avx2: return avx2::call;        \
+        default: return generic::call;            \
     }
+
+static void pack_image_any(const float* x, const Shape& s, uint64_t* n, uint64_t* p) {
+    SLIMKIT_DISPATCH(pack_image(x, s, n, p))
 }
 
 static void conv_row_any(const uint64_t* n, const uint64_t* p, const uint64_t* w, const Epilogue& e, const Shape& s,
                          int oh, float* y) {
-    switch (isa()) {
-        case Isa::avx512:
-            return avx512::conv_row(n, p, w, e, s, oh, y);
-        case Isa::avx2: return avx2::conv_row(n, p, w, e, s, oh, y);
-        default: return generic::conv_row(n, p, w, e, s, oh, y);
-    }
+    SLIMKIT_DISPATCH(conv_row(n, p, w, e, s, oh, y))
 }
 
 static void sparse_segment_any(const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,
                                int o_end, size_t start, int length, int row_stride, float* acc) {
-    switch (isa()) {
-        case Isa::avx512: return avx512::sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc);
-        case Isa::avx2: return avx2::sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc);
-        default: return generic::sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc);
-    }
+    SLIMKIT_DISPATCH(sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc))
+}
+
+static void sparse_rows_any(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
+    SLIMKIT_DISPATCH(sparse_rows(xt, batch, w, o_begin, o_end, yt))
+}
+
+static void sparse_dots_any(const float* x, const SparseWeights& w, int o_begin, int o_end, float* y) {
+    SLIMKIT_DISPATCH(sparse_dots(x, w, o_begin, o_end, y))
 }
 
 // A per-thread buffer of at least `count` elements, kept between calls: a fresh multi-megabyte allocation
@@ -85,22 +88,6 @@ static T* scratch(size_t count) {
     thread_local std::vector<T> buffer;
     if (buffer.size() < count) buffer.resize(count);
     return buffer.data();
-}
-
-static void sparse_rows_any(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
-    switch (isa()) {
-        case Isa::avx512: return avx512::sparse_rows(xt, batch, w, o_begin, o_end, yt);
-        case Isa::avx2: return avx2::sparse_rows(xt, batch, w, o_begin, o_end, yt);
-        default: return generic::sparse_rows(xt, batch, w, o_begin, o_end, yt);
-    }
-}
-
-static void sparse_dots_any(const float* x, const SparseWeights& w, int o_begin, int o_end, float* y) {
-    switch (isa()) {
-        case Isa::avx512: return avx512::sparse_dots(x, w, o_begin, o_end, y);
-        case Isa::avx2: return avx2::sparse_dots(x, w, o_begin, o_end, y);
-        default: return generic::sparse_dots(x, w, o_begin, o_end, y);
-    }
 }
 
 // The ptr input as int64: OpenVINO's CPU plugin may hand an i64 constant over as i32.
