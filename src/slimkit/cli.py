@@ -174,14 +174,13 @@ def _calibration_batches(model_arg: str, count: int) -> list[Any]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from slimkit.quant.int8_graph import is_quantized
-    from slimkit.runtime.engine_ops import engine_form
+    from slimkit.runtime.engine_ops import runs_slimkit_operators
 
     model, shape, _ = _load_model(args)
     quantized = is_quantized(model)
     engine = args.engine
     if engine == "auto":  # slimkit's operators where it has layers they run; otherwise ONNX, which both engines run
-        slimkit_layers = any(line["engine"].startswith("slimkit::") for line in engine_form(model, shape)[1])
-        engine = "openvino" if slimkit_layers and not quantized and not args.int8 else "onnx"
+        engine = "openvino" if runs_slimkit_operators(model) and not quantized and not args.int8 else "onnx"
     default = (Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem)
     if engine == "openvino":
         if quantized or args.int8:

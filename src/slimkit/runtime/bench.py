@@ -27,7 +27,13 @@ from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.deploy import deploy
-from slimkit.runtime.engine_ops import engine_form, export_folder, export_openvino, openvino_core, profile_openvino
+from slimkit.runtime.engine_ops import (
+    export_folder,
+    export_openvino,
+    openvino_core,
+    profile_openvino,
+    runs_slimkit_operators,
+)
 from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
 
 
@@ -123,7 +129,7 @@ def _export_engine(model: nn.Module, input_shape: Sequence[int], path: Path) -> 
     """The OpenVINO artifact with slimkit's operators, when the model has layers they take; a missing engine
     or library is reported under 'error', never skipped silently."""
     try:
-        if not any(line.get("engine", "").startswith("slimkit::") for line in engine_form(model, input_shape)[1]):
+        if not runs_slimkit_operators(model):
             return None
         return export_openvino(model, path, input_shape)
     except (ImportError, SlimkitError) as exc:

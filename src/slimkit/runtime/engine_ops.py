@@ -363,6 +363,12 @@ def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
     return (EngineSparseLinear if linear else EngineSparseConv2d), ""
 
 
+def runs_slimkit_operators(model: nn.Module) -> bool:
+    """Whether any layer would become a slimkit operator: the layer rule alone, without the copy, tracing and
+    shape propagation that engine_form does."""
+    return any(_engine_layer(module)[0] is not None for module in model.modules())
+
+
 def engine_form(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, list[dict[str, Any]]]:
     """An eval-mode copy with every binary conv, and every conv and linear layer at least SPARSE_MIN sparse, in
     its engine operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
