@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
     {"layers", "environment", "folding", "files"},                                           # 1: shared helpers
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
      "persistence"},                                                                # 2: methods, training
-    {"metrics", "runtime", "report"},                                               # 3: measure, deploy, report
+    {"metrics", "runtime", "report", "hardware"},                                   # 3: measure, deploy, report
     {"recipe", "pipeline", "api", "cli"},                                           # 4: orchestration
 ]
 

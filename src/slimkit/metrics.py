@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.binarizers import WeightBinarizer
-from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.config import StrictModel
 from slimkit.errors import SlimkitError
+from slimkit.hardware.config import HardwareConfig
+from slimkit.hardware.trace import layer_bits
 from slimkit.layers import canonical_weight, layer_kind
-from slimkit.quant.attach import weight_quantization
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 from slimkit.sparsity.masks import WeightMask
 
@@ -42,6 +42,7 @@ class MeasureConfig(StrictModel):
     warmup: int = Field(3, ge=0)
     repeats: int = Field(21, ge=1)
     engines: bool = False  # also deploy the compressed model in OpenVINO and time it against the dense engines
+    hardware: HardwareConfig | None = None  # cost models of the target hardware (slimkit.hardware)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -171,14 +172,7 @@ def _stored_bytes(module: nn.Module, name: str, t: Tensor) -> int:
     return min(dense, math.ceil(nnz * bits / 8) + math.ceil(t.numel() / 8))
 
 
-def _bits(module: nn.Module) -> tuple[int, int]:
-    """(weight bits, input bits) of a conv or linear layer."""
-    if isinstance(module, BinaryConv2d | BinaryLinear):
-        return 1, 32 if isinstance(module.input_binarizer, nn.Identity) else 1
-    quantization = weight_quantization(module)
-    if quantization is not None:
-        return quantization.bits, getattr(module, "input_bits", 32)
-    return 32, 32
+_bits = layer_bits  # (weight bits, input bits) of a conv or linear layer
 
 
 def count_macs(model: nn.Module, example: Example) -> dict[str, int]:

@@ -1,0 +1,95 @@
+"""Hardware the compression methods target, as analytical cost models computed from the model itself.
+
+- `systolic`: cycles, PE utilisation and DRAM traffic on an R x C systolic array (Sense's mapping, weight- or
+  output-stationary), for dense, unstructured, balanced and N:M weights, with measured activation sparsity and
+  with or without Sense's channel rearrangement.
+- `lut`: truth-table size and LUT6 count of every neuron (LogicNets), and the tables themselves.
+- `arithmetic`: multiplies, shifts, adds, XNORs and popcounts per layer, adder-tree widths and energy from a
+  replaceable unit-cost table (Horowitz, ISSCC 2014).
+
+Each model is a pure function of a model (or one layer) and a typed config; `hardware_section` runs the ones a
+recipe names (`measure.hardware`) for the report. docs/hardware.md gives the formulas and their limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimkit.errors import SlimkitError
+from slimkit.hardware.arithmetic import ArithmeticLayerCost, arithmetic_costs, layer_arithmetic
+from slimkit.hardware.config import (
+    ArithmeticConfig,
+    HardwareConfig,
+    LutConfig,
+    OpCost,
+    SystolicConfig,
+    UnitCosts,
+)
+from slimkit.hardware.lut import LutLayerCost, layer_lut, lut6_count, lut_costs, neuron_lut, truth_tables
+from slimkit.hardware.systolic import SystolicLayerCost, layer_cost, systolic_costs, totals, trace_cost
+from slimkit.hardware.trace import LayerTrace, layer_bits, trace_layers
+
+__all__ = ["ArithmeticConfig", "ArithmeticLayerCost", "HardwareConfig", "LayerTrace", "LutConfig", "LutLayerCost",
+           "OpCost", "SystolicConfig", "SystolicLayerCost", "UnitCosts", "arithmetic_costs", "hardware_section",
+           "layer_arithmetic", "layer_bits", "layer_cost", "layer_lut", "lut6_count", "lut_costs", "neuron_lut",
+           "systolic_costs", "totals", "trace_layers", "truth_tables"]
+
+
+def _densified(traces: list[LayerTrace]) -> list[LayerTrace]:
+    """The same layers with every weight non-zero: the dense reference when no dense model is given."""
+    out = []
+    for t in traces:
+        dense = LayerTrace(**{**t.__dict__, "weight": torch.ones_like(t.weight)})
+        out.append(dense)
+    return out
+
+
+def _systolic(model: nn.Module, inputs: Sequence[Tensor], config: SystolicConfig,
+              dense: nn.Module | None) -> dict[str, Any]:
+    traces = trace_layers(model, inputs)
+    reference = trace_layers(dense, inputs) if dense is not None else _densified(traces)
+    variants = {"dense": [trace_cost(t, config) for t in reference],
+                "compressed": [trace_cost(t, config) for t in traces]}
+    if config.activation_sparsity:
+        variants["compressed_rearranged"] = [trace_cost(t, config, rearrange=True) for t in traces]
+    return {"config": config.model_dump(mode="json"),
+            "reference": "dense model" if dense is not None else "the same layers with dense weights",
+            **{k: {"layers": [c.to_dict() for c in costs], "totals": totals(costs, config)}
+               for k, costs in variants.items()}}
+
+
+def _lut(model: nn.Module, inputs: Sequence[Tensor], config: LutConfig) -> dict[str, Any]:
+    costs = lut_costs(model, inputs, config)
+    return {"config": config.model_dump(mode="json"), "layers": [c.to_dict() for c in costs],
+            "totals": {"luts": sum(c.luts for c in costs),
+                       "infeasible_layers": [c.name for c in costs if not c.feasible]}}
+
+
+def _arithmetic(model: nn.Module, inputs: Sequence[Tensor], config: ArithmeticConfig) -> dict[str, Any]:
+    costs = arithmetic_costs(model, inputs, config)
+    return {"source": config.units.source, "layers": [c.to_dict() for c in costs],
+            "totals": {"energy_pj": sum(c.energy_pj for c in costs),
+                       "dense_float_energy_pj": sum(c.dense_float_energy_pj for c in costs)}}
+
+
+def hardware_section(model: nn.Module, inputs: Sequence[Tensor], config: HardwareConfig,
+                     dense: nn.Module | None = None) -> dict[str, Any]:
+    """The report's hardware section: each target the config names, costed on `model` (and, for the systolic
+    array, on `dense` or on the same layers with dense weights). A target that cannot cost this model keeps
+    its error message instead of numbers, so a trained run is never lost to its report."""
+    targets = {"systolic": (config.systolic, lambda c: _systolic(model, inputs, c, dense)),
+               "lut": (config.lut, lambda c: _lut(model, inputs, c)),
+               "arithmetic": (config.arithmetic, lambda c: _arithmetic(model, inputs, c))}
+    section: dict[str, Any] = {}
+    for key, (target, run) in targets.items():
+        if target is None:
+            continue
+        try:
+            section[key] = run(target)
+        except SlimkitError as exc:
+            section[key] = {"error": str(exc)}
+    return section

@@ -1,0 +1,119 @@
+"""Hardware descriptions for the cost models: validated like every recipe section, with documented defaults.
+
+A recipe names them under `measure.hardware` (`systolic`, `lut`, `arithmetic`); the cost functions take them
+as plain arguments. Defaults are illustrative, not a claim about one chip: an 8x8 array (Sense's tile of 8
+input channels), 8-bit operands, 64 KiB buffers and 16 bytes of DRAM per cycle (a 128-bit bus at the array's
+clock); see docs/hardware.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from slimkit.config import StrictModel
+
+HOROWITZ = ("M. Horowitz, \"Computing's energy problem (and what we can do about it)\", ISSCC 2014, "
+            "doi:10.1109/ISSCC.2014.6757323; 45 nm, 0.9 V")
+
+
+class SystolicConfig(StrictModel):
+    """An R x C systolic array in the Sense mapping: rows take the input channels of one tile, columns take
+    filters; `dataflow` sets the loop order, so what stays on chip and what DRAM carries.
+
+    References:
+        Sun et al., "Sense: Model Hardware Co-design for Accelerating Sparse CNN on Systolic Array",
+        arXiv:2202.00389. Chen, Emer & Sze, "Eyeriss: A Spatial Architecture for Energy-Efficient Dataflow for
+        Convolutional Neural Networks", ISCA 2016 (the dataflow taxonomy).
+    """
+
+    dataflow: Literal["weight_stationary", "output_stationary"] = "weight_stationary"
+    rows: int = Field(8, ge=1, le=4096, description="PE rows: input channels per pass (Sense's tile)")
+    cols: int = Field(8, ge=1, le=4096, description="PE columns: filters per pass")
+    weight_bits: int = Field(8, ge=1, le=32)
+    activation_bits: int = Field(8, ge=1, le=32)
+    psum_bits: int = Field(32, ge=1, le=64)
+    input_buffer_kib: float = Field(64.0, gt=0)
+    weight_buffer_kib: float = Field(64.0, gt=0)
+    output_buffer_kib: float = Field(64.0, gt=0)
+    dram_bytes_per_cycle: float = Field(16.0, gt=0)
+    batch: int = Field(1, ge=1, description="samples per inference")
+    skip_zero_weights: bool = Field(True, description="weights stored compressed, zero weights skipped")
+    activation_sparsity: bool = Field(True, description="skip zero input activations, measured on calibration "
+                                                        "batches")
+    calibration_batches: int = Field(1, ge=1)
+
+
+class LutConfig(StrictModel):
+    """Neurons as FPGA lookup tables (LogicNets-style): each neuron's sparse, quantized inputs address a table.
+
+    References:
+        Umuroglu, Akhauri, Fraser & Blott, "LogicNets: Co-Designed Neural Networks and Circuits for
+        Extreme-Throughput Applications", FPL 2020, arXiv:2004.03021 (the LUT6 cost formula).
+    """
+
+    max_table_bits: int = Field(20, ge=1, le=40, description="address bits F x B above which a neuron's table "
+                                                             "is called infeasible and export refuses it")
+    final_output_bits: int = Field(8, ge=1, le=32, description="output bits of a layer no quantizer reads "
+                                                               "(the logits)")
+
+
+class OpCost(StrictModel):
+    """One operation at one width: energy per operation and silicon area of one unit."""
+
+    energy_pj: float = Field(ge=0)
+    area_um2: float = Field(ge=0)
+
+
+def _costs(table: dict[int, tuple[float, float]]) -> dict[int, OpCost]:
+    return {bits: OpCost(energy_pj=e, area_um2=a) for bits, (e, a) in table.items()}
+
+
+class UnitCosts(StrictModel):
+    """Energy and area per operation, keyed by operand width in bits. An op of width b costs the entry of the
+    smallest listed width >= b (conservative); wider than every entry is an error naming the op.
+
+    Defaults: Horowitz's 45 nm table (ISSCC 2014). It lists no shifter and no XNOR gate, so `shift` is
+    *assumed* to cost an add of the same width and `xnor` one eighth of an 8-bit add per bit (one adder bit
+    slice); replace them (or the whole table) with numbers for your process.
+    """
+
+    source: str = HOROWITZ
+    int_add: dict[int, OpCost] = Field(default_factory=lambda: _costs({8: (0.03, 36), 16: (0.05, 67),
+                                                                       32: (0.1, 137)}))
+    int_mult: dict[int, OpCost] = Field(default_factory=lambda: _costs({8: (0.2, 282), 32: (3.1, 3495)}))
+    fp_add: dict[int, OpCost] = Field(default_factory=lambda: _costs({16: (0.4, 1360), 32: (0.9, 4184)}))
+    fp_mult: dict[int, OpCost] = Field(default_factory=lambda: _costs({16: (1.1, 1640), 32: (3.7, 7700)}))
+    shift: dict[int, OpCost] = Field(default_factory=lambda: _costs({8: (0.03, 36), 16: (0.05, 67),
+                                                                     32: (0.1, 137)}))
+    xnor: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8, area_um2=36 / 8))
+
+    @model_validator(mode="after")
+    def _widths(self) -> UnitCosts:
+        for name in ("int_add", "int_mult", "fp_add", "fp_mult", "shift"):
+            table = getattr(self, name)
+            if not table or any(bits < 1 for bits in table):
+                raise ValueError(f"'{name}': needs at least one entry, keyed by widths >= 1 bit, not {sorted(table)}")
+        return self
+
+
+class ArithmeticConfig(StrictModel):
+    """Counts of multiplies, shifts, adds, XNORs and popcounts per layer, priced with `units`."""
+
+    units: UnitCosts = Field(default_factory=UnitCosts)
+
+
+class HardwareConfig(StrictModel):
+    """`measure.hardware`: the targets a run is costed on (at least one)."""
+
+    systolic: SystolicConfig | None = None
+    lut: LutConfig | None = None
+    arithmetic: ArithmeticConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> HardwareConfig:
+        if self.systolic is None and self.lut is None and self.arithmetic is None:
+            raise ValueError("'measure.hardware': names no target; give at least one of 'systolic', 'lut', "
+                             "'arithmetic' (e.g. systolic: {})")
+        return self
