@@ -14,13 +14,21 @@ from hypothesis import strategies as st
 from torch import nn
 
 from slimkit.binary.binarizers import ActivationBinarizer, XnorWeight
-from slimkit.binary.functions import ClippedSTE
+from slimkit.binary.functions import ClippedSTE, sign
 from slimkit.binary.layers import BinaryConv2d
 from slimkit.environment import cpu_info
+from slimkit.errors import SlimkitError
 from slimkit.models import resnet20, vgg_small
 from slimkit.recipe import build_modifier, parse_stage
 from slimkit.runtime import native
-from slimkit.runtime.engine_ops import SPARSE_MIN, engine_form, export_openvino, openvino_core
+from slimkit.runtime.engine_ops import (
+    SPARSE_MIN,
+    engine_form,
+    export_openvino,
+    openvino_core,
+    sign_bits,
+    signs_from_bits,
+)
 from slimkit.runtime.engines import OpenVinoModel
 from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
 from slimkit.sparsity.topk import layerwise_masks
@@ -211,9 +219,24 @@ def test_binary_network_in_openvino_matches_eval(tmp_path, arch, method):
     with torch.no_grad():
         # The sums are exact; BatchNorm folded into the epilogue rounds once instead of twice
         torch.testing.assert_close(engine(x), model(x), rtol=1e-4, atol=1e-4)
-    if arch == "resnet20":  # Bi-Real blocks: BN, the block's residual add and the hardtanh all fused
+    reads_bits = [line["layer"] for line in info["slimkit_layers"] if "input" in line]
+    if arch == "resnet20":  # Bi-Real blocks: BN, the block's residual add and the hardtanh fused into both convs
         fused = {line["layer"]: line["fused"] for line in info["slimkit_layers"]}
-        assert all(len(f) == 3 and f[0].endswith("bn1") for n, f in fused.items() if n.endswith("conv1")), fused
+        assert all(len(f) == 3 and f[0].endswith(("bn1", "bn2")) for f in fused.values()), fused
+        # each binary conv writes its output's sign bits for the next one, which reads no floats (RBNN
+        # standardises its inputs per sample, so its layers must read floats)
+        assert reads_bits == (binary[1:] if method == "xnor" else []), reads_bits
+
+
+@pytest.mark.parametrize("zero", ["zero", "positive"])
+def test_sign_bits_round_trip_across_words(zero):
+    y = torch.randn(2, 70, 3, 5)  # 70 channels: a full word and a partial one
+    y[:, :, 0, 0] = 0
+    bits = sign_bits(y, zero)
+    assert bits.shape == (2, 2, 2, 3, 5) and bits.dtype == torch.int64
+    assert torch.equal(signs_from_bits(bits, 70), sign(y, zero))
+    # channel c is bit c % 64 of word c // 64 of the positive plane (index 1)
+    assert bool((bits[0, 1, 1, 1, 2] >> 5) & 1) == bool(y[0, 69, 1, 2] > 0)
 
 
 def test_fusion_stops_where_another_op_reads_the_value():
@@ -295,6 +318,24 @@ def test_library_name_carries_a_digest_of_sources_compiler_and_engine():
     path = native.library_path()
     assert path.exists() and path.name.startswith("libslimkit_openvino-")
     assert native.build() == path  # already built: nothing recompiled, same file
+
+
+def test_build_refuses_kernels_whose_code_the_linker_would_share_across_instruction_sets(tmp_path):
+    # An out-of-line std::vector member in an AVX-512 object is a weak symbol: the linker may keep that copy for
+    # the whole library, and an AVX2-only CPU then dies with SIGILL in a call from the AVX2 kernels.
+    source = tmp_path / "kernels.cpp"
+    source.write_text("#include <vector>\nnamespace slimkit { namespace avx2 {\n"
+                      "int grow(std::vector<int>& v, unsigned long n) { v.resize(n); return v[0]; }\n}}\n")
+    shared, own = tmp_path / "shared.o", tmp_path / "own.o"
+    subprocess.run(["g++", "-O2", "-c", str(source), "-o", str(shared)], check=True)
+    with pytest.raises(SlimkitError, match=r"avx2 kernels define code.*std::vector<int"):
+        native._refuse_shared_code(shared, "avx2")
+    source.write_text("namespace slimkit { namespace avx2 {\n"
+                      "template <typename T> struct Box { T v; T get() const; };\n"
+                      "template <typename T> T Box<T>::get() const { return v; }\n"
+                      "int grow(int n) { return Box<int>{n}.get(); }\n}}\n")
+    subprocess.run(["g++", "-O0", "-c", str(source), "-o", str(own)], check=True)
+    native._refuse_shared_code(own, "avx2")  # weak, but inside its own namespace: no other build shares it
 
 
 def test_export_command_writes_a_folder_plain_openvino_runs(tmp_path, digits_recipe, capsys):

@@ -51,6 +51,12 @@ class ActivationBinarizer(nn.Module):
         self.normalize = normalize
         self.zero = zero
 
+    @property
+    def signs_input_in_eval(self) -> bool:
+        """Whether eval mode takes the sign of x itself (no per-sample standardisation), so a deployed layer
+        can read the sign bits the layer before it wrote."""
+        return self.normalize in ("none", "scale")
+
     def normalized(self, x: Tensor) -> Tensor:
         """The tensor whose sign is taken (deployment packs the signs of this)."""
         if self.normalize == "standardize":  # RBNN: per-sample, no eps

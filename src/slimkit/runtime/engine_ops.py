@@ -74,22 +74,56 @@ def _epilogue_attributes(bounds: tuple[float, float] | None) -> dict[str, Any]:
     return {"clamp_i": int(bounds is not None), "low_f": low, "high_f": high}
 
 
+def sign_bits(y: Tensor, zero: Zero) -> Tensor:
+    """y's signs as slimkit::BinaryConv2d's packed output: int64 [B, 2, ceil(C / 64), H, W], the non-zero
+    plane then the positive plane, channel c at bit c % 64 of word c / 64 (bit 63 is the sign bit)."""
+    batch, channels, height, width = y.shape
+    words = (channels + 63) // 64
+    nonzero = torch.ones_like(y, dtype=torch.bool) if zero == "positive" else y != 0
+    positive = y >= 0 if zero == "positive" else y > 0
+    planes = F.pad(torch.stack([nonzero, positive], 1).long(), (0, 0, 0, 0, 0, words * 64 - channels))
+    weights = torch.ones(64, dtype=torch.int64) << torch.arange(64)  # 1 << 63 wraps to -2**63, as in C++
+    return (planes.reshape(batch, 2, words, 64, height, width) * weights.reshape(1, 1, 1, 64, 1, 1)).sum(3)
+
+
+def signs_from_bits(bits: Tensor, channels: int) -> Tensor:
+    """The -1/0/+1 tensor [B, channels, H, W] that `sign_bits` packed."""
+    batch, _, words, height, width = bits.shape
+    flags = (bits.unsqueeze(3) >> torch.arange(64).reshape(1, 1, 1, 64, 1, 1)) & 1
+    nonzero, positive = flags.reshape(batch, 2, words * 64, height, width)[:, :, :channels].float().unbind(1)
+    return nonzero * (2 * positive - 1)
+
+
 class _BinaryConvFunction(torch.autograd.Function):
-    """clamp(conv(sign(x), signs) * scale + shift (+ residual)) in torch; one slimkit::BinaryConv2d in ONNX."""
+    """clamp(conv(sign(x), signs) * scale + shift (+ residual)) in torch; one slimkit::BinaryConv2d in ONNX.
+    `pack` (a sign convention) adds the output's sign bits as a second output; `packed`: x is such bits."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, signs: Tensor, scale: Tensor, shift: Tensor, stride: int, pad: int,
-                zero: Zero, bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
-        y = F.conv2d(sign(x, zero), signs, None, stride, pad) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
-        return _epilogue(y, bounds, residual)
+                zero: Zero, bounds: tuple[float, float] | None, pack: Zero | None, packed: bool,
+                *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        binary = signs_from_bits(x, signs.shape[1]) if packed else sign(x, zero)
+        y = F.conv2d(binary, signs, None, stride, pad) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        y = _epilogue(y, bounds, residual)
+        return y if pack is None else (y, sign_bits(y, pack))
 
     @staticmethod
     def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, stride: int, pad: int, zero: Zero,
-                 bounds: tuple[float, float] | None, *residual: Any) -> Any:
+                 bounds: tuple[float, float] | None, pack: Zero | None, packed: bool, *residual: Any) -> Any:
+        pack_output = {None: 0, "zero": 1, "positive": 2}[pack]
         out = g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *residual, stride_i=stride, pad_i=pad,
-                   one_plane_i=int(zero == "positive"), **_epilogue_attributes(bounds))
+                   one_plane_i=int(zero == "positive"), pack_output_i=pack_output, packed_input_i=int(packed),
+                   **_epilogue_attributes(bounds), outputs=2 if pack_output else 1)
         shape = signs.type().sizes()
-        return _typed(out, x, _conv_sizes(shape[0], tuple(shape[2:]), stride, pad))
+        sizes = _conv_sizes(shape[0], tuple(shape[2:]), stride, pad)
+        if packed:  # bits [B, 2, words, H, W]: the conv's sizes from B, H, W
+            sizes = (lambda conv: lambda known: conv([known[0], None, *known[3:]]))(sizes)
+        if not pack_output:
+            return _typed(out, x, sizes)
+        y, bits = out
+        _typed(y, x, sizes)
+        bits.setType(bits.type().with_dtype(torch.int64))
+        return y, bits
 
 
 class _SparseConvFunction(torch.autograd.Function):
@@ -193,15 +227,18 @@ class EngineBinaryConv2d(EngineConv):
         self.register_buffer("scale", (torch.ones(out) if scale is None else scale.detach().reshape(-1).expand(out))
                              .float().contiguous().clone())
         self.register_buffer("shift", (torch.zeros(out) if layer.bias is None else layer.bias.detach()).float().clone())
+        self.pack: Zero | None = None  # set by _link_packed: also output the sign bits, under this convention
+        self.packed = False  # set by _link_packed: the input is the previous binary layer's sign bits
 
     def fold(self, k: Tensor, c: Tensor) -> None:
         """In float64, rounded once: the window sums stay exact, only the epilogue's rounding changes."""
         self.scale = (self.scale.double() * k).float()
         self.shift = (self.shift.double() * k + c).float()
 
-    def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
-        return _BinaryConvFunction.apply(self.input_binarizer.normalized(x), self.signs, self.scale, self.shift,
-                                         self.stride, self.pad, self.input_binarizer.zero, self.bounds, *residual)
+    def forward(self, x: Tensor, *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        x = x if self.packed else self.input_binarizer.normalized(x)
+        return _BinaryConvFunction.apply(x, self.signs, self.scale, self.shift, self.stride, self.pad,
+                                         self.input_binarizer.zero, self.bounds, self.pack, self.packed, *residual)
 
 
 class EngineSparseConv2d(EngineConv):
@@ -327,11 +364,43 @@ def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
             continue
         with graph.inserting_before(tail):
             fused = graph.call_module(str(conv.target), (conv.args[0], *([residual] if residual is not None else [])))
+        fused.meta = dict(tail.meta)  # its output is the tail's: a later layer's residual check reads this shape
         tail.replace_all_uses_with(fused)
         for dead in reversed(_chain(conv, tail)):
             graph.erase_node(dead)
     traced.recompile()
     return traced
+
+
+def _link_packed(traced: fx.GraphModule) -> list[str]:
+    """Let each binary conv whose output a later binary conv binarizes as it is write that output's sign bits
+    too, and let the later conv read the bits: the float read and sign pass of its input go (the float output
+    stays for any other reader, such as a residual add). Returns the linked layers' names."""
+    graph, modules = traced.graph, dict(traced.named_modules())
+
+    def binary(node: fx.Node) -> EngineBinaryConv2d | None:
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        return module if isinstance(module, EngineBinaryConv2d) else None
+
+    linked = []
+    for producer in [n for n in graph.nodes if binary(n) is not None]:
+        readers = [u for u in producer.users if binary(u) is not None and u.args[0] is producer
+                   and binary(u).input_binarizer.signs_input_in_eval]
+        conventions = {binary(u).input_binarizer.zero for u in readers}
+        if len(conventions) != 1:  # none, or readers that binarize 0 differently: floats for all of them
+            continue
+        binary(producer).pack = conventions.pop()
+        with graph.inserting_after(producer):
+            bits = graph.call_function(operator.getitem, (producer, 1))
+        with graph.inserting_after(producer):
+            y = graph.call_function(operator.getitem, (producer, 0))
+        producer.replace_all_uses_with(y, delete_user_cb=lambda user, own=(y, bits): user not in own)
+        for reader in readers:
+            reader.args = (bits, *reader.args[1:])
+            binary(reader).packed = True
+            linked.append(str(reader.target))
+    traced.recompile()
+    return linked
 
 
 def _label(node: fx.Node) -> str:
@@ -395,10 +464,13 @@ def engine_form(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module
     except Exception as exc:  # torch.fx fails on data-dependent control flow, among others
         raise SlimkitError(f"torch.fx could not trace the model to fuse the engine operators' epilogues: "
                            f"{type(exc).__name__}: {first_line(exc)}") from None
+    reads_bits = set(_link_packed(model))
     for name, line in lines.items():
         module = model.get_submodule(name)
         if isinstance(module, EngineConv):
             line["fused"] = module.fused
+        if name in reads_bits:
+            line["input"] = "the previous binary layer's sign bits"
     return model, list(lines.values())
 
 

@@ -75,6 +75,7 @@ def build(force: bool = False) -> Path:
         for isa, flags in ISA_FLAGS.items():
             objects.append(Path(tmp) / f"kernels_{isa}.o")
             _run([compiler, *FLAGS, *flags, "-c", str(SOURCES / f"kernels_{isa}.cpp"), "-o", str(objects[-1])])
+            _refuse_shared_code(objects[-1], isa)
         objects.append(Path(tmp) / "openvino_ops.o")
         _run([compiler, *FLAGS, *OPENVINO_DEFINES, f"-I{ov_dir / 'include'}", "-c",
               str(SOURCES / "openvino_ops.cpp"), "-o", str(objects[-1])])
@@ -87,6 +88,21 @@ def build(force: bool = False) -> Path:
         if stale != target:
             stale.unlink(missing_ok=True)
     return target
+
+
+def _refuse_shared_code(kernels: Path, isa: str) -> None:
+    """Refuse an instruction-set object that defines weak symbols outside its own namespace (an out-of-line
+    std::vector member, say): the linker keeps one copy of each for the whole library, possibly the AVX-512
+    one, which an AVX2-only CPU cannot run (it dies with SIGILL)."""
+    done = subprocess.run(["nm", "-C", "--defined-only", str(kernels)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SlimkitError(f"building slimkit's OpenVINO operators: nm could not list {kernels.name}: {done.stderr}")
+    symbols = [line.split(" ", 2)[1:] for line in done.stdout.splitlines() if line.count(" ") >= 2]
+    shared = [name for kind, name in symbols if kind in ("W", "V", "u") and not name.startswith(f"slimkit::{isa}::")]
+    if shared:
+        raise SlimkitError(f"building slimkit's OpenVINO operators: the {isa} kernels define code the linker would "
+                           f"share with the other instruction-set builds: {', '.join(shared[:5])}; keep such code "
+                           f"inside namespace slimkit::{isa} (see Scratch in binary_kernel.hpp)")
 
 
 def _run(command: list[str]) -> None:

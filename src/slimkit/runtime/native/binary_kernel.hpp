@@ -8,8 +8,9 @@
 #pragma once
 #include <cstdint>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <new>
 
 #include "kernel_shapes.hpp"
 
@@ -21,32 +22,82 @@
 namespace slimkit {
 namespace SLIMKIT_ISA {
 
+// A growing buffer kept between calls (one per thread where declared thread_local). Not std::vector: its
+// out-of-line members are weak symbols shared by every object of the library, so the linker could keep the
+// copy compiled for AVX-512 and an AVX2 CPU would run it (native.py refuses such symbols at build time).
+template <typename T>
+class Scratch {
+public:
+    Scratch() = default;
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    ~Scratch() { std::free(data_); }
 
-// N and P planes of one image, [height][words][cols]; columns outside the image
-// (padding, and the spare columns up to cols) stay 0.
-void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* positive) {
-    const int area = s.height * s.width, pixel_words = (s.channels + 63) / 64;
-    const int padded = s.width + 2 * s.pad + s.kernel_w;
-    std::vector<uint64_t> pix_n(static_cast<size_t>(s.height) * pixel_words * padded, 0);
-    std::vector<uint64_t> pix_p(pix_n.size(), 0);
-    std::vector<uint64_t> half_n(static_cast<size_t>(pixel_words) * area, 0), half_p(half_n.size(), 0);
-    for (int c = 0; c < s.channels; ++c) {  // each channel plane read contiguously; branch-free, vectorises
-        const float* plane = x + static_cast<size_t>(c) * area;
-        uint64_t* hn = half_n.data() + static_cast<size_t>(c >> 6) * area;
-        uint64_t* hp = half_p.data() + static_cast<size_t>(c >> 6) * area;
+    // At least `count` elements, contents unspecified.
+    T* get(size_t count) {
+        if (count > size_) {
+            std::free(data_);
+            data_ = static_cast<T*>(std::malloc(count * sizeof(T)));
+            if (data_ == nullptr) throw std::bad_alloc();
+            size_ = count;
+        }
+        return data_;
+    }
+
+    // At least `count` elements, the first `count` set to 0.
+    T* zeroed(size_t count) {
+        T* data = get(count);
+        std::memset(data, 0, count * sizeof(T));
+        return data;
+    }
+
+private:
+    T* data_ = nullptr;
+    size_t size_ = 0;
+};
+
+
+// The per-pixel sign bits of `count` pixels from `begin` of each of `channels` planes (`area` apart in x):
+// word j of pixel i holds channels 64j..64j+63, in half_n (non-zero) and half_p (positive), [word][area].
+// one_plane: sign(0) = +1, every pixel non-zero. The producing layer's epilogue calls this on each output
+// row it writes (pack_output), so the next binary layer never reads floats; pack_image calls it on images.
+void sign_bits(const float* x, int channels, size_t area, size_t begin, size_t count, int one_plane,
+               uint64_t* half_n, uint64_t* half_p) {
+    const int pixel_words = (channels + 63) / 64;
+    for (int j = 0; j < pixel_words; ++j) {
+        std::memset(half_n + j * area + begin, 0, sizeof(uint64_t) * count);
+        std::memset(half_p + j * area + begin, 0, sizeof(uint64_t) * count);
+    }
+    for (int c = 0; c < channels; ++c) {  // each channel plane read contiguously; branch-free, vectorises
+        const float* plane = x + static_cast<size_t>(c) * area + begin;
+        uint64_t* hn = half_n + static_cast<size_t>(c >> 6) * area + begin;
+        uint64_t* hp = half_p + static_cast<size_t>(c >> 6) * area + begin;
         const uint64_t shift = c & 63;
-        if (s.one_plane) {  // sign(0) = +1: every pixel is non-zero, positive where x >= 0
-            for (int i = 0; i < area; ++i) {
+        if (one_plane) {
+            for (size_t i = 0; i < count; ++i) {
                 hn[i] |= uint64_t{1} << shift;
                 hp[i] |= static_cast<uint64_t>(plane[i] >= 0.0f) << shift;
             }
         } else {
-            for (int i = 0; i < area; ++i) {
+            for (size_t i = 0; i < count; ++i) {
                 hn[i] |= static_cast<uint64_t>(plane[i] != 0.0f) << shift;
                 hp[i] |= static_cast<uint64_t>(plane[i] > 0.0f) << shift;
             }
         }
     }
+}
+
+// N and P planes of one image, [height][words][cols], from its per-pixel sign bits ([word][height * width],
+// as sign_bits writes them): each kernel row's kw-shifted pixels side by side, so a window is `words` words.
+// Columns outside the image (padding, and the spare columns up to cols) stay 0.
+void assemble_planes(const uint64_t* half_n, const uint64_t* half_p, const Shape& s, uint64_t* nonzero,
+                     uint64_t* positive) {
+    const int area = s.height * s.width, pixel_words = (s.channels + 63) / 64;
+    const int padded = s.width + 2 * s.pad + s.kernel_w;
+    thread_local Scratch<uint64_t> pix_n_buffer, pix_p_buffer;
+    const size_t pix_size = static_cast<size_t>(s.height) * pixel_words * padded;
+    uint64_t* pix_n = pix_n_buffer.zeroed(pix_size);
+    uint64_t* pix_p = pix_p_buffer.zeroed(pix_size);
     for (int h = 0; h < s.height; ++h)
         for (int j = 0; j < pixel_words; ++j)
             for (int w = 0; w < s.width; ++w) {
@@ -61,8 +112,8 @@ void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* pos
             for (int j = 0; j < pixel_words; ++j) {
                 const int offset = kw * s.channels + j * 64, word = offset >> 6;
                 const uint64_t shift = offset & 63;
-                const uint64_t* pn = pix_n.data() + (static_cast<size_t>(h) * pixel_words + j) * padded + kw;
-                const uint64_t* pp = pix_p.data() + (static_cast<size_t>(h) * pixel_words + j) * padded + kw;
+                const uint64_t* pn = pix_n + (static_cast<size_t>(h) * pixel_words + j) * padded + kw;
+                const uint64_t* pp = pix_p + (static_cast<size_t>(h) * pixel_words + j) * padded + kw;
                 uint64_t* n = nonzero + (static_cast<size_t>(h) * s.words + word) * s.cols;
                 uint64_t* p = positive + (static_cast<size_t>(h) * s.words + word) * s.cols;
                 for (int ow = 0; ow < s.out_w; ++ow) {
@@ -77,6 +128,17 @@ void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* pos
                     }
                 }
             }
+}
+
+// N and P planes of one float image (sign_bits, then assemble_planes).
+void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* positive) {
+    const size_t area = static_cast<size_t>(s.height) * s.width;
+    thread_local Scratch<uint64_t> half_n, half_p;
+    const size_t size = static_cast<size_t>((s.channels + 63) / 64) * area;
+    uint64_t* n = half_n.get(size);
+    uint64_t* p = half_p.get(size);
+    sign_bits(x, s.channels, area, 0, area, s.one_plane, n, p);
+    assemble_planes(n, p, s, nonzero, positive);
 }
 
 #ifdef SLIMKIT_AVX2_POPCOUNT
@@ -210,10 +272,10 @@ static void window_sums(const uint64_t* nonzero, const uint64_t* positive, const
         }
         return;
     }
-    thread_local std::vector<uint32_t> pixel;
-    pixel.resize(s.outs);
+    thread_local Scratch<uint32_t> pixel_buffer;
+    uint32_t* pixel = pixel_buffer.get(s.outs);
     for (int ow = 0; ow < s.out_w; ++ow) {
-        std::fill(pixel.begin(), pixel.end(), 0);
+        std::memset(pixel, 0, sizeof(uint32_t) * s.outs);
         for (int t = 0; t < steps; ++t) {
             const uint64_t n = n_at[t][ow], p = p_at[t][ow];
             const uint64_t* w = w_at[t];
@@ -252,19 +314,19 @@ static void fix_border_columns(const uint64_t* nonzero, const uint64_t* positive
 // sums, then the fused epilogue y = clamp(sum * scale[o] + shift[o] (+ residual), low, high).
 void conv_row(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits, const Epilogue& e,
               const Shape& s, int oh, float* y) {
-    thread_local std::vector<uint32_t> acc;
-    thread_local std::vector<int32_t> ones;
-    acc.resize(static_cast<size_t>(s.outs) * s.cols);
-    ones.resize(s.cols);
-    window_sums(nonzero, positive, weight_bits, s, oh, acc.data(), ones.data());
-    if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc.data());
+    thread_local Scratch<uint32_t> acc_buffer;
+    thread_local Scratch<int32_t> ones_buffer;
+    uint32_t* acc = acc_buffer.get(static_cast<size_t>(s.outs) * s.cols);
+    int32_t* ones = ones_buffer.get(s.cols);
+    window_sums(nonzero, positive, weight_bits, s, oh, acc, ones);
+    if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc);
     const size_t plane = static_cast<size_t>(s.out_h) * s.out_w;
     const float low = e.low, high = e.high;
     for (int o = 0; o < s.out_c; ++o) {  // one branch-free pass per row: int32 -> float, affine, add, clamp
         const size_t at = o * plane + static_cast<size_t>(oh) * s.out_w;
         float* row = y + at;
-        const int32_t* a = reinterpret_cast<const int32_t*>(acc.data()) + static_cast<size_t>(o) * s.cols;
-        const int32_t* count = ones.data();
+        const int32_t* a = reinterpret_cast<const int32_t*>(acc) + static_cast<size_t>(o) * s.cols;
+        const int32_t* count = ones;
         const float scale = e.scale[o], shift = e.shift[o];
         if (e.residual != nullptr) {
             const float* r = e.residual + at;

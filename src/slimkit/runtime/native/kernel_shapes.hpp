@@ -37,6 +37,10 @@ struct SparseWeights {
 
 #define SLIMKIT_DECLARE_KERNELS(ns)                                                                    \
     namespace ns {                                                                                     \
+    void sign_bits(const float* x, int channels, size_t area, size_t begin, size_t count, int one_plane,  \
+                   uint64_t* half_n, uint64_t* half_p);                                                 \
+    void assemble_planes(const uint64_t* half_n, const uint64_t* half_p, const Shape& s, uint64_t* nonzero, \
+                         uint64_t* positive);                                                           \
     void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* positive);            \
     void conv_row(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,      \
                   const Epilogue& e, const Shape& s, int oh, float* y);                    \
