@@ -1,0 +1,144 @@
+"""LUT mapping against hand-computed counts, and truth tables against the model's quantized forward."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.hardware import LutConfig, layer_lut, lut6_count, lut_costs, neuron_lut, truth_tables
+from slimkit.quant.attach import quantize_layer
+from slimkit.quant.quantizers import UniformQuantizer
+
+
+def test_lut6_count_by_multiplexer_decomposition():
+    # <= 6 inputs: one LUT6. 7: two 6-input cofactors + a 2:1 mux = 3. 8: four cofactors + a 4:1 mux
+    # (6 inputs, one LUT6) = 5. 9: min(2 x 5 + 1, 4 x 3 + 1) = 11. 10: min(2 x 11 + 1, 4 x 5 + 1) = 21.
+    # 12: min(2 x 43 + 1, 4 x 21 + 1) = 85 (11: min(2 x 21 + 1, 4 x 11 + 1) = 43).
+    assert [lut6_count(n) for n in (0, 1, 6, 7, 8, 9, 10, 11, 12)] == [0, 1, 1, 3, 5, 11, 21, 43, 85]
+
+
+def test_neuron_table_and_luts():
+    # fan-in 3 at 2 bits: 6 address bits, 2^6 = 64 entries of 2 bits = 128 bits, one LUT6 per output bit.
+    n = neuron_lut(3, 2, 2)
+    assert (n.address_bits, n.table_entries, n.table_bits, n.luts) == (6, 64, 128, 2)
+    # fan-in 4 at 2 bits: 8 address bits, 256 entries; 3 output bits x 5 LUT6s = 15
+    assert neuron_lut(4, 2, 3).luts == 15
+
+
+def test_layer_lut_sums_neurons_and_unrolls_positions():
+    # fan-ins 2, 3, 0 at 2-bit inputs, 3-bit outputs: 3 x L(4) + 3 x L(6) + 0 = 6 LUT6s per position
+    weight = torch.tensor([[1.0, 1, 0, 0], [1, 0, 1, 1], [0, 0, 0, 0]])
+    cost = layer_lut(weight, 2, 3, LutConfig(max_table_bits=6), positions=5)
+    assert (cost.luts_per_position, cost.luts, cost.max_fan_in, cost.max_address_bits) == (6, 30, 3, 6)
+    assert cost.max_table_bits == 64 * 3 and cost.feasible
+    assert not layer_lut(weight, 3, 3, LutConfig(max_table_bits=6)).feasible  # 3 x 3 = 9 address bits
+
+
+def _quantized(layer: nn.Linear, bits: int, step: float) -> nn.Linear:
+    quantizer = UniformQuantizer(bits, layer.out_features, signed=True)
+    quantizer.calibrate(layer.weight.detach())
+    inputs = UniformQuantizer(bits, signed=False)
+    with torch.no_grad():
+        inputs.step.fill_(step)
+    inputs.initialized.fill_(True)
+    quantize_layer(layer, quantizer, inputs, bits, bits)
+    return layer
+
+
+def sparse_mlp() -> nn.Sequential:
+    """6 -> 4 -> 3 -> 2, 2-bit unsigned inputs everywhere, at most 3 non-zero weights per neuron."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    masks = {0: torch.tensor([[1, 1, 0, 0, 0, 1], [0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1], [1, 0, 0, 0, 0, 0]]),
+             2: torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 0]])}
+    with torch.no_grad():
+        for index, mask in masks.items():
+            signs = torch.where(torch.rand(mask.shape) < 0.5, -1.0, 1.0)
+            model[index].weight.copy_(mask * signs)  # +-1 survives 2-bit quantization: fan-in is the mask's
+        model[3].running_mean.copy_(torch.tensor([0.1, -0.2, 0.05]))
+        model[3].running_var.copy_(torch.tensor([0.5, 2.0, 1.0]))
+    for index, step in ((0, 0.5), (2, 0.3), (5, 0.25)):
+        _quantized(model[index], 2, step)
+    return model.eval()
+
+
+def _capture(model: nn.Module, layer: str, reader: str | None, x_layer: torch.Tensor, x_model: torch.Tensor):
+    """The model's own forward with `layer`'s input replaced by x_layer; what `reader`'s quantizer hands it
+    (a pre-hook registered after the quantizing one sees the quantized input), or the model's output."""
+    seen = {}
+    replace = model.get_submodule(layer).register_forward_pre_hook(lambda m, args: (x_layer,))
+    handles = [replace]
+    if reader is not None:
+        handles.append(model.get_submodule(reader).register_forward_pre_hook(
+            lambda m, args: seen.setdefault("x", args[0].clone())))
+    try:
+        with torch.no_grad():
+            out = model(x_model)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen["x"] if reader is not None else out
+
+
+@pytest.mark.parametrize(("layer", "reader"), [("0", "2"), ("2", "5"), ("5", None)])
+def test_truth_tables_match_the_quantized_forward_on_every_input(tmp_path, layer, reader):
+    model = sparse_mlp()
+    path = tmp_path / "tables.json"
+    path.write_text(json.dumps(truth_tables(model, layer)))
+    tables = json.loads(path.read_text())
+    grid = torch.tensor(tables["input_values"])
+    assert tables["input_bits"] == 2 and len(grid) == 4
+    assert tables["output"]["kind"] == ("code" if reader else "float")
+    module = model.get_submodule(layer)
+    for neuron in tables["neurons"]:
+        cols = neuron["inputs"]
+        assert cols == torch.nonzero(module.weight[neuron["index"]] != 0).flatten().tolist()
+        combos = list(itertools.product(range(4), repeat=len(cols)))
+        assert len(neuron["table"]) == len(combos) == 4 ** len(cols)
+        x = torch.zeros(len(combos), module.in_features)
+        x[:, cols] = grid[torch.tensor(combos)].reshape(len(combos), len(cols))
+        got = _capture(model, layer, reader, x, torch.zeros(len(combos), 6))[:, neuron["index"]]
+        if reader:
+            values = torch.tensor(tables["output"]["values"])
+            assert torch.equal(values[torch.tensor(neuron["table"])], got)
+        else:
+            assert torch.allclose(torch.tensor(neuron["table"]), got, atol=1e-6)
+
+
+def test_a_table_too_large_is_refused_naming_layer_fan_in_and_bits():
+    model = sparse_mlp()
+    with pytest.raises(SlimkitError, match=r"layer '0': neuron 0 has fan-in 3 at 2 input bits, a truth table of "
+                                           r"2\^6 entries; the limit is 2\^5"):
+        truth_tables(model, "0", max_table_bits=5)
+
+
+def test_truth_tables_need_a_quantized_linear_layer():
+    with pytest.raises(SlimkitError, match="not quantized"):
+        truth_tables(nn.Sequential(nn.Linear(2, 2)), "0")
+    with pytest.raises(SlimkitError, match="written for linear layers; '0' is Conv2d"):
+        truth_tables(nn.Sequential(nn.Conv2d(1, 1, 1)), "0")
+
+
+def test_lut_costs_of_a_model_take_bits_from_the_reading_quantizer():
+    model = sparse_mlp()
+    costs = {c.name: c for c in lut_costs(model, [torch.randn(8, 6)], LutConfig(final_output_bits=4))}
+    # layer 0: fan-ins 3, 2, 3, 1 at 2 bits in and 2 bits out (read by layer 2): all <= 6 address bits,
+    # 2 LUT6s each = 8. Layer 5 (fan-in 3) writes the logits at final_output_bits = 4: 4 x L(6) x 2 = 8.
+    assert costs["0"].luts == 8 and costs["0"].output_bits_from == "input of 2"
+    assert costs["5"].output_bits == 4 and costs["5"].luts == 8 and costs["5"].output_bits_from == "final_output_bits"
+
+
+def test_lut_costs_refuse_an_output_that_meets_a_residual_add():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x) + x)
+
+    with pytest.raises(SlimkitError, match="layer 'a': its output meets call_function"):
+        lut_costs(Residual(), [torch.randn(2, 2)], LutConfig())
