@@ -38,6 +38,8 @@ class SenseConfig(GradualConfig):
     rearrange: bool = Field(True, description="sort input channels by measured zero fraction before pruning")
     calibration_batches: int = Field(4, ge=1)
 
+    blocks_supported = False  # groups are balanced by count, not by whole blocks
+
 
 def group_keep(size: int, sparsity: float) -> int:
     """Weights a group of `size` keeps: floor((1 - s) * size), with a guard against 0.5 * 18 = 8.9999."""

@@ -8,14 +8,15 @@ sparsity (`select`: global or per-layer top-k, N:M groups, balanced groups), and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from slimkit.layers import LayerSelection, select_layers, selection_issues
+from slimkit.layers import LayerSelection, adapter_of, select_layers, selection_issues
 from slimkit.methods import MethodConfig
+from slimkit.sparsity.blocks import BLOCK_SIZES, block_scores, expand_blocks
 from slimkit.sparsity.masks import WeightMask, add_mask, raw_weight, remove_mask
 from slimkit.sparsity.schedules import cubic_sparsity
 from slimkit.sparsity.topk import global_masks, layerwise_masks, refuse_empty
@@ -33,6 +34,25 @@ class PruneConfig(MethodConfig):
     max_layer_sparsity: float | None = Field(
         None, gt=0, le=1, description="global scope: no layer loses more than this share of its weights")
     layers: LayerSelection = Field(default_factory=LayerSelection)
+    block: int = Field(1, description="consecutive input channels kept or dropped together (1: unstructured; "
+                       "4: one 32-bit lane of int8 weights, the int8 sparse kernels' layout)")
+
+    blocks_supported: ClassVar[bool] = True  # False where a method's own `select` ignores blocks
+
+    @field_validator("block")
+    @classmethod
+    def _block_size(cls, block: int) -> int:
+        if block not in BLOCK_SIZES:
+            raise ValueError(f"block must be one of {', '.join(map(str, BLOCK_SIZES))} (input channels pruned "
+                             f"together; 1 = unstructured), not {block}")
+        return block
+
+    @model_validator(mode="after")
+    def _block_allowed(self) -> PruneConfig:
+        if self.block != 1 and not self.blocks_supported:
+            raise ValueError(f"'block': {self.method} chooses weights in its own groups, so only block 1 is "
+                             f"allowed, not {self.block}")
+        return self
 
     @property
     def schedule_start(self) -> float:
@@ -133,9 +153,31 @@ class Pruner(Modifier):
 
     def select(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
         """Keep masks holding exactly `sparsity` zeros, over all layers at once or per layer."""
+        if self.config.block > 1:
+            return self.select_blocks(scores, sparsity)
         if self.config.scope == "layer":
             return layerwise_masks(scores, sparsity, self.tiebreak())
         return global_masks(scores, sparsity, self.tiebreak(), self.config.max_layer_sparsity)
+
+    def select_blocks(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
+        """`select` over blocks of `config.block` input channels (blocks.py): a block ranks by the sum of its
+        weights' scores (its L1 norm for magnitude), and whole blocks are kept best first until
+        keep_count(n, sparsity) weights are, so the sparsity reached is the target rounded down to a block."""
+        block, tiebreak = self.config.block, self.tiebreak()
+        adapters = {n: adapter_of(self.masks[n][0]) for n in scores}  # blocks run along inputs, whatever the storage
+        ranked, sizes = {}, {}
+        for name, s in scores.items():
+            ranked[name], sizes[name] = block_scores(adapters[name].canonical(s), block)
+        ties = {n: block_scores(adapters[n].canonical(t), block)[0] for n, t in tiebreak.items()} if tiebreak else None
+        if self.config.scope == "layer":
+            kept = layerwise_masks(ranked, sparsity, ties, sizes)
+        else:
+            kept = global_masks(ranked, sparsity, ties, self.config.max_layer_sparsity, sizes)
+        out = {}
+        for name, s in scores.items():
+            inputs = adapters[name].canonical(s).shape[1]
+            out[name] = adapters[name].stored(expand_blocks(kept[name], block, inputs))
+        return out
 
     def prune_to(self, sparsity: float) -> None:
         """Recompute the masks at `sparsity` (for a monotone method, only when it is above the current one)."""
@@ -167,7 +209,7 @@ class Pruner(Modifier):
 
     def summary(self) -> dict[str, Any]:
         return {"method": self.name, "target_sparsity": self.final, "scope": self.config.scope,
-                "layers": list(self.masks)}
+                "layers": list(self.masks)} | ({"block": self.config.block} if self.config.block > 1 else {})
 
     def state_dict(self) -> dict[str, Any]:
         return {"current": self.current}
