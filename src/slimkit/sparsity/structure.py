@@ -1,5 +1,5 @@
 """Names the sparsity structure a weight tensor has, for `slimkit info` and reports: the strongest of
-pattern, N:M, balanced groups and unstructured that the zeros satisfy exactly."""
+pattern, N:M, input-channel blocks, balanced groups and unstructured that the zeros satisfy exactly."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import torch
 from torch import Tensor
 
 from slimkit.sparsity.balanced import group_nonzeros
+from slimkit.sparsity.blocks import is_block_sparse
 from slimkit.sparsity.nm import input_rows
 from slimkit.sparsity.pattern import CENTRE, is_pattern_valid
 
 BALANCED_TILES = (2, 4, 8, 16, 32)  # the smallest tile that balances is the strongest claim
+BLOCKS = (16, 8, 4, 2)  # the largest block that holds is the strongest claim (it implies the smaller ones)
 
 
 def _nm(weight: Tensor) -> tuple[int, int] | None:
@@ -40,6 +42,14 @@ def _balanced(weight: Tensor) -> tuple[int, int, int] | None:
     return None
 
 
+def _block(weight: Tensor) -> int | None:
+    """The largest block of consecutive input channels that every block fills or empties whole; a block
+    larger than the input count (one partial block per row) is no claim about channels."""
+    if not bool(torch.any(weight != 0)):
+        return None
+    return next((b for b in BLOCKS if weight.shape[1] >= b and is_block_sparse(weight, b)), None)
+
+
 def _pattern(weight: Tensor, library: Tensor | None) -> dict[str, Any] | None:
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         return None
@@ -57,8 +67,9 @@ def _pattern(weight: Tensor, library: Tensor | None) -> dict[str, Any] | None:
 
 
 def detect_structure(weight: Tensor, library: Tensor | None = None) -> dict[str, Any]:
-    """{'structure': dense | pattern | n:m | balanced | unstructured, ...details}. `library` is a stored
-    PatDNN pattern library ((K, 9) bool), checked exactly when given."""
+    """{'structure': dense | pattern | n:m | blocks | balanced | unstructured, ...details}. `library` is a
+    stored PatDNN pattern library ((K, 9) bool), checked exactly when given. N:M comes before blocks: a
+    block-2 weight that also keeps one pair in every 4 is reported as the fixed 2:4 format."""
     weight = weight.detach()
     if bool(torch.all(weight != 0)):
         return {"structure": "dense"}
@@ -66,6 +77,8 @@ def detect_structure(weight: Tensor, library: Tensor | None = None) -> dict[str,
         return found
     if weight.dim() in (2, 4) and (nm := _nm(weight)) is not None:
         return {"structure": f"{nm[0]}:{nm[1]}", "n": nm[0], "m": nm[1]}
+    if weight.dim() in (2, 4) and (block := _block(weight)) is not None:
+        return {"structure": "blocks", "block": block}
     if weight.dim() in (2, 4) and (balanced := _balanced(weight)) is not None:
         tile, kept, size = balanced
         return {"structure": "balanced", "tile": tile, "kept_per_group": kept, "group_size": size}
