@@ -9,8 +9,10 @@ N:M runs at the N:M closest to each sparsity (2:4, 1:5, 1:10, 1:20); PatDNN keep
 weights per kernel combined with connectivity ratios r_c = 4 / (9 (1 - s)), at least 1, applied to the
 linear layer's single weights too, so its achieved sparsity is reported beside the target; patdnn-g4 makes
 groups of 4 filters (4 rows of the linear layer) share kept kernels and patterns, the structure the CPU
-runtime runs as dense GEMMs.
-Writes benchmarks/results/sparsity.{json,md}. About 40 minutes on 2 CPU cores.
+runtime runs as dense GEMMs. gmp-block4 is gmp keeping or dropping blocks of 4 consecutive input channels
+(the int8 sparse kernels' layout), so its row against gmp's is the accuracy cost of that constraint.
+Writes benchmarks/results/sparsity.{json,md}, merged: a run of some methods or sparsities replaces only
+those rows. About 40 minutes on 2 CPU cores.
 
     .venv/bin/python benchmarks/sparsity.py [--methods gmp optg ...] [--sparsities 0.9] [--overrides ...]
 """
@@ -48,10 +50,12 @@ def stage(method: str, s: float) -> dict:
                    "admm_epochs": 2, "layers": PRUNED_LAYERS},
     }
     stages["patdnn-g4"] = {**stages["patdnn"], "filter_group": 4}
+    stages["gmp-block4"] = {**stages["gmp"], "block": 4}
     return stages[method]
 
 
-METHODS = ["magnitude", "gmp", "gmp-taylor", "snip", "movement", "optg", "nm", "sense", "patdnn", "patdnn-g4"]
+METHODS = ["magnitude", "gmp", "gmp-block4", "gmp-taylor", "snip", "movement", "optg", "nm", "sense", "patdnn",
+           "patdnn-g4"]
 
 
 def recipe(name: str, stages: list[dict]) -> dict:
@@ -79,6 +83,21 @@ def run(method: str, s: float | None, overrides: list[str], out: Path) -> dict:
             "achieved": summary.get("achieved_sparsity", 0.0), "macs": meas["macs"],
             "effective_macs": meas["effective_macs"], "params": meas["params"], "nonzeros": meas["nonzeros"],
             "epoch_seconds": sorted(epochs)[len(epochs) // 2] if epochs else 0.0, "stage": summary}
+
+
+def merge(new: list[dict], path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of the results at `path` with this run's rows replacing those of the same method and target,
+    in table order, and every command that produced a kept row (so a partial run never drops other rows)."""
+    earlier = json.loads(path.read_text()) if path.exists() else {"rows": [], "environment": {}}
+    fresh = {(r["method"], r["target"]) for r in new}
+    kept = [r for r in earlier["rows"] if (r["method"], r["target"]) not in fresh]
+    for r in kept:
+        r.setdefault("command", "{} (commit {})".format(earlier["environment"].get("command", "unknown"),
+                                                        earlier["environment"].get("git_commit", "unknown")))
+    order = {m: i for i, m in enumerate(["dense", *METHODS])}
+    rows = sorted(kept + new, key=lambda r: (r["target"] is not None, r["target"] or 0.0,
+                                             order.get(r["method"], len(order))))
+    return rows, list(dict.fromkeys(r["command"] for r in rows))
 
 
 def table(rows: list[dict]) -> str:
@@ -112,6 +131,9 @@ def main() -> None:
     rows += [run(method, s, args.overrides, args.runs) for s in args.sparsities for method in args.methods]
     args.results.mkdir(parents=True, exist_ok=True)
     env = environment(0) | {"command": " ".join(sys.argv)}
+    for r in rows:
+        r["command"] = f"{env['command']} (commit {env['git_commit']})"
+    rows, commands = merge(rows, args.results / "sparsity.json")
     (args.results / "sparsity.json").write_text(json.dumps({"rows": rows, "environment": env}, indent=2))
     (args.results / "sparsity.md").write_text(
         "# Sparsity methods on Fashion-MNIST\n\n" + __doc__.split("\n\n")[1].replace("\n", " ") + "\n\n"
@@ -120,8 +142,8 @@ def main() -> None:
         "accuracy. 'achieved' is the measured fraction of zeros in the pruned layers. Effective MACs count "
         "only non-zero weights (dense kernels do not skip them: see the runtime benchmark for speed). "
         "Seconds per epoch are medians and include the method's own overhead.\n\n" + table(rows)
-        + f"\n\nReproduce: `{env['command']}` (torch {env['torch']}, {env['cpu_count']} CPUs, "
-        f"commit {env['git_commit']}).\n")
+        + "\n\nReproduce (each row's command is in sparsity.json): " + "; ".join(f"`{c}`" for c in commands)
+        + f". Last run: torch {env['torch']}, {env['cpu_count']} CPUs, commit {env['git_commit']}.\n")
     print(table(rows))
 
 
