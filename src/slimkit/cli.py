@@ -105,6 +105,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
                "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers}
+    hardware = _run_hardware(args, model)
+    if hardware is not None:
+        summary["hardware"] = hardware
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -117,7 +120,28 @@ def cmd_info(args: argparse.Namespace) -> int:
                       f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}",
                       f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
     console.print(table)
+    if hardware is not None:
+        from slimkit.report import hardware_markdown
+
+        console.print("\n".join(hardware_markdown(hardware)), highlight=False, markup=False)
     return 0
+
+
+def _run_hardware(args: argparse.Namespace, model: Any) -> dict[str, Any] | None:
+    """The hardware section of a run folder whose recipe names measure.hardware: the model costed on those
+    targets (against the same layers with dense weights), calibrated on the run's training data."""
+    from slimkit.recipe import Recipe
+
+    run_dir = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
+    if not (run_dir / "recipe.yaml").exists():
+        return None
+    config = Recipe.load(str(run_dir / "recipe.yaml")).measure.hardware
+    if config is None:
+        return None
+    from slimkit.hardware import hardware_section
+
+    count = config.systolic.calibration_batches if config.systolic is not None else 1
+    return hardware_section(model, _calibration_batches(args.model, count), config)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -177,6 +201,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from slimkit.runtime.engine_ops import runs_slimkit_operators
 
     model, shape, _ = _load_model(args)
+    if args.format == "truth-tables":
+        default = Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem
+        return _export_truth_tables(args, model, Path(args.out) if args.out else default / "truth_tables.json")
     quantized = is_quantized(model)
     engine = args.engine
     if engine == "auto":  # slimkit's operators where it has layers they run; otherwise ONNX, which both engines run
@@ -188,6 +215,37 @@ def cmd_export(args: argparse.Namespace) -> int:
                                "written as ONNX Q/DQ (--engine onnx), which onnxruntime and OpenVINO both run in int8")
         return _export_openvino(model, shape, Path(args.out) if args.out else default / "engine")
     return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
+
+
+def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int:
+    """Every neuron's truth table of the chosen (default: every input-quantized linear) layers, as JSON
+    (slimkit.hardware.truth_tables); a layer whose tables exceed --max-table-bits is refused by name."""
+    from torch import nn
+
+    from slimkit.files import atomic_write_text
+    from slimkit.hardware import LutConfig, truth_tables
+    from slimkit.layers import layer_kind
+
+    layers = args.layer or [name for name, m in model.named_modules() if layer_kind(m) == "linear"
+                            and isinstance(getattr(m, "input_quantizer", None), nn.Module)]
+    if not layers:
+        raise SlimkitError(f"{args.model} has no linear layer with quantized inputs: truth tables need a sparse, "
+                           f"quantized model (a quantize stage), or name layers with --layer")
+    limit = args.max_table_bits if args.max_table_bits is not None else LutConfig().max_table_bits
+    tables = [truth_tables(model, name, limit) for name in layers]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps({"format": "slimkit-truth-tables/1", "model": str(args.model),
+                                       "layers": tables}))
+    table = Table(title=f"truth tables: {out}")
+    for col in ("layer", "neurons", "input bits", "max fan-in", "entries per neuron (max)", "output"):
+        table.add_column(col)
+    for t in tables:
+        fan_in = max(len(n["inputs"]) for n in t["neurons"])
+        output = f"{t['output']['bits']}-bit code" if t["output"]["kind"] == "code" else "float"
+        table.add_row(t["layer"], str(t["out_features"]), str(t["input_bits"]), str(fan_in),
+                      str(max(len(n["table"]) for n in t["neurons"])), output)
+    console.print(table)
+    return 0
 
 
 def _export_openvino(model: Any, shape: tuple[int, int, int], folder: Path) -> int:
@@ -298,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a float model (channel-pruned, say) quantized by onnxruntime's quantize_static on the "
                              "run's data")
     export.add_argument("--calibration-batches", type=int, default=8)
+    export.add_argument("--format", choices=("model", "truth-tables"), default="model",
+                        help="truth-tables: every neuron's lookup table of sparse, quantized linear layers (JSON)")
+    export.add_argument("--layer", action="append", help="with --format truth-tables: a layer to write "
+                                                         "(repeatable; default every input-quantized linear layer)")
+    export.add_argument("--max-table-bits", type=int, default=None,
+                        help="with --format truth-tables: refuse a neuron whose table has more than 2^N entries "
+                             "(default: measure.hardware.lut's max_table_bits default, 20)")
     export.add_argument("--out", help="the .onnx file, or the folder for openvino (default: in the run folder)")
     add_model_options(export)
     report = sub.add_parser("report", help="re-render report.md and plots of a finished run")

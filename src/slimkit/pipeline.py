@@ -179,6 +179,23 @@ def _engine_comparison(dense: nn.Module, compressed: nn.Module, example: Any, da
             return {"error": str(exc)}
 
 
+def _hardware_costs(dense: nn.Module, compressed: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
+    """measure.hardware: the compressed and the dense model on the hardware targets the recipe names, with
+    activation sparsity measured on the first training batches (slimkit.hardware; docs/hardware.md)."""
+    from itertools import islice
+
+    from torch.utils.data import DataLoader
+
+    from slimkit.data import collate_batch
+    from slimkit.hardware import hardware_section
+
+    config = recipe.measure.hardware
+    count = config.systolic.calibration_batches if config.systolic is not None else 1
+    loader = DataLoader(data.train, batch_size=recipe.data.batch_size, collate_fn=collate_batch)
+    inputs = [batch[0] for batch in islice(loader, count)]
+    return hardware_section(compressed, inputs, config, dense=dense)
+
+
 def _evaluated_split(data: DataBundle) -> str:
     """The split the report judges quality on: test, else validation; training data only when nothing is
     held out, and then the report says so."""
@@ -261,6 +278,8 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
             models[phase]["measurement"]["latency_ms"] = timings
     engine = _engine_comparison(dense.model, compressed.model, example, data, recipe, out_dir) if (
         m.engines and info.is_main) else None
+    hardware = _hardware_costs(dense.model, compressed.model, data, recipe) if (
+        m.hardware is not None and info.is_main) else None
     metrics = {
         "recipe": recipe.name,
         "model": model_label,
@@ -274,6 +293,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
                    for s in compressed.summaries],
         "environment": env | {"threads": models["compressed"]["measurement"]["threads"]},
         **({"engine": engine} if engine else {}),
+        **({"hardware": hardware} if hardware else {}),
     }
     if out_dir is not None and info.is_main:
         if arch is not None:

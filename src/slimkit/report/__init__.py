@@ -26,6 +26,13 @@ def _count(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
+def _energy(pj: float) -> str:
+    for unit, scale in (("pJ", 1.0), ("nJ", 1e3), ("uJ", 1e6)):
+        if pj < 1e3 * scale or unit == "uJ":
+            return f"{pj / scale:.3g} {unit}"
+    return f"{pj} pJ"
+
+
 def _shape(shape: list[int] | dict[str, list[int]]) -> str:
     if isinstance(shape, dict):
         return ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shape.items())
@@ -34,6 +41,87 @@ def _shape(shape: list[int] | dict[str, list[int]]) -> str:
 
 def _ratio(before: float, after: float) -> str:
     return f"{before / after:.2f}x" if after else "n/a"
+
+
+def hardware_markdown(section: dict[str, Any], plot: str | None = None) -> list[str]:
+    """The hardware section (measure.hardware; slimkit.hardware): per-layer tables of each costed target,
+    a target that could not cost the model with its reason."""
+    lines = ["## Hardware (analytical cost models)", "",
+             "Computed from the model by slimkit's analytical cost models (docs/hardware.md states their "
+             "assumptions and formulas): estimates of what the compressed forms buy on their target hardware, "
+             "not measurements.", ""]
+    systolic = section.get("systolic")
+    if systolic is not None and "error" in systolic:
+        lines += [f"Systolic array: could not cost this model: {systolic['error']}", ""]
+    elif systolic is not None:
+        c = systolic["config"]
+        lines += [f"### Systolic array: {c['rows']}x{c['cols']} PEs, {c['dataflow'].replace('_', ' ')}", "",
+                  f"{c['weight_bits']}-bit weights, {c['activation_bits']}-bit activations, buffers "
+                  f"{c['input_buffer_kib']:g}/{c['weight_buffer_kib']:g}/{c['output_buffer_kib']:g} KiB (input/"
+                  f"weight/output), {c['dram_bytes_per_cycle']:g} B/cycle DRAM, batch {c['batch']}; zero weights "
+                  f"{'skipped' if c['skip_zero_weights'] else 'computed'}, zero activations "
+                  f"{'skipped (measured on calibration batches)' if c['activation_sparsity'] else 'computed'}. "
+                  f"Reference: {systolic['reference']}.", "",
+                  "| model | cycles | vs dense | weight stalls | activation stalls | PE utilisation | DRAM | "
+                  "vs dense |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        base = systolic["dense"]["totals"]
+        labels = {"dense": "dense", "compressed": "compressed",
+                  "compressed_rearranged": "compressed, channels rearranged"}
+        for key, label in labels.items():
+            if key in systolic:
+                t = systolic[key]["totals"]
+                lines.append(f"| {label} | {t['cycles']:,} | {_ratio(base['cycles'], t['cycles'])} fewer | "
+                             f"{t['weight_stall_cycles']:,.0f} | {t['activation_stall_cycles']:,.0f} | "
+                             f"{_pct(t['utilization'])} | {_size(t['dram_bytes'])} | "
+                             f"{_ratio(base['dram_bytes'], t['dram_bytes'])} less |")
+        lines += ["", "| layer | dense cycles | compressed | rearranged | weight stalls | activation stalls | "
+                      "utilisation | DRAM dense | DRAM compressed | bound |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        rearranged = systolic.get("compressed_rearranged", {}).get("layers")
+        for i, (d, k) in enumerate(zip(systolic["dense"]["layers"], systolic["compressed"]["layers"], strict=True)):
+            moved = f"{rearranged[i]['cycles']:,}" if rearranged else "-"
+            lines.append(f"| {k['name']} | {d['cycles']:,} | {k['cycles']:,} | {moved} | "
+                         f"{k['weight_stall_cycles']:,.0f} | {k['activation_stall_cycles']:,.0f} | "
+                         f"{_pct(k['utilization'])} | {_size(d['dram_bytes'])} | {_size(k['dram_bytes'])} | "
+                         f"{k['bound']} |")
+        lines.append("")
+    lut = section.get("lut")
+    if lut is not None and "error" in lut:
+        lines += [f"LUT mapping: could not cost this model: {lut['error']}", ""]
+    elif lut is not None:
+        lines += ["### LUT mapping (LUT6, LogicNets cost)", "",
+                  "| layer | input bits | output bits | max fan-in | mean fan-in | address bits | LUT6s | feasible |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {c['name']} | {c['input_bits']} | {c['output_bits']} | {c['max_fan_in']} | "
+                  f"{c['mean_fan_in']:.1f} | {c['max_address_bits']} | {c['luts']:.3g} | "
+                  f"{'yes' if c['feasible'] else 'no'} |" for c in lut["layers"]]
+        lines += ["", f"Total: {lut['totals']['luts']:.3g} LUT6s; tables above 2^{lut['config']['max_table_bits']} "
+                      f"entries are infeasible.", ""]
+    arithmetic = section.get("arithmetic")
+    if arithmetic is not None and "error" in arithmetic:
+        lines += [f"Arithmetic: could not cost this model: {arithmetic['error']}", ""]
+    elif arithmetic is not None:
+        lines += ["### Arithmetic (per sample)", "", f"Unit costs: {arithmetic['source']}.", "",
+                  "| layer | form | max fan-in | adder tree depth | accumulator bits | operations | energy | "
+                  "dense fp32 energy |", "|---|---|---:|---:|---:|---|---:|---:|"]
+        for c in arithmetic["layers"]:
+            ops = ", ".join(f"{k} {_count(v)}" for k, v in c["ops"].items())
+            lines.append(f"| {c['name']} | {c['form']} | {c['max_fan_in']} | {c['adder_tree_depth']} | "
+                         f"{c['accumulator_bits']} | {ops} | {_energy(c['energy_pj'])} | "
+                         f"{_energy(c['dense_float_energy_pj'])} |")
+        t = arithmetic["totals"]
+        lines += ["", f"Total: {_energy(t['energy_pj'])} per sample against {_energy(t['dense_float_energy_pj'])} "
+                      f"for the same layers as dense fp32 MACs ({_ratio(t['dense_float_energy_pj'], t['energy_pj'])} "
+                      f"less).", ""]
+    if plot:
+        lines += [f"![hardware cost against dense]({plot})", ""]
+    return lines
+
+
+def hardware_plottable(section: dict[str, Any]) -> bool:
+    """Whether a hardware section holds numbers to plot (a systolic or arithmetic target that costed)."""
+    return any(key in section and "error" not in section[key] for key in ("systolic", "arithmetic"))
 
 
 class Report:
@@ -231,6 +319,8 @@ class Report:
             "",
             *self._precision_section(),
             *self._engine_section(),
+            *(hardware_markdown(m["hardware"], "hardware.png" if hardware_plottable(m["hardware"]) else None)
+              if m.get("hardware") else []),
             "## Environment",
             "",
             "| key | value |",
@@ -243,13 +333,19 @@ class Report:
 
     def write(self, run_dir: Path) -> Path:
         """report.md plus its two PNG plots, in `run_dir`."""
-        from slimkit.report.plots import plot_layer_sparsity, plot_training  # matplotlib only when drawing
+        from slimkit.report.plots import (  # matplotlib only when drawing
+            plot_hardware,
+            plot_layer_sparsity,
+            plot_training,
+        )
 
         run_dir = Path(run_dir)
         models = self.metrics["models"]
         metric = self.metric["name"] if self.metric else None
         plot_training({k: v["history"] for k, v in models.items()}, run_dir / "training.png", metric)
         plot_layer_sparsity(models["compressed"]["measurement"]["layers"], run_dir / "layer_sparsity.png")
+        if self.metrics.get("hardware") and hardware_plottable(self.metrics["hardware"]):
+            plot_hardware(self.metrics["hardware"], run_dir / "hardware.png")
         path = run_dir / "report.md"
         atomic_write_text(path, self.markdown())
         return path

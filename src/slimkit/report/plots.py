@@ -1,4 +1,4 @@
-"""PNG plots for a run's report: training curves and per-layer sparsity."""
+"""PNG plots for a run's report: training curves, per-layer sparsity and hardware cost."""
 
 from __future__ import annotations
 
@@ -54,6 +54,38 @@ def plot_layer_sparsity(layers: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax.set(ylabel="zeros (%)", ylim=(0, 100), title="Per-layer sparsity of the compressed model")
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def plot_hardware(section: dict[str, Any], path: Path) -> Path:
+    """Per layer: cycles on the systolic array (dense, compressed, compressed with channels rearranged) and
+    arithmetic energy (dense fp32 against the compressed model's number formats), whichever were costed."""
+    panels = [key for key in ("systolic", "arithmetic") if key in section and "error" not in section[key]]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    for ax, key in zip(axes[:, 0], panels, strict=True):
+        if key == "systolic":
+            s = section["systolic"]
+            series = {"dense": s["dense"]["layers"], "compressed": s["compressed"]["layers"]}
+            if "compressed_rearranged" in s:
+                series["compressed, rearranged"] = s["compressed_rearranged"]["layers"]
+            values = {label: [c["cycles"] for c in layers] for label, layers in series.items()}
+            names = [c["name"] for c in s["compressed"]["layers"]]
+            ax.set(ylabel="cycles", title="Systolic array: cycles per layer")
+        else:
+            layers = section["arithmetic"]["layers"]
+            values = {"dense fp32": [c["dense_float_energy_pj"] / 1e3 for c in layers],
+                      "compressed": [c["energy_pj"] / 1e3 for c in layers]}
+            names = [c["name"] for c in layers]
+            ax.set(ylabel="energy (nJ per sample)", title="Arithmetic energy per layer")
+        width = 0.8 / len(values)
+        for i, (label, ys) in enumerate(values.items()):
+            ax.bar([x + i * width for x in range(len(names))], ys, width, label=label)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=60, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
