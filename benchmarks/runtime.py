@@ -2,6 +2,10 @@
 pattern + connectivity (r_c = 3.6; per filter as in PatDNN, and shared by groups of 4 filters), 50% channels;
 ResNet-56 at 50% channels.
 
+sparse90_int8 / sparse95_int8: block-4 sparse (whole blocks of 4 input channels, the layout of
+slimkit::QuantSparseConv2d) and 8-bit quantized (int8 graph, calibrated), run in OpenVINO with slimkit's
+sparse int8 operator against the dense model's onnxruntime and OpenVINO int8.
+
 Speed depends on structure, not on trained values, so each form is made from the randomly initialised
 dense model (BN statistics randomised, so no layer is degenerate): BNN = XNOR-Net binarization of every
 conv but the first (activations binarized; Bi-Real blocks for the ResNet), sparse forms = per-layer
@@ -36,8 +40,10 @@ HERE = Path(__file__).parent
 FOLDED = " + BN folded"
 IN_ENGINE = " in openvino+slimkit"
 DENSE = ("eager", "frozen", "compiled", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
-FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
-         "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50"],
+FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50", "sparse90_int8",
+                      "sparse95_int8"],
+         "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50", "sparse90_int8",
+                       "sparse95_int8"],
          "resnet56": ["channels50"]}
 
 
@@ -48,6 +54,7 @@ def build(arch: str, form: str):
     from slimkit.channels import prune_channels
     from slimkit.models import resnet20, resnet56, vgg_small
     from slimkit.recipe import build_modifier, parse_stage
+    from slimkit.sparsity.blocks import block_scores, expand_blocks
     from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
     from slimkit.sparsity.topk import layerwise_masks
     from slimkit.train import TrainContext
@@ -66,6 +73,11 @@ def build(arch: str, form: str):
             modifier = build_modifier(parse_stage({"binarize": {"method": "xnor"}}))
             modifier.attach(model, TrainContext(model, epochs=1, steps_per_epoch=1))
             model = modifier.finalize(model)
+        elif form.endswith("_int8"):  # blocks of 4 input channels, then 8-bit QAT quantizers (LSQ-initialised)
+            scores = {n: block_scores(m.weight.abs(), 4)[0] for n, m in inner.items()}
+            masks = layerwise_masks(scores, int(form[6:8]) / 100)
+            for n, m in inner.items():
+                m.weight.mul_(expand_blocks(masks[n], 4, m.weight.shape[1]))
         elif form.startswith("sparse"):
             masks = layerwise_masks({n: m.weight.abs() for n, m in inner.items()}, int(form[6:]) / 100)
             for n, m in inner.items():
@@ -78,6 +90,11 @@ def build(arch: str, form: str):
                 m.weight.mul_(connectivity_mask(m.weight, 3.6, group) & pattern_mask(m.weight, library, group))
         elif form == "channels50":
             model, _ = prune_channels(model, torch.randn(1, 3, 32, 32), ratio=0.5, scope="layer")
+    if form.endswith("_int8"):
+        modifier = build_modifier(parse_stage({"quantize": {"method": "uniform", "bits": 8, "calibration_batches": 0}}))
+        modifier.attach(model, TrainContext(model, epochs=1, steps_per_epoch=1))
+        model.train()(torch.randn(16, 3, 32, 32))  # initialises the steps; BatchNorm statistics move a little
+        model = modifier.finalize(model)
     return model.eval()
 
 
@@ -109,15 +126,17 @@ def main() -> None:
             dense = build(arch, "dense")
             forms = {form: build(arch, form) for form in FORMS[arch]}
             exported = export_dense(dense, (3, 32, 32), calibration, Path(tmp) / arch)
-            artifacts = {form: export_openvino(model, Path(tmp) / f"{arch}-{form}-engine" / "model.xml", (3, 32, 32))
+            artifacts = {form: export_openvino(model, Path(tmp) / f"{arch}-{form}-engine" / "model.xml", (3, 32, 32),
+                                               calibration if form.endswith("_int8") else None)
                          for form, model in forms.items() if not form.startswith("channels")}
             pruned = {form: export_dense(model, (3, 32, 32), calibration, Path(tmp) / f"{arch}-{form}")
                       for form, model in forms.items() if form.startswith("channels")}  # an ordinary, smaller model
             for batch in args.batch_sizes:
                 example = torch.randn(batch, 3, 32, 32)
-                deployed = {form: deploy(model, example) for form, model in forms.items()}
+                eager_forms = {form: m for form, m in forms.items() if not form.endswith("_int8")}  # int8: engine only
+                deployed = {form: deploy(model, example) for form, model in eager_forms.items()}
                 deployed |= {f"{form}{FOLDED}": deploy(model, example, fold_batchnorm=True)
-                             for form, model in forms.items()}
+                             for form, model in eager_forms.items()}
                 baselines = dense_baselines(copy.deepcopy(dense), example, args.compile)
                 baselines |= dense_engines(exported, (batch, 3, 32, 32), threads)
                 engines = {f"{form} in {k}": v for form, paths in pruned.items()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,11 @@ from slimkit.errors import SlimkitError, first_line
 from slimkit.files import atomic_write
 from slimkit.folding import batchnorm_affine
 from slimkit.layers import adapter_of, canonical_weight
+from slimkit.quant.int8_graph import FoldedLayer, int8_graph, is_quantized
 from slimkit.quant.onnx_export import export_onnx
+from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime import native
+from slimkit.sparsity.blocks import block_sums
 
 DOMAIN = "slimkit"
 LIBRARY_NAME = "libslimkit_openvino.so"  # the name the library has beside an exported model
@@ -149,6 +152,49 @@ class _SparseConvFunction(torch.autograd.Function):
         return _typed(out, x, _conv_sizes(shape[0], tuple(shape[2:]), stride, pad))
 
 
+Grid = tuple[float, int, int]  # an 8-bit grid with zero point 0: step, lowest and highest integer
+
+
+def _on_grid(x: Tensor, grid: Grid | None) -> Tensor:
+    """torch's fake quantization (what the int8 graph computes), or x where there is no quantizer."""
+    return x if grid is None else torch.fake_quantize_per_tensor_affine(x, grid[0], 0, grid[1], grid[2])
+
+
+def _grid_attributes(name: str, grid: Grid | None) -> dict[str, float]:
+    step, low, high = grid or (0.0, 0, 0)
+    return {f"{name}_step_f": float(step), f"{name}_low_f": float(low), f"{name}_high_f": float(high)}
+
+
+class _QuantSparseConvFunction(torch.autograd.Function):
+    """post(clamp(pre(conv(Q_in(x), W) + bias) (+ residual))) for int8 W kept in blocks of 4 input channels;
+    one slimkit::QuantSparseConv2d in ONNX."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, group: Tensor, tap: Tensor, ptr: Tensor, scale: Tensor,
+                bias: Tensor, shape: tuple[int, int, int, int], stride: int, pad: int, grids: tuple[Grid | None, ...],
+                bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
+        out, channels, kernel_h, kernel_w = shape
+        rows = torch.repeat_interleave(torch.arange(out), ptr.diff())
+        dense = torch.zeros(out, (channels + 3) // 4, 4, kernel_h * kernel_w)
+        dense[rows, group.long(), :, tap.long()] = weight.reshape(-1, 4).float()
+        dense = dense.reshape(out, -1, kernel_h * kernel_w)[:, :channels].reshape(shape)
+        step_in = grids[0][0]
+        y = F.conv2d(_on_grid(x, grids[0]), dense * (scale / step_in).reshape(-1, 1, 1, 1), bias, stride, pad)
+        y = _epilogue(_on_grid(y, grids[1]), bounds, residual)
+        return _on_grid(y, grids[2])
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight: Any, group: Any, tap: Any, ptr: Any, scale: Any, bias: Any,
+                 shape: tuple[int, int, int, int], stride: int, pad: int, grids: tuple[Grid | None, ...],
+                 bounds: tuple[float, float] | None, *residual: Any) -> Any:
+        attributes = {k: v for name, grid in zip(("in", "pre", "post"), grids, strict=True)
+                      for k, v in _grid_attributes(name, grid).items()}
+        out = g.op(f"{DOMAIN}::QuantSparseConv2d", x, weight, group, tap, ptr, scale, bias, *residual,
+                   kernel_h_i=shape[2], kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **attributes,
+                   **_epilogue_attributes(bounds))
+        return _typed(out, x, _conv_sizes(shape[0], tuple(shape[2:]), stride, pad))
+
+
 class _SparseLinearFunction(torch.autograd.Function):
     """clamp(x W^T + shift (+ residual)) with W held as CSR; one slimkit::SparseLinear in ONNX."""
 
@@ -203,6 +249,15 @@ class EngineConv(nn.Module):
     def fuse_clamp(self, low: float, high: float, name: str) -> None:
         self.bounds = (low, high)
         self.fused.append(name)
+
+    def fuse_input(self, module: nn.Module, name: str) -> bool:
+        """Take the module that alone produces the input into the node, if this operator can; float operators
+        take nothing."""
+        return False
+
+    def fuse_quantizer(self, module: nn.Module, name: str) -> bool:
+        """Take a quantizer of the output into the epilogue, if this operator can; float operators cannot."""
+        return False
 
 
 class EngineBinaryConv2d(EngineConv):
@@ -275,6 +330,68 @@ class EngineSparseConv2d(EngineConv):
                                          self.stride, self.pad, self.bounds, *residual)
 
 
+def _grid(quantizer: nn.Module) -> Grid | None:
+    """(step, qmin, qmax) of an eval-mode per-tensor 8-bit UniformQuantizer, else None."""
+    if (not isinstance(quantizer, UniformQuantizer) or quantizer.training or quantizer.channels != 1
+            or quantizer.bits != 8):
+        return None
+    return float(quantizer.step.detach().reshape(())), quantizer.qmin, quantizer.qmax
+
+
+class EngineQuantSparseConv2d(EngineConv):
+    """A conv of the int8 graph (int8_graph's FoldedLayer) as slimkit::QuantSparseConv2d: its integer weights
+    kept in blocks of 4 input channels (a block with any non-zero is kept whole), the quantizer of its input
+    taken into the node (`fuse_input`), and the quantizers around its epilogue fused like the float ops."""
+
+    operator = f"{DOMAIN}::QuantSparseConv2d"
+
+    def __init__(self, layer: FoldedLayer):
+        super().__init__()
+        conv = layer.layer
+        self.stride, self.pad = _square(conv, "quantized sparse conv")
+        step = layer.step.detach().float()
+        integers = torch.fake_quantize_per_channel_affine(conv.weight.detach().float(), step, layer.zero, 0, -128, 127)
+        integers = torch.round(integers / step.reshape(-1, 1, 1, 1)).to(torch.int8)
+        out, channels, kernel_h, kernel_w = integers.shape
+        groups = (channels + 3) // 4
+        blocks = F.pad(integers, (0, 0, 0, 0, 0, groups * 4 - channels)).reshape(out, groups, 4, kernel_h * kernel_w)
+        rows, group, tap = torch.nonzero(blocks.abs().sum(2), as_tuple=True)  # o-major: CSR order
+        if rows.numel() == 0:  # an all-zero layer: one zero block, so no constant is empty
+            rows = group = tap = torch.zeros(1, dtype=torch.long)
+        self.shape = (out, channels, kernel_h, kernel_w)
+        self.register_buffer("weight", blocks[rows, group, :, tap].reshape(-1).contiguous())
+        self.register_buffer("group", group.to(torch.int32))
+        self.register_buffer("tap", tap.to(torch.int32))
+        self.register_buffer("ptr", torch.cat([torch.zeros(1, dtype=torch.int64),
+                                               torch.bincount(rows, minlength=out).cumsum(0)]))
+        self.register_buffer("weight_step", step.clone())
+        self.register_buffer("bias", torch.zeros(out) if conv.bias is None else conv.bias.detach().float().clone())
+        self.grids: list[Grid | None] = [None, None, None]  # input, pre (before the residual), post
+
+    def fuse_input(self, quantizer: nn.Module, name: str) -> bool:
+        """Quantize the input in the node with `quantizer` (per-tensor 8-bit), instead of a Q/DQ before it."""
+        if (grid := _grid(quantizer)) is None:
+            return False
+        self.grids[0] = grid
+        self.fused.append(name)
+        return True
+
+    def fuse_quantizer(self, quantizer: nn.Module, name: str) -> bool:
+        if (grid := _grid(quantizer)) is None:
+            return False
+        self.grids[1 if not self.residual and self.bounds is None else 2] = grid
+        self.fused.append(name)
+        return True
+
+    def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
+        if self.grids[0] is None:
+            raise SlimkitError("a quantized sparse conv's input has no per-tensor 8-bit quantizer to fuse")
+        scale = (self.weight_step * self.grids[0][0]).float()
+        return _QuantSparseConvFunction.apply(x, self.weight, self.group, self.tap, self.ptr, scale, self.bias,
+                                              self.shape, self.stride, self.pad, tuple(self.grids), self.bounds,
+                                              *residual)
+
+
 class EngineSparseLinear(EngineConv):
     """A pruned linear layer (or a registered linear map, such as HF's Conv1D) as slimkit::SparseLinear: its
     non-zeros in CSR over output features, the bias as the shift."""
@@ -307,7 +424,8 @@ class EngineSparseLinear(EngineConv):
 
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, EngineConv | BinaryConv2d | BinaryLinear) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, EngineConv | BinaryConv2d | BinaryLinear | UniformQuantizer)
+                or super().is_leaf_module(m, qualname))
 
 
 def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, float] | None:
@@ -334,20 +452,30 @@ def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     pass over a batch's activations saved, and no OpenVINO node (with its layout reorders) between two
     slimkit nodes."""
     traced = fx.GraphModule(model, _LeafTracer().trace(model))
-    ShapeProp(traced).propagate(torch.zeros(1, *input_shape))
     graph = traced.graph
     modules = dict(model.named_modules())
+    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
+        source = conv.args[0]
+        if (isinstance(source, fx.Node) and source.op == "call_module"
+                and modules[str(conv.target)].fuse_input(modules[str(source.target)], str(source.target))):
+            conv.args = (source.args[0], *conv.args[1:])  # the quantizer stays for any other reader
+    ShapeProp(traced).propagate(torch.zeros(1, *input_shape))
 
     def shape(node: fx.Node) -> Any:
         return getattr(node.meta.get("tensor_meta"), "shape", None)
+
+    def sole_module(users: list[fx.Node]) -> nn.Module | None:
+        return modules.get(str(users[0].target)) if len(users) == 1 and users[0].op == "call_module" else None
 
     for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
         layer: EngineConv = modules[str(conv.target)]
         tail, residual = conv, None
         users = list(tail.users)
-        bn = modules.get(str(users[0].target)) if len(users) == 1 and users[0].op == "call_module" else None
+        bn = sole_module(users)
         if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None:
             layer.fuse_batchnorm(modules[str(users[0].target)], str(users[0].target))
+            tail, users = users[0], list(users[0].users)
+        if (quantizer := sole_module(users)) is not None and layer.fuse_quantizer(quantizer, str(users[0].target)):
             tail, users = users[0], list(users[0].users)
         if (len(users) == 1 and users[0].op == "call_function" and users[0].target in (operator.add, torch.add)
                 and len(users[0].args) == 2 and not users[0].kwargs
@@ -359,6 +487,8 @@ def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
         bounds = _clamp_bounds(users[0], modules) if len(users) == 1 else None
         if bounds is not None:
             layer.fuse_clamp(*bounds, _label(users[0]))
+            tail, users = users[0], list(users[0].users)
+        if (quantizer := sole_module(users)) is not None and layer.fuse_quantizer(quantizer, str(users[0].target)):
             tail = users[0]
         if tail is conv:
             continue
@@ -368,6 +498,7 @@ def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
         tail.replace_all_uses_with(fused)
         for dead in reversed(_chain(conv, tail)):
             graph.erase_node(dead)
+    graph.eliminate_dead_code()  # input quantizers the operators took, where nothing else read them
     traced.recompile()
     return traced
 
@@ -416,10 +547,23 @@ def _chain(first: fx.Node, last: fx.Node) -> list[fx.Node]:
     return chain
 
 
+def _block_sparsity(weight: Tensor) -> float:
+    """The share of (output channel, tap, 4 input channels) blocks that are all zero."""
+    return float((block_sums(weight.abs(), 4) == 0).float().mean())
+
+
 def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
     """Which operator a layer becomes, or (None, why not) for a layer that stays OpenVINO's own."""
     if isinstance(module, BinaryConv2d):
         return EngineBinaryConv2d, ""
+    if isinstance(module, FoldedLayer):  # a layer of the int8 graph
+        if type(module.layer) is not nn.Conv2d:
+            return None, ""
+        sparsity = _block_sparsity(module.layer.weight.detach())
+        if sparsity < SPARSE_MIN:
+            return None, (f"{sparsity:.0%} of its 4-channel blocks are zero: below {SPARSE_MIN:.0%}, OpenVINO's "
+                          f"int8 conv wins") if sparsity else ""
+        return EngineQuantSparseConv2d, ""
     adapter = adapter_of(module)
     linear = type(module) is nn.Linear or (adapter is not None and adapter.linear_map and type(module) is not nn.Conv2d
                                            and not isinstance(module, BinaryLinear))
@@ -438,14 +582,25 @@ def runs_slimkit_operators(model: nn.Module) -> bool:
     return any(_engine_layer(module)[0] is not None for module in model.modules())
 
 
-def engine_form(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, list[dict[str, Any]]]:
+def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Iterable[Tensor] | None = None,
+                ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """An eval-mode copy with every binary conv, and every conv and linear layer at least SPARSE_MIN sparse, in
     its engine operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
     A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
-    own ops, which OpenVINO runs exactly but not fast; its line says why."""
+    own ops, which OpenVINO runs exactly but not fast; its line says why. A quantized model becomes its int8
+    graph first (calibrated on `calibration`, see quant/int8_graph), whose convs with at least SPARSE_MIN of
+    their 4-input-channel blocks zero become slimkit::QuantSparseConv2d; the rest stays Q/DQ, OpenVINO's int8."""
+    if is_quantized(model):
+        if calibration is None:
+            raise SlimkitError("the engine form of a quantized model needs calibration batches: its int8 graph "
+                               "quantizes residual sums, pooled features and logits too")
+        model = int8_graph(model, calibration)
     model = copy.deepcopy(model).eval()
     lines: dict[str, dict[str, Any]] = {}
+    inside = {f"{n}.layer" for n, m in model.named_modules() if isinstance(m, FoldedLayer)}
     for name, module in list(model.named_modules()):
+        if name in inside:  # a FoldedLayer's own conv: the FoldedLayer is the unit
+            continue
         kind, reason = _engine_layer(module)
         if kind is None:
             if reason:
@@ -483,15 +638,17 @@ def openvino_core() -> Any:
     return core
 
 
-def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> dict[str, Any]:
+def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[int],
+                    calibration: Iterable[Tensor] | None = None) -> dict[str, Any]:
     """Write `model` in its engine form as OpenVINO IR at `path` (.xml, with its .bin beside it), each file
-    atomically. Returns what was written and which layers run slimkit's operators."""
+    atomically (a quantized model needs `calibration`, see engine_form). Returns what was written and which
+    layers run slimkit's operators."""
     import openvino as ov
 
     path = Path(path)
     if path.suffix != ".xml":
         raise SlimkitError(f"an OpenVINO model is written as .xml (+ .bin); got {path}")
-    engine, layers = engine_form(model, input_shape)
+    engine, layers = engine_form(model, input_shape, calibration)
     core = openvino_core()
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = path.with_suffix(".onnx.tmp")
@@ -513,7 +670,8 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
             "slimkit_layers": layers}
 
 
-def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[int]) -> dict[str, Any]:
+def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[int],
+                  calibration: Iterable[Tensor] | None = None) -> dict[str, Any]:
     """The folder a user deploys: the OpenVINO IR, slimkit's operator library beside it, and engine.json
     saying what runs where and how plain OpenVINO loads it (returned too); every file written atomically."""
     import json
@@ -521,7 +679,7 @@ def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[in
     import openvino
 
     folder = Path(folder)
-    info = export_openvino(model, folder / "model.xml", input_shape)
+    info = export_openvino(model, folder / "model.xml", input_shape, calibration)
     library = Path(info["library"]).read_bytes()
     atomic_write(folder / LIBRARY_NAME, lambda f: f.write(library))
     manifest = {"model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME,

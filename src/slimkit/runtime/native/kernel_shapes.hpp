@@ -35,6 +35,28 @@ struct SparseWeights {
     const float* shift;
 };
 
+// An 8-bit grid with zero point 0: integers in [low, high] times step (step 0: no quantizer).
+struct QuantGrid {
+    float step, low, high;
+};
+
+// A sparse int8 conv's kept blocks in CSR over output channels: block e holds the int16 weights
+// weights[4e..4e+3] of input channels 4g..4g+3 at one tap, and offset[e] is where that group's phase plane,
+// shifted by the tap, starts in the quantized input (in int16 elements).
+struct QuantBlocks {
+    const int64_t* ptr;
+    const int32_t* offset;
+    const int16_t* weights;
+};
+
+// The fused epilogue of a quantized layer: the quantizer of its output (pre), a residual add, a clamp, the
+// quantizer after them (post), in the order the fake-quant graph applies them.
+struct QuantEpilogue {
+    QuantGrid pre;
+    float low, high;
+    QuantGrid post;
+};
+
 #define SLIMKIT_DECLARE_KERNELS(ns)                                                                    \
     namespace ns {                                                                                     \
     void sign_bits(const float* x, int channels, size_t area, size_t begin, size_t count, int one_plane,  \
@@ -48,6 +70,11 @@ struct SparseWeights {
                         int o_end, size_t start, int length, int row_stride, float* acc);                \
     void sparse_rows(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt); \
     void sparse_dots(const float* x, const SparseWeights& w, int o_begin, int o_end, float* y);      \
+    void quantize_row(const float* x, int x_stride, int count, const QuantGrid& grid, int16_t* out);   \
+    void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length,  \
+                          int32_t* acc);                                                                \
+    void quant_epilogue(const int32_t* acc, int count, float scale, float bias, const float* residual,    \
+                        const QuantEpilogue& e, float* y);                                              \
     }
 SLIMKIT_DECLARE_KERNELS(avx512)
 SLIMKIT_DECLARE_KERNELS(avx2)

@@ -2,3 +2,4 @@
 #define SLIMKIT_ISA avx512
 #include "binary_kernel.hpp"
 #include "sparse_kernel.hpp"
+#include "quant_sparse_kernel.hpp"

@@ -2,3 +2,4 @@
 #define SLIMKIT_ISA generic
 #include "binary_kernel.hpp"
 #include "sparse_kernel.hpp"
+#include "quant_sparse_kernel.hpp"

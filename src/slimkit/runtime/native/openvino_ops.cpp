@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <openvino/core/extension.hpp>
@@ -80,6 +81,20 @@ static void conv_row_any(const uint64_t* n, const uint64_t* p, const uint64_t* w
 static void sparse_segment_any(const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,
                                int o_end, size_t start, int length, int row_stride, float* acc) {
     SLIMKIT_DISPATCH(sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc))
+}
+
+static void quantize_row_any(const float* x, int x_stride, int count, const QuantGrid& grid, int16_t* out) {
+    SLIMKIT_DISPATCH(quantize_row(x, x_stride, count, grid, out))
+}
+
+static void quant_sparse_row_any(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length,
+                                 int32_t* acc) {
+    SLIMKIT_DISPATCH(quant_sparse_row(planes, w, o, start, length, acc))
+}
+
+static void quant_epilogue_any(const int32_t* acc, int count, float scale, float bias, const float* residual,
+                               const QuantEpilogue& e, float* y) {
+    SLIMKIT_DISPATCH(quant_epilogue(acc, count, scale, bias, residual, e, y))
 }
 
 static void sparse_rows_any(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
@@ -337,38 +352,48 @@ private:
 };
 
 
-// y = clamp(conv(x, W) + shift (+ residual), low, high) for a sparse W given as CSR over output channels:
-// value, channel (input channel), tap (kh * KW + kw) per entry, each channel's entries padded with zeros to
-// a multiple of 4, and ptr [O + 1]. A BatchNorm after the conv is folded into the values and shift by the
-// exporter. Inputs: x [B, C, H, W] f32, value f32, channel i32, tap i32, ptr i64, shift [O] f32, optionally
-// residual [B, O, OH, OW]. Attributes: kernel_h, kernel_w, stride, pad, clamp, low, high.
-class SparseConv2d : public FusedConv {
+// What the sparse conv operators add: the kernel size as attributes (their weights are not a dense tensor)
+// and the output channel count from the CSR ptr input (`ptr_input`, [O + 1]).
+template <int PtrInput>
+class SparseKernelConv : public FusedConv {
 public:
-    OPENVINO_OP("SparseConv2d", "slimkit");
-
-    SparseConv2d() = default;
-
     void validate_and_infer_types() override {
-        const auto& ptr = get_input_partial_shape(4);
+        const auto& ptr = get_input_partial_shape(PtrInput);
         const ov::Dimension out = ptr.rank().is_static() && ptr[0].is_static()
                                       ? ov::Dimension(ptr[0].get_length() - 1) : ov::Dimension::dynamic();
         infer_output(out, ov::Dimension(kernel_h_), ov::Dimension(kernel_w_));
-    }
-
-    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return clone_as<SparseConv2d>(args);
-    }
-
-    void copy_attributes(const FusedEpilogue& other) override {
-        FusedConv::copy_attributes(other);
-        kernel_h_ = static_cast<const SparseConv2d&>(other).kernel_h_;
-        kernel_w_ = static_cast<const SparseConv2d&>(other).kernel_w_;
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("kernel_h", kernel_h_);
         visitor.on_attribute("kernel_w", kernel_w_);
         return FusedConv::visit_attributes(visitor);
+    }
+
+    void copy_attributes(const FusedEpilogue& other) override {
+        FusedConv::copy_attributes(other);
+        kernel_h_ = static_cast<const SparseKernelConv&>(other).kernel_h_;
+        kernel_w_ = static_cast<const SparseKernelConv&>(other).kernel_w_;
+    }
+
+protected:
+    int64_t kernel_h_ = 1;
+    int64_t kernel_w_ = 1;
+};
+
+// y = clamp(conv(x, W) + shift (+ residual), low, high) for a sparse W given as CSR over output channels:
+// value, channel (input channel), tap (kh * KW + kw) per entry, each channel's entries padded with zeros to
+// a multiple of 4, and ptr [O + 1]. A BatchNorm after the conv is folded into the values and shift by the
+// exporter. Inputs: x [B, C, H, W] f32, value f32, channel i32, tap i32, ptr i64, shift [O] f32, optionally
+// residual [B, O, OH, OW]. Attributes: kernel_h, kernel_w, stride, pad, clamp, low, high.
+class SparseConv2d : public SparseKernelConv<4> {
+public:
+    OPENVINO_OP("SparseConv2d", "slimkit");
+
+    SparseConv2d() = default;
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return clone_as<SparseConv2d>(args);
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -474,13 +499,152 @@ private:
         return SparseWeights{ptr_.data(), plane_.data(), offset_.data(), value, inputs[5].data<const float>()};
     }
 
-    int64_t kernel_h_ = 1;
-    int64_t kernel_w_ = 1;
     mutable std::mutex mutex_;
     mutable std::vector<int32_t> plane_, offset_;
     mutable std::vector<int64_t> ptr_;
     mutable const float* derived_from_ = nullptr;
     mutable int derived_wq_ = -1;
+};
+
+
+// The int8 layer of a quantized graph, with its input's quantizer and output's quantizers fused:
+// y = post(clamp(pre(conv(Q_in(x), W) * scale + bias) (+ residual), low, high)), W the int8 weights kept in
+// blocks of 4 input channels (CSR over output channels: weight i8 [4n], group i32 [n] (input channels
+// 4g..4g+3), tap i32 [n] (kh * KW + kw), ptr i64 [O + 1]); scale [O] = input step x weight step, bias [O];
+// optionally residual [B, O, OH, OW]. Q_in, pre and post are 8-bit grids with zero point 0 (attributes
+// in_step/in_low/in_high, pre_..., post_...; a step of 0 leaves pre or post out). Sums are exact in int32.
+class QuantSparseConv2d : public SparseKernelConv<4> {
+public:
+    OPENVINO_OP("QuantSparseConv2d", "slimkit");
+
+    QuantSparseConv2d() = default;
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return clone_as<QuantSparseConv2d>(args);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        for (auto& [name, grid] : grids()) {
+            visitor.on_attribute(name + "_step", grid->step);
+            visitor.on_attribute(name + "_low", grid->low);
+            visitor.on_attribute(name + "_high", grid->high);
+        }
+        return SparseKernelConv<4>::visit_attributes(visitor);
+    }
+
+    void copy_attributes(const FusedEpilogue& other) override {
+        SparseKernelConv<4>::copy_attributes(other);
+        const auto& same = static_cast<const QuantSparseConv2d&>(other);
+        in_ = same.in_;
+        pre_ = same.pre_;
+        post_ = same.post_;
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const auto& xs = inputs[0].get_shape();
+        const size_t batch = xs[0];
+        const int channels = static_cast<int>(xs[1]), height = static_cast<int>(xs[2]), width = static_cast<int>(xs[3]);
+        const int stride = static_cast<int>(stride_), pad = static_cast<int>(pad_);
+        const int kh = static_cast<int>(kernel_h_), kw = static_cast<int>(kernel_w_);
+        const int out_c = static_cast<int>(inputs[4].get_shape()[0]) - 1;
+        if (inputs[1].get_element_type() != ov::element::i8 || inputs[2].get_element_type() != ov::element::i32 ||
+            inputs[3].get_element_type() != ov::element::i32)
+            throw std::runtime_error("slimkit QuantSparseConv2d: weight must be int8, group and tap int32");
+        if (!(in_.step > 0))
+            throw std::runtime_error("slimkit QuantSparseConv2d: the input quantizer's step must be positive");
+        const int hp = height + 2 * pad, wp = width + 2 * pad;
+        const int out_h = (hp - kh) / stride + 1, out_w = (wp - kw) / stride + 1;
+        const int hq = (hp + stride - 1) / stride, wq = (wp + stride - 1) / stride;
+        const int groups = (channels + 3) / 4, phases = stride * stride;
+        const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;  // int16 per 4-channel phase plane
+        const size_t image = static_cast<size_t>(groups) * phases * phase_plane;
+        outputs[0].set_shape({batch, static_cast<size_t>(out_c), static_cast<size_t>(out_h), static_cast<size_t>(out_w)});
+        const QuantBlocks w = blocks(inputs, groups, hq, wq);
+        const float* x = inputs[0].data<const float>();
+        const float* scale = inputs[5].data<const float>();
+        const float* bias = inputs[6].data<const float>();
+        const float* residual = inputs.size() > 7 ? inputs[7].data<const float>() : nullptr;
+        float* y = outputs[0].data<float>();
+        int16_t* planes = scratch<int16_t, 0>(batch * image);
+        std::fill(planes, planes + batch * image, int16_t{0});  // the padding, and channels past the last
+        ov::parallel_for(batch * channels, [&](size_t item) {
+            const size_t b = item / channels;
+            const int c = static_cast<int>(item % channels);
+            int16_t* group = planes + b * image + static_cast<size_t>(c / 4) * phases * phase_plane + c % 4;
+            for (int h = 0; h < height; ++h) {
+                const int ph = (h + pad) % stride, i = (h + pad) / stride;
+                const float* row = x + ((b * channels + c) * height + h) * width;
+                for (int pw = 0; pw < stride; ++pw) {  // columns v with (v + pad) % stride == pw
+                    const int v0 = ((pw - pad) % stride + stride) % stride;
+                    if (v0 >= width) continue;
+                    const int count = (width - v0 + stride - 1) / stride;
+                    int16_t* out = group + (ph * stride + pw) * phase_plane + (static_cast<size_t>(i) * wq + (v0 + pad) / stride) * 4;
+                    quantize_row_any(row + v0, stride, count, in_, out);
+                }
+            }
+        });
+        const QuantEpilogue e{pre_, low(), high(), post_};
+        const size_t span = static_cast<size_t>(out_h - 1) * wq + out_w;
+        const int block = 8, blocks_per_image = (out_c + block - 1) / block;
+        ov::parallel_for(batch * blocks_per_image, [&](size_t item) {
+            const size_t b = item / blocks_per_image;
+            const int first = static_cast<int>(item % blocks_per_image) * block;
+            int32_t* acc = scratch<int32_t, 0>(span);
+            for (int o = first; o < std::min(out_c, first + block); ++o) {
+                quant_sparse_row_any(planes + b * image, w, o, 0, static_cast<int>(span), acc);
+                for (int oh = 0; oh < out_h; ++oh) {
+                    const size_t at = ((b * out_c + o) * out_h + oh) * out_w;
+                    quant_epilogue_any(acc + static_cast<size_t>(oh) * wq, out_w, scale[o], bias[o],
+                                       residual != nullptr ? residual + at : nullptr, e, y + at);
+                }
+            }
+        });
+        return true;
+    }
+
+private:
+    std::vector<std::pair<std::string, QuantGrid*>> grids() { return {{"in", &in_}, {"pre", &pre_}, {"post", &post_}}; }
+
+    // The blocks' int16 weights and plane offsets, derived on the first call and kept while the weight tensor
+    // and the plane sizes stay the same.
+    QuantBlocks blocks(const ov::TensorVector& inputs, int groups, int hq, int wq) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const int8_t* weight = inputs[1].data<const int8_t>();
+        if (weight != derived_from_ || hq != derived_hq_ || wq != derived_wq_) {
+            const size_t count = inputs[2].get_shape()[0];
+            if (inputs[1].get_shape()[0] != 4 * count)
+                throw std::runtime_error("slimkit QuantSparseConv2d: weight must hold 4 values per block");
+            const int32_t* group = inputs[2].data<const int32_t>();
+            const int32_t* tap = inputs[3].data<const int32_t>();
+            const int stride = static_cast<int>(stride_), kw = static_cast<int>(kernel_w_);
+            const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;
+            offset_.resize(count);
+            weights_.assign(weight, weight + 4 * count);
+            for (size_t e = 0; e < count; ++e) {
+                const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
+                if (group[e] < 0 || group[e] >= groups || tap[e] < 0 || kh_e >= kernel_h_)
+                    throw std::runtime_error("slimkit QuantSparseConv2d: block " + std::to_string(e) +
+                                             " names a channel group or tap outside the layer");
+                const size_t plane = static_cast<size_t>(group[e]) * stride * stride + (kh_e % stride) * stride + kw_e % stride;
+                offset_[e] = static_cast<int32_t>(plane * phase_plane + ((kh_e / stride) * wq + kw_e / stride) * 4);
+            }
+            read_ptr(inputs[4], ptr_);
+            if (ptr_.back() != static_cast<int64_t>(count))
+                throw std::runtime_error("slimkit QuantSparseConv2d: ptr does not end at the block count");
+            derived_from_ = weight;
+            derived_hq_ = hq;
+            derived_wq_ = wq;
+        }
+        return QuantBlocks{ptr_.data(), offset_.data(), weights_.data()};
+    }
+
+    QuantGrid in_{0.0f, 0.0f, 0.0f}, pre_{0.0f, 0.0f, 0.0f}, post_{0.0f, 0.0f, 0.0f};
+    mutable std::mutex mutex_;
+    mutable std::vector<int32_t> offset_;
+    mutable std::vector<int16_t> weights_;
+    mutable std::vector<int64_t> ptr_;
+    mutable const int8_t* derived_from_ = nullptr;
+    mutable int derived_hq_ = -1, derived_wq_ = -1;
 };
 
 
@@ -575,6 +739,8 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::frontend::onnx::OpExtension<slimkit::BinaryConv2d>>("BinaryConv2d", "slimkit"),
     std::make_shared<ov::OpExtension<slimkit::SparseConv2d>>(),
     std::make_shared<ov::frontend::onnx::OpExtension<slimkit::SparseConv2d>>("SparseConv2d", "slimkit"),
+    std::make_shared<ov::OpExtension<slimkit::QuantSparseConv2d>>(),
+    std::make_shared<ov::frontend::onnx::OpExtension<slimkit::QuantSparseConv2d>>("QuantSparseConv2d", "slimkit"),
     std::make_shared<ov::OpExtension<slimkit::SparseLinear>>(),
     std::make_shared<ov::frontend::onnx::OpExtension<slimkit::SparseLinear>>("SparseLinear", "slimkit"),
 }));

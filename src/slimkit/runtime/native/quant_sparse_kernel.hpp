@@ -1,0 +1,87 @@
+// Sparse int8 convolution over blocks of 4 input channels: every kept block is 4 weights of one output
+// channel at one kernel tap, for input channels 4g..4g+3 (the mask constraint `block: 4` trains for). The
+// quantized input is laid out [group][stride phase][position][4 channels] as int16, so a block multiplies
+// 4 channels of consecutive positions with one vpmaddwd each: exact int16 x int16 pair sums in int32 (AVX2's
+// vpmaddubsw would saturate its int16 sums, as onnxruntime's int8 does on CPUs without VNNI). Positions run
+// flat over a stride-1 phase plane, as in sparse_kernel.hpp. Compiled once per instruction set.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "kernel_shapes.hpp"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace slimkit {
+namespace SLIMKIT_ISA {
+
+// q = clamp(nearbyint(x * (1 / step)), low, high), the integer torch.fake_quantize_per_tensor_affine takes
+// (round half to even, multiply by the reciprocal).
+static inline float quantize_value(float x, float inverse, float low, float high) {
+    return std::fmin(std::fmax(std::nearbyint(x * inverse), low), high);
+}
+
+// `count` floats of x, `x_stride` apart (one channel's row, or one stride phase of it), as integers on
+// `grid`, written every 4th int16 of `out` (one channel of a 4-channel group).
+void quantize_row(const float* x, int x_stride, int count, const QuantGrid& grid, int16_t* out) {
+    const float inverse = 1.0f / grid.step;
+    for (int i = 0; i < count; ++i)
+        out[4 * i] = static_cast<int16_t>(quantize_value(x[i * x_stride], inverse, grid.low, grid.high));
+}
+
+// acc[i] = sum over output channel o's blocks e of the 4-channel dot product of weights[4e..4e+3] with the
+// planes at offset[e] + 4 (start + i), for i < length.
+void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length, int32_t* acc) {
+    int i = 0;
+    const int64_t first = w.ptr[o], last = w.ptr[o + 1];
+#if defined(__AVX2__)
+    // 32 positions at a time in 8 registers (4 positions of 2 pair sums each); one broadcast per block
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    for (; i + 32 <= length; i += 32) {
+        __m256i a[8];
+        for (auto& r : a) r = _mm256_setzero_si256();
+        for (int64_t e = first; e < last; ++e) {
+            int64_t packed;
+            std::memcpy(&packed, w.weights + 4 * e, sizeof(packed));
+            const __m256i weight = _mm256_set1_epi64x(packed);
+            const int16_t* src = planes + w.offset[e] + 4 * (start + i);
+            for (int r = 0; r < 8; ++r)
+                a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16 * r)), weight));
+        }
+        for (int r = 0; r < 8; r += 2)  // pair sums -> one sum per position, positions back in order
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + i + 4 * r),
+                                _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(a[r], a[r + 1]), order));
+    }
+#endif
+    for (int j = i; j < length; ++j) acc[j] = 0;
+    for (int64_t e = first; e < last; ++e) {
+        const int16_t* src = planes + w.offset[e] + 4 * start;
+        const int32_t w0 = w.weights[4 * e], w1 = w.weights[4 * e + 1], w2 = w.weights[4 * e + 2],
+                      w3 = w.weights[4 * e + 3];
+        for (int j = i; j < length; ++j)
+            acc[j] += w0 * src[4 * j] + w1 * src[4 * j + 1] + w2 * src[4 * j + 2] + w3 * src[4 * j + 3];
+    }
+}
+
+static inline float requantize(float y, const QuantGrid& grid) {
+    return grid.step > 0 ? quantize_value(y, 1.0f / grid.step, grid.low, grid.high) * grid.step : y;
+}
+
+// y[i] = post(clamp(pre(acc[i] * scale + bias) (+ residual[i]), low, high)) for `count` outputs, pre and post
+// the fused quantizers (identity where their step is 0): the fake-quant graph's order of operations.
+void quant_epilogue(const int32_t* acc, int count, float scale, float bias, const float* residual,
+                    const QuantEpilogue& e, float* y) {
+    for (int i = 0; i < count; ++i) {
+        float v = requantize(static_cast<float>(acc[i]) * scale + bias, e.pre);
+        if (residual != nullptr) v += residual[i];
+        y[i] = requantize(std::fmin(std::fmax(v, e.low), e.high), e.post);
+    }
+}
+
+}  // namespace SLIMKIT_ISA
+}  // namespace slimkit

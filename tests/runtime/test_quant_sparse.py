@@ -1,0 +1,107 @@
+"""slimkit::QuantSparseConv2d: block-4 sparse int8 convs inside OpenVINO, against the int8 graph's fake-quant
+forward (quant/int8_graph), which is what onnxruntime's int8 export is tested against too."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.models import resnet20
+from slimkit.quant.int8_graph import int8_graph
+from slimkit.quant.quantizers import UniformQuantizer
+from slimkit.recipe import build_modifier, parse_stage
+from slimkit.runtime.engine_ops import SPARSE_MIN, engine_form, export_openvino, openvino_core
+from slimkit.runtime.engines import OpenVinoModel
+from slimkit.sparsity.blocks import block_scores, expand_blocks, is_block_sparse
+from slimkit.sparsity.topk import layerwise_masks
+from slimkit.train import TrainContext
+
+pytest.importorskip("openvino")
+
+
+def _block_sparse_int8(model: nn.Module, sparsity: float, example: torch.Tensor, skip_ends: bool = True) -> nn.Module:
+    """Blocks of 4 input channels pruned by L1 norm per layer, then 8-bit QAT quantizers initialised on a batch."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    pruned = dict(list(layers.items())[1:-1]) if skip_ends else layers
+    with torch.no_grad():
+        masks = layerwise_masks({n: block_scores(m.weight.abs(), 4)[0] for n, m in pruned.items()}, sparsity)
+        for n, m in pruned.items():
+            m.weight.mul_(expand_blocks(masks[n], 4, m.weight.shape[1]))
+            assert is_block_sparse(m.weight, 4)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    every = {"skip_first_conv": False, "skip_last_linear": False}
+    modifier = build_modifier(parse_stage({"quantize": {"method": "uniform", "bits": 8, "calibration_batches": 0,
+                                                        **({} if skip_ends else {"layers": every})}}))
+    modifier.attach(model, TrainContext(model, epochs=1, steps_per_epoch=1))
+    model.train()(example)  # initialises the quantizers' steps
+    return modifier.finalize(model).eval()
+
+
+def _steps(graph: nn.Module) -> dict[str, float]:
+    """The per-tensor quantizers' steps, in the order int8_graph added them (the output's last)."""
+    return {n: float(m.step.detach()) for n, m in graph.named_children()
+            if isinstance(m, UniformQuantizer) and m.channels == 1}
+
+
+@pytest.mark.parametrize(("channels", "stride", "relu"), [(16, 1, True), (6, 2, True), (13, 1, False)])
+def test_quantized_sparse_conv_equals_the_int8_graph(tmp_path, channels, stride, relu):
+    torch.manual_seed(channels + stride)
+    model = nn.Sequential(nn.Conv2d(channels, 12, 3, stride=stride, padding=1), nn.BatchNorm2d(12),
+                          *([nn.ReLU()] if relu else []))
+    model = _block_sparse_int8(model, 0.75, torch.randn(16, channels, 12, 12), skip_ends=False)
+    calibration = [torch.randn(4, channels, 12, 12) for _ in range(2)]
+    x = torch.randn(3, channels, 12, 12)
+    graph = int8_graph(model, calibration)
+    engine, lines = engine_form(model, (channels, 12, 12), calibration)
+    assert [line["engine"] for line in lines] == ["slimkit::QuantSparseConv2d"]
+    # its input quantizer, then the ReLU and the quantizer after it (or the quantizer of the conv's output)
+    assert len(lines[0]["fused"]) == (3 if relu else 2) and lines[0]["fused"][0].startswith("int8_in"), lines
+    with torch.no_grad():
+        reference = graph(x)
+        assert torch.equal(engine(x), reference)  # the torch form of the operator is the int8 graph's arithmetic
+    info = export_openvino(model, tmp_path / "model.xml", (channels, 12, 12), calibration)
+    got = OpenVinoModel(Path(info["model"]), tuple(x.shape), 2, core=openvino_core())(x)
+    # int32 sums are exact; the epilogue multiplies once where the float conv rounds each product, so a
+    # value on a rounding tie may land one step away: never more than one step of the output's grid
+    step = list(_steps(graph).values())[-1]
+    assert (got - reference).abs().max() <= step * 1.001
+    assert (got == reference).float().mean() > 0.99
+
+
+def test_resnet20_block_sparse_int8_in_openvino_matches_the_int8_graph(tmp_path):
+    torch.manual_seed(0)
+    model = _block_sparse_int8(resnet20(width=0.5), 0.9, torch.randn(16, 3, 32, 32))
+    calibration = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    x = torch.randn(8, 3, 32, 32)
+    graph = int8_graph(model, calibration)
+    info = export_openvino(model, tmp_path / "model.xml", (3, 32, 32), calibration)
+    ours = [line for line in info["slimkit_layers"] if line["engine"] == "slimkit::QuantSparseConv2d"]
+    assert len(ours) == 18  # every block conv; the first conv and the classifier stay OpenVINO's int8
+    assert all(any(f.startswith("add") for f in line["fused"]) for line in ours if line["layer"].endswith("conv2"))
+    got = OpenVinoModel(Path(info["model"]), tuple(x.shape), 2, core=openvino_core())(x)
+    with torch.no_grad():
+        reference = graph(x)
+    logits_step = list(_steps(graph).values())[-1]
+    assert (got.argmax(1) == reference.argmax(1)).all()
+    assert (got - reference).abs().max() <= 2 * logits_step
+
+
+def test_dense_quantized_layers_stay_openvino_int8_and_say_why(tmp_path):
+    torch.manual_seed(1)
+    model = _block_sparse_int8(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                             nn.Conv2d(8, 4, 1)), 0.5, torch.randn(16, 8, 12, 12))
+    _, lines = engine_form(model, (8, 12, 12), [torch.randn(2, 8, 12, 12)])
+    line = next(line for line in lines if line["layer"] == "1")
+    assert line["engine"] == "OpenVINO dense conv" and f"below {SPARSE_MIN:.0%}" in line["reason"], line
+
+
+def test_a_quantized_model_needs_calibration_for_its_engine_form():
+    model = _block_sparse_int8(nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 1)), 0.9,
+                               torch.randn(16, 8, 12, 12))
+    with pytest.raises(SlimkitError, match="needs calibration batches"):
+        engine_form(model, (8, 12, 12))
