@@ -65,3 +65,14 @@ def test_layers_the_models_cannot_cost_are_named(module, message):
     with pytest.raises(SlimkitError, match=message):
         trace_layers(nn.Sequential(module), [torch.zeros(1, 4, 5, 5, dtype=torch.long if isinstance(
             module, nn.Embedding) else torch.float32)])
+
+
+def test_every_hardware_key_is_documented():
+    from pathlib import Path
+
+    from slimkit.hardware import ArithmeticConfig, LutConfig, UnitCosts
+
+    doc = (Path(__file__).parents[2] / "docs" / "hardware.md").read_text()
+    for config in (HardwareConfig, SystolicConfig, LutConfig, ArithmeticConfig, UnitCosts):
+        missing = [key for key in config.model_fields if f"`{key}`" not in doc]
+        assert not missing, f"docs/hardware.md lacks {config.__name__} keys {missing}"
