@@ -14,6 +14,7 @@ recipe names (`measure.hardware`) for the report. docs/hardware.md gives the for
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,11 +42,7 @@ __all__ = ["ArithmeticConfig", "ArithmeticLayerCost", "HardwareConfig", "LayerTr
 
 def _densified(traces: list[LayerTrace]) -> list[LayerTrace]:
     """The same layers with every weight non-zero: the dense reference when no dense model is given."""
-    out = []
-    for t in traces:
-        dense = LayerTrace(**{**t.__dict__, "weight": torch.ones_like(t.weight)})
-        out.append(dense)
-    return out
+    return [replace(t, weight=torch.ones_like(t.weight)) for t in traces]
 
 
 def _systolic(model: nn.Module, inputs: Sequence[Tensor], config: SystolicConfig,
