@@ -207,13 +207,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     quantized = is_quantized(model)
     engine = args.engine
     if engine == "auto":  # slimkit's operators where it has layers they run; otherwise ONNX, which both engines run
-        engine = "openvino" if runs_slimkit_operators(model) and not quantized and not args.int8 else "onnx"
+        engine = "openvino" if runs_slimkit_operators(model) and not args.int8 else "onnx"
     default = (Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem)
     if engine == "openvino":
-        if quantized or args.int8:
-            raise SlimkitError("--engine openvino writes slimkit's binary and sparse operators; an int8 model is "
-                               "written as ONNX Q/DQ (--engine onnx), which onnxruntime and OpenVINO both run in int8")
-        return _export_openvino(model, shape, Path(args.out) if args.out else default / "engine")
+        if args.int8 and not quantized:
+            raise SlimkitError("--int8 quantizes a float model with the engine's own post-training int8, which is "
+                               "written as ONNX Q/DQ (--engine onnx); --engine openvino takes a quantized run as "
+                               "it is (its block-sparse int8 convs run slimkit::QuantSparseConv2d)")
+        calibration = _calibration_batches(args.model, args.calibration_batches) if quantized else None
+        return _export_openvino(model, shape, Path(args.out) if args.out else default / "engine", calibration)
     return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
 
 
@@ -248,11 +250,11 @@ def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int
     return 0
 
 
-def _export_openvino(model: Any, shape: tuple[int, int, int], folder: Path) -> int:
+def _export_openvino(model: Any, shape: tuple[int, int, int], folder: Path, calibration: list[Any] | None) -> int:
     """Write the deployable folder (see engine_ops.export_folder) and say what runs where."""
     from slimkit.runtime.engine_ops import export_folder
 
-    manifest = export_folder(model, folder, shape)
+    manifest = export_folder(model, folder, shape, calibration)
     table = Table(title=f"OpenVINO model with slimkit's operators: {folder}")
     for col in ("layer", "runs as", "fused into it"):
         table.add_column(col)

@@ -1,6 +1,7 @@
 """slimkit::QuantSparseConv2d: block-4 sparse int8 convs inside OpenVINO, against the int8 graph's fake-quant
 forward (quant/int8_graph), which is what onnxruntime's int8 export is tested against too."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,26 @@ def test_a_quantized_model_needs_calibration_for_its_engine_form():
                                torch.randn(16, 8, 12, 12))
     with pytest.raises(SlimkitError, match="needs calibration batches"):
         engine_form(model, (8, 12, 12))
+
+
+def test_prune_in_blocks_then_quantize_then_export_runs_the_int8_sparse_operator(tmp_path, digits_recipe, capsys):
+    """The composition #20 asks for, as a user runs it: one recipe prunes in blocks of 4 and quantizes, and
+    `slimkit export` deploys it with slimkit::QuantSparseConv2d, matching the fake-quant int8 graph."""
+    import slimkit
+    from slimkit.cli import _calibration_batches, main
+
+    digits_recipe["stages"] = [{"prune": {"method": "gmp", "sparsity": 0.9, "block": 4, "scope": "layer",
+                                          "start_epoch": 0, "end_epoch": 1}},
+                               {"quantize": {"method": "uniform", "bits": 8}}]
+    slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
+    assert main(["export", str(tmp_path / "run")]) == 0, capsys.readouterr().err  # auto: openvino for this run
+    manifest = json.loads((tmp_path / "run" / "engine" / "engine.json").read_text())
+    engines = {line["layer"]: line["engine"] for line in manifest["slimkit_layers"]}
+    assert "slimkit::QuantSparseConv2d" in engines.values(), engines
+    model = slimkit.load(tmp_path / "run" / "model.pt").eval()
+    graph = int8_graph(model, _calibration_batches(str(tmp_path / "run"), 8))  # the batches export calibrated on
+    x = torch.rand(16, *manifest["input_shape"])
+    got = OpenVinoModel(tmp_path / "run" / "engine" / "model.xml", tuple(x.shape), 2, core=openvino_core())(x)
+    with torch.no_grad():
+        reference = graph(x)
+    assert (got - reference).abs().max() <= list(_steps(graph).values())[-1] * 1.001  # within one logits step

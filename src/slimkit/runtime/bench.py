@@ -144,7 +144,7 @@ def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Se
     `calibration`), taking turns in one process with the same threads. Per batch: every latency, the
     speed-up over the best dense engine (named), and OpenVINO's per-node profile of the artifact."""
     threads = threads or default_threads()
-    manifest = export_folder(compressed, folder, input_shape)
+    manifest = export_folder(compressed, folder, input_shape, calibration)
     model_path = folder / manifest["model"]
     out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(),
                            "slimkit_layers": manifest["slimkit_layers"], "batches": {}}

@@ -35,6 +35,7 @@ from slimkit.errors import SlimkitError, first_line
 from slimkit.files import atomic_write
 from slimkit.folding import batchnorm_affine
 from slimkit.layers import adapter_of, canonical_weight
+from slimkit.quant.attach import weight_quantization
 from slimkit.quant.int8_graph import FoldedLayer, int8_graph, is_quantized
 from slimkit.quant.onnx_export import export_onnx
 from slimkit.quant.quantizers import UniformQuantizer
@@ -553,13 +554,15 @@ def _block_sparsity(weight: Tensor) -> float:
 
 
 def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
-    """Which operator a layer becomes, or (None, why not) for a layer that stays OpenVINO's own."""
+    """Which operator a layer becomes, or (None, why not) for a layer that stays OpenVINO's own. A quantized
+    model's convs are judged as the int8 graph's FoldedLayers they become (engine_form builds that graph)."""
     if isinstance(module, BinaryConv2d):
         return EngineBinaryConv2d, ""
-    if isinstance(module, FoldedLayer):  # a layer of the int8 graph
-        if type(module.layer) is not nn.Conv2d:
+    if isinstance(module, FoldedLayer) or weight_quantization(module) is not None:
+        conv = module.layer if isinstance(module, FoldedLayer) else module
+        if not isinstance(conv, nn.Conv2d):  # a QAT conv's class is torch's parametrized subclass of Conv2d
             return None, ""
-        sparsity = _block_sparsity(module.layer.weight.detach())
+        sparsity = _block_sparsity(conv.weight.detach())
         if sparsity < SPARSE_MIN:
             return None, (f"{sparsity:.0%} of its 4-channel blocks are zero: below {SPARSE_MIN:.0%}, OpenVINO's "
                           f"int8 conv wins") if sparsity else ""

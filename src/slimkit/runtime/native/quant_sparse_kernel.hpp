@@ -5,6 +5,7 @@
 // vpmaddubsw would saturate its int16 sums, as onnxruntime's int8 does on CPUs without VNNI). Positions run
 // flat over a stride-1 phase plane, as in sparse_kernel.hpp. Compiled once per instruction set.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -22,7 +23,7 @@ namespace SLIMKIT_ISA {
 // q = clamp(nearbyint(x * (1 / step)), low, high), the integer torch.fake_quantize_per_tensor_affine takes
 // (round half to even, multiply by the reciprocal).
 static inline float quantize_value(float x, float inverse, float low, float high) {
-    return std::fmin(std::fmax(std::nearbyint(x * inverse), low), high);
+    return std::min(std::max(std::nearbyint(x * inverse), low), high);  // minss/maxss, no libm call
 }
 
 // `count` floats of x, `x_stride` apart (one channel's row, or one stride phase of it), as integers on
@@ -68,19 +69,24 @@ void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t
     }
 }
 
-static inline float requantize(float y, const QuantGrid& grid) {
-    return grid.step > 0 ? quantize_value(y, 1.0f / grid.step, grid.low, grid.high) * grid.step : y;
+// y[i] = grid(y[i]) over a row: one branch-free loop GCC vectorises (roundps, minps, maxps).
+static void requantize_row(float* __restrict y, int count, const QuantGrid& grid) {
+    if (!(grid.step > 0)) return;
+    const float inverse = 1.0f / grid.step, step = grid.step, low = grid.low, high = grid.high;
+    for (int i = 0; i < count; ++i) y[i] = quantize_value(y[i], inverse, low, high) * step;
 }
 
 // y[i] = post(clamp(pre(acc[i] * scale + bias) (+ residual[i]), low, high)) for `count` outputs, pre and post
 // the fused quantizers (identity where their step is 0): the fake-quant graph's order of operations.
-void quant_epilogue(const int32_t* acc, int count, float scale, float bias, const float* residual,
-                    const QuantEpilogue& e, float* y) {
-    for (int i = 0; i < count; ++i) {
-        float v = requantize(static_cast<float>(acc[i]) * scale + bias, e.pre);
-        if (residual != nullptr) v += residual[i];
-        y[i] = requantize(std::fmin(std::fmax(v, e.low), e.high), e.post);
-    }
+void quant_epilogue(const int32_t* __restrict acc, int count, float scale, float bias,
+                    const float* __restrict residual, const QuantEpilogue& e, float* __restrict y) {
+    for (int i = 0; i < count; ++i) y[i] = static_cast<float>(acc[i]) * scale + bias;
+    requantize_row(y, count, e.pre);
+    if (residual != nullptr)
+        for (int i = 0; i < count; ++i) y[i] += residual[i];
+    const float low = e.low, high = e.high;
+    for (int i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], low), high);
+    requantize_row(y, count, e.post);
 }
 
 }  // namespace SLIMKIT_ISA
