@@ -2,6 +2,9 @@
 forward (quant/int8_graph), which is what onnxruntime's int8 export is tested against too."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +132,14 @@ def test_prune_in_blocks_then_quantize_then_export_runs_the_int8_sparse_operator
     with torch.no_grad():
         reference = graph(x)
     assert (got - reference).abs().max() <= list(_steps(graph).values())[-1] * 1.001  # within one logits step
+
+
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_every_instruction_set_build_of_the_int8_operator_matches(level):
+    from test_engine_ops import _levels
+
+    if level not in _levels():
+        pytest.skip(f"this CPU has no {level}")
+    done = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-n", "0", "-k", "equals_the_int8_graph"],
+                          capture_output=True, text=True, env={**os.environ, "SLIMKIT_ISA": level}, timeout=300)
+    assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout[-3000:]

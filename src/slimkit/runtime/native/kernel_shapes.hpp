@@ -71,6 +71,7 @@ struct QuantEpilogue {
     void sparse_rows(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt); \
     void sparse_dots(const float* x, const SparseWeights& w, int o_begin, int o_end, float* y);      \
     void quantize_row(const float* x, int x_stride, int count, const QuantGrid& grid, int16_t* out);   \
+    void quantize_group_row(const float* const* x, int count, const QuantGrid& grid, int16_t* out);      \
     void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length,  \
                           int32_t* acc);                                                                \
     void quant_epilogue(const int32_t* acc, int count, float scale, float bias, const float* residual,    \

@@ -87,6 +87,10 @@ static void quantize_row_any(const float* x, int x_stride, int count, const Quan
     SLIMKIT_DISPATCH(quantize_row(x, x_stride, count, grid, out))
 }
 
+static void quantize_group_row_any(const float* const* x, int count, const QuantGrid& grid, int16_t* out) {
+    SLIMKIT_DISPATCH(quantize_group_row(x, count, grid, out))
+}
+
 static void quant_sparse_row_any(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length,
                                  int32_t* acc) {
     SLIMKIT_DISPATCH(quant_sparse_row(planes, w, o, start, length, acc))
@@ -567,7 +571,19 @@ public:
         float* y = outputs[0].data<float>();
         int16_t* planes = scratch<int16_t, 0>(batch * image);
         std::fill(planes, planes + batch * image, int16_t{0});  // the padding, and channels past the last
-        ov::parallel_for(batch * channels, [&](size_t item) {
+        if (stride == 1) {  // each group's rows quantized and interleaved in one vectorised pass
+            ov::parallel_for(batch * groups, [&](size_t item) {
+                const size_t b = item / groups;
+                const int g = static_cast<int>(item % groups);
+                int16_t* plane = planes + b * image + static_cast<size_t>(g) * phase_plane;
+                for (int h = 0; h < height; ++h) {
+                    const float* rows[4];
+                    for (int k = 0; k < 4; ++k)
+                        rows[k] = 4 * g + k < channels ? x + ((b * channels + 4 * g + k) * height + h) * width : nullptr;
+                    quantize_group_row_any(rows, width, in_, plane + (static_cast<size_t>(h + pad) * wq + pad) * 4);
+                }
+            });
+        } else ov::parallel_for(batch * channels, [&](size_t item) {
             const size_t b = item / channels;
             const int c = static_cast<int>(item % channels);
             int16_t* group = planes + b * image + static_cast<size_t>(c / 4) * phases * phase_plane + c % 4;

@@ -34,6 +34,40 @@ void quantize_row(const float* x, int x_stride, int count, const QuantGrid& grid
         out[4 * i] = static_cast<int16_t>(quantize_value(x[i * x_stride], inverse, grid.low, grid.high));
 }
 
+// `count` consecutive positions of the 4 channel rows x[0..3] (null: a channel past the last, all 0) as
+// integers on `grid`, interleaved into out[4 i + k]: one 4-channel group's row of a stride-1 plane.
+void quantize_group_row(const float* const* x, int count, const QuantGrid& grid, int16_t* out) {
+    const float inverse = 1.0f / grid.step;
+    int i = 0;
+#if defined(__AVX2__)
+    const __m256 scale = _mm256_set1_ps(inverse), low = _mm256_set1_ps(grid.low), high = _mm256_set1_ps(grid.high);
+    for (; i + 8 <= count; i += 8) {
+        __m128i c[4];
+        for (int k = 0; k < 4; ++k) {
+            if (x[k] == nullptr) {
+                c[k] = _mm_setzero_si128();
+                continue;
+            }
+            const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x[k] + i), scale),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, low), high));
+            c[k] = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        }
+        const __m128i lo01 = _mm_unpacklo_epi16(c[0], c[1]), hi01 = _mm_unpackhi_epi16(c[0], c[1]);
+        const __m128i lo23 = _mm_unpacklo_epi16(c[2], c[3]), hi23 = _mm_unpackhi_epi16(c[2], c[3]);
+        __m128i* at = reinterpret_cast<__m128i*>(out + 4 * i);
+        _mm_storeu_si128(at, _mm_unpacklo_epi32(lo01, lo23));
+        _mm_storeu_si128(at + 1, _mm_unpackhi_epi32(lo01, lo23));
+        _mm_storeu_si128(at + 2, _mm_unpacklo_epi32(hi01, hi23));
+        _mm_storeu_si128(at + 3, _mm_unpackhi_epi32(hi01, hi23));
+    }
+#endif
+    for (; i < count; ++i)
+        for (int k = 0; k < 4; ++k)
+            out[4 * i + k] = x[k] == nullptr ? int16_t{0}
+                                             : static_cast<int16_t>(quantize_value(x[k][i], inverse, grid.low, grid.high));
+}
+
 // acc[i] = sum over output channel o's blocks e of the 4-channel dot product of weights[4e..4e+3] with the
 // planes at offset[e] + 4 (start + i), for i < length.
 void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length, int32_t* acc) {
