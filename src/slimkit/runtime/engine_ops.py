@@ -252,8 +252,8 @@ class EngineConv(nn.Module):
         self.fused.append(name)
 
     def fuse_input(self, module: nn.Module, name: str) -> bool:
-        """Take the module that alone produces the input into the node, if this operator can; float operators
-        take nothing."""
+        """Learn what the module producing the input does (its quantizer's grid), if this operator needs it;
+        float operators do not."""
         return False
 
     def fuse_quantizer(self, module: nn.Module, name: str) -> bool:
@@ -370,7 +370,7 @@ class EngineQuantSparseConv2d(EngineConv):
         self.grids: list[Grid | None] = [None, None, None]  # input, pre (before the residual), post
 
     def fuse_input(self, quantizer: nn.Module, name: str) -> bool:
-        """Quantize the input in the node with `quantizer` (per-tensor 8-bit), instead of a Q/DQ before it."""
+        """Round the input onto `quantizer`'s grid (per-tensor 8-bit) in the node: the integers it multiplies."""
         if (grid := _grid(quantizer)) is None:
             return False
         self.grids[0] = grid
@@ -457,9 +457,11 @@ def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     modules = dict(model.named_modules())
     for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
         source = conv.args[0]
-        if (isinstance(source, fx.Node) and source.op == "call_module"
-                and modules[str(conv.target)].fuse_input(modules[str(source.target)], str(source.target))):
-            conv.args = (source.args[0], *conv.args[1:])  # the quantizer stays for any other reader
+        if isinstance(source, fx.Node) and source.op == "call_module":
+            # the operator rounds its input onto this quantizer's grid itself (idempotent on values already on
+            # it), and reads the quantizer's output for now, so that an operator before it can fuse the
+            # quantizer as its own last step (see the end): no quantize node between two operators
+            modules[str(conv.target)].fuse_input(modules[str(source.target)], str(source.target))
     ShapeProp(traced).propagate(torch.zeros(1, *input_shape))
 
     def shape(node: fx.Node) -> Any:
@@ -499,7 +501,12 @@ def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
         tail.replace_all_uses_with(fused)
         for dead in reversed(_chain(conv, tail)):
             graph.erase_node(dead)
-    graph.eliminate_dead_code()  # input quantizers the operators took, where nothing else read them
+    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
+        source = conv.args[0]  # a quantizer no operator fused: the operator applies it to the raw input instead
+        if (isinstance(source, fx.Node) and source.op == "call_module"
+                and str(source.target) in modules[str(conv.target)].fused):
+            conv.args = (source.args[0], *conv.args[1:])
+    graph.eliminate_dead_code()  # those quantizers, where nothing else reads them
     traced.recompile()
     return traced
 
