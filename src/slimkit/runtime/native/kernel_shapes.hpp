@@ -74,8 +74,8 @@ struct QuantEpilogue {
     void quantize_group_row(const float* const* x, int count, const QuantGrid& grid, int16_t* out);      \
     void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length,  \
                           int32_t* acc);                                                                \
-    void quant_epilogue(const int32_t* acc, int count, float scale, float bias, const float* residual,    \
-                        const QuantEpilogue& e, float* y);                                              \
+    void quant_epilogue(const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias, \
+                        const float* residual, const QuantEpilogue& e, float* y);                       \
     }
 SLIMKIT_DECLARE_KERNELS(avx512)
 SLIMKIT_DECLARE_KERNELS(avx2)

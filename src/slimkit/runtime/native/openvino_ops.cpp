@@ -96,9 +96,9 @@ static void quant_sparse_row_any(const int16_t* planes, const QuantBlocks& w, in
     SLIMKIT_DISPATCH(quant_sparse_row(planes, w, o, start, length, acc))
 }
 
-static void quant_epilogue_any(const int32_t* acc, int count, float scale, float bias, const float* residual,
-                               const QuantEpilogue& e, float* y) {
-    SLIMKIT_DISPATCH(quant_epilogue(acc, count, scale, bias, residual, e, y))
+static void quant_epilogue_any(const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias,
+                               const float* residual, const QuantEpilogue& e, float* y) {
+    SLIMKIT_DISPATCH(quant_epilogue(acc, acc_stride, rows, width, scale, bias, residual, e, y))
 }
 
 static void sparse_rows_any(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
@@ -570,12 +570,20 @@ public:
         const float* residual = inputs.size() > 7 ? inputs[7].data<const float>() : nullptr;
         float* y = outputs[0].data<float>();
         int16_t* planes = scratch<int16_t, 0>(batch * image);
-        std::fill(planes, planes + batch * image, int16_t{0});  // the padding, and channels past the last
         if (stride == 1) {  // each group's rows quantized and interleaved in one vectorised pass
             ov::parallel_for(batch * groups, [&](size_t item) {
                 const size_t b = item / groups;
                 const int g = static_cast<int>(item % groups);
                 int16_t* plane = planes + b * image + static_cast<size_t>(g) * phase_plane;
+                // the padding: rows above and below, then the columns left and right of each row
+                std::memset(plane, 0, sizeof(int16_t) * 4 * wq * pad);
+                std::memset(plane + static_cast<size_t>(pad + height) * wq * 4, 0,
+                            sizeof(int16_t) * 4 * wq * (hq - pad - height));
+                for (int h = 0; h < height; ++h) {
+                    int16_t* row = plane + static_cast<size_t>(h + pad) * wq * 4;
+                    std::memset(row, 0, sizeof(int16_t) * 4 * pad);
+                    std::memset(row + 4 * (pad + width), 0, sizeof(int16_t) * 4 * (wq - pad - width));
+                }
                 for (int h = 0; h < height; ++h) {
                     const float* rows[4];
                     for (int k = 0; k < 4; ++k)
@@ -583,7 +591,10 @@ public:
                     quantize_group_row_any(rows, width, in_, plane + (static_cast<size_t>(h + pad) * wq + pad) * 4);
                 }
             });
-        } else ov::parallel_for(batch * channels, [&](size_t item) {
+        } else {
+            std::fill(planes, planes + batch * image, int16_t{0});  // the padding, and channels past the last
+        }
+        if (stride != 1) ov::parallel_for(batch * channels, [&](size_t item) {
             const size_t b = item / channels;
             const int c = static_cast<int>(item % channels);
             int16_t* group = planes + b * image + static_cast<size_t>(c / 4) * phases * phase_plane + c % 4;
@@ -608,11 +619,9 @@ public:
             int32_t* acc = scratch<int32_t, 0>(span);
             for (int o = first; o < std::min(out_c, first + block); ++o) {
                 quant_sparse_row_any(planes + b * image, w, o, 0, static_cast<int>(span), acc);
-                for (int oh = 0; oh < out_h; ++oh) {
-                    const size_t at = ((b * out_c + o) * out_h + oh) * out_w;
-                    quant_epilogue_any(acc + static_cast<size_t>(oh) * wq, out_w, scale[o], bias[o],
-                                       residual != nullptr ? residual + at : nullptr, e, y + at);
-                }
+                const size_t at = (b * out_c + o) * out_h * out_w;
+                quant_epilogue_any(acc, wq, out_h, out_w, scale[o], bias[o], residual != nullptr ? residual + at : nullptr,
+                                   e, y + at);
             }
         });
         return true;

@@ -103,24 +103,49 @@ void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t
     }
 }
 
-// y[i] = grid(y[i]) over a row: one branch-free loop GCC vectorises (roundps, minps, maxps).
-static void requantize_row(float* __restrict y, int count, const QuantGrid& grid) {
-    if (!(grid.step > 0)) return;
-    const float inverse = 1.0f / grid.step, step = grid.step, low = grid.low, high = grid.high;
-    for (int i = 0; i < count; ++i) y[i] = quantize_value(y[i], inverse, low, high) * step;
+static inline float requantize(float v, const QuantGrid& grid, float inverse) {
+    return grid.step > 0 ? quantize_value(v, inverse, grid.low, grid.high) * grid.step : v;
 }
 
-// y[i] = post(clamp(pre(acc[i] * scale + bias) (+ residual[i]), low, high)) for `count` outputs, pre and post
-// the fused quantizers (identity where their step is 0): the fake-quant graph's order of operations.
-void quant_epilogue(const int32_t* __restrict acc, int count, float scale, float bias,
-                    const float* __restrict residual, const QuantEpilogue& e, float* __restrict y) {
-    for (int i = 0; i < count; ++i) y[i] = static_cast<float>(acc[i]) * scale + bias;
-    requantize_row(y, count, e.pre);
-    if (residual != nullptr)
-        for (int i = 0; i < count; ++i) y[i] += residual[i];
-    const float low = e.low, high = e.high;
-    for (int i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], low), high);
-    requantize_row(y, count, e.post);
+#if defined(__AVX2__)
+static inline __m256 requantize8(__m256 v, const QuantGrid& grid, __m256 inverse) {
+    if (!(grid.step > 0)) return v;
+    const __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_mul_ps(_mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(grid.low)), _mm256_set1_ps(grid.high)),
+                         _mm256_set1_ps(grid.step));
+}
+#endif
+
+// One output channel's plane: y[r][i] = post(clamp(pre(acc[r][i] * scale + bias) (+ residual[r][i]), low,
+// high)) for rows r < rows (acc rows `acc_stride` apart, y and residual rows `width` apart), pre and post the
+// fused quantizers (identity where their step is 0): the fake-quant graph's order of operations, in one pass.
+void quant_epilogue(const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias,
+                    const float* residual, const QuantEpilogue& e, float* y) {
+    const float pre_inverse = e.pre.step > 0 ? 1.0f / e.pre.step : 0.0f;
+    const float post_inverse = e.post.step > 0 ? 1.0f / e.post.step : 0.0f;
+    for (int r = 0; r < rows; ++r) {
+        const int32_t* a = acc + static_cast<size_t>(r) * acc_stride;
+        float* out = y + static_cast<size_t>(r) * width;
+        const float* add = residual != nullptr ? residual + static_cast<size_t>(r) * width : nullptr;
+        int i = 0;
+#if defined(__AVX2__)
+        const __m256 vscale = _mm256_set1_ps(scale), vbias = _mm256_set1_ps(bias);
+        const __m256 low = _mm256_set1_ps(e.low), high = _mm256_set1_ps(e.high);
+        const __m256 vpre = _mm256_set1_ps(pre_inverse), vpost = _mm256_set1_ps(post_inverse);
+        for (; i + 8 <= width; i += 8) {
+            __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+            v = requantize8(_mm256_add_ps(_mm256_mul_ps(v, vscale), vbias), e.pre, vpre);
+            if (add != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(add + i));
+            v = _mm256_min_ps(_mm256_max_ps(v, low), high);
+            _mm256_storeu_ps(out + i, requantize8(v, e.post, vpost));
+        }
+#endif
+        for (; i < width; ++i) {
+            float v = requantize(static_cast<float>(a[i]) * scale + bias, e.pre, pre_inverse);
+            if (add != nullptr) v += add[i];
+            out[i] = requantize(std::min(std::max(v, e.low), e.high), e.post, post_inverse);
+        }
+    }
 }
 
 }  // namespace SLIMKIT_ISA
