@@ -35,6 +35,9 @@ struct SparseWeights {
     const float* shift;
 };
 
+// Positions one call of quant_sparse_row's vector loop computes at a time (see its comment).
+constexpr int QUANT_TILE = 32;
+
 // An 8-bit grid with zero point 0: integers in [low, high] times step (step 0: no quantizer).
 struct QuantGrid {
     float step, low, high;

@@ -569,7 +569,11 @@ public:
         const float* bias = inputs[6].data<const float>();
         const float* residual = inputs.size() > 7 ? inputs[7].data<const float>() : nullptr;
         float* y = outputs[0].data<float>();
-        int16_t* planes = scratch<int16_t, 0>(batch * image);
+        // positions are computed in whole tiles, so the last tile of the last image reads up to a tile past
+        // its planes: that slack is allocated and zeroed (the outputs it feeds are dropped)
+        const size_t slack = 4 * QUANT_TILE;
+        int16_t* planes = scratch<int16_t, 0>(batch * image + slack);
+        std::fill(planes + batch * image, planes + batch * image + slack, int16_t{0});
         if (stride == 1) {  // each group's rows quantized and interleaved in one vectorised pass
             ov::parallel_for(batch * groups, [&](size_t item) {
                 const size_t b = item / groups;
@@ -612,13 +616,14 @@ public:
         });
         const QuantEpilogue e{pre_, low(), high(), post_};
         const size_t span = static_cast<size_t>(out_h - 1) * wq + out_w;
+        const size_t tiles = (span + QUANT_TILE - 1) / QUANT_TILE * QUANT_TILE;  // positions computed
         const int block = 8, blocks_per_image = (out_c + block - 1) / block;
         ov::parallel_for(batch * blocks_per_image, [&](size_t item) {
             const size_t b = item / blocks_per_image;
             const int first = static_cast<int>(item % blocks_per_image) * block;
-            int32_t* acc = scratch<int32_t, 0>(span);
+            int32_t* acc = scratch<int32_t, 0>(tiles);
             for (int o = first; o < std::min(out_c, first + block); ++o) {
-                quant_sparse_row_any(planes + b * image, w, o, 0, static_cast<int>(span), acc);
+                quant_sparse_row_any(planes + b * image, w, o, 0, static_cast<int>(tiles), acc);
                 const size_t at = (b * out_c + o) * out_h * out_w;
                 quant_epilogue_any(acc, wq, out_h, out_w, scale[o], bias[o], residual != nullptr ? residual + at : nullptr,
                                    e, y + at);
