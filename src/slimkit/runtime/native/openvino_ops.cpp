@@ -381,6 +381,26 @@ public:
     }
 
 protected:
+    // A call's sizes; the input is read as the stride x stride phases of its zero-padded planes, each a
+    // stride-1 plane of hq x wq (so a strided conv computes no output it drops).
+    struct Geometry {
+        size_t batch;
+        int channels, height, width, stride, pad, kernel_h, kernel_w, out_c, out_h, out_w, hq, wq;
+    };
+
+    Geometry geometry(const ov::TensorVector& inputs) const {
+        const auto& xs = inputs[0].get_shape();
+        Geometry g{xs[0], static_cast<int>(xs[1]), static_cast<int>(xs[2]), static_cast<int>(xs[3]),
+                   static_cast<int>(stride_), static_cast<int>(pad_), static_cast<int>(kernel_h_),
+                   static_cast<int>(kernel_w_), static_cast<int>(inputs[PtrInput].get_shape()[0]) - 1, 0, 0, 0, 0};
+        const int hp = g.height + 2 * g.pad, wp = g.width + 2 * g.pad;
+        g.out_h = (hp - g.kernel_h) / g.stride + 1;
+        g.out_w = (wp - g.kernel_w) / g.stride + 1;
+        g.hq = (hp + g.stride - 1) / g.stride;
+        g.wq = (wp + g.stride - 1) / g.stride;
+        return g;
+    }
+
     int64_t kernel_h_ = 1;
     int64_t kernel_w_ = 1;
 };
@@ -401,18 +421,9 @@ public:
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const auto& xs = inputs[0].get_shape();
-        const size_t batch = xs[0];
-        const int channels = static_cast<int>(xs[1]), height = static_cast<int>(xs[2]), width = static_cast<int>(xs[3]);
-        const int stride = static_cast<int>(stride_), pad = static_cast<int>(pad_);
-        const int kh = static_cast<int>(kernel_h_), kw = static_cast<int>(kernel_w_);
-        const int out_c = static_cast<int>(inputs[4].get_shape()[0]) - 1;
+        const auto [batch, channels, height, width, stride, pad, kh, kw, out_c, out_h, out_w, hq, wq] = geometry(inputs);
         if (inputs[2].get_element_type() != ov::element::i32 || inputs[3].get_element_type() != ov::element::i32)
             throw std::runtime_error("slimkit SparseConv2d: channel and tap must be int32");
-        const int hp = height + 2 * pad, wp = width + 2 * pad;
-        const int out_h = (hp - kh) / stride + 1, out_w = (wp - kw) / stride + 1;
-        // the stride x stride phases of the padded input, each a stride-1 plane of hq x wq
-        const int hq = (hp + stride - 1) / stride, wq = (wp + stride - 1) / stride;
         const int planes_count = channels * stride * stride;
         const size_t image = static_cast<size_t>(hq) * wq, plane_stride = batch * image + wq;  // + a spare row
         outputs[0].set_shape({batch, static_cast<size_t>(out_c), static_cast<size_t>(out_h), static_cast<size_t>(out_w)});
@@ -545,20 +556,12 @@ public:
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const auto& xs = inputs[0].get_shape();
-        const size_t batch = xs[0];
-        const int channels = static_cast<int>(xs[1]), height = static_cast<int>(xs[2]), width = static_cast<int>(xs[3]);
-        const int stride = static_cast<int>(stride_), pad = static_cast<int>(pad_);
-        const int kh = static_cast<int>(kernel_h_), kw = static_cast<int>(kernel_w_);
-        const int out_c = static_cast<int>(inputs[4].get_shape()[0]) - 1;
+        const auto [batch, channels, height, width, stride, pad, kh, kw, out_c, out_h, out_w, hq, wq] = geometry(inputs);
         if (inputs[1].get_element_type() != ov::element::i8 || inputs[2].get_element_type() != ov::element::i32 ||
             inputs[3].get_element_type() != ov::element::i32)
             throw std::runtime_error("slimkit QuantSparseConv2d: weight must be int8, group and tap int32");
         if (!(in_.step > 0))
             throw std::runtime_error("slimkit QuantSparseConv2d: the input quantizer's step must be positive");
-        const int hp = height + 2 * pad, wp = width + 2 * pad;
-        const int out_h = (hp - kh) / stride + 1, out_w = (wp - kw) / stride + 1;
-        const int hq = (hp + stride - 1) / stride, wq = (wp + stride - 1) / stride;
         const int groups = (channels + 3) / 4, phases = stride * stride;
         const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;  // int16 per 4-channel phase plane
         const size_t image = static_cast<size_t>(groups) * phases * phase_plane;
