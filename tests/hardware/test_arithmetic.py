@@ -7,7 +7,7 @@ from torch import nn
 from slimkit.binary.binarizers import XnorWeight
 from slimkit.binary.layers import binarize_module
 from slimkit.errors import SlimkitError
-from slimkit.hardware import ArithmeticConfig, UnitCosts, arithmetic_costs
+from slimkit.hardware import ArithmeticConfig, UnitCosts, arithmetic_costs, csd_digits, integer_weights, trace_layers
 from slimkit.hardware.arithmetic import level_terms, unit
 from slimkit.quant.attach import quantize_layer
 from slimkit.quant.levels import apot_levels, sp2_levels
@@ -91,3 +91,106 @@ def test_unit_lookup_takes_the_next_wider_entry_and_refuses_wider_than_the_table
     assert unit(units, "int_mult", 9).energy_pj == 3.1
     with pytest.raises(SlimkitError, match="lists int_add up to 32 bits, and this layer needs 40"):
         unit(units, "int_add", 40)
+
+
+def test_csd_digits_by_hand():
+    # 0: no digit. 1 = 1. 7 = 8 - 1 (binary 111 has 3). 3 = 4 - 1. 5 = 4 + 1 (101 has no adjacent ones).
+    # 15 = 16 - 1. 11 = 1011 -> 16 - 4 - 1 (3 digits, as its binary). 23 = 10111 -> 32 - 8 - 1 (3, binary 4).
+    # The sign is a subtract: -7 has 7's digits.
+    assert [csd_digits(n) for n in (0, 1, 7, 3, 5, 15, 11, 23, -7, -3)] == [0, 1, 2, 2, 2, 2, 3, 3, 2, 2]
+
+
+def _integer_layer(codes: list[list[int]], bits: int, signed_inputs: bool) -> nn.Linear:
+    """A linear layer whose weights are exactly `codes` times a per-channel step of 0.5."""
+    out_features, in_features = len(codes), len(codes[0])
+    layer = nn.Linear(in_features, out_features, bias=False)
+    weight_q = UniformQuantizer(bits, out_features, signed=True)
+    inputs = UniformQuantizer(bits, signed=signed_inputs)
+    with torch.no_grad():
+        weight_q.step.fill_(0.5)
+        inputs.step.fill_(0.25)
+    weight_q.initialized.fill_(True)
+    inputs.initialized.fill_(True)
+    quantize_layer(layer, weight_q, inputs, bits, bits)
+    with torch.no_grad():
+        layer.parametrizations.weight.original.copy_(torch.tensor(codes, dtype=torch.float32) * 0.5)
+    return layer
+
+
+def test_sign_magnitude_and_csd_costs_of_integer_weights():
+    layer = _integer_layer([[7, 0, -3, 1], [0, 2, 0, -5]], bits=4, signed_inputs=True)
+    assert integer_weights(trace_layers(nn.Sequential(layer), [torch.rand(3, 4)])[0]).tolist() == \
+        [[7, 0, -3, 1], [0, 2, 0, -5]]
+    cost = _cost(nn.Sequential(layer), torch.rand(3, 4))
+    # 5 non-zero weights, 2 outputs, fan-ins 3 and 2: tree depth 2, accumulator 4 + 4 + 2 = 10 bits (16-bit add
+    # entry, 0.05 pJ). As stored: 5 int4 multiplies (0.2 x (4/8)^2 = 0.05 pJ) + 5 adds + 2 fp32 rescales.
+    assert cost.ops == {"int_mult@4": 5, "int_add@10": 5, "fp_mult@32": 2}
+    assert cost.energy_pj == pytest.approx(5 * 0.05 + 5 * 0.05 + 2 * 3.7)
+    # sign-magnitude: the largest |w| is 7, 3 magnitude bits; the inputs are signed 4-bit, 3 magnitude bits:
+    # 5 XORs (0.03 / 8 pJ), 5 unsigned 3-bit multiplies (0.2 x (3/8)^2 = 0.028125 pJ), 5 adds, 2 rescales
+    sm = cost.sign_magnitude
+    assert sm.magnitude_bits == 3
+    assert sm.ops == {"xor@1": 5, "uint_mult@3": 5, "int_add@10": 5, "fp_mult@32": 2}
+    assert sm.energy_pj == pytest.approx(5 * 0.00375 + 5 * 0.028125 + 5 * 0.05 + 2 * 3.7)
+    # CSD: 7 = 8 - 1 (2 digits), 0 (none), -3 = -4 + 1 (2), 1 (1), 2 (1), -5 = -4 - 1 (2): 8 digits, so 8
+    # shifts and 8 adds (1 + 1 + 0 + 0 + 1 = 3 to combine, 5 to accumulate) at 10 bits, and 2 rescales
+    assert cost.csd.nonzero_digits == 8
+    assert cost.csd.ops == {"shift@10": 8, "int_add@10": 8, "fp_mult@32": 2}
+    assert cost.csd.energy_pj == pytest.approx(8 * 0.05 + 8 * 0.05 + 2 * 3.7)
+
+
+def test_sign_magnitude_widths_follow_the_codes_and_the_input_sign():
+    # unsigned 4-bit inputs are their own 4-bit magnitude, so the multiply stays 4 bits wide
+    unsigned = _cost(nn.Sequential(_integer_layer([[7, -1]], 4, signed_inputs=False)), torch.rand(2, 2))
+    assert unsigned.sign_magnitude.magnitude_bits == 3 and "uint_mult@4" in unsigned.sign_magnitude.ops
+    # the code -8 (= -2^(4-1)) has magnitude 8, which needs all 4 bits
+    widest = _cost(nn.Sequential(_integer_layer([[-8, 1]], 4, signed_inputs=True)), torch.rand(2, 2))
+    assert widest.sign_magnitude.magnitude_bits == 4 and widest.sign_magnitude.ops["uint_mult@4"] == 2
+    assert widest.csd.nonzero_digits == 2  # -8 is one digit, 1 is one
+
+
+def test_encoded_costs_of_a_conv_scale_with_positions():
+    conv = nn.Conv2d(1, 1, 2, bias=False)
+    weight_q = UniformQuantizer(4, 1, signed=True)
+    inputs = UniformQuantizer(4, signed=False)
+    for q in (weight_q, inputs):
+        q.initialized.fill_(True)
+    quantize_layer(conv, weight_q, inputs, 4, 4)
+    with torch.no_grad():
+        conv.parametrizations.weight.original.copy_(torch.tensor([[[[7.0, 0], [0, 3]]]]))  # step 1
+    cost = _cost(nn.Sequential(conv), torch.rand(1, 1, 4, 4))
+    # 3 x 3 = 9 output positions; 7 and 3 have 2 CSD digits each: 9 x 4 = 36 shifts and adds, at
+    # 4 + 4 + ceil(log2 2) = 9 accumulator bits (fan-in 2)
+    assert cost.csd.nonzero_digits == 4 and cost.csd.ops == {"shift@9": 36, "int_add@9": 36, "fp_mult@32": 9}
+    assert cost.sign_magnitude.ops["xor@1"] == 18  # 9 positions x 2 non-zero weights
+
+
+def test_shift_add_levels_in_units_of_the_smallest_level():
+    layer = nn.Linear(4, 2, bias=False)
+    quantize_layer(layer, LevelQuantizer(sp2_levels(4), True, 1.0, standardize=False), UniformQuantizer(4), 4, 4)
+    with torch.no_grad():
+        layer.parametrizations.weight.original.copy_(torch.tensor([[1.0, -0.75, 0, 0.125], [0.625, 0, 0, 0.5]]))
+    trace = trace_layers(nn.Sequential(layer), [torch.rand(3, 4)])[0]
+    # levels over 1/8: 8, -6, 0, 1 and 5, 0, 0, 4; CSD digits 1 + 2 + 0 + 1 + 2 + 0 + 0 + 1 = 7 (6 = 8 - 2,
+    # 5 = 4 + 1), the same as the SP2 terms here; the largest magnitude, 8, needs 4 bits
+    assert integer_weights(trace).tolist() == [[8, -6, 0, 1], [5, 0, 0, 4]]
+    cost = _cost(nn.Sequential(layer), torch.rand(3, 4))
+    assert cost.csd.nonzero_digits == 7 and cost.sign_magnitude.magnitude_bits == 4
+
+
+def test_float_and_binary_layers_have_no_integer_weights():
+    assert _cost(nn.Sequential(nn.Linear(3, 2)), torch.rand(2, 3)).sign_magnitude is None
+    layer = binarize_module(nn.Linear(3, 2), lambda w: XnorWeight(), nn.Identity())
+    cost = _cost(nn.Sequential(layer), torch.rand(2, 3))
+    assert cost.csd is None and cost.sign_magnitude is None
+
+
+def test_a_weight_quantizer_the_model_does_not_know_is_named():
+    class Halves(nn.Module):
+        def forward(self, w):
+            return torch.round(w * 2) / 2
+
+    layer = nn.Linear(2, 1)
+    quantize_layer(layer, Halves(), UniformQuantizer(4), 4, 4)
+    with pytest.raises(SlimkitError, match=r"layer '0': cannot read integer weights from a Halves"):
+        _cost(nn.Sequential(layer), torch.rand(2, 2))

@@ -5,7 +5,8 @@
   with or without Sense's channel rearrangement.
 - `lut`: truth-table size and LUT6 count of every neuron (LogicNets), and the tables themselves.
 - `arithmetic`: multiplies, shifts, adds, XNORs and popcounts per layer, adder-tree widths and energy from a
-  replaceable unit-cost table (Horowitz, ISSCC 2014).
+  replaceable unit-cost table (Horowitz, ISSCC 2014), and the same layers with their integer weights stored
+  sign-magnitude or CSD-encoded.
 
 Each model is a pure function of a model (or one layer) and a typed config; `hardware_section` runs the ones a
 recipe names (`measure.hardware`) for the report. docs/hardware.md gives the formulas and their limits.
@@ -21,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError
-from slimkit.hardware.arithmetic import ArithmeticLayerCost, arithmetic_costs, layer_arithmetic
+from slimkit.hardware.arithmetic import (
+    ArithmeticLayerCost,
+    EncodedWeightsCost,
+    arithmetic_costs,
+    csd_digits,
+    integer_weights,
+    layer_arithmetic,
+)
 from slimkit.hardware.config import (
     ArithmeticConfig,
     HardwareConfig,
@@ -34,10 +42,11 @@ from slimkit.hardware.lut import LutLayerCost, layer_lut, lut6_count, lut_costs,
 from slimkit.hardware.systolic import SystolicLayerCost, layer_cost, systolic_costs, totals, trace_cost
 from slimkit.hardware.trace import LayerTrace, layer_bits, trace_layers
 
-__all__ = ["ArithmeticConfig", "ArithmeticLayerCost", "HardwareConfig", "LayerTrace", "LutConfig", "LutLayerCost",
-           "OpCost", "SystolicConfig", "SystolicLayerCost", "UnitCosts", "arithmetic_costs", "hardware_section",
-           "layer_arithmetic", "layer_bits", "layer_cost", "layer_lut", "lut6_count", "lut_costs", "neuron_lut",
-           "systolic_costs", "totals", "trace_layers", "truth_tables"]
+__all__ = ["ArithmeticConfig", "ArithmeticLayerCost", "EncodedWeightsCost", "HardwareConfig", "LayerTrace",
+           "LutConfig", "LutLayerCost", "OpCost", "SystolicConfig", "SystolicLayerCost", "UnitCosts",
+           "arithmetic_costs", "csd_digits", "hardware_section", "integer_weights", "layer_arithmetic", "layer_bits",
+           "layer_cost", "layer_lut", "lut6_count", "lut_costs", "neuron_lut", "systolic_costs", "totals",
+           "trace_layers", "truth_tables"]
 
 
 def _densified(traces: list[LayerTrace]) -> list[LayerTrace]:
@@ -68,9 +77,12 @@ def _lut(model: nn.Module, inputs: Sequence[Tensor], config: LutConfig) -> dict[
 
 def _arithmetic(model: nn.Module, inputs: Sequence[Tensor], config: ArithmeticConfig) -> dict[str, Any]:
     costs = arithmetic_costs(model, inputs, config)
+    # the encoded totals keep layers without integer weights (float, binary) at their own form's energy
     return {"source": config.units.source, "layers": [c.to_dict() for c in costs],
             "totals": {"energy_pj": sum(c.energy_pj for c in costs),
-                       "dense_float_energy_pj": sum(c.dense_float_energy_pj for c in costs)}}
+                       "dense_float_energy_pj": sum(c.dense_float_energy_pj for c in costs),
+                       "sign_magnitude_energy_pj": sum((c.sign_magnitude or c).energy_pj for c in costs),
+                       "csd_energy_pj": sum((c.csd or c).energy_pj for c in costs)}}
 
 
 def hardware_section(model: nn.Module, inputs: Sequence[Tensor], config: HardwareConfig,

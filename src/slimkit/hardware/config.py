@@ -70,28 +70,41 @@ def _costs(table: dict[int, tuple[float, float]]) -> dict[int, OpCost]:
     return {bits: OpCost(energy_pj=e, area_um2=a) for bits, (e, a) in table.items()}
 
 
+def _multipliers() -> dict[int, OpCost]:
+    """Horowitz's 8-bit (0.2 pJ, 282 um^2) and 32-bit (3.1 pJ, 3495 um^2) integer multiplies, and below 8 bits
+    the 8-bit figures scaled by (b/8)^2: a b x b array multiplier has b^2 partial-product cells (Horowitz's own
+    8 -> 32-bit energy ratio, 15.5, is close to the (32/8)^2 = 16 this predicts). Assumed, not measured."""
+    table = {b: (0.2 * (b / 8) ** 2, 282 * (b / 8) ** 2) for b in range(1, 9)}
+    return _costs({**table, 32: (3.1, 3495)})
+
+
 class UnitCosts(StrictModel):
     """Energy and area per operation, keyed by operand width in bits. An op of width b costs the entry of the
     smallest listed width >= b (conservative); wider than every entry is an error naming the op.
 
-    Defaults: Horowitz's 45 nm table (ISSCC 2014). It lists no shifter and no XNOR gate, so `shift` is
-    *assumed* to cost an add of the same width and `xnor` one eighth of an 8-bit add per bit (one adder bit
-    slice); replace them (or the whole table) with numbers for your process.
+    Defaults: Horowitz's 45 nm table (ISSCC 2014). It lists no shifter, no XNOR or XOR gate and no multiplier
+    narrower than 8 bits, so these are *assumed*: `shift` costs an add of the same width, `xnor` and `xor` one
+    eighth of an 8-bit add per bit (one adder bit slice), and `int_mult` / `uint_mult` below 8 bits the 8-bit
+    multiply scaled by (b/8)^2 (array-multiplier cells). `uint_mult` is the unsigned magnitude multiply of
+    sign-magnitude weights, priced like a signed one of the same width (a Baugh-Wooley signed array has the
+    same b^2 cells). Replace them (or the whole table) with numbers for your process.
     """
 
     source: str = HOROWITZ
     int_add: dict[int, OpCost] = Field(default_factory=lambda: _costs({8: (0.03, 36), 16: (0.05, 67),
                                                                        32: (0.1, 137)}))
-    int_mult: dict[int, OpCost] = Field(default_factory=lambda: _costs({8: (0.2, 282), 32: (3.1, 3495)}))
+    int_mult: dict[int, OpCost] = Field(default_factory=_multipliers)
+    uint_mult: dict[int, OpCost] = Field(default_factory=_multipliers)
     fp_add: dict[int, OpCost] = Field(default_factory=lambda: _costs({16: (0.4, 1360), 32: (0.9, 4184)}))
     fp_mult: dict[int, OpCost] = Field(default_factory=lambda: _costs({16: (1.1, 1640), 32: (3.7, 7700)}))
     shift: dict[int, OpCost] = Field(default_factory=lambda: _costs({8: (0.03, 36), 16: (0.05, 67),
                                                                      32: (0.1, 137)}))
     xnor: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8, area_um2=36 / 8))
+    xor: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8, area_um2=36 / 8))
 
     @model_validator(mode="after")
     def _widths(self) -> UnitCosts:
-        for name in ("int_add", "int_mult", "fp_add", "fp_mult", "shift"):
+        for name in ("int_add", "int_mult", "uint_mult", "fp_add", "fp_mult", "shift"):
             table = getattr(self, name)
             if not table or any(bits < 1 for bits in table):
                 raise ValueError(f"'{name}': needs at least one entry, keyed by widths >= 1 bit, not {sorted(table)}")
@@ -99,7 +112,8 @@ class UnitCosts(StrictModel):
 
 
 class ArithmeticConfig(StrictModel):
-    """Counts of multiplies, shifts, adds, XNORs and popcounts per layer, priced with `units`."""
+    """Counts of multiplies, shifts, adds, XNORs and popcounts per layer, and of the same layer with its integer
+    weights stored sign-magnitude or CSD-encoded, priced with `units`."""
 
     units: UnitCosts = Field(default_factory=UnitCosts)
 

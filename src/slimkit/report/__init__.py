@@ -114,6 +114,17 @@ def hardware_markdown(section: dict[str, Any], plot: str | None = None) -> list[
         lines += ["", f"Total: {_energy(t['energy_pj'])} per sample against {_energy(t['dense_float_energy_pj'])} "
                       f"for the same layers as dense fp32 MACs ({_ratio(t['dense_float_energy_pj'], t['energy_pj'])} "
                       f"less).", ""]
+        encoded = [c for c in arithmetic["layers"] if c.get("sign_magnitude") and c.get("csd")]
+        if encoded:
+            lines += ["Integer weights stored sign-magnitude (XOR + unsigned multiply of the magnitude bits) or "
+                      "CSD-encoded (a shift and an add per non-zero digit):", "",
+                      "| layer | as stored | sign-magnitude | magnitude bits | CSD | non-zero CSD digits |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {c['name']} | {_energy(c['energy_pj'])} | {_energy(c['sign_magnitude']['energy_pj'])} | "
+                      f"{c['sign_magnitude']['magnitude_bits']} | {_energy(c['csd']['energy_pj'])} | "
+                      f"{c['csd']['nonzero_digits']} |" for c in encoded]
+            lines += ["", f"Total with every such layer sign-magnitude: {_energy(t['sign_magnitude_energy_pj'])}; "
+                          f"CSD-encoded: {_energy(t['csd_energy_pj'])}.", ""]
     if plot:
         lines += [f"![hardware cost against dense]({plot})", ""]
     return lines
