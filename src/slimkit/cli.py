@@ -220,19 +220,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int:
-    """Every neuron's truth table of the chosen (default: every input-quantized linear) layers, as JSON
-    (slimkit.hardware.truth_tables); a layer whose tables exceed --max-table-bits is refused by name."""
+    """Every neuron's truth table of the chosen (default: every input-quantized linear and conv) layers, as
+    JSON (slimkit.hardware.truth_tables); a layer whose tables exceed --max-table-bits is refused by name."""
     from torch import nn
 
     from slimkit.files import atomic_write_text
     from slimkit.hardware import LutConfig, truth_tables
     from slimkit.layers import layer_kind
 
-    layers = args.layer or [name for name, m in model.named_modules() if layer_kind(m) == "linear"
+    layers = args.layer or [name for name, m in model.named_modules() if layer_kind(m) in ("linear", "conv")
                             and isinstance(getattr(m, "input_quantizer", None), nn.Module)]
     if not layers:
-        raise SlimkitError(f"{args.model} has no linear layer with quantized inputs: truth tables need a sparse, "
-                           f"quantized model (a quantize stage), or name layers with --layer")
+        raise SlimkitError(f"{args.model} has no linear or conv layer with quantized inputs: truth tables need a "
+                           f"sparse, quantized model (a quantize stage), or name layers with --layer")
     limit = args.max_table_bits if args.max_table_bits is not None else LutConfig().max_table_bits
     tables = [truth_tables(model, name, limit) for name in layers]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,7 @@ def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int
     for t in tables:
         fan_in = max(len(n["inputs"]) for n in t["neurons"])
         output = f"{t['output']['bits']}-bit code" if t["output"]["kind"] == "code" else "float"
-        table.add_row(t["layer"], str(t["out_features"]), str(t["input_bits"]), str(fan_in),
+        table.add_row(t["layer"], str(len(t["neurons"])), str(t["input_bits"]), str(fan_in),
                       str(max(len(n["table"]) for n in t["neurons"])), output)
     console.print(table)
     return 0
@@ -359,9 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "run's data")
     export.add_argument("--calibration-batches", type=int, default=8)
     export.add_argument("--format", choices=("model", "truth-tables"), default="model",
-                        help="truth-tables: every neuron's lookup table of sparse, quantized linear layers (JSON)")
+                        help="truth-tables: every neuron's lookup table of sparse, quantized linear and conv layers "
+                             "(JSON)")
     export.add_argument("--layer", action="append", help="with --format truth-tables: a layer to write "
-                                                         "(repeatable; default every input-quantized linear layer)")
+                                                         "(repeatable; default every input-quantized linear and conv "
+                                                         "layer)")
     export.add_argument("--max-table-bits", type=int, default=None,
                         help="with --format truth-tables: refuse a neuron whose table has more than 2^N entries "
                              "(default: measure.hardware.lut's max_table_bits default, 20)")

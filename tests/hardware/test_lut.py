@@ -37,8 +37,8 @@ def test_layer_lut_sums_neurons_and_unrolls_positions():
     assert not layer_lut(weight, 3, 3, LutConfig(max_table_bits=6)).feasible  # 3 x 3 = 9 address bits
 
 
-def _quantized(layer: nn.Linear, bits: int, step: float) -> nn.Linear:
-    quantizer = UniformQuantizer(bits, layer.out_features, signed=True)
+def _quantized(layer: nn.Module, bits: int, step: float) -> nn.Module:
+    quantizer = UniformQuantizer(bits, layer.weight.shape[0], signed=True)
     quantizer.calibrate(layer.weight.detach())
     inputs = UniformQuantizer(bits, signed=False)
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_truth_tables_match_the_quantized_forward_on_every_input(tmp_path, layer
     path.write_text(json.dumps(truth_tables(model, layer)))
     tables = json.loads(path.read_text())
     grid = torch.tensor(tables["input_values"])
-    assert tables["input_bits"] == 2 and len(grid) == 4
+    assert tables["input_bits"] == 2 and len(grid) == 4 and tables["kind"] == "linear"
     assert tables["output"]["kind"] == ("code" if reader else "float")
     module = model.get_submodule(layer)
     for neuron in tables["neurons"]:
@@ -115,11 +115,86 @@ def test_a_table_too_large_is_refused_naming_layer_fan_in_and_bits():
         truth_tables(model, "0", max_table_bits=5)
 
 
-def test_truth_tables_need_a_quantized_linear_layer():
+def test_truth_tables_need_a_quantized_linear_or_conv_layer():
     with pytest.raises(SlimkitError, match="not quantized"):
         truth_tables(nn.Sequential(nn.Linear(2, 2)), "0")
-    with pytest.raises(SlimkitError, match="written for linear layers; '0' is Conv2d"):
+    with pytest.raises(SlimkitError, match="not quantized"):
         truth_tables(nn.Sequential(nn.Conv2d(1, 1, 1)), "0")
+    with pytest.raises(SlimkitError, match="written for linear and 2-d conv layers; '0' is Embedding"):
+        truth_tables(nn.Sequential(nn.Embedding(4, 2)), "0")
+    grouped = nn.Conv2d(2, 2, 1, groups=2)
+    _quantized(grouped, 2, 0.5)
+    with pytest.raises(SlimkitError, match=r"'0': a grouped conv \(groups=2\)"):
+        truth_tables(nn.Sequential(grouped), "0")
+
+
+def sparse_cnn(stride: int, padding: int | str, dilation: int) -> nn.Sequential:
+    """conv 2 -> 3 (3x3, the given geometry), BatchNorm, ReLU, conv 3 -> 2 (1x1); 2-bit unsigned inputs,
+    at most 3 non-zero taps per filter."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=stride, padding=padding, dilation=dilation), nn.BatchNorm2d(3),
+                          nn.ReLU(), nn.Conv2d(3, 2, 1))
+    first = torch.zeros(3, 2, 3, 3)
+    for j, taps in enumerate([[(0, 0, 0), (1, 1, 1), (0, 2, 2)], [(1, 0, 2), (1, 2, 0)], [(0, 1, 1)]]):
+        for tap in taps:
+            first[(j, *tap)] = 1
+    masks = {0: first, 3: torch.tensor([[1.0, 0, 1], [1, 1, 1]]).reshape(2, 3, 1, 1)}
+    with torch.no_grad():
+        for index, mask in masks.items():
+            signs = torch.where(torch.rand(mask.shape) < 0.5, -1.0, 1.0)
+            model[index].weight.copy_(mask * signs)
+        model[1].running_mean.copy_(torch.tensor([0.1, -0.2, 0.05]))
+        model[1].running_var.copy_(torch.tensor([0.5, 2.0, 1.0]))
+    for index, step in ((0, 0.5), (3, 0.3)):
+        _quantized(model[index], 2, step)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation"), [(2, 1, 1), (1, "same", 2), (1, 0, 1)])
+@pytest.mark.parametrize(("layer", "reader"), [("0", "3"), ("3", None)])
+def test_conv_truth_tables_match_the_quantized_forward_at_several_positions(stride, padding, dilation, layer,
+                                                                              reader):
+    model = sparse_cnn(stride, padding, dilation)
+    tables = json.loads(json.dumps(truth_tables(model, layer)))
+    module = model.get_submodule(layer)
+    assert tables["kind"] == "conv" and tables["output"]["kind"] == ("code" if reader else "float")
+    assert tables["kernel_size"] == list(module.kernel_size) and tables["out_channels"] == module.out_channels
+    assert max(len(set(n["table"])) for n in tables["neurons"]) >= 3  # not a constant function everywhere
+    grid = torch.tensor(tables["input_values"])
+    size = 9  # a 9 x 9 map into the model; every checked window lies inside the map, away from the padding
+    with torch.no_grad():
+        feature = model[:3](torch.zeros(1, 2, size, size)) if layer == "3" else torch.zeros(1, 2, size, size)
+    k, d = module.kernel_size[0], module.dilation[0]
+    s = module.stride[0]
+    p = (d * (k - 1) // 2) if module.padding == "same" else module.padding[0]
+    positions = [(oh, ow) for oh in range(feature.shape[2]) for ow in range(feature.shape[3])
+                 if oh * s - p >= 0 and ow * s - p >= 0 and oh * s - p + d * (k - 1) < feature.shape[2]
+                 and ow * s - p + d * (k - 1) < feature.shape[3]]
+    assert len(positions) >= 2
+    for neuron in tables["neurons"]:
+        taps = neuron["inputs"]
+        assert taps == torch.nonzero(module.weight[neuron["index"]] != 0).tolist()
+        combos = list(itertools.product(range(len(grid)), repeat=len(taps)))
+        assert len(neuron["table"]) == len(combos) == len(grid) ** len(taps)
+        values = grid[torch.tensor(combos)].reshape(len(combos), len(taps))
+        for oh, ow in (positions[0], positions[-1]):
+            # the patch under output (oh, ow): input row oh * s - p + u * d, column ow * s - p + v * d
+            x = torch.zeros(len(combos), *feature.shape[1:])
+            for t, (c, u, v) in enumerate(taps):
+                x[:, c, oh * s - p + u * d, ow * s - p + v * d] = values[:, t]
+            got = _capture(model, layer, reader, x, torch.zeros(len(combos), 2, size, size))
+            got = got[:, neuron["index"], oh, ow]
+            if reader:
+                assert torch.equal(torch.tensor(tables["output"]["values"])[torch.tensor(neuron["table"])], got)
+            else:
+                assert torch.allclose(torch.tensor(neuron["table"]), got, atol=1e-6)
+
+
+def test_a_conv_table_too_large_is_refused_naming_layer_fan_in_and_bits():
+    # output channel 0 has 3 taps at 2 input bits: 2^6 entries
+    with pytest.raises(SlimkitError, match=r"layer '0': output channel 0 has fan-in 3 at 2 input bits, a truth "
+                                           r"table of 2\^6 entries; the limit is 2\^5"):
+        truth_tables(sparse_cnn(1, 1, 1), "0", max_table_bits=5)
 
 
 def test_lut_costs_of_a_model_take_bits_from_the_reading_quantizer():

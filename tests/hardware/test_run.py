@@ -52,8 +52,12 @@ def test_report_and_metrics_carry_the_hardware_section(run_dir):
     assert lut["3"]["max_fan_in"] <= 2 and lut["3"]["input_bits"] == 2 and lut["3"]["feasible"]
     assert lut["1"]["max_fan_in"] > 10 and not lut["1"]["feasible"]  # > 10 x 2 address bits > 20
     assert [layer["form"] for layer in section["arithmetic"]["layers"]] == ["integer"] * 3
+    for layer in section["arithmetic"]["layers"]:  # 2-bit signed codes are -2..1: magnitudes of 1 or 2 bits
+        assert layer["sign_magnitude"]["magnitude_bits"] <= 2 and layer["csd"]["nonzero_digits"] > 0
+    assert section["arithmetic"]["totals"]["csd_energy_pj"] > 0
     report = (run_dir / "report.md").read_text()
     assert "## Hardware (analytical cost models)" in report and "### LUT mapping" in report
+    assert "Integer weights stored sign-magnitude" in report
     assert "![hardware cost against dense](hardware.png)" in report and (run_dir / "hardware.png").stat().st_size
 
 

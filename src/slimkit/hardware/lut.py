@@ -13,8 +13,10 @@ two (four) cofactors and select with a 2:1 (4:1) multiplexer, itself one LUT6. A
 LUT6s; a conv neuron is replicated at every output position (a fully unrolled circuit, as LogicNets builds).
 
 Truth tables (`truth_tables`, `slimkit export --format truth-tables`) enumerate every input combination of a
-sparse, quantized linear layer and record what the model's quantized forward gives, up to the quantizer that
-next reads the output.
+neuron of a sparse, quantized linear or conv layer and record what the model's quantized forward gives, up to
+the quantizer that next reads the output. A conv neuron is one output channel: its inputs are the
+(input channel, kh, kw) taps where its filter is non-zero, and since the same filter slides over the map, its
+one table holds at every output position.
 """
 
 from __future__ import annotations
@@ -144,37 +146,84 @@ def _codes(values: Tensor, grid: Tensor, where: str) -> list[int]:
     return index.tolist()
 
 
+@dataclass
+class _ConvProbe:
+    """An input map on which one output position of a conv sees exactly its kernel's taps, none of them
+    padding: per spatial dim with kernel k, stride s, padding p and dilation d, the receptive field spans
+    r = d (k - 1) + 1 inputs; output position o = ceil(p / s) starts at padded index o s, which is input index
+    offset = o s - p (0 <= offset < s), so a map of offset + r inputs holds the window whole (whatever the
+    padding mode) and tap u sits at input index offset + u d."""
+
+    size: tuple[int, int]
+    offset: tuple[int, int]
+    dilation: tuple[int, int]
+    position: tuple[int, int]
+
+    @classmethod
+    def of(cls, module: nn.Module, kernel: tuple[int, int], where: str) -> _ConvProbe:
+        if getattr(module, "groups", 1) != 1:
+            raise UnsupportedLayerError(f"{where}: a grouped conv (groups={module.groups}); truth tables map "
+                                        f"dense-channel convs only")
+        stride, dilation, padding = tuple(module.stride), tuple(module.dilation), module.padding
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":  # torch pads d (k - 1) // 2 before (stride 1)
+            padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
+        size, offset, position = [], [], []
+        for k, s, p, d in zip(kernel, stride, padding, dilation, strict=True):
+            o = -(-p // s)
+            offset.append(o * s - p)
+            size.append(o * s - p + d * (k - 1) + 1)
+            position.append(o)
+        return cls(tuple(size), tuple(offset), dilation, tuple(position))
+
+    def inputs(self, patches: Tensor) -> Tensor:
+        """(N, C, kh, kw) tap values -> (N, C, H, W) maps that put them under `position`'s window."""
+        x = patches.new_zeros(*patches.shape[:2], *self.size)
+        (oh, ow), (dh, dw), (kh, kw) = self.offset, self.dilation, patches.shape[2:]
+        x[:, :, oh:oh + dh * (kh - 1) + 1:dh, ow:ow + dw * (kw - 1) + 1:dw] = patches
+        return x
+
+
 @torch.no_grad()
 def truth_tables(model: nn.Module, layer: str, max_table_bits: int = LutConfig().max_table_bits,
                  chunk: int = 4096) -> dict[str, Any]:
-    """Each neuron's truth table of the linear layer `layer` (a dict, JSON-ready).
+    """Each neuron's truth table of the linear or conv layer `layer` (a dict, JSON-ready).
 
-    Entry i of neuron j's table is its output when its fan-in inputs (the non-zero columns of row j, in
-    ascending order) take grid values whose indices are the base-L digits of i, first input most
-    significant (L = the number of input values); every other input is 0, which its zero weight ignores.
-    The output is the code (index into `output.values`) of the quantizer that next reads it, or the float
-    output where none does. A neuron whose table would exceed 2^max_table_bits entries is refused.
+    A linear neuron is an output feature; its inputs are the non-zero columns of its weight row, ascending. A
+    conv neuron is an output channel; its inputs are the [input channel, kh, kw] taps where its filter is
+    non-zero, in ascending (row-major) order, and its table holds at every output position (the model's
+    forward is evaluated at one position whose window reads no padding, see `_ConvProbe`).
+    Entry i of a neuron's table is its output when its inputs take grid values whose indices are the base-L
+    digits of i, first input most significant (L = the number of input values); every other input is 0, which
+    its zero weight ignores. The output is the code (index into `output.values`) of the quantizer that next
+    reads it, or the float output where none does. A neuron whose table would exceed 2^max_table_bits entries
+    is refused, naming the layer, the neuron, its fan-in and the input bits.
     """
     module = model.get_submodule(layer)
-    if layer_kind(module) != "linear":
-        raise UnsupportedLayerError(f"truth tables are written for linear layers; {layer!r} is "
+    kind = layer_kind(module)
+    weight = canonical_weight(module).detach() if kind is not None else None
+    if kind not in ("linear", "conv") or (kind == "conv" and weight.ndim != 4):
+        raise UnsupportedLayerError(f"truth tables are written for linear and 2-d conv layers; {layer!r} is "
                                     f"{type(module).__name__}")
     quantizer = getattr(module, "input_quantizer", None)
     if not isinstance(quantizer, nn.Module):
         raise UnsupportedLayerError(f"{layer!r}: its inputs are not quantized (no input quantizer); truth tables "
                                     f"need quantized inputs")
+    probe = _ConvProbe.of(module, tuple(weight.shape[2:]), repr(layer)) if kind == "conv" else None
     grid = quantizer_grid(quantizer, repr(layer))
     input_bits = max(1, math.ceil(math.log2(len(grid))))
-    weight = canonical_weight(module).detach()
-    columns = [torch.nonzero(row != 0).flatten().tolist() for row in weight]
+    columns = [torch.nonzero(row.flatten() != 0).flatten().tolist() for row in weight]
     widest = max(range(len(columns)), key=lambda j: len(columns[j]))
     if len(columns[widest]) * input_bits > max_table_bits:
         f = len(columns[widest])
-        raise SlimkitError(f"layer {layer!r}: neuron {widest} has fan-in {f} at {input_bits} input bits, a truth "
+        who = f"output channel {widest}" if probe else f"neuron {widest}"
+        raise SlimkitError(f"layer {layer!r}: {who} has fan-in {f} at {input_bits} input bits, a truth "
                            f"table of 2^{f * input_bits} entries; the limit is 2^{max_table_bits} (max_table_bits). "
                            f"Prune the layer further, quantize its inputs to fewer bits, or raise the limit")
     path = output_path(model, layer)
     out_grid = quantizer_grid(path.reader.input_quantizer, repr(path.reader_name)) if path.reader else None
+    per_neuron = weight[0].numel()
     was_training = model.training
     model.eval()
     neurons = []
@@ -183,17 +232,26 @@ def truth_tables(model: nn.Module, layer: str, max_table_bits: int = LutConfig()
             table: list[Any] = []
             combos = itertools.product(range(len(grid)), repeat=len(cols))
             while batch := list(itertools.islice(combos, chunk)):
-                x = torch.zeros(len(batch), weight.shape[1])
+                x = torch.zeros(len(batch), per_neuron)
                 if cols:
                     x[:, cols] = grid[torch.tensor(batch, dtype=torch.long).reshape(len(batch), len(cols))]
-                y = path.apply(module(x))[:, j]
+                if probe is None:
+                    y = path.apply(module(x))[:, j]
+                else:
+                    y = path.apply(module(probe.inputs(x.reshape(len(batch), *weight.shape[1:]))))
+                    y = y[:, j, probe.position[0], probe.position[1]]
                 table += _codes(y, out_grid, repr(path.reader_name)) if out_grid is not None else y.tolist()
-            neurons.append({"index": j, "inputs": cols, "table": table})
+            inputs = cols if probe is None else torch.nonzero(weight[j] != 0).tolist()  # row-major = cols' order
+            neurons.append({"index": j, "inputs": inputs, "table": table})
     finally:
         model.train(was_training)
     output: dict[str, Any] = ({"kind": "code", "read_by": path.reader_name,
                                "bits": max(1, math.ceil(math.log2(len(out_grid)))), "values": out_grid.tolist()}
                               if out_grid is not None else {"kind": "float"})
-    return {"format": "slimkit-truth-tables/1", "layer": layer, "in_features": weight.shape[1],
-            "out_features": weight.shape[0], "input_bits": input_bits, "input_values": grid.tolist(),
-            "output": output, "neurons": neurons}
+    shape: dict[str, Any] = ({"in_features": weight.shape[1], "out_features": weight.shape[0]} if probe is None else
+                             {"in_channels": weight.shape[1], "out_channels": weight.shape[0],
+                              "kernel_size": list(weight.shape[2:]), "stride": list(module.stride),
+                              "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
+                              "dilation": list(module.dilation)})
+    return {"format": "slimkit-truth-tables/1", "layer": layer, "kind": kind, **shape, "input_bits": input_bits,
+            "input_values": grid.tolist(), "output": output, "neurons": neurons}
