@@ -85,7 +85,11 @@ def test_resnet20_block_sparse_int8_in_openvino_matches_the_int8_graph(tmp_path)
     graph = int8_graph(model, calibration)
     info = export_openvino(model, tmp_path / "model.xml", (3, 32, 32), calibration)
     ours = [line for line in info["slimkit_layers"] if line["engine"] == "slimkit::QuantSparseConv2d"]
-    assert len(ours) == 18  # every block conv; the first conv and the classifier stay OpenVINO's int8
+    # every block conv, and the dense first conv too (3 input channels: one 4-channel group, which keeps the
+    # graph in the operators' layout); the classifier stays OpenVINO's int8
+    assert len(ours) == 19
+    # each one after the first reads the integers the one before wrote (strided ones included)
+    assert [line["input"] for line in ours[1:]] == ["the previous int8 layer's integers"] * 18, ours
     assert all(any(f.startswith("add") for f in line["fused"]) for line in ours if line["layer"].endswith("conv2"))
     got = OpenVinoModel(Path(info["model"]), tuple(x.shape), 2, core=openvino_core())(x)
     with torch.no_grad():

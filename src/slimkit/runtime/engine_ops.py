@@ -173,27 +173,44 @@ class _QuantSparseConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, group: Tensor, tap: Tensor, ptr: Tensor, scale: Tensor,
                 bias: Tensor, shape: tuple[int, int, int, int], stride: int, pad: int, grids: tuple[Grid | None, ...],
-                bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
+                bounds: tuple[float, float] | None, link: Grid | None, linked: bool, float_output: bool,
+                *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         out, channels, kernel_h, kernel_w = shape
+        if linked:  # the previous layer's integers [B, G, H, W, 4], on this layer's input grid
+            x = x.permute(0, 1, 4, 2, 3).flatten(1, 2)[:, :channels].float() * grids[0][0]
         rows = torch.repeat_interleave(torch.arange(out), ptr.diff())
         dense = torch.zeros(out, (channels + 3) // 4, 4, kernel_h * kernel_w)
         dense[rows, group.long(), :, tap.long()] = weight.reshape(-1, 4).float()
         dense = dense.reshape(out, -1, kernel_h * kernel_w)[:, :channels].reshape(shape)
         step_in = grids[0][0]
         y = F.conv2d(_on_grid(x, grids[0]), dense * (scale / step_in).reshape(-1, 1, 1, 1), bias, stride, pad)
-        y = _epilogue(_on_grid(y, grids[1]), bounds, residual)
-        return _on_grid(y, grids[2])
+        y = _on_grid(_epilogue(_on_grid(y, grids[1]), bounds, residual), grids[2])
+        if link is None:
+            return y
+        integers = F.pad(torch.round(y / link[0]), (0, 0, 0, 0, 0, -out % 4)).to(torch.int16)
+        return y, integers.unflatten(1, (-1, 4)).permute(0, 1, 3, 4, 2).contiguous()
 
     @staticmethod
     def symbolic(g: Any, x: Any, weight: Any, group: Any, tap: Any, ptr: Any, scale: Any, bias: Any,
                  shape: tuple[int, int, int, int], stride: int, pad: int, grids: tuple[Grid | None, ...],
-                 bounds: tuple[float, float] | None, *residual: Any) -> Any:
+                 bounds: tuple[float, float] | None, link: Grid | None, linked: bool, float_output: bool,
+                 *residual: Any) -> Any:
         attributes = {k: v for name, grid in zip(("in", "pre", "post"), grids, strict=True)
                       for k, v in _grid_attributes(name, grid).items()}
         out = g.op(f"{DOMAIN}::QuantSparseConv2d", x, weight, group, tap, ptr, scale, bias, *residual,
                    kernel_h_i=shape[2], kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **attributes,
-                   **_epilogue_attributes(bounds))
-        return _typed(out, x, _conv_sizes(shape[0], tuple(shape[2:]), stride, pad))
+                   link_output_i=int(link is not None), linked_input_i=int(linked), float_output_i=int(float_output),
+                   **_epilogue_attributes(bounds),
+                   outputs=2 if link is not None else 1)
+        sizes = _conv_sizes(shape[0], tuple(shape[2:]), stride, pad)
+        if linked:  # integers [B, G, H, W, 4]: the conv's sizes from B, H, W
+            sizes = (lambda conv: lambda known: conv(known[:4]))(sizes)
+        if link is None:
+            return _typed(out, x, sizes)
+        y, integers = out
+        _typed(y, x, sizes)
+        integers.setType(integers.type().with_dtype(torch.int16))
+        return y, integers
 
 
 class _SparseLinearFunction(torch.autograd.Function):
@@ -283,8 +300,8 @@ class EngineBinaryConv2d(EngineConv):
         self.register_buffer("scale", (torch.ones(out) if scale is None else scale.detach().reshape(-1).expand(out))
                              .float().contiguous().clone())
         self.register_buffer("shift", (torch.zeros(out) if layer.bias is None else layer.bias.detach()).float().clone())
-        self.pack: Zero | None = None  # set by _link_packed: also output the sign bits, under this convention
-        self.packed = False  # set by _link_packed: the input is the previous binary layer's sign bits
+        self.pack: Zero | None = None  # set by _link_operators: also output the sign bits, under this convention
+        self.linked = False  # set by _link_operators: the input is the previous binary layer's sign bits
 
     def fold(self, k: Tensor, c: Tensor) -> None:
         """In float64, rounded once: the window sums stay exact, only the epilogue's rounding changes."""
@@ -292,9 +309,9 @@ class EngineBinaryConv2d(EngineConv):
         self.shift = (self.shift.double() * k + c).float()
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        x = x if self.packed else self.input_binarizer.normalized(x)
+        x = x if self.linked else self.input_binarizer.normalized(x)
         return _BinaryConvFunction.apply(x, self.signs, self.scale, self.shift, self.stride, self.pad,
-                                         self.input_binarizer.zero, self.bounds, self.pack, self.packed, *residual)
+                                         self.input_binarizer.zero, self.bounds, self.pack, self.linked, *residual)
 
 
 class EngineSparseConv2d(EngineConv):
@@ -368,6 +385,9 @@ class EngineQuantSparseConv2d(EngineConv):
         self.register_buffer("weight_step", step.clone())
         self.register_buffer("bias", torch.zeros(out) if conv.bias is None else conv.bias.detach().float().clone())
         self.grids: list[Grid | None] = [None, None, None]  # input, pre (before the residual), post
+        self.link: Grid | None = None  # set by _link_operators: also output the integers on this last grid
+        self.linked = False  # set by _link_operators: the input is the previous int8 layer's integers
+        self.float_output = True  # set by _link_operators: False when every reader takes the integers
 
     def fuse_input(self, quantizer: nn.Module, name: str) -> bool:
         """Round the input onto `quantizer`'s grid (per-tensor 8-bit) in the node: the integers it multiplies."""
@@ -384,13 +404,20 @@ class EngineQuantSparseConv2d(EngineConv):
         self.fused.append(name)
         return True
 
-    def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
+    def last_grid(self) -> Grid | None:
+        """The grid the output is on: the quantizer after the epilogue, or the one before a residual add when
+        nothing follows it; None when the output is not on one grid."""
+        if self.grids[2] is not None:
+            return self.grids[2]
+        return self.grids[1] if not self.residual and self.bounds is None else None
+
+    def forward(self, x: Tensor, *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         if self.grids[0] is None:
             raise SlimkitError("a quantized sparse conv's input has no per-tensor 8-bit quantizer to fuse")
         scale = (self.weight_step * self.grids[0][0]).float()
         return _QuantSparseConvFunction.apply(x, self.weight, self.group, self.tap, self.ptr, scale, self.bias,
                                               self.shape, self.stride, self.pad, tuple(self.grids), self.bounds,
-                                              *residual)
+                                              self.link, self.linked, self.float_output, *residual)
 
 
 class EngineSparseLinear(EngineConv):
@@ -511,33 +538,58 @@ def _fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     return traced
 
 
-def _link_packed(traced: fx.GraphModule) -> list[str]:
-    """Let each binary conv whose output a later binary conv binarizes as it is write that output's sign bits
-    too, and let the later conv read the bits: the float read and sign pass of its input go (the float output
-    stays for any other reader, such as a residual add). Returns the linked layers' names."""
+def _split_outputs(graph: fx.Graph, producer: fx.Node, readers: list[fx.Node]) -> fx.Node:
+    """Give a two-output node's outputs their own nodes: `readers` take output 1 as their input, every other
+    reader output 0 (returned: it may have no reader left)."""
+    with graph.inserting_after(producer):
+        second = graph.call_function(operator.getitem, (producer, 1))
+    with graph.inserting_after(producer):
+        first = graph.call_function(operator.getitem, (producer, 0))
+    producer.replace_all_uses_with(first, delete_user_cb=lambda user, own=(first, second): user not in own)
+    for reader in readers:
+        reader.args = (second, *reader.args[1:])
+    return first
+
+
+def _link_operators(traced: fx.GraphModule) -> dict[str, str]:
+    """Let an operator hand the next one its input in the form the next one computes on, instead of floats it
+    would read and convert again (the float output stays for any other reader, such as a residual add):
+    - a binary conv whose output a later binary conv binarizes as it is writes that output's sign bits;
+    - an int8 conv whose output a later int8 conv quantizes on the same grid writes its integers.
+    Returns each linked reader's name and what it reads."""
     graph, modules = traced.graph, dict(traced.named_modules())
 
-    def binary(node: fx.Node) -> EngineBinaryConv2d | None:
+    def operator_of(node: fx.Node, kind: type) -> Any:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
-        return module if isinstance(module, EngineBinaryConv2d) else None
+        return module if isinstance(module, kind) else None
 
-    linked = []
-    for producer in [n for n in graph.nodes if binary(n) is not None]:
-        readers = [u for u in producer.users if binary(u) is not None and u.args[0] is producer
-                   and binary(u).input_binarizer.signs_input_in_eval]
-        conventions = {binary(u).input_binarizer.zero for u in readers}
-        if len(conventions) != 1:  # none, or readers that binarize 0 differently: floats for all of them
+    linked: dict[str, str] = {}
+    for producer in list(graph.nodes):
+        quantized = operator_of(producer, EngineQuantSparseConv2d)
+        if (binary := operator_of(producer, EngineBinaryConv2d)) is not None:
+            readers = [u for u in producer.users if (r := operator_of(u, EngineBinaryConv2d)) is not None
+                       and u.args[0] is producer and r.input_binarizer.signs_input_in_eval]
+            conventions = {operator_of(u, EngineBinaryConv2d).input_binarizer.zero for u in readers}
+            if len(conventions) != 1:  # none, or readers that binarize 0 differently: floats for all of them
+                continue
+            binary.pack = conventions.pop()
+            what = "the previous binary layer's sign bits"
+        elif quantized is not None:
+            grid = quantized.last_grid()
+            readers = [u for u in producer.users if (r := operator_of(u, EngineQuantSparseConv2d)) is not None
+                       and u.args[0] is producer and grid is not None and r.grids[0] == grid]
+            if not readers:
+                continue
+            quantized.link = grid
+            what = "the previous int8 layer's integers"
+        else:
             continue
-        binary(producer).pack = conventions.pop()
-        with graph.inserting_after(producer):
-            bits = graph.call_function(operator.getitem, (producer, 1))
-        with graph.inserting_after(producer):
-            y = graph.call_function(operator.getitem, (producer, 0))
-        producer.replace_all_uses_with(y, delete_user_cb=lambda user, own=(y, bits): user not in own)
+        floats = _split_outputs(graph, producer, readers)
+        if quantized is not None and not floats.users:  # every reader takes the integers
+            quantized.float_output = False
         for reader in readers:
-            reader.args = (bits, *reader.args[1:])
-            binary(reader).packed = True
-            linked.append(str(reader.target))
+            modules[str(reader.target)].linked = True
+            linked[str(reader.target)] = what
     traced.recompile()
     return linked
 
@@ -570,7 +622,7 @@ def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
         if not isinstance(conv, nn.Conv2d):  # a QAT conv's class is torch's parametrized subclass of Conv2d
             return None, ""
         sparsity = _block_sparsity(conv.weight.detach())
-        if sparsity < SPARSE_MIN:
+        if sparsity < SPARSE_MIN and conv.in_channels > 4:
             return None, (f"{sparsity:.0%} of its 4-channel blocks are zero: below {SPARSE_MIN:.0%}, OpenVINO's "
                           f"int8 conv wins") if sparsity else ""
         return EngineQuantSparseConv2d, ""
@@ -629,13 +681,13 @@ def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Itera
     except Exception as exc:  # torch.fx fails on data-dependent control flow, among others
         raise SlimkitError(f"torch.fx could not trace the model to fuse the engine operators' epilogues: "
                            f"{type(exc).__name__}: {first_line(exc)}") from None
-    reads_bits = set(_link_packed(model))
+    reads = _link_operators(model)
     for name, line in lines.items():
         module = model.get_submodule(name)
         if isinstance(module, EngineConv):
             line["fused"] = module.fused
-        if name in reads_bits:
-            line["input"] = "the previous binary layer's sign bits"
+        if name in reads:
+            line["input"] = reads[name]
     return model, list(lines.values())
 
 

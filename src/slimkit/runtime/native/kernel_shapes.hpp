@@ -78,7 +78,8 @@ struct QuantEpilogue {
     void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length,  \
                           int32_t* acc);                                                                \
     void quant_epilogue(const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias, \
-                        const float* residual, const QuantEpilogue& e, float* y);                       \
+                        const float* residual, const QuantEpilogue& e, float* y, int16_t* ints);        \
+    void interleave_group(const int16_t* const* c, size_t count, int16_t* out);                        \
     }
 SLIMKIT_DECLARE_KERNELS(avx512)
 SLIMKIT_DECLARE_KERNELS(avx2)

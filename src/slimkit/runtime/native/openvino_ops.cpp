@@ -97,8 +97,12 @@ static void quant_sparse_row_any(const int16_t* planes, const QuantBlocks& w, in
 }
 
 static void quant_epilogue_any(const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias,
-                               const float* residual, const QuantEpilogue& e, float* y) {
-    SLIMKIT_DISPATCH(quant_epilogue(acc, acc_stride, rows, width, scale, bias, residual, e, y))
+                               const float* residual, const QuantEpilogue& e, float* y, int16_t* ints) {
+    SLIMKIT_DISPATCH(quant_epilogue(acc, acc_stride, rows, width, scale, bias, residual, e, y, ints))
+}
+
+static void interleave_group_any(const int16_t* const* c, size_t count, int16_t* out) {
+    SLIMKIT_DISPATCH(interleave_group(c, count, out))
 }
 
 static void sparse_rows_any(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
@@ -544,6 +548,9 @@ public:
             visitor.on_attribute(name + "_low", grid->low);
             visitor.on_attribute(name + "_high", grid->high);
         }
+        visitor.on_attribute("link_output", link_output_);
+        visitor.on_attribute("linked_input", linked_input_);
+        visitor.on_attribute("float_output", float_output_);
         return SparseKernelConv<4>::visit_attributes(visitor);
     }
 
@@ -553,6 +560,23 @@ public:
         in_ = same.in_;
         pre_ = same.pre_;
         post_ = same.post_;
+        link_output_ = same.link_output_;
+        linked_input_ = same.linked_input_;
+        float_output_ = same.float_output_;
+    }
+
+    void validate_and_infer_types() override {
+        SparseKernelConv<4>::validate_and_infer_types();  // a linked input [B, G, H, W, 4] has H, W where x has
+        if (link_output_ != 0) {
+            const ov::PartialShape y = get_output_partial_shape(0);
+            ov::PartialShape ints = ov::PartialShape::dynamic(5);
+            ints[0] = y[0];
+            ints[1] = y[1].is_static() ? ov::Dimension((y[1].get_length() + 3) / 4) : ov::Dimension::dynamic();
+            ints[2] = y[2];
+            ints[3] = y[3];
+            ints[4] = 4;
+            set_output_type(1, ov::element::i16, ints);
+        }
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -562,12 +586,16 @@ public:
             throw std::runtime_error("slimkit QuantSparseConv2d: weight must be int8, group and tap int32");
         if (!(in_.step > 0))
             throw std::runtime_error("slimkit QuantSparseConv2d: the input quantizer's step must be positive");
-        const int groups = (channels + 3) / 4, phases = stride * stride;
+        const bool linked = linked_input_ != 0;  // input 0: the integers [B, G, H, W, 4] of the layer before
+        if (linked && (inputs[0].get_element_type() != ov::element::i16 || inputs[0].get_shape()[4] != 4))
+            throw std::runtime_error("slimkit QuantSparseConv2d: a linked input must be int16 [B, G, H, W, 4]");
+        const int groups = linked ? channels : (channels + 3) / 4, phases = stride * stride;
         const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;  // int16 per 4-channel phase plane
         const size_t image = static_cast<size_t>(groups) * phases * phase_plane;
         outputs[0].set_shape({batch, static_cast<size_t>(out_c), static_cast<size_t>(out_h), static_cast<size_t>(out_w)});
         const QuantBlocks w = blocks(inputs, groups, hq, wq);
-        const float* x = inputs[0].data<const float>();
+        const float* x = linked ? nullptr : inputs[0].data<const float>();
+        const int16_t* ints_in = linked ? inputs[0].data<const int16_t>() : nullptr;
         const float* scale = inputs[5].data<const float>();
         const float* bias = inputs[6].data<const float>();
         const float* residual = inputs.size() > 7 ? inputs[7].data<const float>() : nullptr;
@@ -577,12 +605,13 @@ public:
         const size_t slack = 4 * QUANT_TILE;
         int16_t* planes = scratch<int16_t, 0>(batch * image + slack);
         std::fill(planes + batch * image, planes + batch * image + slack, int16_t{0});
-        if (stride == 1) {  // each group's rows quantized and interleaved in one vectorised pass
-            ov::parallel_for(batch * groups, [&](size_t item) {
-                const size_t b = item / groups;
-                const int g = static_cast<int>(item % groups);
-                int16_t* plane = planes + b * image + static_cast<size_t>(g) * phase_plane;
-                // the padding: rows above and below, then the columns left and right of each row
+        if (stride != 1) std::fill(planes, planes + batch * image, int16_t{0});  // padding, channels past the last
+        const size_t area = static_cast<size_t>(height) * width;
+        if (stride == 1 || linked) ov::parallel_for(batch * groups, [&](size_t item) {
+            const size_t b = item / groups;
+            const int g = static_cast<int>(item % groups);
+            int16_t* plane = planes + b * image + static_cast<size_t>(g) * phases * phase_plane;
+            if (stride == 1) {  // the padding: rows above and below, then the columns left and right of each row
                 std::memset(plane, 0, sizeof(int16_t) * 4 * wq * pad);
                 std::memset(plane + static_cast<size_t>(pad + height) * wq * 4, 0,
                             sizeof(int16_t) * 4 * wq * (hq - pad - height));
@@ -591,17 +620,30 @@ public:
                     std::memset(row, 0, sizeof(int16_t) * 4 * pad);
                     std::memset(row + 4 * (pad + width), 0, sizeof(int16_t) * 4 * (wq - pad - width));
                 }
-                for (int h = 0; h < height; ++h) {
-                    const float* rows[4];
-                    for (int k = 0; k < 4; ++k)
-                        rows[k] = 4 * g + k < channels ? x + ((b * channels + 4 * g + k) * height + h) * width : nullptr;
-                    quantize_group_row_any(rows, width, in_, plane + (static_cast<size_t>(h + pad) * wq + pad) * 4);
+            }
+            for (int h = 0; h < height; ++h) {
+                if (linked) {  // the integers are already this layer's: copied into place, 4 channels a pixel
+                    const int16_t* src = ints_in + ((b * groups + g) * area + static_cast<size_t>(h) * width) * 4;
+                    const int ph = (h + pad) % stride, i = (h + pad) / stride;
+                    if (stride == 1) {
+                        std::memcpy(plane + (static_cast<size_t>(i) * wq + pad) * 4, src, sizeof(int16_t) * 4 * width);
+                        continue;
+                    }
+                    for (int pw = 0; pw < stride; ++pw) {  // columns v with (v + pad) % stride == pw
+                        int16_t* out = plane + (ph * stride + pw) * phase_plane + static_cast<size_t>(i) * wq * 4;
+                        const int v0 = ((pw - pad) % stride + stride) % stride;
+                        for (int v = v0, j = (v0 + pad) / stride; v < width; v += stride, ++j)
+                            std::memcpy(out + 4 * j, src + 4 * v, sizeof(int16_t) * 4);
+                    }
+                    continue;
                 }
-            });
-        } else {
-            std::fill(planes, planes + batch * image, int16_t{0});  // the padding, and channels past the last
-        }
-        if (stride != 1) ov::parallel_for(batch * channels, [&](size_t item) {
+                const float* rows[4];  // each group's rows quantized and interleaved in one vectorised pass
+                for (int k = 0; k < 4; ++k)
+                    rows[k] = 4 * g + k < channels ? x + ((b * channels + 4 * g + k) * height + h) * width : nullptr;
+                quantize_group_row_any(rows, width, in_, plane + (static_cast<size_t>(h + pad) * wq + pad) * 4);
+            }
+        });
+        if (stride != 1 && !linked) ov::parallel_for(batch * channels, [&](size_t item) {
             const size_t b = item / channels;
             const int c = static_cast<int>(item % channels);
             int16_t* group = planes + b * image + static_cast<size_t>(c / 4) * phases * phase_plane + c % 4;
@@ -620,16 +662,30 @@ public:
         const QuantEpilogue e{pre_, low(), high(), post_};
         const size_t span = static_cast<size_t>(out_h - 1) * wq + out_w;
         const size_t tiles = (span + QUANT_TILE - 1) / QUANT_TILE * QUANT_TILE;  // positions computed
-        const int block = 8, blocks_per_image = (out_c + block - 1) / block;
+        const int block = 8, blocks_per_image = (out_c + block - 1) / block;  // 8: whole groups of 4
+        const size_t out_area = static_cast<size_t>(out_h) * out_w, out_groups = (out_c + 3) / 4;
+        int16_t* link = nullptr;
+        if (link_output_ != 0) {
+            outputs[1].set_shape({batch, out_groups, static_cast<size_t>(out_h), static_cast<size_t>(out_w), 4});
+            link = outputs[1].data<int16_t>();
+        }
         ov::parallel_for(batch * blocks_per_image, [&](size_t item) {
             const size_t b = item / blocks_per_image;
             const int first = static_cast<int>(item % blocks_per_image) * block;
             int32_t* acc = scratch<int32_t, 0>(tiles);
+            int16_t* ints = link != nullptr ? scratch<int16_t, 1>(4 * out_area) : nullptr;  // a group's planes
             for (int o = first; o < std::min(out_c, first + block); ++o) {
                 quant_sparse_row_any(planes + b * image, w, o, 0, static_cast<int>(tiles), acc);
-                const size_t at = (b * out_c + o) * out_h * out_w;
+                const size_t at = (b * out_c + o) * out_area;
                 quant_epilogue_any(acc, wq, out_h, out_w, scale[o], bias[o], residual != nullptr ? residual + at : nullptr,
-                                   e, y + at);
+                                   e, float_output_ != 0 ? y + at : nullptr,
+                                   ints != nullptr ? ints + (o % 4) * out_area : nullptr);
+                if (ints != nullptr && (o % 4 == 3 || o == out_c - 1)) {  // a group done: interleave it
+                    const int g = o / 4;
+                    const int16_t* planes_of[4];
+                    for (int k = 0; k < 4; ++k) planes_of[k] = 4 * g + k < out_c ? ints + k * out_area : nullptr;
+                    interleave_group_any(planes_of, out_area, link + (b * out_groups + g) * out_area * 4);
+                }
             }
         });
         return true;
@@ -672,6 +728,9 @@ private:
     }
 
     QuantGrid in_{0.0f, 0.0f, 0.0f}, pre_{0.0f, 0.0f, 0.0f}, post_{0.0f, 0.0f, 0.0f};
+    int64_t link_output_ = 0;  // 1: output 1 holds y's integers [B, ceil(O / 4), OH, OW, 4] on its last grid
+    int64_t linked_input_ = 0;  // 1: input 0 is such integers, on this layer's input grid
+    int64_t float_output_ = 1;  // 0: nothing reads output 0 (every reader takes the integers): not written
     mutable std::mutex mutex_;
     mutable std::vector<int32_t> offset_;
     mutable std::vector<int16_t> weights_;

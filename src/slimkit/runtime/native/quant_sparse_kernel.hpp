@@ -105,49 +105,85 @@ void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t
     }
 }
 
-static inline float requantize(float v, const QuantGrid& grid, float inverse) {
-    return grid.step > 0 ? quantize_value(v, inverse, grid.low, grid.high) * grid.step : v;
+// The integer of v on `grid` (a float holding a whole number), or v itself where there is no grid.
+static inline float grid_integer(float v, const QuantGrid& grid, float inverse) {
+    return grid.step > 0 ? quantize_value(v, inverse, grid.low, grid.high) : v;
 }
 
 #if defined(__AVX2__)
-static inline __m256 requantize8(__m256 v, const QuantGrid& grid, __m256 inverse) {
-    if (!(grid.step > 0)) return v;
+static inline __m256 grid_integer8(__m256 v, const QuantGrid& grid, __m256 inverse) {
     const __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return _mm256_mul_ps(_mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(grid.low)), _mm256_set1_ps(grid.high)),
-                         _mm256_set1_ps(grid.step));
+    return _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(grid.low)), _mm256_set1_ps(grid.high));
 }
 #endif
 
 // One output channel's plane: y[r][i] = post(clamp(pre(acc[r][i] * scale + bias) (+ residual[r][i]), low,
 // high)) for rows r < rows (acc rows `acc_stride` apart, y and residual rows `width` apart), pre and post the
 // fused quantizers (identity where their step is 0): the fake-quant graph's order of operations, in one pass.
+// With `ints`, also the integers of y on its last grid (post, else pre), rows `width` apart: what the next
+// operator reads instead of y (see QuantSparseConv2d's link_output); y may then be null (nothing reads it).
 void quant_epilogue(const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias,
-                    const float* residual, const QuantEpilogue& e, float* y) {
-    const float pre_inverse = e.pre.step > 0 ? 1.0f / e.pre.step : 0.0f;
-    const float post_inverse = e.post.step > 0 ? 1.0f / e.post.step : 0.0f;
+                    const float* residual, const QuantEpilogue& e, float* y, int16_t* ints) {
+    const bool pre = e.pre.step > 0, post = e.post.step > 0;
+    const float pre_inverse = pre ? 1.0f / e.pre.step : 0.0f, post_inverse = post ? 1.0f / e.post.step : 0.0f;
     for (int r = 0; r < rows; ++r) {
         const int32_t* a = acc + static_cast<size_t>(r) * acc_stride;
-        float* out = y + static_cast<size_t>(r) * width;
+        float* out = y != nullptr ? y + static_cast<size_t>(r) * width : nullptr;
+        int16_t* integers = ints != nullptr ? ints + static_cast<size_t>(r) * width : nullptr;
         const float* add = residual != nullptr ? residual + static_cast<size_t>(r) * width : nullptr;
         int i = 0;
 #if defined(__AVX2__)
         const __m256 vscale = _mm256_set1_ps(scale), vbias = _mm256_set1_ps(bias);
         const __m256 low = _mm256_set1_ps(e.low), high = _mm256_set1_ps(e.high);
         const __m256 vpre = _mm256_set1_ps(pre_inverse), vpost = _mm256_set1_ps(post_inverse);
+        const __m256 pre_step = _mm256_set1_ps(e.pre.step), post_step = _mm256_set1_ps(e.post.step);
         for (; i + 8 <= width; i += 8) {
             __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
-            v = requantize8(_mm256_add_ps(_mm256_mul_ps(v, vscale), vbias), e.pre, vpre);
+            v = _mm256_add_ps(_mm256_mul_ps(v, vscale), vbias);
+            __m256 q = v;  // the integers of the last grid applied
+            if (pre) v = _mm256_mul_ps(q = grid_integer8(v, e.pre, vpre), pre_step);
             if (add != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(add + i));
             v = _mm256_min_ps(_mm256_max_ps(v, low), high);
-            _mm256_storeu_ps(out + i, requantize8(v, e.post, vpost));
+            if (post) v = _mm256_mul_ps(q = grid_integer8(v, e.post, vpost), post_step);
+            if (out != nullptr) _mm256_storeu_ps(out + i, v);
+            if (integers != nullptr) {
+                const __m256i whole = _mm256_cvtps_epi32(q);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(integers + i),
+                                 _mm_packs_epi32(_mm256_castsi256_si128(whole), _mm256_extracti128_si256(whole, 1)));
+            }
         }
 #endif
         for (; i < width; ++i) {
-            float v = requantize(static_cast<float>(a[i]) * scale + bias, e.pre, pre_inverse);
+            float v = static_cast<float>(a[i]) * scale + bias, q = v;
+            if (pre) v = (q = grid_integer(v, e.pre, pre_inverse)) * e.pre.step;
             if (add != nullptr) v += add[i];
-            out[i] = requantize(std::min(std::max(v, e.low), e.high), e.post, post_inverse);
+            v = std::min(std::max(v, e.low), e.high);
+            if (post) v = (q = grid_integer(v, e.post, post_inverse)) * e.post.step;
+            if (out != nullptr) out[i] = v;
+            if (integers != nullptr) integers[i] = static_cast<int16_t>(q);
         }
     }
+}
+
+// Four channel planes of `count` int16 (null: a channel past the last, all 0) interleaved into out[4 i + k].
+void interleave_group(const int16_t* const* c, size_t count, int16_t* out) {
+    size_t i = 0;
+#if defined(__AVX2__)
+    for (; i + 8 <= count; i += 8) {
+        __m128i v[4];
+        for (int k = 0; k < 4; ++k)
+            v[k] = c[k] == nullptr ? _mm_setzero_si128() : _mm_loadu_si128(reinterpret_cast<const __m128i*>(c[k] + i));
+        const __m128i lo01 = _mm_unpacklo_epi16(v[0], v[1]), hi01 = _mm_unpackhi_epi16(v[0], v[1]);
+        const __m128i lo23 = _mm_unpacklo_epi16(v[2], v[3]), hi23 = _mm_unpackhi_epi16(v[2], v[3]);
+        __m128i* at = reinterpret_cast<__m128i*>(out + 4 * i);
+        _mm_storeu_si128(at, _mm_unpacklo_epi32(lo01, lo23));
+        _mm_storeu_si128(at + 1, _mm_unpackhi_epi32(lo01, lo23));
+        _mm_storeu_si128(at + 2, _mm_unpacklo_epi32(hi01, hi23));
+        _mm_storeu_si128(at + 3, _mm_unpackhi_epi32(hi01, hi23));
+    }
+#endif
+    for (; i < count; ++i)
+        for (int k = 0; k < 4; ++k) out[4 * i + k] = c[k] == nullptr ? int16_t{0} : c[k][i];
 }
 
 }  // namespace SLIMKIT_ISA
