@@ -651,7 +651,8 @@ def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Itera
     A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
     own ops, which OpenVINO runs exactly but not fast; its line says why. A quantized model becomes its int8
     graph first (calibrated on `calibration`, see quant/int8_graph), whose convs with at least SPARSE_MIN of
-    their 4-input-channel blocks zero become slimkit::QuantSparseConv2d; the rest stays Q/DQ, OpenVINO's int8."""
+    their 4-input-channel blocks zero, or at most 4 input channels, become slimkit::QuantSparseConv2d; the rest
+    stays Q/DQ, OpenVINO's int8."""
     if is_quantized(model):
         if calibration is None:
             raise SlimkitError("the engine form of a quantized model needs calibration batches: its int8 graph "
