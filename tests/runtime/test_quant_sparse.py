@@ -16,7 +16,13 @@ from slimkit.models import resnet20
 from slimkit.quant.int8_graph import int8_graph
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.recipe import build_modifier, parse_stage
-from slimkit.runtime.engine_ops import SPARSE_MIN, engine_form, export_openvino, openvino_core
+from slimkit.runtime.engine_ops import (
+    SPARSE_MIN,
+    engine_form,
+    export_openvino,
+    openvino_core,
+    runs_slimkit_operators,
+)
 from slimkit.runtime.engines import OpenVinoModel
 from slimkit.sparsity.blocks import block_scores, expand_blocks, is_block_sparse
 from slimkit.sparsity.topk import layerwise_masks
@@ -101,11 +107,14 @@ def test_resnet20_block_sparse_int8_in_openvino_matches_the_int8_graph(tmp_path)
 
 def test_dense_quantized_layers_stay_openvino_int8_and_say_why(tmp_path):
     torch.manual_seed(1)
-    model = _block_sparse_int8(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
-                                             nn.Conv2d(8, 4, 1)), 0.5, torch.randn(16, 8, 12, 12))
-    _, lines = engine_form(model, (8, 12, 12), [torch.randn(2, 8, 12, 12)])
+    model = _block_sparse_int8(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                             nn.Conv2d(8, 4, 1)), 0.5, torch.randn(16, 3, 12, 12))
+    assert not runs_slimkit_operators(model)  # so `slimkit export` writes it as ONNX Q/DQ
+    _, lines = engine_form(model, (3, 12, 12), [torch.randn(2, 3, 12, 12)])
     line = next(line for line in lines if line["layer"] == "1")
     assert line["engine"] == "OpenVINO dense conv" and f"below {SPARSE_MIN:.0%}" in line["reason"], line
+    # the 3-channel first conv joins the int8 operators only where some layer runs one
+    assert all(line["engine"] != "slimkit::QuantSparseConv2d" for line in lines), lines
 
 
 def test_a_quantized_model_needs_calibration_for_its_engine_form():

@@ -612,9 +612,10 @@ def _block_sparsity(weight: Tensor) -> float:
     return float((block_sums(weight.abs(), 4) == 0).float().mean())
 
 
-def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
+def _engine_layer(module: nn.Module, small_convs: bool = False) -> tuple[type[EngineConv] | None, str]:
     """Which operator a layer becomes, or (None, why not) for a layer that stays OpenVINO's own. A quantized
-    model's convs are judged as the int8 graph's FoldedLayers they become (engine_form builds that graph)."""
+    model's convs are judged as the int8 graph's FoldedLayers they become (engine_form builds that graph);
+    `small_convs`: a dense one of at most 4 input channels joins the int8 operators already in the model."""
     if isinstance(module, BinaryConv2d):
         return EngineBinaryConv2d, ""
     if isinstance(module, FoldedLayer) or weight_quantization(module) is not None:
@@ -622,7 +623,7 @@ def _engine_layer(module: nn.Module) -> tuple[type[EngineConv] | None, str]:
         if not isinstance(conv, nn.Conv2d):  # a QAT conv's class is torch's parametrized subclass of Conv2d
             return None, ""
         sparsity = _block_sparsity(conv.weight.detach())
-        if sparsity < SPARSE_MIN and conv.in_channels > 4:
+        if sparsity < SPARSE_MIN and not (small_convs and conv.in_channels <= 4):
             return None, (f"{sparsity:.0%} of its 4-channel blocks are zero: below {SPARSE_MIN:.0%}, OpenVINO's "
                           f"int8 conv wins") if sparsity else ""
         return EngineQuantSparseConv2d, ""
@@ -661,10 +662,11 @@ def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Itera
     model = copy.deepcopy(model).eval()
     lines: dict[str, dict[str, Any]] = {}
     inside = {f"{n}.layer" for n, m in model.named_modules() if isinstance(m, FoldedLayer)}
+    int8_operators = any(_engine_layer(m)[0] is EngineQuantSparseConv2d for m in model.modules())
     for name, module in list(model.named_modules()):
         if name in inside:  # a FoldedLayer's own conv: the FoldedLayer is the unit
             continue
-        kind, reason = _engine_layer(module)
+        kind, reason = _engine_layer(module, small_convs=int8_operators)
         if kind is None:
             if reason:
                 dense = "OpenVINO dense linear" if "dense linear" in reason else "OpenVINO dense conv"
