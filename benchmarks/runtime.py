@@ -218,7 +218,7 @@ def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list
             "model, quantized by onnxruntime's own quantize_static and run by that engine.", "",
             "## Where the engine's time goes", "",
             "OpenVINO's per-node counters for each `in openvino+slimkit` form (ms per inference, summed by node type "
-            "and kernel; slimkit's operators are BinaryConv2d and SparseConv2d).", "",
+            "and kernel; slimkit's operators are BinaryConv2d, SparseConv2d and QuantSparseConv2d).", "",
             "| model | form | batch | total ms | vs best dense engine | node | kernel | nodes | ms | share |",
             "|---|---|---:|---:|---|---|---|---:|---:|---:|"]
     for p in profiles:
