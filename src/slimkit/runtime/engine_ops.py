@@ -398,9 +398,11 @@ class EngineQuantSparseConv2d(EngineConv):
         return True
 
     def fuse_quantizer(self, quantizer: nn.Module, name: str) -> bool:
-        if (grid := _grid(quantizer)) is None:
+        """The quantizer of the conv's output (pre: nothing fused after it yet) or of the epilogue's (post)."""
+        slot = 1 if not self.residual and self.bounds is None and self.grids[1] is None else 2
+        if (grid := _grid(quantizer)) is None or self.grids[slot] is not None:
             return False
-        self.grids[1 if not self.residual and self.bounds is None else 2] = grid
+        self.grids[slot] = grid
         self.fused.append(name)
         return True
 
