@@ -34,6 +34,19 @@ void quantize_row(const float* x, int x_stride, int count, const QuantGrid& grid
         out[4 * i] = static_cast<int16_t>(quantize_value(x[i * x_stride], inverse, grid.low, grid.high));
 }
 
+#if defined(__AVX2__)
+// 8 positions of 4 channels (c[k]: channel k's 8 int16) stored interleaved, out[4 i + k] = c[k][i].
+static inline void store_interleaved(const __m128i* c, int16_t* out) {
+    const __m128i lo01 = _mm_unpacklo_epi16(c[0], c[1]), hi01 = _mm_unpackhi_epi16(c[0], c[1]);
+    const __m128i lo23 = _mm_unpacklo_epi16(c[2], c[3]), hi23 = _mm_unpackhi_epi16(c[2], c[3]);
+    __m128i* at = reinterpret_cast<__m128i*>(out);
+    _mm_storeu_si128(at, _mm_unpacklo_epi32(lo01, lo23));
+    _mm_storeu_si128(at + 1, _mm_unpackhi_epi32(lo01, lo23));
+    _mm_storeu_si128(at + 2, _mm_unpacklo_epi32(hi01, hi23));
+    _mm_storeu_si128(at + 3, _mm_unpackhi_epi32(hi01, hi23));
+}
+#endif
+
 // `count` consecutive positions of the 4 channel rows x[0..3] (null: a channel past the last, all 0) as
 // integers on `grid`, interleaved into out[4 i + k]: one 4-channel group's row of a stride-1 plane.
 void quantize_group_row(const float* const* x, int count, const QuantGrid& grid, int16_t* out) {
@@ -53,13 +66,7 @@ void quantize_group_row(const float* const* x, int count, const QuantGrid& grid,
             const __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, low), high));
             c[k] = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
         }
-        const __m128i lo01 = _mm_unpacklo_epi16(c[0], c[1]), hi01 = _mm_unpackhi_epi16(c[0], c[1]);
-        const __m128i lo23 = _mm_unpacklo_epi16(c[2], c[3]), hi23 = _mm_unpackhi_epi16(c[2], c[3]);
-        __m128i* at = reinterpret_cast<__m128i*>(out + 4 * i);
-        _mm_storeu_si128(at, _mm_unpacklo_epi32(lo01, lo23));
-        _mm_storeu_si128(at + 1, _mm_unpackhi_epi32(lo01, lo23));
-        _mm_storeu_si128(at + 2, _mm_unpacklo_epi32(hi01, hi23));
-        _mm_storeu_si128(at + 3, _mm_unpackhi_epi32(hi01, hi23));
+        store_interleaved(c, out + 4 * i);
     }
 #endif
     for (; i < count; ++i)
@@ -173,13 +180,7 @@ void interleave_group(const int16_t* const* c, size_t count, int16_t* out) {
         __m128i v[4];
         for (int k = 0; k < 4; ++k)
             v[k] = c[k] == nullptr ? _mm_setzero_si128() : _mm_loadu_si128(reinterpret_cast<const __m128i*>(c[k] + i));
-        const __m128i lo01 = _mm_unpacklo_epi16(v[0], v[1]), hi01 = _mm_unpackhi_epi16(v[0], v[1]);
-        const __m128i lo23 = _mm_unpacklo_epi16(v[2], v[3]), hi23 = _mm_unpackhi_epi16(v[2], v[3]);
-        __m128i* at = reinterpret_cast<__m128i*>(out + 4 * i);
-        _mm_storeu_si128(at, _mm_unpacklo_epi32(lo01, lo23));
-        _mm_storeu_si128(at + 1, _mm_unpackhi_epi32(lo01, lo23));
-        _mm_storeu_si128(at + 2, _mm_unpacklo_epi32(hi01, hi23));
-        _mm_storeu_si128(at + 3, _mm_unpackhi_epi32(hi01, hi23));
+        store_interleaved(v, out + 4 * i);
     }
 #endif
     for (; i < count; ++i)
