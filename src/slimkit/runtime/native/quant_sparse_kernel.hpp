@@ -77,8 +77,8 @@ void quantize_group_row(const float* const* x, int count, const QuantGrid& grid,
 
 // acc[i] = sum over output channel o's blocks e of the 4-channel dot product of weights[4e..4e+3] with the
 // planes at offset[e] + 4 (start + i), for i < length. The caller rounds length up to a multiple of
-// QUANT_TILE (positions past the outputs it keeps are computed and dropped), so no scalar tail runs: a ResNet
-// layer at 8 x 8 has 78 positions, and a tail of 14 scalar positions took as long as the 64 vector ones.
+// QUANT_TILE (positions past the outputs it keeps are computed and dropped), so no scalar tail runs (a ResNet
+// layer at 8 x 8 spans 78 positions, 14 of which would otherwise run one at a time).
 void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t start, int length, int32_t* acc) {
     int i = 0;
     const int64_t first = w.ptr[o], last = w.ptr[o + 1];
