@@ -65,6 +65,17 @@ def _typed(out: Any, x: Any, sizes: Any) -> Any:
     return out
 
 
+def _typed_outputs(out: Any, x: Any, sizes: Any, link_dtype: torch.dtype | None) -> Any:
+    """Type an operator's output (see _typed) and, where it hands the next operator a second output (sign
+    bits, integers), that output's element type."""
+    if link_dtype is None:
+        return _typed(out, x, sizes)
+    y, link = out
+    _typed(y, x, sizes)
+    link.setType(link.type().with_dtype(link_dtype))
+    return y, link
+
+
 def _conv_sizes(out_channels: int, kernel: tuple[int, int], stride: int, pad: int) -> Any:
     def sizes(known: list[int | None]) -> list[int | None]:
         spatial = [None if n is None else (n + 2 * pad - k) // stride + 1
@@ -122,12 +133,7 @@ class _BinaryConvFunction(torch.autograd.Function):
         sizes = _conv_sizes(shape[0], tuple(shape[2:]), stride, pad)
         if packed:  # bits [B, 2, words, H, W]: the conv's sizes from B, H, W
             sizes = (lambda conv: lambda known: conv([known[0], None, *known[3:]]))(sizes)
-        if not pack_output:
-            return _typed(out, x, sizes)
-        y, bits = out
-        _typed(y, x, sizes)
-        bits.setType(bits.type().with_dtype(torch.int64))
-        return y, bits
+        return _typed_outputs(out, x, sizes, torch.int64 if pack_output else None)
 
 
 class _SparseConvFunction(torch.autograd.Function):
@@ -205,12 +211,7 @@ class _QuantSparseConvFunction(torch.autograd.Function):
         sizes = _conv_sizes(shape[0], tuple(shape[2:]), stride, pad)
         if linked:  # integers [B, G, H, W, 4]: the conv's sizes from B, H, W
             sizes = (lambda conv: lambda known: conv(known[:4]))(sizes)
-        if link is None:
-            return _typed(out, x, sizes)
-        y, integers = out
-        _typed(y, x, sizes)
-        integers.setType(integers.type().with_dtype(torch.int16))
-        return y, integers
+        return _typed_outputs(out, x, sizes, torch.int16 if link is not None else None)
 
 
 class _SparseLinearFunction(torch.autograd.Function):
