@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     threads = default_threads()
-    rows, layers, missing, profiles = [], [], {}, []
+    rows, layers, missing, profiles, int8_layers = [], [], {}, [], []
     calibration = [torch.randn(8, 3, 32, 32) for _ in range(4)]
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
@@ -171,21 +171,45 @@ def main() -> None:
                     profiles.append({"arch": arch, "form": name, "batch": batch, "ms": ms[name],
                                      "vs": speedups(ms, name), "profile": profile,
                                      "slimkit_layers": a["slimkit_layers"]})
+                    if form.endswith("_int8"):
+                        int8_layers += layer_by_layer(arch, name, batch, a["model"], exported["int8"], threads)
                 print(f"{arch} b{batch}: " + ", ".join(
                     f"{r['form']} {r['vs']['best_dense']['speedup']:.2f}x vs {r['vs']['best_dense']['baseline']}"
                     for r in rows if r["arch"] == arch and r["batch"] == batch))
     args.results.mkdir(parents=True, exist_ok=True)
     env = environment(0) | {"command": " ".join(sys.argv), "threads": threads} | cpu_info()
     (args.results / "runtime.json").write_text(json.dumps({"rows": rows, "layers": layers, "missing": missing,
-                                                          "profiles": profiles, "environment": env}, indent=2))
-    (args.results / "runtime.md").write_text(markdown(rows, layers, missing, profiles, env))
+                                                          "profiles": profiles, "int8_layers": int8_layers,
+                                                          "environment": env}, indent=2))
+    (args.results / "runtime.md").write_text(markdown(rows, layers, missing, profiles, int8_layers, env))
+
+
+def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: Path, threads: int) -> list[dict]:
+    """Each conv of a sparse int8 artifact against the same conv of the dense model in OpenVINO's int8, from
+    OpenVINO's per-node counters of both (matched in execution order; every conv of these forms runs the
+    operator, which the count check makes sure of)."""
+    from slimkit.runtime.engine_ops import node_times
+
+    shape = (batch, 3, 32, 32)
+    ours = [r for r in node_times(artifact, shape, threads) if r["node"] == "QuantSparseConv2d"]
+    dense = [r for r in node_times(dense_int8, shape, threads) if r["node"] == "Convolution"]
+    if len(ours) != len(dense):
+        raise RuntimeError(f"{arch} {form}: {len(ours)} operator nodes against {len(dense)} dense convs")
+    out = []
+    for mine, theirs in zip(ours, dense, strict=True):
+        parts = [p for p in theirs["name"].split("/") if p][:-2]  # /layer1/layer1.0/conv1/Conv/WithoutBiases
+        layer = f"{parts[-2]}.{parts[-1]}" if len(parts) > 1 else parts[-1]  # layer1.0.conv1
+        out.append({"arch": arch, "form": form, "batch": batch, "layer": layer, "dense_ms": theirs["ms"],
+                    "ms": mine["ms"], "speedup": theirs["ms"] / mine["ms"]})
+    return out
 
 
 def _vs(entry: dict | None) -> str:
     return f"{entry['speedup']:.2f}x ({entry['baseline']})" if entry else "n/a"
 
 
-def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list[dict], env: dict) -> str:
+def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list[dict], int8_layers: list[dict],
+             env: dict) -> str:
     isa = ", ".join(env.get("isa", [])) or "no AVX2"
     out = ["# CPU runtime: compressed models against the dense engines users deploy with", "",
            f"CPU: **{env.get('cpu_model')}** ({isa}), {env['threads']} threads for every form, torch "
@@ -227,6 +251,13 @@ def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list
             head = (f"| {p['arch']} | {p['form']} | {p['batch']} | {p['ms']['median']:.3f} | "
                     f"{_vs(p['vs'].get('best_dense'))} |" if i == 0 else "| | | | | |")
             out.append(f"{head} {r['node']} | {r['kernel']} | {r['nodes']} | {r['ms']:.3f} | {r['ms'] / total:.0%} |")
+    out += ["", "## Sparse int8, layer by layer", "",
+            "OpenVINO's per-node counters (ms per inference) of each conv: the dense model's in OpenVINO int8 against "
+            "slimkit::QuantSparseConv2d in the sparse int8 artifact (each node with what was fused into it).", "",
+            "| model | form | batch | layer | OpenVINO int8 dense ms | QuantSparseConv2d ms | speedup |",
+            "|---|---|---:|---|---:|---:|---:|"]
+    out += [f"| {e['arch']} | {e['form']} | {e['batch']} | {e['layer']} | {e['dense_ms']:.3f} | {e['ms']:.3f} | "
+            f"{e['speedup']:.2f}x |" for e in int8_layers]
     out += ["", "## Layers", "",
             "| model | form | batch | layer | kind | dense ms | kernel ms | speedup | runs |",
             "|---|---|---:|---|---|---:|---:|---:|---|"]

@@ -156,3 +156,18 @@ def test_every_instruction_set_build_of_the_int8_operator_matches(level):
     done = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-n", "0", "-k", "equals_the_int8_graph"],
                           capture_output=True, text=True, env={**os.environ, "SLIMKIT_ISA": level}, timeout=300)
     assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout[-3000:]
+
+
+def test_openvino_node_counters_name_each_operator_node(tmp_path):
+    from slimkit.runtime.engine_ops import node_times, profile_openvino
+
+    torch.manual_seed(2)
+    model = _block_sparse_int8(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                             nn.Conv2d(8, 4, 1)), 0.9, torch.randn(16, 8, 12, 12))
+    info = export_openvino(model, tmp_path / "model.xml", (8, 12, 12), [torch.randn(4, 8, 12, 12)])
+    rows = node_times(info["model"], (2, 8, 12, 12), threads=1, runs=3)
+    ours = [r for r in rows if r["node"] == "QuantSparseConv2d"]
+    assert len(ours) == 1 and ours[0]["kernel"].startswith("ref") and ours[0]["ms"] > 0, rows
+    assert len({r["name"] for r in rows}) == len(rows)  # one row per executed node
+    summed = profile_openvino(info["model"], (2, 8, 12, 12), threads=1, runs=3)
+    assert {(r["node"], r["nodes"]) for r in summed if r["node"] == "QuantSparseConv2d"} == {("QuantSparseConv2d", 1)}

@@ -759,10 +759,10 @@ def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[in
     return manifest
 
 
-def profile_openvino(path: str | Path, shape: Sequence[int], threads: int, runs: int = 20) -> list[dict[str, Any]]:
-    """Where an OpenVINO model's time goes: OpenVINO's own per-node counters (PERF_COUNT), summed by node type
-    and kernel over `runs` inferences after a warm-up, in ms per inference, slowest first. slimkit's
-    operators appear as their own types (BinaryConv2d, SparseConv2d run as 'Reference' nodes)."""
+def node_times(path: str | Path, shape: Sequence[int], threads: int, runs: int = 20) -> list[dict[str, Any]]:
+    """OpenVINO's own per-node counters (PERF_COUNT) of a model: each executed node's name, type, kernel and ms
+    per inference, averaged over `runs` inferences after a warm-up, in the order OpenVINO reports them (its
+    execution order). slimkit's operators appear as their own types, run as 'Reference' kernels."""
     import numpy as np
 
     core = openvino_core()
@@ -775,14 +775,23 @@ def profile_openvino(path: str | Path, shape: Sequence[int], threads: int, runs:
     x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
     for _ in range(3):
         request.infer([x])
-    totals: dict[tuple[str, str], list[float]] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for _ in range(runs):
         request.infer([x])
         for info in request.profiling_info:
-            kind = types.get(info.node_name, info.node_type)
-            entry = totals.setdefault((kind, info.exec_type), [0.0, 0])
-            entry[0] += info.real_time.total_seconds() * 1e3 / runs
-            entry[1] += 1
-    rows = [{"node": kind, "kernel": kernel, "ms": ms, "nodes": count // runs}
-            for (kind, kernel), (ms, count) in totals.items() if ms > 0]
-    return sorted(rows, key=lambda r: -r["ms"])
+            row = rows.setdefault(info.node_name, {"name": info.node_name, "node": types.get(info.node_name,
+                                  info.node_type), "kernel": info.exec_type, "ms": 0.0})
+            row["ms"] += info.real_time.total_seconds() * 1e3 / runs
+    return [row for row in rows.values() if row["ms"] > 0]
+
+
+def profile_openvino(path: str | Path, shape: Sequence[int], threads: int, runs: int = 20) -> list[dict[str, Any]]:
+    """Where an OpenVINO model's time goes: node_times summed by node type and kernel, in ms per inference,
+    slowest first."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for row in node_times(path, shape, threads, runs):
+        entry = totals.setdefault((row["node"], row["kernel"]), [0.0, 0])
+        entry[0] += row["ms"]
+        entry[1] += 1
+    return sorted(({"node": kind, "kernel": kernel, "ms": ms, "nodes": count}
+                   for (kind, kernel), (ms, count) in totals.items()), key=lambda r: -r["ms"])
