@@ -184,6 +184,14 @@ def main() -> None:
     (args.results / "runtime.md").write_text(markdown(rows, layers, missing, profiles, int8_layers, env))
 
 
+def module_path(node_name: str) -> str:
+    """The torch module path in an exported node's name: /layer1/layer1.0/conv1/Conv/WithoutBiases is
+    layer1.0.conv1, /body/conv1/Conv is body.conv1 (a scope repeated as the prefix of the next one is dropped)."""
+    scopes = [p for p in node_name.split("/") if p]
+    scopes = scopes[:next(i for i, p in enumerate(scopes) if p.startswith("Conv"))]
+    return ".".join(p for i, p in enumerate(scopes) if i + 1 == len(scopes) or not scopes[i + 1].startswith(p + "."))
+
+
 def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: Path, threads: int) -> list[dict]:
     """Each conv of a sparse int8 artifact against the same conv of the dense model in OpenVINO's int8, from
     OpenVINO's per-node counters of both (matched in execution order; every conv of these forms runs the
@@ -197,8 +205,7 @@ def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: 
         raise RuntimeError(f"{arch} {form}: {len(ours)} operator nodes against {len(dense)} dense convs")
     out = []
     for mine, theirs in zip(ours, dense, strict=True):
-        parts = [p for p in theirs["name"].split("/") if p][:-2]  # /layer1/layer1.0/conv1/Conv/WithoutBiases
-        layer = f"{parts[-2]}.{parts[-1]}" if len(parts) > 1 else parts[-1]  # layer1.0.conv1
+        layer = module_path(theirs["name"])
         out.append({"arch": arch, "form": form, "batch": batch, "layer": layer, "dense_ms": theirs["ms"],
                     "ms": mine["ms"], "speedup": theirs["ms"] / mine["ms"]})
     return out
