@@ -18,7 +18,7 @@ from torch.fx import Tracer
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-class _LayerTracer(Tracer):
+class LayerTracer(Tracer):
     """Every conv and linear (binary, quantized and masked subclasses included) stays one node."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -29,7 +29,7 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
     """{layer: BatchNorm} for each conv or linear whose output feeds one BatchNorm (with running statistics)
     and nothing else, both called once per forward."""
     try:
-        graph = _LayerTracer().trace(model)
+        graph = LayerTracer().trace(model)
     except Exception:  # torch.fx raises many types on untraceable code; folding is only an optimisation
         return {}
     modules = dict(model.named_modules())

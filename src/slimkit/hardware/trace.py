@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import SlimkitError, UnsupportedLayerError
-from slimkit.folding import BATCHNORMS, _LayerTracer
+from slimkit.folding import BATCHNORMS, LayerTracer
 from slimkit.layers import canonical_weight, layer_kind
 from slimkit.quant.attach import weight_quantization
 
@@ -164,7 +164,7 @@ def output_path(model: nn.Module, layer: str) -> OutputPath:
     it, by torch.fx. An output that meets anything else first (a residual add, a reshape, two readers) has
     no per-neuron quantized value, and the error names the op."""
     try:
-        graph = _LayerTracer().trace(model)
+        graph = LayerTracer().trace(model)
     except Exception as exc:  # torch.fx raises many types on untraceable code
         raise SlimkitError(f"following {layer!r}'s output needs a torch.fx trace of the model, which failed: "
                            f"{type(exc).__name__}: {exc}") from None
