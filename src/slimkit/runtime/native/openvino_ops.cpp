@@ -123,6 +123,9 @@ static T* scratch(size_t count) {
     return buffer.data();
 }
 
+// The first input column (or row) v with (v + pad) % stride == phase: where a stride phase plane starts.
+static int first_in_phase(int phase, int pad, int stride) { return ((phase - pad) % stride + stride) % stride; }
+
 // The ptr input as int64: OpenVINO's CPU plugin may hand an i64 constant over as i32.
 static void read_ptr(const ov::Tensor& ptr, std::vector<int64_t>& out) {
     out.resize(ptr.get_shape()[0]);
@@ -631,7 +634,7 @@ public:
                     }
                     for (int pw = 0; pw < stride; ++pw) {  // columns v with (v + pad) % stride == pw
                         int16_t* out = plane + (ph * stride + pw) * phase_plane + static_cast<size_t>(i) * wq * 4;
-                        const int v0 = ((pw - pad) % stride + stride) % stride;
+                        const int v0 = first_in_phase(pw, pad, stride);
                         for (int v = v0, j = (v0 + pad) / stride; v < width; v += stride, ++j)
                             std::memcpy(out + 4 * j, src + 4 * v, sizeof(int16_t) * 4);
                     }
@@ -651,7 +654,7 @@ public:
                 const int ph = (h + pad) % stride, i = (h + pad) / stride;
                 const float* row = x + ((b * channels + c) * height + h) * width;
                 for (int pw = 0; pw < stride; ++pw) {  // columns v with (v + pad) % stride == pw
-                    const int v0 = ((pw - pad) % stride + stride) % stride;
+                    const int v0 = first_in_phase(pw, pad, stride);
                     if (v0 >= width) continue;
                     const int count = (width - v0 + stride - 1) / stride;
                     int16_t* out = group + (ph * stride + pw) * phase_plane + (static_cast<size_t>(i) * wq + (v0 + pad) / stride) * 4;
