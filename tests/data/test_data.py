@@ -144,3 +144,52 @@ def test_fashion_mnist_full_split():
     data = load_data(DataConfig(name="fashion_mnist", val_fraction=0.1))
     assert (len(data.train), len(data.val), len(data.test)) == (54000, 6000, 10000)
     assert data.classes[0] == "T-shirt/top" and data.input_shape == (1, 28, 28)
+
+
+def test_classes_keep_only_those_relabelled_in_the_given_order(idx_folder):
+    # the fixture's labels are i % 10: 5 training and 2 test images per class
+    data = load_data(DataConfig(name="mnist", path=idx_folder, val_fraction=0.0, classes=[7, 2, 5]))
+    assert data.classes == ["7", "2", "5"] and data.num_classes == 3
+    for split, per_class in (("train", 5), ("test", 2)):
+        labels = getattr(data, split).labels
+        assert torch.bincount(labels, minlength=3).tolist() == [per_class] * 3
+    # each kept image is the one of its old class: image i has label i % 10
+    raw = read_idx(idx_folder / "train-images-idx3-ubyte.gz")
+    old = {7: 0, 2: 1, 5: 2}
+    expected = sorted((raw[i].tobytes(), old[i % 10]) for i in range(50) if i % 10 in old)
+    got = sorted((x.numpy().tobytes(), int(y)) for x, y in zip(data.train.images[:, 0], data.train.labels,
+                                                               strict=True))
+    assert got == expected
+    by_name = load_data(DataConfig(name="mnist", path=idx_folder, val_fraction=0.0, classes=["7", "2", "5"]))
+    assert torch.equal(by_name.train.labels, data.train.labels)
+
+
+def test_classes_errors_name_the_key_and_the_value(idx_folder):
+    from slimkit.errors import RecipeError, SlimkitError
+    from slimkit.recipe import Recipe
+
+    with pytest.raises(SlimkitError, match=r"data\.classes: mnist has no class 12; its classes are 0 '0'"):
+        load_data(DataConfig(name="mnist", path=idx_folder, classes=[0, 12]))
+    with pytest.raises(SlimkitError, match=r"data\.classes: mnist has no class 'Shirt'"):
+        load_data(DataConfig(name="mnist", path=idx_folder, classes=[0, "Shirt"]))
+    with pytest.raises(SlimkitError, match=r"names one class of mnist twice \(3\)"):
+        load_data(DataConfig(name="mnist", path=idx_folder, classes=[3, "3"]))
+    base = {"name": "x", "model": {"name": "lenet"}, "train": {"epochs": 1}}
+    for classes, message in (([4], "at least two classes"), ([1, 1], "1 appears more than once"),
+                             ([-1, 2], "class ids count from 0; got -1")):
+        with pytest.raises(RecipeError) as info:
+            Recipe.from_dict({**base, "data": {"name": "fashion_mnist", "classes": classes}})
+        assert "'data.classes'" in str(info.value) and message in str(info.value)
+    with pytest.raises(RecipeError, match="select the classes there"):
+        Recipe.from_dict({**base, "data": {"factory": "user_code:regression_data", "classes": [0, 1]}})
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="dataset-fashion-mnist is not installed")
+def test_fashion_mnist_confusable_classes():
+    data = load_data(DataConfig(name="fashion_mnist", val_fraction=0.1, classes=[0, 2, 4, 6]))
+    assert data.classes == ["T-shirt/top", "Pullover", "Coat", "Shirt"] and data.num_classes == 4
+    assert (len(data.train), len(data.val), len(data.test)) == (21600, 2400, 4000)
+    assert torch.bincount(data.test.labels).tolist() == [1000] * 4
+    labels = torch.cat([data.train.labels, data.val.labels])
+    assert torch.bincount(labels).tolist() == [6000] * 4 and labels.max() == 3
+    assert "relabelled 0..3" in data.note

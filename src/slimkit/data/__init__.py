@@ -8,7 +8,15 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from slimkit.config import resolve_factory
-from slimkit.data.arrays import ArrayDataset, DataBundle, RawSplits, batch_collate, collate_batch, split_bundle
+from slimkit.data.arrays import (
+    ArrayDataset,
+    DataBundle,
+    RawSplits,
+    batch_collate,
+    collate_batch,
+    select_classes,
+    split_bundle,
+)
 from slimkit.data.config import DataConfig
 from slimkit.data.idx import locate_idx_files
 from slimkit.data.sources import DATASETS
@@ -57,6 +65,8 @@ def load_data(config: DataConfig) -> DataBundle:
         return user_data(*made, name=config.factory,
                          arguments=[f"data.factory {config.factory!r} -> {s}" for s in SPLITS])
     raw = DATASETS[config.name](config.path, config.image_size)
+    if config.classes is not None:
+        raw = select_classes(raw, config.classes, config.name)
     return split_bundle(config.name, raw, val_fraction=config.val_fraction, split_seed=config.split_seed,
                         augment=config.augment, train_subset=config.train_subset)
 

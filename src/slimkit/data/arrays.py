@@ -157,6 +157,42 @@ def batch_collate(dataset: Dataset) -> Callable[[Any], Any]:
     return collate_batch if isinstance(dataset, ArrayDataset) else default_collate
 
 
+def select_classes(raw: RawSplits, classes: Sequence[int | str], name: str) -> RawSplits:
+    """Only the samples of `classes` (ids or names of `raw.classes`), relabelled 0..n-1 in the order given,
+    in train and test alike; the class names follow the new labels. A class the data set does not have is an
+    error naming data.classes, the value and the classes there are."""
+    ids = []
+    for c in classes:
+        if isinstance(c, str) and c in raw.classes:
+            ids.append(raw.classes.index(c))
+        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(raw.classes):
+            ids.append(c)
+        else:
+            have = ", ".join(f"{i} {n!r}" for i, n in enumerate(raw.classes))
+            raise SlimkitError(f"data.classes: {name} has no class {c!r}; its classes are {have} (give ids or "
+                               f"names)")
+    if len(set(ids)) < len(ids):
+        raise SlimkitError(f"data.classes: {list(classes)} names one class of {name} twice "
+                           f"({', '.join(raw.classes[i] for i in sorted(set(ids)) if ids.count(i) > 1)})")
+    lookup = torch.full((len(raw.classes),), -1, dtype=torch.long)
+    lookup[torch.tensor(ids)] = torch.arange(len(ids))
+
+    def keep(xs: Tensor | None, ys: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        if xs is None or ys is None:
+            return xs, ys
+        new = lookup[ys.long()]
+        kept = new >= 0
+        return xs[kept], new[kept]
+
+    train_x, train_y = keep(raw.train_x, raw.train_y)
+    test_x, test_y = keep(raw.test_x, raw.test_y)
+    names = [raw.classes[i] for i in ids]
+    note = f"classes {', '.join(f'{i} ({n})' for i, n in zip(ids, names, strict=True))} of {name}, relabelled " \
+           f"0..{len(ids) - 1}"
+    return RawSplits(train_x, train_y, test_x, test_y, names, raw.scale,
+                     note=f"{raw.note}; {note}" if raw.note else note)
+
+
 def split_bundle(name: str, raw: RawSplits, *, val_fraction: float, split_seed: int, augment: str,
                  train_subset: int | None, test_fraction: float = 0.2) -> DataBundle:
     """Carve a deterministic validation split (and a test split where the source has none)."""

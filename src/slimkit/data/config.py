@@ -29,6 +29,8 @@ class DataConfig(StrictModel):
     augment: Literal["auto", "none", "crop_flip", "crop"] = "auto"
     image_size: int = Field(32, ge=4)
     train_subset: int | None = Field(None, ge=1)
+    classes: list[int | str] | None = Field(
+        None, description="keep only these classes (ids or names), relabelled 0..n-1 in the order given")
     num_workers: int = Field(0, ge=0)
 
     @field_validator("name")
@@ -38,11 +40,29 @@ class DataConfig(StrictModel):
             raise ValueError(f"unknown data set; allowed: {', '.join(sorted(DATASETS))}")
         return name
 
+    @field_validator("classes")
+    @classmethod
+    def _class_list(cls, classes: list[int | str] | None) -> list[int | str] | None:
+        if classes is None:
+            return None
+        if len(classes) < 2:
+            raise ValueError(f"a classifier needs at least two classes; got {classes}")
+        negative = [c for c in classes if isinstance(c, int) and c < 0]
+        if negative:
+            raise ValueError(f"class ids count from 0; got {negative[0]}")
+        repeated = sorted({str(c) for c in classes if classes.count(c) > 1})
+        if repeated:
+            raise ValueError(f"each class may appear once; {', '.join(repeated)} appears more than once")
+        return classes
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         check_one_source(self.name, self.factory, "bundled data set", DATASETS, "data.factory")
         if self.factory is None and self.kwargs:
             raise ValueError("'kwargs' goes with 'factory'; a bundled data set takes none")
+        if self.factory is not None and self.classes is not None:
+            raise ValueError("'classes' selects classes of a bundled data set; a factory returns its own data, so "
+                             "select the classes there")
         return self
 
     @property
