@@ -125,14 +125,15 @@ def test_a_quantized_model_needs_calibration_for_its_engine_form():
 
 
 def test_prune_in_blocks_then_quantize_then_export_runs_the_int8_sparse_operator(tmp_path, digits_recipe, capsys):
-    """The composition #20 asks for, as a user runs it: one recipe prunes in blocks of 4 and quantizes, and
-    `slimkit export` deploys it with slimkit::QuantSparseConv2d, matching the fake-quant int8 graph."""
+    """The composition #20 asks for, as a user runs it: one recipe prunes in blocks of 4, fine-tunes in float,
+    then quantizes (QAT in the last epoch), and `slimkit export` deploys it with slimkit::QuantSparseConv2d,
+    matching the int8 graph and the fake-quant model within one step of the logits' grid."""
     import slimkit
     from slimkit.cli import _calibration_batches, main
 
     digits_recipe["stages"] = [{"prune": {"method": "gmp", "sparsity": 0.9, "block": 4, "scope": "layer",
                                           "start_epoch": 0, "end_epoch": 1}},
-                               {"quantize": {"method": "uniform", "bits": 8}}]
+                               {"quantize": {"method": "uniform", "bits": 8, "start_epoch": 3}}]
     slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
     assert main(["export", str(tmp_path / "run")]) == 0, capsys.readouterr().err  # auto: openvino for this run
     manifest = json.loads((tmp_path / "run" / "engine" / "engine.json").read_text())
@@ -143,8 +144,10 @@ def test_prune_in_blocks_then_quantize_then_export_runs_the_int8_sparse_operator
     x = torch.rand(16, *manifest["input_shape"])
     got = OpenVinoModel(tmp_path / "run" / "engine" / "model.xml", tuple(x.shape), 2, core=openvino_core())(x)
     with torch.no_grad():
-        reference = graph(x)
-    assert (got - reference).abs().max() <= list(_steps(graph).values())[-1] * 1.001  # within one logits step
+        reference, fake_quant = graph(x), model(x)
+    step = list(_steps(graph).values())[-1]
+    assert (got - reference).abs().max() <= step * 1.001  # within one logits step
+    assert (got - fake_quant).abs().max() <= step * 1.001  # and of the QAT model the run trained
 
 
 @pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])

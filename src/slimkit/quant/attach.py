@@ -1,5 +1,9 @@
 """Quantizing a layer in place: a parametrization quantizes its weight (after any pruning mask, so the two
-compose: W -> Q(W * M)) and a forward pre-hook quantizes its input. The layer stays the same module."""
+compose: W -> Q(W * M)) and a forward pre-hook quantizes its input. The layer stays the same module.
+
+A quantized layer may wait inactive (weight and input pass through unchanged) until its stage starts, so
+that a recipe can prune and fine-tune in float first and quantize after, with the quantizers' parameters in
+the optimizer from the start."""
 
 from __future__ import annotations
 
@@ -19,14 +23,19 @@ class WeightQuantization(nn.Module):
         self.quantizer = quantizer
         self.bits = bits
         self.transposed = transposed
+        self.active = True  # the quantize stage's phase, kept in its state_dict; False: weight passes through
 
     def forward(self, weight: Tensor) -> Tensor:
+        if not self.active:
+            return weight
         if self.transposed:
             return self.quantizer(weight.t()).t()
         return self.quantizer(weight)
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
+    if not weight_quantization(module).active:
+        return args
     return (module.input_quantizer(args[0]), *args[1:])
 
 

@@ -48,6 +48,9 @@ def check_exportable(model: nn.Module) -> None:
         wq = weight_quantization(module)
         if wq is None:
             continue
+        if not wq.active:
+            raise SlimkitError(f"layer '{name}': its quantizers are not on yet (the quantize stage's start_epoch "
+                               f"was not reached); export the model the run finished with")
         for role, q in (("weight", wq.quantizer), ("input", getattr(module, "input_quantizer", None))):
             if not isinstance(q, UniformQuantizer) or q.bits != 8:
                 raise SlimkitError(f"layer '{name}': its {role} quantizer is {type(q).__name__} at "

@@ -1,6 +1,10 @@
 """Quantization as a modifier: QAT (train with fake quantization) and PTQ (the same stage with
 train.epochs: 0: calibrate on a few batches, no training).
 
+The stage starts at `start_epoch`: before it the quantizers wait inactive and the layers train in float (prune,
+then fine-tune, then quantize); at it they are calibrated on the weights and inputs of that moment. A
+`start_epoch` equal to `train.epochs` quantizes after training, on the kept weights: PTQ in the same run.
+
 Layers the selection leaves out (by default the first conv and the last linear) are quantized to
 `first_last_bits` with the uniform quantizer, or left in float when that is null.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from slimkit.errors import UnsupportedLayerError
@@ -19,6 +23,7 @@ from slimkit.methods import MethodConfig, register_method
 from slimkit.quant.attach import quantize_layer, quantizer_parameters, weight_quantization
 from slimkit.quant.levels import apot_levels, sp2_levels
 from slimkit.quant.quantizers import LevelQuantizer, Observer, UniformQuantizer, activation_sample
+from slimkit.train import distributed
 from slimkit.train.modifier import Modifier, TrainContext
 
 
@@ -32,6 +37,13 @@ class QuantizeConfig(MethodConfig):
     calibration_batches: int = Field(4, ge=0)
     observer: Observer = "mse"
     percentile: float = Field(99.99, gt=50, le=100)
+
+    @field_validator("end_epoch")
+    @classmethod
+    def _stays_to_the_end(cls, end_epoch: int | None) -> None:
+        if end_epoch is not None:
+            raise ValueError(f"{end_epoch}: quantization stays on from start_epoch to the end of training; "
+                             f"remove end_epoch")
 
 
 class UniformConfig(QuantizeConfig):
@@ -87,6 +99,9 @@ class QuantizeModifier(Modifier):
     def __init__(self, config: QuantizeConfig):
         super().__init__(config)
         self.layers: dict[str, nn.Module] = {}
+        self.active = True  # whether the quantizers act (False before start_epoch); a finished model's are on
+        self.epochs = 0
+        self.ctx: TrainContext | None = None
 
     # --- which quantizers --------------------------------------------------------------------------
     def quantizers(self, module: nn.Module, bits: int, uniform: bool) -> tuple[nn.Module, nn.Module]:
@@ -119,6 +134,7 @@ class QuantizeModifier(Modifier):
             if weight_quantization(module) is None:
                 weight_q, input_q = self.quantizers(module, bits, uniform)
                 quantize_layer(module, weight_q, input_q, bits, bits)
+            weight_quantization(module).active = self.active
             self.layers[name] = module
         return model
 
@@ -130,7 +146,30 @@ class QuantizeModifier(Modifier):
         return []
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        self.ctx, self.epochs = ctx, ctx.epochs
+        self.active = self.config.start_epoch == 0
+        if self.active:
+            self._calibrate(model, ctx)
+        else:
+            self.rebuild_structure(model)
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        if not self.active and epoch >= self.config.start_epoch:
+            self._calibrate(ctx.model, ctx)
+
+    def is_complete(self, epoch: int) -> bool:
+        return self.config.start_epoch >= self.epochs or epoch >= self.config.start_epoch
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        if not self.active:  # start_epoch == train.epochs: post-training quantization of the kept weights
+            self._calibrate(model, self.ctx)
+        return model
+
+    def _calibrate(self, model: nn.Module, ctx: TrainContext) -> None:
+        """Set every step from the float layers' weights and a few batches of their inputs, then switch the
+        quantizers on. Under DDP the steps are averaged over ranks, so every rank quantizes alike."""
         samples = self._collect_inputs(model, ctx) if self.config.calibration_batches else {}
+        self.active = True
         self.rebuild_structure(model)
         for name, module in self.layers.items():
             wq, iq = weight_quantization(module).quantizer, module.input_quantizer
@@ -141,6 +180,10 @@ class QuantizeModifier(Modifier):
                 wq.calibrate(canonical_weight(module, module.parametrizations.weight.original).detach())
             if isinstance(iq, UniformQuantizer) and name in samples:
                 iq.calibrate(samples[name], self.config.observer, self.config.percentile)
+            if ctx.dist.enabled:
+                with torch.no_grad():
+                    for param in quantizer_parameters(module):
+                        distributed.all_reduce_mean(param.data)
 
     @torch.no_grad()
     def _collect_inputs(self, model: nn.Module, ctx: TrainContext) -> dict[str, Tensor]:
@@ -173,4 +216,10 @@ class QuantizeModifier(Modifier):
 
     def summary(self) -> dict[str, Any]:
         return {"method": self.name, "bits": self.config.bits, "first_last_bits": self.config.first_last_bits,
-                "quantized_layers": list(self.layers)}
+                "start_epoch": self.config.start_epoch, "quantized_layers": list(self.layers)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"active": self.active}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.active = bool(state["active"])
