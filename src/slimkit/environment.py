@@ -34,7 +34,8 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq", "avx512_bitalg")
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",
+             "avx512_bitalg")
 
 
 def cpu_info() -> dict[str, Any]:

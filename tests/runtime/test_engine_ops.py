@@ -179,7 +179,7 @@ print(library.slimkit_isa().decode(), all(ok))
 def _levels():
     isa = set(cpu_info()["isa"])
     return ["generic", *(["avx2"] if "avx2" in isa else []),
-            *(["avx512"] if {"avx512f", "avx512bw", "avx512_vpopcntdq"} <= isa else [])]
+            *(["avx512"] if {"avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "avx512_vnni"} <= isa else [])]
 
 
 @pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])

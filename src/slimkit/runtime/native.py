@@ -2,7 +2,7 @@
 headers and libraries the `openvino` wheel ships.
 
 The set-up script builds it (`python -m slimkit.runtime.native`); nothing is compiled on import. The kernels
-are compiled once per instruction set (AVX-512 with VPOPCNTDQ, AVX2, portable) and the library picks one
+are compiled once per instruction set (AVX-512 with VL, VPOPCNTDQ and VNNI; AVX2; portable) and the library picks one
 from the CPU at run time, so one build serves every x86-64 machine; its file name carries a digest of the
 sources, the compiler and the OpenVINO version, so a changed source or engine never loads a stale build.
 """
@@ -22,7 +22,7 @@ from slimkit.errors import SlimkitError
 SOURCES = Path(__file__).with_name("native")
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off"]  # no FMA contraction: outputs stay bit-exact
 OPENVINO_DEFINES = ["-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-D_GLIBCXX_USE_CXX11_ABI=1"]  # as the wheel's CMake sets
-ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq", "-mfma"],
+ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx512vnni", "-mfma"],
              "avx2": ["-mavx2", "-mpopcnt", "-mfma"], "generic": []}
 
 

@@ -32,7 +32,8 @@ Isa isa() {
         Isa best = Isa::generic;
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) best = Isa::avx2;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vpopcntdq"))
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq") &&
+            __builtin_cpu_supports("avx512vnni"))
             best = Isa::avx512;
         const char* cap = std::getenv("SLIMKIT_ISA");
         if (cap == nullptr) return best;

@@ -1,8 +1,9 @@
 // Sparse int8 convolution over blocks of 4 input channels: every kept block is 4 weights of one output
 // channel at one kernel tap, for input channels 4g..4g+3 (the mask constraint `block: 4` trains for). The
 // quantized input is laid out [group][stride phase][position][4 channels] as int16, so a block multiplies
-// 4 channels of consecutive positions with one vpmaddwd each: exact int16 x int16 pair sums in int32 (AVX2's
-// vpmaddubsw would saturate its int16 sums, as onnxruntime's int8 does on CPUs without VNNI). Positions run
+// 4 channels of consecutive positions with one vpmaddwd (AVX2) or vpdpwssd (AVX-512 VNNI) each: exact
+// int16 x int16 pair sums in int32 (AVX2's vpmaddubsw would saturate its int16 sums, as onnxruntime's int8 does
+// on CPUs without VNNI). Positions run
 // flat over a stride-1 phase plane, as in sparse_kernel.hpp. Compiled once per instruction set.
 #pragma once
 #include <algorithm>
@@ -75,6 +76,18 @@ void quantize_group_row(const float* const* x, int count, const QuantGrid& grid,
                                              : static_cast<int16_t>(quantize_value(x[k][i], inverse, grid.low, grid.high));
 }
 
+#if defined(__AVX2__)
+// acc + the int32 sums of adjacent int16 pairs of x * w (exact: no saturation). AVX-512 VNNI's vpdpwssd does
+// it in one instruction; AVX2 needs vpmaddwd then vpaddd. The results are identical, bit for bit.
+static inline __m256i pair_sums_add(__m256i acc, __m256i x, __m256i w) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(acc, x, w);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(x, w));
+#endif
+}
+#endif
+
 // acc[i] = sum over output channel o's blocks e of the 4-channel dot product of weights[4e..4e+3] with the
 // planes at offset[e] + 4 (start + i), for i < length. The caller rounds length up to a multiple of
 // QUANT_TILE (positions past the outputs it keeps are computed and dropped), so no scalar tail runs (a ResNet
@@ -94,8 +107,7 @@ void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t
             const __m256i weight = _mm256_set1_epi64x(packed);
             const int16_t* src = planes + w.offset[e] + 4 * (start + i);
             for (int r = 0; r < 8; ++r)
-                a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(
-                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16 * r)), weight));
+                a[r] = pair_sums_add(a[r], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16 * r)), weight);
         }
         for (int r = 0; r < 8; r += 2)  // pair sums -> one sum per position, positions back in order
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + i + 4 * r),
