@@ -83,6 +83,31 @@ def test_quantized_sparse_conv_equals_the_int8_graph(tmp_path, channels, stride,
     assert (got == reference).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("rows", [1, 5, 70])
+def test_quantized_sparse_linear_is_the_operator_over_rows_as_positions(tmp_path, rows):
+    """A linear layer runs as a 1x1 QuantSparseConv2d whose positions are the batch's rows (70: two full tiles of
+    32 and a partial one), and equals the int8 graph like a conv."""
+    torch.manual_seed(rows)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 10))
+    model = _block_sparse_int8(model, 0.8, torch.randn(16, 3, 4, 4), skip_ends=False)
+    calibration = [torch.randn(8, 3, 4, 4) for _ in range(2)]
+    x = torch.randn(rows, 3, 4, 4)
+    graph = int8_graph(model, calibration)
+    engine, lines = engine_form(model, (3, 4, 4), calibration)
+    assert [(line["layer"], line["engine"]) for line in lines] == [("1", "slimkit::QuantSparseConv2d"),
+                                                                   ("3", "slimkit::QuantSparseConv2d")]
+    assert "input" not in lines[1]  # a linear hands on floats, not integers
+    with torch.no_grad():
+        reference = graph(x)
+        assert torch.equal(engine(x), reference)
+    info = export_openvino(model, tmp_path / "model.xml", (3, 4, 4), calibration)
+    got = OpenVinoModel(Path(info["model"]), tuple(x.shape), 2, core=openvino_core())(x)
+    step = list(_steps(graph).values())[-1]
+    assert got.shape == reference.shape
+    assert (got - reference).abs().max() <= step * 1.001
+    assert (got == reference).float().mean() > 0.95
+
+
 def test_resnet20_block_sparse_int8_in_openvino_matches_the_int8_graph(tmp_path):
     torch.manual_seed(0)
     model = _block_sparse_int8(resnet20(width=0.5), 0.9, torch.randn(16, 3, 32, 32))
@@ -108,11 +133,14 @@ def test_resnet20_block_sparse_int8_in_openvino_matches_the_int8_graph(tmp_path)
 def test_dense_quantized_layers_stay_openvino_int8_and_say_why(tmp_path):
     torch.manual_seed(1)
     model = _block_sparse_int8(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
-                                             nn.Conv2d(8, 4, 1)), 0.5, torch.randn(16, 3, 12, 12))
+                                             nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(576, 32),
+                                             nn.Linear(32, 10)), 0.5, torch.randn(16, 3, 12, 12))
     assert not runs_slimkit_operators(model)  # so `slimkit export` writes it as ONNX Q/DQ
     _, lines = engine_form(model, (3, 12, 12), [torch.randn(2, 3, 12, 12)])
     line = next(line for line in lines if line["layer"] == "1")
     assert line["engine"] == "OpenVINO dense conv" and f"below {SPARSE_MIN:.0%}" in line["reason"], line
+    line = next(line for line in lines if line["layer"] == "4")
+    assert line["engine"] == "OpenVINO dense linear" and "OpenVINO's int8 linear wins" in line["reason"], line
     # the 3-channel first conv joins the int8 operators only where some layer runs one
     assert all(line["engine"] != "slimkit::QuantSparseConv2d" for line in lines), lines
 

@@ -363,13 +363,16 @@ class EngineQuantSparseConv2d(EngineConv):
     taken into the node (`fuse_input`), and the quantizers around its epilogue fused like the float ops."""
 
     operator = f"{DOMAIN}::QuantSparseConv2d"
+    links_integers = True  # may hand its integers to the next operator, or read the previous one's
 
     def __init__(self, layer: FoldedLayer):
         super().__init__()
         conv = layer.layer
-        self.stride, self.pad = _square(conv, "quantized sparse conv")
+        self.stride, self.pad = self.geometry(conv)
         step = layer.step.detach().float()
-        integers = torch.fake_quantize_per_channel_affine(conv.weight.detach().float(), step, layer.zero, 0, -128, 127)
+        weight = conv.weight.detach().float()
+        weight = weight.reshape(*weight.shape, *[1] * (4 - weight.dim()))  # a linear's (out, in) as a 1x1 conv
+        integers = torch.fake_quantize_per_channel_affine(weight, step, layer.zero, 0, -128, 127)
         integers = torch.round(integers / step.reshape(-1, 1, 1, 1)).to(torch.int8)
         out, channels, kernel_h, kernel_w = integers.shape
         groups = (channels + 3) // 4
@@ -389,6 +392,10 @@ class EngineQuantSparseConv2d(EngineConv):
         self.link: Grid | None = None  # set by _link_operators: also output the integers on this last grid
         self.linked = False  # set by _link_operators: the input is the previous int8 layer's integers
         self.float_output = True  # set by _link_operators: False when every reader takes the integers
+
+    def geometry(self, conv: nn.Module) -> tuple[int, int]:
+        """(stride, pad) of the conv."""
+        return _square(conv, "quantized sparse conv")
 
     def fuse_input(self, quantizer: nn.Module, name: str) -> bool:
         """Round the input onto `quantizer`'s grid (per-tensor 8-bit) in the node: the integers it multiplies."""
@@ -421,6 +428,24 @@ class EngineQuantSparseConv2d(EngineConv):
         return _QuantSparseConvFunction.apply(x, self.weight, self.group, self.tap, self.ptr, scale, self.bias,
                                               self.shape, self.stride, self.pad, tuple(self.grids), self.bounds,
                                               self.link, self.linked, self.float_output, *residual)
+
+
+class EngineQuantSparseLinear(EngineQuantSparseConv2d):
+    """A linear layer of the int8 graph (a FoldedLayer around nn.Linear) as slimkit::QuantSparseConv2d: x W^T
+    is a 1x1 conv over a 1 x N image whose N positions are the rows of x, so a batch fills the operator's tiles
+    of positions as an image's pixels do. Its input and output are floats (no integer links)."""
+
+    links_integers = False
+
+    def geometry(self, conv: nn.Module) -> tuple[int, int]:
+        return 1, 0
+
+    def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
+        def as_image(t: Tensor) -> Tensor:  # (..., features) -> (1, features, 1, rows)
+            return t.reshape(-1, t.shape[-1]).t().unsqueeze(0).unsqueeze(2)
+
+        y = super().forward(as_image(x), *(as_image(r) for r in residual))
+        return y.squeeze(2).squeeze(0).t().reshape(*x.shape[:-1], self.shape[0])
 
 
 class EngineSparseLinear(EngineConv):
@@ -580,8 +605,8 @@ def _link_operators(traced: fx.GraphModule) -> dict[str, str]:
         elif quantized is not None:
             grid = quantized.last_grid()
             readers = [u for u in producer.users if (r := operator_of(u, EngineQuantSparseConv2d)) is not None
-                       and u.args[0] is producer and grid is not None and r.grids[0] == grid]
-            if not readers:
+                       and r.links_integers and u.args[0] is producer and grid is not None and r.grids[0] == grid]
+            if not readers or not quantized.links_integers:
                 continue
             quantized.link = grid
             what = "the previous int8 layer's integers"
@@ -622,14 +647,15 @@ def _engine_layer(module: nn.Module, small_convs: bool = False) -> tuple[type[En
     if isinstance(module, BinaryConv2d):
         return EngineBinaryConv2d, ""
     if isinstance(module, FoldedLayer) or weight_quantization(module) is not None:
-        conv = module.layer if isinstance(module, FoldedLayer) else module
-        if not isinstance(conv, nn.Conv2d):  # a QAT conv's class is torch's parametrized subclass of Conv2d
+        layer = module.layer if isinstance(module, FoldedLayer) else module
+        if not isinstance(layer, nn.Conv2d | nn.Linear):  # a QAT layer's class is torch's parametrized subclass
             return None, ""
-        sparsity = _block_sparsity(conv.weight.detach())
-        if sparsity < SPARSE_MIN and not (small_convs and conv.in_channels <= 4):
+        linear = isinstance(layer, nn.Linear)
+        sparsity = _block_sparsity(layer.weight.detach())
+        if sparsity < SPARSE_MIN and (linear or not (small_convs and layer.in_channels <= 4)):
             return None, (f"{sparsity:.0%} of its 4-channel blocks are zero: below {SPARSE_MIN:.0%}, OpenVINO's "
-                          f"int8 conv wins") if sparsity else ""
-        return EngineQuantSparseConv2d, ""
+                          f"int8 {'linear' if linear else 'conv'} wins") if sparsity else ""
+        return (EngineQuantSparseLinear if linear else EngineQuantSparseConv2d), ""
     adapter = adapter_of(module)
     linear = type(module) is nn.Linear or (adapter is not None and adapter.linear_map and type(module) is not nn.Conv2d
                                            and not isinstance(module, BinaryLinear))
@@ -672,7 +698,7 @@ def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Itera
         kind, reason = _engine_layer(module, small_convs=int8_operators)
         if kind is None:
             if reason:
-                dense = "OpenVINO dense linear" if "dense linear" in reason else "OpenVINO dense conv"
+                dense = "OpenVINO dense linear" if " linear wins" in reason else "OpenVINO dense conv"
                 lines[name] = {"layer": name, "engine": dense, "reason": reason}
             continue
         try:
