@@ -33,12 +33,17 @@ import copy
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import ensure_allocator_env
+
+if TYPE_CHECKING:
+    from torch import nn
 
 HERE = Path(__file__).parent
 FOLDED = " + BN folded"
 IN_ENGINE = " in openvino+slimkit"
+PEAK_STEP = {"avx512": "vpdpwssd", "avx2": "vpmaddwd + vpaddd"}  # the operator's inner step per kernel build
 DENSE = ("eager", "frozen", "compiled", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
 FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50", "sparse90_int8",
                       "sparse95_int8"],
@@ -105,11 +110,13 @@ def main() -> None:
     import torch
 
     from slimkit.environment import cpu_info, environment
+    from slimkit.files import atomic_write
     from slimkit.metrics import compare_latency, default_threads
     from slimkit.runtime import deploy
     from slimkit.runtime.bench import dense_baselines, speedups
     from slimkit.runtime.engine_ops import export_openvino, openvino_core, profile_openvino
     from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
+    from slimkit.runtime.native import int8_peak, isa_level
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="*", default=list(FORMS))
@@ -119,6 +126,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     threads = default_threads()
+    peak = int8_peak(threads, 2.0)  # measured first, on the idle machine the timings assume
     rows, layers, missing, profiles, int8_layers = [], [], {}, [], []
     calibration = [torch.randn(8, 3, 32, 32) for _ in range(4)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,16 +180,19 @@ def main() -> None:
                                      "vs": speedups(ms, name), "profile": profile,
                                      "slimkit_layers": a["slimkit_layers"]})
                     if form.endswith("_int8"):
-                        int8_layers += layer_by_layer(arch, name, batch, a["model"], exported["int8"], threads)
+                        int8_layers += layer_by_layer(arch, name, batch, a["model"], exported["int8"], threads,
+                                                      issued_macs(forms[form], (3, 32, 32)), peak)
                 print(f"{arch} b{batch}: " + ", ".join(
                     f"{r['form']} {r['vs']['best_dense']['speedup']:.2f}x vs {r['vs']['best_dense']['baseline']}"
                     for r in rows if r["arch"] == arch and r["batch"] == batch))
     args.results.mkdir(parents=True, exist_ok=True)
-    env = environment(0) | {"command": " ".join(sys.argv), "threads": threads} | cpu_info()
-    (args.results / "runtime.json").write_text(json.dumps({"rows": rows, "layers": layers, "missing": missing,
-                                                          "profiles": profiles, "int8_layers": int8_layers,
-                                                          "environment": env}, indent=2))
-    (args.results / "runtime.md").write_text(markdown(rows, layers, missing, profiles, int8_layers, env))
+    env = environment(0) | {"command": " ".join(sys.argv), "threads": threads, "int8_peak_gmacs": peak / 1e9,
+                            "int8_level": isa_level()} | cpu_info()
+    results = json.dumps({"rows": rows, "layers": layers, "missing": missing, "profiles": profiles,
+                          "int8_layers": int8_layers, "environment": env}, indent=2).encode()
+    atomic_write(args.results / "runtime.json", lambda f: f.write(results))
+    page = markdown(rows, layers, missing, profiles, int8_layers, env).encode()
+    atomic_write(args.results / "runtime.md", lambda f: f.write(page))
 
 
 def module_path(node_name: str) -> str:
@@ -192,10 +203,32 @@ def module_path(node_name: str) -> str:
     return ".".join(p for i, p in enumerate(scopes) if i + 1 == len(scopes) or not scopes[i + 1].startswith(p + "."))
 
 
-def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: Path, threads: int) -> list[dict]:
+def issued_macs(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
+    """Per conv, the multiplies slimkit::QuantSparseConv2d issues for one image: 4 per kept block of 4 input
+    channels (a 3-channel conv's block counts its zero-padded 4th channel) at each output position."""
+    import torch
+    from torch import nn
+
+    from slimkit.sparsity.blocks import block_sums
+
+    found: dict[str, int] = {}
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: found.__setitem__(
+        n, int((block_sums(m.weight.detach().abs(), 4) != 0).sum()) * 4 * o.shape[2] * o.shape[3]))
+        for n, m in convs.items()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    for hook in hooks:
+        hook.remove()
+    return found
+
+
+def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: Path, threads: int,
+                   macs: dict[str, int], peak: float) -> list[dict]:
     """Each conv of a sparse int8 artifact against the same conv of the dense model in OpenVINO's int8, from
     OpenVINO's per-node counters of both (matched in execution order; every conv of these forms runs the
-    operator, which the count check makes sure of)."""
+    operator, which the count check makes sure of), with the operator's multiplies per second as a fraction
+    of the measured int8 `peak`."""
     from slimkit.runtime.engine_ops import node_times
 
     shape = (batch, 3, 32, 32)
@@ -206,8 +239,10 @@ def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: 
     out = []
     for mine, theirs in zip(ours, dense, strict=True):
         layer = module_path(theirs["name"])
+        rate = macs[layer] * batch / (mine["ms"] / 1000)
         out.append({"arch": arch, "form": form, "batch": batch, "layer": layer, "dense_ms": theirs["ms"],
-                    "ms": mine["ms"], "speedup": theirs["ms"] / mine["ms"]})
+                    "ms": mine["ms"], "speedup": theirs["ms"] / mine["ms"], "gmacs": rate / 1e9,
+                    "of_peak": rate / peak})
     return out
 
 
@@ -260,11 +295,17 @@ def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list
             out.append(f"{head} {r['node']} | {r['kernel']} | {r['nodes']} | {r['ms']:.3f} | {r['ms'] / total:.0%} |")
     out += ["", "## Sparse int8, layer by layer", "",
             "OpenVINO's per-node counters (ms per inference) of each conv: the dense model's in OpenVINO int8 against "
-            "slimkit::QuantSparseConv2d in the sparse int8 artifact (each node with what was fused into it).", "",
-            "| model | form | batch | layer | OpenVINO int8 dense ms | QuantSparseConv2d ms | speedup |",
-            "|---|---|---:|---|---:|---:|---:|"]
+            "slimkit::QuantSparseConv2d in the sparse int8 artifact (each node with what was fused into it). "
+            "'GMAC/s' is the multiplies the operator issues (4 per kept block of 4 input channels, per output "
+            "position) per second of its node time, quantization and epilogue included; '% of peak' divides it by "
+            f"the int8 peak of its inner step measured on this CPU with {env['threads']} threads from registers alone: "
+            f"**{env['int8_peak_gmacs']:.1f} GMAC/s** ({env['int8_level']} build: "
+            f"{PEAK_STEP.get(env['int8_level'], 'scalar')}).", "",
+            "| model | form | batch | layer | OpenVINO int8 dense ms | QuantSparseConv2d ms | speedup | GMAC/s "
+            "| % of int8 peak |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     out += [f"| {e['arch']} | {e['form']} | {e['batch']} | {e['layer']} | {e['dense_ms']:.3f} | {e['ms']:.3f} | "
-            f"{e['speedup']:.2f}x |" for e in int8_layers]
+            f"{e['speedup']:.2f}x | {e['gmacs']:.1f} | {e['of_peak']:.0%} |" for e in int8_layers]
     out += ["", "## Layers", "",
             "| model | form | batch | layer | kind | dense ms | kernel ms | speedup | runs |",
             "|---|---|---:|---|---|---:|---:|---:|---|"]

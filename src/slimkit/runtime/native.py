@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from slimkit.errors import SlimkitError
 
@@ -119,6 +120,29 @@ def require_library() -> Path:
                            f"run `make test`/`make demo` (the set-up builds them) or `{sys.executable} -m "
                            "slimkit.runtime.native`")
     return path
+
+
+def _entry_points() -> Any:
+    """The library's C functions (besides the operators OpenVINO loads), typed for ctypes."""
+    import ctypes
+
+    library = ctypes.CDLL(str(require_library()))
+    library.slimkit_isa.restype = ctypes.c_char_p
+    library.slimkit_int8_peak.restype = ctypes.c_double
+    library.slimkit_int8_peak.argtypes = [ctypes.c_int, ctypes.c_double]
+    return library
+
+
+def isa_level() -> str:
+    """The kernel build the library runs on this CPU: avx512, avx2 or generic (capped by $SLIMKIT_ISA)."""
+    return _entry_points().slimkit_isa().decode()
+
+
+def int8_peak(threads: int, seconds: float = 0.5) -> float:
+    """Multiplies per second of the int8 operator's inner step (AVX2 vpmaddwd + vpaddd, AVX-512 VNNI vpdpwssd,
+    or the portable loop: whichever level the library picks here) on `threads` threads from registers alone: the
+    peak the operator's measured throughput is reported as a fraction of."""
+    return float(_entry_points().slimkit_int8_peak(threads, seconds))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ struct QuantEpilogue {
     void quant_epilogue(const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias, \
                         const float* residual, const QuantEpilogue& e, float* y, int16_t* ints);        \
     void interleave_group(const int16_t* const* c, size_t count, int16_t* out);                        \
+    int64_t pair_sum_peak(int64_t rounds, int32_t* sink);                                              \
     }
 SLIMKIT_DECLARE_KERNELS(avx512)
 SLIMKIT_DECLARE_KERNELS(avx2)

@@ -2,6 +2,7 @@
 // which OpenVINO reads slimkit's exported ONNX and IR models. The kernels are compiled once per
 // instruction set and picked at run time from the CPU's features (see isa()), so one build serves any
 // x86-64 machine; SLIMKIT_ISA=generic|avx2|avx512 forces a lower level (tests compare every level).
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -59,6 +61,27 @@ extern "C" const char* slimkit_isa() {
         case Isa::avx2: return avx2::call;        \
         default: return generic::call;            \
     }
+
+static int64_t pair_sum_peak_any(int64_t rounds, int32_t* sink) { SLIMKIT_DISPATCH(pair_sum_peak(rounds, sink)) }
+
+// The int8 peak of the int8 operator's inner step on this CPU: multiplies per second over `threads` threads
+// running pair_sum_peak at once for about `seconds`; the figure the operator's throughput is a fraction of.
+extern "C" double slimkit_int8_peak(int threads, double seconds) {
+    std::vector<int32_t> sinks(static_cast<size_t>(threads), 0);
+    std::vector<int64_t> done(static_cast<size_t>(threads), 0);
+    const auto started = std::chrono::steady_clock::now();
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t)
+        workers.emplace_back([&, t] {
+            while (std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() < seconds)
+                done[t] += pair_sum_peak_any(1 << 16, &sinks[t]);
+        });
+    for (auto& worker : workers) worker.join();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    int64_t total = 0;
+    for (int t = 0; t < threads; ++t) total += done[t];
+    return static_cast<double>(total) / elapsed;
+}
 
 static void pack_image_any(const float* x, const Shape& s, uint64_t* n, uint64_t* p) {
     SLIMKIT_DISPATCH(pack_image(x, s, n, p))

@@ -124,6 +124,33 @@ void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t
     }
 }
 
+// The kernel's inner step at its best: `rounds` x 12 independent pair-sum accumulations on registers (no
+// loads, no dependency chains longer than 12), the int8 peak one thread sustains with this instruction set.
+// Returns the multiplies done; `sink` keeps the sums alive so the loop is not optimised away.
+int64_t pair_sum_peak(int64_t rounds, int32_t* sink) {
+    constexpr int chains = 12;
+#if defined(__AVX2__)
+    __m256i a[chains];
+    const __m256i x = _mm256_set1_epi16(3), w = _mm256_set1_epi16(-2);
+    for (auto& r : a) r = _mm256_setzero_si256();
+    for (int64_t i = 0; i < rounds; ++i)
+        for (int r = 0; r < chains; ++r) a[r] = pair_sums_add(a[r], x, w);
+    __m256i total = a[0];
+    for (int r = 1; r < chains; ++r) total = _mm256_add_epi32(total, a[r]);
+    *sink += _mm256_extract_epi32(total, 0);
+    return rounds * chains * 16;
+#else
+    int32_t a[chains][8] = {};
+    volatile int16_t x = 3, w = -2;  // not constants: the products must be computed
+    const int16_t xv = x, wv = w;
+    for (int64_t i = 0; i < rounds; ++i)
+        for (int r = 0; r < chains; ++r)
+            for (int k = 0; k < 8; ++k) a[r][k] += xv * wv + xv * wv;
+    for (int r = 0; r < chains; ++r) *sink += a[r][0];
+    return rounds * chains * 16;
+#endif
+}
+
 // The integer of v on `grid` (a float holding a whole number), or v itself where there is no grid.
 static inline float grid_integer(float v, const QuantGrid& grid, float inverse) {
     return grid.step > 0 ? quantize_value(v, inverse, grid.low, grid.high) : v;
