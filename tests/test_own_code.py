@@ -170,12 +170,12 @@ def test_gradient_criteria_without_data_say_what_to_pass():
 def test_optg_score_learning_rate_scale_applies_to_a_plain_optimizer():
     torch.manual_seed(0)
     model, loader = user_code.regression_model(), _loader(user_code.regression_data()["train"])
-    compression = slimkit.prepare(model, {"prune": {"method": "optg", "sparsity": 0.5}}, steps_per_epoch=len(loader),
-                                  epochs=4)
+    stage = {"prune": {"method": "optg", "sparsity": 0.5, "width": 1.0}}  # a ramp the whole run wide: scale 0.01 at 0
+    compression = slimkit.prepare(model, stage, steps_per_epoch=len(loader), epochs=4)
     optimizer = compression.wrap(torch.optim.SGD(model.parameters(), lr=0.1))  # built by the user, after prepare
     group = next(g for g in optimizer.param_groups if g.get("name") == "prune:optg")
     scale = group["lr_scale"]
-    assert 0 < scale < 1 and group["weight_decay"] == 0
+    assert scale == pytest.approx(0.01) and group["weight_decay"] == 0
     scores = group["params"][0]
     x, y = next(iter(loader))
     F.mse_loss(model(x), y).backward()

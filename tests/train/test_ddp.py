@@ -27,7 +27,7 @@ GMP = {"method": "gmp", "sparsity": 0.7, "start_epoch": 0, "end_epoch": 2}
     GMP,
     {"method": "gmp", "criterion": "taylor", "sparsity": 0.7, "end_epoch": 2},  # gradient scores from here on
     {"method": "snip", "sparsity": 0.7},
-    {"method": "optg", "sparsity": 0.7, "end_epoch": 2, "mask_update": "step"},
+    {"method": "optg", "sparsity": 0.7, "end_epoch": 2, "updates_per_epoch": 100},  # more than the steps: every step
     {"method": "movement", "sparsity": 0.7, "end_epoch": 2},
 ], ids=lambda s: s.get("criterion", s["method"]))
 def test_two_ranks_compute_identical_masks(tmp_path, stage):

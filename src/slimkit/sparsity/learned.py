@@ -3,8 +3,8 @@
 Both keep a score tensor S beside each weight, start it at 0, and train it with the straight-through
 estimator dL/dS = W * G (see `ScoredMask`), so S accumulates the first-order Taylor criterion -w*g for kept
 and pruned weights alike and a pruned weight can come back. They differ in the schedule and the ranking:
-OptG ranks globally once per epoch at p * sigmoid(beta (e - E/2)) and trains the scores at the learning
-rate times the same sigmoid; movement pruning ranks per layer under the cubic schedule.
+OptG ranks globally under a sigmoid ramp p * sigmoid(.) and trains the scores at the learning rate times the
+same sigmoid; movement pruning ranks per layer under the cubic schedule.
 """
 
 from __future__ import annotations
@@ -20,22 +20,39 @@ from slimkit.sparsity.masks import ScoredMask, raw_weight
 from slimkit.sparsity.pruner import GradualConfig, PruneConfig, Pruner
 from slimkit.train.modifier import TrainContext
 
+OPTG_WIDTH = 2 * math.log(99) / 100  # the official code's beta = 1 per epoch over its 100-epoch ImageNet runs
+
 
 class OptgConfig(PruneConfig):
-    """OptG: supermask scores, one global ranking per epoch, sigmoid sparsity and score-LR schedule.
+    """OptG: supermask scores, global rankings under a sigmoid sparsity ramp, score learning rate on the same
+    sigmoid.
 
-    p_e = p * sigmoid(beta (e - E/2)); S <- S - lr_e sigmoid(beta (e - E/2)) (W * G). Supermask training sums the
-    gradient criterion -w*g over kept and pruned weights, so the ranking sees how weights interact.
+    p(f) = p * sigmoid(2 ln 99 (f - centre) / width), f the fraction of the window [start_epoch, end_epoch]
+    elapsed: sparsity stays near 0, rises from 1% to 99% of p over `width` of the window centred at `centre`,
+    then holds p for the rest. The scores learn without weight decay at the same factor:
+    S <- S - lr sigmoid(...) (W * G). Supermask training sums the gradient criterion -w*g over kept and pruned
+    weights, so the ranking sees how weights interact.
+
+    The official code sets p_e = p * sigmoid(beta (e - E/2)) once per epoch e of E (beta = 1, E = 100 for
+    ImageNet ResNet-50): centre 1/2 and width 2 ln 99 / (beta E) = 0.092 are that curve in fractions of the
+    run, so a short run keeps its shape (dense until ~45%, a ramp ~9% of the run wide, a long tail at p).
+    The code re-ranks once per epoch, about 9 times across the ramp; a run of E epochs keeps that cadence with
+    `updates_per_epoch` = 100 / E (12 epochs: 8).
 
     References:
         Zhang, Lin, Chen, Chao & Ji, "OptG: Optimizing Gradient-driven Criteria in Network Sparsity",
-        arXiv:2201.12826.
+        arXiv:2201.12826; code github.com/zyxxmu/OptG (imagenet.py: the sigmoid, set_model, the mask LR).
     """
 
     method: Literal["optg"] = "optg"
-    beta: float = Field(1.0, gt=0, description="steepness of the sigmoid schedule (the paper's configs use 1)")
-    mask_update: Literal["epoch", "step"] = Field(
-        "epoch", description="'epoch' as the official code; 'step' re-ranks after every step (a deviation)")
+    centre: float = Field(0.5, gt=0, lt=1, description="fraction of the window where sparsity reaches p/2")
+    width: float = Field(OPTG_WIDTH, gt=0, le=1,
+                         description="fraction of the window over which sparsity rises from 1% to 99% of p")
+    updates_per_epoch: int = Field(1, ge=1, description="global re-rankings per epoch (the code: 1)")
+
+    @property
+    def mask_updates_per_epoch(self) -> int:
+        return self.updates_per_epoch
 
 
 class MovementConfig(GradualConfig):
@@ -53,9 +70,9 @@ class MovementConfig(GradualConfig):
     score_lr_scale: float = Field(1.0, gt=0, description="score learning rate as a multiple of the weights' one")
 
 
-def optg_sparsity(epoch: int, epochs: int, sparsity: float, beta: float = 1.0) -> float:
-    """p_e = p * sigmoid(beta * (e - E/2)), the OptG sparsity of epoch e of E."""
-    return sparsity * sigmoid(beta * (epoch - epochs / 2))
+def optg_sparsity(progress: float, sparsity: float, centre: float = 0.5, width: float = OPTG_WIDTH) -> float:
+    """p * sigmoid(2 ln 99 (f - centre) / width): OptG's sparsity at fraction f of its window."""
+    return sparsity * sigmoid(2 * math.log(99) * (progress - centre) / width)
 
 
 def sigmoid(x: float) -> float:
@@ -105,40 +122,40 @@ class MovementPruner(LearnedScorePruner):
 
 @register_method(OptgConfig)
 class OptgPruner(LearnedScorePruner):
-    """OptG as zyxxmu/OptG's code runs it. Deviations: ties at the threshold go to the larger |w|, so exactly
-    keep weights survive (the code keeps every tie, and prunes nothing while all scores are still 0);
-    `mask_update: step` re-ranks every step."""
+    """OptG as zyxxmu/OptG's code runs it, its schedule in fractions of the run. Deviations: ties at the
+    threshold go to the larger |w|, so exactly keep weights survive (the code keeps every tie, and prunes
+    nothing while all scores are still 0); the score learning-rate factor follows the sigmoid at every step
+    rather than once per epoch."""
 
     config: OptgConfig
+    gradual = True
     epochs = 0
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         super().attach(model, ctx)
-        self.end_epoch = self.config.end_epoch if self.config.end_epoch is not None else ctx.epochs
         self.epochs = ctx.epochs
-        self.lr_scale = self._sigmoid(0)
+        self.lr_scale = self.ramp(0)
 
-    def _sigmoid(self, epoch: int) -> float:
-        """sigmoid(beta (e - E/2)) with e counted from start_epoch over the window E."""
-        window = self.end_epoch - self.config.start_epoch
-        return optg_sparsity(epoch - self.config.start_epoch, window, 1.0, self.config.beta)
+    def ramp(self, step: int) -> float:
+        """sigmoid(2 ln 99 (f - centre) / width) at step `step`, and 1 once the window has passed."""
+        progress = self.progress(step)
+        return 1.0 if progress >= 1 else optg_sparsity(progress, 1.0, self.config.centre, self.config.width)
 
-    def epoch_target(self, epoch: int) -> float:
-        """p_e inside the window; p itself once the window has passed."""
-        return self.config.sparsity * (self._sigmoid(epoch) if epoch < self.end_epoch else 1.0)
+    def target(self, step: int) -> float:
+        return self.final * self.ramp(step)
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        self.set_lr_scale(self._sigmoid(epoch) if epoch < self.end_epoch else 1.0, ctx)
-        if epoch >= self.config.start_epoch:
-            self.prune_to(self.epoch_target(epoch))
+        self.set_lr_scale(self.ramp(epoch * self.steps_per_epoch), ctx)
+        super().on_epoch_start(epoch, ctx)
 
     def on_step_end(self, step: int, ctx: TrainContext) -> None:
-        if self.config.mask_update == "step" and ctx.epoch >= self.config.start_epoch:
-            self.prune_to(self.current)
+        self.set_lr_scale(self.ramp(step), ctx)
+        super().on_step_end(step, ctx)
 
     def is_complete(self, epoch: int) -> bool:
         """At p, or in the last epoch of training (whose scores finalize ranks at p, as the paper evaluates)."""
         return self.current >= self.config.sparsity or epoch >= self.epochs - 1
 
     def summary(self) -> dict[str, Any]:
-        return super().summary() | {"beta": self.config.beta, "mask_update": self.config.mask_update}
+        return super().summary() | {"centre": self.config.centre, "width": self.config.width,
+                                    "updates_per_epoch": self.config.updates_per_epoch}

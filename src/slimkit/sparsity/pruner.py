@@ -114,15 +114,19 @@ class Pruner(Modifier):
 
     # --- schedule -------------------------------------------------------------------------------
     def schedule(self, progress: float) -> float:
+    def progress(self, step: int) -> float:
+        """The fraction of the window [start_epoch, end_epoch] elapsed after `step` optimiser steps, in [0, 1]."""
+        start, end = self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
+        return 1.0 if end <= start else min(1.0, max(0.0, (step - start) / (end - start)))
+
         """Target sparsity at `progress` in [0, 1] through the window: Zhu & Gupta's cubic by default."""
         return cubic_sparsity(progress, self.config.schedule_start, self.final)
 
     def target(self, step: int) -> float:
         """Target sparsity after `step` optimiser steps."""
-        start, end = self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
-        if step < start:
+        if step < self.config.start_epoch * self.steps_per_epoch:
             return 0.0
-        return self.schedule(1.0 if end <= start else min(1.0, (step - start) / (end - start)))
+        return self.schedule(self.progress(step))
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         if epoch >= self.config.start_epoch:
