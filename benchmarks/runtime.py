@@ -4,7 +4,9 @@ ResNet-56 at 50% channels.
 
 sparse90_int8 / sparse95_int8: block-4 sparse (whole blocks of 4 input channels, the layout of
 slimkit::QuantSparseConv2d) and 8-bit quantized (int8 graph, calibrated), run in OpenVINO with slimkit's
-sparse int8 operator against the dense model's onnxruntime and OpenVINO int8.
+sparse int8 operator against the dense model's onnxruntime and OpenVINO int8. pattern_int8: PatDNN's pattern
+and connectivity pruning (r_c = 3.6) with tiles of 4 input channels sharing each kept kernel's pattern (the
+same operator's layout; 88% of the blocks zero), then the same int8 quantization.
 
 Speed depends on structure, not on trained values, so each form is made from the randomly initialised
 dense model (BN statistics randomised, so no layer is degenerate): BNN = XNOR-Net binarization of every
@@ -46,9 +48,9 @@ IN_ENGINE = " in openvino+slimkit"
 PEAK_STEP = {"avx512": "vpdpwssd", "avx2": "vpmaddwd + vpaddd"}  # the operator's inner step per kernel build
 DENSE = ("eager", "frozen", "compiled", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
 FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50", "sparse90_int8",
-                      "sparse95_int8"],
+                      "sparse95_int8", "pattern_int8"],
          "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50", "sparse90_int8",
-                       "sparse95_int8"],
+                       "sparse95_int8", "pattern_int8"],
          "resnet56": ["channels50"]}
 
 
@@ -78,6 +80,13 @@ def build(arch: str, form: str):
             modifier = build_modifier(parse_stage({"binarize": {"method": "xnor"}}))
             modifier.attach(model, TrainContext(model, epochs=1, steps_per_epoch=1))
             model = modifier.finalize(model)
+        elif form.startswith("pattern"):
+            group, block = (int(form[9:]) if form.startswith("pattern_g") else 1), (4 if form.endswith("_int8") else 1)
+            convs = {n: m for n, m in inner.items() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)}
+            library = extract_library(torch.cat([m.weight.reshape(-1, 9) for m in convs.values()]), 8)
+            for m in convs.values():
+                m.weight.mul_(connectivity_mask(m.weight, 3.6, group, block) & pattern_mask(m.weight, library, group,
+                                                                                            block))
         elif form.endswith("_int8"):  # blocks of 4 input channels, then 8-bit QAT quantizers (LSQ-initialised)
             scores = {n: block_scores(m.weight.abs(), 4)[0] for n, m in inner.items()}
             masks = layerwise_masks(scores, int(form[6:8]) / 100)
@@ -87,12 +96,6 @@ def build(arch: str, form: str):
             masks = layerwise_masks({n: m.weight.abs() for n, m in inner.items()}, int(form[6:]) / 100)
             for n, m in inner.items():
                 m.weight.mul_(masks[n])
-        elif form.startswith("pattern"):
-            group = int(form[9:]) if form.startswith("pattern_g") else 1
-            convs = {n: m for n, m in inner.items() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)}
-            library = extract_library(torch.cat([m.weight.reshape(-1, 9) for m in convs.values()]), 8)
-            for m in convs.values():
-                m.weight.mul_(connectivity_mask(m.weight, 3.6, group) & pattern_mask(m.weight, library, group))
         elif form == "channels50":
             model, _ = prune_channels(model, torch.randn(1, 3, 32, 32), ratio=0.5, scope="layer")
     if form.endswith("_int8"):

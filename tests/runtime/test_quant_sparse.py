@@ -25,20 +25,30 @@ from slimkit.runtime.engine_ops import (
 )
 from slimkit.runtime.engines import OpenVinoModel
 from slimkit.sparsity.blocks import block_scores, expand_blocks, is_block_sparse
+from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
 from slimkit.sparsity.topk import layerwise_masks
 from slimkit.train import TrainContext
 
 pytest.importorskip("openvino")
 
 
-def _block_sparse_int8(model: nn.Module, sparsity: float, example: torch.Tensor, skip_ends: bool = True) -> nn.Module:
-    """Blocks of 4 input channels pruned by L1 norm per layer, then 8-bit QAT quantizers initialised on a batch."""
+def _block_sparse_int8(model: nn.Module, sparsity: float, example: torch.Tensor, skip_ends: bool = True,
+                       patterns: bool = False) -> nn.Module:
+    """Blocks of 4 input channels pruned by L1 norm per layer (or, with `patterns`, PatDNN's pattern and
+    connectivity pruning with tiles of 4 input channels, r_c = 3.6), then 8-bit QAT quantizers initialised on a
+    batch."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
     pruned = dict(list(layers.items())[1:-1]) if skip_ends else layers
     with torch.no_grad():
-        masks = layerwise_masks({n: block_scores(m.weight.abs(), 4)[0] for n, m in pruned.items()}, sparsity)
+        if patterns:
+            library = extract_library(torch.cat([m.weight.reshape(-1, 9) for m in pruned.values()]), 8)
+            masks = {n: connectivity_mask(m.weight, 3.6, block=4) & pattern_mask(m.weight, library, block=4)
+                     for n, m in pruned.items()}
+        else:
+            masks = layerwise_masks({n: block_scores(m.weight.abs(), 4)[0] for n, m in pruned.items()}, sparsity)
+            masks = {n: expand_blocks(masks[n], 4, m.weight.shape[1]) for n, m in pruned.items()}
         for n, m in pruned.items():
-            m.weight.mul_(expand_blocks(masks[n], 4, m.weight.shape[1]))
+            m.weight.mul_(masks[n])
             assert is_block_sparse(m.weight, 4)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -128,6 +138,23 @@ def test_resnet20_block_sparse_int8_in_openvino_matches_the_int8_graph(tmp_path)
     logits_step = list(_steps(graph).values())[-1]
     assert (got.argmax(1) == reference.argmax(1)).all()
     assert (got - reference).abs().max() <= 2 * logits_step
+
+
+def test_patdnn_patterns_in_blocks_of_4_run_the_int8_operator(tmp_path):
+    """PatDNN's layout for int8: patterns and connectivity shared by 4 consecutive input channels make every
+    pruned conv block-4 sparse (1 - 4/9/3.6 = 88% of its blocks zero), so the int8 operator runs it."""
+    torch.manual_seed(3)
+    model = _block_sparse_int8(resnet20(width=0.5), 0.0, torch.randn(16, 3, 32, 32), patterns=True)
+    calibration = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    x = torch.randn(4, 3, 32, 32)
+    info = export_openvino(model, tmp_path / "model.xml", (3, 32, 32), calibration)
+    ours = [line for line in info["slimkit_layers"] if line["engine"] == "slimkit::QuantSparseConv2d"]
+    assert len(ours) == 19, info["slimkit_layers"]
+    graph = int8_graph(model, calibration)
+    got = OpenVinoModel(Path(info["model"]), tuple(x.shape), 2, core=openvino_core())(x)
+    with torch.no_grad():
+        reference = graph(x)
+    assert (got - reference).abs().max() <= 2 * list(_steps(graph).values())[-1]
 
 
 def test_dense_quantized_layers_stay_openvino_int8_and_say_why(tmp_path):

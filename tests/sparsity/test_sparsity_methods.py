@@ -8,9 +8,11 @@ import torch
 
 from interrupts import Interrupt, interrupt_after
 from slimkit import cli
+from slimkit.errors import RecipeError
 from slimkit.pipeline import run_recipe
 from slimkit.recipe import Recipe
 from slimkit.sparsity import is_balanced, is_nm, is_pattern_valid
+from slimkit.sparsity.blocks import is_block_sparse
 from slimkit.sparsity.pattern import kernels_kept
 from slimkit.sparsity.topk import keep_count
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, safe_load
@@ -148,6 +150,21 @@ def test_bundled_recipe_runs_through_the_cli(tmp_path, name, capsys):
     code = cli.main(["run", name, "--out", str(tmp_path), "--no-progress", "data.name=digits", *BUNDLED[name]])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "model.pt").exists() and (tmp_path / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_patdnn_input_blocks_train_to_the_int8_operator_layout(tmp_path, digits_recipe):
+    """block: 4 from a recipe: every kept kernel's 4-channel block shares its pattern, so the layer is block-4
+    sparse (what slimkit::QuantSparseConv2d runs), and ceil(tiles / r_c) (filter, block) tiles are kept."""
+    run = run_recipe(_recipe(digits_recipe, {**STAGES["patdnn"], "block": 4}), tmp_path, progress=False)
+    weight = run.model.features[3].weight
+    library = torch.as_tensor(run.metrics["stages"][0]["library"]).bool()
+    assert is_block_sparse(weight, 4) and is_pattern_valid(weight, library)
+    out, channels = weight.shape[:2]
+    tiles = (weight != 0).reshape(out, channels, 9).any(-1)[:, ::4]
+    assert int(tiles.sum()) == kernels_kept(out * -(-channels // 4), 2.0)
+    with pytest.raises(RecipeError, match=r"prune\.block.*one of 1, 2, 4, 8, 16.*not 3"):
+        _recipe(digits_recipe, {**STAGES["patdnn"], "block": 3})
 
 
 @pytest.mark.slow

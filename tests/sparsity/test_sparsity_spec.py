@@ -1,5 +1,6 @@
 """The spec's numeric examples and properties for OptG, PatDNN/PCONV, Sense, N:M and SNIP (sections 1, 2, 4, 7)."""
 
+import itertools
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from slimkit.sparsity.balanced import balanced_mask, group_keep, group_nonzeros, is_balanced
+from slimkit.sparsity.blocks import is_block_sparse
 from slimkit.sparsity.learned import optg_sparsity, sigmoid
 from slimkit.sparsity.masks import add_mask
 from slimkit.sparsity.nm import is_nm, nm_mask
@@ -96,27 +98,42 @@ def test_candidates_and_library_extraction():
 
 @settings(max_examples=40, deadline=None)
 @given(out=st.integers(1, 12), inp=st.integers(1, 9), ratio=st.floats(1.0, 10.0), k=st.integers(1, 12),
-       group=st.sampled_from([1, 1, 2, 3, 4, 6]), seed=st.integers(0, 2**16))
-def test_pattern_and_connectivity_projections(out, inp, ratio, k, group, seed):
-    """Kept kernels: exactly ceil(n / r_c) of the n (filter group, input channel) blocks (single filters for
-    group 1, PatDNN); filters of one group keep identical supports; both projections are idempotent."""
+       group=st.sampled_from([1, 1, 2, 3, 4, 6]), block=st.sampled_from([1, 1, 2, 4]), seed=st.integers(0, 2**16))
+def test_pattern_and_connectivity_projections(out, inp, ratio, k, group, block, seed):
+    """Kept kernels: exactly ceil(n / r_c) of the n tiles (a group of filters by a block of input channels;
+    single kernels for group 1 and block 1, PatDNN); the kernels of one tile keep identical supports; both
+    projections are idempotent."""
     torch.manual_seed(seed)
     weight = torch.randn(out, inp, 3, 3)
     library = extract_library(weight, k)
-    patterned = project_patterns(project_connectivity(weight, ratio, group), library, group)
+    patterned = project_patterns(project_connectivity(weight, ratio, group, block), library, group, block)
     assert is_pattern_valid(patterned, library)
     support = patterned != 0
-    assert torch.equal(support, connectivity_mask(weight, ratio, group) & pattern_mask(weight, library, group)
-                       & (weight != 0))
-    groups = -(-out // group)
-    for g in range(groups):
-        members = support[g * group: (g + 1) * group]
+    assert torch.equal(support, connectivity_mask(weight, ratio, group, block)
+                       & pattern_mask(weight, library, group, block) & (weight != 0))
+    groups, blocks = -(-out // group), -(-inp // block)
+    for g, b in itertools.product(range(groups), range(blocks)):
+        members = support[g * group: (g + 1) * group, b * block: (b + 1) * block].reshape(-1, 9)
         assert bool((members == members[:1]).all())
-    kept = support.reshape(out, inp, 9).any(-1)[::group]  # one row per group
-    assert int(kept.sum()) == math.ceil(groups * inp / ratio - 1e-9) == kernels_kept(groups * inp, ratio)
-    assert torch.equal(project_patterns(patterned, library, group), patterned)  # idempotent
-    assert torch.equal(project_connectivity(patterned, ratio, group), patterned)
+    kept = support.reshape(out, inp, 9).any(-1)[::group, ::block]  # one entry per tile
+    assert int(kept.sum()) == math.ceil(groups * blocks / ratio - 1e-9) == kernels_kept(groups * blocks, ratio)
+    if block == 4:
+        assert is_block_sparse(patterned, 4)  # the int8 operator's layout
+    assert torch.equal(project_patterns(patterned, library, group, block), patterned)  # idempotent
+    assert torch.equal(project_connectivity(patterned, ratio, group, block), patterned)
     assert not is_pattern_valid(weight, library)  # a dense random kernel fits no 4-entry pattern
+
+
+def test_connectivity_ranks_input_blocks_by_energy_scaling_a_partial_block():
+    """An independent count: 1 filter, 6 input channels in blocks of 4 (the last holds 2). Block energies
+    4 x 1 = 4 and 2 x 1.5 = 3, the partial one scaled by 4/2 to 6: it wins the one tile r_c = 2 keeps."""
+    weight = torch.zeros(1, 6, 3, 3)
+    weight[0, :4, 1, 1] = 1.0
+    weight[0, 4:, 1, 1] = math.sqrt(1.5)
+    kept = connectivity_mask(weight, 2.0, block=4)[0, :, 1, 1]
+    assert kept.tolist() == [False] * 4 + [True] * 2
+    weight[0, 4:, 1, 1] = math.sqrt(0.9)  # 2 x 0.9 x 2 = 3.6 < 4: the full block wins
+    assert connectivity_mask(weight, 2.0, block=4)[0, :, 1, 1].tolist() == [True] * 4 + [False] * 2
 
 
 def test_filter_group_keeps_the_most_energetic_shared_pattern():
@@ -130,6 +147,8 @@ def test_filter_group_keeps_the_most_energetic_shared_pattern():
     weight = weight.reshape(2, 1, 3, 3)
     assert select_patterns(weight, library).tolist() == [0, 1]
     assert select_patterns(weight, library, group=2).tolist() == [1, 1]
+    # the same two kernels as two input channels of one filter, in one block of 2: the same choice
+    assert select_patterns(weight.reshape(1, 2, 3, 3), library, block=2).tolist() == [1, 1]
 
 
 def test_connectivity_keeps_ceil_n_over_3_6():

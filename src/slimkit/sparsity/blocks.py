@@ -19,6 +19,14 @@ from torch import Tensor
 BLOCK_SIZES = (1, 2, 4, 8, 16)  # 1 is unstructured; 4 fills a 32-bit lane with int8 weights
 
 
+def check_block(block: int) -> int:
+    """`block` when it is an allowed size, else a ValueError naming the sizes (for config validators)."""
+    if block not in BLOCK_SIZES:
+        raise ValueError(f"block must be one of {', '.join(map(str, BLOCK_SIZES))} (input channels pruned "
+                         f"together; 1 = unstructured), not {block}")
+    return block
+
+
 def block_count(inputs: int, block: int) -> int:
     """Blocks along `inputs` channels (the last one partial when block does not divide inputs)."""
     return -(-inputs // block)

@@ -12,6 +12,9 @@
 - `filter_group` (slimkit's extension): consecutive groups of filters share kept kernels and patterns, both
   chosen on summed squared norms, so both projections stay Euclidean; the CPU runtime runs such groups as
   dense GEMMs. 1 (the default) is PatDNN.
+- `block` (slimkit's extension): consecutive input channels share them the same way. With 4, every kept tap
+  of a filter is a whole block of 4 input channels, the layout of the int8 sparse operator
+  (slimkit::QuantSparseConv2d), so a pattern-pruned, quantized model runs on it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from slimkit.layers import LayerSelection
 from slimkit.methods import MethodConfig, register_method
+from slimkit.sparsity.blocks import block_sizes, block_sums, check_block
 from slimkit.sparsity.masks import raw_weight
 from slimkit.sparsity.pruner import Pruner
 from slimkit.train.modifier import TrainContext
@@ -33,12 +37,12 @@ from slimkit.train.modifier import TrainContext
 CENTRE = 4
 
 
-def candidate_patterns() -> Tensor:
+def candidate_patterns(device: torch.device | None = None) -> Tensor:
     """The 56 supports of a 3x3 kernel with 4 entries including the centre, (56, 9) bool, in a fixed order."""
     others = [i for i in range(9) if i != CENTRE]
     rows = []
     for chosen in itertools.combinations(others, 3):
-        row = torch.zeros(9, dtype=torch.bool)
+        row = torch.zeros(9, dtype=torch.bool, device=device)
         row[[CENTRE, *chosen]] = True
         rows.append(row)
     return torch.stack(rows)
@@ -55,43 +59,56 @@ def kernel_patterns(kernels: Tensor) -> Tensor:
 def extract_library(kernels: Tensor, k: int = 8) -> Tensor:
     """The k most frequent kernel patterns among `kernels` (..., 3, 3), (k, 9) bool; equal counts go to the
     earlier candidate."""
-    candidates = candidate_patterns()
+    candidates = candidate_patterns(kernels.device)
     own = kernel_patterns(kernels)
     counts = (own.unsqueeze(1) == candidates.unsqueeze(0)).all(-1).sum(0)
     order = torch.sort(counts, descending=True, stable=True).indices
     return candidates[order[:k]]
 
 
-def filter_groups(out_channels: int, group: int) -> Tensor:
+def filter_groups(out_channels: int, group: int, device: torch.device | None = None) -> Tensor:
     """The group of each filter when consecutive runs of `group` filters share structure (the last run may be
     shorter)."""
-    return torch.arange(out_channels) // group
+    return torch.arange(out_channels, device=device) // group
 
 
 def group_sum(values: Tensor, group: int) -> Tensor:
     """Sum of a per-filter (O, ...) tensor over each group of `group` consecutive filters, (groups, ...)."""
-    ids = filter_groups(values.shape[0], group)
-    return torch.zeros(int(ids[-1]) + 1, *values.shape[1:], dtype=values.dtype).index_add_(0, ids, values)
+    ids = filter_groups(values.shape[0], group, values.device)
+    return torch.zeros(int(ids[-1]) + 1, *values.shape[1:], dtype=values.dtype, device=values.device
+                       ).index_add_(0, ids, values)
 
 
-def select_patterns(weight: Tensor, library: Tensor, group: int = 1) -> Tensor:
+def tile_sum(values: Tensor, group: int, block: int) -> Tensor:
+    """Sum of a per-kernel (out, in, ...) tensor over each tile of `group` consecutive filters by `block`
+    consecutive input channels, (filter groups, input blocks, ...)."""
+    return block_sums(group_sum(values, group), block)
+
+
+def untile(tiles: Tensor, group: int, block: int, shape: tuple[int, int]) -> Tensor:
+    """Per-tile values (filter groups, input blocks, ...) given to every kernel of their tile, (out, in, ...)."""
+    out_c, in_c = shape
+    return tiles.repeat_interleave(block, dim=1)[:, :in_c][filter_groups(out_c, group, tiles.device)]
+
+
+def select_patterns(weight: Tensor, library: Tensor, group: int = 1, block: int = 1) -> Tensor:
     """Per 3x3 kernel the index of the library pattern with the largest ||W_k * P||_2 (ties: lower index).
-    With `group` > 1 the kernels of one input channel in a group of filters share the pattern of largest
-    summed energy, so those filters keep identical structure."""
-    out_c = weight.shape[0]
-    energy = (weight.reshape(-1, 9).pow(2) @ library.float().T).reshape(out_c, -1, len(library))
-    energy = group_sum(energy, group)[filter_groups(out_c, group)]
-    return torch.sort(energy.reshape(-1, len(library)), dim=1, descending=True, stable=True).indices[:, 0]
+    With `group` or `block` > 1 the kernels of a tile (a group of filters by a block of input channels) share
+    the pattern of largest summed energy, so they keep identical structure."""
+    out_c, in_c = weight.shape[:2]
+    energy = (weight.reshape(-1, 9).pow(2) @ library.float().T).reshape(out_c, in_c, len(library))
+    best = torch.sort(tile_sum(energy, group, block), dim=-1, descending=True, stable=True).indices[..., 0]
+    return untile(best, group, block, (out_c, in_c)).reshape(-1)
 
 
-def pattern_mask(weight: Tensor, library: Tensor, group: int = 1) -> Tensor:
+def pattern_mask(weight: Tensor, library: Tensor, group: int = 1, block: int = 1) -> Tensor:
     """The support of the chosen library pattern of every 3x3 kernel, shaped like `weight`."""
-    return library[select_patterns(weight, library, group)].reshape(weight.shape)
+    return library[select_patterns(weight, library, group, block)].reshape(weight.shape)
 
 
-def project_patterns(weight: Tensor, library: Tensor, group: int = 1) -> Tensor:
-    """Euclidean projection of a (out, in, 3, 3) weight onto the library's patterns (shared per filter group)."""
-    return weight * pattern_mask(weight, library, group)
+def project_patterns(weight: Tensor, library: Tensor, group: int = 1, block: int = 1) -> Tensor:
+    """Euclidean projection of a (out, in, 3, 3) weight onto the library's patterns (shared per tile)."""
+    return weight * pattern_mask(weight, library, group, block)
 
 
 def kernels_kept(count: int, ratio: float) -> int:
@@ -99,22 +116,23 @@ def kernels_kept(count: int, ratio: float) -> int:
     return min(count, math.ceil(count / ratio - 1e-9))
 
 
-def connectivity_mask(weight: Tensor, ratio: float, group: int = 1) -> Tensor:
+def connectivity_mask(weight: Tensor, ratio: float, group: int = 1, block: int = 1) -> Tensor:
     """Shaped like `weight`: the ceil(n / ratio) kernels of largest L2 norm (ties: lower index). A linear
-    weight's kernels are its single entries. With `group` > 1, consecutive groups of filters keep the same
-    input channels: ceil(n_g / ratio) of the n_g (filter group, input channel) blocks, ranked by their
-    summed squared norm."""
-    out_c = weight.shape[0]
-    energy = group_sum(weight.reshape(out_c, weight.shape[1], -1).pow(2).sum(-1), group).reshape(-1)
+    weight's kernels are its single entries. With `group` or `block` > 1, whole tiles (a group of filters by a
+    block of input channels) are kept: ceil(n_t / ratio) of the n_t tiles, ranked by their summed squared norm
+    (a partial last block's sum scaled by block / its size, so it competes as a full block of its mean)."""
+    out_c, in_c = weight.shape[:2]
+    energy = tile_sum(weight.reshape(out_c, in_c, -1).pow(2).sum(-1), group, block)
+    energy = (energy * (block / block_sizes((energy.shape[0], in_c), block, weight.device))).reshape(-1)
     order = torch.sort(energy, descending=True, stable=True).indices
-    keep = torch.zeros(energy.shape[0], dtype=torch.bool)
+    keep = torch.zeros(energy.shape[0], dtype=torch.bool, device=weight.device)
     keep[order[:kernels_kept(energy.shape[0], ratio)]] = True
-    keep = keep.reshape(-1, weight.shape[1])[filter_groups(out_c, group)]
-    return keep.reshape(out_c, weight.shape[1], *([1] * (weight.dim() - 2))).expand_as(weight).clone()
+    keep = untile(keep.reshape(-1, -(-in_c // block)), group, block, (out_c, in_c))
+    return keep.reshape(out_c, in_c, *([1] * (weight.dim() - 2))).expand_as(weight).clone()
 
 
-def project_connectivity(weight: Tensor, ratio: float, group: int = 1) -> Tensor:
-    return weight * connectivity_mask(weight, ratio, group)
+def project_connectivity(weight: Tensor, ratio: float, group: int = 1, block: int = 1) -> Tensor:
+    return weight * connectivity_mask(weight, ratio, group, block)
 
 
 def is_pattern_valid(weight: Tensor, library: Tensor) -> bool:
@@ -148,9 +166,16 @@ class PatternConfig(MethodConfig):
     connectivity: float = Field(3.6, ge=1, description="r_c: a layer keeps ceil(kernels / r_c) kernels")
     filter_group: int = Field(1, ge=1, description="consecutive filters that share kept kernels and patterns "
                               "(1 = PatDNN; larger groups run as dense GEMMs in the CPU runtime)")
+    block: int = Field(1, description="consecutive input channels that share kept kernels and patterns "
+                       "(1 = PatDNN; 4 = the int8 sparse operator's layout)")
     rho: float = Field(1e-2, gt=0, description="ADMM penalty weight")
     admm_epochs: int = Field(2, ge=0)
     layers: LayerSelection = Field(default_factory=lambda: LayerSelection(types=["conv"]))
+
+    @field_validator("block")
+    @classmethod
+    def _block_size(cls, block: int) -> int:
+        return check_block(block)
 
 
 @register_method(PatternConfig)
@@ -173,9 +198,9 @@ class PatternPruner(Pruner):
 
     def project(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """(pattern projection, connectivity projection) of a layer's weight."""
-        group = self.config.filter_group
-        patterned = project_patterns(weight, self.library, group) if _is_3x3(weight) else weight
-        return patterned, project_connectivity(weight, self.config.connectivity, group)
+        group, block = self.config.filter_group, self.config.block
+        patterned = project_patterns(weight, self.library, group, block) if _is_3x3(weight) else weight
+        return patterned, project_connectivity(weight, self.config.connectivity, group, block)
 
     @torch.no_grad()
     def start_admm(self) -> None:
@@ -203,9 +228,10 @@ class PatternPruner(Pruner):
             self.start_admm()
         for module, mask in self.masks.values():
             w = raw_weight(module)
-            support = connectivity_mask(w, self.config.connectivity, self.config.filter_group)
+            group, block = self.config.filter_group, self.config.block
+            support = connectivity_mask(w, self.config.connectivity, group, block)
             if _is_3x3(w):
-                support = support & pattern_mask(w, self.library, self.config.filter_group)
+                support = support & pattern_mask(w, self.library, group, block)
             mask.mask.copy_(support)
         self.admm, self.pruned = {}, True
         self.current = self.achieved_sparsity()

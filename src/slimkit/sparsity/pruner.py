@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from slimkit.layers import LayerSelection, adapter_of, select_layers, selection_issues
 from slimkit.methods import MethodConfig
-from slimkit.sparsity.blocks import BLOCK_SIZES, block_scores, expand_blocks
+from slimkit.sparsity.blocks import block_scores, check_block, expand_blocks
 from slimkit.sparsity.masks import WeightMask, add_mask, raw_weight, remove_mask
 from slimkit.sparsity.schedules import cubic_sparsity
 from slimkit.sparsity.topk import global_masks, layerwise_masks, refuse_empty
@@ -42,10 +42,7 @@ class PruneConfig(MethodConfig):
     @field_validator("block")
     @classmethod
     def _block_size(cls, block: int) -> int:
-        if block not in BLOCK_SIZES:
-            raise ValueError(f"block must be one of {', '.join(map(str, BLOCK_SIZES))} (input channels pruned "
-                             f"together; 1 = unstructured), not {block}")
-        return block
+        return check_block(block)
 
     @model_validator(mode="after")
     def _block_allowed(self) -> PruneConfig:
