@@ -34,9 +34,9 @@ from slimkit.sparsity.topk import global_masks
 
 
 def test_optg_schedule_values():
+    """The spec's p_e at epoch e of E = 100 (beta = 1) is the default ramp at fraction e / 100 of the run."""
     expected = {0: 0.0, 45: 0.006024, 48: 0.107283, 50: 0.45, 52: 0.792717, 55: 0.893976, 60: 0.899959, 99: 0.9}
     for epoch, value in expected.items():
-    """The spec's p_e at epoch e of E = 100 (beta = 1) is the default ramp at fraction e / 100 of the run."""
         assert optg_sparsity(epoch / 100, 0.9) == pytest.approx(value, abs=1e-6)
     assert sigmoid(0) == 0.5 and sigmoid(2) == pytest.approx(0.880797, abs=1e-6)
 

@@ -111,13 +111,13 @@ class Pruner(Modifier):
 
     # --- schedule -------------------------------------------------------------------------------
     def schedule(self, progress: float) -> float:
+        """Target sparsity at `progress` in [0, 1] through the window: Zhu & Gupta's cubic by default."""
+        return cubic_sparsity(progress, self.config.schedule_start, self.final)
+
     def progress(self, step: int) -> float:
         """The fraction of the window [start_epoch, end_epoch] elapsed after `step` optimiser steps, in [0, 1]."""
         start, end = self.config.start_epoch * self.steps_per_epoch, self.end_epoch * self.steps_per_epoch
         return 1.0 if end <= start else min(1.0, max(0.0, (step - start) / (end - start)))
-
-        """Target sparsity at `progress` in [0, 1] through the window: Zhu & Gupta's cubic by default."""
-        return cubic_sparsity(progress, self.config.schedule_start, self.final)
 
     def target(self, step: int) -> float:
         """Target sparsity after `step` optimiser steps."""
