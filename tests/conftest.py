@@ -25,13 +25,14 @@ DIGITS_RECIPE: dict[str, Any] = {
     "data": {"name": "digits", "batch_size": 64},
     "baseline": {"epochs": 3, "lr": 0.05, "schedule": "cosine"},
     "train": {"epochs": 4, "lr": 0.02, "schedule": "cosine"},
-    "stages": [{"prune": {"method": "gmp", "sparsity": 0.8, "start_epoch": 0, "end_epoch": 2}}],
+    "stages": [{"prune": {"method": "gmp", "sparsity": 0.8, "scope": "global", "start_epoch": 0, "end_epoch": 2}}],
     "measure": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
 }
 
 SHORT_RECIPE: dict[str, Any] = copy.deepcopy(DIGITS_RECIPE)  # every write point of a run within a few seconds
 SHORT_RECIPE["baseline"]["epochs"], SHORT_RECIPE["train"]["epochs"] = 1, 2
-SHORT_RECIPE["stages"] = [{"prune": {"method": "gmp", "sparsity": 0.8, "start_epoch": 0, "end_epoch": 1}}]
+SHORT_RECIPE["stages"] = [{"prune": {"method": "gmp", "sparsity": 0.8, "scope": "global", "start_epoch": 0,
+                                      "end_epoch": 1}}]
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def test_gradual_schedule_is_cubic_monotone_and_exact():
     torch.manual_seed(0)
     model = lenet(in_channels=1, input_size=8)
     pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=1, end_epoch=5, updates_per_epoch=2,
-                                                  max_layer_sparsity=0.98))  # global 90% would empty features.3
+                                                  scope="global", max_layer_sparsity=0.98))  # global 90% would empty features.3
     ctx = TrainContext(model, epochs=6, steps_per_epoch=10)
     pruner.attach(model, ctx)
     total, _ = _selected_stats(pruner)
@@ -89,7 +89,7 @@ def test_best_epoch_only_counts_once_target_is_reached():
     torch.manual_seed(0)
     data = load_data(DataConfig(name="digits"))
     model = lenet(in_channels=1, input_size=8, width=0.5)
-    pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=0, end_epoch=3))
+    pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, scope="global", start_epoch=0, end_epoch=3))
     result = Trainer(model, data, TrainConfig(epochs=5, lr=0.05), [pruner], batch_size=64, progress=False).fit()
     assert [r["complete"] for r in result.history] == [False, False, True, True, True]
     assert result.best_epoch >= 2

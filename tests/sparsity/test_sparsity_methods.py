@@ -19,7 +19,7 @@ from slimkit.train.checkpoint import CHECKPOINT_FORMAT, safe_load
 
 STAGES = {
     "magnitude": {"method": "magnitude", "sparsity": 0.75},
-    "gmp-taylor": {"method": "gmp", "criterion": "taylor", "sparsity": 0.75, "end_epoch": 2},
+    "gmp-taylor": {"method": "gmp", "criterion": "taylor", "sparsity": 0.75, "scope": "global", "end_epoch": 2},
     "snip": {"method": "snip", "sparsity": 0.75},
     "optg": {"method": "optg", "sparsity": 0.75, "end_epoch": 3},
     "movement": {"method": "movement", "sparsity": 0.75, "end_epoch": 2},

@@ -20,12 +20,12 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-GMP = {"method": "gmp", "sparsity": 0.7, "start_epoch": 0, "end_epoch": 2}
+GMP = {"method": "gmp", "sparsity": 0.7, "scope": "global", "start_epoch": 0, "end_epoch": 2}
 
 
 @pytest.mark.parametrize("stage", [
     GMP,
-    {"method": "gmp", "criterion": "taylor", "sparsity": 0.7, "end_epoch": 2},  # gradient scores from here on
+    {**GMP, "criterion": "taylor"},  # gradient scores from here on
     {"method": "snip", "sparsity": 0.7},
     {"method": "optg", "sparsity": 0.7, "end_epoch": 2, "updates_per_epoch": 100},  # more than the steps: every step
     {"method": "movement", "sparsity": 0.7, "end_epoch": 2},

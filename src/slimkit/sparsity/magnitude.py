@@ -28,7 +28,8 @@ class GradualMagnitudeConfig(GradualConfig):
     """Raise sparsity from initial_sparsity to sparsity between start_epoch and end_epoch (cubic).
 
     s(t) = s_f + (s_i - s_f) (1 - p)^3, p the fraction of the window elapsed, masks re-ranked at every update:
-    prune fast while redundancy is high, slowly near the target so training can recover.
+    prune fast while redundancy is high, slowly near the target so training can recover. Each layer is pruned
+    to s(t) on its own, as the paper (and TF's model_pruning) does; `scope: global` ranks all layers at once.
 
     References:
         Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model compression",
@@ -36,6 +37,7 @@ class GradualMagnitudeConfig(GradualConfig):
     """
 
     method: Literal["gmp"] = "gmp"
+    scope: Literal["global", "layer"] = "layer"
     criterion: Literal["magnitude", "taylor"] = Field(
         "magnitude", description="rank by |w|, or by |w*g| summed over the steps since the last update")
 
