@@ -123,17 +123,18 @@ class RbnnWeight(WeightBinarizer):
     """RBNN: rotate the standardised weight by one pair (R1, R2) per layer, blended by |sin theta|.
 
     At the first training batch of a rotation epoch (`rotate_next`), three alternating SVD steps
-    maximise sum_i ||R1^T X_i R2||_1. R1/R2 are buffers, theta and alpha parameters.
+    maximise sum_i ||R1^T X_i R2||_1. R1/R2 are buffers, theta (from `theta`, pi/2 in the paper's code) and alpha
+    parameters.
     """
 
-    def __init__(self, weight: Tensor, surrogate: RbnnSign):
+    def __init__(self, weight: Tensor, surrogate: RbnnSign, theta: float = math.pi / 2):
         super().__init__()
         self.surrogate = surrogate
         self.a, self.b = get_ab(weight[0].numel())
         self.register_buffer("R1", random_orthogonal(self.a))
         self.register_buffer("R2", random_orthogonal(self.b))
         shape = (weight.shape[0], *([1] * (weight.ndim - 1)))
-        self.theta = nn.Parameter(torch.full(shape, math.pi / 2))
+        self.theta = nn.Parameter(torch.full(shape, theta))
         self.alpha = nn.Parameter(_per_row(weight).abs().mean(1).detach().clone())
         self.rotate_next = False
 

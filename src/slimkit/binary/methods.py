@@ -30,7 +30,8 @@ from slimkit.train.modifier import Modifier, TrainContext
 
 
 class BinarizeConfig(MethodConfig):
-    """Shared by binarization methods: which layers become binary, and whether activations do too."""
+    """Shared by binarization methods: which layers become binary, whether activations do too, and the weight
+    decay of the binary layers' parameters."""
 
     kind = "binarize"
     layers: LayerSelection = Field(default_factory=LayerSelection)
@@ -38,6 +39,9 @@ class BinarizeConfig(MethodConfig):
     # the sign of 0 for activations: "zero" as the papers' code; "positive" (+1, as Larq) deploys with one
     # bit plane instead of two (see ActivationBinarizer)
     zero: Zero = "zero"
+    binary_weight_decay: float | None = Field(
+        None, ge=0, description="weight decay of every parameter of the binary layers (latent weight, bias, "
+        "alpha, RBNN's theta); null: the train section's weight_decay, as for every other parameter")
 
 
 class BinaryMethod(Modifier):
@@ -83,6 +87,13 @@ class BinaryMethod(Modifier):
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         self.schedule(min(max(epoch - self.config.start_epoch, 0), self.epochs), self.epochs)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The binary layers' parameters in a group of their own when `binary_weight_decay` is set."""
+        if self.config.binary_weight_decay is None:
+            return []
+        params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": self.config.binary_weight_decay}]
 
     def summary(self) -> dict[str, Any]:
         return {"method": self.name, "binary_layers": list(self.layers),
@@ -154,14 +165,27 @@ class RbnnConfig(BinarizeConfig):
     layer, updated at epoch starts to maximise sum_i ||R1^T X_i R2||_1; W_t = What + |sin theta| (rotated - What)
     and B_w = sign(W_t). Rotating w towards sign(w) cuts the angular error a scale alone cannot.
 
+    theta starts at pi/2 per channel, as the official code does. In float32 sin(pi/2) is exactly 1, so the
+    latent weights get no task gradient (dW_t/dWhat = 1 - |sin theta| = 0) while theta sits there, and theta's
+    own gradient is scaled by cos theta (-4.4e-8 at pi/2). pi/2 is an unstable point: weight decay (SGD, 1e-4 on
+    theta too, in the official recipe; lr * wd * pi/2 = 1.6e-5 at the first step) or a rounding step nudges theta
+    off it, and then cos theta and theta's gradient, summed over each filter, grow together: at lr 0.1 without
+    warm-up theta can move by radians within a few steps. A short run may thus never train the latent weights,
+    or train them with theta scattered. `init_theta` below pi/2 is a deviation that gives them a gradient of
+    1 - sin(init_theta) from the first step; `summary()` reports each layer's mean |theta| at the end of
+    training, so runs can be compared.
+
     References:
-        Lin et al., "Rotated Binary Neural Network", NeurIPS 2020, arXiv:2009.13055.
+        Lin et al., "Rotated Binary Neural Network", NeurIPS 2020, arXiv:2009.13055; code github.com/lmbxmu/RBNN
+        (cifar/modules/binarized_modules.py: theta = pi/2; cifar/main.py: SGD over all parameters).
     """
 
     method: Literal["rbnn"] = "rbnn"
     t_min: float = Field(1e-2, gt=0)
     t_max: float = Field(10.0, gt=0)
     rotate_every: int = Field(1, ge=1, description="epochs between rotation updates")
+    init_theta: float = Field(math.pi / 2, ge=0, le=math.pi / 2,
+                              description="initial theta in radians (pi/2 as the official code; lower is a deviation)")
 
 
 @register_method(RbnnConfig)
@@ -173,7 +197,7 @@ class Rbnn(BinaryMethod):
         self.weight_surrogate, self.input_surrogate = RbnnSign(), RbnnSign()
 
     def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
-        return RbnnWeight(weight, self.weight_surrogate)
+        return RbnnWeight(weight, self.weight_surrogate, self.config.init_theta)
 
     def activation_binarizer(self) -> ActivationBinarizer:
         return ActivationBinarizer(self.input_surrogate, normalize="standardize")
@@ -184,6 +208,11 @@ class Rbnn(BinaryMethod):
         self.input_surrogate.t, self.input_surrogate.k = max(t, 1.0), 1.0
         for layer in self.layers.values():
             layer.weight_binarizer.rotate_next = epoch % self.config.rotate_every == 0
+
+    def summary(self) -> dict[str, Any]:
+        """Adds each binary layer's mean |theta| (it leaves init_theta only through training)."""
+        theta = {name: layer.weight_binarizer.theta.detach().abs().mean().item() for name, layer in self.layers.items()}
+        return super().summary() | {"init_theta": self.config.init_theta, "theta_mean_abs": theta}
 
 
 def recu_tau(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
@@ -238,7 +267,8 @@ class SimanConfig(BinarizeConfig):
     method: Literal["siman"] = "siman"
     percent_max: float = Field(15.0, ge=0, lt=50)
     weight_values: Literal["pm1", "01"] = "pm1"
-    binary_weight_decay: float = Field(0.0, ge=0)
+    binary_weight_decay: float | None = Field(
+        0.0, ge=0, description="weight decay of the binary layers' parameters: 0 is SiMaN's 'removing l2'")
 
 
 @register_method(SimanConfig)
@@ -254,7 +284,3 @@ class Siman(BinaryMethod):
     def schedule(self, epoch: int, epochs: int) -> None:
         for layer in self.layers.values():
             layer.weight_binarizer.percent.fill_(self.config.percent_max * (1 - epoch / epochs))
-
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        params = [p for layer in self.layers.values() for p in (layer.weight, layer.weight_binarizer.alpha)]
-        return [{"params": params, "weight_decay": self.config.binary_weight_decay}]
