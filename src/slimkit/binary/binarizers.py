@@ -215,7 +215,7 @@ class SimanWeight(WeightBinarizer):
         centred = weight - _broadcast(_per_row(weight).mean(1), weight)
         magnitude = centred.abs().reshape(-1)
         p = float(self.percent) / 100
-        low, high = torch.quantile(magnitude, torch.tensor([p, 1 - p], dtype=magnitude.dtype))
+        low, high = torch.quantile(magnitude, torch.tensor([p, 1 - p], dtype=magnitude.dtype, device=magnitude.device))
         weight.copy_(torch.sign(centred) * centred.abs().clamp(low, high))
 
     def forward(self, weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,8 +28,10 @@ class _BinaryMixin:
     channel_dim = 1  # where outputs hold their channels: dim 1 for convs, the last dim for linears
 
     def binary_forward(self, x: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-        """op(binarized input, binary weights), then the output scale and bias per output channel."""
-        signs, scale = self.weight_binarizer(self.weight)
+        """op(binarized input, binary weights), then the output scale and bias per output channel. The weight
+        binarizer runs in fp32 under autocast too: its rotations, SVDs and quantiles are weight statistics."""
+        with torch.autocast(x.device.type, enabled=False):
+            signs, scale = self.weight_binarizer(self.weight)
         y = op(self.input_binarizer(x), signs)
         view = (-1,) if self.channel_dim == -1 else (1, -1) + (1,) * (y.ndim - 2)
         if scale is not None:
@@ -63,15 +66,16 @@ def binarize_module(module: nn.Module, weight_binarizer: Callable[[Tensor], Weig
                                     f"{type(module).__qualname__} is not registered as a linear map "
                                     f"(slimkit.layers.register_layer(..., LayerAdapter('linear', linear_map=True)))")
     weight = adapter.canonical(module.weight.detach())
-    wb = weight_binarizer(weight)
-    if isinstance(module, nn.Conv2d):
-        new: BinaryConv2d | BinaryLinear = BinaryConv2d(
-            module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-            padding=module.padding, dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
-            padding_mode=module.padding_mode, weight_binarizer=wb, input_binarizer=input_binarizer)
-    else:
-        new = BinaryLinear(weight.shape[1], weight.shape[0], bias=module.bias is not None,
-                           weight_binarizer=wb, input_binarizer=input_binarizer)
+    with torch.device(weight.device):  # the binary layer and its binarizer's state beside the weight, on a GPU too
+        wb = weight_binarizer(weight)
+        if isinstance(module, nn.Conv2d):
+            new: BinaryConv2d | BinaryLinear = BinaryConv2d(
+                module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                padding=module.padding, dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
+                padding_mode=module.padding_mode, weight_binarizer=wb, input_binarizer=input_binarizer)
+        else:
+            new = BinaryLinear(weight.shape[1], weight.shape[0], bias=module.bias is not None,
+                               weight_binarizer=wb, input_binarizer=input_binarizer)
     new.weight.data.copy_(weight)
     if module.bias is not None:
         new.bias.data.copy_(module.bias.data)

@@ -20,6 +20,7 @@ from slimkit.channels.graph import ChannelGraph, UnsupportedOpError
 from slimkit.errors import CheckpointError, checked_field, first_line
 from slimkit.files import atomic_write_text
 from slimkit.models.resnet import ShortcutA
+from slimkit.train.device import device_of
 
 _FIELDS = {"conv": ("out", "in"), "linear": ("out", "in"), "norm": ("keep",), "shortcut": ("pad",)}
 
@@ -115,7 +116,7 @@ def make_plan(graph: ChannelGraph, removed: set[int], candidates: int = 0) -> Ch
 
 
 def _index(t: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
-    return t.index_select(dim, torch.as_tensor(idx, dtype=torch.long)).clone()
+    return t.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device)).clone()
 
 
 def _sliced_layer(module: nn.Module, entry: dict[str, Any]) -> nn.Module:
@@ -179,7 +180,8 @@ def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any]) -> nn.Modul
         if _current_size(module) == size and (entry["type"] == "norm" or _in_size(module) == in_size):
             continue
         _check_bounds(name, module, entry)
-        new = _sliced_norm(module, entry["keep"]) if entry["type"] == "norm" else _sliced_layer(module, entry)
+        with torch.device(device_of(module)):  # the smaller layer where the old one was, on a GPU too
+            new = _sliced_norm(module, entry["keep"]) if entry["type"] == "norm" else _sliced_layer(module, entry)
         model.set_submodule(name, new)
     return model
 

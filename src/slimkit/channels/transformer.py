@@ -99,7 +99,7 @@ def _canonical(layer: nn.Module) -> Tensor:
 
 def group_scores(model: nn.Module, block: Block) -> Tensor:
     """L1 norm of each group's weights: its output rows and its input columns, over every layer it spans."""
-    scores = torch.zeros(block.count)
+    scores = torch.zeros(block.count, device=model.get_submodule(block.outputs[0]).weight.device)
     for name in block.outputs:
         w = _canonical(model.get_submodule(name))
         scores += w.abs().reshape(block.fused, block.count, block.group, -1).sum((0, 2, 3))

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from slimkit.distill.losses import graph_kd, hinton_kd, rkd_distance
 from slimkit.errors import UnsupportedLayerError
 from slimkit.methods import MethodConfig, register_method
+from slimkit.train.device import device_of
 from slimkit.train.modifier import Modifier, TrainContext
 from slimkit.train.objective import Objective, logits_of
 
@@ -20,7 +21,8 @@ from slimkit.train.objective import Objective, logits_of
 class DistillConfig(MethodConfig):
     """Shared by distillation methods: the teacher and the loss weight. The teacher is a slimkit model file
     (loaded with weights_only), or, from Python, any nn.Module: it runs in eval mode under no_grad on the
-    student's batches, read the same way (tuple or dict batches, outputs with `.logits`)."""
+    student's batches, read the same way (tuple or dict batches, outputs with `.logits`), on the student's
+    device (a user's module is moved there)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     kind = "distill"
@@ -138,7 +140,7 @@ class Distiller(Modifier):
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         teacher = self.config.teacher
-        self.teacher = self._teacher().eval()
+        self.teacher = self._teacher().eval().to(device_of(model))  # it reads the student's batches, where they are
         if not isinstance(teacher, nn.Module):  # a loaded teacher is ours to freeze; a user's module is left as is
             for p in self.teacher.parameters():
                 p.requires_grad_(False)

@@ -132,7 +132,8 @@ class QuantizeModifier(Modifier):
         for name, (bits, uniform) in self._plan(model).items():
             module = model.get_submodule(name)
             if weight_quantization(module) is None:
-                weight_q, input_q = self.quantizers(module, bits, uniform)
+                with torch.device(module.weight.device):  # the quantizers' steps and levels beside the weight
+                    weight_q, input_q = self.quantizers(module, bits, uniform)
                 quantize_layer(module, weight_q, input_q, bits, bits)
             weight_quantization(module).active = self.active
             self.layers[name] = module

@@ -20,7 +20,7 @@ SAMPLES_PER_BATCH = 1 << 16
 def activation_sample(x: Tensor) -> list[Tensor]:
     """A random sample of a batch of activations plus its extremes: enough for an observer, bounded memory."""
     flat = x.detach().reshape(-1)
-    pick = torch.randint(0, flat.numel(), (min(flat.numel(), SAMPLES_PER_BATCH),))
+    pick = torch.randint(0, flat.numel(), (min(flat.numel(), SAMPLES_PER_BATCH),), device=flat.device)
     return [flat[pick], flat.min().reshape(1), flat.max().reshape(1)]
 
 
@@ -72,7 +72,8 @@ class UniformQuantizer(nn.Module):
         if observer == "minmax":
             bound = rows.amax(1)
         elif observer == "percentile":
-            flat = rows if rows.shape[1] <= 1 << 24 else rows[:, torch.randperm(rows.shape[1])[: 1 << 24]]
+            flat = rows if rows.shape[1] <= 1 << 24 else rows[:, torch.randperm(rows.shape[1],
+                                                                                   device=rows.device)[: 1 << 24]]
             bound = torch.quantile(flat, percentile / 100, dim=1)
         else:
             bound = self._mse_bound(rows)
@@ -82,8 +83,9 @@ class UniformQuantizer(nn.Module):
     def _mse_bound(self, rows: Tensor) -> Tensor:
         """The clip (of 100 candidates up to the max) that minimises the quantization error, per row."""
         top = rows.amax(1, keepdim=True).clamp_min(1e-8)
-        best, best_err = top.squeeze(1).clone(), torch.full((rows.shape[0],), float("inf"))
-        for fraction in torch.linspace(0.2, 1.0, 100):
+        best = top.squeeze(1).clone()
+        best_err = torch.full_like(best, float("inf"))
+        for fraction in torch.linspace(0.2, 1.0, 100, device=rows.device):
             step = top * fraction / self.qmax
             q = torch.clamp(torch.round(rows / step), 0, self.qmax) * step
             err = ((q - rows) ** 2).mean(1)
@@ -105,9 +107,9 @@ class UniformQuantizer(nn.Module):
         if not self.training:  # the exact same values, through ops ONNX export turns into Q/DQ pairs
             step = self.step.detach().float()
             if self.channels > 1:
-                zero = torch.zeros(self.channels, dtype=torch.int32)
+                zero = torch.zeros(self.channels, dtype=torch.int32, device=step.device)
                 return torch.fake_quantize_per_channel_affine(x, step, zero, 0, self.qmin, self.qmax)
-            zero = torch.zeros((), dtype=torch.int32)  # scalar scale and zero point, as QLinearAdd requires
+            zero = torch.zeros((), dtype=torch.int32, device=step.device)  # scalar, as QLinearAdd requires
             return torch.fake_quantize_per_tensor_affine(x, step.reshape(()), zero, self.qmin, self.qmax)
         per_step = x.numel() / self.channels
         step = grad_scale(self.step, 1.0 / math.sqrt(per_step * self.qmax))
@@ -142,7 +144,7 @@ class LevelQuantizer(nn.Module):
         widths the maximum is a poor clip: with SP2's 2-bit levels {0, 1} it would round most weights to 0."""
         top = x.abs().max().clamp_min(1e-8)
         errors = []
-        for fraction in torch.linspace(0.05, 1.0, 50):
+        for fraction in torch.linspace(0.05, 1.0, 50, device=x.device):
             self.alpha.fill_(top * fraction)
             errors.append((((self(x) - x) ** 2).mean().item(), fraction.item()))
         self.alpha.fill_(top * min(errors)[1])

@@ -53,7 +53,7 @@ def _tiles(inputs: int, tile: int) -> list[slice]:
 def balanced_mask(scores: Tensor, tile: int, sparsity: float) -> Tensor:
     """Boolean mask keeping the top group_keep(|g|) scores of every (filter, input tile) group; ties go to
     the lower index in the group's (channel, kh, kw) order."""
-    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     for part in _tiles(scores.shape[1], tile):
         block = scores[:, part].reshape(scores.shape[0], -1)
         order = torch.sort(block, dim=1, descending=True, stable=True).indices

@@ -43,7 +43,9 @@ def add_mask(module: nn.Module, name: str = "weight", scored: bool = False) -> W
         if scored and not isinstance(existing, ScoredMask):
             raise ValueError(f"{type(module).__name__}.{name} already has a plain mask; two pruners overlap")
         return existing
-    mask = (ScoredMask if scored else WeightMask)(getattr(module, name).shape)
+    weight = getattr(module, name)
+    with torch.device(weight.device):  # the mask (and scores) beside the weight, on a GPU too
+        mask = (ScoredMask if scored else WeightMask)(weight.shape)
     parametrize.register_parametrization(module, name, mask)
     return mask
 

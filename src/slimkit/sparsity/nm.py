@@ -68,7 +68,7 @@ def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
     rows = input_rows(scores.float())
     inputs = rows.shape[1]
     padded = -(-inputs // m) * m
-    full = torch.full((rows.shape[0], padded), float("-inf"))
+    full = torch.full((rows.shape[0], padded), float("-inf"), device=rows.device)
     full[:, :inputs] = rows
     order = torch.sort(full.reshape(-1, m), dim=1, descending=True, stable=True).indices
     keep = torch.zeros_like(order, dtype=torch.bool).scatter_(1, order[:, :n], True)
@@ -79,7 +79,7 @@ def is_nm(weight: Tensor, n: int, m: int) -> bool:
     """True when no group of m consecutive inputs holds more than n non-zeros."""
     rows = (input_rows(weight) != 0).float()
     inputs = rows.shape[1]
-    padded = torch.zeros(rows.shape[0], -(-inputs // m) * m)
+    padded = torch.zeros(rows.shape[0], -(-inputs // m) * m, device=rows.device)
     padded[:, :inputs] = rows
     return bool((padded.reshape(-1, m).sum(1) <= n).all())
 

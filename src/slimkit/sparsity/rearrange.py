@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from slimkit.channels.graph import ChannelGraph, build_graph
 from slimkit.sparsity.masks import ScoredMask, get_mask, raw_weight
+from slimkit.train.device import device_of
 
 
 def permute_input(x: Tensor, weight: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,9 +110,9 @@ def _reindex_channels(module: nn.Module, index: Tensor, optimizer: Optimizer | N
             _reindex_tensor(t, 0, index, optimizer)
 
 
-def _order(graph: ChannelGraph, slots: list[int], position: dict[int, int]) -> Tensor:
+def _order(graph: ChannelGraph, slots: list[int], position: dict[int, int], device: torch.device) -> Tensor:
     """The gather index that lays `slots` out in the new channel order (flattened slots stay channel-major)."""
-    return torch.sort(torch.tensor([position[graph.find(e)] for e in slots]), stable=True).indices
+    return torch.sort(torch.tensor([position[graph.find(e)] for e in slots], device=device), stable=True).indices
 
 
 @torch.no_grad()
@@ -127,6 +128,7 @@ def rearrange_channels(model: nn.Module, batches: list[Tensor], layers: list[str
     graph = build_graph(model, batches[0][:1])
     movable = {p: cs for p, cs in _movable_producers(graph).items() if any(c in layers for c in cs)}
     fractions = zero_fractions(model, sorted({c for cs in movable.values() for c in cs}), batches)
+    device = device_of(model)  # permutations index the weights where they are
     permutations: dict[str, list[int]] = {}
     for producer, consumers in movable.items():
         roots = [graph.find(e) for e in graph.producers[producer]]
@@ -134,16 +136,16 @@ def rearrange_channels(model: nn.Module, batches: list[Tensor], layers: list[str
         for c in consumers:
             for e, z in zip(graph.consumers[c], fractions[c].tolist(), strict=True):
                 per_root[graph.find(e)].append(z)
-        z = torch.tensor([sum(per_root[r]) / len(per_root[r]) for r in roots])
+        z = torch.tensor([sum(per_root[r]) / len(per_root[r]) for r in roots], device=device)
         perm = torch.sort(z, stable=True).indices
-        if torch.equal(perm, torch.arange(len(roots))):
+        if torch.equal(perm, torch.arange(len(roots), device=device)):
             continue
         position = {roots[int(old)]: new for new, old in enumerate(perm)}
         _reindex(graph.modules[producer], 0, perm, optimizer)
         for name, slots in graph.channel_users.items():
             if graph.find(slots[0]) in position:
-                _reindex_channels(graph.modules[name], _order(graph, slots, position), optimizer)
+                _reindex_channels(graph.modules[name], _order(graph, slots, position, device), optimizer)
         for c in consumers:
-            _reindex(graph.modules[c], 1, _order(graph, graph.consumers[c], position), optimizer)
+            _reindex(graph.modules[c], 1, _order(graph, graph.consumers[c], position, device), optimizer)
         permutations[producer] = perm.tolist()
     return permutations

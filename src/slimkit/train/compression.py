@@ -26,6 +26,7 @@ from torch.optim import Optimizer
 
 from slimkit.errors import SlimkitError
 from slimkit.train import distributed
+from slimkit.train.device import device_of, move_tensors
 from slimkit.train.modifier import Modifier, TrainContext
 from slimkit.train.objective import Objective, logits_of
 
@@ -285,8 +286,10 @@ class Compression:
             self._remember_names()
 
     def load_modifier_states(self, states: Sequence[dict[str, Any]]) -> None:
-        """Restore each method's state and the module structure it implies (sliced channels, say)."""
+        """Restore each method's state and the module structure it implies (sliced channels, say). Tensors in
+        the states go to the model's device: a checkpoint loads on the CPU, whichever device wrote it."""
+        device = device_of(self.model)
         for modifier, state in zip(self.modifiers, states, strict=True):
-            modifier.load_state_dict(state)
+            modifier.load_state_dict(move_tensors(state, device))
             self.model = modifier.rebuild_structure(self.model)
         self.ctx.model = self.model

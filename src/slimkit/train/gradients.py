@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.train.device import device_of
 from slimkit.train.objective import Objective
 
 
@@ -22,7 +23,9 @@ def loss_gradients(model: nn.Module, batches: Iterable[Any], objective: Objectiv
     was_training = model.training
     model.train()
     model.zero_grad(set_to_none=True)
+    device = device_of(model)
     for batch in batches:
+        batch = objective.to_device(batch, device)
         objective.loss(objective.forward(model, batch), objective.target(batch)).backward()
     with torch.no_grad():
         model.load_state_dict(saved)

@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from slimkit.errors import SlimkitError
 from slimkit.methods import MethodConfig
+from slimkit.train.device import device_of
 from slimkit.train.distributed import DistInfo
 from slimkit.train.objective import Objective
 
@@ -38,14 +39,16 @@ class TrainContext:
     objective: Objective = field(default_factory=Objective)
 
     def batches(self, count: int, needed_by: str) -> list[Any]:
-        """The first `count` training batches, or an error saying that `needed_by` needs data."""
+        """The first `count` training batches on the model's device, or an error saying that `needed_by` needs
+        data."""
         if self.data is None:
             raise SlimkitError(f"{needed_by} needs training batches; pass data=<your DataLoader> (and loss_fn= "
                                f"for a loss other than cross-entropy) to slimkit.prepare")
         batches = list(itertools.islice(iter(self.data), count))
         if not batches:
             raise SlimkitError(f"{needed_by} needs training batches, and the data yielded none")
-        return batches
+        device = device_of(self.model)
+        return [self.objective.to_device(batch, device) for batch in batches]
 
     def input_tensors(self, count: int, needed_by: str) -> list[Tensor]:
         """The model inputs of the first `count` batches, for methods that trace the model with one tensor."""

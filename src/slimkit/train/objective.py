@@ -1,9 +1,10 @@
 """The objective: how a batch feeds the model, what its target is, and which loss and metric judge outputs.
 
 It is the one place that knows batch and output conventions, so the trainer, the loop-facing API and every
-gradient-based criterion read batches the same way: tuples `(inputs, target)` or `(inputs,)`, and dicts
-(HF style: the model gets every key but `target_key` as keyword arguments). Outputs are tensors, or objects
-and dicts carrying `.logits`. Anything else is an error that names it; nothing is guessed.
+gradient-based criterion read batches (and move them to the model's device) the same way: tuples
+`(inputs, target)` or `(inputs,)`, and dicts (HF style: the model gets every key but `target_key` as keyword
+arguments). Outputs are tensors, or objects and dicts carrying `.logits`. Anything else is an error that
+names it; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError
+from slimkit.train.device import move_tensors
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MetricFn = Callable[[Tensor, Tensor], Tensor | float | tuple[Tensor | float, Tensor | float]]
@@ -116,6 +118,12 @@ class Objective:
         raise SlimkitError(f"a batch of type {_describe(batch)} is not one slimkit reads; batches are tuples "
                            f"(inputs, target) or (inputs,) of tensors, or dicts of tensors (the model gets every "
                            f"key but {self.target_key!r} as a keyword argument)")
+
+    @staticmethod
+    def to_device(batch: Any, device: torch.device) -> Any:
+        """The batch with its tensors on `device`, in the layout it came in (tuple, list or dict); every reader
+        of batches (trainer, evaluation, the methods' scoring and calibration) moves them through this."""
+        return move_tensors(batch, device)
 
     def target(self, batch: Any) -> Tensor:
         target = self.split(batch)[2]
