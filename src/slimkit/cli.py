@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
     from slimkit.train.distributed import finish, init_from_env
 
     recipe = Recipe.load(recipe_source, args.overrides)
-    info = init_from_env()
+    info = init_from_env(recipe.train.device)
     try:
         out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
         run = run_recipe(recipe, out_dir, resume=args.resume, progress=not args.no_progress)

@@ -31,6 +31,7 @@ from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import distributed
 from slimkit.train.checkpoint import WEIGHTS_FORMAT, atomic_save, read_checkpoint
+from slimkit.train.device import check_precision, resolve_device
 from slimkit.train.objective import Objective, logits_of
 from slimkit.train.progress import console
 from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
@@ -38,7 +39,8 @@ from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
 
 @dataclass
 class Run:
-    """What a finished run hands back: the compressed model, its metrics and its report."""
+    """What a finished run hands back: the compressed model, its metrics and its report. Both models are on the
+    CPU, whichever device trained them."""
 
     recipe: Recipe
     model: nn.Module
@@ -211,6 +213,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     missing = recipe.missing_files()
     if missing:
         raise RecipeError(missing)
+    for key, config in (("baseline", recipe.baseline), ("train", recipe.train)):
+        if config is not None:  # a device or precision this machine lacks stops the run before anything loads
+            check_precision(config.precision, resolve_device(config.device, f"{key}.device"), f"{key}.precision")
     objective = objective if objective is not None else recipe.objective.build()
     smoothing = [(key, c.label_smoothing) for key, c in (("baseline", recipe.baseline), ("train", recipe.train))
                  if c is not None and c.label_smoothing]
@@ -236,6 +241,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
             load_weights(model, recipe.model.checkpoint)
     else:
         model_label = type(model).__name__
+        model.cpu()  # outside training, a run works on the CPU: each phase's Trainer takes it to train.device
     _check_model_fits_data(model, example, data, objective)
     if recipe.measure.engines and isinstance(example, dict):
         raise RecipeError(["'measure.engines': true: engine deployment takes models with one tensor input, and this "
@@ -254,6 +260,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     def train(net: nn.Module, phase: str, config, phase_modifiers) -> TrainResult:
         trainer = Trainer(net, data, config, phase_modifiers, recipe=recipe.to_yaml(),
                           batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size,
+                          num_workers=recipe.data.num_workers, pin_memory=recipe.data.pin_memory,
                           out_dir=out_dir / phase if out_dir else None, seed=recipe.seed, label=phase,
                           progress=progress, callbacks=callbacks,
                           objective=replace(objective, label_smoothing=config.label_smoothing))
@@ -265,7 +272,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
     metric = objective.metric.name if objective.metric is not None else None
     models: dict[str, Any] = {}
     for phase, result in (("dense", dense), ("compressed", compressed)):
-        test_loss, test_metric = evaluate(result.model, getattr(data, split), recipe.data.eval_batch_size, objective)
+        test_loss, test_metric = evaluate(result.model, getattr(data, split), recipe.data.eval_batch_size, objective,
+                                          num_workers=recipe.data.num_workers, pin_memory=recipe.data.pin_memory)
+        result.model.cpu()  # evaluated where it trained; measured, timed, saved and exported on the CPU
         models[phase] = {
             "test_loss": test_loss, **({f"test_{metric}": test_metric} if metric else {}),
             "best_epoch": result.best_epoch, "train_seconds": result.seconds, "history": result.history,

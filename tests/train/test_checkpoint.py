@@ -59,8 +59,13 @@ def test_checkpoint_loading_never_unpickles_code(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [2, 5])  # in the dense phase, then in the compressed phase
-def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_after):
+@pytest.mark.parametrize(("kill_after", "workers"), [
+    (2, 0), (5, 0),  # in the dense phase, then in the compressed phase
+    (5, 2),  # two loader processes, each cropping and flipping from its own seeded stream
+])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_after, workers):
+    if workers:
+        digits_recipe["data"].update(num_workers=workers, augment="crop_flip")
     recipe = Recipe.from_dict(digits_recipe)
     full = run_recipe(recipe, tmp_path / "full", progress=False)
     with pytest.raises(Interrupt):

@@ -14,6 +14,7 @@ from slimkit.data.arrays import (
     RawSplits,
     batch_collate,
     collate_batch,
+    make_loader,
     select_classes,
     split_bundle,
 )
@@ -76,4 +77,4 @@ def fashion_mnist_available() -> bool:
 
 
 __all__ = ["DATASETS", "SPLITS", "ArrayDataset", "DataBundle", "DataConfig", "RawSplits", "batch_collate",
-           "collate_batch", "fashion_mnist_available", "load_data", "user_data"]
+           "collate_batch", "fashion_mnist_available", "load_data", "make_loader", "user_data"]

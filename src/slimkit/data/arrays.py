@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from slimkit.errors import SlimkitError
 
@@ -33,6 +33,7 @@ class ArrayDataset(Dataset):
         self.augment = augment
         self.pad = max(1, images.shape[-1] // 8)
         self.seed = seed
+        self._stream: tuple[int, ...] = (seed,)  # what seeds augmentation: (seed, epoch, rank) once an epoch is set
         self._generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -40,7 +41,13 @@ class ArrayDataset(Dataset):
 
     def set_epoch(self, epoch: int, rank: int = 0) -> None:
         """Re-seed augmentation so that every epoch (and every rank) draws a fixed, distinct stream."""
-        self._generator.manual_seed(hash((self.seed, epoch, rank)) & 0x7FFF_FFFF)
+        self._stream = (self.seed, epoch, rank)
+        self._generator.manual_seed(hash(self._stream) & 0x7FFF_FFFF)
+
+    def set_worker(self, worker: int) -> None:
+        """In DataLoader worker `worker`: a stream of its own within the epoch. Every worker starts from a copy
+        of this data set, so without it all workers would draw the same crops and flips."""
+        self._generator.manual_seed(hash((*self._stream, worker)) & 0x7FFF_FFFF)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.__getitems__([index])
@@ -155,6 +162,24 @@ class DataBundle:
 def batch_collate(dataset: Dataset) -> Callable[[Any], Any]:
     """slimkit's array data sets hand out whole batches already; any other data set is collated by torch."""
     return collate_batch if isinstance(dataset, ArrayDataset) else default_collate
+
+
+def seed_worker(worker: int) -> None:
+    """A DataLoader's worker_init_fn: slimkit's array data set in this worker gets its own augmentation stream,
+    a pure function of (seed, epoch, rank, worker), so runs (and resumed runs) with the same workers match."""
+    dataset = get_worker_info().dataset
+    if isinstance(dataset, ArrayDataset):
+        dataset.set_worker(worker)
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler[int], *, num_workers: int = 0,
+                pin_memory: bool = False, generator: torch.Generator | None = None) -> DataLoader:
+    """The loader slimkit batches a Dataset with, for training and evaluation alike: whole-batch collation for
+    its array sets, `num_workers` processes seeded by `seed_worker`, batches in page-locked memory with
+    `pin_memory` (for asynchronous copies to a GPU)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=batch_collate(dataset),
+                      num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+                      worker_init_fn=seed_worker if num_workers else None)
 
 
 def select_classes(raw: RawSplits, classes: Sequence[int | str], name: str) -> RawSplits:

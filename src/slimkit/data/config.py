@@ -31,7 +31,10 @@ class DataConfig(StrictModel):
     train_subset: int | None = Field(None, ge=1)
     classes: list[int | str] | None = Field(
         None, description="keep only these classes (ids or names), relabelled 0..n-1 in the order given")
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="loader processes for the train and eval batches (0: in the "
+                             "training process)")
+    pin_memory: bool | Literal["auto"] = Field("auto", description="page-locked batches for asynchronous copies to "
+                                               "a GPU; auto: when training on one")
 
     @field_validator("name")
     @classmethod

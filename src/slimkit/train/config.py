@@ -8,11 +8,13 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from slimkit.config import StrictModel, resolve_factory
+from slimkit.train.device import Device, Precision
 from slimkit.train.objective import LossFn, Objective, make_objective
 
 
 class TrainConfig(StrictModel):
-    """Optimiser, learning-rate schedule and length of one training phase."""
+    """Optimiser, learning-rate schedule and length of one training phase, and where it runs (`device`: auto is
+    the GPU when torch sees one; `precision: bf16` trains under bfloat16 autocast)."""
 
     epochs: int = Field(10, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -26,6 +28,8 @@ class TrainConfig(StrictModel):
     gamma: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     nan_policy: Literal["stop", "skip"] = "stop"  # on a NaN or Inf loss: stop the run, or skip that batch
+    device: Device = "auto"
+    precision: Precision = "fp32"
 
     @model_validator(mode="after")
     def _milestones_in_range(self) -> TrainConfig:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from slimkit.train.device import Device, resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -24,13 +26,23 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_from_env() -> DistInfo:
-    """Join the process group that torchrun describes in the environment (gloo on CPU), if any."""
+def backend_for(device: torch.device) -> str:
+    """The process group's backend for training on `device`: on GPUs NCCL carries CUDA tensors (DDP's gradients,
+    scores, buffer broadcasts) and gloo the few CPU ones (object gathers); on the CPU, gloo alone."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def init_from_env(device: Device = "auto") -> DistInfo:
+    """Join the process group that torchrun describes in the environment, if any, for training on `device`
+    (train.device): each rank on GPU LOCAL_RANK under NCCL, or on the CPU under gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        where = resolve_device(device)
+        if where.type == "cuda":
+            torch.cuda.set_device(where)
+        dist.init_process_group(backend=backend_for(where))
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 

@@ -3,7 +3,8 @@ API a user's own loop calls, so there is one code path for hooks, parameter grou
 
 Each epoch trains, evaluates on the validation split and writes an atomic checkpoint; a resumed run
 continues bit for bit because every epoch re-seeds its randomness from (seed, epoch) and the learning
-rate is a pure function of the step.
+rate is a pure function of the step. The model trains on `train.device`, under bfloat16 autocast with
+`train.precision: bf16`; checkpoints hold CPU-loadable tensors whatever the device.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
@@ -22,12 +23,13 @@ from torch.optim import SGD, Adam, Optimizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from slimkit.config import describe_errors
-from slimkit.data import DataBundle, batch_collate
+from slimkit.data import DataBundle, make_loader
 from slimkit.errors import CheckpointError, SlimkitError, first_line
 from slimkit.train import distributed
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.train.compression import Compression, param_groups
 from slimkit.train.config import TrainConfig
+from slimkit.train.device import autocast, check_precision, device_of, resolve_device
 from slimkit.train.lr import LRSchedule
 from slimkit.train.modifier import Modifier
 from slimkit.train.objective import Objective
@@ -70,7 +72,8 @@ class _Shard(Sampler[int]):
         return len(self.indices)
 
 
-def _eval_batches(data: Dataset | DataLoader, batch_size: int) -> tuple[Iterable[Any], bool]:
+def _eval_batches(data: Dataset | DataLoader, batch_size: int, num_workers: int, pin_memory: bool
+                  ) -> tuple[Iterable[Any], bool]:
     """(batches, whether ranks hold different shards): a Dataset is sharded over ranks, a user's DataLoader
     is evaluated whole on every rank."""
     if isinstance(data, DataLoader):
@@ -78,21 +81,29 @@ def _eval_batches(data: Dataset | DataLoader, batch_size: int) -> tuple[Iterable
     info = distributed.current()
     sampler = _Shard(len(data), info.rank, info.world_size)
     # a generator of its own: evaluating must not draw from (and so shift) the global random stream
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=batch_collate(data),
-                      generator=torch.Generator()), True
+    return make_loader(data, batch_size, sampler, num_workers=num_workers, pin_memory=pin_memory,
+                       generator=torch.Generator()), True
+
+
+def _pinned(pin_memory: bool | Literal["auto"], device: torch.device) -> bool:
+    """data.pin_memory resolved: `auto` pins batches when they go to a GPU."""
+    return device.type == "cuda" if pin_memory == "auto" else pin_memory
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 512,
-             objective: Objective | None = None) -> tuple[float, float | None]:
-    """(mean loss, mean metric or None) in eval mode, averaged over samples; under DDP each rank takes a
-    shard of a Dataset and the sums are reduced."""
+             objective: Objective | None = None, *, num_workers: int = 0,
+             pin_memory: bool | Literal["auto"] = "auto") -> tuple[float, float | None]:
+    """(mean loss, mean metric or None) in eval mode and fp32, averaged over samples, on the device the model
+    is on; under DDP each rank takes a shard of a Dataset and the sums are reduced."""
     objective = objective or Objective()
     was_training = model.training
     model.eval()
-    batches, sharded = _eval_batches(data, batch_size)
+    device = device_of(model)
+    batches, sharded = _eval_batches(data, batch_size, num_workers, _pinned(pin_memory, device))
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, samples, metric total, metric count
     for batch in batches:
+        batch = objective.to_device(batch, device)
         out = objective.forward(model, batch)
         target = objective.target(batch)
         n = objective.batch_size(batch)
@@ -112,21 +123,28 @@ def _shown(name: str, value: float) -> str:
 
 
 def _clone_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A copy of the model's state on the CPU: it costs no GPU memory and is saved as it loads anywhere."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 class Trainer:
     """Trains `model` on `data` under `config`, with `modifiers` applying a compression method and
-    `objective` (cross-entropy and accuracy on class ids by default) saying what is optimised."""
+    `objective` (cross-entropy and accuracy on class ids by default) saying what is optimised. The model
+    moves to `config.device` and stays there: `fit` returns it on that device. `num_workers` and `pin_memory`
+    (data.num_workers, data.pin_memory) set how slimkit's loaders batch a Dataset."""
 
     def __init__(self, model: nn.Module, data: DataBundle, config: TrainConfig,
                  modifiers: Sequence[Modifier] = (), *, batch_size: int = 128, eval_batch_size: int = 512,
+                 num_workers: int = 0, pin_memory: bool | Literal["auto"] = "auto",
                  out_dir: Path | None = None, seed: int = 0, label: str = "train", progress: bool = True,
                  callbacks: Sequence[EpochCallback] = (), objective: Objective | None = None,
                  recipe: str | None = None):
         self.model, self.data, self.config = model, data, config
+        self.device = resolve_device(config.device)
+        check_precision(config.precision, self.device)
         self.recipe = recipe  # the run's recipe (YAML), kept in every checkpoint: a resume's copy of record
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, _pinned(pin_memory, self.device)
         self.modifiers = list(modifiers)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.seed, self.label, self.progress = seed, label, progress
@@ -146,7 +164,8 @@ class Trainer:
         else:
             sampler = DistributedSampler(train, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                          shuffle=True, seed=self.seed)
-            loader = DataLoader(train, batch_size=self.batch_size, sampler=sampler, collate_fn=batch_collate(train))
+            loader = make_loader(train, self.batch_size, sampler, num_workers=self.num_workers,
+                                 pin_memory=self.pin_memory)
         try:
             steps = len(loader)
         except TypeError:
@@ -160,6 +179,7 @@ class Trainer:
         """Train, keep the best complete epoch by the validation metric (or loss), finalize and return the
         model."""
         started = time.perf_counter()
+        self.model.to(self.device)  # before the methods attach, so that what they create lands beside the weights
         loader, sampler = self._loader()
         compression = Compression(self.model, self.modifiers, epochs=self.config.epochs, steps_per_epoch=len(loader),
                                   data=loader, objective=self.objective, auto_epochs=False)
@@ -245,7 +265,9 @@ class Trainer:
         return state
 
     def _wrap(self) -> nn.Module:
-        return DistributedDataParallel(self.model) if self.dist.enabled else self.model
+        if not self.dist.enabled:
+            return self.model
+        return DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
     def _start_epoch(self, epoch: int, sampler: Any, compression: Compression) -> None:
         """Re-seed everything from (seed, epoch, rank), then let the methods apply their epoch schedules."""
@@ -273,9 +295,11 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             lr = optimizer.param_groups[0]["lr"] * optimizer.param_groups[0].get("lr_scale", 1.0)
-            out = objective.forward(net, batch)
+            batch = objective.to_device(batch, self.device)
             target = objective.target(batch)
-            loss = objective.loss(out, target) + compression.loss(out, batch)
+            with autocast(self.config.precision, self.device):
+                out = objective.forward(net, batch)
+                loss = objective.loss(out, target) + compression.loss(out, batch)
             optimizer.zero_grad(set_to_none=True)
             finite = self._finite(loss)
             if finite:
@@ -306,7 +330,8 @@ class Trainer:
             summary += f" train {name} {_shown(name, record[f'train_{name}'])}"
         distributed.broadcast_buffers(self.model)  # every rank evaluates (and keeps) the same statistics
         if self.data.val is not None:
-            record["val_loss"], val_metric = evaluate(self.model, self.data.val, self.eval_batch_size, objective)
+            record["val_loss"], val_metric = evaluate(self.model, self.data.val, self.eval_batch_size, objective,
+                                                      num_workers=self.num_workers, pin_memory=self.pin_memory)
             summary += f" val loss {record['val_loss']:.4f}"
             if name:
                 record[f"val_{name}"] = val_metric
@@ -317,7 +342,7 @@ class Trainer:
     def _finite(self, loss: Tensor) -> bool:
         """Whether the loss is finite on every rank: under DDP the ranks agree, so that all of them skip the
         batch (or stop) together and none waits for another's gradients."""
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)  # on the loss's device: NCCL reduces it there
         return distributed.all_reduce_sum(bad).item() == 0
 
     def _on_non_finite(self, loss: Tensor, epoch: int, step: int, skipped: int, steps_per_epoch: int) -> None:
