@@ -1,10 +1,13 @@
-"""Run by test_ddp under torchrun: trains with a pruning stage (JSON) and writes each rank's final masks."""
+"""Run by test_ddp under torchrun: trains with one stage (JSON: {kind: {method: ...}}) on a device (cpu unless
+given) and writes each rank's method state as training left it (masks, scores, binarizer buffers and
+parameters) and its process group's backend."""
 
 import json
 import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from slimkit.data import load_data
 from slimkit.models import lenet
@@ -13,17 +16,24 @@ from slimkit.train import Trainer, distributed
 from slimkit.train.objective import make_objective
 
 
-def main(out: Path, mode: str, stage: dict) -> None:
-    info = distributed.init_from_env()
+def method_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a method adds to the model: masks and scores under parametrizations, binarizer state."""
+    return {name: t.detach().clone() for name, t in model.state_dict().items()
+            if name.endswith((".mask", ".scores")) or ".weight_binarizer." in name}
+
+
+def main(out: Path, mode: str, stage: dict, device: str) -> None:
+    info = distributed.init_from_env(device)
+    (out / f"backend{info.rank}.txt").write_text(dist.get_backend())
     torch.manual_seed(0)
     data = load_data(DataConfig(name="digits"))
     model = lenet(in_channels=1, input_size=8, width=0.5)
-    pruner = build_modifier(parse_stage({"prune": stage}))
-    masks = {}
-    finalize = pruner.finalize
+    modifier = build_modifier(parse_stage(stage))
+    state = {}
+    finalize = modifier.finalize
 
     def record_then_finalize(model):
-        masks.update({n: m.mask.clone() for n, (_, m) in pruner.masks.items()})
+        state.update(method_state(model))
         if mode == "break" and info.rank == 1:
             with torch.no_grad():
                 model.classifier[3].bias.add_(1.0)
@@ -33,7 +43,7 @@ def main(out: Path, mode: str, stage: dict) -> None:
                 w[0, 0], w[0, 1] = w[0, 1].clone() + 0.5, w[0, 0].clone() - 0.5
         return finalize(model)
 
-    pruner.finalize = record_then_finalize
+    modifier.finalize = record_then_finalize
     calls = [0]
 
     def loss(out, target):  # "nanskip": NaN on rank 1 only, on its 3rd and 4th training batches
@@ -44,9 +54,9 @@ def main(out: Path, mode: str, stage: dict) -> None:
                 return value * float("nan")
         return value
 
-    config = TrainConfig(epochs=3, lr=0.05, nan_policy="skip" if mode == "nanskip" else "stop")
+    config = TrainConfig(epochs=3, lr=0.05, nan_policy="skip" if mode == "nanskip" else "stop", device=device)
     try:
-        result = Trainer(model, data, config, [pruner], batch_size=32, progress=False,
+        result = Trainer(model, data, config, [modifier], batch_size=32, progress=False,
                          objective=make_objective(loss, "accuracy")).fit()
         if mode == "nanskip":
             (out / f"skipped{info.rank}.json").write_text(json.dumps([r.get("skipped_batches", 0)
@@ -54,11 +64,11 @@ def main(out: Path, mode: str, stage: dict) -> None:
     except RuntimeError as exc:
         (out / f"error{info.rank}.txt").write_text(str(exc))
         return
-    torch.save(masks, out / f"masks{info.rank}.pt")
+    torch.save(state, out / f"state{info.rank}.pt")
 
 
 if __name__ == "__main__":
     try:
-        main(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))
+        main(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "cpu")
     finally:
         distributed.finish()  # a barrier, then the process group torn down: no rank aborts at exit

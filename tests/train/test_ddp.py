@@ -1,4 +1,5 @@
-"""Two CPU processes over gloo under torchrun: data-parallel training agrees across ranks."""
+"""Two CPU processes over gloo under torchrun (two GPUs over NCCL where a machine has them): data-parallel
+training agrees across ranks, masks, scores and binarizer state included."""
 
 import json
 import os
@@ -30,35 +31,69 @@ GMP = {"method": "gmp", "sparsity": 0.7, "scope": "global", "start_epoch": 0, "e
     {"method": "optg", "sparsity": 0.7, "end_epoch": 2, "updates_per_epoch": 100},  # more than the steps: every step
     {"method": "movement", "sparsity": 0.7, "end_epoch": 2},
 ], ids=lambda s: s.get("criterion", s["method"]))
-def test_two_ranks_compute_identical_masks(tmp_path, stage):
-    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "agree", json.dumps(stage))
+def test_two_ranks_compute_identical_masks_and_scores(tmp_path, stage):
+    state = agreed_state(tmp_path, {"prune": stage})
+    masks = [m for name, m in state.items() if name.endswith(".mask")]
+    assert len(masks) == 2
+    total = sum(m.numel() for m in masks)
+    assert total - sum(int(m.sum()) for m in masks) == round(0.7 * total)
+    scored = stage["method"] in ("optg", "movement")  # their scores train beside the weights: checked too
+    assert sum(name.endswith(".scores") for name in state) == (2 if scored else 0)
+
+
+@pytest.mark.parametrize(("stage", "keys"), [
+    ({"method": "rbnn"}, {"R1", "R2", "theta", "alpha"}),  # rotations from SVDs on each rank, theta trained
+    ({"method": "recu"}, {"tau", "alpha"}),
+    ({"method": "siman"}, {"B", "percent", "alpha"}),  # the code each rank writes in its training forwards
+], ids=lambda v: v["method"] if isinstance(v, dict) else "")
+def test_two_ranks_hold_identical_binarizer_state(tmp_path, stage, keys):
+    state = agreed_state(tmp_path, {"binarize": stage})
+    for layer in ("features.3", "classifier.1"):  # the binarized layers: all but the first conv and last linear
+        assert {name.rsplit(".", 1)[1] for name in state if name.startswith(f"{layer}.weight_binarizer.")} == keys
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("stage", [{"prune": {"method": "movement", "sparsity": 0.7, "end_epoch": 2}},
+                                   {"binarize": {"method": "rbnn"}}], ids=lambda s: next(iter(s.values()))["method"])
+def test_two_gpus_under_nccl_hold_identical_method_state(tmp_path, stage):
+    assert agreed_state(tmp_path, stage, device="cuda")
+
+
+def agreed_state(tmp_path, stage: dict, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Train `stage` on two ranks; every method tensor must be equal on both (torch.equal), and the process
+    group's backend must be gloo on the CPU and NCCL on GPUs. Returns rank 0's method state."""
+    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "agree", json.dumps(stage), device)
     assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"masks{r}.pt", weights_only=True) for r in (0, 1))
-    assert rank0.keys() == rank1.keys() and len(rank0) == 2
+    backends = {(tmp_path / f"backend{r}.txt").read_text() for r in (0, 1)}
+    if device == "cpu":
+        assert backends == {"gloo"}
+    else:
+        assert all("nccl" in b for b in backends)
+    rank0, rank1 = (torch.load(tmp_path / f"state{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0 and rank0.keys() == rank1.keys()
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
-    total = sum(m.numel() for m in rank0.values())
-    assert total - sum(int(m.sum()) for m in rank0.values()) == round(0.7 * total)
+    return rank0
 
 
 def test_disagreeing_ranks_are_detected(tmp_path):
-    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "break", json.dumps(GMP))
+    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "break", json.dumps({"prune": GMP}))
     errors = [p.read_text() for p in tmp_path.glob("error*.txt")]
     assert errors and all("disagrees with rank 0 on classifier.3.bias" in e for e in errors)
 
 
 def test_swapped_weights_on_one_rank_are_caught(tmp_path):
-    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "swap", json.dumps(GMP))
+    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "swap", json.dumps({"prune": GMP}))
     errors = [p.read_text() for p in tmp_path.glob("error*.txt")]
     assert errors and all("disagrees with rank 0 on classifier.3.weight" in e for e in errors)
 
 
 def test_nan_policy_skip_skips_the_batch_on_every_rank_together(tmp_path):
-    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "nanskip", json.dumps(GMP))
+    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "nanskip", json.dumps({"prune": GMP}))
     assert done.returncode == 0, done.stderr[-3000:]
     skipped = [json.loads((tmp_path / f"skipped{r}.json").read_text()) for r in (0, 1)]
     assert skipped[0] == skipped[1] == [2, 0, 0]  # rank 1's two NaN batches skipped by both ranks, in epoch 1
-    rank0, rank1 = (torch.load(tmp_path / f"masks{r}.pt", weights_only=True) for r in (0, 1))
+    rank0, rank1 = (torch.load(tmp_path / f"state{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(rank0[n], rank1[n]) for n in rank0)  # and the ranks still agree (checked at finalize)
 
 
