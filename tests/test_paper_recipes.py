@@ -6,6 +6,7 @@ cites the same repositories). Warm-up is the share of the paper's run: 5 warm-up
 any run.
 """
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -192,7 +193,7 @@ def _rerankings(pruner: OptgPruner, epochs: int, steps_per_epoch: int) -> list[f
 def _ramp(seen: list[float]) -> tuple[int, float]:
     """Distinct sparsities strictly inside 1%..99% of p, and the largest rise between two updates."""
     distinct = sorted(set(seen))
-    return sum(0.009 < s < 0.891 for s in distinct), max(b - a for a, b in zip(distinct, distinct[1:]))
+    return sum(0.009 < s < 0.891 for s in distinct), max(b - a for a, b in itertools.pairwise(distinct))
 
 
 def test_optg_re_ranks_across_the_ramp_as_often_in_a_short_run():

@@ -46,7 +46,8 @@ def test_gradual_schedule_is_cubic_monotone_and_exact():
     torch.manual_seed(0)
     model = lenet(in_channels=1, input_size=8)
     pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=1, end_epoch=5, updates_per_epoch=2,
-                                                  scope="global", max_layer_sparsity=0.98))  # global 90% would empty features.3
+                                                  scope="global",
+                                                  max_layer_sparsity=0.98))  # global 90% would empty features.3
     ctx = TrainContext(model, epochs=6, steps_per_epoch=10)
     pruner.attach(model, ctx)
     total, _ = _selected_stats(pruner)
