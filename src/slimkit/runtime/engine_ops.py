@@ -19,6 +19,7 @@ import copy
 import math
 import operator
 from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from slimkit.quant.int8_graph import FoldedLayer, int8_graph, is_quantized
 from slimkit.quant.onnx_export import export_onnx
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime import native
+from slimkit.runtime.engines import shared_core
 from slimkit.sparsity.blocks import block_sums
 
 DOMAIN = "slimkit"
@@ -723,11 +725,10 @@ def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Itera
     return model, list(lines.values())
 
 
+@cache
 def openvino_core() -> Any:
-    """An OpenVINO Core with slimkit's operators added."""
-    import openvino as ov
-
-    core = ov.Core()
+    """The process's OpenVINO Core (engines.shared_core) with slimkit's operators added, once."""
+    core = shared_core()
     core.add_extension(str(native.require_library()))
     return core
 

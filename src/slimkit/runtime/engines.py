@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,24 @@ class _Engine:
         return self
 
 
+@cache
+def shared_core() -> Any:
+    """The process's one OpenVINO Core. Each Core's CPU plugin points the thread's alternate signal stack at
+    memory of its own and, when it goes, restores the one it found: Cores dropped in the order they were made
+    leave it pointing at freed memory, and the next Python signal handler (Ctrl-C, pytest's timeout, a
+    DataLoader worker's exit) kills the process with SIGSEGV. One Core that lives as long as the process
+    never leaves it dangling."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoModel(_Engine):
     """An OpenVINO CPU model compiled for one input shape with a fixed thread count and latency hint; pass
     `core` (runtime.engine_ops.openvino_core()) for a model that holds slimkit's operators."""
 
     def __init__(self, path: Path, shape: Sequence[int], threads: int, core: Any = None):
-        import openvino as ov
-
-        core = core or ov.Core()
+        core = core or shared_core()
         model = core.read_model(str(path))
         model.reshape(list(shape))
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
