@@ -1,8 +1,56 @@
-"""Every sparsity method at 50/80/90/95% on Fashion-MNIST, on the same model and the same training budget.
+"""Sparsity methods on Fashion-MNIST, on the same model and the same training budget, in two suites.
 
-The model is LeNet with 3x3 convolutions (so pattern sparsity applies). Every run, the dense reference
-included, trains from scratch for the same number of epochs on the same subset; methods that prune trained
-weights (one-shot magnitude, N:M, Sense, PatDNN) train dense first inside that budget and prune at
+`--suite resnet` (the one that tells methods apart): ResNet-20 at width 0.5 at 95% and 98% sparsity, per-layer
+GMP (`gmp`, `scope: layer`), global GMP (`scope: global`), OptG, movement and SNIP, each under its own bundled
+recipe (`gmp-90`, `optg-90`, `movement-90`, `snip-90`: the papers' optimizer, weight decay and schedules flow
+through), with only what the benchmark varies overridden: model, training subset, epochs, sparsity, scope (GMP
+only) and seed. Every configuration runs with seeds 0 and 1, the dense reference (the gmp-90 recipe with no
+stage) too. The papers' orderings are published below as data (RESNET_CLAIMS) before any run, and the page
+states for each whether this budget reproduced it (see harness.SPREAD_RULE). About 70 minutes on 2 idle CPU
+cores (measured: ~0.9 ms per training image and epoch, 2.5 s of validation per epoch, ~8 s per run besides;
+22 runs of 12 epochs on 12,000 images); contention from other processes slows it several times over.
+
+`--suite lenet` (the default, the earlier benchmark): every sparsity method at 50/80/90/95% on LeNet, one seed.
+About 40 minutes on 2 CPU cores.
+
+Both write benchmarks/results/sparsity.{json,md} and sparsity.png, merged: a run of one suite, or of some
+methods, sparsities or seeds, replaces only those rows; runs resume from their folders under --runs.
+
+    .venv/bin/python benchmarks/sparsity.py --suite resnet [--methods optg snip] [--sparsities 0.98] [--seeds 0 1]
+    .venv/bin/python benchmarks/sparsity.py [--methods gmp optg ...] [--sparsities 0.9] [--overrides ...]
+    .venv/bin/python benchmarks/sparsity.py --render   # rewrite the page and plot from sparsity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    SPREAD_RULE,
+    Claim,
+    claims_table,
+    ensure_allocator_env,
+    epoch_seconds,
+    expected_orderings,
+    group_stats,
+    merge_rows,
+    read_json,
+    recipe_digest,
+    run_recipe_dict,
+    set_epochs,
+    training_budget,
+    write_json,
+    write_text,
+)
+from plots import Point, accuracy_plot
+
+LENET_ABOUT = """The model is LeNet with 3x3 convolutions (so pattern sparsity applies). Every run, the dense
+reference included, trains from scratch for the same number of epochs on the same subset; methods that prune
+trained weights (one-shot magnitude, N:M, Sense, PatDNN) train dense first inside that budget and prune at
 `PRUNE_EPOCH`. Pruned layers: the second conv and the first linear (first conv and classifier stay dense).
 Sense uses tiles of 32 input channels (a tile of 8 leaves a linear group of 8 weights, which keeps none at 90%).
 N:M runs at the N:M closest to each sparsity (2:4, 1:5, 1:10, 1:20); PatDNN keeps its natural 4 of 9
@@ -12,19 +60,7 @@ groups of 4 filters (4 rows of the linear layer) share kept kernels and patterns
 runtime runs as dense GEMMs. gmp-block4 is gmp keeping or dropping blocks of 4 consecutive input channels
 (the int8 sparse kernels' layout), so its row against gmp's is the accuracy cost of that constraint.
 Writes benchmarks/results/sparsity.{json,md}, merged: a run of some methods or sparsities replaces only
-those rows. About 40 minutes on 2 CPU cores.
-
-    .venv/bin/python benchmarks/sparsity.py [--methods gmp optg ...] [--sparsities 0.9] [--overrides ...]
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
-
-from harness import ensure_allocator_env
+those rows. About 40 minutes on 2 CPU cores."""
 
 HERE = Path(__file__).parent
 SPARSITIES = [0.5, 0.8, 0.9, 0.95]
@@ -38,8 +74,9 @@ def stage(method: str, s: float) -> dict:
     window = {"start_epoch": 1, "end_epoch": EPOCHS - 2}
     stages = {
         "magnitude": {"method": "magnitude", "sparsity": s, "start_epoch": PRUNE_EPOCH},
-        "gmp": {"method": "gmp", "sparsity": s, **window},
-        "gmp-taylor": {"method": "gmp", "criterion": "taylor", "sparsity": s, **window},
+        # global, as the committed rows ran (gmp's default became per-layer, Zhu & Gupta's, later)
+        "gmp": {"method": "gmp", "sparsity": s, "scope": "global", **window},
+        "gmp-taylor": {"method": "gmp", "criterion": "taylor", "sparsity": s, "scope": "global", **window},
         "snip": {"method": "snip", "sparsity": s},
         "movement": {"method": "movement", "sparsity": s, **window},
         "optg": {"method": "optg", "sparsity": s, "end_epoch": EPOCHS - 2},
@@ -116,35 +153,271 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# --- the ResNet-20 suite -----------------------------------------------------------------------------------
+
+RESNET_MODEL = {"name": "resnet20", "width": 0.5}
+RESNET_SPARSITIES = [0.95, 0.98]
+RESNET_SEEDS = [0, 1]
+RESNET_EPOCHS, RESNET_SUBSET = 12, 12000  # 12 epochs: the bundled recipes' own length
+# label -> (bundled recipe, what this benchmark sets in its prune stage besides the sparsity)
+RESNET_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gmp-layer": ("gmp-90", {"scope": "layer"}),
+    "gmp-global": ("gmp-90", {"scope": "global"}),
+    "optg": ("optg-90", {}),
+    "movement": ("movement-90", {}),
+    "snip": ("snip-90", {}),
+}
+DENSE_RECIPE = "gmp-90"  # the dense reference: this recipe's training, no stage
+# Every global-scope row keeps at least 1% of each layer (unless its recipe sets a cap of its own): at 98%, OptG's
+# global ranking removed every weight of layer1's convs (8x8x9 = 576 weights each) in a 2-epoch smoke run, and
+# slimkit refuses to disconnect a network. Per-layer rows keep 2% of every layer anyway.
+GLOBAL_CAP = 0.99
+RESNET_MEASURE = {"batch_sizes": [1], "repeats": 3, "warmup": 1}  # latency is not what this suite compares
+
+
+def pct(s: float) -> str:
+    return f"{round(s * 100)}%"
+
+
+def _claims() -> list[Claim]:
+    claims = []
+    for s in RESNET_SPARSITIES:
+        p = pct(s)
+        claims += [
+            Claim(f"OptG > per-layer GMP at {p}", f"optg {p}", f"gmp-layer {p}",
+                  "Zhang et al. 2022, OptG (arXiv:2201.12826): OptG above gradual magnitude pruning (Zhu & Gupta) "
+                  "in its comparisons, the gap growing with sparsity"),
+            Claim(f"OptG > SNIP at {p}", f"optg {p}", f"snip {p}",
+                  "OptG (arXiv:2201.12826): its gradient criterion, optimised during training, above SNIP's "
+                  "one-shot gradient criterion at initialisation"),
+            Claim(f"global GMP > per-layer GMP at {p}", f"gmp-global {p}", f"gmp-layer {p}",
+                  "Blalock et al. 2020, 'What is the State of Neural Network Pruning?' (MLSys): global magnitude "
+                  "pruning above layer-wise at high compression"),
+            Claim(f"per-layer GMP > SNIP at {p}", f"gmp-layer {p}", f"snip {p}",
+                  "Frankle et al. 2021, 'Pruning Neural Networks at Initialization: Why are We Missing the "
+                  "Mark?' (ICLR): pruning at initialisation below magnitude pruning after training"),
+            Claim(f"movement > per-layer GMP at {p}", f"movement {p}", f"gmp-layer {p}",
+                  "Sanh et al. 2020, Movement Pruning (NeurIPS): movement above magnitude at high sparsity",
+                  "the paper fine-tunes pretrained models; here both train from scratch, where it does not "
+                  "claim the ordering"),
+        ]
+    return claims
+
+
+# Published before any run: what the papers lead us to expect on this suite.
+RESNET_CLAIMS = _claims()
+
+
+def resnet_recipe(method: str, s: float | None, seed: int, overrides: list[str], epochs: int = RESNET_EPOCHS,
+                  subset: int | None = RESNET_SUBSET) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(bundled recipe name, recipe mapping, stage windows moved) of one row: the method's recipe with only the
+    benchmark's variables set, then the command line's overrides. A recipe written for another number of
+    epochs keeps its schedule's shape (harness.set_epochs)."""
+    from slimkit.recipe import Recipe, apply_overrides
+
+    name = DENSE_RECIPE if s is None else RESNET_METHODS[method][0]
+    data = Recipe.load(name).to_dict()
+    data["name"] = f"{method}-s{seed}" if s is None else f"{method}-{round(s * 100)}-s{seed}"
+    data["seed"] = seed
+    data["model"] = dict(RESNET_MODEL)
+    data["data"]["train_subset"] = subset
+    data["measure"] = dict(RESNET_MEASURE)
+    if s is None:
+        data["stages"] = []
+    else:
+        (stage,) = data["stages"]
+        stage["prune"].update(sparsity=s, **RESNET_METHODS[method][1])
+        if stage["prune"].get("scope") == "global" and stage["prune"].get("max_layer_sparsity") is None:
+            stage["prune"]["max_layer_sparsity"] = GLOBAL_CAP
+    moved = set_epochs(data, epochs)
+    return name, apply_overrides(data, overrides), moved
+
+
+def resnet_run(method: str, s: float | None, seed: int, overrides: list[str], runs: Path, epochs: int,
+               subset: int | None) -> dict[str, Any]:
+    name, recipe, moved = resnet_recipe(method, s, seed, overrides, epochs, subset)
+    out = runs / f"{recipe['name']}-{recipe_digest(recipe)}"
+    metrics = run_recipe_dict(recipe, out)
+    m = metrics["models"]["compressed"]
+    meas = m["measurement"]
+    summary = metrics["stages"][0] if metrics["stages"] else {}
+    group = "dense" if s is None else f"{method} {pct(s)}"
+    return {"suite": "resnet", "group": group, "method": method, "target": s, "seed": seed, "recipe": name,
+            "test_acc": m["test_acc"], "best_epoch": m["best_epoch"],
+            "achieved": summary.get("achieved_sparsity", 0.0), "scope": summary.get("scope"),
+            "macs": meas["macs"], "effective_macs": meas["effective_macs"], "params": meas["params"],
+            "nonzeros": meas["nonzeros"], "epoch_seconds": epoch_seconds(m["history"]),
+            "train_seconds": m["train_seconds"], "budget": training_budget(recipe), "stage": summary,
+            "stage_config": recipe["stages"][0] if recipe["stages"] else None, "windows_moved": moved,
+            "train": {k: recipe["train"].get(k) for k in ("optimizer", "lr", "momentum", "weight_decay",
+                                                          "schedule", "warmup_epochs", "label_smoothing")},
+            "run": str(out)}
+
+
+def resnet_table(rows: list[dict[str, Any]]) -> str:
+    stats = group_stats(rows)
+    dense = stats.get("dense")
+    lines = ["| configuration | bundled recipe | seeds | test accuracy: mean (min-max) | vs dense | achieved "
+             "(pruned layers) | effective MACs | s / epoch |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for group, st in stats.items():
+        members = [r for r in rows if r["group"] == group]
+        first = members[0]
+        delta = f"{st.mean - dense.mean:+.2f}" if dense else "-"
+        macs = sum(r["effective_macs"] for r in members) / len(members)
+        secs = sum(r["epoch_seconds"] for r in members) / len(members)
+        lines.append(f"| {group} | {first['recipe']} | {', '.join(map(str, st.seeds))} | {st.mean:.2f} "
+                     f"({st.low:.2f}-{st.high:.2f}) | {delta} | {first['achieved']:.2%} | {macs / 1e6:.2f}M "
+                     f"({macs / first['macs']:.0%}) | {secs:.1f} |")
+    return "\n".join(lines)
+
+
+def resnet_points(rows: list[dict[str, Any]]) -> list[Point]:
+    points = []
+    for group, st in group_stats(rows).items():
+        members = [r for r in rows if r["group"] == group]
+        macs = sum(r["effective_macs"] for r in members) / len(members)
+        method = members[0]["method"]
+        label = pct(members[0]["target"]) if members[0]["target"] is not None else "dense"
+        points.append(Point(label, macs, st.mean, st.low, st.high, series=method, reference=method == "dense"))
+    return points
+
+
+def lenet_points(rows: list[dict[str, Any]]) -> list[Point]:
+    return [Point(pct(r["target"]) if r["target"] is not None else "dense", r["effective_macs"],
+                  100 * r["test_acc"], 100 * r["test_acc"], 100 * r["test_acc"], series=r["method"],
+                  reference=r["method"] == "dense") for r in rows]
+
+
+def resnet_section(suite: dict[str, Any]) -> str:
+    rows = suite.get("rows", [])
+    budget = rows[0]["budget"] if rows else None
+    epochs = budget["epochs"] if budget else RESNET_EPOCHS
+    subset = budget["data"]["train_subset"] if budget else RESNET_SUBSET
+    methods = ", ".join(f"`{label}` ({name}{', ' + ', '.join(f'{k}: {v}' for k, v in extra.items()) if extra else ''})"
+                        for label, (name, extra) in RESNET_METHODS.items())
+    text = ["## ResNet-20 (width 0.5) at 95% and 98%, two seeds\n",
+            f"ResNet-20 at width 0.5 (stages of 8/16/32 channels) trained from scratch on Fashion-MNIST, "
+            f"{epochs} epochs on the first {subset} training images (the split's, after the validation "
+            f"hold-out), batch from each recipe. Methods, each under its bundled recipe: {methods}; "
+            f"the dense reference is {DENSE_RECIPE} with no stage. Only model, subset, epochs, sparsity, scope "
+            "(GMP) and seed are set by this benchmark: optimizer, weight decay, warm-up, label smoothing and "
+            "each method's schedule are the recipe's (a recipe written for another number of epochs has its "
+            "warm-up, LR milestones and stage window moved in proportion; each row records what moved). "
+            f"Global-scope rows keep at least {1 - GLOBAL_CAP:.0%} of every layer (`max_layer_sparsity: "
+            f"{GLOBAL_CAP}`): without it OptG's global ranking at 98% emptied layer1's convs, which slimkit "
+            "refuses. Accuracy is on the 10k test split, for the best complete "
+            "epoch by validation accuracy; 'achieved' is the measured fraction of zeros in the pruned layers; "
+            "effective MACs count only non-zero weights.\n",
+            "### Expected orderings (published before the run)\n", expected_orderings(RESNET_CLAIMS) + "\n"]
+    if not rows:
+        text.append("Not run yet: `.venv/bin/python benchmarks/sparsity.py --suite resnet` (about 70 minutes on "
+                    "2 CPU cores).\n")
+        return "\n".join(text)
+    stats = group_stats(rows)
+    env = suite.get("environment", {})
+    text += ["### Paper claim against our measurement\n", SPREAD_RULE + "\n", claims_table(RESNET_CLAIMS, stats)
+             + "\n", "### Every configuration\n", resnet_table(rows) + "\n",
+             f"Budget of every row: `{json.dumps(budget)}`. Each row's optimizer settings, stage summary and "
+             f"run folder are in sparsity.json under `resnet`. Training took "
+             f"{sum(r['train_seconds'] for r in rows) / 60:.0f} minutes in all.\n",
+             "Reproduce: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
+             + f". Last run: torch {env.get('torch')}, {env.get('cpu_count')} CPUs, commit "
+             f"{env.get('git_commit')}.\n"]
+    return "\n".join(text)
+
+
+def lenet_section(payload: dict[str, Any]) -> str:
+    rows = payload.get("rows", [])
+    if not rows:
+        return "## LeNet, every method at 50-95%\n\nNot run yet.\n"
+    env = payload.get("environment", {})
+    commands = list(dict.fromkeys(r["command"] for r in rows))
+    return ("## LeNet, every method at 50-95%, one seed\n\n" + LENET_ABOUT.replace("\n", " ") + "\n\n"
+            f"Budget for every row: {EPOCHS} epochs of SGD (lr 0.05, momentum 0.9, cosine) on {SUBSET} training "
+            "images, batch 128. Accuracy is on the 10k test split, for the best complete epoch by validation "
+            "accuracy. 'achieved' is the measured fraction of zeros in the pruned layers. Effective MACs count "
+            "only non-zero weights (dense kernels do not skip them: see the runtime benchmark for speed). "
+            "Seconds per epoch are medians and include the method's own overhead. One seed, so no gap here "
+            "is judged against a seed spread.\n\n" + table(rows)
+            + "\n\nReproduce (each row's command is in sparsity.json): " + "; ".join(f"`{c}`" for c in commands)
+            + f". Last run: torch {env.get('torch')}, {env.get('cpu_count')} CPUs, commit {env.get('git_commit')}.\n")
+
+
+def render(results: Path) -> None:
+    """sparsity.md and sparsity.png from sparsity.json (LeNet rows at the top level, the ResNet suite under
+    'resnet')."""
+    payload = read_json(results / "sparsity.json")
+    suite = payload.get("resnet", {})
+    accuracy_plot([("ResNet-20 width 0.5, Fashion-MNIST (mean, min-max over seeds)", "effective MACs / sample",
+                    resnet_points(suite.get("rows", []))),
+                   ("LeNet 3x3, Fashion-MNIST (one seed)", "effective MACs / sample",
+                    lenet_points(payload.get("rows", [])))], results / "sparsity.png")
+    write_text(results / "sparsity.md",
+               "# Sparsity methods on Fashion-MNIST\n\n"
+               "![Accuracy against effective MACs, one point per method and sparsity; dense is the star and the "
+               "dotted line](sparsity.png)\n\n" + resnet_section(suite) + "\n" + lenet_section(payload))
+
+
 def main() -> None:
     ensure_allocator_env()
     from slimkit.environment import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="*", default=METHODS)
-    parser.add_argument("--sparsities", nargs="*", type=float, default=SPARSITIES)
+    parser.add_argument("--suite", choices=["lenet", "resnet"], default="lenet")
+    parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--sparsities", nargs="*", type=float, default=None)
+    parser.add_argument("--seeds", nargs="*", type=int, default=RESNET_SEEDS, help="resnet suite only")
+    parser.add_argument("--epochs", type=int, default=RESNET_EPOCHS, help="resnet suite only")
+    parser.add_argument("--subset", type=int, default=RESNET_SUBSET, help="resnet suite only: training images")
     parser.add_argument("--overrides", nargs="*", default=[])
-    parser.add_argument("--runs", type=Path, default=HERE / "runs" / "sparsity")
+    parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--render", action="store_true", help="only rewrite the page and plot from the JSON")
     args = parser.parse_args()
-    rows = [run("dense", None, args.overrides, args.runs)]
-    rows += [run(method, s, args.overrides, args.runs) for s in args.sparsities for method in args.methods]
-    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / "sparsity.json"
+    if args.render:
+        render(args.results)
+        return
     env = environment(0) | {"command": " ".join(sys.argv)}
-    for r in rows:
-        r["command"] = f"{env['command']} (commit {env['git_commit']})"
-    rows, commands = merge(rows, args.results / "sparsity.json")
-    (args.results / "sparsity.json").write_text(json.dumps({"rows": rows, "environment": env}, indent=2))
-    (args.results / "sparsity.md").write_text(
-        "# Sparsity methods on Fashion-MNIST\n\n" + __doc__.split("\n\n")[1].replace("\n", " ") + "\n\n"
-        f"Budget for every row: {EPOCHS} epochs of SGD (lr 0.05, momentum 0.9, cosine) on {SUBSET} training "
-        "images, batch 128. Accuracy is on the 10k test split, for the best complete epoch by validation "
-        "accuracy. 'achieved' is the measured fraction of zeros in the pruned layers. Effective MACs count "
-        "only non-zero weights (dense kernels do not skip them: see the runtime benchmark for speed). "
-        "Seconds per epoch are medians and include the method's own overhead.\n\n" + table(rows)
-        + "\n\nReproduce (each row's command is in sparsity.json): " + "; ".join(f"`{c}`" for c in commands)
-        + f". Last run: torch {env['torch']}, {env['cpu_count']} CPUs, commit {env['git_commit']}.\n")
-    print(table(rows))
+    command = f"{env['command']} (commit {env['git_commit']})"
+    payload = read_json(path)
+    if args.suite == "lenet":
+        runs = args.runs or HERE / "runs" / "sparsity"
+        rows = [run("dense", None, args.overrides, runs)]
+        rows += [run(method, s, args.overrides, runs) for s in args.sparsities or SPARSITIES
+                 for method in args.methods or METHODS]
+        for r in rows:
+            r["command"] = command
+        rows, _ = merge(rows, path)
+        payload.update(rows=rows, environment=env)
+        printed = table(rows)
+    else:
+        unknown = sorted(set(args.methods or []) - set(RESNET_METHODS))
+        if unknown:
+            parser.error(f"--methods: {', '.join(unknown)} not in the resnet suite ({', '.join(RESNET_METHODS)})")
+        runs = args.runs or HERE / "runs" / "sparsity-resnet"
+        rows = []
+        for seed in args.seeds:
+            rows.append(resnet_run("dense", None, seed, args.overrides, runs, args.epochs, args.subset))
+            for s in args.sparsities or RESNET_SPARSITIES:
+                rows += [resnet_run(m, s, seed, args.overrides, runs, args.epochs, args.subset)
+                         for m in args.methods or RESNET_METHODS]
+        for r in rows:
+            r["command"] = command
+        earlier = payload.get("resnet", {}).get("rows", [])
+        budget = rows[0]["budget"]
+        stale = [r for r in earlier if r["budget"] != budget]
+        if stale:
+            print(f"dropping {len(stale)} earlier resnet rows of another budget ({stale[0]['budget']})")
+        suite_rows = merge_rows([r for r in earlier if r["budget"] == budget], rows)
+        order = {g: i for i, g in enumerate(["dense", *(f"{m} {pct(s)}" for s in RESNET_SPARSITIES
+                                                         for m in RESNET_METHODS)])}
+        suite_rows.sort(key=lambda r: (order.get(r["group"], len(order)), r["group"], r["seed"]))
+        payload["resnet"] = {"rows": suite_rows, "environment": env}
+        printed = claims_table(RESNET_CLAIMS, group_stats(suite_rows)) + "\n\n" + resnet_table(suite_rows)
+    write_json(path, payload)
+    render(args.results)
+    print(printed)
 
 
 if __name__ == "__main__":
