@@ -193,3 +193,16 @@ def test_fashion_mnist_confusable_classes():
     labels = torch.cat([data.train.labels, data.val.labels])
     assert torch.bincount(labels).tolist() == [6000] * 4 and labels.max() == 3
     assert "relabelled 0..3" in data.note
+
+
+def test_a_zoo_model_takes_its_class_count_from_the_selected_classes(tmp_path):
+    import slimkit
+    from slimkit.recipe import Recipe
+
+    recipe = Recipe.from_dict({"name": "three", "model": {"name": "lenet", "width": 0.5},
+                               "data": {"name": "digits", "classes": [1, 7, 3]}, "train": {"epochs": 1},
+                               "measure": {"batch_sizes": [1], "repeats": 1, "warmup": 1}})
+    run = slimkit.run_recipe(recipe, tmp_path / "run", progress=False)
+    logits = run.model(torch.zeros(2, 1, 8, 8))
+    assert logits.shape == (2, 3) and run.metrics["data"]["note"].endswith("relabelled 0..2")
+    assert slimkit.load(tmp_path / "run" / "model.pt")(torch.zeros(1, 1, 8, 8)).shape == (1, 3)
