@@ -124,17 +124,22 @@ void quant_sparse_row(const int16_t* planes, const QuantBlocks& w, int o, size_t
     }
 }
 
-// The kernel's inner step at its best: `rounds` x 12 independent pair-sum accumulations on registers (no
-// loads, no dependency chains longer than 12), the int8 peak one thread sustains with this instruction set.
-// Returns the multiplies done; `sink` keeps the sums alive so the loop is not optimised away.
+// The kernel's inner step at its best: `rounds` x 8 independent pair-sum accumulations on registers (no
+// loads, 8 accumulators in flight), the int8 peak one thread sustains with this instruction set. Returns the
+// multiplies done; `sink` keeps the sums alive. The empty asm makes x opaque before every step, so the
+// compiler can neither hoist the multiply out of the loop nor share one multiply between the chains.
 int64_t pair_sum_peak(int64_t rounds, int32_t* sink) {
-    constexpr int chains = 12;
+    constexpr int chains = 8;
 #if defined(__AVX2__)
     __m256i a[chains];
-    const __m256i x = _mm256_set1_epi16(3), w = _mm256_set1_epi16(-2);
+    __m256i x = _mm256_set1_epi16(3);
+    const __m256i w = _mm256_set1_epi16(-2);
     for (auto& r : a) r = _mm256_setzero_si256();
     for (int64_t i = 0; i < rounds; ++i)
-        for (int r = 0; r < chains; ++r) a[r] = pair_sums_add(a[r], x, w);
+        for (int r = 0; r < chains; ++r) {
+            __asm__ volatile("" : "+x"(x));
+            a[r] = pair_sums_add(a[r], x, w);
+        }
     __m256i total = a[0];
     for (int r = 1; r < chains; ++r) total = _mm256_add_epi32(total, a[r]);
     *sink += _mm256_extract_epi32(total, 0);
