@@ -28,9 +28,12 @@ def _recipe(quantize: dict, epochs: int = 3) -> Recipe:
 
 
 def _fresh_step(layer: nn.Module) -> torch.Tensor:
-    """An independent calibration of the layer's weight quantizer: a new LSQ quantizer, the same MSE observer."""
-    reference = UniformQuantizer(8, canonical_weight(layer).shape[0], signed=True)
-    reference.calibrate(canonical_weight(layer, layer.parametrizations.weight.original).detach(), "mse")
+    """An independent calibration of the layer's weight quantizer: a new LSQ quantizer, the same MSE observer,
+    on the weight its quantizer sees (the raw weight times any pruning mask)."""
+    weight = layer.parametrizations.weight.original.detach()
+    mask = getattr(layer.parametrizations.weight[0], "mask", None)
+    reference = UniformQuantizer(8, weight.shape[0], signed=True)
+    reference.calibrate(weight * mask if mask is not None else weight, "mse")
     return reference.step.detach()
 
 

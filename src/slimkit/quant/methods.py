@@ -168,23 +168,27 @@ class QuantizeModifier(Modifier):
 
     def _calibrate(self, model: nn.Module, ctx: TrainContext) -> None:
         """Set every step from the float layers' weights and a few batches of their inputs, then switch the
-        quantizers on. Under DDP the steps are averaged over ranks, so every rank quantizes alike."""
+        quantizers on. A weight is calibrated as its quantizer will see it: after any pruning mask (the layer's
+        weight while its quantizer is still off). Under DDP the steps are averaged over ranks, so every rank
+        quantizes alike."""
         samples = self._collect_inputs(model, ctx) if self.config.calibration_batches else {}
-        self.active = True
+        self.active = False
         self.rebuild_structure(model)
         for name, module in self.layers.items():
-            wq, iq = weight_quantization(module).quantizer, module.input_quantizer
-            if isinstance(wq, UniformQuantizer):
-                wq.calibrate(canonical_weight(module, module.parametrizations.weight.original).detach(),
-                             self.config.observer)
+            quantization, iq = weight_quantization(module), module.input_quantizer
+            weight = canonical_weight(module).detach()
+            if isinstance(quantization.quantizer, UniformQuantizer):
+                quantization.quantizer.calibrate(weight, self.config.observer)
             elif self.config.method == "sp2":
-                wq.calibrate(canonical_weight(module, module.parametrizations.weight.original).detach())
+                quantization.quantizer.calibrate(weight)
             if isinstance(iq, UniformQuantizer) and name in samples:
                 iq.calibrate(samples[name], self.config.observer, self.config.percentile)
             if ctx.dist.enabled:
                 with torch.no_grad():
                     for param in quantizer_parameters(module):
                         distributed.all_reduce_mean(param.data)
+            quantization.active = True
+        self.active = True
 
     @torch.no_grad()
     def _collect_inputs(self, model: nn.Module, ctx: TrainContext) -> dict[str, Tensor]:
