@@ -58,7 +58,9 @@ weights per kernel combined with connectivity ratios r_c = 4 / (9 (1 - s)), at l
 linear layer's single weights too, so its achieved sparsity is reported beside the target; patdnn-g4 makes
 groups of 4 filters (4 rows of the linear layer) share kept kernels and patterns, the structure the CPU
 runtime runs as dense GEMMs. gmp-block4 is gmp keeping or dropping blocks of 4 consecutive input channels
-(the int8 sparse kernels' layout), so its row against gmp's is the accuracy cost of that constraint.
+(the int8 sparse kernels' layout), so its row against gmp's is the accuracy cost of that constraint;
+patdnn-block4 is PatDNN with each kept kernel's pattern shared by 4 consecutive input channels (the same
+layout, for pattern sparsity), against patdnn's row.
 Writes benchmarks/results/sparsity.{json,md}, merged: a run of some methods or sparsities replaces only
 those rows. About 40 minutes on 2 CPU cores."""
 
@@ -88,11 +90,12 @@ def stage(method: str, s: float) -> dict:
     }
     stages["patdnn-g4"] = {**stages["patdnn"], "filter_group": 4}
     stages["gmp-block4"] = {**stages["gmp"], "block": 4}
+    stages["patdnn-block4"] = {**stages["patdnn"], "block": 4}
     return stages[method]
 
 
 METHODS = ["magnitude", "gmp", "gmp-block4", "gmp-taylor", "snip", "movement", "optg", "nm", "sense", "patdnn",
-           "patdnn-g4"]
+           "patdnn-g4", "patdnn-block4"]
 
 
 def recipe(name: str, stages: list[dict]) -> dict:
