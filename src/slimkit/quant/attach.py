@@ -23,7 +23,7 @@ class WeightQuantization(nn.Module):
         self.quantizer = quantizer
         self.bits = bits
         self.transposed = transposed
-        self.active = True  # the quantize stage's phase, kept in its state_dict; False: weight passes through
+        self.active = True  # False before the quantize stage starts (its state_dict keeps that): weight passes through
 
     def forward(self, weight: Tensor) -> Tensor:
         if not self.active:
