@@ -79,6 +79,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_aft
             for r, s in zip(full.metrics["models"][phase]["history"],
                             resumed.metrics["models"][phase]["history"], strict=True)
         ]
+        # the training time counts the killed session's epochs too, not only those run after the resume
+        resumed_phase = resumed.metrics["models"][phase]
+        assert resumed_phase["train_seconds"] >= sum(r["seconds"] for r in resumed_phase["history"])
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 

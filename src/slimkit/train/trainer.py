@@ -43,7 +43,7 @@ class TrainResult:
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the training, a resumed run's earlier sessions counted by their epochs
     summaries: list[dict[str, Any]] = field(default_factory=list)
     modifiers: list[Modifier] = field(default_factory=list)
 
@@ -230,8 +230,9 @@ class Trainer:
         agreed = distributed.assert_ranks_agree(self.model)
         if agreed and self.dist.is_main:  # under DDP only, one line per phase, also without progress output
             console.print(f"{self.label}: {agreed}", highlight=False)
-        return TrainResult(self.model, history, best["epoch"] if best else None, time.perf_counter() - started,
-                           compression.summaries(), self.modifiers)
+        earlier = sum(r["seconds"] for r in history[:start_epoch])  # epochs a killed session already trained
+        return TrainResult(self.model, history, best["epoch"] if best else None,
+                           earlier + time.perf_counter() - started, compression.summaries(), self.modifiers)
 
     def _resume_state(self, compression: Compression) -> dict[str, Any]:
         """The checkpoint to continue from, schema-checked (`read_checkpoint`) and checked against this run:
