@@ -267,7 +267,7 @@ def render(results: Path) -> None:
                  "counted twice).\n",
                  "Reproduce: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
                  + f". Last run: torch {env.get('torch')}, {env.get('cpu_count')} CPUs, "
-                 f"{env.get('torch_threads')} torch threads per process, commit {env.get('git_commit')}. Seconds "
+                 f"torch threads per process: {env.get('torch_threads')}, commit {env.get('git_commit')}. Seconds "
                  "per epoch are wall time on that machine, beside whatever else ran; they are not a speed "
                  "comparison.\n"]
     if superseded:

@@ -325,7 +325,7 @@ def resnet_section(suite: dict[str, Any]) -> str:
              f"{sum(r['train_seconds'] for r in rows) / 60:.0f} minutes in all.\n",
              "Reproduce: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
              + f". Last run: torch {env.get('torch')}, {env.get('cpu_count')} CPUs, "
-             f"{env.get('torch_threads')} torch threads per process, commit {env.get('git_commit')}. Seconds per "
+             f"torch threads per process: {env.get('torch_threads')}, commit {env.get('git_commit')}. Seconds per "
              "epoch are wall time on that machine, beside whatever else ran; they are not a speed comparison.\n"]
     return "\n".join(text)
 
