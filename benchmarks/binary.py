@@ -9,9 +9,9 @@ RBNN's theta ablation: init_theta pi/2 (the official code's, a faithful port), p
 theta trajectory is read from each run's checkpoints. The papers' orderings are published below as data
 (CLAIMS) before any run, and the page states for each whether this budget reproduced it (harness.SPREAD_RULE).
 
-About 2.8 hours on 2 idle CPU cores (measured per training image and epoch: full precision 2.2 ms, XNOR 2.8,
-IR-Net 3.0, RBNN, ReCU and SiMaN 4.0-4.1; about 3 s of validation per epoch and 8 s per run besides; 16 runs of
-20 epochs on 8,000 images, the ablation's pi/2 being the rbnn run itself); contention slows it several times over.
+The committed run took 2 h 20 min of wall time on 2 CPU cores, in single-threaded processes beside the
+sparsity suite (16 runs of 20 epochs on 4,000 images, the ablation's pi/2 being the rbnn run itself; per epoch
+RBNN, ReCU and SiMaN take about twice full precision's time); contention slows it further.
 
 Writes benchmarks/results/binary.{json,md} and binary.png, merged: a run of some methods or seeds replaces only
 those rows (rows of another budget are dropped). Runs resume from their folders under --runs.
@@ -253,7 +253,7 @@ def render(results: Path) -> None:
             "MACs + BOPs/64; size counts binary weights at 1 bit and everything else at 32 bits.\n",
             "## Expected orderings (published before the run)\n", expected_orderings(CLAIMS) + "\n"]
     if not rows:
-        text.append("Not run yet: `.venv/bin/python benchmarks/binary.py` (about 2.8 hours on 2 idle CPU cores).\n")
+        text.append("Not run yet: `.venv/bin/python benchmarks/binary.py` (about 2 hours on 2 CPU cores).\n")
     else:
         env = payload.get("environment", {})
         text += ["## Paper claim against our measurement\n", SPREAD_RULE + "\n",
