@@ -17,8 +17,8 @@ import slimkit
 from conftest import SHORT_RECIPE as RECIPE
 from interrupts import run_killed_at_write
 from slimkit.cli import main
+from slimkit.formats import CHECKPOINT_FORMAT, safe_load
 from slimkit.recipe import Recipe
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, safe_load
 
 
 def _run(out: Path, resume: bool = False) -> slimkit.Run:

@@ -17,8 +17,8 @@ import slimkit
 from slimkit.cli import main
 from slimkit.errors import CheckpointError, SlimkitError
 from slimkit.files import atomic_write_text, remove_stale_temps
+from slimkit.formats import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, safe_load
 from slimkit.recipe import Recipe
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, safe_load
 from slimkit.train.config import TrainConfig
 from slimkit.train.objective import make_objective
 
@@ -288,7 +288,7 @@ def saved_model(tmp_path_factory):
     (lambda p: p.update(stages=[{"stage": {"prune": {"method": "nope"}}}]), "unknown method 'nope'"),
 ])
 def test_a_tampered_model_file_is_refused_naming_the_field(tmp_path, saved_model, capsys, tamper, message):
-    from slimkit.train.checkpoint import MODEL_FORMAT
+    from slimkit.formats import MODEL_FORMAT
 
     payload = safe_load(saved_model, MODEL_FORMAT)
     tamper(payload)

@@ -17,11 +17,11 @@ from conftest import SHORT_RECIPE as RECIPE
 from slimkit.channels.plan import ChannelPlan
 from slimkit.cli import main
 from slimkit.errors import CheckpointError, SlimkitError
+from slimkit.formats import CHECKPOINT_FORMAT, MODEL_FORMAT, safe_load
 from slimkit.models import ModelConfig
 from slimkit.persistence import save_model
 from slimkit.recipe import Recipe
 from slimkit.runtime.deploy import DEPLOYED_FORMAT
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, safe_load
 
 
 def _run(out: Path, resume: bool = False) -> slimkit.Run:

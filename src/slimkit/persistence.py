@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from pydantic import ValidationError
@@ -13,14 +13,22 @@ from torch import nn
 from slimkit.channels.plan import ChannelPlan, apply_plan
 from slimkit.config import describe_errors
 from slimkit.errors import CheckpointError, RecipeError, SlimkitError, checked_field, first_line
-from slimkit.methods import build_modifier, parse_stage
+from slimkit.formats import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
+from slimkit.methods import MethodConfig, build_modifier, parse_stage
 from slimkit.models import ModelConfig, build_model
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
-from slimkit.train.modifier import Modifier
+
+
+class SavedStage(Protocol):
+    """What a model file keeps of a modifier: its stage config and the state that re-creates its structure.
+    Every `slimkit.train.Modifier` is one; a protocol keeps model files independent of training."""
+
+    config: MethodConfig
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int,
-               input_size: int, modifiers: Sequence[Modifier] = ()) -> None:
+               input_size: int, modifiers: Sequence[SavedStage] = ()) -> None:
     """Write the weights, the resolved architecture, and each stage with the state (a channel plan, say)
     that `load` needs to re-create the compressed structure."""
     arch = config.model_copy(update={"in_channels": in_channels, "num_classes": num_classes,

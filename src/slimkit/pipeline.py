@@ -23,6 +23,7 @@ from slimkit.data import DataBundle, load_data
 from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError, first_line
 from slimkit.files import atomic_write_text, remove_stale_temps
+from slimkit.formats import WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.methods import build_modifier
 from slimkit.metrics import call, compare_latency, example_batch, example_shape, measure
 from slimkit.models import build_model
@@ -30,7 +31,6 @@ from slimkit.persistence import load_weights, save_model
 from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import distributed
-from slimkit.train.checkpoint import WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.train.device import check_precision, resolve_device
 from slimkit.train.objective import Objective, logits_of
 from slimkit.train.progress import console

@@ -9,13 +9,13 @@ import torch
 from interrupts import Interrupt, interrupt_after
 from slimkit import cli
 from slimkit.errors import RecipeError
+from slimkit.formats import CHECKPOINT_FORMAT, safe_load
 from slimkit.pipeline import run_recipe
 from slimkit.recipe import Recipe
 from slimkit.sparsity import is_balanced, is_nm, is_pattern_valid
 from slimkit.sparsity.blocks import is_block_sparse
 from slimkit.sparsity.pattern import kernels_kept
 from slimkit.sparsity.topk import keep_count
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, safe_load
 
 STAGES = {
     "magnitude": {"method": "magnitude", "sparsity": 0.75},

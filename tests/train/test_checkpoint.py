@@ -7,9 +7,9 @@ import yaml
 
 from interrupts import Interrupt, interrupt_after
 from slimkit.errors import CheckpointError, SlimkitError
+from slimkit.formats import CHECKPOINT_FORMAT, atomic_save, safe_load
 from slimkit.pipeline import run_recipe
 from slimkit.recipe import Recipe
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
 
 
 def test_atomic_save_leaves_old_file_when_write_fails(tmp_path, monkeypatch):

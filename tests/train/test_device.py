@@ -12,12 +12,12 @@ from torch.utils.data import Dataset, TensorDataset, get_worker_info
 from slimkit.cli import main
 from slimkit.data import DataBundle
 from slimkit.errors import RecipeError, SlimkitError
+from slimkit.formats import CHECKPOINT_FORMAT, safe_load
 from slimkit.models import ModelConfig, build_model
 from slimkit.persistence import save_model
 from slimkit.pipeline import run_recipe
 from slimkit.recipe import Recipe, build_modifier, parse_stage
 from slimkit.train import TrainConfig, Trainer, evaluate
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, safe_load
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -25,10 +25,10 @@ from torch.nn.utils import parametrize
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import CheckpointError, checked_field
 from slimkit.folding import batchnorm_affine, batchnorm_pairs, fold_into
+from slimkit.formats import MODEL_FORMAT, atomic_save, safe_load
 from slimkit.layers import adapter_of, canonical_weight
 from slimkit.metrics import Example, call
 from slimkit.sparsity.structure import detect_structure
-from slimkit.train.checkpoint import MODEL_FORMAT, atomic_save, safe_load
 
 DEPLOYED_FORMAT = "slimkit-deployed-v1"
 MIN_SPARSITY = 0.5  # below this a sparse kernel cannot beat dense BLAS; not even tried

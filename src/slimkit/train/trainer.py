@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from slimkit.config import describe_errors
 from slimkit.data import DataBundle, make_loader
 from slimkit.errors import CheckpointError, SlimkitError, first_line
+from slimkit.formats import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.train import distributed
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.train.compression import Compression, param_groups
 from slimkit.train.config import TrainConfig
 from slimkit.train.device import autocast, check_precision, device_of, resolve_device

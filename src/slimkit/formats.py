@@ -1,4 +1,9 @@
-"""Atomic checkpoint writes and safe reads (weights_only: a checkpoint can never run code)."""
+"""slimkit's file formats: the format tags of checkpoints, weights and model files, their atomic writes and
+their safe, schema-checked reads (weights_only: a file can never run code).
+
+This module sits in a low tier (it needs only `errors` and `files`), so training, persistence and the runtime
+read and write the same formats without importing each other.
+"""
 
 from __future__ import annotations
 
