@@ -28,7 +28,7 @@ PACKAGE = "slimkit"
 # Tiers, bottom first. A room may import rooms of its own tier or below; rooms of one tier must not form a
 # cycle. Edit freely: one set per tier.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "methods"},                                                # 0: vocabulary
+    {"errors", "config", "methods", "deprecation"},                                 # 0: vocabulary
     {"layers", "environment", "folding", "files", "formats"},                       # 1: shared helpers
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
      "persistence"},                                                                # 2: methods, training
