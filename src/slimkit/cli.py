@@ -61,12 +61,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args, "demo")
 
 
-def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], Any]:
-    """(model, input shape, stored PatDNN library or None) from a model.pt, a run folder or a zoo name."""
-    import torch
-
+def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], dict[str, Any]]:
+    """(model, input shape, the files its stages export by name) from a model.pt, a run folder or a zoo
+    name."""
     from slimkit.models import MODELS, build_model
-    from slimkit.persistence import read_model_file, rebuild
+    from slimkit.persistence import read_artifacts, read_model_file, rebuild
     from slimkit.recipe import ModelConfig
 
     source = Path(args.model)
@@ -79,21 +78,21 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], An
     if source.exists():
         arch, stages, state_dict = read_model_file(source)
         model = rebuild(arch, stages, state_dict, str(source))
-        library = next((torch.as_tensor(s["state"]["library"]) for s in stages
-                        if isinstance(s.get("state"), dict) and "library" in s["state"]), None)
-        return model, (arch.in_channels, arch.input_size, arch.input_size), library
+        return model, (arch.in_channels, arch.input_size, arch.input_size), read_artifacts(stages, str(source))
     if args.model in MODELS:
         model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
-        return model, (args.in_channels, args.input_size, args.input_size), None
+        return model, (args.in_channels, args.input_size, args.input_size), {}
     raise SlimkitError(f"{args.model!r} is neither a saved model (file or run folder) nor a zoo model; "
                        f"zoo models: {', '.join(sorted(MODELS))}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from slimkit.metrics import measure
+    from slimkit.sparsity.pattern import stored_library
     from slimkit.sparsity.structure import detect_structure
 
-    model, shape, library = _load_model(args)
+    model, shape, artifacts = _load_model(args)
+    library = stored_library(artifacts)  # a pattern stage's library: kernels are checked against it exactly
     result = measure(model, shape, latency=False)
     layers = []
     for layer in result.layers:

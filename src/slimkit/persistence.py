@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,18 +16,22 @@ from torch import nn
 from slimkit.channels.plan import ChannelPlan, apply_plan
 from slimkit.config import describe_errors
 from slimkit.errors import CheckpointError, RecipeError, SlimkitError, checked_field, first_line
+from slimkit.files import atomic_write_text
 from slimkit.formats import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
 from slimkit.methods import MethodConfig, build_modifier, parse_stage
 from slimkit.models import ModelConfig, build_model
 
 
 class SavedStage(Protocol):
-    """What a model file keeps of a modifier: its stage config and the state that re-creates its structure.
-    Every `slimkit.train.Modifier` is one; a protocol keeps model files independent of training."""
+    """What a model file keeps of a modifier: its stage config, the state that re-creates its structure, and
+    the files it exports. Every `slimkit.train.Modifier` is one; a protocol keeps model files independent of
+    training."""
 
     config: MethodConfig
 
     def state_dict(self) -> dict[str, Any]: ...
+
+    def artifacts(self) -> dict[str, Any]: ...
 
 
 def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int,
@@ -72,6 +79,18 @@ def checked_model(saved: dict[str, Any], path: str | Path) -> tuple[ModelConfig,
     return arch, stages, state_dict
 
 
+@contextmanager
+def _state_fits_its_stage(i: int, method: str, source: str) -> Iterator[None]:
+    """A saved stage state its method cannot use becomes a CheckpointError naming the file, the stage and what
+    did not fit."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, SlimkitError) as exc:
+        detail = f"it lacks {exc}" if isinstance(exc, KeyError) else first_line(exc)
+        raise CheckpointError(f"{source}: field 'stages[{i}].state' does not fit its {method} stage: "
+                              f"{detail}") from None
+
+
 def rebuild(arch: ModelConfig | dict[str, Any], stages: Sequence[dict[str, Any]],
             state_dict: dict[str, Any], source: str = "the saved model") -> nn.Module:
     """Build the zoo architecture, re-create each stage's structure from its state, load the weights."""
@@ -79,18 +98,49 @@ def rebuild(arch: ModelConfig | dict[str, Any], stages: Sequence[dict[str, Any]]
     model = build_model(arch, arch.in_channels, arch.num_classes, arch.input_size)
     for i, entry in enumerate(stages):
         modifier = build_modifier(parse_stage(entry["stage"], ("stages", i)))
-        try:
+        with _state_fits_its_stage(i, modifier.config.method, source):
             modifier.load_state_dict(entry.get("state", {}))
             model = modifier.rebuild_structure(model)
-        except (KeyError, TypeError, ValueError, IndexError, SlimkitError) as exc:  # a state its method cannot use
-            detail = f"it lacks {exc}" if isinstance(exc, KeyError) else first_line(exc)
-            raise CheckpointError(f"{source}: field 'stages[{i}].state' does not fit its "
-                                  f"{modifier.config.method} stage: {detail}") from None
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: weights do not fit the architecture {arch.name}: {exc}") from None
     return model.eval()
+
+
+def _by_name(exported: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each stage's exported files (in stage order) merged by file name; a name that more than one stage exports
+    is kept once per stage, as `stage<i>-<name>`, so that no stage's file hides another's."""
+    counts = Counter(name for files in exported for name in files)
+    return {name if counts[name] == 1 else f"stage{i}-{name}": data
+            for i, files in enumerate(exported) for name, data in files.items()}
+
+
+def exported_artifacts(stages: Sequence[SavedStage]) -> dict[str, Any]:
+    """Every file the stages export (`Modifier.artifacts`), by file name (`stage<i>-<name>` where two stages
+    export one name)."""
+    return _by_name([stage.artifacts() for stage in stages])
+
+
+def save_artifacts(stages: Sequence[SavedStage], folder: Path) -> list[Path]:
+    """Write every exported file (see `exported_artifacts`) into `folder` as JSON, atomically; their paths."""
+    paths = []
+    for name, data in exported_artifacts(stages).items():
+        paths.append(Path(folder) / name)
+        atomic_write_text(paths[-1], json.dumps(data, indent=1))
+    return paths
+
+
+def read_artifacts(stages: Sequence[dict[str, Any]], source: str = "the saved model") -> dict[str, Any]:
+    """The files a model file's stages export, by name (see `exported_artifacts`), re-derived from the stages'
+    saved states, so a model.pt away from its run folder still has them."""
+    exported = []
+    for i, entry in enumerate(stages):
+        modifier = build_modifier(parse_stage(entry["stage"], ("stages", i)))
+        with _state_fits_its_stage(i, modifier.config.method, source):
+            modifier.load_state_dict(entry.get("state", {}))
+            exported.append(modifier.artifacts())
+    return _by_name(exported)
 
 
 def load(source: str | Path | ModelConfig | dict[str, Any], plan: ChannelPlan | dict[str, Any] | None = None,

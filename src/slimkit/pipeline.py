@@ -18,7 +18,6 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from slimkit.channels.modifier import ChannelPruner
 from slimkit.data import DataBundle, load_data
 from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError, first_line
@@ -27,7 +26,7 @@ from slimkit.formats import WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.methods import build_modifier
 from slimkit.metrics import call, compare_latency, example_batch, example_shape, measure
 from slimkit.models import build_model
-from slimkit.persistence import load_weights, save_model
+from slimkit.persistence import load_weights, save_artifacts, save_model
 from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import distributed
@@ -310,9 +309,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
                        data.input_size, compressed.modifiers)
         else:
             atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
-        for modifier in compressed.modifiers:
-            if isinstance(modifier, ChannelPruner):  # the pruning plan, also as plain JSON beside model.pt
-                modifier.plan.save(out_dir / "plan.json")
+        save_artifacts(compressed.modifiers, out_dir)  # what each method exports (a channel plan, ...) as JSON
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         Report(metrics).write(out_dir)
     return Run(recipe, compressed.model, dense.model, metrics, out_dir)

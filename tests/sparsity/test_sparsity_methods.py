@@ -10,11 +10,12 @@ from interrupts import Interrupt, interrupt_after
 from slimkit import cli
 from slimkit.errors import RecipeError
 from slimkit.formats import CHECKPOINT_FORMAT, safe_load
+from slimkit.persistence import read_artifacts
 from slimkit.pipeline import run_recipe
 from slimkit.recipe import Recipe
 from slimkit.sparsity import is_balanced, is_nm, is_pattern_valid
 from slimkit.sparsity.blocks import is_block_sparse
-from slimkit.sparsity.pattern import kernels_kept
+from slimkit.sparsity.pattern import PATTERN_LIBRARY, candidate_patterns, kernels_kept, stored_library
 from slimkit.sparsity.topk import keep_count
 
 STAGES = {
@@ -91,14 +92,31 @@ def test_method_reaches_its_structure_and_resumes_identically(tmp_path, digits_r
         assert torch.equal(a, b), key
 
 
-def test_pattern_library_is_saved_with_the_model_and_checks(tmp_path, digits_recipe):
+def test_pattern_library_is_saved_with_the_model_and_checks(tmp_path, digits_recipe, capsys):
     run = run_recipe(_recipe(digits_recipe, STAGES["patdnn"]), tmp_path, progress=False)
-    stage = torch.load(tmp_path / "model.pt", weights_only=True)["stages"][0]
-    library = torch.as_tensor(stage["state"]["library"])
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    library = torch.as_tensor(saved["stages"][0]["state"]["library"])
     assert library.shape == (8, 9) and bool(library[:, 4].all())
     assert is_pattern_valid(run.model.features[3].weight, library)
     summary = run.metrics["stages"][0]
     assert summary["library"] == library.int().tolist()
+    # exported by name beside model.pt, and read back by name from the model file's stages
+    exported = json.loads((tmp_path / PATTERN_LIBRARY).read_text())
+    assert torch.equal(torch.tensor(exported["patterns"], dtype=torch.bool), library)
+    assert torch.equal(stored_library(read_artifacts(saved["stages"])), library)
+
+    def info_structure(folder) -> str:
+        assert cli.main(["info", str(folder), "--json"]) == 0
+        layers = json.loads(capsys.readouterr().out)["layers"]
+        return next(layer["structure"] for layer in layers if layer["name"] == "features.3")
+
+    assert info_structure(tmp_path) == "pattern"
+    # `slimkit info` checks kernels against the stored library: a library of other patterns fails them
+    others = torch.stack([p for p in candidate_patterns() if not (p == library).all(1).any()][:8])
+    saved["stages"][0]["state"]["library"] = others
+    (tmp_path / "other").mkdir()
+    torch.save(saved, tmp_path / "other" / "model.pt")
+    assert info_structure(tmp_path / "other") != "pattern"
 
 
 def test_sense_rearrangement_keeps_the_function():

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from slimkit.channels.importance import NEEDS_GRADIENTS
-from slimkit.channels.plan import ChannelPlan, apply_plan
+from slimkit.channels.plan import PLAN_FILE, ChannelPlan, apply_plan
 from slimkit.channels.prune import plan_pruning
 from slimkit.errors import SlimkitError
 from slimkit.layers import LayerSelection, select_layers, selection_issues
@@ -175,6 +175,10 @@ class ChannelPruner(Modifier):
         return {"method": self.name, "ratio": self.config.ratio, "rounds": self.rounds,
                 "removed_groups": self.groups[0], "candidate_groups": self.groups[1],
                 "pruned_layers": sorted(self.plan.modules)}
+
+    def artifacts(self) -> dict[str, Any]:
+        """The pruning plan as plain JSON: `slimkit.load(arch, plan, state_dict)` rebuilds the model from it."""
+        return {PLAN_FILE: self.plan.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"plan": self.plan.to_dict(), "rounds": self.rounds, "groups": list(self.groups)}

@@ -22,6 +22,7 @@ from slimkit.files import atomic_write_text
 from slimkit.models.resnet import ShortcutA
 from slimkit.train.device import device_of
 
+PLAN_FILE = "plan.json"  # the name a channel stage exports its plan under, beside model.pt
 _FIELDS = {"conv": ("out", "in"), "linear": ("out", "in"), "norm": ("keep",), "shortcut": ("pad",)}
 
 

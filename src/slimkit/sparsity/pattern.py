@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -35,6 +36,7 @@ from slimkit.sparsity.pruner import Pruner
 from slimkit.train.modifier import TrainContext
 
 CENTRE = 4
+PATTERN_LIBRARY = "pattern_library.json"  # the file a pattern stage exports: {"patterns": K rows of 9 0/1}
 
 
 def candidate_patterns(device: torch.device | None = None) -> Tensor:
@@ -133,6 +135,14 @@ def connectivity_mask(weight: Tensor, ratio: float, group: int = 1, block: int =
 
 def project_connectivity(weight: Tensor, ratio: float, group: int = 1, block: int = 1) -> Tensor:
     return weight * connectivity_mask(weight, ratio, group, block)
+
+
+def stored_library(artifacts: Mapping[str, Any]) -> Tensor | None:
+    """The pattern library among a model's exported files (`PATTERN_LIBRARY`) as (K, 9) bool, each row a 3x3
+    support read row by row; None when no stage exported one."""
+    if PATTERN_LIBRARY not in artifacts:
+        return None
+    return torch.tensor(artifacts[PATTERN_LIBRARY]["patterns"], dtype=torch.bool).reshape(-1, 9)
 
 
 def is_pattern_valid(weight: Tensor, library: Tensor) -> bool:
@@ -270,9 +280,16 @@ class PatternPruner(Pruner):
         return {"method": self.name, "library": self.library.int().tolist(), "connectivity": self.config.connectivity,
                 "target_sparsity": self.current, "layers": list(self.masks)}
 
+    def artifacts(self) -> dict[str, Any]:
+        """The pattern library, which `slimkit info` checks every kept kernel against exactly."""
+        return {PATTERN_LIBRARY: {"patterns": self.library.int().tolist()}} if self.library.numel() else {}
+
     def state_dict(self) -> dict[str, Any]:
         return {"current": self.current, "pruned": self.pruned, "library": self.library, "admm": self.admm}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        library = torch.as_tensor(state["library"], dtype=torch.bool)
+        if library.ndim != 2 or library.shape[1] != 9:
+            raise ValueError(f"the pattern library has shape {tuple(library.shape)}, not (K, 9)")
         self.current, self.pruned = float(state["current"]), bool(state["pruned"])
-        self.library, self.admm = state["library"], dict(state["admm"])
+        self.library, self.admm = library, dict(state["admm"])

@@ -114,6 +114,13 @@ class Modifier:
         """Facts for the report: targets reached, layers touched."""
         return {"method": self.name}
 
+    def artifacts(self) -> dict[str, Any]:
+        """Files this method exports beside the finished model, by file name: JSON data that a user or a tool
+        reads without slimkit (a channel plan, a pattern library). Derived from this modifier's state, so a
+        finished run writes them into its folder and `slimkit info` reads them back from a model file's stages,
+        each by its name; no code outside the method knows which method made them."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """State that is not in the model's own state_dict, saved with each checkpoint."""
         return {}
