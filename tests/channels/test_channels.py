@@ -361,3 +361,60 @@ def test_bn_criteria_need_batchnorm():
     with pytest.raises(slimkit.SlimkitError, match="scores no channel"):
         prune_channels(build_model(ModelConfig(name="lenet"), 1, 10, 28), torch.randn(1, 1, 28, 28), ratio=0.5,
                        criterion="bn_scale")
+
+
+# --- channel rules: a module declares how it moves channels -------------------------------------------
+
+class PadChannels(nn.Module):
+    """A user's module that zero-pads channels, as option-A shortcuts do: the graph cannot trace through its
+    channel padding."""
+
+    def __init__(self, left: int, right: int):
+        super().__init__()
+        self.widths = (left, right)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, 0, *self.widths))
+
+
+class PaddedResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.narrow, self.wide = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.pad, self.head = PadChannels(1, 3), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.pad(torch.relu(self.narrow(x))) + self.wide(x)))
+
+
+@pytest.fixture
+def pad_rule():
+    from slimkit.channel_rules import _RULES, ZeroPadChannels, register_channel_rule
+
+    register_channel_rule(PadChannels, ZeroPadChannels(pads=lambda m: m.widths,
+                                                       resize=lambda m, widths: setattr(m, "widths", widths)))
+    yield
+    del _RULES[PadChannels]
+
+
+def test_a_module_without_a_channel_rule_is_refused():
+    with pytest.raises(UnsupportedOpError, match=r"cannot prune through %pad .*\(in module 'pad'\)"):
+        build_graph(PaddedResidual(), torch.randn(1, 3, 8, 8))
+
+
+def test_a_user_module_declaring_a_channel_rule_is_pruned_through(pad_rule):
+    torch.manual_seed(0)
+    model = PaddedResidual()
+    graph = build_graph(model, torch.randn(1, 3, 8, 8))
+    out, left, right = graph.zero_pads["pad"]
+    assert (left, right) == (1, 3) and len(out) == 8
+    assert graph.find(out[1]) == graph.find(graph.producers["narrow"][0])  # narrow's channel 0 joins wide's 1
+    assert graph.find(out[1]) == graph.find(graph.producers["wide"][1])
+    pruned = assert_surgery_matches_mask(model, torch.randn(4, 3, 8, 8), ratio=0.5)
+    kept = pruned.wide.out_channels
+    assert kept < 8 and sum(pruned.pad.widths) + pruned.narrow.out_channels == kept  # the rule re-sized the pads
+
+
+def test_a_plan_entry_for_zero_padding_on_a_module_without_a_rule_is_refused():
+    with pytest.raises(UnsupportedOpError, match="expects a module that zero-pads channels"):
+        apply_plan(PaddedResidual(), {"modules": {"pad": {"type": "shortcut", "pad": [0, 1]}}})

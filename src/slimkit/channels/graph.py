@@ -1,8 +1,9 @@
 """The channel dependency graph: which channels of which layers must be removed together.
 
 The model is traced with torch.fx and its shapes propagated on an example input. Every channel that a
-conv or linear layer produces, every input channel of the network, and every zero channel that an
-option-A shortcut pads in is an *element*. Walking the graph assigns each tensor's channel dimension a
+conv or linear layer produces, every input channel of the network, and every zero channel that a module with
+a `ZeroPadChannels` rule (slimkit.channel_rules; the zoo's option-A shortcut declares one) pads in is an
+*element*. Walking the graph assigns each tensor's channel dimension a
 list of elements ("slots"): element-wise ops join the elements at equal positions (residual additions, SE
 gating), concatenation concatenates slot lists (index offsets come for free), flatten repeats each channel
 once per spatial position, a grouped conv joins each group's inputs and outputs, and a module called twice
@@ -36,8 +37,8 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node, Tracer
 from torch.fx.passes.shape_prop import ShapeProp
 
+from slimkit.channel_rules import channel_rule
 from slimkit.errors import UnsupportedLayerError, first_line
-from slimkit.models.resnet import ShortcutA
 
 
 class UnsupportedOpError(UnsupportedLayerError):
@@ -65,15 +66,16 @@ RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
 
 
 class _LeafTracer(Tracer):
-    """torch.nn modules and option-A shortcuts stay single nodes; everything else is traced through. The
-    stack of modules being traced names where tracing failed."""
+    """torch.nn modules and modules with a channel rule (slimkit.channel_rules: option-A shortcuts) stay single
+    nodes; everything else is traced through. The stack of modules being traced names where tracing failed."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ShortcutA | nn.Conv2d | nn.Linear) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, nn.Conv2d | nn.Linear) or channel_rule(m) is not None
+                or super().is_leaf_module(m, qualname))
 
     def call_module(self, m: nn.Module, forward, args, kwargs):
         self.stack.append(f"'{self.path_of_module(m) or '<top level>'}' ({type(m).__name__})")
@@ -92,7 +94,8 @@ class ChannelGraph:
     producers: dict[str, list[int]] = field(default_factory=dict)  # conv/linear name -> its output elements
     consumers: dict[str, list[int]] = field(default_factory=dict)  # conv/linear name -> its input slots
     channel_users: dict[str, list[int]] = field(default_factory=dict)  # BN/PReLU name -> its channel slots
-    shortcuts: dict[str, tuple[list[int], int, int]] = field(default_factory=dict)  # name -> (out slots, pads)
+    # modules with a ZeroPadChannels rule (option-A shortcuts): name -> (out slots, left pad, right pad)
+    zero_pads: dict[str, tuple[list[int], int, int]] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
 
     def new(self, count: int, *, fixed: bool = False, zero: bool = False) -> list[int]:
@@ -253,10 +256,10 @@ class _Walker:
             return inp
         if isinstance(module, nn.Flatten):
             return self.flatten(node, inp, shape)
-        if isinstance(module, ShortcutA):
-            left, right = module.pad
+        if (rule := channel_rule(module)) is not None:
+            left, right = rule.pads(module)
             out = self.graph.new(left, zero=True) + inp + self.graph.new(right, zero=True)
-            self.graph.shortcuts[name] = (out, left, right)
+            self.graph.zero_pads[name] = (out, left, right)
             return out
         if isinstance(module, PASS_MODULES):
             return inp

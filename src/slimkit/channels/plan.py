@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.channel_rules import channel_rule
 from slimkit.channels.graph import ChannelGraph, UnsupportedOpError
 from slimkit.errors import CheckpointError, checked_field, first_line
 from slimkit.files import atomic_write_text
-from slimkit.models.resnet import ShortcutA
 from slimkit.train.device import device_of
 
 PLAN_FILE = "plan.json"  # the name a channel stage exports its plan under, beside model.pt
@@ -107,7 +107,7 @@ def make_plan(graph: ChannelGraph, removed: set[int], candidates: int = 0) -> Ch
         keep = _kept(graph, slots, removed)
         if len(keep) != len(slots):
             plan.modules[name] = {"type": "norm", "keep": keep}
-    for name, (slots, left, right) in graph.shortcuts.items():
+    for name, (slots, left, right) in graph.zero_pads.items():
         kept = {i for i in _kept(graph, slots, removed)}
         new_left = sum(1 for i in range(left) if i in kept)
         new_right = sum(1 for i in range(len(slots) - right, len(slots)) if i in kept)
@@ -171,10 +171,12 @@ def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any]) -> nn.Modul
             module = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"the channel plan names '{name}', which the model does not have") from None
-        if entry["type"] == "shortcut":
-            if not isinstance(module, ShortcutA):
-                raise UnsupportedOpError(f"plan entry '{name}' expects an option-A shortcut, found {type(module)}")
-            module.pad = tuple(entry["pad"])
+        if entry["type"] == "shortcut":  # a module that zero-pads channels (the type's name predates the rules)
+            rule = channel_rule(module)
+            if rule is None:
+                raise UnsupportedOpError(f"plan entry '{name}' expects a module that zero-pads channels (a "
+                                         f"slimkit.channel_rules.ZeroPadChannels rule), found {type(module)}")
+            rule.resize(module, tuple(entry["pad"]))
             continue
         size = len(entry["keep"] if entry["type"] == "norm" else entry["out"])
         in_size = len(entry.get("in", []))

@@ -16,6 +16,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimkit.channel_rules import ZeroPadChannels, register_channel_rule
 from slimkit.models.common import Activation, make_activation, scaled
 
 BlockStyle = Literal["basic", "bireal"]
@@ -37,6 +38,14 @@ class ShortcutA(nn.Module):
         if self.pad != (0, 0):
             x = F.pad(x, (0, 0, 0, 0, *self.pad))
         return x
+
+
+def _set_pad(shortcut: nn.Module, pad: tuple[int, int]) -> None:
+    shortcut.pad = pad
+
+
+# the channel graph keeps ShortcutA as one node whose padded channels are zeros, and surgery re-sizes them
+register_channel_rule(ShortcutA, ZeroPadChannels(pads=lambda shortcut: shortcut.pad, resize=_set_pad))
 
 
 def make_shortcut(kind: Shortcut, in_planes: int, planes: int, stride: int) -> nn.Module:

@@ -59,9 +59,9 @@ def _movable_producers(graph: ChannelGraph) -> dict[str, list[str]]:
         for name, elements in table.items():
             for e in elements:
                 owners[graph.find(e)].append((kind, name))
-    for slots, _, _ in graph.shortcuts.values():
+    for slots, _, _ in graph.zero_pads.values():
         for e in slots:
-            owners[graph.find(e)].append(("shortcut", ""))
+            owners[graph.find(e)].append(("zero_pad", ""))
     bad = {graph.find(e) for e in graph.fixed | graph.zeros}
     movable: dict[str, list[str]] = {}
     for name, elements in graph.producers.items():
@@ -70,7 +70,7 @@ def _movable_producers(graph: ChannelGraph) -> dict[str, list[str]]:
         if len(set(roots)) != len(roots) or any(r in bad for r in roots) or getattr(module, "groups", 1) > 1:
             continue
         members = [o for r in roots for o in owners[r]]
-        if any(kind == "shortcut" or (kind == "out" and other != name) for kind, other in members):
+        if any(kind == "zero_pad" or (kind == "out" and other != name) for kind, other in members):
             continue
         consumers = sorted({other for kind, other in members if kind == "in"})
         own = set(roots)
