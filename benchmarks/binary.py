@@ -80,7 +80,7 @@ CLAIMS = [
 
 
 def theta_option_exists() -> bool:
-    from slimkit.binary.methods import RbnnConfig
+    from slimkit.binary.modifiers import RbnnConfig
 
     return THETA_OPTION in RbnnConfig.model_fields
 

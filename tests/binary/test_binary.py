@@ -8,7 +8,7 @@ from torch import nn
 
 import slimkit
 from slimkit.binary import BinaryConv2d, BinaryLinear
-from slimkit.binary.methods import recu_tau
+from slimkit.binary.modifiers import recu_tau
 from slimkit.metrics import measure, precision_summary
 from slimkit.models import resnet18, resnet20
 from slimkit.recipe import Recipe, build_modifier, parse_stage

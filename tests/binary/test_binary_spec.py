@@ -17,7 +17,7 @@ from slimkit.binary.binarizers import (
 )
 from slimkit.binary.functions import ApproxSign, ClippedSTE, Ede, RbnnSign, log_schedule, surrogate_sign
 from slimkit.binary.layers import BinaryConv2d
-from slimkit.binary.methods import recu_tau
+from slimkit.binary.modifiers import recu_tau
 
 W8 = [0.5, -2.0, 0.1, 1.5, -0.3, 0.05, -1.0, 0.8]  # the spec's one-channel example
 
@@ -217,7 +217,7 @@ def test_siman_projection_p15_and_schedule():
     binarizer.project(w.data)
     assert w.flatten().tolist() == pytest.approx(
         [0.5437, -1.5144, 0.1494, 1.5144, -0.2562, 0.1494, -0.9563, 0.8438], abs=1e-3)
-    from slimkit.binary.methods import Siman, SimanConfig
+    from slimkit.binary.modifiers import Siman, SimanConfig
 
     method = Siman(SimanConfig())
     method.layers = {"l": BinaryConv2d(8, 1, 1, weight_binarizer=binarizer, input_binarizer=torch.nn.Identity())}
@@ -227,7 +227,7 @@ def test_siman_projection_p15_and_schedule():
 
 
 def test_siman_optimizer_groups():
-    from slimkit.binary.methods import Siman, SimanConfig
+    from slimkit.binary.modifiers import Siman, SimanConfig
     from slimkit.models import resnet20
     from slimkit.recipe import TrainConfig
     from slimkit.train import TrainContext

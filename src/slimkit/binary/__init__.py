@@ -3,7 +3,7 @@ SiMaN methods as modifiers."""
 
 from slimkit.binary.binarizers import ActivationBinarizer, WeightBinarizer
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear, binarize_module
-from slimkit.binary.methods import (
+from slimkit.binary.modifiers import (
     BinarizeConfig,
     BinaryMethod,
     IrNet,

@@ -1,5 +1,5 @@
 """Binarizers: what turns a latent weight or an activation into signs, per method (papers cited on the
-method configs in `slimkit.binary.methods`).
+method configs in `slimkit.binary.modifiers`).
 
 A weight binarizer maps the latent weight W to (signs, scale): signs hold the binary values (+1/-1, or
 {0, 1} for SiMaN's paper form) and scale is a per-output-channel factor applied to the layer output, or
