@@ -11,6 +11,17 @@ import slimkit.formats
 ALIASES = [
     *[("slimkit.train.checkpoint", name, "slimkit.formats", name) for name in
       ("CHECKPOINT_FORMAT", "MODEL_FORMAT", "WEIGHTS_FORMAT", "atomic_save", "safe_load", "read_checkpoint")],
+    # modifiers before the one <Name>Modifier scheme
+    *[("slimkit.sparsity", old, "slimkit.sparsity", new) for old, new in (
+        ("Pruner", "PruneModifier"), ("MagnitudePruner", "MagnitudeModifier"),
+        ("GradualPruner", "GradualMagnitudeModifier"), ("SnipPruner", "SnipModifier"), ("SensePruner", "SenseModifier"),
+        ("PatternPruner", "PatternModifier"), ("NMPruner", "NMModifier"), ("MovementPruner", "MovementModifier"),
+        ("OptgPruner", "OptgModifier"))],
+    ("slimkit.channels", "ChannelPruner", "slimkit.channels", "ChannelModifier"),
+    *[("slimkit.binary", old, "slimkit.binary", new) for old, new in (
+        ("BinaryMethod", "BinarizeModifier"), ("Xnor", "XnorModifier"), ("IrNet", "IrNetModifier"),
+        ("Rbnn", "RbnnModifier"), ("Recu", "RecuModifier"), ("Siman", "SimanModifier"))],
+    ("slimkit.distill", "Distiller", "slimkit.distill", "DistillModifier"),
 ]
 
 
@@ -27,7 +38,17 @@ def test_from_import_of_an_old_name_warns():
     assert safe_load is slimkit.formats.safe_load
 
 
-def test_a_name_that_never_existed_is_still_an_attribute_error():
-    module = importlib.import_module("slimkit.train.checkpoint")
-    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
-        module.no_such_name  # noqa: B018
+@pytest.mark.parametrize("module", sorted({old_module for old_module, *_ in ALIASES}))
+def test_a_name_that_never_existed_is_still_an_attribute_error(module):
+    with pytest.raises(AttributeError, match=f"module '{module}' has no attribute 'no_such_name'"):
+        importlib.import_module(module).no_such_name  # noqa: B018
+
+
+def test_modifiers_follow_one_naming_scheme():
+    """Every registered method's modifier is a `<Name>Modifier`, and old names stay out of `__all__`."""
+    from slimkit.methods import _METHODS
+
+    modifiers = {spec.modifier for kind in _METHODS.values() for spec in kind.values()}
+    assert modifiers and all(m.__name__.endswith("Modifier") for m in modifiers), sorted(m.__name__ for m in modifiers)
+    for old_module, old, *_ in ALIASES:
+        assert old not in getattr(importlib.import_module(old_module), "__all__", ())

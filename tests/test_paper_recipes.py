@@ -17,7 +17,7 @@ from torch.optim import SGD, Adam
 
 from slimkit.models import build_model, lenet
 from slimkit.recipe import Recipe, build_modifier, parse_stage
-from slimkit.sparsity.learned import OptgConfig, OptgPruner
+from slimkit.sparsity.learned import OptgConfig, OptgModifier
 from slimkit.sparsity.topk import keep_count
 from slimkit.train import Compression, TrainContext
 from slimkit.train.trainer import build_optimizer
@@ -157,10 +157,10 @@ def test_rbnn_at_pi_over_2_gets_no_weight_gradient_and_weight_decay_moves_theta_
 # --- OptG: the schedule's shape in fractions of the run -------------------------------------------------------
 
 
-def _optg(epochs: int, steps_per_epoch: int, updates_per_epoch: int = 1) -> OptgPruner:
+def _optg(epochs: int, steps_per_epoch: int, updates_per_epoch: int = 1) -> OptgModifier:
     model = lenet(in_channels=1, input_size=8, width=0.5)
     # capped: with untrained scores, one global ranking by |w| would empty features.3
-    pruner = OptgPruner(OptgConfig(sparsity=0.9, updates_per_epoch=updates_per_epoch, max_layer_sparsity=0.98))
+    pruner = OptgModifier(OptgConfig(sparsity=0.9, updates_per_epoch=updates_per_epoch, max_layer_sparsity=0.98))
     pruner.attach(model, TrainContext(model, epochs=epochs, steps_per_epoch=steps_per_epoch))
     return pruner
 
@@ -177,7 +177,7 @@ def test_optg_schedule_has_the_same_shape_in_a_short_and_a_long_run():
     assert short.lr_scale == pytest.approx(0.5)  # the scores' learning rate follows the same sigmoid
 
 
-def _rerankings(pruner: OptgPruner, epochs: int, steps_per_epoch: int) -> list[float]:
+def _rerankings(pruner: OptgModifier, epochs: int, steps_per_epoch: int) -> list[float]:
     """The sparsity after every mask update of a run."""
     ctx = TrainContext(nn.Linear(1, 1), epochs=epochs, steps_per_epoch=steps_per_epoch)
     seen = []

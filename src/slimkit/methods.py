@@ -51,8 +51,8 @@ M = TypeVar("M", bound=BuildsModifier)
 
 
 def register_method(*configs: type[MethodConfig]) -> Callable[[M], M]:
-    """Class decorator: `@register_method(GmpConfig)` makes the config's method usable in recipes, built
-    by the decorated modifier class. A name registered twice is an error, never a silent overwrite."""
+    """Class decorator: `@register_method(GradualMagnitudeConfig)` makes the config's method usable in recipes,
+    built by the decorated modifier class. A name registered twice is an error, never a silent overwrite."""
 
     def register(modifier: M) -> M:
         for config in configs:

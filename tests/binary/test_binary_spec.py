@@ -217,9 +217,9 @@ def test_siman_projection_p15_and_schedule():
     binarizer.project(w.data)
     assert w.flatten().tolist() == pytest.approx(
         [0.5437, -1.5144, 0.1494, 1.5144, -0.2562, 0.1494, -0.9563, 0.8438], abs=1e-3)
-    from slimkit.binary.modifiers import Siman, SimanConfig
+    from slimkit.binary.modifiers import SimanConfig, SimanModifier
 
-    method = Siman(SimanConfig())
+    method = SimanModifier(SimanConfig())
     method.layers = {"l": BinaryConv2d(8, 1, 1, weight_binarizer=binarizer, input_binarizer=torch.nn.Identity())}
     for epoch, p in ((0, 15), (100, 11.25), (200, 7.5), (399, 0.0375)):
         method.schedule(epoch, 400)
@@ -227,14 +227,14 @@ def test_siman_projection_p15_and_schedule():
 
 
 def test_siman_optimizer_groups():
-    from slimkit.binary.modifiers import Siman, SimanConfig
+    from slimkit.binary.modifiers import SimanConfig, SimanModifier
     from slimkit.models import resnet20
     from slimkit.recipe import TrainConfig
     from slimkit.train import TrainContext
     from slimkit.train.trainer import build_optimizer
 
     model = resnet20(block="bireal", activation="prelu")
-    method = Siman(SimanConfig())
+    method = SimanModifier(SimanConfig())
     method.attach(model, TrainContext(model, epochs=10, steps_per_epoch=1))
     optimizer = build_optimizer(model, TrainConfig(weight_decay=5e-4), [method])
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}

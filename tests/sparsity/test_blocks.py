@@ -14,11 +14,11 @@ from slimkit.models import lenet
 from slimkit.recipe import DataConfig, Recipe, TrainConfig
 from slimkit.sparsity import (
     GradualMagnitudeConfig,
-    GradualPruner,
+    GradualMagnitudeModifier,
     MagnitudeConfig,
-    MagnitudePruner,
+    MagnitudeModifier,
     MovementConfig,
-    MovementPruner,
+    MovementModifier,
     masked_layers,
 )
 from slimkit.sparsity.blocks import is_block_sparse
@@ -44,8 +44,8 @@ def _pruned(config, model: nn.Module | None = None):
 
 
 def type_of(config):
-    return {MagnitudeConfig: MagnitudePruner, GradualMagnitudeConfig: GradualPruner, MovementConfig: MovementPruner}[
-        type(config)]
+    return {MagnitudeConfig: MagnitudeModifier, GradualMagnitudeConfig: GradualMagnitudeModifier,
+            MovementConfig: MovementModifier}[type(config)]
 
 
 def reference_blocks(weights: dict[str, torch.Tensor], block: int) -> list[tuple[float, int, str, int, int, tuple]]:
@@ -156,8 +156,8 @@ def test_block_one_is_the_unstructured_ranking():
 
 def test_gmp_reaches_its_target_in_blocks_through_the_schedule():
     model = _net()
-    pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, block=4, scope="layer", start_epoch=1, end_epoch=4,
-                                                  updates_per_epoch=2, layers=EVERY_LAYER))
+    pruner = GradualMagnitudeModifier(GradualMagnitudeConfig(sparsity=0.9, block=4, scope="layer", start_epoch=1,
+                                                             end_epoch=4, updates_per_epoch=2, layers=EVERY_LAYER))
     ctx = TrainContext(model, epochs=5, steps_per_epoch=10)
     pruner.attach(model, ctx)
     previous = {n: torch.ones_like(mask.mask) for n, (_, mask) in pruner.masks.items()}
@@ -220,7 +220,7 @@ def test_trained_block_pruning_leaves_a_block_sparse_model(digits):
     torch.manual_seed(0)
     model = lenet(in_channels=1, input_size=8, width=0.5)
     config = GradualMagnitudeConfig(sparsity=0.8, block=4, scope="layer", start_epoch=0, end_epoch=1)
-    result = Trainer(model, digits, TrainConfig(epochs=2, lr=0.05), [GradualPruner(config)], batch_size=64,
+    result = Trainer(model, digits, TrainConfig(epochs=2, lr=0.05), [GradualMagnitudeModifier(config)], batch_size=64,
                      progress=False).fit()
     for layer in (result.model.features[3], result.model.classifier[1]):
         assert is_block_sparse(layer.weight, 4)

@@ -7,8 +7,14 @@ from slimkit.errors import UnsupportedLayerError
 from slimkit.layers import LayerSelection, select_layers
 from slimkit.models import lenet, resnet20
 from slimkit.recipe import DataConfig, TrainConfig
-from slimkit.sparsity import GradualMagnitudeConfig, GradualPruner, MagnitudeConfig, MagnitudePruner, masked_layers
-from slimkit.sparsity.pruner import Pruner
+from slimkit.sparsity import (
+    GradualMagnitudeConfig,
+    GradualMagnitudeModifier,
+    MagnitudeConfig,
+    MagnitudeModifier,
+    masked_layers,
+)
+from slimkit.sparsity.pruner import PruneModifier
 from slimkit.sparsity.topk import keep_count
 from slimkit.train import TrainContext, Trainer
 
@@ -36,7 +42,7 @@ def test_unsupported_layer_and_empty_selection_are_errors():
         select_layers(lenet(), LayerSelection(include=["nothing.*"]))
 
 
-def _selected_stats(pruner: Pruner) -> tuple[int, int]:
+def _selected_stats(pruner: PruneModifier) -> tuple[int, int]:
     total = sum(mask.mask.numel() for _, mask in pruner.masks.values())
     kept = sum(int(mask.mask.sum()) for _, mask in pruner.masks.values())
     return total, kept
@@ -45,9 +51,10 @@ def _selected_stats(pruner: Pruner) -> tuple[int, int]:
 def test_gradual_schedule_is_cubic_monotone_and_exact():
     torch.manual_seed(0)
     model = lenet(in_channels=1, input_size=8)
-    pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, start_epoch=1, end_epoch=5, updates_per_epoch=2,
-                                                  scope="global",
-                                                  max_layer_sparsity=0.98))  # global 90% would empty features.3
+    # max_layer_sparsity: global 90% would empty features.3
+    pruner = GradualMagnitudeModifier(GradualMagnitudeConfig(sparsity=0.9, start_epoch=1, end_epoch=5,
+                                                             updates_per_epoch=2, scope="global",
+                                                             max_layer_sparsity=0.98))
     ctx = TrainContext(model, epochs=6, steps_per_epoch=10)
     pruner.attach(model, ctx)
     total, _ = _selected_stats(pruner)
@@ -73,7 +80,7 @@ def test_trained_magnitude_pruning_hits_exact_counts(scope):
     torch.manual_seed(0)
     data = load_data(DataConfig(name="digits"))
     model = lenet(in_channels=1, input_size=8, width=0.5)
-    pruner = MagnitudePruner(MagnitudeConfig(sparsity=0.75, scope=scope, max_layer_sparsity=0.98))  # see above
+    pruner = MagnitudeModifier(MagnitudeConfig(sparsity=0.75, scope=scope, max_layer_sparsity=0.98))  # see above
     result = Trainer(model, data, TrainConfig(epochs=2, lr=0.05), [pruner], batch_size=64, progress=False).fit()
     assert masked_layers(result.model) == {}  # finalize squashed the masks
     layers = [result.model.features[3], result.model.classifier[1]]
@@ -90,7 +97,7 @@ def test_best_epoch_only_counts_once_target_is_reached():
     torch.manual_seed(0)
     data = load_data(DataConfig(name="digits"))
     model = lenet(in_channels=1, input_size=8, width=0.5)
-    pruner = GradualPruner(GradualMagnitudeConfig(sparsity=0.9, scope="global", start_epoch=0, end_epoch=3))
+    pruner = GradualMagnitudeModifier(GradualMagnitudeConfig(sparsity=0.9, scope="global", start_epoch=0, end_epoch=3))
     result = Trainer(model, data, TrainConfig(epochs=5, lr=0.05), [pruner], batch_size=64, progress=False).fit()
     assert [r["complete"] for r in result.history] == [False, False, True, True, True]
     assert result.best_epoch >= 2
@@ -101,6 +108,6 @@ def test_best_epoch_only_counts_once_target_is_reached():
 def test_zero_epochs_still_reaches_target_at_finalize():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.Linear(16, 3))
     data = load_data(DataConfig(name="digits"))
-    pruner = MagnitudePruner(MagnitudeConfig(sparsity=0.5))
+    pruner = MagnitudeModifier(MagnitudeConfig(sparsity=0.5))
     result = Trainer(model, data, TrainConfig(epochs=0), [pruner], progress=False).fit()
     assert int((result.model[2].weight == 0).sum()) == 4 * 6 * 6 * 16 // 2

@@ -44,7 +44,7 @@ class BinarizeConfig(MethodConfig):
         "alpha, RBNN's theta); null: the train section's weight_decay, as for every other parameter")
 
 
-class BinaryMethod(Modifier):
+class BinarizeModifier(Modifier):
     """Base: converts layers in attach(), calls schedule(e, E) at each epoch start."""
 
     config: BinarizeConfig
@@ -115,7 +115,7 @@ class XnorConfig(BinarizeConfig):
 
 
 @register_method(XnorConfig)
-class Xnor(BinaryMethod):
+class XnorModifier(BinarizeModifier):
     def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
         return XnorWeight()
 
@@ -141,7 +141,7 @@ class IrNetConfig(BinarizeConfig):
 
 
 @register_method(IrNetConfig)
-class IrNet(BinaryMethod):
+class IrNetModifier(BinarizeModifier):
     config: IrNetConfig
 
     def __init__(self, config: IrNetConfig):
@@ -189,7 +189,7 @@ class RbnnConfig(BinarizeConfig):
 
 
 @register_method(RbnnConfig)
-class Rbnn(BinaryMethod):
+class RbnnModifier(BinarizeModifier):
     config: RbnnConfig
 
     def __init__(self, config: RbnnConfig):
@@ -237,7 +237,7 @@ class RecuConfig(BinarizeConfig):
 
 
 @register_method(RecuConfig)
-class Recu(BinaryMethod):
+class RecuModifier(BinarizeModifier):
     config: RecuConfig
 
     def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:
@@ -272,7 +272,7 @@ class SimanConfig(BinarizeConfig):
 
 
 @register_method(SimanConfig)
-class Siman(BinaryMethod):
+class SimanModifier(BinarizeModifier):
     config: SimanConfig
 
     def weight_binarizer(self, weight: Tensor) -> WeightBinarizer:

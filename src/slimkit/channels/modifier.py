@@ -104,7 +104,7 @@ class GfbsConfig(ChannelConfig):
 
 
 @register_method(L1Config, BnScaleConfig, TaylorConfig, GfbsConfig)
-class ChannelPruner(Modifier):
+class ChannelModifier(Modifier):
     config: ChannelConfig
 
     def __init__(self, config: ChannelConfig):

@@ -108,7 +108,7 @@ class _Taps:
 
 
 @register_method(HintonConfig, GraphKdConfig, RkdConfig)
-class Distiller(Modifier):
+class DistillModifier(Modifier):
     config: DistillConfig
 
     def __init__(self, config: DistillConfig):

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import Tensor
 
 from slimkit.methods import register_method
-from slimkit.sparsity.pruner import GradualConfig, Pruner
+from slimkit.sparsity.pruner import GradualConfig, PruneModifier
 from slimkit.sparsity.rearrange import rearrange_channels
 from slimkit.train.modifier import TrainContext
 
@@ -75,7 +75,7 @@ def is_balanced(weight: Tensor, tile: int, sparsity: float) -> bool:
 
 
 @register_method(SenseConfig)
-class SensePruner(Pruner):
+class SenseModifier(PruneModifier):
     config: SenseConfig
     gradual = True
 

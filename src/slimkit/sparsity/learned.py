@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from slimkit.methods import register_method
 from slimkit.sparsity.masks import ScoredMask, raw_weight
-from slimkit.sparsity.pruner import GradualConfig, PruneConfig, Pruner
+from slimkit.sparsity.pruner import GradualConfig, PruneConfig, PruneModifier
 from slimkit.train.modifier import TrainContext
 
 OPTG_WIDTH = 2 * math.log(99) / 100  # the official code's beta = 1 per epoch over its 100-epoch ImageNet runs
@@ -79,7 +79,7 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-class LearnedScorePruner(Pruner):
+class LearnedScoreModifier(PruneModifier):
     """Shared by OptG and movement: scored masks, scores in their own group without weight decay, and a
     ranking that may revive weights. Score gradients are DDP-averaged already; the scores are averaged once
     more before each top-k, so every rank provably keeps the same mask."""
@@ -111,7 +111,7 @@ class LearnedScorePruner(Pruner):
 
 
 @register_method(MovementConfig)
-class MovementPruner(LearnedScorePruner):
+class MovementModifier(LearnedScoreModifier):
     config: MovementConfig
     gradual = True
 
@@ -121,7 +121,7 @@ class MovementPruner(LearnedScorePruner):
 
 
 @register_method(OptgConfig)
-class OptgPruner(LearnedScorePruner):
+class OptgModifier(LearnedScoreModifier):
     """OptG as zyxxmu/OptG's code runs it, its schedule in fractions of the run. Deviations: ties at the
     threshold go to the larger |w|, so exactly keep weights survive (the code keeps every tie, and prunes
     nothing while all scores are still 0); the score learning-rate factor follows the sigmoid at every step

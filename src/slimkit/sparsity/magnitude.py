@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from slimkit.methods import register_method
 from slimkit.sparsity.masks import raw_weight
-from slimkit.sparsity.pruner import GradualConfig, PruneConfig, Pruner
+from slimkit.sparsity.pruner import GradualConfig, PruneConfig, PruneModifier
 from slimkit.train.modifier import TrainContext
 
 
@@ -58,12 +58,12 @@ class SnipConfig(PruneConfig):
 
 
 @register_method(MagnitudeConfig)
-class MagnitudePruner(Pruner):
+class MagnitudeModifier(PruneModifier):
     """One-shot magnitude pruning."""
 
 
 @register_method(GradualMagnitudeConfig)
-class GradualPruner(Pruner):
+class GradualMagnitudeModifier(PruneModifier):
     """Gradual pruning by magnitude or by the first-order Taylor criterion |w*g|.
 
     The Taylor scores sum |w*g| over the optimiser steps since the last mask update; the gradients are the
@@ -117,7 +117,7 @@ class GradualPruner(Pruner):
 
 
 @register_method(SnipConfig)
-class SnipPruner(Pruner):
+class SnipModifier(PruneModifier):
     """SNIP (Lee et al. 2019): connection sensitivity |dL/dc| at c = 1, i.e. |g*w|, on the weights as they
     are at start_epoch, one global top-k, mask fixed afterwards. The official code also scores biases and
     divides by the sum of scores; biases stay dense here and the division does not change the ranking."""

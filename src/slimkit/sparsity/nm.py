@@ -15,7 +15,7 @@ from torch import Tensor
 
 from slimkit.layers import LayerSelection, adapter_of
 from slimkit.methods import MethodConfig, register_method
-from slimkit.sparsity.pruner import Pruner
+from slimkit.sparsity.pruner import PruneModifier
 from slimkit.sparsity.schedules import cubic_sparsity
 
 
@@ -85,7 +85,7 @@ def is_nm(weight: Tensor, n: int, m: int) -> bool:
 
 
 @register_method(NMConfig)
-class NMPruner(Pruner):
+class NMModifier(PruneModifier):
     """One-shot at start_epoch, or, with end_epoch, kept-per-group stepping down from m to n (cubic)."""
 
     config: NMConfig

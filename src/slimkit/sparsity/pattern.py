@@ -32,7 +32,7 @@ from slimkit.layers import LayerSelection
 from slimkit.methods import MethodConfig, register_method
 from slimkit.sparsity.blocks import block_sizes, block_sums, check_block
 from slimkit.sparsity.masks import raw_weight
-from slimkit.sparsity.pruner import Pruner
+from slimkit.sparsity.pruner import PruneModifier
 from slimkit.train.modifier import TrainContext
 
 CENTRE = 4
@@ -189,7 +189,7 @@ class PatternConfig(MethodConfig):
 
 
 @register_method(PatternConfig)
-class PatternPruner(Pruner):
+class PatternModifier(PruneModifier):
     config: PatternConfig
 
     def __init__(self, config: PatternConfig):

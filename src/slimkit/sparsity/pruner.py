@@ -76,7 +76,7 @@ class GradualConfig(PruneConfig):
         return self.updates_per_epoch
 
 
-class Pruner(Modifier):
+class PruneModifier(Modifier):
     """Base of the mask-based pruners. Subclasses override `scores`, `select` and `schedule` as needed."""
 
     config: PruneConfig
