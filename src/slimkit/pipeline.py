@@ -25,12 +25,14 @@ from slimkit.files import atomic_write_text, remove_stale_temps
 from slimkit.formats import WEIGHTS_FORMAT, atomic_save, read_checkpoint
 from slimkit.methods import build_modifier
 from slimkit.metrics import call, compare_latency, example_batch, example_shape, measure
-from slimkit.models import build_model
+from slimkit.models import ModelConfig, build_model
 from slimkit.persistence import load_weights, save_artifacts, save_model
 from slimkit.recipe import Recipe
 from slimkit.report import Report
 from slimkit.train import distributed
+from slimkit.train.config import TrainConfig
 from slimkit.train.device import check_precision, resolve_device
+from slimkit.train.modifier import Modifier
 from slimkit.train.objective import Objective, logits_of
 from slimkit.train.progress import console
 from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
@@ -203,60 +205,67 @@ def _evaluated_split(data: DataBundle) -> str:
     return next(split for split in ("test", "val", "train") if getattr(data, split) is not None)
 
 
-def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = False,
-               model: nn.Module | None = None, data: DataBundle | None = None, progress: bool = True,
-               callbacks: tuple[EpochCallback, ...] = (), objective: Objective | None = None) -> Run:
-    """Run `recipe`. `model`, `data` and `objective` replace the recipe's model, data and objective
-    sections when given."""
-    info = distributed.current()
+def _runnable_objective(recipe: Recipe, objective: Objective | None) -> Objective:
+    """The run's objective (the given one, else the recipe's), after the checks that stop a run before anything
+    loads: a file the recipe names that is missing, a device or precision this machine lacks, label smoothing
+    on a loss other than the default cross-entropy."""
     missing = recipe.missing_files()
     if missing:
         raise RecipeError(missing)
-    for key, config in (("baseline", recipe.baseline), ("train", recipe.train)):
-        if config is not None:  # a device or precision this machine lacks stops the run before anything loads
+    phases = (("baseline", recipe.baseline), ("train", recipe.train))
+    for key, config in phases:
+        if config is not None:
             check_precision(config.precision, resolve_device(config.device, f"{key}.device"), f"{key}.precision")
     objective = objective if objective is not None else recipe.objective.build()
-    smoothing = [(key, c.label_smoothing) for key, c in (("baseline", recipe.baseline), ("train", recipe.train))
-                 if c is not None and c.label_smoothing]
+    smoothing = [(key, c.label_smoothing) for key, c in phases if c is not None and c.label_smoothing]
     if smoothing and objective.loss_fn is not None:
         raise RecipeError([f"'{key}.label_smoothing': {value} applies to the default cross-entropy, and this run "
                            f"uses loss {objective.describe()['loss']!r}; set it to 0" for key, value in smoothing])
-    out_dir = Path(out_dir) if out_dir is not None else None
-    env = environment(recipe.seed)
-    if out_dir is not None and info.is_main:
-        _prepare_out_dir(out_dir, recipe, resume, env)
-    torch.manual_seed(recipe.seed)
-    data = data if data is not None else load_data(recipe.data)
-    # a user's own model (given, or built by an import path) has no zoo architecture to save with it
-    arch = recipe.model if model is None and recipe.model is not None and recipe.model.name else None
-    example = data.input_shape if data.images is not None else data.example(objective.target_key)
-    if model is None:
-        if recipe.model is None:
-            raise RecipeError(["'model': required key is missing (or pass a model to slimkit.compress)"])
-        model_label = recipe.model.label
-        channels, size = _image_facts(example)
-        model = build_model(recipe.model, channels, data.num_classes, size)
-        if recipe.model.checkpoint is not None:
-            load_weights(model, recipe.model.checkpoint)
-    else:
-        model_label = type(model).__name__
-        model.cpu()  # outside training, a run works on the CPU: each phase's Trainer takes it to train.device
+    return objective
+
+
+def _starting_model(recipe: Recipe, model: nn.Module | None, data: DataBundle, example: Any) -> tuple[nn.Module, str]:
+    """(the model to compress, its label): the given one, moved to the CPU (each phase's Trainer takes it to
+    train.device), or the recipe's, built for the data's shape and loaded from model.checkpoint."""
+    if model is not None:
+        return model.cpu(), type(model).__name__
+    if recipe.model is None:
+        raise RecipeError(["'model': required key is missing (or pass a model to slimkit.compress)"])
+    channels, size = _image_facts(example)
+    model = build_model(recipe.model, channels, data.num_classes, size)
+    if recipe.model.checkpoint is not None:
+        load_weights(model, recipe.model.checkpoint)
+    return model, recipe.model.label
+
+
+def _checked_modifiers(recipe: Recipe, model: nn.Module, example: Any, data: DataBundle,
+                       objective: Objective) -> list[Modifier]:
+    """The stages' modifiers, after every check that runs on the built model before anything trains (rather
+    than after the baseline): the model runs on the data, engines get one tensor input, each method's own
+    check, finite weights. Modifiers are built now and trained later, so files they read are read once."""
     _check_model_fits_data(model, example, data, objective)
     if recipe.measure.engines and isinstance(example, dict):
         raise RecipeError(["'measure.engines': true: engine deployment takes models with one tensor input, and this "
                            "model takes a dict of them; allowed: false"])
-    modifiers = [build_modifier(stage) for stage in recipe.stages]  # checked now, trained later: files read once
+    modifiers = [build_modifier(stage) for stage in recipe.stages]
     issues = [f"'stages[{i}].{stage.kind}.{issue[1:]}" for i, (stage, modifier) in
               enumerate(zip(recipe.stages, modifiers, strict=True)) for issue in modifier.check(model)]
-    if issues:  # found on the built model before anything trains, not after the baseline
+    if issues:
         raise RecipeError(issues)
     bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
                None)
     if bad is not None:
         raise SlimkitError(f"the model's {bad} holds NaN or Inf values; compressing it would train on NaN")
-    split = _evaluated_split(data)
+    return modifiers
 
-    def train(net: nn.Module, phase: str, config, phase_modifiers) -> TrainResult:
+
+def _train_phases(recipe: Recipe, model: nn.Module, modifiers: list[Modifier], data: DataBundle,
+                  objective: Objective, out_dir: Path | None, *, resume: bool, progress: bool,
+                  callbacks: tuple[EpochCallback, ...]) -> tuple[TrainResult, TrainResult]:
+    """(dense, compressed): the trained baseline (or the model as given) and the compressed copy of it, each
+    phase trained by its own Trainer with its own checkpoints in out_dir/<phase>."""
+
+    def train(net: nn.Module, phase: str, config: TrainConfig, phase_modifiers: list[Modifier]) -> TrainResult:
         trainer = Trainer(net, data, config, phase_modifiers, recipe=recipe.to_yaml(),
                           batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size,
                           num_workers=recipe.data.num_workers, pin_memory=recipe.data.pin_memory,
@@ -266,24 +275,72 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         return trainer.fit(resume=resume)
 
     dense = train(model, "dense", recipe.baseline, []) if recipe.baseline else TrainResult(model.eval())
-    compressed = train(copy.deepcopy(dense.model), "compressed", recipe.train, modifiers)
+    return dense, train(copy.deepcopy(dense.model), "compressed", recipe.train, modifiers)
+
+
+def _measured_phases(phases: dict[str, TrainResult], data: DataBundle, split: str, example: Any, recipe: Recipe,
+                     objective: Objective, is_main: bool) -> dict[str, Any]:
+    """Per phase: test loss and metric on `split`, best epoch, training time, history and the measurement;
+    rank 0 also times the phases' latency, taking turns. Each model ends on the CPU, where it is measured,
+    timed, saved and exported."""
     m = recipe.measure
     metric = objective.metric.name if objective.metric is not None else None
     models: dict[str, Any] = {}
-    for phase, result in (("dense", dense), ("compressed", compressed)):
+    for phase, result in phases.items():
         test_loss, test_metric = evaluate(result.model, getattr(data, split), recipe.data.eval_batch_size, objective,
                                           num_workers=recipe.data.num_workers, pin_memory=recipe.data.pin_memory)
-        result.model.cpu()  # evaluated where it trained; measured, timed, saved and exported on the CPU
+        result.model.cpu()  # evaluated where it trained
         models[phase] = {
             "test_loss": test_loss, **({f"test_{metric}": test_metric} if metric else {}),
             "best_epoch": result.best_epoch, "train_seconds": result.seconds, "history": result.history,
             "measurement": measure(result.model, example, threads=m.threads, latency=False).to_dict(),
         }
-    if info.is_main:
-        latency = compare_latency({"dense": dense.model, "compressed": compressed.model}, example,
+    if is_main:
+        latency = compare_latency({phase: result.model for phase, result in phases.items()}, example,
                                   batch_sizes=m.batch_sizes, threads=m.threads, warmup=m.warmup, repeats=m.repeats)
         for phase, timings in latency.items():
             models[phase]["measurement"]["latency_ms"] = timings
+    return models
+
+
+def _write_run(out_dir: Path, arch: ModelConfig | None, data: DataBundle, compressed: TrainResult,
+               metrics: dict[str, Any]) -> None:
+    """The finished run's files: model.pt (a zoo model: weights and architecture) or weights.pt (a user's
+    model: its state_dict), the files its methods export (a channel plan, ...), metrics.json and the report."""
+    if arch is not None:
+        save_model(compressed.model, out_dir / "model.pt", arch, data.in_channels, data.num_classes,
+                   data.input_size, compressed.modifiers)
+    else:
+        atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
+    save_artifacts(compressed.modifiers, out_dir)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    Report(metrics).write(out_dir)
+
+
+def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = False,
+               model: nn.Module | None = None, data: DataBundle | None = None, progress: bool = True,
+               callbacks: tuple[EpochCallback, ...] = (), objective: Objective | None = None) -> Run:
+    """Run `recipe`. `model`, `data` and `objective` replace the recipe's model, data and objective
+    sections when given."""
+    info = distributed.current()
+    objective = _runnable_objective(recipe, objective)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    env = environment(recipe.seed)
+    if out_dir is not None and info.is_main:
+        _prepare_out_dir(out_dir, recipe, resume, env)
+    torch.manual_seed(recipe.seed)
+    data = data if data is not None else load_data(recipe.data)
+    # a user's own model (given, or built by an import path) has no zoo architecture to save with it
+    arch = recipe.model if model is None and recipe.model is not None and recipe.model.name else None
+    example = data.input_shape if data.images is not None else data.example(objective.target_key)
+    model, model_label = _starting_model(recipe, model, data, example)
+    modifiers = _checked_modifiers(recipe, model, example, data, objective)
+    split = _evaluated_split(data)
+    dense, compressed = _train_phases(recipe, model, modifiers, data, objective, out_dir, resume=resume,
+                                      progress=progress, callbacks=callbacks)
+    models = _measured_phases({"dense": dense, "compressed": compressed}, data, split, example, recipe, objective,
+                              info.is_main)
+    m = recipe.measure
     engine = _engine_comparison(dense.model, compressed.model, example, data, recipe, out_dir) if (
         m.engines and info.is_main) else None
     hardware = _hardware_costs(dense.model, compressed.model, data, recipe) if (
@@ -304,12 +361,5 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
         **({"hardware": hardware} if hardware else {}),
     }
     if out_dir is not None and info.is_main:
-        if arch is not None:
-            save_model(compressed.model, out_dir / "model.pt", arch, data.in_channels, data.num_classes,
-                       data.input_size, compressed.modifiers)
-        else:
-            atomic_save({"format": WEIGHTS_FORMAT, "model": compressed.model.state_dict()}, out_dir / "weights.pt")
-        save_artifacts(compressed.modifiers, out_dir)  # what each method exports (a channel plan, ...) as JSON
-        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-        Report(metrics).write(out_dir)
+        _write_run(out_dir, arch, data, compressed, metrics)
     return Run(recipe, compressed.model, dense.model, metrics, out_dir)
