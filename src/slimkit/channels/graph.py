@@ -188,39 +188,46 @@ class _Walker:
             return
         inputs = [a for a in node.all_input_nodes if self.slots.get(a) is not None]
         inherited = next((self.live[a] for a in inputs if a in self.live), None)
-        target = node.target
         if node.op == "call_module":
-            module = self.traced.get_submodule(node.target)
-            if isinstance(module, nn.Linear) and str(node.target) not in self.graph.producers:
-                reason = None if module.bias is None else _where(node)
-            elif isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm1d | nn.BatchNorm2d):
-                reason = None  # removed rows, bias, gamma and beta are all zeroed
-            elif isinstance(module, (nn.Sigmoid, nn.Hardsigmoid, *DIM_MODULES)):
-                reason = _where(node)
-            else:
-                reason = inherited
-        elif target in ZERO_TO_NONZERO or target in NORMALIZE_ALONG:
-            reason = _where(node)
-        elif target in ("clamp", "clamp_"):
-            low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
-            high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
-            reason = _where(node) if (low is not None and low > 0) or (high is not None and high < 0) else inherited
-        elif target in MULTIPLY:
-            clean = [a for a in inputs if a not in self.live]
-            reason = None if clean else inherited
-        elif target in DIVIDE:
-            first = node.args[0]
-            reason = self.live.get(first) if isinstance(first, Node) else inherited
-        elif target in JOIN_FUNCTIONS or target in JOIN_METHODS:  # additions: every term must be zero
-            constants = [a for a in node.args if not isinstance(a, Node) or self.slots.get(a) is None]
-            reason = _where(node) if any(c != 0 for c in constants if isinstance(c, int | float)) or any(
-                isinstance(c, Node) for c in constants) else inherited
-        elif target is F.pad and node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0) not in (0, None):
-            reason = _where(node)
+            reason = self.module_liveness(node, inherited)
         else:
-            reason = inherited
+            reason = self.function_liveness(node, inputs, inherited)
         if reason is not None:
             self.live[node] = reason
+
+    def module_liveness(self, node: Node, inherited: str | None) -> str | None:
+        """Where removed channels became non-zero, after a module: None when it zeroes them again."""
+        module = self.traced.get_submodule(node.target)
+        if isinstance(module, nn.Linear) and str(node.target) not in self.graph.producers:
+            return None if module.bias is None else _where(node)
+        if isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm1d | nn.BatchNorm2d):
+            return None  # removed rows, bias, gamma and beta are all zeroed
+        if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid, *DIM_MODULES)):
+            return _where(node)
+        return inherited
+
+    def function_liveness(self, node: Node, inputs: list[Node], inherited: str | None) -> str | None:
+        """Where removed channels became non-zero, after a function or method call."""
+        target = node.target
+        if target in ZERO_TO_NONZERO or target in NORMALIZE_ALONG:
+            return _where(node)
+        if target in ("clamp", "clamp_"):
+            low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+            high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
+            return _where(node) if (low is not None and low > 0) or (high is not None and high < 0) else inherited
+        if target in MULTIPLY:
+            clean = [a for a in inputs if a not in self.live]
+            return None if clean else inherited
+        if target in DIVIDE:
+            first = node.args[0]
+            return self.live.get(first) if isinstance(first, Node) else inherited
+        if target in JOIN_FUNCTIONS or target in JOIN_METHODS:  # additions: every term must be zero
+            constants = [a for a in node.args if not isinstance(a, Node) or self.slots.get(a) is None]
+            return _where(node) if any(c != 0 for c in constants if isinstance(c, int | float)) or any(
+                isinstance(c, Node) for c in constants) else inherited
+        if target is F.pad and node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0) not in (0, None):
+            return _where(node)
+        return inherited
 
     def slot(self, arg: object) -> list[int] | None:
         return self.slots.get(arg) if isinstance(arg, Node) else None
@@ -342,7 +349,6 @@ class _Walker:
 
     def function(self, node: Node, shape: tuple[int, ...] | None) -> list[int] | None:
         target = node.target
-        args = [a for a in node.args if isinstance(a, Node)]
         first = self.slot(node.args[0]) if node.args else None
         if target in REDUCE:
             kept = self.reduction(node, first)
@@ -353,21 +359,33 @@ class _Walker:
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
             return self.along(node, dim, first, len(_shape(node.args[0]) or ()))
         if target in JOIN_FUNCTIONS or target in JOIN_METHODS:
-            ranks = {len(_shape(a) or ()) for a in args if self.slot(a) is not None}
-            if ranks - {len(shape)}:
-                raise UnsupportedOpError(f"cannot prune through {_where(node)}: an operand of another rank "
-                                         f"broadcasts across the channel dimension")
-            operands = [s for s in (self.slot(a) for a in args) if s is not None and len(s) == shape[1]]
-            for other in operands[1:]:
-                self.graph.join(operands[0], other)
-            if operands:
-                return operands[0]
-            raise UnsupportedOpError(f"cannot prune through {_where(node)}: no operand carries its channels")
+            return self.join(node, shape)
         passes = target in PASS_FUNCTIONS or target in PASS_METHODS
         if passes and first is not None and len(first) == shape[1]:
             return first
         if target in RESHAPES:
             return self.flatten(node, first, shape)
+        return self.selection(node, first, shape)
+
+    def join(self, node: Node, shape: tuple[int, ...]) -> list[int]:
+        """An element-wise op of several tensors (+, *, ...): operands' channels are joined position by
+        position."""
+        args = [a for a in node.args if isinstance(a, Node)]
+        ranks = {len(_shape(a) or ()) for a in args if self.slot(a) is not None}
+        if ranks - {len(shape)}:
+            raise UnsupportedOpError(f"cannot prune through {_where(node)}: an operand of another rank "
+                                     f"broadcasts across the channel dimension")
+        operands = [s for s in (self.slot(a) for a in args) if s is not None and len(s) == shape[1]]
+        for other in operands[1:]:
+            self.graph.join(operands[0], other)
+        if operands:
+            return operands[0]
+        raise UnsupportedOpError(f"cannot prune through {_where(node)}: no operand carries its channels")
+
+    def selection(self, node: Node, first: list[int] | None, shape: tuple[int, ...]) -> list[int]:
+        """Ops that select or pad along dimensions: concatenation over the channels, indexing and padding
+        after them; anything else is an op the walk does not understand."""
+        target = node.target
         if target is torch.cat or target == "cat":
             tensors, dim = node.args[0], node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
             parts = [self.slot(t) for t in tensors]
@@ -379,4 +397,3 @@ class _Walker:
             return first  # spatial padding only
         raise UnsupportedOpError(f"cannot prune through {_where(node)}: slimkit does not know how this op "
                                  f"moves channels")
-
