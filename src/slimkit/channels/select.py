@@ -9,6 +9,7 @@ requested ratio is met whenever the guard allows. Ties break by component id (mo
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Literal
 
 from slimkit.channels.graph import ChannelGraph
@@ -35,45 +36,61 @@ def _layers_of(graph: ChannelGraph) -> tuple[dict[int, Counter], Counter]:
     return per_component, totals
 
 
+@dataclass
+class _Removal:
+    """A removal in progress: the candidates' scores, how many outputs of each layer every component holds,
+    each layer's outputs still kept, and the roots removed so far."""
+
+    candidates: dict[int, float]
+    per_component: dict[int, Counter]
+    kept: Counter
+    min_channels: int
+    removed: set[int] = field(default_factory=set)
+
+    def can_remove(self, root: int) -> bool:
+        return all(self.kept[layer] - count >= self.min_channels
+                   for layer, count in self.per_component.get(root, {}).items())
+
+    def remove_lowest(self, pool: list[int], quota: int) -> None:
+        """Remove up to `quota` of `pool`, lowest score first, skipping any the per-layer minimum forbids."""
+        taken = 0
+        for root in sorted(pool, key=lambda r: (self.candidates[r], r)):
+            if taken == quota:
+                break
+            if self.can_remove(root):
+                self.removed.add(root)
+                taken += 1
+                for layer, count in self.per_component.get(root, {}).items():
+                    self.kept[layer] -= count
+
+    def round_kept(self, round_to: int) -> None:
+        """Put back each layer's highest-scoring removed components until its kept outputs are a multiple of
+        `round_to`, or none of its components is left to put back."""
+        for layer in list(self.kept):
+            while self.kept[layer] % round_to:
+                back = [r for r in self.removed if layer in self.per_component.get(r, {})]
+                if not back:
+                    break
+                root = max(back, key=lambda r: (self.candidates[r], -r))
+                self.removed.discard(root)
+                for other, count in self.per_component[root].items():
+                    self.kept[other] += count
+
+
 def select_removed(graph: ChannelGraph, scores: dict[int, float], ratio: float,
                    scope: Literal["global", "layer"] = "global", min_channels: int = 1,
                    round_to: int = 1) -> set[int]:
     """Roots of the components to remove."""
-    candidates = component_scores(graph, scores)
-    per_component, kept = _layers_of(graph)
-    removed: set[int] = set()
-
-    def can_remove(root: int) -> bool:
-        return all(kept[layer] - count >= min_channels for layer, count in per_component.get(root, {}).items())
-
-    def remove_lowest(pool: list[int], quota: int) -> None:
-        taken = 0
-        for root in sorted(pool, key=lambda r: (candidates[r], r)):
-            if taken == quota:
-                break
-            if can_remove(root):
-                removed.add(root)
-                taken += 1
-                for layer, count in per_component.get(root, {}).items():
-                    kept[layer] -= count
-
+    removal = _Removal(component_scores(graph, scores), *_layers_of(graph), min_channels)
+    candidates = removal.candidates
     if scope == "global":
-        remove_lowest(list(candidates), len(candidates) - int(len(candidates) * (1 - ratio)))
-    else:
+        removal.remove_lowest(list(candidates), len(candidates) - int(len(candidates) * (1 - ratio)))
+    else:  # per layer: each family of components spanning the same layers loses its own share
         families: dict[frozenset, list[int]] = {}
         for root in candidates:
-            families.setdefault(frozenset(per_component.get(root, {})), []).append(root)
+            families.setdefault(frozenset(removal.per_component.get(root, {})), []).append(root)
         for pool in families.values():
-            remove_lowest(pool, len(pool) - int(len(pool) * (1 - ratio)))
+            removal.remove_lowest(pool, len(pool) - int(len(pool) * (1 - ratio)))
     if round_to > 1:
-        for layer in list(kept):
-            while kept[layer] % round_to:
-                back = [r for r in removed if layer in per_component.get(r, {})]
-                if not back:
-                    break
-                root = max(back, key=lambda r: (candidates[r], -r))
-                removed.discard(root)
-                for other, count in per_component[root].items():
-                    kept[other] += count
-    return removed
-
+        removal.round_kept(round_to)
+    return removal.removed
