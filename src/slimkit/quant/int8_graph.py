@@ -156,54 +156,65 @@ def _fold_batchnorms(graph_module: GraphModule, modules: dict[str, nn.Module], l
         graph_module.add_submodule(node.target, fold_batchnorm(modules[node.target], bn))
 
 
-def _insert_quantizers(graph_module: GraphModule, modules: dict[str, nn.Module], layers: set[Node]) -> None:
-    """Quantize every value an integer op produces or reads, once (see the module docstring)."""
-    graph = graph_module.graph
+class _QuantizerPlacement:
+    """Where the integer graph's quantizers go: after every value an integer op produces or reads, once (see
+    the module docstring). Data-movement ops keep their input's grid; a ReLU after an integer op is quantized
+    instead of the op."""
 
-    def keeps_grid(node: Node) -> bool:
-        return _is(node, modules, GRID_KEEPING_MODULES, GRID_KEEPING_FUNCTIONS, GRID_KEEPING_METHODS)
+    def __init__(self, graph_module: GraphModule, modules: dict[str, nn.Module], layers: set[Node]):
+        self.graph_module, self.modules, self.layers = graph_module, modules, layers
+        self.quantizer_of: dict[Node, str] = {}  # value -> the quantizer its integers are on
 
-    def integer_op(node: Node) -> bool:
-        return node in layers or _is(node, modules, INTEGER_MODULES, INTEGER_FUNCTIONS)
+    def keeps_grid(self, node: Node) -> bool:
+        return _is(node, self.modules, GRID_KEEPING_MODULES, GRID_KEEPING_FUNCTIONS, GRID_KEEPING_METHODS)
 
-    def is_relu(node: Node) -> bool:
-        return _is(node, modules, RELU_MODULES, RELU_FUNCTIONS)
+    def integer_op(self, node: Node) -> bool:
+        return node in self.layers or _is(node, self.modules, INTEGER_MODULES, INTEGER_FUNCTIONS)
 
-    def readers(node: Node) -> list[Node]:
+    def is_relu(self, node: Node) -> bool:
+        return _is(node, self.modules, RELU_MODULES, RELU_FUNCTIONS)
+
+    def readers(self, node: Node) -> list[Node]:
         """Who reads `node`, looking through data-movement ops."""
         found = []
         for user in node.users:
-            found += readers(user) if keeps_grid(user) and user.args and user.args[0] is node else [user]
+            found += self.readers(user) if self.keeps_grid(user) and user.args and user.args[0] is node else [user]
         return found
 
-    quantizer_of: dict[Node, str] = {}  # value -> the quantizer its integers are on
-
-    def quantize_after(node: Node, name: str) -> None:
+    def quantize_after(self, node: Node, name: str) -> None:
+        graph = self.graph_module.graph
         with graph.inserting_after(node):
             q = graph.call_module(name, (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
-        quantizer_of[node] = quantizer_of[q] = name
+        self.quantizer_of[node] = self.quantizer_of[q] = name
 
-    for node in list(graph.nodes):
-        if node.op == "output":
-            continue
-        if keeps_grid(node) and node.args and node.args[0] in quantizer_of:
-            if _is(node, modules, (nn.Identity,)):
-                quantizer_of[node] = quantizer_of[node.args[0]]
+    def place(self, node: Node) -> None:
+        """Quantize `node`'s value if an integer op produces or reads it and it is not on a grid already."""
+        if self.keeps_grid(node) and node.args and node.args[0] in self.quantizer_of:
+            if _is(node, self.modules, (nn.Identity,)):
+                self.quantizer_of[node] = self.quantizer_of[node.args[0]]
             else:  # the same grid: quantizing again is exact, and lets onnxruntime run the op on int8
-                quantize_after(node, quantizer_of[node.args[0]])
-            continue
-        if integer_op(node) and len(node.users) == 1 and is_relu(next(iter(node.users))):
-            continue  # quantized after the ReLU instead
-        reading = readers(node)
-        layer = next((r for r in reading if r in layers), None)
-        produced = integer_op(node) or (is_relu(node) and integer_op(node.args[0]))
-        if not (produced or layer is not None or any(integer_op(r) for r in reading)):
-            continue
+                self.quantize_after(node, self.quantizer_of[node.args[0]])
+            return
+        if self.integer_op(node) and len(node.users) == 1 and self.is_relu(next(iter(node.users))):
+            return  # quantized after the ReLU instead
+        reading = self.readers(node)
+        layer = next((r for r in reading if r in self.layers), None)
+        produced = self.integer_op(node) or (self.is_relu(node) and self.integer_op(node.args[0]))
+        if not (produced or layer is not None or any(self.integer_op(r) for r in reading)):
+            return
         name = f"int8_in_{node.name}"
-        quantizer = _Recorder() if layer is None else copy.deepcopy(modules[layer.target].input_quantizer)
-        graph_module.add_submodule(name, quantizer)
-        quantize_after(node, name)
+        quantizer = _Recorder() if layer is None else copy.deepcopy(self.modules[layer.target].input_quantizer)
+        self.graph_module.add_submodule(name, quantizer)
+        self.quantize_after(node, name)
+
+
+def _insert_quantizers(graph_module: GraphModule, modules: dict[str, nn.Module], layers: set[Node]) -> None:
+    """Quantize every value an integer op produces or reads, once (see the module docstring)."""
+    placement = _QuantizerPlacement(graph_module, modules, layers)
+    for node in list(graph_module.graph.nodes):
+        if node.op != "output":
+            placement.place(node)
 
 
 @torch.no_grad()
