@@ -43,6 +43,88 @@ def _ratio(before: float, after: float) -> str:
     return f"{before / after:.2f}x" if after else "n/a"
 
 
+def _systolic_markdown(systolic: dict[str, Any]) -> list[str]:
+    """The systolic array target: its configuration, the models' totals and the per-layer table."""
+    c = systolic["config"]
+    lines = [f"### Systolic array: {c['rows']}x{c['cols']} PEs, {c['dataflow'].replace('_', ' ')}", "",
+             f"{c['weight_bits']}-bit weights, {c['activation_bits']}-bit activations, buffers "
+             f"{c['input_buffer_kib']:g}/{c['weight_buffer_kib']:g}/{c['output_buffer_kib']:g} KiB (input/"
+             f"weight/output), {c['dram_bytes_per_cycle']:g} B/cycle DRAM, batch {c['batch']}; zero weights "
+             f"{'skipped' if c['skip_zero_weights'] else 'computed'}, zero activations "
+             f"{'skipped (measured on calibration batches)' if c['activation_sparsity'] else 'computed'}. "
+             f"Reference: {systolic['reference']}.", "",
+             "| model | cycles | vs dense | weight stalls | activation stalls | PE utilisation | DRAM | "
+             "vs dense |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = systolic["dense"]["totals"]
+    labels = {"dense": "dense", "compressed": "compressed",
+              "compressed_rearranged": "compressed, channels rearranged"}
+    for key, label in labels.items():
+        if key in systolic:
+            t = systolic[key]["totals"]
+            lines.append(f"| {label} | {t['cycles']:,} | {_ratio(base['cycles'], t['cycles'])} fewer | "
+                         f"{t['weight_stall_cycles']:,.0f} | {t['activation_stall_cycles']:,.0f} | "
+                         f"{_pct(t['utilization'])} | {_size(t['dram_bytes'])} | "
+                         f"{_ratio(base['dram_bytes'], t['dram_bytes'])} less |")
+    lines += ["", "| layer | dense cycles | compressed | rearranged | weight stalls | activation stalls | "
+                  "utilisation | DRAM dense | DRAM compressed | bound |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rearranged = systolic.get("compressed_rearranged", {}).get("layers")
+    for i, (d, k) in enumerate(zip(systolic["dense"]["layers"], systolic["compressed"]["layers"], strict=True)):
+        moved = f"{rearranged[i]['cycles']:,}" if rearranged else "-"
+        lines.append(f"| {k['name']} | {d['cycles']:,} | {k['cycles']:,} | {moved} | "
+                     f"{k['weight_stall_cycles']:,.0f} | {k['activation_stall_cycles']:,.0f} | "
+                     f"{_pct(k['utilization'])} | {_size(d['dram_bytes'])} | {_size(k['dram_bytes'])} | "
+                     f"{k['bound']} |")
+    lines.append("")
+    return lines
+
+
+def _lut_markdown(lut: dict[str, Any]) -> list[str]:
+    """The LUT mapping target: per-layer fan-in, table sizes and LUT6 counts."""
+    lines = ["### LUT mapping (LUT6, LogicNets cost)", "",
+             "| layer | input bits | output bits | max fan-in | mean fan-in | address bits | LUT6s | feasible |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {c['name']} | {c['input_bits']} | {c['output_bits']} | {c['max_fan_in']} | "
+              f"{c['mean_fan_in']:.1f} | {c['max_address_bits']} | {c['luts']:.3g} | "
+              f"{'yes' if c['feasible'] else 'no'} |" for c in lut["layers"]]
+    lines += ["", f"Total: {lut['totals']['luts']:.3g} LUT6s; tables above 2^{lut['config']['max_table_bits']} "
+                  f"entries are infeasible.", ""]
+    return lines
+
+
+def _arithmetic_markdown(arithmetic: dict[str, Any]) -> list[str]:
+    """The arithmetic target: per-layer operations and energy, and the encoded alternatives where costed."""
+    lines = ["### Arithmetic (per sample)", "", f"Unit costs: {arithmetic['source']}.", "",
+             "| layer | form | max fan-in | adder tree depth | accumulator bits | operations | energy | "
+             "dense fp32 energy |", "|---|---|---:|---:|---:|---|---:|---:|"]
+    for c in arithmetic["layers"]:
+        ops = ", ".join(f"{k} {_count(v)}" for k, v in c["ops"].items())
+        lines.append(f"| {c['name']} | {c['form']} | {c['max_fan_in']} | {c['adder_tree_depth']} | "
+                     f"{c['accumulator_bits']} | {ops} | {_energy(c['energy_pj'])} | "
+                     f"{_energy(c['dense_float_energy_pj'])} |")
+    t = arithmetic["totals"]
+    lines += ["", f"Total: {_energy(t['energy_pj'])} per sample against {_energy(t['dense_float_energy_pj'])} "
+                  f"for the same layers as dense fp32 MACs ({_ratio(t['dense_float_energy_pj'], t['energy_pj'])} "
+                  f"less).", ""]
+    encoded = [c for c in arithmetic["layers"] if c.get("sign_magnitude") and c.get("csd")]
+    if encoded:
+        lines += ["Integer weights stored sign-magnitude (XOR + unsigned multiply of the magnitude bits) or "
+                  "CSD-encoded (a shift and an add per non-zero digit):", "",
+                  "| layer | as stored | sign-magnitude | magnitude bits | CSD | non-zero CSD digits |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {c['name']} | {_energy(c['energy_pj'])} | {_energy(c['sign_magnitude']['energy_pj'])} | "
+                  f"{c['sign_magnitude']['magnitude_bits']} | {_energy(c['csd']['energy_pj'])} | "
+                  f"{c['csd']['nonzero_digits']} |" for c in encoded]
+        lines += ["", f"Total with every such layer sign-magnitude: {_energy(t['sign_magnitude_energy_pj'])}; "
+                      f"CSD-encoded: {_energy(t['csd_energy_pj'])}.", ""]
+    return lines
+
+
+_HARDWARE_TARGETS = (("systolic", "Systolic array", _systolic_markdown), ("lut", "LUT mapping", _lut_markdown),
+                     ("arithmetic", "Arithmetic", _arithmetic_markdown))
+
+
 def hardware_markdown(section: dict[str, Any], plot: str | None = None) -> list[str]:
     """The hardware section (measure.hardware; slimkit.hardware): per-layer tables of each costed target,
     a target that could not cost the model with its reason."""
@@ -50,81 +132,12 @@ def hardware_markdown(section: dict[str, Any], plot: str | None = None) -> list[
              "Computed from the model by slimkit's analytical cost models (docs/hardware.md states their "
              "assumptions and formulas): estimates of what the compressed forms buy on their target hardware, "
              "not measurements.", ""]
-    systolic = section.get("systolic")
-    if systolic is not None and "error" in systolic:
-        lines += [f"Systolic array: could not cost this model: {systolic['error']}", ""]
-    elif systolic is not None:
-        c = systolic["config"]
-        lines += [f"### Systolic array: {c['rows']}x{c['cols']} PEs, {c['dataflow'].replace('_', ' ')}", "",
-                  f"{c['weight_bits']}-bit weights, {c['activation_bits']}-bit activations, buffers "
-                  f"{c['input_buffer_kib']:g}/{c['weight_buffer_kib']:g}/{c['output_buffer_kib']:g} KiB (input/"
-                  f"weight/output), {c['dram_bytes_per_cycle']:g} B/cycle DRAM, batch {c['batch']}; zero weights "
-                  f"{'skipped' if c['skip_zero_weights'] else 'computed'}, zero activations "
-                  f"{'skipped (measured on calibration batches)' if c['activation_sparsity'] else 'computed'}. "
-                  f"Reference: {systolic['reference']}.", "",
-                  "| model | cycles | vs dense | weight stalls | activation stalls | PE utilisation | DRAM | "
-                  "vs dense |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        base = systolic["dense"]["totals"]
-        labels = {"dense": "dense", "compressed": "compressed",
-                  "compressed_rearranged": "compressed, channels rearranged"}
-        for key, label in labels.items():
-            if key in systolic:
-                t = systolic[key]["totals"]
-                lines.append(f"| {label} | {t['cycles']:,} | {_ratio(base['cycles'], t['cycles'])} fewer | "
-                             f"{t['weight_stall_cycles']:,.0f} | {t['activation_stall_cycles']:,.0f} | "
-                             f"{_pct(t['utilization'])} | {_size(t['dram_bytes'])} | "
-                             f"{_ratio(base['dram_bytes'], t['dram_bytes'])} less |")
-        lines += ["", "| layer | dense cycles | compressed | rearranged | weight stalls | activation stalls | "
-                      "utilisation | DRAM dense | DRAM compressed | bound |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        rearranged = systolic.get("compressed_rearranged", {}).get("layers")
-        for i, (d, k) in enumerate(zip(systolic["dense"]["layers"], systolic["compressed"]["layers"], strict=True)):
-            moved = f"{rearranged[i]['cycles']:,}" if rearranged else "-"
-            lines.append(f"| {k['name']} | {d['cycles']:,} | {k['cycles']:,} | {moved} | "
-                         f"{k['weight_stall_cycles']:,.0f} | {k['activation_stall_cycles']:,.0f} | "
-                         f"{_pct(k['utilization'])} | {_size(d['dram_bytes'])} | {_size(k['dram_bytes'])} | "
-                         f"{k['bound']} |")
-        lines.append("")
-    lut = section.get("lut")
-    if lut is not None and "error" in lut:
-        lines += [f"LUT mapping: could not cost this model: {lut['error']}", ""]
-    elif lut is not None:
-        lines += ["### LUT mapping (LUT6, LogicNets cost)", "",
-                  "| layer | input bits | output bits | max fan-in | mean fan-in | address bits | LUT6s | feasible |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
-        lines += [f"| {c['name']} | {c['input_bits']} | {c['output_bits']} | {c['max_fan_in']} | "
-                  f"{c['mean_fan_in']:.1f} | {c['max_address_bits']} | {c['luts']:.3g} | "
-                  f"{'yes' if c['feasible'] else 'no'} |" for c in lut["layers"]]
-        lines += ["", f"Total: {lut['totals']['luts']:.3g} LUT6s; tables above 2^{lut['config']['max_table_bits']} "
-                      f"entries are infeasible.", ""]
-    arithmetic = section.get("arithmetic")
-    if arithmetic is not None and "error" in arithmetic:
-        lines += [f"Arithmetic: could not cost this model: {arithmetic['error']}", ""]
-    elif arithmetic is not None:
-        lines += ["### Arithmetic (per sample)", "", f"Unit costs: {arithmetic['source']}.", "",
-                  "| layer | form | max fan-in | adder tree depth | accumulator bits | operations | energy | "
-                  "dense fp32 energy |", "|---|---|---:|---:|---:|---|---:|---:|"]
-        for c in arithmetic["layers"]:
-            ops = ", ".join(f"{k} {_count(v)}" for k, v in c["ops"].items())
-            lines.append(f"| {c['name']} | {c['form']} | {c['max_fan_in']} | {c['adder_tree_depth']} | "
-                         f"{c['accumulator_bits']} | {ops} | {_energy(c['energy_pj'])} | "
-                         f"{_energy(c['dense_float_energy_pj'])} |")
-        t = arithmetic["totals"]
-        lines += ["", f"Total: {_energy(t['energy_pj'])} per sample against {_energy(t['dense_float_energy_pj'])} "
-                      f"for the same layers as dense fp32 MACs ({_ratio(t['dense_float_energy_pj'], t['energy_pj'])} "
-                      f"less).", ""]
-        encoded = [c for c in arithmetic["layers"] if c.get("sign_magnitude") and c.get("csd")]
-        if encoded:
-            lines += ["Integer weights stored sign-magnitude (XOR + unsigned multiply of the magnitude bits) or "
-                      "CSD-encoded (a shift and an add per non-zero digit):", "",
-                      "| layer | as stored | sign-magnitude | magnitude bits | CSD | non-zero CSD digits |",
-                      "|---|---:|---:|---:|---:|---:|"]
-            lines += [f"| {c['name']} | {_energy(c['energy_pj'])} | {_energy(c['sign_magnitude']['energy_pj'])} | "
-                      f"{c['sign_magnitude']['magnitude_bits']} | {_energy(c['csd']['energy_pj'])} | "
-                      f"{c['csd']['nonzero_digits']} |" for c in encoded]
-            lines += ["", f"Total with every such layer sign-magnitude: {_energy(t['sign_magnitude_energy_pj'])}; "
-                          f"CSD-encoded: {_energy(t['csd_energy_pj'])}.", ""]
+    for key, title, markdown in _HARDWARE_TARGETS:
+        target = section.get(key)
+        if target is not None and "error" in target:
+            lines += [f"{title}: could not cost this model: {target['error']}", ""]
+        elif target is not None:
+            lines += markdown(target)
     if plot:
         lines += [f"![hardware cost against dense]({plot})", ""]
     return lines
