@@ -20,7 +20,7 @@ from slimkit.errors import CheckpointError, SlimkitError
 from slimkit.models import ModelConfig
 from slimkit.persistence import save_model
 from slimkit.recipe import Recipe
-from slimkit.runtime.deploy import DEPLOYED_FORMAT
+from slimkit.runtime.eager.deploy import DEPLOYED_FORMAT
 from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, safe_load
 
 

@@ -26,7 +26,7 @@ from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
-from slimkit.runtime.deploy import deploy
+from slimkit.runtime.eager.deploy import deploy
 from slimkit.runtime.engine_ops import (
     export_folder,
     export_openvino,

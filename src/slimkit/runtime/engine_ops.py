@@ -325,7 +325,7 @@ class EngineSparseConv2d(EngineConv):
 
     def __init__(self, layer: nn.Conv2d):
         super().__init__()
-        from slimkit.runtime.sparse_kernels import conv_by_output
+        from slimkit.runtime.layouts import conv_by_output
 
         self.stride, self.pad = _square(layer, "sparse conv")
         weight = layer.weight.detach().float()

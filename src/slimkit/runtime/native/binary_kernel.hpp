@@ -1,5 +1,5 @@
 // Bit-packed binary convolution, exact for the training graph's sign(0) = 0 and zero padding.
-// The same algorithm as slimkit/runtime/binary_kernels.py (see its docstring): activations are packed
+// The same algorithm as slimkit/runtime/eager/binary_kernels.py (see its docstring): activations are packed
 // along channels into two planes, N (non-zero) and P (positive), stored [row, word, column] per image;
 // weights are the positive-bit plane [kh, word, out]; one window sums to
 //     popcount(N) - 2 popcount(N & (P xor Wp)).
