@@ -27,14 +27,10 @@ from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.eager.deploy import deploy
-from slimkit.runtime.engine_ops import (
-    export_folder,
-    export_openvino,
-    openvino_core,
-    profile_openvino,
-    runs_slimkit_operators,
-)
-from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
+from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
+from slimkit.runtime.engine.export import export_folder, export_openvino, openvino_core
+from slimkit.runtime.engine.form import runs_slimkit_operators
+from slimkit.runtime.engine.profile import profile_openvino
 
 
 class _Opaque(nn.Module):

@@ -49,7 +49,7 @@ def shared_core() -> Any:
 
 class OpenVinoModel(_Engine):
     """An OpenVINO CPU model compiled for one input shape with a fixed thread count and latency hint; pass
-    `core` (runtime.engine_ops.openvino_core()) for a model that holds slimkit's operators."""
+    `core` (engine.export.openvino_core()) for a model that holds slimkit's operators."""
 
     def __init__(self, path: Path, shape: Sequence[int], threads: int, core: Any = None):
         core = core or shared_core()

@@ -1,7 +1,7 @@
-"""Builds and finds slimkit's OpenVINO operator library (runtime/native/*.cpp), compiled by g++ against the
+"""Builds and finds slimkit's OpenVINO operator library (the C++ in engine/cpp), compiled by g++ against the
 headers and libraries the `openvino` wheel ships.
 
-The set-up script builds it (`python -m slimkit.runtime.native`); nothing is compiled on import. The kernels
+The set-up script builds it (`python -m slimkit.runtime.engine.build`); nothing is compiled on import. The kernels
 are compiled once per instruction set (AVX-512 with VL, VPOPCNTDQ and VNNI; AVX2; portable) and the library picks one
 from the CPU at run time, so one build serves every x86-64 machine; its file name carries a digest of the
 sources, the compiler and the OpenVINO version, so a changed source or engine never loads a stale build.
@@ -20,7 +20,7 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-SOURCES = Path(__file__).with_name("native")
+SOURCES = Path(__file__).with_name("cpp")
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off"]  # no FMA contraction: outputs stay bit-exact
 OPENVINO_DEFINES = ["-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-D_GLIBCXX_USE_CXX11_ABI=1"]  # as the wheel's CMake sets
 ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx512vnni", "-mfma"],
@@ -118,7 +118,7 @@ def require_library() -> Path:
     if not path.exists():
         raise SlimkitError(f"slimkit's OpenVINO operators are not built for this installation ({path}); "
                            f"run `make test`/`make demo` (the set-up builds them) or `{sys.executable} -m "
-                           "slimkit.runtime.native`")
+                           "slimkit.runtime.engine.build`")
     return path
 
 
