@@ -1,6 +1,7 @@
 """slimkit's operators inside OpenVINO: the exported artifact against the training graph, every instruction
 set the CPU has, epilogue fusion, and loading with plain OpenVINO."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -312,6 +313,19 @@ def test_library_name_carries_a_digest_of_sources_compiler_and_engine():
     path = build.library_path()
     assert path.exists() and path.name.startswith("libslimkit_openvino-")
     assert build.build() == path  # already built: nothing recompiled, same file
+
+
+def test_the_old_engine_ops_path_still_gives_every_public_name_and_warns_where_it_moved(monkeypatch):
+    from slimkit.runtime.engine import export, form, profile
+
+    monkeypatch.delitem(sys.modules, "slimkit.runtime.engine_ops", raising=False)  # the warning comes on import
+    with pytest.warns(DeprecationWarning, match=r"slimkit\.runtime\.engine\.export"):
+        old = importlib.import_module("slimkit.runtime.engine_ops")
+    moved = {"engine_form": form, "runs_slimkit_operators": form, "export_openvino": export, "export_folder": export,
+             "openvino_core": export, "node_times": profile, "profile_openvino": profile}
+    assert sorted(old.__all__) == sorted(moved)
+    for name, module in moved.items():
+        assert getattr(old, name) is getattr(module, name), name
 
 
 def test_build_refuses_kernels_whose_code_the_linker_would_share_across_instruction_sets(tmp_path):
