@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/setup-env.sh
 	bash scripts/setup-env.sh $(VENV)
 	touch $@
 
-$(NATIVE): $(STAMP) $(wildcard src/slimkit/runtime/engine/cpp/*)
+$(NATIVE): $(STAMP) $(wildcard src/slimkit/runtime/engine/cpp/* src/slimkit/runtime/engine/cpp/kernels/*)
 	$(VENV)/bin/python -m slimkit.runtime.engine.build
 	touch $@
 

@@ -2,9 +2,11 @@
 headers and libraries the `openvino` wheel ships.
 
 The set-up script builds it (`python -m slimkit.runtime.engine.build`); nothing is compiled on import. The kernels
-are compiled once per instruction set (AVX-512 with VL, VPOPCNTDQ and VNNI; AVX2; portable) and the library picks one
-from the CPU at run time, so one build serves every x86-64 machine; its file name carries a digest of the
-sources, the compiler and the OpenVINO version, so a changed source or engine never loads a stale build.
+(cpp/kernels) are compiled once per instruction set (AVX-512 with VL, VPOPCNTDQ and VNNI; AVX2; portable), the
+operators (one file each), the dispatch between those builds and the extension's entry point (cpp/*.cpp) once;
+the library picks a kernel build from the CPU at run time, so one build serves every x86-64 machine. The file
+name carries a digest of every source, the flags, the compiler and the OpenVINO version, so a changed source,
+flag or engine never loads a stale build.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-SOURCES = Path(__file__).with_name("cpp")
+SOURCES = Path(__file__).with_name("cpp")  # the operators, the dispatch and the entry point: compiled once
+KERNELS = SOURCES / "kernels"  # kernels_<isa>.cpp and the kernel headers they include: compiled once per ISA
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off"]  # no FMA contraction: outputs stay bit-exact
 OPENVINO_DEFINES = ["-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-D_GLIBCXX_USE_CXX11_ABI=1"]  # as the wheel's CMake sets
 ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx512vnni", "-mfma"],
@@ -54,8 +57,8 @@ def library_path() -> Path:
     import openvino
 
     digest = hashlib.sha256()
-    for source in sorted(SOURCES.glob("*.[ch]pp")):
-        digest.update(source.name.encode() + source.read_bytes())
+    for source in sorted(SOURCES.rglob("*.[ch]pp")):
+        digest.update(source.relative_to(SOURCES).as_posix().encode() + source.read_bytes())
     version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, check=True).stdout
     settings = repr((FLAGS, OPENVINO_DEFINES, ISA_FLAGS))
     digest.update(version.encode() + openvino.__version__.encode() + settings.encode())
@@ -75,11 +78,12 @@ def build(force: bool = False) -> Path:
         objects = []
         for isa, flags in ISA_FLAGS.items():
             objects.append(Path(tmp) / f"kernels_{isa}.o")
-            _run([compiler, *FLAGS, *flags, "-c", str(SOURCES / f"kernels_{isa}.cpp"), "-o", str(objects[-1])])
+            _run([compiler, *FLAGS, *flags, "-c", str(KERNELS / f"kernels_{isa}.cpp"), "-o", str(objects[-1])])
             _refuse_shared_code(objects[-1], isa)
-        objects.append(Path(tmp) / "openvino_ops.o")
-        _run([compiler, *FLAGS, *OPENVINO_DEFINES, f"-I{ov_dir / 'include'}", "-c",
-              str(SOURCES / "openvino_ops.cpp"), "-o", str(objects[-1])])
+        for source in sorted(SOURCES.glob("*.cpp")):
+            objects.append(Path(tmp) / f"{source.stem}.o")
+            _run([compiler, *FLAGS, *OPENVINO_DEFINES, f"-I{ov_dir / 'include'}", "-c", str(source),
+                  "-o", str(objects[-1])])
         built = Path(tmp) / target.name
         _run([compiler, "-shared", "-o", str(built), *map(str, objects),
               *(str(_runtime_library(ov_dir, lib)) for lib in ("libopenvino", "libopenvino_onnx_frontend", "libtbb")),

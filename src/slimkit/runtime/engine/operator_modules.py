@@ -20,10 +20,10 @@ from slimkit.quant.int8_graph import FoldedLayer
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime.engine.operators import (
     DOMAIN,
-    BinaryConvFunction,
+    BinaryConv2dFunction,
     Grid,
-    QuantSparseConvFunction,
-    SparseConvFunction,
+    QuantSparseConv2dFunction,
+    SparseConv2dFunction,
     SparseLinearFunction,
 )
 from slimkit.runtime.layouts import GROUP, conv_by_output, linear_by_output_row
@@ -109,7 +109,7 @@ class EngineBinaryConv2d(EngineConv):
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         x = x if self.linked else self.input_binarizer.normalized(x)
-        return BinaryConvFunction.apply(x, self.signs, self.scale, self.shift, self.stride, self.pad,
+        return BinaryConv2dFunction.apply(x, self.signs, self.scale, self.shift, self.stride, self.pad,
                                          self.input_binarizer.zero, self.bounds, self.pack, self.linked, *residual)
 
 
@@ -141,7 +141,7 @@ class EngineSparseConv2d(EngineConv):
         self.shift = (self.shift.double() * k + c).float()
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
-        return SparseConvFunction.apply(x, self.value, self.channel, self.tap, self.ptr, self.shift, self.shape,
+        return SparseConv2dFunction.apply(x, self.value, self.channel, self.tap, self.ptr, self.shift, self.shape,
                                          self.stride, self.pad, self.bounds, *residual)
 
 
@@ -221,7 +221,7 @@ class EngineQuantSparseConv2d(EngineConv):
         if self.grids[0] is None:
             raise SlimkitError("a quantized sparse conv's input has no per-tensor 8-bit quantizer to fuse")
         scale = (self.weight_step * self.grids[0][0]).float()
-        return QuantSparseConvFunction.apply(x, self.weight, self.group, self.tap, self.ptr, scale, self.bias,
+        return QuantSparseConv2dFunction.apply(x, self.weight, self.group, self.tap, self.ptr, scale, self.bias,
                                               self.shape, self.stride, self.pad, tuple(self.grids), self.bounds,
                                               self.link, self.linked, self.float_output, *residual)
 

@@ -80,7 +80,7 @@ def signs_from_bits(bits: Tensor, channels: int) -> Tensor:
     return nonzero * (2 * positive - 1)
 
 
-class BinaryConvFunction(torch.autograd.Function):
+class BinaryConv2dFunction(torch.autograd.Function):
     """clamp(conv(sign(x), signs) * scale + shift (+ residual)) in torch; one slimkit::BinaryConv2d in ONNX.
     `pack` (a sign convention) adds the output's sign bits as a second output; `packed`: x is such bits."""
 
@@ -107,7 +107,7 @@ class BinaryConvFunction(torch.autograd.Function):
         return _typed_outputs(out, x, sizes, torch.int64 if pack_output else None)
 
 
-class SparseConvFunction(torch.autograd.Function):
+class SparseConv2dFunction(torch.autograd.Function):
     """clamp(conv(x, W) + shift (+ residual)) with W held as CSR; one slimkit::SparseConv2d in ONNX."""
 
     @staticmethod
@@ -143,7 +143,7 @@ def _grid_attributes(name: str, grid: Grid | None) -> dict[str, float]:
     return {f"{name}_step_f": float(step), f"{name}_low_f": float(low), f"{name}_high_f": float(high)}
 
 
-class QuantSparseConvFunction(torch.autograd.Function):
+class QuantSparseConv2dFunction(torch.autograd.Function):
     """post(clamp(pre(conv(Q_in(x), W) + bias) (+ residual))) for int8 W kept in blocks of 4 input channels;
     one slimkit::QuantSparseConv2d in ONNX."""
 
