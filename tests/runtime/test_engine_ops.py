@@ -328,6 +328,13 @@ def test_the_old_engine_ops_path_still_gives_every_public_name_and_warns_where_i
         assert getattr(old, name) is getattr(module, name), name
 
 
+def test_a_warning_in_slimkits_cpp_fails_the_build(tmp_path):
+    source = tmp_path / "operator.cpp"
+    source.write_text("int twice(int x, int unused) { int spare; return 2 * x; }\n")
+    with pytest.raises(SlimkitError, match=r"unused"):
+        build._run(["g++", *build.FLAGS, "-c", str(source), "-o", str(tmp_path / "operator.o")])
+
+
 def test_build_refuses_kernels_whose_code_the_linker_would_share_across_instruction_sets(tmp_path):
     # An out-of-line std::vector member in an AVX-512 object is a weak symbol: the linker may keep that copy for
     # the whole library, and an AVX2-only CPU then dies with SIGILL in a call from the AVX2 kernels.
