@@ -17,12 +17,12 @@ import json
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError, first_line
-from slimkit.files import atomic_write
+from slimkit.files import atomic_write, atomic_write_text
 from slimkit.quant.onnx_export import export_onnx
 from slimkit.runtime.engine.build import require_library
 from slimkit.runtime.engine.dense_engines import shared_core
@@ -64,8 +64,7 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
         except Exception as exc:  # the exporter's and OpenVINO's failures are many; each names its op
             raise SlimkitError(f"exporting to OpenVINO failed: {type(exc).__name__}: {first_line(exc)}") from None
         for source, target in ((staging.with_suffix(".bin"), path.with_suffix(".bin")), (staging, path)):
-            data = source.read_bytes()
-            atomic_write(target, lambda f, data=data: f.write(data))
+            _copy_atomically(source, target)
     finally:
         for leftover in (onnx_path, staging, staging.with_suffix(".bin")):
             leftover.unlink(missing_ok=True)
@@ -81,12 +80,21 @@ def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[in
 
     folder = Path(folder)
     info = export_openvino(model, folder / "model.xml", input_shape, calibration)
-    library = Path(info["library"]).read_bytes()
-    atomic_write(folder / LIBRARY_NAME, lambda f: f.write(library))
+    _copy_atomically(Path(info["library"]), folder / LIBRARY_NAME)
     manifest = {"model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME,
                 "input_shape": list(input_shape), "openvino": openvino.__version__,
                 "slimkit_layers": info["slimkit_layers"],
                 "load": ["core = openvino.Core()", f"core.add_extension('{LIBRARY_NAME}')",
                          "compiled = core.compile_model(core.read_model('model.xml'), 'CPU')"]}
-    atomic_write(folder / "engine.json", lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    atomic_write_text(folder / "engine.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """`source`'s bytes at `target`, written as slimkit.files.atomic_write does: no reader sees half a file."""
+    data = source.read_bytes()
+
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    atomic_write(target, write)

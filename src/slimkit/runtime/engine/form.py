@@ -107,15 +107,15 @@ def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Itera
     if not any(isinstance(m, EngineConv) for m in model.modules()):
         return model, list(lines.values())
     try:
-        model = fuse_epilogues(model, input_shape)
+        traced = fuse_epilogues(model, input_shape)
     except Exception as exc:  # torch.fx fails on data-dependent control flow, among others
         raise SlimkitError(f"torch.fx could not trace the model to fuse the engine operators' epilogues: "
                            f"{type(exc).__name__}: {first_line(exc)}") from None
-    reads = link_operators(model)
+    reads = link_operators(traced)
     for name, line in lines.items():
-        module = model.get_submodule(name)
+        module = traced.get_submodule(name)
         if isinstance(module, EngineConv):
             line["fused"] = module.fused
         if name in reads:
             line["input"] = reads[name]
-    return model, list(lines.values())
+    return traced, list(lines.values())

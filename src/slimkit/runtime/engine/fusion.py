@@ -43,7 +43,7 @@ def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, 
     return None
 
 
-def fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+def fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
     """Fuse into each engine conv, in this order, what alone reads its output: an eval BatchNorm with
     running statistics, an add of a tensor of the output's own shape (shapes propagated from an input of
     `input_shape`, so a broadcast add is never read as a residual), then a ReLU/hardtanh. Each fused op is one
@@ -115,7 +115,8 @@ def _split_outputs(graph: fx.Graph, producer: fx.Node, readers: list[fx.Node]) -
         second = graph.call_function(operator.getitem, (producer, 1))
     with graph.inserting_after(producer):
         first = graph.call_function(operator.getitem, (producer, 0))
-    producer.replace_all_uses_with(first, delete_user_cb=lambda user, own=(first, second): user not in own)
+    own = (first, second)
+    producer.replace_all_uses_with(first, delete_user_cb=lambda user: user not in own)
     for reader in readers:
         reader.args = (second, *reader.args[1:])
     return first

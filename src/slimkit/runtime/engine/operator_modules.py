@@ -6,6 +6,8 @@ and calls its operator's Function, so the model exports with one custom node per
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,8 @@ def _square(layer: nn.Conv2d, operator_name: str) -> tuple[int, int]:
 class EngineConv(nn.Module):
     """A conv in an engine operator's form, with the epilogue the exporter fuses into it: a BatchNorm that
     alone reads it (`fuse_batchnorm`), then a residual add, then a ReLU/hardtanh clamp."""
+
+    operator: ClassVar[str]  # the node it exports as, slimkit::<operator>
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,6 +86,9 @@ class EngineBinaryConv2d(EngineConv):
     custom node with the weight binarizer's signs and the output scale and shift frozen as constants."""
 
     operator = f"{DOMAIN}::BinaryConv2d"
+    signs: Tensor
+    scale: Tensor
+    shift: Tensor
 
     def __init__(self, layer: BinaryConv2d):
         super().__init__()
@@ -118,6 +125,11 @@ class EngineSparseConv2d(EngineConv):
     channel's entries padded to a multiple of 4 with zeros), the bias as the shift."""
 
     operator = f"{DOMAIN}::SparseConv2d"
+    value: Tensor
+    channel: Tensor
+    tap: Tensor
+    ptr: Tensor
+    shift: Tensor
 
     def __init__(self, layer: nn.Conv2d):
         super().__init__()
@@ -159,6 +171,12 @@ class EngineQuantSparseConv2d(EngineConv):
     taken into the node (`fuse_input`), and the quantizers around its epilogue fused like the float ops."""
 
     operator = f"{DOMAIN}::QuantSparseConv2d"
+    weight: Tensor
+    group: Tensor
+    tap: Tensor
+    ptr: Tensor
+    weight_step: Tensor
+    bias: Tensor
     links_integers = True  # may hand its integers to the next operator, or read the previous one's
 
     def __init__(self, layer: FoldedLayer):
@@ -249,6 +267,10 @@ class EngineSparseLinear(EngineConv):
     non-zeros in CSR over output features, the bias as the shift."""
 
     operator = f"{DOMAIN}::SparseLinear"
+    value: Tensor
+    column: Tensor
+    ptr: Tensor
+    shift: Tensor
 
     def __init__(self, layer: nn.Module):
         super().__init__()

@@ -101,7 +101,7 @@ class BinaryConv2dFunction(torch.autograd.Function):
                    one_plane_i=int(zero == "positive"), pack_output_i=pack_output, packed_input_i=int(packed),
                    **_epilogue_attributes(bounds), outputs=2 if pack_output else 1)
         shape = signs.type().sizes()
-        sizes = _conv_sizes(shape[0], tuple(shape[2:]), stride, pad)
+        sizes = _conv_sizes(shape[0], (shape[2], shape[3]), stride, pad)
         if packed:  # bits [B, 2, words, H, W]: the conv's sizes from B, H, W
             sizes = (lambda conv: lambda known: conv([known[0], None, *known[3:]]))(sizes)
         return _typed_outputs(out, x, sizes, torch.int64 if pack_output else None)
@@ -127,7 +127,7 @@ class SparseConv2dFunction(torch.autograd.Function):
                  *residual: Any) -> Any:
         out = g.op(f"{DOMAIN}::SparseConv2d", x, value, channel, tap, ptr, shift, *residual, kernel_h_i=shape[2],
                    kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **_epilogue_attributes(bounds))
-        return _typed(out, x, _conv_sizes(shape[0], tuple(shape[2:]), stride, pad))
+        return _typed(out, x, _conv_sizes(shape[0], (shape[2], shape[3]), stride, pad))
 
 
 Grid = tuple[float, int, int]  # an 8-bit grid with zero point 0: step, lowest and highest integer
@@ -179,7 +179,7 @@ class QuantSparseConv2dFunction(torch.autograd.Function):
                    link_output_i=int(link is not None), linked_input_i=int(linked), float_output_i=int(float_output),
                    **_epilogue_attributes(bounds),
                    outputs=2 if link is not None else 1)
-        sizes = _conv_sizes(shape[0], tuple(shape[2:]), stride, pad)
+        sizes = _conv_sizes(shape[0], (shape[2], shape[3]), stride, pad)
         if linked:  # integers [B, G, H, W, 4]: the conv's sizes from B, H, W
             sizes = (lambda conv: lambda known: conv(known[:4]))(sizes)
         return _typed_outputs(out, x, sizes, torch.int16 if link is not None else None)
