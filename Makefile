@@ -10,8 +10,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/setup-env.sh
 	bash scripts/setup-env.sh $(VENV)
 	touch $@
 
-$(NATIVE): $(STAMP) $(wildcard src/slimkit/runtime/native/*)
-	$(VENV)/bin/python -m slimkit.runtime.native
+$(NATIVE): $(STAMP) $(wildcard src/slimkit/runtime/engine/cpp/* src/slimkit/runtime/engine/cpp/kernels/*)
+	$(VENV)/bin/python -m slimkit.runtime.engine.build
 	touch $@
 
 demo: $(NATIVE)

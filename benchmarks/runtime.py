@@ -117,9 +117,10 @@ def main() -> None:
     from slimkit.metrics import compare_latency, default_threads
     from slimkit.runtime import deploy
     from slimkit.runtime.bench import dense_baselines, speedups
-    from slimkit.runtime.engine_ops import export_openvino, openvino_core, profile_openvino
-    from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
-    from slimkit.runtime.native import int8_peak, isa_level
+    from slimkit.runtime.engine.build import int8_peak, isa_level
+    from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
+    from slimkit.runtime.engine.export import export_openvino, openvino_core
+    from slimkit.runtime.engine.profile import profile_openvino
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="*", default=list(FORMS))
@@ -232,7 +233,7 @@ def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: 
     OpenVINO's per-node counters of both (matched in execution order; every conv of these forms runs the
     operator, which the count check makes sure of), with the operator's multiplies per second as a fraction
     of the measured int8 `peak`."""
-    from slimkit.runtime.engine_ops import node_times
+    from slimkit.runtime.engine.profile import node_times
 
     shape = (batch, 3, 32, 32)
     ours = [r for r in node_times(artifact, shape, threads) if r["node"] == "QuantSparseConv2d"]

@@ -8,11 +8,13 @@ those inside functions and under `if TYPE_CHECKING:` (a deferred import is still
 `from slimkit import x`, and relative imports.
 
 It fails (exit 1) on
-  * a cycle between rooms, and
-  * an import of a room in a higher tier of LAYERS than the importing room's.
-Imports within one room are free. slimkit/__init__.py, the public face, is above every tier and may import
-anything; other modules may take only dunder names (`from slimkit import __version__`) from it.
-Every room must be placed in LAYERS; names in LAYERS that are not in the tree are ignored.
+  * a cycle between rooms,
+  * an import of a room in a higher tier of LAYERS than the importing room's, and
+  * inside a room of SUBLAYERS, an import between its sub-rooms that does not point down its tiers.
+Imports within one room are free unless SUBLAYERS divides it. slimkit/__init__.py, the public face, is above
+every tier and may import anything; other modules may take only dunder names (`from slimkit import
+__version__`) from it. Every room must be placed in LAYERS, and every sub-room of a divided room in its
+SUBLAYERS; names that are not in the tree are ignored.
 
 Usage: python scripts/check_imports.py [path/to/src/slimkit]   (stdlib only)
 """
@@ -36,7 +38,16 @@ LAYERS: list[set[str]] = [
     {"recipe", "pipeline", "api", "cli"},                                           # 4: orchestration
 ]
 
-ROOT = "<root>"  # the room of slimkit/__init__.py
+# Rooms divided into sub-rooms: the modules and packages right under the room (slimkit/runtime/eager/deploy.py
+# is in sub-room `eager` of room `runtime`), in tiers, bottom first. A sub-room imports only itself and
+# sub-rooms of lower tiers: two sub-rooms of one tier never import each other. The room's __init__.py is above
+# its tiers (it may import any of them; none imports it).
+SUBLAYERS: dict[str, list[set[str]]] = {
+    # two backends that share only weight layouts, and the benchmark (and an old path) that use both
+    "runtime": [{"layouts"}, {"eager", "engine"}, {"bench", "engine_ops"}],
+}
+
+ROOT = "<root>"  # the room of slimkit/__init__.py, and the sub-room of a divided room's __init__.py
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -49,6 +60,11 @@ def module_name(path: Path, src: Path) -> str:
 def room(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ROOT
+
+
+def subroom(module: str) -> str:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 else ROOT
 
 
 class Graph:
@@ -164,6 +180,34 @@ def shortest_cycle(group: list[str], out: dict[str, set[str]]) -> list[str]:
     return group
 
 
+def subroom_problems(graph: Graph, divided: str, layers: list[set[str]]) -> list[str]:
+    """What breaks the sub-room tiers of room `divided` (see SUBLAYERS)."""
+    tiers = {name: level for level, names in enumerate(layers) for name in names}
+    present = {subroom(m) for m in graph.files if room(m) == divided} - {ROOT}
+    problems: list[str] = []
+    unplaced = sorted(present - tiers.keys())
+    if unplaced:
+        problems.append(f"sub-rooms of {divided} not placed in SUBLAYERS[{divided!r}] (add each to a tier): "
+                        + ", ".join(unplaced))
+    wrong: dict[tuple[str, str], list[str]] = {}
+    for a, b, line in graph.edges:
+        sa, sb = subroom(a), subroom(b)
+        if room(a) != divided or room(b) != divided or sa in (sb, ROOT):  # within one, or from the __init__
+            continue
+        if sb == ROOT or (sa in tiers and sb in tiers and tiers[sb] >= tiers[sa]):
+            wrong.setdefault((sa, sb), []).append(f"    {a} -> {b} (line {line})")
+    for (sa, sb), lines in sorted(wrong.items()):
+        if sb == ROOT:
+            problems.append(f"import of the {divided} package (its __init__, above its sub-rooms) from {divided}.{sa}:")
+        elif tiers[sb] == tiers[sa]:
+            problems.append(f"import between {divided}.{sa} and {divided}.{sb}, sub-rooms of one tier "
+                            f"({tiers[sa]}) that never import each other:")
+        else:
+            problems.append(f"upward import {divided}.{sa} (tier {tiers[sa]}) -> {divided}.{sb} (tier {tiers[sb]}):")
+        problems += lines
+    return problems
+
+
 def main(argv: list[str]) -> int:
     src = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent / "src" / PACKAGE
     graph = Graph(src)
@@ -202,10 +246,14 @@ def main(argv: list[str]) -> int:
             problems.append(f"upward import {ra} (tier {tiers[ra]}) -> {rb} (tier {tiers[rb]}):")
         problems += lines
 
+    for divided, layers in SUBLAYERS.items():
+        problems += subroom_problems(graph, divided, layers)
+
     if problems:
         print("\n".join(problems))
         return 1
-    print(f"import graph: {len(graph.files)} modules, {room_edges} edges between rooms, no cycle, no upward import")
+    print(f"import graph: {len(graph.files)} modules, {room_edges} edges between rooms, no cycle, no upward import, "
+          f"sub-rooms in their tiers ({', '.join(SUBLAYERS)})")
     return 0
 
 

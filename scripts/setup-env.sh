@@ -32,7 +32,7 @@ fi
 "${pip[@]}" install -q -c "$here/requirements/constraints.txt" -e "$here[dev]"
 
 # slimkit's OpenVINO operators (C++, against the openvino wheel's headers; one build serves every x86-64 CPU)
-"$venv/bin/python" -m slimkit.runtime.native >/dev/null
+"$venv/bin/python" -m slimkit.runtime.engine.build >/dev/null
 
 # Fashion-MNIST for the demo comes from Debian's package where apt-get can install it; the demo
 # falls back to the bundled digits data set (and says so) where it cannot.

@@ -14,7 +14,8 @@ torch.set_num_threads(1)
 def _one_torch_thread():
     """Kernel tests call numba kernels directly, and numba's OpenMP launch sets the OpenMP thread count of
     the libgomp torch shares (not MKL's): a later training run then mixed thread counts and a resumed run
-    differed in the 4th decimal. Deployed modules restore it themselves (runtime.modules.kernel_threads)."""
+    differed in the 4th decimal. Deployed modules restore it themselves
+    (runtime.eager.kernel_modules.kernel_threads)."""
     yield
     torch.set_num_threads(1)
 

@@ -21,7 +21,7 @@ from slimkit.formats import CHECKPOINT_FORMAT, MODEL_FORMAT, safe_load
 from slimkit.models import ModelConfig
 from slimkit.persistence import save_model
 from slimkit.recipe import Recipe
-from slimkit.runtime.deploy import DEPLOYED_FORMAT
+from slimkit.runtime.eager.deploy import DEPLOYED_FORMAT
 
 
 def _run(out: Path, resume: bool = False) -> slimkit.Run:

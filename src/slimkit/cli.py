@@ -197,7 +197,7 @@ def _calibration_batches(model_arg: str, count: int) -> list[Any]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from slimkit.quant.int8_graph import is_quantized
-    from slimkit.runtime.engine_ops import runs_slimkit_operators
+    from slimkit.runtime.engine.form import runs_slimkit_operators
 
     model, shape, _ = _load_model(args)
     if args.format == "truth-tables":
@@ -250,8 +250,8 @@ def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int
 
 
 def _export_openvino(model: Any, shape: tuple[int, int, int], folder: Path, calibration: list[Any] | None) -> int:
-    """Write the deployable folder (see engine_ops.export_folder) and say what runs where."""
-    from slimkit.runtime.engine_ops import export_folder
+    """Write the deployable folder (see runtime.engine.export.export_folder) and say what runs where."""
+    from slimkit.runtime.engine.export import export_folder
 
     manifest = export_folder(model, folder, shape, calibration)
     table = Table(title=f"OpenVINO model with slimkit's operators: {folder}")
@@ -276,7 +276,7 @@ def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, in
     calibration = _calibration_batches(args.model, args.calibration_batches) if quantized or args.int8 else None
     out = export_onnx(model, out, shape, calibration)
     if args.int8 and not quantized:  # the engine's own post-training int8 of this (pruned, smaller) float model
-        from slimkit.runtime.engines import quantize_static_int8
+        from slimkit.runtime.engine.dense_engines import quantize_static_int8
 
         out = quantize_static_int8(out, out.with_name(out.stem + "-int8.onnx"), calibration)
     ops = optimized_ops(out)

@@ -1,6 +1,7 @@
 """slimkit's operators inside OpenVINO: the exported artifact against the training graph, every instruction
 set the CPU has, epilogue fusion, and loading with plain OpenVINO."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -20,16 +21,11 @@ from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.models import resnet20, vgg_small
 from slimkit.recipe import build_modifier, parse_stage
-from slimkit.runtime import native
-from slimkit.runtime.engine_ops import (
-    SPARSE_MIN,
-    engine_form,
-    export_openvino,
-    openvino_core,
-    sign_bits,
-    signs_from_bits,
-)
-from slimkit.runtime.engines import OpenVinoModel
+from slimkit.runtime.engine import build
+from slimkit.runtime.engine.dense_engines import OpenVinoModel
+from slimkit.runtime.engine.export import export_openvino, openvino_core
+from slimkit.runtime.engine.form import SPARSE_MIN, engine_form
+from slimkit.runtime.engine.operators import sign_bits, signs_from_bits
 from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
 from slimkit.sparsity.topk import layerwise_masks
 from slimkit.train import TrainContext
@@ -159,7 +155,7 @@ from pathlib import Path
 from torch import nn
 sys.path.insert(0, {tests!r})
 from runtime.test_engine_ops import _engine, _input, _layer
-from slimkit.runtime import native
+from slimkit.runtime.engine import build
 torch.manual_seed(0)
 ok = []
 for (channels, out, size, stride), zero in itertools.product(
@@ -171,7 +167,7 @@ for (channels, out, size, stride), zero in itertools.product(
     with torch.no_grad():
         ok.append(torch.equal(engine(x), layer(x)))
 # the int8 peak runs this level's inner step: any x86-64 core multiplies over 1e8 int16 pairs a second
-print(native.isa_level(), native.int8_peak(1, 0.05) > 1e8 and all(ok))
+print(build.isa_level(), build.int8_peak(1, 0.05) > 1e8 and all(ok))
 """
 
 
@@ -314,9 +310,29 @@ def test_artifact_loads_in_plain_openvino_and_leaves_no_temporary_files(tmp_path
 
 
 def test_library_name_carries_a_digest_of_sources_compiler_and_engine():
-    path = native.library_path()
+    path = build.library_path()
     assert path.exists() and path.name.startswith("libslimkit_openvino-")
-    assert native.build() == path  # already built: nothing recompiled, same file
+    assert build.build() == path  # already built: nothing recompiled, same file
+
+
+def test_the_old_engine_ops_path_still_gives_every_public_name_and_warns_where_it_moved(monkeypatch):
+    from slimkit.runtime.engine import export, form, profile
+
+    monkeypatch.delitem(sys.modules, "slimkit.runtime.engine_ops", raising=False)  # the warning comes on import
+    with pytest.warns(DeprecationWarning, match=r"slimkit\.runtime\.engine\.export"):
+        old = importlib.import_module("slimkit.runtime.engine_ops")
+    moved = {"engine_form": form, "runs_slimkit_operators": form, "export_openvino": export, "export_folder": export,
+             "openvino_core": export, "node_times": profile, "profile_openvino": profile}
+    assert sorted(old.__all__) == sorted(moved)
+    for name, module in moved.items():
+        assert getattr(old, name) is getattr(module, name), name
+
+
+def test_a_warning_in_slimkits_cpp_fails_the_build(tmp_path):
+    source = tmp_path / "operator.cpp"
+    source.write_text("int twice(int x, int unused) { int spare; return 2 * x; }\n")
+    with pytest.raises(SlimkitError, match=r"unused"):
+        build._run(["g++", *build.FLAGS, "-c", str(source), "-o", str(tmp_path / "operator.o")])
 
 
 def test_build_refuses_kernels_whose_code_the_linker_would_share_across_instruction_sets(tmp_path):
@@ -328,13 +344,13 @@ def test_build_refuses_kernels_whose_code_the_linker_would_share_across_instruct
     shared, own = tmp_path / "shared.o", tmp_path / "own.o"
     subprocess.run(["g++", "-O2", "-c", str(source), "-o", str(shared)], check=True)
     with pytest.raises(SlimkitError, match=r"avx2 kernels define code.*std::vector<int"):
-        native._refuse_shared_code(shared, "avx2")
+        build._refuse_shared_code(shared, "avx2")
     source.write_text("namespace slimkit { namespace avx2 {\n"
                       "template <typename T> struct Box { T v; T get() const; };\n"
                       "template <typename T> T Box<T>::get() const { return v; }\n"
                       "int grow(int n) { return Box<int>{n}.get(); }\n}}\n")
     subprocess.run(["g++", "-O0", "-c", str(source), "-o", str(own)], check=True)
-    native._refuse_shared_code(own, "avx2")  # weak, but inside its own namespace: no other build shares it
+    build._refuse_shared_code(own, "avx2")  # weak, but inside its own namespace: no other build shares it
 
 
 def test_export_command_writes_a_folder_plain_openvino_runs(tmp_path, digits_recipe, capsys):

@@ -16,14 +16,9 @@ from slimkit.models import resnet20
 from slimkit.quant.int8_graph import int8_graph
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.recipe import build_modifier, parse_stage
-from slimkit.runtime.engine_ops import (
-    SPARSE_MIN,
-    engine_form,
-    export_openvino,
-    openvino_core,
-    runs_slimkit_operators,
-)
-from slimkit.runtime.engines import OpenVinoModel
+from slimkit.runtime.engine.dense_engines import OpenVinoModel
+from slimkit.runtime.engine.export import export_openvino, openvino_core
+from slimkit.runtime.engine.form import SPARSE_MIN, engine_form, runs_slimkit_operators
 from slimkit.sparsity.blocks import block_scores, expand_blocks, is_block_sparse
 from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
 from slimkit.sparsity.topk import layerwise_masks
@@ -217,7 +212,7 @@ def test_every_instruction_set_build_of_the_int8_operator_matches(level):
 
 
 def test_openvino_node_counters_name_each_operator_node(tmp_path):
-    from slimkit.runtime.engine_ops import node_times, profile_openvino
+    from slimkit.runtime.engine.profile import node_times, profile_openvino
 
     torch.manual_seed(2)
     model = _block_sparse_int8(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),

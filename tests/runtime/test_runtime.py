@@ -16,8 +16,9 @@ import slimkit
 from slimkit.folding import batchnorm_pairs
 from slimkit.models import lenet, resnet20, vgg_small
 from slimkit.recipe import build_modifier, parse_stage
-from slimkit.runtime import binary_kernels, sparse_kernels
-from slimkit.runtime.modules import PackedBinaryConv2d, SparseConv2d, SparseLinear
+from slimkit.runtime import layouts
+from slimkit.runtime.eager import binary_kernels
+from slimkit.runtime.eager.kernel_modules import PackedBinaryConv2d, SparseConv2d, SparseLinear
 from slimkit.sparsity.nm import nm_mask
 from slimkit.sparsity.pattern import connectivity_mask, extract_library, pattern_mask
 from slimkit.sparsity.topk import layerwise_masks
@@ -83,13 +84,13 @@ def test_csr_layout_round_trips():
     weight = torch.randn(5, 4, 3, 3).numpy()
     weight[weight < 0.5] = 0
     weight[1] = 0  # an output channel with no weights at all
-    ptr, chan, position, values = sparse_kernels.conv_by_output(weight)
+    ptr, chan, position, values = layouts.conv_by_output(weight)
     rebuilt = np.zeros_like(weight)
     for o in range(5):
         for e in range(ptr[o], ptr[o + 1]):
             rebuilt[o, chan[e], position[e] // 3, position[e] % 3] += values[e]  # padding entries add 0
-        assert (ptr[o + 1] - ptr[o]) % sparse_kernels.GROUP == 0
-        assert ptr[o + 1] - ptr[o] - np.count_nonzero(weight[o]) < sparse_kernels.GROUP
+        assert (ptr[o + 1] - ptr[o]) % layouts.GROUP == 0
+        assert ptr[o + 1] - ptr[o] - np.count_nonzero(weight[o]) < layouts.GROUP
     assert np.array_equal(rebuilt, weight) and np.count_nonzero(values) == np.count_nonzero(weight)
 
 
@@ -309,7 +310,7 @@ def _pattern_weight(out, channels, ratio, seed, group=1):
 @settings(max_examples=30, deadline=None)
 @given(out=st.integers(1, 12), channels=st.integers(1, 12), ratio=st.floats(1.0, 6.0), seed=st.integers(0, 2**16))
 def test_fkw_storage_round_trips(out, channels, ratio, seed):
-    from slimkit.runtime.pattern import fkw_decode, fkw_encode
+    from slimkit.runtime.eager.pattern_kernels import fkw_decode, fkw_encode
 
     weight = _pattern_weight(out, channels, ratio, seed)
     fkw = fkw_encode(weight.numpy())
@@ -329,7 +330,7 @@ def test_fkw_storage_round_trips(out, channels, ratio, seed):
 @given(batch=st.integers(1, 3), out=st.integers(1, 12), channels=st.integers(1, 12), size=st.integers(1, 9),
        stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]), seed=st.integers(0, 2**16))
 def test_pattern_conv_kernel_matches_conv2d(batch, out, channels, size, stride, pad, seed):
-    from slimkit.runtime.modules import PatternConv2d
+    from slimkit.runtime.eager.kernel_modules import PatternConv2d
 
     if size + 2 * pad < 3:
         return
@@ -348,8 +349,8 @@ def test_pattern_conv_kernel_matches_conv2d(batch, out, channels, size, stride, 
 def test_grouped_pattern_conv_runs_filter_groups_as_gemms(batch, out, channels, group, size, stride, pad, seed):
     """Filter-grouped pattern layers take the GEMM path (group sizes not multiples of 4, empty groups and
     fully pruned filters included) and match conv2d."""
-    from slimkit.runtime.modules import PatternConv2d
-    from slimkit.runtime.pattern import TILE, group_filters
+    from slimkit.runtime.eager.kernel_modules import PatternConv2d
+    from slimkit.runtime.eager.pattern_kernels import TILE, group_filters
 
     if size + 2 * pad < 3:
         return

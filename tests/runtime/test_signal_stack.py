@@ -13,7 +13,7 @@ CHILD = textwrap.dedent("""
     import gc, os, signal, sys, tempfile
     from pathlib import Path
     import torch
-    from slimkit.runtime.engines import OpenVinoModel
+    from slimkit.runtime.engine.dense_engines import OpenVinoModel
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
     path = Path(tempfile.mkdtemp()) / "model.onnx"

@@ -26,15 +26,11 @@ from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
-from slimkit.runtime.deploy import deploy
-from slimkit.runtime.engine_ops import (
-    export_folder,
-    export_openvino,
-    openvino_core,
-    profile_openvino,
-    runs_slimkit_operators,
-)
-from slimkit.runtime.engines import OpenVinoModel, dense_engines, export_dense
+from slimkit.runtime.eager.deploy import deploy
+from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
+from slimkit.runtime.engine.export import export_folder, export_openvino, openvino_core
+from slimkit.runtime.engine.form import runs_slimkit_operators
+from slimkit.runtime.engine.profile import profile_openvino
 
 
 class _Opaque(nn.Module):
@@ -110,18 +106,19 @@ def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence
             baselines = dense_baselines(model, example, use_compile)
             baselines.update(dense_engines(exported, (batch, *input_shape), threads))
             forms.update({k: v for k, v in baselines.items() if not k.endswith("_error")})
-            if artifact and "model" in artifact:
-                forms["engine"] = OpenVinoModel(artifact["model"], (batch, *input_shape), threads, core=openvino_core())
+            engine_model = artifact.get("model") if artifact is not None else None
+            if engine_model is not None:
+                forms["engine"] = OpenVinoModel(engine_model, (batch, *input_shape), threads, core=openvino_core())
             timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
             ms = {name: timing[name][str(batch)] for name in forms}
             results["batches"][str(batch)] = {
                 "latency_ms": ms, "deployed_vs": speedups(ms, "deployed"), "layers": deployed.deploy_report,
                 "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
             }
-            if "engine" in forms:
+            if engine_model is not None:
                 results["batches"][str(batch)].update(
                     engine_vs=speedups(ms, "engine"),
-                    engine_profile=profile_openvino(artifact["model"], (batch, *input_shape), threads))
+                    engine_profile=profile_openvino(engine_model, (batch, *input_shape), threads))
     return results
 
 

@@ -1,5 +1,5 @@
 // Sparse convolution that multiplies only the non-zero weights, direct (no im2col), as
-// slimkit/runtime/sparse_kernels.py: the zero-padded input is laid out channel-major over all images,
+// slimkit/runtime/eager/sparse_kernels.py: the zero-padded input is laid out channel-major over all images,
 // (C, B * Hp * Wp), so output position p of a stride-1 conv reads input position p + kh * Wp + kw and every
 // non-zero weight is one multiply-add over a contiguous run of positions, which GCC vectorises. Four
 // non-zeros share one pass over the accumulator. A strided conv is first turned into a stride-1 conv over

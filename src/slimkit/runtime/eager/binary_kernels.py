@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from slimkit.runtime.popcount import popcount
+from slimkit.runtime.eager.popcount import popcount
 
 HALF = np.uint64(32)
 

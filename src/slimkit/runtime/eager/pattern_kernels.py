@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from slimkit.runtime.sparse_kernels import unflatten
+from slimkit.runtime.eager.sparse_kernels import unflatten
 
 
 @dataclass

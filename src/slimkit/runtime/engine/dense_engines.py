@@ -49,7 +49,7 @@ def shared_core() -> Any:
 
 class OpenVinoModel(_Engine):
     """An OpenVINO CPU model compiled for one input shape with a fixed thread count and latency hint; pass
-    `core` (runtime.engine_ops.openvino_core()) for a model that holds slimkit's operators."""
+    `core` (engine.export.openvino_core()) for a model that holds slimkit's operators."""
 
     def __init__(self, path: Path, shape: Sequence[int], threads: int, core: Any = None):
         core = core or shared_core()
@@ -97,14 +97,14 @@ def export_dense(model: nn.Module, input_shape: Sequence[int], calibration: Sequ
                  workdir: Path) -> dict[str, Path | str]:
     """The dense model as ONNX fp32 and as onnxruntime's int8; a value that is a string says why a form is
     missing (an optional package not installed, an export that failed)."""
-    out: dict[str, Path | str] = {}
     try:
-        out["fp32"] = export_onnx(model, workdir / "dense-fp32.onnx", input_shape)
+        fp32 = export_onnx(model, workdir / "dense-fp32.onnx", input_shape)
     except Exception as exc:  # the exporter's failures are many and not ours to enumerate
         return {"fp32": f"ONNX export failed: {type(exc).__name__}: {exc}"[:200],
                 "int8": "needs the fp32 export"}
+    out: dict[str, Path | str] = {"fp32": fp32}
     try:
-        out["int8"] = quantize_static_int8(out["fp32"], workdir / "dense-int8.onnx", calibration)
+        out["int8"] = quantize_static_int8(fp32, workdir / "dense-int8.onnx", calibration)
     except (ImportError, SlimkitError):
         out["int8"] = "onnxruntime is not installed"
     return out

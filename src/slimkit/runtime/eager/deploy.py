@@ -36,7 +36,7 @@ MIN_SPARSITY = 0.5  # below this a sparse kernel cannot beat dense BLAS; not eve
 
 def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[], nn.Module] | None, str]:
     """(kind, builder or None, reason) for one layer."""
-    from slimkit.runtime.modules import PackedBinaryConv2d, PatternConv2d, SparseConv2d, SparseLinear
+    from slimkit.runtime.eager.kernel_modules import PackedBinaryConv2d, PatternConv2d, SparseConv2d, SparseLinear
 
     if isinstance(module, BinaryConv2d | BinaryLinear):
         return "binary", lambda: PackedBinaryConv2d(module, threads), ""
@@ -95,7 +95,8 @@ def deploy(model: nn.Module, example: Example | None = None, *, choices: dict[st
     outputs match eval within float rounding only; in a BNN a value within rounding of 0 can then take the
     other sign in the next binary layer. Off by default, so binary layers stay exact.
     """
-    from slimkit.runtime.modules import NotDeployable, PackedBinaryConv2d  # numba loads here, not on import
+    # numba loads here, not on import
+    from slimkit.runtime.eager.kernel_modules import NotDeployable, PackedBinaryConv2d
 
     model = copy.deepcopy(model).eval()
     pairs = batchnorm_pairs(model) if fold_batchnorm else {}

@@ -1,4 +1,4 @@
-// The kernels built for one instruction set (see native.py: ISA_FLAGS).
+// The kernels built for one instruction set (see engine/build.py: ISA_FLAGS).
 #define SLIMKIT_ISA generic
 #include "binary_kernel.hpp"
 #include "sparse_kernel.hpp"

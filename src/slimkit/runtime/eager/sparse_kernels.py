@@ -15,30 +15,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from slimkit.runtime.layouts import GROUP
+
 CACHE_FLOATS = 64 * 1024  # inputs one segment may touch (256 KiB: half of an L2)
-GROUP = 4  # non-zeros fused per pass; the kernel's loop body is written for exactly 4
 
 
 def segment_length(channels: int) -> int:
     """Output positions per work item, so that every channel's slice of a segment stays in L2."""
     return int(min(1024, max(64, CACHE_FLOATS // max(channels, 1))))
-
-
-def conv_by_output(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """CSR over output channels of a (O, C, KH, KW) weight: (ptr, channel, kernel offset index, value), the
-    offset index being kh * KW + kw (turned into kh * Wp + kw once the input width is known).
-
-    Each output channel's entries are padded with zero weights (channel 0, offset 0) to a multiple of GROUP,
-    so the kernel can fuse GROUP multiply-adds into one pass over its accumulator."""
-    out_c = weight.shape[0]
-    o, c, kh, kw = np.nonzero(weight)
-    counts = np.bincount(o, minlength=out_c)
-    ptr = np.concatenate([[0], np.cumsum(-(-counts // GROUP) * GROUP)]).astype(np.int64)
-    slot = ptr[o] + np.arange(o.size) - np.repeat(np.cumsum(counts) - counts, counts)  # rank within its output
-    chan, position = np.zeros(ptr[-1], np.int32), np.zeros(ptr[-1], np.int32)
-    values = np.zeros(ptr[-1], np.float32)
-    chan[slot], position[slot], values[slot] = c, kh * weight.shape[3] + kw, weight[o, c, kh, kw]
-    return ptr, chan, position, values
 
 
 @njit(cache=True, parallel=True)
@@ -95,13 +79,6 @@ def unflatten(flat: np.ndarray, batch: int, hp: int, wp: int, out_h: int, out_w:
                 base = b * hp * wp + oh * wp
                 y[b, o, oh, :] = flat[o, base: base + out_w]
     return y
-
-
-def linear_by_output_row(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR (ptr, column, value) of a (O, C) weight."""
-    o, c = np.nonzero(weight)
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=weight.shape[0]))]).astype(np.int64)
-    return ptr, c.astype(np.int32), weight[o, c].astype(np.float32)
 
 
 @njit(cache=True, parallel=True, fastmath=True)

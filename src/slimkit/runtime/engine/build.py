@@ -1,10 +1,13 @@
-"""Builds and finds slimkit's OpenVINO operator library (runtime/native/*.cpp), compiled by g++ against the
+"""Builds and finds slimkit's OpenVINO operator library (the C++ in engine/cpp), compiled by g++ against the
 headers and libraries the `openvino` wheel ships.
 
-The set-up script builds it (`python -m slimkit.runtime.native`); nothing is compiled on import. The kernels
-are compiled once per instruction set (AVX-512 with VL, VPOPCNTDQ and VNNI; AVX2; portable) and the library picks one
-from the CPU at run time, so one build serves every x86-64 machine; its file name carries a digest of the
-sources, the compiler and the OpenVINO version, so a changed source or engine never loads a stale build.
+The set-up script builds it (`python -m slimkit.runtime.engine.build`); nothing is compiled on import. The kernels
+(cpp/kernels) are compiled once per instruction set (AVX-512 with VL, VPOPCNTDQ and VNNI; AVX2; portable), the
+operators (one file each), the dispatch between those builds and the extension's entry point (cpp/*.cpp) once;
+the library picks a kernel build from the CPU at run time, so one build serves every x86-64 machine. Every
+warning fails the build (-Wall -Wextra -Werror; OpenVINO's headers are system headers, whose warnings are
+not ours). The file name carries a digest of every source, the flags, the compiler and the OpenVINO version,
+so a changed source, flag or engine never loads a stale build.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-SOURCES = Path(__file__).with_name("native")
-FLAGS = ["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off"]  # no FMA contraction: outputs stay bit-exact
+SOURCES = Path(__file__).with_name("cpp")  # the operators, the dispatch and the entry point: compiled once
+KERNELS = SOURCES / "kernels"  # kernels_<isa>.cpp and the kernel headers they include: compiled once per ISA
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off",  # no FMA contraction: outputs stay bit-exact
+         "-Wall", "-Wextra", "-Werror"]
 OPENVINO_DEFINES = ["-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-D_GLIBCXX_USE_CXX11_ABI=1"]  # as the wheel's CMake sets
+OPENVINO_INCLUDE = "-isystem"  # OpenVINO's headers as system headers: -Werror applies to slimkit's code alone
 ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx512vnni", "-mfma"],
              "avx2": ["-mavx2", "-mpopcnt", "-mfma"], "generic": []}
 
@@ -54,10 +60,10 @@ def library_path() -> Path:
     import openvino
 
     digest = hashlib.sha256()
-    for source in sorted(SOURCES.glob("*.[ch]pp")):
-        digest.update(source.name.encode() + source.read_bytes())
+    for source in sorted(SOURCES.rglob("*.[ch]pp")):
+        digest.update(source.relative_to(SOURCES).as_posix().encode() + source.read_bytes())
     version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, check=True).stdout
-    settings = repr((FLAGS, OPENVINO_DEFINES, ISA_FLAGS))
+    settings = repr((FLAGS, OPENVINO_DEFINES, OPENVINO_INCLUDE, ISA_FLAGS))
     digest.update(version.encode() + openvino.__version__.encode() + settings.encode())
     return Path(sys.prefix) / "lib" / "slimkit" / f"libslimkit_openvino-{digest.hexdigest()[:16]}.so"
 
@@ -75,11 +81,12 @@ def build(force: bool = False) -> Path:
         objects = []
         for isa, flags in ISA_FLAGS.items():
             objects.append(Path(tmp) / f"kernels_{isa}.o")
-            _run([compiler, *FLAGS, *flags, "-c", str(SOURCES / f"kernels_{isa}.cpp"), "-o", str(objects[-1])])
+            _run([compiler, *FLAGS, *flags, "-c", str(KERNELS / f"kernels_{isa}.cpp"), "-o", str(objects[-1])])
             _refuse_shared_code(objects[-1], isa)
-        objects.append(Path(tmp) / "openvino_ops.o")
-        _run([compiler, *FLAGS, *OPENVINO_DEFINES, f"-I{ov_dir / 'include'}", "-c",
-              str(SOURCES / "openvino_ops.cpp"), "-o", str(objects[-1])])
+        for source in sorted(SOURCES.glob("*.cpp")):
+            objects.append(Path(tmp) / f"{source.stem}.o")
+            _run([compiler, *FLAGS, *OPENVINO_DEFINES, OPENVINO_INCLUDE, str(ov_dir / "include"), "-c", str(source),
+                  "-o", str(objects[-1])])
         built = Path(tmp) / target.name
         _run([compiler, "-shared", "-o", str(built), *map(str, objects),
               *(str(_runtime_library(ov_dir, lib)) for lib in ("libopenvino", "libopenvino_onnx_frontend", "libtbb")),
@@ -118,7 +125,7 @@ def require_library() -> Path:
     if not path.exists():
         raise SlimkitError(f"slimkit's OpenVINO operators are not built for this installation ({path}); "
                            f"run `make test`/`make demo` (the set-up builds them) or `{sys.executable} -m "
-                           "slimkit.runtime.native`")
+                           "slimkit.runtime.engine.build`")
     return path
 
 

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from slimkit.binary.functions import sign
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.layers import canonical_weight
-from slimkit.runtime import binary_kernels, pattern, sparse_kernels
+from slimkit.runtime.eager import binary_kernels, pattern_kernels, sparse_kernels
+from slimkit.runtime.layouts import conv_by_output, linear_by_output_row
 
 FKW_ARRAYS = ("reorder", "offset", "index", "stride", "weights", "patterns")  # pattern_conv's argument order
 GROUP_ARRAYS = ("slots", "group_ptr", "row_ptr", "chan", "tap", "weights")  # grouped_conv's argument order
@@ -79,7 +80,8 @@ class KernelModule(nn.Module):
 
 
 class PackedBinaryConv2d(KernelModule):
-    """A binary conv (any #5 method) on bit-packed activations and weights; see binary_kernels."""
+    """A binary conv or linear layer (any binarization method) on bit-packed activations and weights; see
+    binary_kernels."""
 
     def __init__(self, layer: BinaryConv2d | BinaryLinear, threads: int | None = None):
         super().__init__()
@@ -157,7 +159,7 @@ class SparseConv2d(_ChannelMajorConv):
         super().__init__()
         self.stride, self.padding = _plain_conv(layer)
         weight = layer.weight.detach().float().numpy()
-        ptr, chan, position, values = sparse_kernels.conv_by_output(weight)
+        ptr, chan, position, values = conv_by_output(weight)
         for name, value in (("ptr", ptr), ("chan", chan), ("position", position), ("values", values)):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
         self.register_buffer("bias", _bias(layer, weight.shape[0]))
@@ -172,7 +174,7 @@ class SparseConv2d(_ChannelMajorConv):
 
 
 class PatternConv2d(_ChannelMajorConv):
-    """A pattern + connectivity pruned 3x3 conv; see runtime.pattern. Filters that share their kernels and
+    """A pattern + connectivity pruned 3x3 conv; see pattern_kernels. Filters that share their kernels and
     patterns in groups (pruned with filter_group > 1) run as per-group dense GEMMs over gathered inputs;
     otherwise (PatDNN's per-filter connectivity) in FKW storage, one 4-tap pass per kernel."""
 
@@ -183,21 +185,21 @@ class PatternConv2d(_ChannelMajorConv):
             raise NotDeployable("pattern kernels are 3x3")
         weight = layer.weight.detach().float().numpy()
         try:
-            groups = pattern.group_filters(weight)
+            groups = pattern_kernels.group_filters(weight)
         except ValueError as exc:
             raise NotDeployable(str(exc)) from None
-        self.grouped = groups.mean_filters >= pattern.MIN_GROUP
+        self.grouped = groups.mean_filters >= pattern_kernels.MIN_GROUP
         self.kind = "pattern, filter groups" if self.grouped else "pattern"
         arrays = ({f"group_{n}": getattr(groups, n) for n in GROUP_ARRAYS} if self.grouped else
-                  {f"fkw_{n}": getattr(pattern.fkw_encode(weight), n) for n in FKW_ARRAYS})
+                  {f"fkw_{n}": getattr(pattern_kernels.fkw_encode(weight), n) for n in FKW_ARRAYS})
         for name, value in arrays.items():
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
         self.register_buffer("bias", _bias(layer, layer.out_channels))
         self.threads = threads
 
     def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
-        kernel, names = ((pattern.grouped_conv, [f"group_{n}" for n in GROUP_ARRAYS]) if self.grouped else
-                         (pattern.pattern_conv, [f"fkw_{n}" for n in FKW_ARRAYS]))
+        kernel, names = ((pattern_kernels.grouped_conv, [f"group_{n}" for n in GROUP_ARRAYS]) if self.grouped else
+                         (pattern_kernels.pattern_conv, [f"fkw_{n}" for n in FKW_ARRAYS]))
         return kernel(planes, *self.arrays(*names, "bias"), batch, hp, wp, hp - 2, wp - 2, segment)
 
     def extra_repr(self) -> str:
@@ -210,7 +212,7 @@ class SparseLinear(KernelModule):
     def __init__(self, layer: nn.Module, threads: int | None = None):
         super().__init__()
         weight = canonical_weight(layer).detach().float()  # (out, in), also for HF's (in, out) Conv1D
-        ptr, cols, values = sparse_kernels.linear_by_output_row(weight.numpy())
+        ptr, cols, values = linear_by_output_row(weight.numpy())
         for name, value in (("ptr", ptr), ("cols", cols), ("values", values)):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
         self.register_buffer("bias", _bias(layer, weight.shape[0]))

@@ -1,10 +1,10 @@
 // Bit-packed binary convolution, exact for the training graph's sign(0) = 0 and zero padding.
-// The same algorithm as slimkit/runtime/binary_kernels.py (see its docstring): activations are packed
+// The same algorithm as slimkit/runtime/eager/binary_kernels.py (see its docstring): activations are packed
 // along channels into two planes, N (non-zero) and P (positive), stored [row, word, column] per image;
 // weights are the positive-bit plane [kh, word, out]; one window sums to
 //     popcount(N) - 2 popcount(N & (P xor Wp)).
-// This header is compiled once per instruction set (binary_avx512.cpp, binary_avx2.cpp,
-// binary_generic.cpp), each inside its own namespace SLIMKIT_ISA; openvino_ops.cpp picks one at run time.
+// This header is compiled once per instruction set (kernels_avx512.cpp, kernels_avx2.cpp, kernels_generic.cpp
+// include it, each inside its own namespace slimkit::<isa>); dispatch.cpp picks one at run time.
 #pragma once
 #include <cstdint>
 #include <algorithm>
@@ -24,7 +24,7 @@ namespace SLIMKIT_ISA {
 
 // A growing buffer kept between calls (one per thread where declared thread_local). Not std::vector: its
 // out-of-line members are weak symbols shared by every object of the library, so the linker could keep the
-// copy compiled for AVX-512 and an AVX2 CPU would run it (native.py refuses such symbols at build time).
+// copy compiled for AVX-512 and an AVX2 CPU would run it (engine/build.py refuses such symbols at build time).
 template <typename T>
 class Scratch {
 public:

@@ -1,0 +1,174 @@
+// slimkit::BinaryConv2d for OpenVINO; its torch face is BinaryConv2dFunction in engine/operators.py.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <openvino/core/parallel.hpp>
+
+#include "dispatch.hpp"
+#include "operator_base.hpp"
+
+namespace slimkit {
+
+// y = clamp(conv(sign(x), W) * scale + shift (+ residual), low, high) for +-1 weights W, with sign(0) = 0 and
+// zero padding, as the training graph's BinaryConv2d computes its sums (exactly). The epilogue is what the
+// exporter fused: the layer's own scale and bias, a BatchNorm folded into them, a residual add, a clamp
+// (ReLU, hardtanh). Inputs: x [B, C, H, W] f32, W [O, C, KH, KW] f32 (+-1), scale [O], shift [O], and
+// optionally residual [B, O, OH, OW]. Attributes: stride, pad (square); clamp (0/1), low, high; one_plane
+// (1: sign(0) = +1, so a pixel is never 0 and windows clear of the padding need one bit plane).
+// Packed links between binary layers: pack_output (0: none; 1 or 2: also write y's sign bits under sign(0) = 0
+// or +1, as output 1, i64 [B, 2, ceil(O / 64), OH, OW], the non-zero plane then the positive plane, channel
+// c at bit c % 64 of word c / 64) and packed_input (1: input 0 is such bits, [B, 2, words, H, W], so this layer
+// reads no floats and skips the sign pass; its channel count comes from the weights).
+class BinaryConv2d : public FusedConv {
+public:
+    OPENVINO_OP("BinaryConv2d", "slimkit");
+
+    BinaryConv2d() = default;
+
+    void validate_and_infer_types() override {
+        const auto& w = get_input_partial_shape(1);
+        const bool known = w.rank().is_static();
+        const ov::Dimension any = ov::Dimension::dynamic();
+        infer_output(known ? w[0] : any, known ? w[2] : any, known ? w[3] : any, packed_input_ ? 1 : 0);
+        if (pack_output_ != 0) {
+            ov::PartialShape bits = ov::PartialShape::dynamic(5);
+            const ov::PartialShape y = get_output_partial_shape(0);
+            bits[0] = y[0];
+            bits[1] = 2;
+            bits[2] = known && w[0].is_static() ? ov::Dimension((w[0].get_length() + 63) / 64) : any;
+            bits[3] = y[2];
+            bits[4] = y[3];
+            set_output_type(1, ov::element::i64, bits);
+        }
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return clone_as<BinaryConv2d>(args);
+    }
+
+    void copy_attributes(const FusedEpilogue& other) override {
+        FusedConv::copy_attributes(other);
+        const auto& same = static_cast<const BinaryConv2d&>(other);
+        one_plane_ = same.one_plane_;
+        pack_output_ = same.pack_output_;
+        packed_input_ = same.packed_input_;
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("one_plane", one_plane_);
+        visitor.on_attribute("pack_output", pack_output_);
+        visitor.on_attribute("packed_input", packed_input_);
+        return FusedConv::visit_attributes(visitor);
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const auto& xs = inputs[0].get_shape();
+        const auto& ws = inputs[1].get_shape();
+        const int spatial = packed_input_ ? 3 : 2;  // bits are [B, 2, words, H, W]
+        Shape s{};
+        s.channels = static_cast<int>(ws[1]);
+        s.height = static_cast<int>(xs[spatial]);
+        s.width = static_cast<int>(xs[spatial + 1]);
+        s.out_c = static_cast<int>(ws[0]);
+        s.kernel_h = static_cast<int>(ws[2]);
+        s.kernel_w = static_cast<int>(ws[3]);
+        s.stride = static_cast<int>(stride_);
+        s.pad = static_cast<int>(pad_);
+        s.out_h = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
+        s.out_w = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
+        s.words = (s.kernel_w * s.channels + 63) / 64;
+        s.cols = (s.out_w + 3) / 4 * 4;
+        s.outs = (s.out_c + 3) / 4 * 4;
+        s.one_plane = static_cast<int>(one_plane_);
+        const int pixel_words = (s.channels + 63) / 64;
+        const size_t in_channels = packed_input_ ? 2 * xs[2] : xs[1];
+        if (packed_input_ ? xs[1] != 2 || static_cast<int>(xs[2]) != pixel_words : static_cast<int>(xs[1]) != s.channels)
+            throw std::runtime_error("slimkit BinaryConv2d: the input's shape does not fit weights of " +
+                                     std::to_string(s.channels) + " channels");
+        if (s.kernel_h * s.words > 16 * 64)
+            throw std::runtime_error("slimkit BinaryConv2d: kernel rows x words per row exceeds 1024");
+        const size_t batch = xs[0];
+        outputs[0].set_shape({batch, static_cast<size_t>(s.out_c), static_cast<size_t>(s.out_h),
+                              static_cast<size_t>(s.out_w)});
+        const size_t out_area = static_cast<size_t>(s.out_h) * s.out_w, out_words = (s.out_c + 63) / 64;
+        uint64_t* bits = nullptr;
+        if (pack_output_ != 0) {
+            outputs[1].set_shape({batch, 2, out_words, static_cast<size_t>(s.out_h), static_cast<size_t>(s.out_w)});
+            bits = reinterpret_cast<uint64_t*>(outputs[1].data<int64_t>());
+        }
+        const uint64_t* wbits = packed_weights(inputs[1], s);
+        const float* residual = inputs.size() > 4 ? inputs[4].data<const float>() : nullptr;
+        Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high()};
+        float* y = outputs[0].data<float>();
+        const size_t plane = static_cast<size_t>(s.height) * s.words * s.cols;
+        uint64_t* nonzero = scratch<uint64_t, 0>(batch * plane);  // pack_image / assemble_planes fill them
+        uint64_t* positive = scratch<uint64_t, 1>(batch * plane);
+        const size_t image_in = in_channels * s.height * s.width;
+        const size_t image_out = static_cast<size_t>(s.out_c) * out_area;
+        ov::parallel_for(batch, [&](size_t b) {
+            if (packed_input_) {
+                const uint64_t* half = reinterpret_cast<const uint64_t*>(inputs[0].data<const int64_t>()) + b * image_in;
+                assemble_planes_any(half, half + image_in / 2, s, nonzero + b * plane, positive + b * plane);
+            } else {
+                pack_image_any(inputs[0].data<const float>() + b * image_in, s, nonzero + b * plane, positive + b * plane);
+            }
+        });
+        const int bits_one_plane = pack_output_ == 2 ? 1 : 0;
+        ov::parallel_for(batch * s.out_h, [&](size_t row) {
+            const size_t b = row / s.out_h, oh = row % s.out_h;
+            Epilogue image = e;
+            if (residual != nullptr) image.residual = residual + b * image_out;
+            conv_row_any(nonzero + b * plane, positive + b * plane, wbits, image, s, static_cast<int>(oh),
+                         y + b * image_out);
+            if (bits != nullptr) {  // this row's sign bits for the next binary layer, while the row is in cache
+                uint64_t* half = bits + b * 2 * out_words * out_area;
+                sign_bits_any(y + b * image_out, s.out_c, out_area, oh * s.out_w, s.out_w, bits_one_plane, half,
+                              half + out_words * out_area);
+            }
+        });
+        return true;
+    }
+
+private:
+    // Positive-bit plane of the +-1 weights, [kh, word, outs] (kw-major, channel-minor bits per kernel row),
+    // packed on the first call and kept while the weight tensor stays the same.
+    const uint64_t* packed_weights(const ov::Tensor& weight, const Shape& s) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const float* w = weight.data<const float>();
+        if (w == packed_from_ && !packed_.empty()) return packed_.data();
+        std::vector<uint64_t> bits(static_cast<size_t>(s.kernel_h) * s.words * s.outs, 0);
+        for (int o = 0; o < s.out_c; ++o)
+            for (int c = 0; c < s.channels; ++c)
+                for (int kh = 0; kh < s.kernel_h; ++kh)
+                    for (int kw = 0; kw < s.kernel_w; ++kw) {
+                        const float value = w[((static_cast<size_t>(o) * s.channels + c) * s.kernel_h + kh) *
+                                              s.kernel_w + kw];
+                        if (value != 1.0f && value != -1.0f)
+                            throw std::runtime_error("slimkit BinaryConv2d: weights must be +-1");
+                        if (value > 0) {
+                            const int bit = kw * s.channels + c;
+                            bits[(static_cast<size_t>(kh) * s.words + (bit >> 6)) * s.outs + o] |=
+                                uint64_t{1} << (bit & 63);
+                        }
+                    }
+        packed_.swap(bits);
+        packed_from_ = w;
+        return packed_.data();
+    }
+
+    int64_t one_plane_ = 0;  // 1: sign(0) = +1 (binarize zero: positive)
+    int64_t pack_output_ = 0;  // 1, 2: also write y's sign bits under sign(0) = 0, +1
+    int64_t packed_input_ = 0;  // 1: input 0 is a BinaryConv2d's sign bits
+    mutable std::mutex mutex_;
+    mutable std::vector<uint64_t> packed_;
+    mutable const float* packed_from_ = nullptr;
+};
+
+std::vector<ov::Extension::Ptr> binary_conv2d_extensions() { return extensions_of<BinaryConv2d>(); }
+
+}  // namespace slimkit
