@@ -72,21 +72,8 @@ def runs_slimkit_operators(model: nn.Module) -> bool:
     return any(_engine_layer(module)[0] is not None for module in model.modules())
 
 
-def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Iterable[Tensor] | None = None,
-                ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """An eval-mode copy with every binary conv, and every conv and linear layer at least SPARSE_MIN sparse, in
-    its engine operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
-    A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
-    own ops, which OpenVINO runs exactly but not fast; its line says why. A quantized model becomes its int8
-    graph first (calibrated on `calibration`, see quant/int8_graph), whose convs with at least SPARSE_MIN of
-    their 4-input-channel blocks zero, or at most 4 input channels, become slimkit::QuantSparseConv2d; the rest
-    stays Q/DQ, OpenVINO's int8."""
-    if is_quantized(model):
-        if calibration is None:
-            raise SlimkitError("the engine form of a quantized model needs calibration batches: its int8 graph "
-                               "quantizes residual sums, pooled features and logits too")
-        model = int8_graph(model, calibration)
-    model = copy.deepcopy(model).eval()
+def _swap_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Put each layer an operator takes in its Engine* form, in place; a line per layer considered."""
     lines: dict[str, dict[str, Any]] = {}
     inside = {f"{n}.layer" for n, m in model.named_modules() if isinstance(m, FoldedLayer)}
     int8_operators = any(_engine_layer(m)[0] is EngineQuantSparseConv2d for m in model.modules())
@@ -104,6 +91,25 @@ def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Itera
             lines[name] = {"layer": name, "engine": kind.operator}
         except SlimkitError as exc:
             lines[name] = {"layer": name, "engine": "OpenVINO conv (the training graph's ops)", "reason": str(exc)}
+    return lines
+
+
+def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Iterable[Tensor] | None = None,
+                ) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """An eval-mode copy with every binary conv, and every conv and linear layer at least SPARSE_MIN sparse, in
+    its engine operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
+    A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
+    own ops, which OpenVINO runs exactly but not fast; its line says why. A quantized model becomes its int8
+    graph first (calibrated on `calibration`, see quant/int8_graph), whose convs with at least SPARSE_MIN of
+    their 4-input-channel blocks zero, or at most 4 input channels, become slimkit::QuantSparseConv2d; the rest
+    stays Q/DQ, OpenVINO's int8."""
+    if is_quantized(model):
+        if calibration is None:
+            raise SlimkitError("the engine form of a quantized model needs calibration batches: its int8 graph "
+                               "quantizes residual sums, pooled features and logits too")
+        model = int8_graph(model, calibration)
+    model = copy.deepcopy(model).eval()
+    lines = _swap_layers(model)
     if not any(isinstance(m, EngineConv) for m in model.modules()):
         return model, list(lines.values())
     try:

@@ -43,16 +43,85 @@ def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, 
     return None
 
 
+def _engine_calls(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]
+
+
+class _Epilogue:
+    """Walks the single-reader chain after one engine conv, fusing each op the operator can take."""
+
+    def __init__(self, conv: fx.Node, modules: dict[str, nn.Module]):
+        self.conv, self.modules = conv, modules
+        self.layer: EngineConv = modules[str(conv.target)]
+        self.tail: fx.Node = conv
+        self.residual: fx.Node | None = None
+        self.users = list(conv.users)
+
+    def _advance(self) -> None:
+        self.tail, self.users = self.users[0], list(self.users[0].users)
+
+    def _sole_module(self) -> nn.Module | None:
+        users = self.users
+        return self.modules.get(str(users[0].target)) if len(users) == 1 and users[0].op == "call_module" else None
+
+    def batchnorm(self) -> None:
+        bn = self._sole_module()
+        if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None:
+            self.layer.fuse_batchnorm(bn, str(self.users[0].target))
+            self._advance()
+
+    def quantizer(self) -> None:
+        quantizer = self._sole_module()
+        if quantizer is not None and self.layer.fuse_quantizer(quantizer, str(self.users[0].target)):
+            self._advance()
+
+    def residual_add(self) -> None:
+        """An add of a tensor of the output's own shape (so a broadcast add is never read as a residual)."""
+        if len(self.users) != 1:
+            return
+        add = self.users[0]
+        operands = [a for a in add.args if isinstance(a, fx.Node)]
+        if (add.op != "call_function" or add.target not in (operator.add, torch.add) or len(add.args) != 2
+                or add.kwargs or len(operands) != 2 or operands[0] is operands[1]):
+            return
+        if _shape(operands[0]) is None or _shape(operands[0]) != _shape(operands[1]):
+            return
+        self.residual = next(a for a in operands if a is not self.tail)
+        self.layer.fuse_residual(add.name)
+        self._advance()
+
+    def clamp(self) -> None:
+        bounds = _clamp_bounds(self.users[0], self.modules) if len(self.users) == 1 else None
+        if bounds is not None:
+            self.layer.fuse_clamp(*bounds, _label(self.users[0]))
+            self._advance()
+
+    def replace(self, graph: fx.Graph) -> None:
+        """One call of the operator in place of the chain it absorbed."""
+        if self.tail is self.conv:
+            return
+        args = (self.conv.args[0], *([self.residual] if self.residual is not None else []))
+        with graph.inserting_before(self.tail):
+            fused = graph.call_module(str(self.conv.target), args)
+        fused.meta = dict(self.tail.meta)  # its output is the tail's: a later layer's residual check reads this shape
+        self.tail.replace_all_uses_with(fused)
+        for dead in reversed(_chain(self.conv, self.tail)):
+            graph.erase_node(dead)
+
+
+def _shape(node: fx.Node) -> Any:
+    return getattr(node.meta.get("tensor_meta"), "shape", None)
+
+
 def fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
     """Fuse into each engine conv, in this order, what alone reads its output: an eval BatchNorm with
-    running statistics, an add of a tensor of the output's own shape (shapes propagated from an input of
-    `input_shape`, so a broadcast add is never read as a residual), then a ReLU/hardtanh. Each fused op is one
-    pass over a batch's activations saved, and no OpenVINO node (with its layout reorders) between two
-    slimkit nodes."""
+    running statistics, a quantizer, an add of a tensor of the output's own shape (shapes propagated from an
+    input of `input_shape`), then a ReLU/hardtanh, then a quantizer. Each fused op is one pass over a batch's
+    activations saved, and no OpenVINO node (with its layout reorders) between two slimkit nodes."""
     traced = fx.GraphModule(model, _LeafTracer().trace(model))
     graph = traced.graph
     modules = dict(model.named_modules())
-    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
+    for conv in _engine_calls(graph, modules):
         source = conv.args[0]
         if isinstance(source, fx.Node) and source.op == "call_module":
             # the operator rounds its input onto this quantizer's grid itself (idempotent on values already on
@@ -60,45 +129,15 @@ def fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModu
             # quantizer as its own last step (see the end): no quantize node between two operators
             modules[str(conv.target)].fuse_input(modules[str(source.target)], str(source.target))
     ShapeProp(traced).propagate(torch.zeros(1, *input_shape))
-
-    def shape(node: fx.Node) -> Any:
-        return getattr(node.meta.get("tensor_meta"), "shape", None)
-
-    def sole_module(users: list[fx.Node]) -> nn.Module | None:
-        return modules.get(str(users[0].target)) if len(users) == 1 and users[0].op == "call_module" else None
-
-    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
-        layer: EngineConv = modules[str(conv.target)]
-        tail, residual = conv, None
-        users = list(tail.users)
-        bn = sole_module(users)
-        if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None:
-            layer.fuse_batchnorm(modules[str(users[0].target)], str(users[0].target))
-            tail, users = users[0], list(users[0].users)
-        if (quantizer := sole_module(users)) is not None and layer.fuse_quantizer(quantizer, str(users[0].target)):
-            tail, users = users[0], list(users[0].users)
-        if (len(users) == 1 and users[0].op == "call_function" and users[0].target in (operator.add, torch.add)
-                and len(users[0].args) == 2 and not users[0].kwargs
-                and all(isinstance(a, fx.Node) for a in users[0].args) and users[0].args[0] is not users[0].args[1]
-                and shape(users[0].args[0]) is not None and shape(users[0].args[0]) == shape(users[0].args[1])):
-            residual = next(a for a in users[0].args if a is not tail)
-            layer.fuse_residual(users[0].name)
-            tail, users = users[0], list(users[0].users)
-        bounds = _clamp_bounds(users[0], modules) if len(users) == 1 else None
-        if bounds is not None:
-            layer.fuse_clamp(*bounds, _label(users[0]))
-            tail, users = users[0], list(users[0].users)
-        if (quantizer := sole_module(users)) is not None and layer.fuse_quantizer(quantizer, str(users[0].target)):
-            tail = users[0]
-        if tail is conv:
-            continue
-        with graph.inserting_before(tail):
-            fused = graph.call_module(str(conv.target), (conv.args[0], *([residual] if residual is not None else [])))
-        fused.meta = dict(tail.meta)  # its output is the tail's: a later layer's residual check reads this shape
-        tail.replace_all_uses_with(fused)
-        for dead in reversed(_chain(conv, tail)):
-            graph.erase_node(dead)
-    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], EngineConv)]:
+    for conv in _engine_calls(graph, modules):
+        epilogue = _Epilogue(conv, modules)
+        epilogue.batchnorm()
+        epilogue.quantizer()
+        epilogue.residual_add()
+        epilogue.clamp()
+        epilogue.quantizer()
+        epilogue.replace(graph)
+    for conv in _engine_calls(graph, modules):
         source = conv.args[0]  # a quantizer no operator fused: the operator applies it to the raw input instead
         if (isinstance(source, fx.Node) and source.op == "call_module"
                 and str(source.target) in modules[str(conv.target)].fused):
