@@ -4,7 +4,8 @@ headers and libraries the `openvino` wheel ships.
 The set-up script builds it (`python -m slimkit.runtime.engine.build`); nothing is compiled on import. The kernels
 (cpp/kernels) are compiled once per instruction set (AVX-512 with VL, VPOPCNTDQ and VNNI; AVX2; portable), the
 operators (one file each), the dispatch between those builds and the extension's entry point (cpp/*.cpp) once;
-the library picks a kernel build from the CPU at run time, so one build serves every x86-64 machine. Every
+every operator times the kernels the CPU runs on its first call of a shape and keeps the fastest (cpp/kernel_tuner.hpp),
+so one build serves every x86-64 machine and no build is chosen because a CPU flag exists. Every
 warning fails the build (-Wall -Wextra -Werror; OpenVINO's headers are system headers, whose warnings are
 not ours). The file name carries a digest of every source, the flags, the compiler and the OpenVINO version,
 so a changed source, flag or engine never loads a stale build.
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +79,22 @@ def build(force: bool = False) -> Path:
     ov_dir = _openvino_dir()
     compiler = _compiler()
     target.parent.mkdir(parents=True, exist_ok=True)
+    build_id = f"-DSLIMKIT_BUILD_ID=\"{target.stem}\""  # the kernel tuner's cache belongs to this build alone
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        objects = []
+        # (compile command, the ISA whose object must define no code shared with other builds)
+        jobs: list[tuple[list[str], str | None]] = []
         for isa, flags in ISA_FLAGS.items():
-            objects.append(Path(tmp) / f"kernels_{isa}.o")
-            _run([compiler, *FLAGS, *flags, "-c", str(KERNELS / f"kernels_{isa}.cpp"), "-o", str(objects[-1])])
-            _refuse_shared_code(objects[-1], isa)
+            jobs.append(([compiler, *FLAGS, *flags, "-c", str(KERNELS / f"kernels_{isa}.cpp"), "-o",
+                          str(Path(tmp) / f"kernels_{isa}.o")], isa))
         for source in sorted(SOURCES.glob("*.cpp")):
-            objects.append(Path(tmp) / f"{source.stem}.o")
-            _run([compiler, *FLAGS, *OPENVINO_DEFINES, OPENVINO_INCLUDE, str(ov_dir / "include"), "-c", str(source),
-                  "-o", str(objects[-1])])
+            jobs.append(([compiler, *FLAGS, *OPENVINO_DEFINES, build_id, OPENVINO_INCLUDE, str(ov_dir / "include"),
+                          "-c", str(source), "-o", str(Path(tmp) / f"{source.stem}.o")], None))
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # g++ runs in processes of its own
+            list(pool.map(lambda job: _run(job[0]), jobs))
+        objects = [Path(command[-1]) for command, _ in jobs]
+        for (command, isa) in jobs:
+            if isa is not None:
+                _refuse_shared_code(Path(command[-1]), isa)
         built = Path(tmp) / target.name
         _run([compiler, "-shared", "-o", str(built), *map(str, objects),
               *(str(_runtime_library(ov_dir, lib)) for lib in ("libopenvino", "libopenvino_onnx_frontend", "libtbb")),
@@ -134,22 +142,55 @@ def _entry_points() -> Any:
     import ctypes
 
     library = ctypes.CDLL(str(require_library()))
-    library.slimkit_isa.restype = ctypes.c_char_p
+    library.slimkit_builds.restype = ctypes.c_char_p
+    library.slimkit_kernel_choices.restype = ctypes.c_char_p
+    library.slimkit_node_kernels.restype = ctypes.c_char_p
     library.slimkit_int8_peak.restype = ctypes.c_double
-    library.slimkit_int8_peak.argtypes = [ctypes.c_int, ctypes.c_double]
+    library.slimkit_int8_peak.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_double]
     return library
 
 
-def isa_level() -> str:
-    """The kernel build the library runs on this CPU: avx512, avx2 or generic (capped by $SLIMKIT_ISA)."""
-    return _entry_points().slimkit_isa().decode()
+def runnable_builds() -> list[str]:
+    """The kernel builds this CPU runs under $SLIMKIT_ISA, lowest first (generic, avx2, avx512): the ones the
+    kernel tuner chooses among. An unknown $SLIMKIT_ISA is an error naming it."""
+    builds = _entry_points().slimkit_builds().decode()
+    if builds.startswith("error: "):
+        raise SlimkitError(builds.removeprefix("error: "))
+    return builds.split()
 
 
-def int8_peak(threads: int, seconds: float = 0.5) -> float:
-    """Multiplies per second of the int8 operator's inner step (AVX2 vpmaddwd + vpaddd, AVX-512 VNNI vpdpwssd,
-    or the portable loop: whichever level the library picks here) on `threads` threads from registers alone: the
-    peak the operator's measured throughput is reported as a fraction of."""
-    return float(_entry_points().slimkit_int8_peak(threads, seconds))
+def kernel_choices() -> list[dict[str, Any]]:
+    """Every kernel choice this process made or read from the cache: the operator, the call's signature (its
+    shapes, batch and threads), the kernel that won and each timed kernel's microseconds."""
+    rows = []
+    for line in _entry_points().slimkit_kernel_choices().decode().splitlines():
+        key, kernel, times = line.split("\t")
+        operator, signature = key.split("|", 1)
+        timed = dict(entry.split("=") for entry in times.split(",")) if times else {}
+        rows.append({"operator": operator, "signature": signature, "kernel": kernel,
+                     "us": {name: float(us) for name, us in timed.items()}})
+    return rows
+
+
+def node_kernels() -> dict[str, str]:
+    """The kernel each operator node of this process's compiled models last ran, by the node's name."""
+    lines = _entry_points().slimkit_node_kernels().decode().splitlines()
+    return dict(line.split("\t") for line in lines)
+
+
+INT8_KERNELS = ("generic", "avx2", "avx512/i16", "avx512/u8-ymm", "avx512/u8-zmm")  # QuantSparseConv2d's kernels
+
+
+def int8_peak(kernel: str, threads: int, seconds: float = 0.5) -> float | None:
+    """Multiplies per second of an int8 kernel's inner step (avx2: vpmaddwd + vpaddd; avx512/i16: vpdpwssd;
+    avx512/u8-ymm and -zmm: vpdpbusd in 256- or 512-bit registers; generic: the portable loop) on `threads`
+    threads from registers alone: the peak a layer's measured throughput is reported as a fraction of. None
+    where this CPU does not run the kernel."""
+    if kernel not in INT8_KERNELS:
+        raise SlimkitError(f"{kernel!r} is not an int8 kernel; the int8 operator's kernels are "
+                           f"{', '.join(INT8_KERNELS)}")
+    peak = float(_entry_points().slimkit_int8_peak(kernel.encode(), threads, seconds))
+    return None if peak < 0 else peak
 
 
 if __name__ == "__main__":

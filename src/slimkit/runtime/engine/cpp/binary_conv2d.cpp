@@ -1,6 +1,7 @@
 // slimkit::BinaryConv2d for OpenVINO; its torch face is BinaryConv2dFunction in engine/operators.py.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -103,34 +104,50 @@ public:
         }
         const uint64_t* wbits = packed_weights(inputs[1], s);
         const float* residual = inputs.size() > 4 ? inputs[4].data<const float>() : nullptr;
-        Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high()};
+        const Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high()};
         float* y = outputs[0].data<float>();
         const size_t plane = static_cast<size_t>(s.height) * s.words * s.cols;
-        uint64_t* nonzero = scratch<uint64_t, 0>(batch * plane);  // pack_image / assemble_planes fill them
-        uint64_t* positive = scratch<uint64_t, 1>(batch * plane);
         const size_t image_in = in_channels * s.height * s.width;
         const size_t image_out = static_cast<size_t>(s.out_c) * out_area;
-        ov::parallel_for(batch, [&](size_t b) {
-            if (packed_input_) {
-                const uint64_t* half = reinterpret_cast<const uint64_t*>(inputs[0].data<const int64_t>()) + b * image_in;
-                assemble_planes_any(half, half + image_in / 2, s, nonzero + b * plane, positive + b * plane);
-            } else {
-                pack_image_any(inputs[0].data<const float>() + b * image_in, s, nonzero + b * plane, positive + b * plane);
-            }
-        });
         const int bits_one_plane = pack_output_ == 2 ? 1 : 0;
-        ov::parallel_for(batch * s.out_h, [&](size_t row) {
-            const size_t b = row / s.out_h, oh = row % s.out_h;
-            Epilogue image = e;
-            if (residual != nullptr) image.residual = residual + b * image_out;
-            conv_row_any(nonzero + b * plane, positive + b * plane, wbits, image, s, static_cast<int>(oh),
-                         y + b * image_out);
-            if (bits != nullptr) {  // this row's sign bits for the next binary layer, while the row is in cache
-                uint64_t* half = bits + b * 2 * out_words * out_area;
-                sign_bits_any(y + b * image_out, s.out_c, out_area, oh * s.out_w, s.out_w, bits_one_plane, half,
-                              half + out_words * out_area);
-            }
-        });
+        // the kernels: each build's, and in the AVX-512 build hand-written VPOPCNTDQ sums in 256- or 512-bit registers
+        static const std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0},
+                                                    {"avx512/ymm", Isa::avx512, 0}, {"avx512/zmm", Isa::avx512, 1}};
+        const auto run = [&](size_t k) {
+            const Isa isa = kernels[k].isa;
+            uint64_t* nonzero = scratch<uint64_t, 0>(batch * plane);  // pack_image / assemble_planes fill them
+            uint64_t* positive = scratch<uint64_t, 1>(batch * plane);
+            ov::parallel_for(batch, [&](size_t b) {
+                if (packed_input_) {
+                    const uint64_t* half = reinterpret_cast<const uint64_t*>(inputs[0].data<const int64_t>()) + b * image_in;
+                    assemble_planes_any(isa, half, half + image_in / 2, s, nonzero + b * plane, positive + b * plane);
+                } else {
+                    pack_image_any(isa, inputs[0].data<const float>() + b * image_in, s, nonzero + b * plane,
+                                   positive + b * plane);
+                }
+            });
+            ov::parallel_for(batch * s.out_h, [&](size_t row) {
+                const size_t b = row / s.out_h, oh = row % s.out_h;
+                Epilogue image = e;
+                if (residual != nullptr) image.residual = residual + b * image_out;
+                conv_row_any(isa, kernels[k].variant, nonzero + b * plane, positive + b * plane, wbits, image, s,
+                             static_cast<int>(oh), y + b * image_out);
+                if (bits != nullptr) {  // this row's sign bits for the next binary layer, while the row is in cache
+                    uint64_t* half = bits + b * 2 * out_words * out_area;
+                    sign_bits_any(isa, y + b * image_out, s.out_c, out_area, oh * s.out_w, s.out_w, bits_one_plane, half,
+                                  half + out_words * out_area);
+                }
+            });
+        };
+        char signature[256];
+        std::snprintf(signature, sizeof(signature),
+                      "c=%d o=%d k=%dx%d s=%d p=%d in=%dx%d b=%zu one_plane=%d pack=%d packed=%d residual=%d threads=%d",
+                      s.channels, s.out_c, s.kernel_h, s.kernel_w, s.stride, s.pad, s.height, s.width, batch,
+                      s.one_plane, static_cast<int>(pack_output_), static_cast<int>(packed_input_),
+                      residual != nullptr ? 1 : 0, parallel_get_max_threads());
+        const Choice choice = choose("BinaryConv2d", signature, kernels, run);
+        if (!choice.outputs_ready) run(choice.kernel);
+        note_kernel(kernels[choice.kernel].name);
         return true;
     }
 

@@ -2,6 +2,7 @@
 // of the fused epilogue and of the conv geometry, and how an operator is registered with OpenVINO (each
 // operator's file, binary_conv2d.cpp and the like, returns its extensions; extension.cpp collects them).
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -13,6 +14,8 @@
 #include <openvino/core/op_extension.hpp>
 #include <openvino/frontend/onnx/extension/op.hpp>
 #include <openvino/op/op.hpp>
+
+#include "kernel_tuner.hpp"
 
 namespace slimkit {
 
@@ -41,12 +44,19 @@ public:
         visitor.on_attribute("clamp", clamp_);
         visitor.on_attribute("low", low_);
         visitor.on_attribute("high", high_);
+        visitor.on_attribute("layer", layer_);
         return true;
     }
 
     bool has_evaluate() const override { return true; }
 
 protected:
+    // Tells the kernel tuner's report which kernel this node runs (kernel names are static strings, so a
+    // pointer compare skips the report's lock on every call but the first and a change).
+    void note_kernel(const char* kernel) const {
+        if (noted_.exchange(kernel) != kernel) note_node(get_friendly_name(), kernel);
+    }
+
     template <typename Op>
     std::shared_ptr<ov::Node> clone_as(const ov::OutputVector& args) const {
         auto copy = std::make_shared<Op>();
@@ -61,6 +71,7 @@ protected:
         clamp_ = other.clamp_;
         low_ = other.low_;
         high_ = other.high_;
+        layer_ = other.layer_;
     }
 
     float low() const { return clamp_ ? low_ : -std::numeric_limits<float>::infinity(); }
@@ -69,6 +80,8 @@ protected:
     int64_t clamp_ = 0;
     float low_ = 0.0f;
     float high_ = 0.0f;
+    std::string layer_;  // the model layer this node stands for (export names the node after it)
+    mutable std::atomic<const char*> noted_{nullptr};
 };
 
 // What the two conv operators add: square stride and padding, and the [B, O, OH, OW] output shape.

@@ -2,11 +2,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -74,151 +76,243 @@ public:
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const auto [batch, channels, height, width, stride, pad, kh, kw, out_c, out_h, out_w, hq, wq] = geometry(inputs);
+        const Call call = prepare(outputs, inputs);
+        std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0}, {"avx512/i16", Isa::avx512, 0}};
+        if (offset_fits())  // the VNNI u8 x s8 kernel, in 256- and 512-bit registers
+            kernels.insert(kernels.end(), {{"avx512/u8-ymm", Isa::avx512, 1}, {"avx512/u8-zmm", Isa::avx512, 2}});
+        const auto run = [&](size_t k) {
+            if (kernels[k].variant == 0)
+                compute<int16_t>(call, kernels[k]);
+            else
+                compute<uint8_t>(call, kernels[k]);
+        };
+        const Choice choice = choose("QuantSparseConv2d", signature(call), kernels, run);
+        if (!choice.outputs_ready) run(choice.kernel);
+        note_kernel(kernels[choice.kernel].name);
+        return true;
+    }
+
+private:
+    // One call's sizes, inputs and outputs.
+    struct Call {
+        Geometry g;
+        bool linked;  // input 0: the integers [B, G, H, W, 4] of the layer before
+        int groups, phases;
+        size_t phase_plane, image;  // elements per 4-channel phase plane and per image (int16 or uint8 alike)
+        const float* x;
+        const int16_t* ints_in;
+        const float* scale;
+        const float* bias;
+        const float* residual;
+        float* y;
+        int16_t* link;  // output 1, or null
+        size_t blocks;
+    };
+
+    Call prepare(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+        const Geometry g = geometry(inputs);
         if (inputs[1].get_element_type() != ov::element::i8 || inputs[2].get_element_type() != ov::element::i32 ||
             inputs[3].get_element_type() != ov::element::i32)
             throw std::runtime_error("slimkit QuantSparseConv2d: weight must be int8, group and tap int32");
         if (!(in_.step > 0))
             throw std::runtime_error("slimkit QuantSparseConv2d: the input quantizer's step must be positive");
-        const bool linked = linked_input_ != 0;  // input 0: the integers [B, G, H, W, 4] of the layer before
+        const bool linked = linked_input_ != 0;
         if (linked && (inputs[0].get_element_type() != ov::element::i16 || inputs[0].get_shape()[4] != 4))
             throw std::runtime_error("slimkit QuantSparseConv2d: a linked input must be int16 [B, G, H, W, 4]");
-        const int groups = linked ? channels : (channels + 3) / 4, phases = stride * stride;
-        const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;  // int16 per 4-channel phase plane
-        const size_t image = static_cast<size_t>(groups) * phases * phase_plane;
-        outputs[0].set_shape({batch, static_cast<size_t>(out_c), static_cast<size_t>(out_h), static_cast<size_t>(out_w)});
-        const QuantBlocks w = blocks(inputs, groups, hq, wq);
-        const float* x = linked ? nullptr : inputs[0].data<const float>();
-        const int16_t* ints_in = linked ? inputs[0].data<const int16_t>() : nullptr;
-        const float* scale = inputs[5].data<const float>();
-        const float* bias = inputs[6].data<const float>();
-        const float* residual = inputs.size() > 7 ? inputs[7].data<const float>() : nullptr;
-        float* y = outputs[0].data<float>();
+        Call c{g, linked, linked ? g.channels : (g.channels + 3) / 4, g.stride * g.stride, 0, 0, nullptr, nullptr,
+               inputs[5].data<const float>(), inputs[6].data<const float>(),
+               inputs.size() > 7 ? inputs[7].data<const float>() : nullptr, nullptr, nullptr, inputs[2].get_shape()[0]};
+        c.phase_plane = static_cast<size_t>(g.hq) * g.wq * 4;
+        c.image = static_cast<size_t>(c.groups) * c.phases * c.phase_plane;
+        if (linked)
+            c.ints_in = inputs[0].data<const int16_t>();
+        else
+            c.x = inputs[0].data<const float>();
+        outputs[0].set_shape({g.batch, static_cast<size_t>(g.out_c), static_cast<size_t>(g.out_h),
+                              static_cast<size_t>(g.out_w)});
+        c.y = outputs[0].data<float>();
+        if (link_output_ != 0) {
+            outputs[1].set_shape({g.batch, static_cast<size_t>(g.out_c + 3) / 4, static_cast<size_t>(g.out_h),
+                                  static_cast<size_t>(g.out_w), 4});
+            c.link = outputs[1].data<int16_t>();
+        }
+        derive(inputs, c.groups, g.hq, g.wq);
+        return c;
+    }
+
+    // What the kernel tuner keys its choice by: everything that changes the work or its layout.
+    std::string signature(const Call& c) const {
+        const Geometry& g = c.g;
+        char text[320];
+        std::snprintf(text, sizeof(text),
+                      "c=%d o=%d k=%dx%d s=%d p=%d in=%dx%d b=%zu blocks=%zu linked=%d link=%d float=%d signed=%d "
+                      "residual=%d threads=%d",
+                      g.channels, g.out_c, g.kernel_h, g.kernel_w, g.stride, g.pad, g.height, g.width, g.batch,
+                      c.blocks, c.linked ? 1 : 0, link_output_ != 0 ? 1 : 0, float_output_ != 0 ? 1 : 0,
+                      in_.low < 0 ? 1 : 0, c.residual != nullptr ? 1 : 0, parallel_get_max_threads());
+        return text;
+    }
+
+    // The u8 kernels hold each input integer plus an offset in a byte: 128 for a grid with negative integers,
+    // 0 for an unsigned one; a grid that does not fit 0..255 that way runs the int16 kernels only.
+    int offset() const { return in_.low < 0 ? 128 : 0; }
+    bool offset_fits() const { return in_.low + offset() >= 0 && in_.high + offset() <= 255; }
+
+    // The input planes, [group][stride phase][position][4 channels], of every image in T (int16: the integers;
+    // uint8: the integers plus offset()), the zero padding and the slack past the last image included.
+    template <typename T>
+    T* fill_planes(const Call& c, Isa isa) const {
+        const Geometry& g = c.g;
+        const T zero = static_cast<T>(std::is_same_v<T, uint8_t> ? offset() : 0);
         // positions are computed in whole tiles, so the last tile of the last image reads up to a tile past
-        // its planes: that slack is allocated and zeroed (the outputs it feeds are dropped)
-        const size_t slack = 4 * QUANT_TILE;
-        int16_t* planes = scratch<int16_t, 0>(batch * image + slack);
-        std::fill(planes + batch * image, planes + batch * image + slack, int16_t{0});
-        if (stride != 1) std::fill(planes, planes + batch * image, int16_t{0});  // padding, channels past the last
-        const size_t area = static_cast<size_t>(height) * width;
-        if (stride == 1 || linked) ov::parallel_for(batch * groups, [&](size_t item) {
-            const size_t b = item / groups;
-            const int g = static_cast<int>(item % groups);
-            int16_t* plane = planes + b * image + static_cast<size_t>(g) * phases * phase_plane;
-            if (stride == 1) {  // the padding: rows above and below, then the columns left and right of each row
-                std::memset(plane, 0, sizeof(int16_t) * 4 * wq * pad);
-                std::memset(plane + static_cast<size_t>(pad + height) * wq * 4, 0,
-                            sizeof(int16_t) * 4 * wq * (hq - pad - height));
-                for (int h = 0; h < height; ++h) {
-                    int16_t* row = plane + static_cast<size_t>(h + pad) * wq * 4;
-                    std::memset(row, 0, sizeof(int16_t) * 4 * pad);
-                    std::memset(row + 4 * (pad + width), 0, sizeof(int16_t) * 4 * (wq - pad - width));
+        // its planes: that slack is allocated and set (the outputs it feeds are dropped)
+        const size_t slack = 4 * QUANT_TILE, total = g.batch * c.image;
+        T* planes = scratch<T, 0>(total + slack);
+        std::fill(planes + total, planes + total + slack, zero);
+        if (g.stride != 1) std::fill(planes, planes + total, zero);  // padding, channels past the last
+        const size_t area = static_cast<size_t>(g.height) * g.width;
+        if (g.stride == 1 || c.linked) ov::parallel_for(g.batch * c.groups, [&](size_t item) {
+            const size_t b = item / c.groups;
+            const int group = static_cast<int>(item % c.groups);
+            T* plane = planes + b * c.image + static_cast<size_t>(group) * c.phases * c.phase_plane;
+            if (g.stride == 1) {  // the padding: rows above and below, then the columns left and right of each row
+                std::fill_n(plane, 4 * g.wq * g.pad, zero);
+                std::fill_n(plane + static_cast<size_t>(g.pad + g.height) * g.wq * 4, 4 * g.wq * (g.hq - g.pad - g.height),
+                            zero);
+                for (int h = 0; h < g.height; ++h) {
+                    T* row = plane + static_cast<size_t>(h + g.pad) * g.wq * 4;
+                    std::fill_n(row, 4 * g.pad, zero);
+                    std::fill_n(row + 4 * (g.pad + g.width), 4 * (g.wq - g.pad - g.width), zero);
                 }
             }
-            for (int h = 0; h < height; ++h) {
-                if (linked) {  // the integers are already this layer's: copied into place, 4 channels a pixel
-                    const int16_t* src = ints_in + ((b * groups + g) * area + static_cast<size_t>(h) * width) * 4;
-                    const int ph = (h + pad) % stride, i = (h + pad) / stride;
-                    if (stride == 1) {
-                        std::memcpy(plane + (static_cast<size_t>(i) * wq + pad) * 4, src, sizeof(int16_t) * 4 * width);
+            for (int h = 0; h < g.height; ++h) {
+                if (c.linked) {  // the integers are already this layer's: copied into place, 4 channels a pixel
+                    const int16_t* src = c.ints_in + ((b * c.groups + group) * area + static_cast<size_t>(h) * g.width) * 4;
+                    const int ph = (h + g.pad) % g.stride, i = (h + g.pad) / g.stride;
+                    if (g.stride == 1) {
+                        T* out = plane + (static_cast<size_t>(i) * g.wq + g.pad) * 4;
+                        for (int k = 0; k < 4 * g.width; ++k) out[k] = static_cast<T>(src[k] + zero);
                         continue;
                     }
-                    for (int pw = 0; pw < stride; ++pw) {  // columns v with (v + pad) % stride == pw
-                        int16_t* out = plane + (ph * stride + pw) * phase_plane + static_cast<size_t>(i) * wq * 4;
-                        const int v0 = first_in_phase(pw, pad, stride);
-                        for (int v = v0, j = (v0 + pad) / stride; v < width; v += stride, ++j)
-                            std::memcpy(out + 4 * j, src + 4 * v, sizeof(int16_t) * 4);
+                    for (int pw = 0; pw < g.stride; ++pw) {  // columns v with (v + pad) % stride == pw
+                        T* out = plane + (ph * g.stride + pw) * c.phase_plane + static_cast<size_t>(i) * g.wq * 4;
+                        const int v0 = first_in_phase(pw, g.pad, g.stride);
+                        for (int v = v0, j = (v0 + g.pad) / g.stride; v < g.width; v += g.stride, ++j)
+                            for (int k = 0; k < 4; ++k) out[4 * j + k] = static_cast<T>(src[4 * v + k] + zero);
                     }
                     continue;
                 }
                 const float* rows[4];  // each group's rows quantized and interleaved in one vectorised pass
                 for (int k = 0; k < 4; ++k)
-                    rows[k] = 4 * g + k < channels ? x + ((b * channels + 4 * g + k) * height + h) * width : nullptr;
-                quantize_group_row_any(rows, width, in_, plane + (static_cast<size_t>(h + pad) * wq + pad) * 4);
+                    rows[k] = 4 * group + k < g.channels
+                                  ? c.x + ((b * g.channels + 4 * group + k) * g.height + h) * g.width : nullptr;
+                T* out = plane + (static_cast<size_t>(h + g.pad) * g.wq + g.pad) * 4;
+                if constexpr (std::is_same_v<T, uint8_t>)
+                    quantize_group_row_u8_any(isa, rows, g.width, in_, zero, out);
+                else
+                    quantize_group_row_any(isa, rows, g.width, in_, out);
             }
         });
-        if (stride != 1 && !linked) ov::parallel_for(batch * channels, [&](size_t item) {
-            const size_t b = item / channels;
-            const int c = static_cast<int>(item % channels);
-            int16_t* group = planes + b * image + static_cast<size_t>(c / 4) * phases * phase_plane + c % 4;
-            for (int h = 0; h < height; ++h) {
-                const int ph = (h + pad) % stride, i = (h + pad) / stride;
-                const float* row = x + ((b * channels + c) * height + h) * width;
-                for (int pw = 0; pw < stride; ++pw) {  // columns v with (v + pad) % stride == pw
-                    const int v0 = first_in_phase(pw, pad, stride);
-                    if (v0 >= width) continue;
-                    const int count = (width - v0 + stride - 1) / stride;
-                    int16_t* out = group + (ph * stride + pw) * phase_plane + (static_cast<size_t>(i) * wq + (v0 + pad) / stride) * 4;
-                    quantize_row_any(row + v0, stride, count, in_, out);
+        if (g.stride != 1 && !c.linked) ov::parallel_for(g.batch * g.channels, [&](size_t item) {
+            const size_t b = item / g.channels;
+            const int channel = static_cast<int>(item % g.channels);
+            T* group = planes + b * c.image + static_cast<size_t>(channel / 4) * c.phases * c.phase_plane + channel % 4;
+            for (int h = 0; h < g.height; ++h) {
+                const int ph = (h + g.pad) % g.stride, i = (h + g.pad) / g.stride;
+                const float* row = c.x + ((b * g.channels + channel) * g.height + h) * g.width;
+                for (int pw = 0; pw < g.stride; ++pw) {  // columns v with (v + pad) % stride == pw
+                    const int v0 = first_in_phase(pw, g.pad, g.stride);
+                    if (v0 >= g.width) continue;
+                    const int count = (g.width - v0 + g.stride - 1) / g.stride;
+                    T* out = group + (ph * g.stride + pw) * c.phase_plane +
+                             (static_cast<size_t>(i) * g.wq + (v0 + g.pad) / g.stride) * 4;
+                    if constexpr (std::is_same_v<T, uint8_t>)
+                        quantize_row_u8_any(isa, row + v0, g.stride, count, in_, zero, out);
+                    else
+                        quantize_row_any(isa, row + v0, g.stride, count, in_, out);
                 }
             }
         });
+        return planes;
+    }
+
+    // The call's outputs with `kernel`: T is the planes' element type (int16_t: the pair-sum kernels; uint8_t:
+    // the u8 x s8 ones, whose variant 1 or 2 is their 256- or 512-bit form).
+    template <typename T>
+    void compute(const Call& c, const Kernel& kernel) const {
+        const Geometry& g = c.g;
+        const T* planes = fill_planes<T>(c, kernel.isa);
         const QuantEpilogue e{pre_, low(), high(), post_};
-        const size_t span = static_cast<size_t>(out_h - 1) * wq + out_w;
+        const size_t span = static_cast<size_t>(g.out_h - 1) * g.wq + g.out_w;
         const size_t tiles = (span + QUANT_TILE - 1) / QUANT_TILE * QUANT_TILE;  // positions computed
-        const int block = 8, blocks_per_image = (out_c + block - 1) / block;  // 8: whole groups of 4
-        const size_t out_area = static_cast<size_t>(out_h) * out_w, out_groups = (out_c + 3) / 4;
-        int16_t* link = nullptr;
-        if (link_output_ != 0) {
-            outputs[1].set_shape({batch, out_groups, static_cast<size_t>(out_h), static_cast<size_t>(out_w), 4});
-            link = outputs[1].data<int16_t>();
-        }
-        ov::parallel_for(batch * blocks_per_image, [&](size_t item) {
+        const int block = 8, blocks_per_image = (g.out_c + block - 1) / block;  // 8: whole groups of 4
+        const size_t out_area = static_cast<size_t>(g.out_h) * g.out_w, out_groups = (g.out_c + 3) / 4;
+        const QuantBlocks w{ptr_.data(), offset_.data(), weights_.data()};
+        const QuantBlocks8 w8{ptr_.data(), offset_.data(), weights8_.data(), compensation_.data()};
+        ov::parallel_for(g.batch * blocks_per_image, [&](size_t item) {
             const size_t b = item / blocks_per_image;
             const int first = static_cast<int>(item % blocks_per_image) * block;
             int32_t* acc = scratch<int32_t, 0>(tiles);
-            int16_t* ints = link != nullptr ? scratch<int16_t, 1>(4 * out_area) : nullptr;  // a group's planes
-            for (int o = first; o < std::min(out_c, first + block); ++o) {
-                quant_sparse_row_any(planes + b * image, w, o, 0, static_cast<int>(tiles), acc);
-                const size_t at = (b * out_c + o) * out_area;
-                quant_epilogue_any(acc, wq, out_h, out_w, scale[o], bias[o], residual != nullptr ? residual + at : nullptr,
-                                   e, float_output_ != 0 ? y + at : nullptr,
+            int16_t* ints = c.link != nullptr ? scratch<int16_t, 1>(4 * out_area) : nullptr;  // a group's planes
+            for (int o = first; o < std::min(g.out_c, first + block); ++o) {
+                if constexpr (std::is_same_v<T, uint8_t>)
+                    quant_sparse_row_u8_any(kernel.isa, kernel.variant - 1, planes + b * c.image, w8, o, 0,
+                                            static_cast<int>(tiles), acc);
+                else
+                    quant_sparse_row_any(kernel.isa, planes + b * c.image, w, o, 0, static_cast<int>(tiles), acc);
+                const size_t at = (b * g.out_c + o) * out_area;
+                quant_epilogue_any(kernel.isa, acc, g.wq, g.out_h, g.out_w, c.scale[o], c.bias[o],
+                                   c.residual != nullptr ? c.residual + at : nullptr, e,
+                                   float_output_ != 0 ? c.y + at : nullptr,
                                    ints != nullptr ? ints + (o % 4) * out_area : nullptr);
-                if (ints != nullptr && (o % 4 == 3 || o == out_c - 1)) {  // a group done: interleave it
-                    const int g = o / 4;
+                if (ints != nullptr && (o % 4 == 3 || o == g.out_c - 1)) {  // a group done: interleave it
+                    const int group = o / 4;
                     const int16_t* planes_of[4];
-                    for (int k = 0; k < 4; ++k) planes_of[k] = 4 * g + k < out_c ? ints + k * out_area : nullptr;
-                    interleave_group_any(planes_of, out_area, link + (b * out_groups + g) * out_area * 4);
+                    for (int k = 0; k < 4; ++k) planes_of[k] = 4 * group + k < g.out_c ? ints + k * out_area : nullptr;
+                    interleave_group_any(kernel.isa, planes_of, out_area, c.link + (b * out_groups + group) * out_area * 4);
                 }
             }
         });
-        return true;
     }
 
-private:
     std::vector<std::pair<std::string, QuantGrid*>> grids() { return {{"in", &in_}, {"pre", &pre_}, {"post", &post_}}; }
 
-    // The blocks' int16 weights and plane offsets, derived on the first call and kept while the weight tensor
-    // and the plane sizes stay the same.
-    QuantBlocks blocks(const ov::TensorVector& inputs, int groups, int hq, int wq) const {
+    // The blocks' weights (int16 for the pair-sum kernels; 4 int8 in an int32, and each output channel's
+    // compensation, for the u8 ones) and plane offsets, derived on the first call and kept while the weight
+    // tensor and the plane sizes stay the same.
+    void derive(const ov::TensorVector& inputs, int groups, int hq, int wq) const {
         std::lock_guard<std::mutex> lock(mutex_);
         const int8_t* weight = inputs[1].data<const int8_t>();
-        if (weight != derived_from_ || hq != derived_hq_ || wq != derived_wq_) {
-            const size_t count = inputs[2].get_shape()[0];
-            if (inputs[1].get_shape()[0] != 4 * count)
-                throw std::runtime_error("slimkit QuantSparseConv2d: weight must hold 4 values per block");
-            const int32_t* group = inputs[2].data<const int32_t>();
-            const int32_t* tap = inputs[3].data<const int32_t>();
-            const int stride = static_cast<int>(stride_), kw = static_cast<int>(kernel_w_);
-            const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;
-            offset_.resize(count);
-            weights_.assign(weight, weight + 4 * count);
-            for (size_t e = 0; e < count; ++e) {
-                const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
-                if (group[e] < 0 || group[e] >= groups || tap[e] < 0 || kh_e >= kernel_h_)
-                    throw std::runtime_error("slimkit QuantSparseConv2d: block " + std::to_string(e) +
-                                             " names a channel group or tap outside the layer");
-                const size_t plane = static_cast<size_t>(group[e]) * stride * stride + (kh_e % stride) * stride + kw_e % stride;
-                offset_[e] = static_cast<int32_t>(plane * phase_plane + ((kh_e / stride) * wq + kw_e / stride) * 4);
-            }
-            read_ptr(inputs[4], ptr_);
-            if (ptr_.back() != static_cast<int64_t>(count))
-                throw std::runtime_error("slimkit QuantSparseConv2d: ptr does not end at the block count");
-            derived_from_ = weight;
-            derived_hq_ = hq;
-            derived_wq_ = wq;
+        if (weight == derived_from_ && hq == derived_hq_ && wq == derived_wq_) return;
+        const size_t count = inputs[2].get_shape()[0];
+        if (inputs[1].get_shape()[0] != 4 * count)
+            throw std::runtime_error("slimkit QuantSparseConv2d: weight must hold 4 values per block");
+        const int32_t* group = inputs[2].data<const int32_t>();
+        const int32_t* tap = inputs[3].data<const int32_t>();
+        const int stride = static_cast<int>(stride_), kw = static_cast<int>(kernel_w_);
+        const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;
+        offset_.resize(count);
+        weights_.assign(weight, weight + 4 * count);
+        weights8_.resize(count);
+        for (size_t e = 0; e < count; ++e) {
+            const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
+            if (group[e] < 0 || group[e] >= groups || tap[e] < 0 || kh_e >= kernel_h_)
+                throw std::runtime_error("slimkit QuantSparseConv2d: block " + std::to_string(e) +
+                                         " names a channel group or tap outside the layer");
+            const size_t plane = static_cast<size_t>(group[e]) * stride * stride + (kh_e % stride) * stride + kw_e % stride;
+            offset_[e] = static_cast<int32_t>(plane * phase_plane + ((kh_e / stride) * wq + kw_e / stride) * 4);
+            std::memcpy(&weights8_[e], weight + 4 * e, sizeof(int32_t));
         }
-        return QuantBlocks{ptr_.data(), offset_.data(), weights_.data()};
+        read_ptr(inputs[4], ptr_);
+        if (ptr_.back() != static_cast<int64_t>(count))
+            throw std::runtime_error("slimkit QuantSparseConv2d: ptr does not end at the block count");
+        compensation_.assign(ptr_.size() - 1, 0);
+        for (size_t o = 0; o + 1 < ptr_.size(); ++o)
+            for (int64_t e = ptr_[o]; e < ptr_[o + 1]; ++e)
+                for (int k = 0; k < 4; ++k) compensation_[o] += offset() * weight[4 * e + k];
+        derived_from_ = weight;
+        derived_hq_ = hq;
+        derived_wq_ = wq;
     }
 
     QuantGrid in_{0.0f, 0.0f, 0.0f}, pre_{0.0f, 0.0f, 0.0f}, post_{0.0f, 0.0f, 0.0f};
@@ -228,6 +322,7 @@ private:
     mutable std::mutex mutex_;
     mutable std::vector<int32_t> offset_;
     mutable std::vector<int16_t> weights_;
+    mutable std::vector<int32_t> weights8_, compensation_;
     mutable std::vector<int64_t> ptr_;
     mutable const int8_t* derived_from_ = nullptr;
     mutable int derived_hq_ = -1, derived_wq_ = -1;

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -15,6 +16,12 @@
 #include "operator_base.hpp"
 
 namespace slimkit {
+
+// One build's compiled loops each: the kernel tuner times them (they differ in vector width alone).
+static const std::vector<Kernel>& kernels() {
+    static const std::vector<Kernel> all = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0}, {"avx512", Isa::avx512, 0}};
+    return all;
+}
 
 // y = clamp(conv(x, W) + shift (+ residual), low, high) for a sparse W given as CSR over output channels:
 // value, channel (input channel), tap (kh * KW + kw) per entry, each channel's entries padded with zeros to
@@ -71,14 +78,24 @@ public:
         const int block = 16, blocks = (out_c + block - 1) / block;
         const size_t row_stride = segments * segment;
         float* flat = scratch<float, 1>(static_cast<size_t>(out_c) * row_stride);  // every read is written first
-        ov::parallel_for(segments * blocks, [&](size_t item) {
-            const size_t seg = item / blocks;
-            const int first = static_cast<int>(item % blocks) * block;
-            const size_t start = seg * segment;
-            const int length = static_cast<int>(std::min<size_t>(segment, span - start));
-            sparse_segment_any(planes, plane_stride, w, first, std::min(out_c, first + block), start, length,
-                               static_cast<int>(row_stride), flat + static_cast<size_t>(first) * row_stride + start);
-        });
+        const auto run = [&](size_t k) {
+            ov::parallel_for(segments * blocks, [&](size_t item) {
+                const size_t seg = item / blocks;
+                const int first = static_cast<int>(item % blocks) * block;
+                const size_t start = seg * segment;
+                const int length = static_cast<int>(std::min<size_t>(segment, span - start));
+                sparse_segment_any(kernels()[k].isa, planes, plane_stride, w, first, std::min(out_c, first + block), start,
+                                   length, static_cast<int>(row_stride),
+                                   flat + static_cast<size_t>(first) * row_stride + start);
+            });
+        };
+        char signature[256];
+        std::snprintf(signature, sizeof(signature), "c=%d o=%d k=%dx%d s=%d p=%d in=%dx%d b=%zu nonzeros=%zu threads=%d",
+                      channels, out_c, kh, kw, stride, pad, height, width, batch, inputs[1].get_shape()[0],
+                      parallel_get_max_threads());
+        const Choice choice = choose("SparseConv2d", signature, kernels(), run);
+        if (!choice.outputs_ready) run(choice.kernel);
+        note_kernel(kernels()[choice.kernel].name);
         const float lo = low(), hi = high();
         ov::parallel_for(batch * out_c, [&](size_t item) {
             const size_t b = item / out_c, o = item % out_c;

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -51,21 +52,34 @@ public:
         const float* residual = inputs.size() > 5 ? inputs[5].data<const float>() : nullptr;
         float* y = outputs[0].data<float>();
         const int block = 16, blocks = (out + block - 1) / block;
-        if (rows == 1) {
-            ov::parallel_for(blocks, [&](int b) { sparse_dots_any(x, w, b * block, std::min(out, (b + 1) * block), y); });
-        } else {
+        static const std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0},
+                                                    {"avx512", Isa::avx512, 0}};
+        const auto run = [&](size_t k) {
+            const Isa isa = kernels[k].isa;
+            if (rows == 1) {
+                ov::parallel_for(blocks, [&](int b) {
+                    sparse_dots_any(isa, x, w, b * block, std::min(out, (b + 1) * block), y);
+                });
+                return;
+            }
             float* xt = scratch<float, 2>(features * rows);
             float* yt = scratch<float, 3>(static_cast<size_t>(out) * rows);
             ov::parallel_for(features, [&](size_t k) {
                 for (size_t n = 0; n < rows; ++n) xt[k * rows + n] = x[n * features + k];
             });
             ov::parallel_for(blocks, [&](int b) {
-                sparse_rows_any(xt, static_cast<int>(rows), w, b * block, std::min(out, (b + 1) * block), yt);
+                sparse_rows_any(isa, xt, static_cast<int>(rows), w, b * block, std::min(out, (b + 1) * block), yt);
             });
             ov::parallel_for(rows, [&](size_t n) {
                 for (int o = 0; o < out; ++o) y[n * out + o] = yt[static_cast<size_t>(o) * rows + n];
             });
-        }
+        };
+        char signature[160];
+        std::snprintf(signature, sizeof(signature), "in=%zu o=%d rows=%zu nonzeros=%zu threads=%d", features, out, rows,
+                      inputs[1].get_shape()[0], parallel_get_max_threads());
+        const Choice choice = choose("SparseLinear", signature, kernels, run);
+        if (!choice.outputs_ready) run(choice.kernel);
+        note_kernel(kernels[choice.kernel].name);
         const float lo = low(), hi = high();
         const size_t total = rows * static_cast<size_t>(out);
         if (residual != nullptr)

@@ -52,6 +52,17 @@ struct QuantBlocks {
     const int16_t* weights;
 };
 
+// The same blocks for the u8 x s8 kernels (AVX-512 VNNI's vpdpbusd), whose input planes hold each integer plus
+// an offset (128 for a signed grid, 0 for an unsigned one) as uint8: weights[e] is block e's 4 int8 weights as
+// one int32 (the bytes vpdpbusd multiplies with one position's 4 channels), and compensation[o] is the offset
+// times the sum of output channel o's weights, which the kernel subtracts (exact in int32).
+struct QuantBlocks8 {
+    const int64_t* ptr;
+    const int32_t* offset;
+    const int32_t* weights;
+    const int32_t* compensation;
+};
+
 // The fused epilogue of a quantized layer: the quantizer of its output (pre), a residual add, a clamp, the
 // quantizer after them (post), in the order the fake-quant graph applies them.
 struct QuantEpilogue {
@@ -67,7 +78,7 @@ struct QuantEpilogue {
     void assemble_planes(const uint64_t* half_n, const uint64_t* half_p, const Shape& s, uint64_t* nonzero, \
                          uint64_t* positive);                                                           \
     void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* positive);            \
-    void conv_row(const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,      \
+    void conv_row(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,      \
                   const Epilogue& e, const Shape& s, int oh, float* y);                    \
     void sparse_segment(const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,  \
                         int o_end, size_t start, int length, int row_stride, float* acc);                \
@@ -85,5 +96,14 @@ struct QuantEpilogue {
 SLIMKIT_DECLARE_KERNELS(avx512)
 SLIMKIT_DECLARE_KERNELS(avx2)
 SLIMKIT_DECLARE_KERNELS(generic)
+
+// The u8 x s8 kernels, in the AVX-512 build only (variant 0: 256-bit registers, 1: 512-bit).
+namespace avx512 {
+void quantize_row_u8(const float* x, int x_stride, int count, const QuantGrid& grid, int offset, uint8_t* out);
+void quantize_group_row_u8(const float* const* x, int count, const QuantGrid& grid, int offset, uint8_t* out);
+void quant_sparse_row_u8(int variant, const uint8_t* planes, const QuantBlocks8& w, int o, size_t start, int length,
+                         int32_t* acc);
+int64_t quad_sum_peak(int variant, int64_t rounds, int32_t* sink);
+}  // namespace avx512
 
 }  // namespace slimkit

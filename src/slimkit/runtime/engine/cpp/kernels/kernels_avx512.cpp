@@ -3,3 +3,4 @@
 #include "binary_kernel.hpp"
 #include "sparse_kernel.hpp"
 #include "quant_sparse_kernel.hpp"
+#include "quant_u8_kernel.hpp"
