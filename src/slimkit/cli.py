@@ -214,7 +214,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                "written as ONNX Q/DQ (--engine onnx); --engine openvino takes a quantized run as "
                                "it is (its block-sparse int8 convs run slimkit::QuantSparseConv2d)")
         calibration = _calibration_batches(args.model, args.calibration_batches) if quantized else None
-        return _export_openvino(model, shape, Path(args.out) if args.out else default / "engine", calibration)
+        return _export_openvino(args, model, shape, Path(args.out) if args.out else default / "engine", calibration)
     return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
 
 
@@ -249,20 +249,30 @@ def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int
     return 0
 
 
-def _export_openvino(model: Any, shape: tuple[int, int, int], folder: Path, calibration: list[Any] | None) -> int:
-    """Write the deployable folder (see runtime.engine.export.export_folder) and say what runs where."""
-    from slimkit.runtime.engine.export import export_folder
+def _export_openvino(args: argparse.Namespace, model: Any, shape: tuple[int, int, int], folder: Path,
+                     calibration: list[Any] | None) -> int:
+    """Write the deployable folder (runtime.engine.artifact.export_folder: each layer as slimkit's operator only
+    where it measured faster here) and say what runs where, and why."""
+    from slimkit.runtime.engine.artifact import export_folder
 
-    manifest = export_folder(model, folder, shape, calibration)
+    manifest = export_folder(model, folder, shape, calibration, batch=args.batch, threads=args.threads)
     table = Table(title=f"OpenVINO model with slimkit's operators: {folder}")
-    for col in ("layer", "runs as", "fused into it"):
+    for col in ("layer", "runs as", "kernel", f"why (timed at batch {manifest['batch']})", "fused into it"):
         table.add_column(col)
     for line in manifest["slimkit_layers"]:
-        table.add_row(line["layer"], line["engine"], ", ".join(line.get("fused", [])) or line.get("reason", ""))
+        table.add_row(line["layer"], line["engine"], line.get("kernel", ""), line.get("reason", ""),
+                      ", ".join(line.get("fused", [])))
     console.print(table)
+    choice = manifest["choice"]
+    times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in choice["artifacts_ms"].items())
+    console.print(f"whole model, batch {choice['batch']}, {choice['threads']} threads, fp32: {times}; written: "
+                  f"'{choice['chosen']}' ({choice['operators']} of {choice['candidates']} candidate layers as "
+                  "slimkit's operators)", highlight=False)
+    if choice["chosen"] == "dense":
+        console.print("slimkit's operators were slower than OpenVINO's own kernels on this CPU for this model and "
+                      "batch, so the folder holds the model as OpenVINO runs it by itself", style="yellow")
     console.print(f"load it with: {'; '.join(manifest['load'])}  (in {folder}; built for OpenVINO "
-                  f"{manifest['openvino']}; the library picks AVX-512, AVX2 or portable kernels at run time)",
-                  highlight=False)
+                  f"{manifest['openvino']})", highlight=False)
     return 0
 
 
@@ -357,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a float model (channel-pruned, say) quantized by onnxruntime's quantize_static on the "
                              "run's data")
     export.add_argument("--calibration-batches", type=int, default=8)
+    export.add_argument("--batch", type=int, default=1,
+                        help="the batch size the OpenVINO artifact's layer choices are timed at (default 1)")
+    export.add_argument("--threads", type=int, default=None,
+                        help="threads to time the layer choices with (default: the machine's)")
     export.add_argument("--format", choices=("model", "truth-tables"), default="model",
                         help="truth-tables: every neuron's lookup table of sparse, quantized linear and conv layers "
                              "(JSON)")

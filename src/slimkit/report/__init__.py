@@ -278,20 +278,29 @@ class Report:
                     f"The compressed model could not be deployed in an engine: {engine['error']}", ""]
         isa = ", ".join(engine.get("isa", [])) or "none of the listed extensions"
         lines = ["## In the engines users deploy with", "",
-                 f"The compressed model was exported to OpenVINO with slimkit's operators (`{engine['artifact']}`, "
-                 f"loadable by plain OpenVINO with the library beside it) and timed against the dense model in "
+                 f"The compressed model was exported to OpenVINO (`{engine['artifact']}`, one folder per batch size, "
+                 f"loadable by plain OpenVINO with the library beside it), each layer as slimkit's operator only "
+                 f"where that measured faster than OpenVINO's own kernel here, and timed against the dense model in "
                  f"onnxruntime and OpenVINO, fp32 and int8 (their own post-training quantization), taking turns in "
-                 f"one process with {engine['threads']} threads on {engine.get('cpu_model', 'unknown')} ({isa}).",
-                 "", "| batch | form | median ms |", "|---:|---|---:|"]
+                 f"one process with {engine['threads']} threads on {engine.get('cpu_model', 'unknown')} ({isa}). "
+                 "The artifact computes in fp32 (pinned); each OpenVINO baseline is named by the precision it ran.",
+                 "", "| batch | form | precision | median ms |", "|---:|---|---|---:|"]
         for batch, r in engine["batches"].items():
             for form, t in sorted(r["latency_ms"].items(), key=lambda kv: kv[1]["median"]):
                 label = "compressed in OpenVINO + slimkit" if form == "engine" else f"dense in {form}"
-                lines.append(f"| {batch} | {label} | {t['median']:.3f} |")
-        lines += ["", "| layer | runs as | fused into it |", "|---|---|---|"]
-        for line in engine["slimkit_layers"]:
-            detail = ", ".join(line.get("fused", [])) or line.get("reason", "")
-            lines.append(f"| {line['layer']} | {line['engine']} | {detail} |")
+                lines.append(f"| {batch} | {label} | {r.get('precision', {}).get(form, '')} | {t['median']:.3f} |")
         for batch, r in engine["batches"].items():
+            choice, agreement = r["choice"], r["agreement"]
+            times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in choice["artifacts_ms"].items())
+            steps = "" if agreement["in_steps"] is None else f" ({agreement['in_steps']:.1f} steps of its output grid)"
+            lines += ["", f"Batch {batch}: whole artifacts timed {times}; written: '{choice['chosen']}' "
+                      f"({choice['operators']} of {choice['candidates']} candidate layers as slimkit's operators). "
+                      f"Largest difference from {agreement['reference']} on {agreement['inputs']}: "
+                      f"{agreement['max_abs_difference']:.3g}{steps}.", "",
+                      "| layer | runs as | kernel | why | fused into it |", "|---|---|---|---|---|"]
+            for line in r["slimkit_layers"]:
+                lines.append(f"| {line['layer']} | {line['engine']} | {line.get('kernel', '')} | "
+                             f"{line.get('reason', '')} | {', '.join(line.get('fused', []))} |")
             lines += ["", f"Where the compressed model's engine time goes at batch {batch} (OpenVINO per-node "
                       "counters, ms per inference):", "", "| node | kernel | nodes | ms |", "|---|---|---:|---:|"]
             lines += [f"| {p['node']} | {p['kernel']} | {p['nodes']} | {p['ms']:.3f} |" for p in r["engine_profile"]]

@@ -27,8 +27,9 @@ from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.eager.deploy import deploy
+from slimkit.runtime.engine.artifact import export_folder
 from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
-from slimkit.runtime.engine.export import export_folder, export_openvino, openvino_core
+from slimkit.runtime.engine.export import export_openvino, openvino_core
 from slimkit.runtime.engine.form import runs_slimkit_operators
 from slimkit.runtime.engine.profile import profile_openvino
 
@@ -65,7 +66,8 @@ def dense_baselines(model: nn.Module, example: torch.Tensor, use_compile: bool) 
 
 
 DENSE_FP32 = ("eager", "frozen", "compiled", "ort_fp32", "openvino_fp32")
-DENSE_INT8 = ("ort_int8", "openvino_int8")
+DENSE_REDUCED = ("openvino_bf16", "openvino_fp16")  # OpenVINO at a CPU's default precision, where that is not fp32
+DENSE_INT8 = ("ort_int8", "openvino_int8", "openvino_int8+bf16", "openvino_int8+fp16")
 
 
 def best_of(ms: dict[str, dict[str, float]], forms: Sequence[str]) -> str | None:
@@ -78,8 +80,8 @@ def speedups(ms: dict[str, dict[str, float]], form: str) -> dict[str, Any]:
     """`form` against the best dense engine, the best fp32 and the best int8 one, and eager torch, each ratio
     with its baseline named (>1: `form` is faster)."""
     out: dict[str, Any] = {}
-    for key, forms in (("best_dense", DENSE_FP32 + DENSE_INT8), ("best_fp32", DENSE_FP32), ("best_int8", DENSE_INT8),
-                       ("eager", ("eager",))):
+    for key, forms in (("best_dense", DENSE_FP32 + DENSE_REDUCED + DENSE_INT8), ("best_fp32", DENSE_FP32),
+                       ("best_int8", DENSE_INT8), ("eager", ("eager",))):
         best = best_of(ms, forms)
         if best is not None:
             out[key] = {"baseline": best, "speedup": ms[best]["median"] / ms[form]["median"]}
@@ -136,29 +138,37 @@ def _export_engine(model: nn.Module, input_shape: Sequence[int], path: Path) -> 
 def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Sequence[int],
                         calibration: Sequence[torch.Tensor], folder: Path, *, batch_sizes: Sequence[int],
                         threads: int | None = None, repeats: int = 21) -> dict[str, Any]:
-    """A run's compressed model as the deployable OpenVINO artifact (written to `folder`) against its dense
-    model in every dense engine (onnxruntime and OpenVINO, fp32 and int8, the int8 ones calibrated on
-    `calibration`), taking turns in one process with the same threads. Per batch: every latency, the
-    speed-up over the best dense engine (named), and OpenVINO's per-node profile of the artifact."""
+    """A run's compressed model as the deployable OpenVINO artifact against its dense model in every dense
+    engine (onnxruntime and OpenVINO, fp32 and int8, the int8 ones calibrated on `calibration`; OpenVINO also
+    as the CPU's default precision where that is not fp32), taking turns in one process with the same threads.
+    The artifact's layers are chosen by measurement at each batch size, so each batch gets its own folder
+    (`folder`/batch-<n>). Per batch: every latency, the speed-up over the best dense engine (named), the
+    artifact's layer choices and OpenVINO's per-node profile of it."""
     threads = threads or default_threads()
-    manifest = export_folder(compressed, folder, input_shape, calibration)
-    model_path = folder / manifest["model"]
-    out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(),
-                           "slimkit_layers": manifest["slimkit_layers"], "batches": {}}
-    with tempfile.TemporaryDirectory() as tmp:
+    out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(), "batches": {}}
+    with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as tmp:
         exported = export_dense(dense.eval(), input_shape, calibration, Path(tmp))
         for batch in batch_sizes:
             shape = (batch, *input_shape)
+            manifest = export_folder(compressed, folder / f"batch-{batch}", input_shape, calibration, batch=batch,
+                                     threads=threads)
+            model_path = folder / f"batch-{batch}" / manifest["model"]
             baselines = dense_engines(exported, shape, threads)
             forms = {k: v for k, v in baselines.items() if not k.endswith("_error")}
             forms["engine"] = OpenVinoModel(model_path, shape, threads, core=openvino_core())
             timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
             ms = {name: timing[name][str(batch)] for name in forms}
             out["batches"][str(batch)] = {
-                "latency_ms": ms, "engine_vs": speedups(ms, "engine"),
+                "latency_ms": ms, "engine_vs": speedups(ms, "engine"), "precision": _precisions(forms),
                 "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
-                "engine_profile": profile_openvino(model_path, shape, threads)}
+                "slimkit_layers": manifest["slimkit_layers"], "choice": manifest["choice"],
+                "agreement": manifest["agreement"], "engine_profile": profile_openvino(model_path, shape, threads)}
     return out
+
+
+def _precisions(forms: dict[str, Any]) -> dict[str, str]:
+    """The precision each OpenVINO form computed in (the others: what their name says)."""
+    return {name: form.precision for name, form in forms.items() if isinstance(form, OpenVinoModel)}
 
 
 def versus(entry: dict[str, Any] | None) -> str:

@@ -5,6 +5,13 @@ and int8 (OpenVINO runs the same QDQ model with its int8 kernels). Each is calla
 onnxruntime's intra-op threads do not spin between calls, so the engine timed next does not pay for them.
 
 onnxruntime and OpenVINO are optional: a missing one is reported by name, never silently skipped.
+
+Precision: OpenVINO's CPU plugin picks its inference precision from the CPU (bf16 on AVX-512 BF16 and AMX
+CPUs such as Zen 4 and Sapphire Rapids), so a model compiled without a pin is not the fp32 model it was
+given. Every OpenVINO model here says the precision it ran (`OpenVinoModel.precision`, read back from the
+compiled model); slimkit's own artifact and every exactness check pin f32 (`PINNED_F32`); a dense baseline
+is timed as a user gets it (the CPU's default) and, where that default is not f32, pinned to f32 too, each
+named by what it ran.
 """
 
 from __future__ import annotations
@@ -47,16 +54,41 @@ def shared_core() -> Any:
     return ov.Core()
 
 
+PRECISION_HINT = "INFERENCE_PRECISION_HINT"
+PINNED_F32 = {PRECISION_HINT: "f32"}  # the config (and IR runtime option) that makes OpenVINO compute in fp32
+PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's element types, as forms name them
+
+
+def precision_of(compiled: Any) -> str:
+    """The precision a compiled OpenVINO model computes its floating-point nodes in: fp32, bf16 or fp16."""
+    name = compiled.get_property(PRECISION_HINT).get_type_name()
+    if name not in PRECISION_NAMES:
+        raise SlimkitError(f"OpenVINO reports an inference precision slimkit does not know: {name}")
+    return PRECISION_NAMES[name]
+
+
+def runtime_options(model: Any) -> dict[str, str]:
+    """The runtime options an IR carries in its rt_info (`<runtime_options>`), such as slimkit's f32 pin.
+    OpenVINO 2026.4 applies only a few of them by itself (not the precision hint), so slimkit passes them on."""
+    if not model.has_rt_info(["runtime_options"]):
+        return {}
+    return {str(key): value.astype(str) for key, value in model.get_rt_info()["runtime_options"].items()}
+
+
 class OpenVinoModel(_Engine):
     """An OpenVINO CPU model compiled for one input shape with a fixed thread count and latency hint; pass
-    `core` (engine.export.openvino_core()) for a model that holds slimkit's operators."""
+    `core` (engine.export.openvino_core()) for a model that holds slimkit's operators. `pin_f32` (the default)
+    computes in fp32 whatever the CPU's default; False compiles as a user's plain `compile_model` would,
+    apart from the runtime options the IR carries. `precision` says what it ran."""
 
-    def __init__(self, path: Path, shape: Sequence[int], threads: int, core: Any = None):
+    def __init__(self, path: Path, shape: Sequence[int], threads: int, core: Any = None, pin_f32: bool = True):
         core = core or shared_core()
         model = core.read_model(str(path))
         model.reshape(list(shape))
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "PERFORMANCE_HINT": "LATENCY"})
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **runtime_options(model),
+                  **(PINNED_F32 if pin_f32 else {})}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.precision = precision_of(self.compiled)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -111,17 +143,29 @@ def export_dense(model: nn.Module, input_shape: Sequence[int], calibration: Sequ
 
 
 def dense_engines(exported: dict[str, Path | str], shape: Sequence[int], threads: int) -> dict[str, Any]:
-    """{form: engine} for one input shape (batch included): ort_fp32, ort_int8, openvino_fp32,
-    openvino_int8; a form that cannot be built appears as '<form>_error' with the reason."""
+    """{form: engine} for one input shape (batch included): ort_fp32, ort_int8, and the OpenVINO forms named by
+    what they compute: openvino_fp32 and openvino_int8 (the rest of the graph in fp32) as the CPU's default
+    compiles them, and where that default is not fp32 (bf16, say) the same models as a user gets them too,
+    openvino_bf16 and openvino_int8+bf16. A form that cannot be built appears as '<form>_error' with the reason."""
     engines: dict[str, Any] = {}
-    for precision, path in exported.items():
+    for kind, path in exported.items():
         for engine in ("ort", "openvino"):
-            form = f"{engine}_{precision}"
+            form = f"{engine}_{kind}"
             if isinstance(path, str):
                 engines[f"{form}_error"] = path
                 continue
             try:
-                engines[form] = OnnxModel(path, threads) if engine == "ort" else OpenVinoModel(path, shape, threads)
-            except (ImportError, SlimkitError):
-                engines[f"{form}_error"] = f"{'onnxruntime' if engine == 'ort' else 'openvino'} is not installed"
+                if engine == "ort":
+                    engines[form] = OnnxModel(path, threads)
+                    continue
+                default = OpenVinoModel(path, shape, threads, pin_f32=False)
+                if default.precision != "fp32":  # a user's plain compile_model; then the same model pinned to fp32
+                    as_given = f"openvino_{default.precision}" if kind == "fp32" else f"{form}+{default.precision}"
+                    engines[as_given] = default
+                    default = OpenVinoModel(path, shape, threads)
+                engines[form] = default
+            except (ImportError, SlimkitError) as exc:
+                missing = isinstance(exc, ImportError)
+                engines[f"{form}_error"] = f"{'onnxruntime' if engine == 'ort' else 'openvino'} is not installed" \
+                    if missing else str(exc)
     return engines

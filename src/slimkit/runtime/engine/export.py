@@ -4,17 +4,20 @@
 slimkit's operator library (engine/cpp, built by the set-up: see build) and saves an OpenVINO IR
 (`model.xml` + `model.bin`), which plain OpenVINO runs once the library is added:
 
-    core = openvino.Core(); core.add_extension("libslimkit_openvino.so"); core.read_model("model.xml")
+    core = openvino.Core(); core.add_extension("libslimkit_openvino.so")
+    core.compile_model(core.read_model("model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
-`export_folder` writes the folder a user deploys: that IR, the library beside it and engine.json. Every
+(The IR also carries the f32 pin as a runtime option, but OpenVINO 2026.4 applies only a few runtime options
+from an IR by itself, not the precision hint, so the pin must be passed when compiling.)
+
+Which layers become operators, by measurement, is layer_choice's; the deployable folder is artifact's. Every
 other layer is OpenVINO's own. Binary window sums are exact (two bit planes, or one under sign(0) = +1);
 folded epilogues round once where eval rounds twice, so whole networks agree within float rounding.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,10 +25,10 @@ from typing import Any, BinaryIO
 from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError, first_line
-from slimkit.files import atomic_write, atomic_write_text
+from slimkit.files import atomic_write
 from slimkit.quant.onnx_export import export_onnx
 from slimkit.runtime.engine.build import require_library
-from slimkit.runtime.engine.dense_engines import shared_core
+from slimkit.runtime.engine.dense_engines import PINNED_F32, shared_core
 from slimkit.runtime.engine.form import engine_form
 from slimkit.runtime.engine.operator_modules import EngineConv
 from slimkit.runtime.engine.operators import DOMAIN
@@ -42,16 +45,18 @@ def openvino_core() -> Any:
 
 
 def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[int],
-                    calibration: Iterable[Tensor] | None = None) -> dict[str, Any]:
-    """Write `model` in its engine form as OpenVINO IR at `path` (.xml, with its .bin beside it), each file
-    atomically (a quantized model needs `calibration`, see engine_form). Returns what was written and which
-    layers run slimkit's operators."""
+                    calibration: Iterable[Tensor] | None = None, chosen: Collection[str] | None = None,
+                    ) -> dict[str, Any]:
+    """Write `model` in its engine form (the `chosen` candidate layers as operators; None: every candidate) as
+    OpenVINO IR at `path` (.xml, with its .bin beside it), each file atomically (a quantized model needs
+    `calibration`, see form.engine_form). The IR carries the f32 precision pin as a runtime option. Returns what
+    was written and which layers run slimkit's operators."""
     import openvino as ov
 
     path = Path(path)
     if path.suffix != ".xml":
         raise SlimkitError(f"an OpenVINO model is written as .xml (+ .bin); got {path}")
-    engine, layers = engine_form(model, input_shape, calibration)
+    engine, layers = engine_form(model, input_shape, calibration, chosen)
     core = openvino_core()
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = path.with_suffix(".onnx.tmp")
@@ -60,37 +65,25 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
         uses_ours = any(isinstance(m, EngineConv) for m in engine.modules())
         try:
             export_onnx(engine, onnx_path, input_shape, custom_opsets={DOMAIN: 1} if uses_ours else None)
-            ov.save_model(core.read_model(str(onnx_path)), str(staging), compress_to_fp16=False)
+            ir = core.read_model(str(onnx_path))
+            for node in ir.get_ordered_ops():  # each operator node named after its layer (profiles name layers)
+                if node.get_type_info().version_id == DOMAIN:
+                    node.set_friendly_name(node.get_attributes()["layer"])
+            for key, value in PINNED_F32.items():  # what OpenVINO must be told to compute exactly (see load lines)
+                ir.set_rt_info(value, ["runtime_options", key])
+            ov.save_model(ir, str(staging), compress_to_fp16=False)
         except Exception as exc:  # the exporter's and OpenVINO's failures are many; each names its op
             raise SlimkitError(f"exporting to OpenVINO failed: {type(exc).__name__}: {first_line(exc)}") from None
         for source, target in ((staging.with_suffix(".bin"), path.with_suffix(".bin")), (staging, path)):
-            _copy_atomically(source, target)
+            copy_atomically(source, target)
     finally:
         for leftover in (onnx_path, staging, staging.with_suffix(".bin")):
             leftover.unlink(missing_ok=True)
     return {"model": str(path), "weights": str(path.with_suffix(".bin")), "library": str(require_library()),
-            "slimkit_layers": layers}
+            "precision": "fp32", "slimkit_layers": layers}
 
 
-def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[int],
-                  calibration: Iterable[Tensor] | None = None) -> dict[str, Any]:
-    """The folder a user deploys: the OpenVINO IR, slimkit's operator library beside it, and engine.json
-    saying what runs where and how plain OpenVINO loads it (returned too); every file written atomically."""
-    import openvino
-
-    folder = Path(folder)
-    info = export_openvino(model, folder / "model.xml", input_shape, calibration)
-    _copy_atomically(Path(info["library"]), folder / LIBRARY_NAME)
-    manifest = {"model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME,
-                "input_shape": list(input_shape), "openvino": openvino.__version__,
-                "slimkit_layers": info["slimkit_layers"],
-                "load": ["core = openvino.Core()", f"core.add_extension('{LIBRARY_NAME}')",
-                         "compiled = core.compile_model(core.read_model('model.xml'), 'CPU')"]}
-    atomic_write_text(folder / "engine.json", json.dumps(manifest, indent=2))
-    return manifest
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
+def copy_atomically(source: Path, target: Path) -> None:
     """`source`'s bytes at `target`, written as slimkit.files.atomic_write does: no reader sees half a file."""
     data = source.read_bytes()
 

@@ -1,17 +1,21 @@
-"""`engine_form`: which layers of a model become slimkit's operators, and the model in that form.
+"""`engine_form`: a model with chosen layers as slimkit's operators, and which layers can be.
 
-Every binary conv, and every conv or linear layer at least SPARSE_MIN sparse (a quantized model's: in blocks
-of 4 input channels), becomes its Engine* module (operator_modules); the fusion passes then fuse epilogues
-and link operators. Every other layer stays OpenVINO's own, and each layer's line says what it became and why.
+`candidates` lists every layer an operator can take: each binary conv, each float conv or linear layer with
+zero weights, and each conv or linear layer of a quantized model's int8 graph (kept in blocks of 4 input
+channels; a dense one too, which the block operator runs with every block kept). Whether an operator is
+faster than OpenVINO's own kernel for that layer is not decided here: layer_choice measures it on the CPU.
+`engine_form` swaps the layers it is given into their Engine* modules (operator_modules); the fusion passes
+then fuse epilogues and link operators. Every other layer stays OpenVINO's own, and each candidate's line says
+what it became and why.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
@@ -19,6 +23,7 @@ from slimkit.errors import SlimkitError, first_line
 from slimkit.layers import adapter_of, canonical_weight
 from slimkit.quant.attach import weight_quantization
 from slimkit.quant.int8_graph import FoldedLayer, int8_graph, is_quantized
+from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime.engine.fusion import fuse_epilogues, link_operators
 from slimkit.runtime.engine.operator_modules import (
     EngineBinaryConv2d,
@@ -30,86 +35,120 @@ from slimkit.runtime.engine.operator_modules import (
 )
 from slimkit.sparsity.blocks import block_sums
 
-SPARSE_MIN = 0.7  # a fixed threshold; layers are not yet timed one by one against OpenVINO's dense kernel
+Candidates = dict[str, type[EngineConv]]  # a layer's path and the operator it can become
 
 
-def _block_sparsity(weight: Tensor) -> float:
-    """The share of (output channel, tap, 4 input channels) blocks that are all zero."""
-    return float((block_sums(weight.abs(), 4) == 0).float().mean())
-
-
-def _engine_layer(module: nn.Module, small_convs: bool = False) -> tuple[type[EngineConv] | None, str]:
-    """Which operator a layer becomes, or (None, why not) for a layer that stays OpenVINO's own. A quantized
-    model's convs are judged as the int8 graph's FoldedLayers they become (engine_form builds that graph);
-    `small_convs`: a dense one of at most 4 input channels joins the int8 operators already in the model."""
+def _operator_for(module: nn.Module) -> type[EngineConv] | None:
+    """The operator a layer can become, or None. A quantized model's layers are judged as the int8 graph's
+    FoldedLayers they become (engine_form builds that graph)."""
     if isinstance(module, BinaryConv2d):
-        return EngineBinaryConv2d, ""
+        return EngineBinaryConv2d
     if isinstance(module, FoldedLayer) or weight_quantization(module) is not None:
         layer = module.layer if isinstance(module, FoldedLayer) else module
         if not isinstance(layer, nn.Conv2d | nn.Linear):  # a QAT layer's class is torch's parametrized subclass
-            return None, ""
-        linear = isinstance(layer, nn.Linear)
-        sparsity = _block_sparsity(layer.weight.detach())
-        if sparsity < SPARSE_MIN and (linear or not (small_convs and layer.in_channels <= 4)):
-            return None, (f"{sparsity:.0%} of its 4-channel blocks are zero: below {SPARSE_MIN:.0%}, OpenVINO's "
-                          f"int8 {'linear' if linear else 'conv'} wins") if sparsity else ""
-        return (EngineQuantSparseLinear if linear else EngineQuantSparseConv2d), ""
+            return None
+        return EngineQuantSparseLinear if isinstance(layer, nn.Linear) else EngineQuantSparseConv2d
     adapter = adapter_of(module)
     linear = type(module) is nn.Linear or (adapter is not None and adapter.linear_map and type(module) is not nn.Conv2d
                                            and not isinstance(module, BinaryLinear))
     if (type(module) is not nn.Conv2d and not linear) or parametrize.is_parametrized(module):
-        return None, ""
-    sparsity = float((canonical_weight(module) == 0).float().mean())
-    kind = "linear" if linear else "conv"
-    if sparsity < SPARSE_MIN:
-        return None, f"{sparsity:.0%} sparse: below {SPARSE_MIN:.0%}, OpenVINO's dense {kind} wins" if sparsity else ""
-    return (EngineSparseLinear if linear else EngineSparseConv2d), ""
+        return None
+    if not bool((canonical_weight(module) == 0).any()):  # no zero weight: nothing for a sparse operator to skip
+        return None
+    return EngineSparseLinear if linear else EngineSparseConv2d
+
+
+def quantizers_around(model: nn.Module, name: str) -> tuple[nn.Module | None, nn.Module | None]:
+    """In an int8 graph (a GraphModule), the quantizer module that feeds the layer `name` and the one that alone
+    reads its output, if any: what OpenVINO's int8 kernel needs around the layer, and what the operator fuses."""
+    if not isinstance(model, fx.GraphModule):
+        return None, None
+    modules = dict(model.named_modules())
+    node = next((n for n in model.graph.nodes if n.op == "call_module" and n.target == name), None)
+
+    def quantizer(candidate: Any) -> nn.Module | None:
+        if not isinstance(candidate, fx.Node) or candidate.op != "call_module":
+            return None
+        module = modules.get(str(candidate.target))
+        return module if isinstance(module, UniformQuantizer) else None
+
+    if node is None:
+        return None, None
+    users = list(node.users)
+    return quantizer(node.args[0]), quantizer(users[0]) if len(users) == 1 else None
+
+
+def candidates(model: nn.Module) -> Candidates:
+    """Every layer of `model` (a quantized model: of its int8 graph) that an operator can take. An int8 layer
+    must read a quantizer's output directly (the operator takes the grid into the node); one behind a reshape,
+    such as a classifier after flatten, stays OpenVINO's."""
+    inside = {f"{n}.layer" for n, m in model.named_modules() if isinstance(m, FoldedLayer)}
+    found: Candidates = {}
+    for name, module in model.named_modules():
+        if name in inside:  # a FoldedLayer's own conv: the FoldedLayer is the unit
+            continue
+        kind = _operator_for(module)
+        graph_input = isinstance(model, fx.GraphModule) and isinstance(module, FoldedLayer)
+        if kind is not None and not (graph_input and quantizers_around(model, name)[0] is None):
+            found[name] = kind
+    return found
+
+
+def _has_structure(module: nn.Module) -> bool:
+    """Whether a layer has what an operator exploits: binary weights, zero weights, or (quantized) a zero block
+    of 4 input channels."""
+    kind = _operator_for(module)
+    if kind is None or kind is EngineBinaryConv2d:
+        return kind is not None
+    if kind in (EngineQuantSparseConv2d, EngineQuantSparseLinear):
+        layer = module.layer if isinstance(module, FoldedLayer) else module
+        return bool((block_sums(layer.weight.detach().abs(), 4) == 0).any())
+    return True  # a float candidate has zero weights by definition
 
 
 def runs_slimkit_operators(model: nn.Module) -> bool:
-    """Whether any layer would become a slimkit operator: the layer rule alone, without the copy, tracing and
-    shape propagation that engine_form does."""
-    return any(_engine_layer(module)[0] is not None for module in model.modules())
+    """Whether any layer has structure a slimkit operator exploits (so `slimkit export` makes an OpenVINO
+    artifact, whose layers are then chosen by measurement): the layer rule alone, without the int8 graph,
+    copy, tracing and shape propagation that engine_form does."""
+    return any(_has_structure(module) for module in model.modules())
 
 
-def _swap_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Put each layer an operator takes in its Engine* form, in place; a line per layer considered."""
-    lines: dict[str, dict[str, Any]] = {}
-    inside = {f"{n}.layer" for n, m in model.named_modules() if isinstance(m, FoldedLayer)}
-    int8_operators = any(_engine_layer(m)[0] is EngineQuantSparseConv2d for m in model.modules())
-    for name, module in list(model.named_modules()):
-        if name in inside:  # a FoldedLayer's own conv: the FoldedLayer is the unit
-            continue
-        kind, reason = _engine_layer(module, small_convs=int8_operators)
-        if kind is None:
-            if reason:
-                dense = "OpenVINO dense linear" if " linear wins" in reason else "OpenVINO dense conv"
-                lines[name] = {"layer": name, "engine": dense, "reason": reason}
-            continue
-        try:
-            model.set_submodule(name, kind(module))
-            lines[name] = {"layer": name, "engine": kind.operator}
-        except SlimkitError as exc:
-            lines[name] = {"layer": name, "engine": "OpenVINO conv (the training graph's ops)", "reason": str(exc)}
-    return lines
-
-
-def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Iterable[Tensor] | None = None,
-                ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """An eval-mode copy with every binary conv, and every conv and linear layer at least SPARSE_MIN sparse, in
-    its engine operator's form, epilogues fused, and a line per such layer saying what it became and what it absorbed.
-    A layer the operators do not take (dilated, grouped, 0-valued binary weights) stays the training graph's
-    own ops, which OpenVINO runs exactly but not fast; its line says why. A quantized model becomes its int8
-    graph first (calibrated on `calibration`, see quant/int8_graph), whose convs with at least SPARSE_MIN of
-    their 4-input-channel blocks zero, or at most 4 input channels, become slimkit::QuantSparseConv2d; the rest
-    stays Q/DQ, OpenVINO's int8."""
+def prepared(model: nn.Module, calibration: Iterable[Tensor] | None) -> nn.Module:
+    """The model the operators are chosen in: an eval-mode copy, a quantized model as its int8 graph
+    (calibrated on `calibration`, see quant/int8_graph)."""
     if is_quantized(model):
         if calibration is None:
             raise SlimkitError("the engine form of a quantized model needs calibration batches: its int8 graph "
                                "quantizes residual sums, pooled features and logits too")
         model = int8_graph(model, calibration)
-    model = copy.deepcopy(model).eval()
-    lines = _swap_layers(model)
+    return copy.deepcopy(model).eval()
+
+
+def _swap_layers(model: nn.Module, chosen: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Put each chosen candidate in its Engine* form, in place; a line per candidate."""
+    lines: dict[str, dict[str, Any]] = {}
+    for name, kind in candidates(model).items():
+        if name not in chosen:
+            continue
+        try:
+            operator = kind(model.get_submodule(name))
+            operator.layer = name
+            model.set_submodule(name, operator)
+            lines[name] = {"layer": name, "engine": kind.operator}
+        except SlimkitError as exc:
+            lines[name] = {"layer": name, "engine": "OpenVINO (the training graph's ops)", "reason": str(exc)}
+    return lines
+
+
+def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Iterable[Tensor] | None = None,
+                chosen: Collection[str] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """`model` (`prepared` here unless it was: a quantized model needs `calibration`) with the `chosen`
+    candidates (None: every candidate) in their engine operators' form, epilogues fused, and a line per chosen
+    layer saying what it became and what it absorbed. A layer the operators cannot take after all (dilated,
+    grouped, 0-valued binary weights) stays the training graph's own ops, which OpenVINO runs exactly; its line
+    says why."""
+    model = prepared(model, calibration)
+    lines = _swap_layers(model, candidates(model) if chosen is None else chosen)
     if not any(isinstance(m, EngineConv) for m in model.modules()):
         return model, list(lines.values())
     try:

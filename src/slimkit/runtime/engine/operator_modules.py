@@ -53,6 +53,7 @@ class EngineConv(nn.Module):
         self.residual = False
         self.bounds: tuple[float, float] | None = None
         self.fused: list[str] = []
+        self.layer = ""  # the model layer it stands for (form sets it): its node's name in OpenVINO
 
     def fuse_batchnorm(self, bn: nn.BatchNorm2d, name: str) -> None:
         k, c = batchnorm_affine(bn)
@@ -117,7 +118,8 @@ class EngineBinaryConv2d(EngineConv):
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         x = x if self.linked else self.input_binarizer.normalized(x)
         return BinaryConv2dFunction.apply(x, self.signs, self.scale, self.shift, self.stride, self.pad,
-                                         self.input_binarizer.zero, self.bounds, self.pack, self.linked, *residual)
+                                         self.input_binarizer.zero, self.bounds, self.layer, self.pack, self.linked,
+                                         *residual)
 
 
 class EngineSparseConv2d(EngineConv):
@@ -154,7 +156,7 @@ class EngineSparseConv2d(EngineConv):
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
         return SparseConv2dFunction.apply(x, self.value, self.channel, self.tap, self.ptr, self.shift, self.shape,
-                                         self.stride, self.pad, self.bounds, *residual)
+                                         self.stride, self.pad, self.bounds, self.layer, *residual)
 
 
 def _grid(quantizer: nn.Module) -> Grid | None:
@@ -241,7 +243,7 @@ class EngineQuantSparseConv2d(EngineConv):
         scale = (self.weight_step * self.grids[0][0]).float()
         return QuantSparseConv2dFunction.apply(x, self.weight, self.group, self.tap, self.ptr, scale, self.bias,
                                               self.shape, self.stride, self.pad, tuple(self.grids), self.bounds,
-                                              self.link, self.linked, self.float_output, *residual)
+                                              self.layer, self.link, self.linked, self.float_output, *residual)
 
 
 class EngineQuantSparseLinear(EngineQuantSparseConv2d):
@@ -292,4 +294,4 @@ class EngineSparseLinear(EngineConv):
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
         return SparseLinearFunction.apply(x, self.value, self.column, self.ptr, self.shift, self.features,
-                                           self.bounds, *residual)
+                                           self.bounds, self.layer, *residual)

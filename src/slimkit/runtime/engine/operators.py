@@ -55,9 +55,11 @@ def _conv_sizes(out_channels: int, kernel: tuple[int, int], stride: int, pad: in
     return sizes
 
 
-def _epilogue_attributes(bounds: tuple[float, float] | None) -> dict[str, Any]:
+def _epilogue_attributes(bounds: tuple[float, float] | None, layer: str) -> dict[str, Any]:
+    """The attributes every operator has: its fused clamp, and the model layer it is (the node's name in
+    OpenVINO, so profiles and kernel reports name layers)."""
     low, high = bounds or (0.0, 0.0)
-    return {"clamp_i": int(bounds is not None), "low_f": low, "high_f": high}
+    return {"clamp_i": int(bounds is not None), "low_f": low, "high_f": high, "layer_s": layer}
 
 
 def sign_bits(y: Tensor, zero: Zero) -> Tensor:
@@ -86,7 +88,7 @@ class BinaryConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, signs: Tensor, scale: Tensor, shift: Tensor, stride: int, pad: int,
-                zero: Zero, bounds: tuple[float, float] | None, pack: Zero | None, packed: bool,
+                zero: Zero, bounds: tuple[float, float] | None, layer: str, pack: Zero | None, packed: bool,
                 *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         binary = signs_from_bits(x, signs.shape[1]) if packed else sign(x, zero)
         y = F.conv2d(binary, signs, None, stride, pad) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
@@ -95,11 +97,12 @@ class BinaryConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, stride: int, pad: int, zero: Zero,
-                 bounds: tuple[float, float] | None, pack: Zero | None, packed: bool, *residual: Any) -> Any:
+                 bounds: tuple[float, float] | None, layer: str, pack: Zero | None, packed: bool,
+                 *residual: Any) -> Any:
         pack_output = {None: 0, "zero": 1, "positive": 2}[pack]
         out = g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *residual, stride_i=stride, pad_i=pad,
                    one_plane_i=int(zero == "positive"), pack_output_i=pack_output, packed_input_i=int(packed),
-                   **_epilogue_attributes(bounds), outputs=2 if pack_output else 1)
+                   **_epilogue_attributes(bounds, layer), outputs=2 if pack_output else 1)
         shape = signs.type().sizes()
         sizes = _conv_sizes(shape[0], (shape[2], shape[3]), stride, pad)
         if packed:  # bits [B, 2, words, H, W]: the conv's sizes from B, H, W
@@ -112,7 +115,7 @@ class SparseConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, value: Tensor, channel: Tensor, tap: Tensor, ptr: Tensor, shift: Tensor,
-                shape: tuple[int, int, int, int], stride: int, pad: int, bounds: tuple[float, float] | None,
+                shape: tuple[int, int, int, int], stride: int, pad: int, bounds: tuple[float, float] | None, layer: str,
                 *residual: Tensor) -> Tensor:
         out, channels, kernel_h, kernel_w = shape
         rows = torch.repeat_interleave(torch.arange(out), ptr.diff())
@@ -124,9 +127,9 @@ class SparseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, value: Any, channel: Any, tap: Any, ptr: Any, shift: Any,
                  shape: tuple[int, int, int, int], stride: int, pad: int, bounds: tuple[float, float] | None,
-                 *residual: Any) -> Any:
+                 layer: str, *residual: Any) -> Any:
         out = g.op(f"{DOMAIN}::SparseConv2d", x, value, channel, tap, ptr, shift, *residual, kernel_h_i=shape[2],
-                   kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **_epilogue_attributes(bounds))
+                   kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **_epilogue_attributes(bounds, layer))
         return _typed(out, x, _conv_sizes(shape[0], (shape[2], shape[3]), stride, pad))
 
 
@@ -150,7 +153,7 @@ class QuantSparseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, group: Tensor, tap: Tensor, ptr: Tensor, scale: Tensor,
                 bias: Tensor, shape: tuple[int, int, int, int], stride: int, pad: int, grids: tuple[Grid | None, ...],
-                bounds: tuple[float, float] | None, link: Grid | None, linked: bool, float_output: bool,
+                bounds: tuple[float, float] | None, layer: str, link: Grid | None, linked: bool, float_output: bool,
                 *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         out, channels, kernel_h, kernel_w = shape
         if linked:  # the previous layer's integers [B, G, H, W, 4], on this layer's input grid
@@ -170,14 +173,14 @@ class QuantSparseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, weight: Any, group: Any, tap: Any, ptr: Any, scale: Any, bias: Any,
                  shape: tuple[int, int, int, int], stride: int, pad: int, grids: tuple[Grid | None, ...],
-                 bounds: tuple[float, float] | None, link: Grid | None, linked: bool, float_output: bool,
+                 bounds: tuple[float, float] | None, layer: str, link: Grid | None, linked: bool, float_output: bool,
                  *residual: Any) -> Any:
         attributes = {k: v for name, grid in zip(("in", "pre", "post"), grids, strict=True)
                       for k, v in _grid_attributes(name, grid).items()}
         out = g.op(f"{DOMAIN}::QuantSparseConv2d", x, weight, group, tap, ptr, scale, bias, *residual,
                    kernel_h_i=shape[2], kernel_w_i=shape[3], stride_i=stride, pad_i=pad, **attributes,
                    link_output_i=int(link is not None), linked_input_i=int(linked), float_output_i=int(float_output),
-                   **_epilogue_attributes(bounds),
+                   **_epilogue_attributes(bounds, layer),
                    outputs=2 if link is not None else 1)
         sizes = _conv_sizes(shape[0], (shape[2], shape[3]), stride, pad)
         if linked:  # integers [B, G, H, W, 4]: the conv's sizes from B, H, W
@@ -190,13 +193,14 @@ class SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, value: Tensor, column: Tensor, ptr: Tensor, shift: Tensor, features: int,
-                bounds: tuple[float, float] | None, *residual: Tensor) -> Tensor:
+                bounds: tuple[float, float] | None, layer: str, *residual: Tensor) -> Tensor:
         rows = torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr.diff())
         weight = torch.zeros(ptr.numel() - 1, features).index_put_((rows, column.long()), value, accumulate=True)
         return _epilogue(F.linear(x, weight, shift), bounds, residual)
 
     @staticmethod
     def symbolic(g: Any, x: Any, value: Any, column: Any, ptr: Any, shift: Any, features: int,
-                 bounds: tuple[float, float] | None, *residual: Any) -> Any:
-        out = g.op(f"{DOMAIN}::SparseLinear", x, value, column, ptr, shift, *residual, **_epilogue_attributes(bounds))
+                 bounds: tuple[float, float] | None, layer: str, *residual: Any) -> Any:
+        out = g.op(f"{DOMAIN}::SparseLinear", x, value, column, ptr, shift, *residual,
+                   **_epilogue_attributes(bounds, layer))
         return _typed(out, x, lambda known: [*known[:-1], ptr.type().sizes()[0] - 1])

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.runtime.engine.dense_engines import PINNED_F32
 from slimkit.runtime.engine.export import openvino_core
 
 
@@ -23,7 +24,7 @@ def node_times(path: str | Path, shape: Sequence[int], threads: int, runs: int =
     model.reshape(list(shape))
     types = {op.get_friendly_name(): op.get_type_name() for op in model.get_ordered_ops()}
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                 "PERF_COUNT": True})
+                                                 "PERF_COUNT": True, **PINNED_F32})
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
     for _ in range(3):

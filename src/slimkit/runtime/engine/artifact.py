@@ -1,0 +1,177 @@
+"""The folder a user deploys, and loading it back: the OpenVINO IR with the layers that measured faster as
+slimkit's operators (layer_choice.export_measured), the operator library beside it, and engine.json.
+
+engine.json says what runs where (each candidate layer's measured times and what it became), which whole
+artifact won and by how much, the CPU it was measured on, the precision (fp32, pinned: OpenVINO would
+otherwise run bf16 on CPUs whose default that is), a SHA-256 of every file, and the lines that load it in plain
+OpenVINO after checking those digests. The folder appears whole or not at all: it is written in a staging
+folder beside it and swapped into place (renameat2 RENAME_EXCHANGE), so a reader sees the old export or the new
+one, never a mix; a killed export leaves its staging folder, which the next export removes.
+
+`load_folder` is slimkit's own loader: it checks the digests and then runs the operators from this
+installation's own library build, never from the folder, and only if the folder's library is that build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from slimkit.environment import cpu_info
+from slimkit.errors import SlimkitError
+from slimkit.files import atomic_write_text
+from slimkit.runtime.engine.build import node_kernels, require_library, runnable_builds
+from slimkit.runtime.engine.dense_engines import PINNED_F32, OpenVinoModel
+from slimkit.runtime.engine.export import LIBRARY_NAME, copy_atomically, openvino_core
+from slimkit.runtime.engine.layer_choice import export_measured
+
+MANIFEST = "engine.json"
+FORMAT = "slimkit-engine/2"
+STAGING = ".staging-"  # a staging folder is named .<folder>.staging-<pid> beside the folder
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_lines(precision_config: dict[str, str]) -> list[str]:
+    """Python that loads the folder in plain OpenVINO, after checking every file against engine.json."""
+    return ["import hashlib, json, openvino",
+            f"manifest = json.load(open('{MANIFEST}'))",
+            "assert all(hashlib.sha256(open(f, 'rb').read()).hexdigest() == d for f, d in manifest['sha256'].items())",
+            "core = openvino.Core()",
+            f"core.add_extension('{LIBRARY_NAME}')",
+            f"compiled = core.compile_model(core.read_model('model.xml'), 'CPU', {precision_config!r})"]
+
+
+def _node_kernels(layers: list[dict[str, Any]]) -> None:
+    """Add to each operator layer's line the kernel its node ran (export names each operator node after its
+    layer)."""
+    ran = node_kernels()
+    for line in layers:
+        if line["engine"].startswith("slimkit::") and line["layer"] in ran:
+            line["kernel"] = ran[line["layer"]]
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    """Make `staging` the folder at `folder` in one step; the previous folder, if any, is removed after."""
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    rename_exchange = 2
+    if libc.renameat2(-100, os.fsencode(staging), -100, os.fsencode(folder), rename_exchange) != 0:
+        error = ctypes.get_errno()
+        raise SlimkitError(f"cannot put the new export in place of {folder}: {os.strerror(error)}; it is complete "
+                           f"in {staging}")
+    shutil.rmtree(staging)  # now the previous export
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders that killed exports left beside `folder` (their process is gone)."""
+    for stale in folder.parent.glob(f".{folder.name}{STAGING}*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[int],
+                  calibration: Iterable[Tensor] | None = None, *, batch: int = 1, threads: int | None = None,
+                  ) -> dict[str, Any]:
+    """Write the deployable folder for inputs of `input_shape` at `batch` (the size its layers are timed at) and
+    `threads` (default: the machine's, see metrics.default_threads); returns engine.json's content."""
+    import openvino
+
+    from slimkit.metrics import default_threads
+
+    folder = Path(folder).resolve()
+    threads = threads or default_threads()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(folder)
+    staging = folder.parent / f".{folder.name}{STAGING}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        info = export_measured(model, staging / "model.xml", input_shape, calibration, batch=batch, threads=threads)
+        copy_atomically(require_library(), staging / LIBRARY_NAME)
+        OpenVinoModel(staging / "model.xml", (batch, *input_shape), threads, core=openvino_core())(
+            _zeros(batch, input_shape))  # one run, so each operator node reports the kernel it chose
+        _node_kernels(info["slimkit_layers"])
+        files = ("model.xml", "model.bin", LIBRARY_NAME)
+        manifest = {"format": FORMAT, "model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME,
+                    "sha256": {name: sha256_of(staging / name) for name in files},
+                    "input_shape": list(input_shape), "batch": batch, "threads": threads,
+                    "openvino": openvino.__version__, "precision": info["precision"], "runtime_options": PINNED_F32,
+                    "cpu": {**cpu_info(), "kernel_builds": runnable_builds()}, "choice": info["choice"],
+                    "agreement": info["agreement"],
+                    "slimkit_layers": info["slimkit_layers"], "load": load_lines(PINNED_F32)}
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2))
+        _swap_into_place(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _zeros(batch: int, input_shape: Sequence[int]) -> Tensor:
+    import torch
+
+    return torch.zeros(batch, *input_shape)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """engine.json of an exported folder, checked: its format, and every file it names against its SHA-256."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise SlimkitError(f"{folder / MANIFEST}: not a readable slimkit export ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SlimkitError(f"{folder / MANIFEST}: not a {FORMAT} manifest (re-export the model with this slimkit)")
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict) or set(digests) != {manifest.get("model"), manifest.get("weights"),
+                                                          manifest.get("library")}:
+        raise SlimkitError(f"{folder / MANIFEST}: its sha256 table must name the model, weights and library files")
+    for name, digest in digests.items():
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise SlimkitError(f"{folder / MANIFEST}: {name!r} is not a file of the folder")
+        path = folder / name
+        if not path.is_file() or sha256_of(path) != digest:
+            raise SlimkitError(f"{path}: missing or changed since the export (its SHA-256 differs from engine.json's)")
+    return manifest
+
+
+def load_folder(folder: str | Path, shape: Sequence[int] | None = None, threads: int | None = None) -> OpenVinoModel:
+    """An exported folder as a callable OpenVINO model (fp32 pinned), after read_manifest's checks. The
+    operators come from this installation's library, and only when the folder's library is byte for byte that
+    build: code in a folder someone shared is never loaded."""
+    from slimkit.metrics import default_threads
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    installed = require_library()
+    if manifest["sha256"][manifest["library"]] != sha256_of(installed):
+        raise SlimkitError(f"{folder}: its operator library is not this installation's build ({installed.name}); "
+                           f"slimkit loads operators only from its own build: re-export the model here")
+    shape = tuple(shape or (manifest["batch"], *manifest["input_shape"]))
+    return OpenVinoModel(folder / manifest["model"], shape, threads or default_threads(), core=openvino_core())
