@@ -1,0 +1,92 @@
+"""Traps a user met with their own models, loops, dtypes and habits (issue 29): each test compares slimkit with
+an independently computed result (a KL over the vocabulary by hand, a clean SGD step, parameter counts from
+the set of tensors, output dtypes), so a silently wrong answer fails as loudly as a crash."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import slimkit
+from slimkit.errors import SlimkitError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+VOCAB, TOKENS = 100, 8
+
+
+def _transformers():
+    """HF transformers, for the tests that build its models (from configs, with random init: nothing is
+    downloaded); only those tests are skipped where it is not installed."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def gpt2(seed: int = 0) -> nn.Module:
+    transformers = _transformers()
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0))
+
+
+def bert() -> nn.Module:
+    transformers = _transformers()
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32, num_labels=3)).eval()
+
+
+def token_ids(batch: int = 2, tokens: int = TOKENS) -> torch.Tensor:
+    return torch.randint(1, VOCAB, (batch, tokens), generator=torch.Generator().manual_seed(1))
+
+
+def _kl_by_hand(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * mean over every token of sum over the vocabulary of q (log q - log p)."""
+    q = torch.softmax(teacher.double() / temperature, -1)
+    log_p = torch.log_softmax(student.double() / temperature, -1)
+    return temperature**2 * (q * (q.log() - log_p)).sum(-1).mean()
+
+
+# --- distillation normalises over the classes --------------------------------------------------------
+
+def test_hinton_kd_on_token_logits_is_the_kl_over_the_vocabulary():
+    student, teacher = gpt2(0), gpt2(1).eval()
+    stage = {"distill": {"method": "hinton", "teacher": teacher, "temperature": 2.0, "weight": 1.0}}
+    compression = slimkit.prepare(student, stage, steps_per_epoch=1, epochs=1)
+    ids = token_ids()
+    batch = {"input_ids": ids, "labels": ids}  # HF's causal-LM batch: labels (N, T) mark the last dim
+    outputs = student(input_ids=ids)
+    with torch.no_grad():
+        expected = _kl_by_hand(outputs.logits, teacher(input_ids=ids).logits, 2.0)
+    assert outputs.logits.shape == (2, TOKENS, VOCAB)
+    assert compression.loss(outputs, batch).item() == pytest.approx(expected.item(), rel=1e-4)  # float32 sums
+
+
+def test_hinton_kd_takes_the_class_dim_the_stage_names_and_refuses_to_guess():
+    student, teacher = gpt2(0), gpt2(1).eval()
+    ids = token_ids()
+    outputs = student(input_ids=ids)
+    ambiguous = slimkit.prepare(student, {"distill": {"method": "hinton", "teacher": teacher}}, steps_per_epoch=1,
+                                epochs=1)
+    with pytest.raises(SlimkitError, match=r"logits of shape \(2, 8, 100\).*set class_dim"):
+        ambiguous.loss(outputs, {"input_ids": ids})  # no target: (N, T, V) and (N, C, L) look alike
+    named = slimkit.prepare(gpt2(0), {"distill": {"method": "hinton", "teacher": teacher, "temperature": 3.0,
+                                                  "class_dim": -1}}, steps_per_epoch=1, epochs=1)
+    with torch.no_grad():
+        expected = _kl_by_hand(outputs.logits, teacher(input_ids=ids).logits, 3.0)
+    assert named.loss(outputs, {"input_ids": ids}).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_hinton_kd_on_channel_first_logits_follows_the_target():
+    from slimkit.distill.losses import hinton_kd
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 5, 7, generator=g), torch.randn(4, 5, 7, generator=g)  # (N, C, L): 5 classes, 7 positions
+    expected = _kl_by_hand(s.movedim(1, -1), t.movedim(1, -1), 4.0)
+    assert hinton_kd(s, t, 4.0, class_dim=1).item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(SlimkitError, match="needs class_dim"):
+        hinton_kd(s, t, 4.0)
