@@ -4,13 +4,17 @@ the set of tensors, output dtypes), so a silently wrong answer fails as loudly a
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
 import slimkit
+import user_code
 from slimkit.errors import SlimkitError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,3 +94,47 @@ def test_hinton_kd_on_channel_first_logits_follows_the_target():
     assert hinton_kd(s, t, 4.0, class_dim=1).item() == pytest.approx(expected.item(), rel=1e-6)
     with pytest.raises(SlimkitError, match="needs class_dim"):
         hinton_kd(s, t, 4.0)
+
+
+# --- scoring leaves the user's gradients alone ---------------------------------------------------------
+
+SCORING = [{"prune": {"method": "snip", "sparsity": 0.5, "scope": "layer"}},
+           {"prune": {"method": "gmp", "criterion": "taylor", "initial_sparsity": 0.3, "sparsity": 0.6}}]
+
+
+def _scored(stage: dict) -> tuple[nn.Module, DataLoader, slimkit.Compression]:
+    """A regression MLP prepared with a method that scores on the user's data and loss."""
+    torch.manual_seed(0)
+    model, loader = user_code.regression_model(), DataLoader(user_code.regression_data()["train"], batch_size=32)
+    return model, loader, slimkit.prepare(model, stage, steps_per_epoch=len(loader), epochs=2, data=loader,
+                                          loss_fn=F.mse_loss)
+
+
+@pytest.mark.parametrize("stage", SCORING, ids=["snip", "gmp-taylor"])
+def test_scoring_leaves_every_grad_as_it_found_it(stage):
+    model, _, compression = _scored(stage)
+    params = list(model.parameters())
+    found = [None if i % 2 else torch.full_like(p, 0.5) for i, p in enumerate(params)]  # None and values alike
+    for p, grad in zip(params, found, strict=True):
+        p.grad = grad
+    compression.optimizer(torch.optim.SGD, lr=0.1)  # scores one batch now
+    assert sum(int((m.weight == 0).sum()) for m in (model[0], model[2])) > 0  # it did score and prune
+    for p, grad in zip(params, found, strict=True):
+        assert p.grad is grad  # the same tensor with the same values, or still None
+
+
+@pytest.mark.parametrize("stage", SCORING, ids=["snip", "gmp-taylor"])
+def test_the_first_step_of_a_zero_grad_after_step_loop_is_a_clean_sgd_step(stage):
+    model, loader, compression = _scored(stage)
+    optimizer = compression.optimizer(torch.optim.SGD, lr=0.1)
+    reference = copy.deepcopy(model)  # the pruned model, before any training step
+    x, y = next(iter(loader))
+    F.mse_loss(model(x), y).backward()  # the Hugging Face course's order: backward, step, zero_grad
+    optimizer.step()
+    optimizer.zero_grad()
+    for p in reference.parameters():
+        p.grad = None
+    F.mse_loss(reference(x), y).backward()
+    with torch.no_grad():
+        for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+            assert torch.allclose(p, q - 0.1 * q.grad, atol=1e-7, rtol=0), name
