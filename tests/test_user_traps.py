@@ -138,3 +138,37 @@ def test_the_first_step_of_a_zero_grad_after_step_loop_is_a_clean_sgd_step(stage
     with torch.no_grad():
         for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
             assert torch.allclose(p, q - 0.1 * q.grad, atol=1e-7, rtol=0), name
+
+
+# --- the manual stepping path refuses an optimizer built before prepare -------------------------------
+
+def test_a_manual_step_after_layers_were_replaced_is_refused():
+    from slimkit.models import lenet
+
+    torch.manual_seed(0)
+    model = lenet(in_channels=1, input_size=8)
+    stale = torch.optim.SGD(model.parameters(), lr=0.1)  # built before prepare: holds the float layers' tensors
+    compression = slimkit.prepare(model, {"binarize": {"method": "xnor"}}, steps_per_epoch=2, epochs=1)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    F.cross_entropy(model(x), y).backward()
+    stale.step()
+    with pytest.raises(SlimkitError, match=r"binarize:xnor replaced the model's parameters.*compression.wrap"):
+        compression.step()
+
+
+def test_a_manual_step_still_serves_methods_that_replace_nothing():
+    torch.manual_seed(0)
+    model = user_code.regression_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # built before prepare: masks keep the tensors
+    compression = slimkit.prepare(model, {"prune": {"method": "magnitude", "sparsity": 0.5}}, steps_per_epoch=2,
+                                  epochs=1)
+    compression.step()  # the documented manual path: the epoch starts and the masks are set
+    kept = model[2].parametrizations.weight[0].mask.clone()
+    before = model[2].parametrizations.weight.original.detach().clone()
+    x, y = torch.randn(8, 6), torch.randn(8, 1)
+    F.mse_loss(model(x), y).backward()
+    grad = model[2].parametrizations.weight.original.grad.clone()
+    optimizer.step()
+    compression.step()
+    after = model[2].parametrizations.weight.original.detach()
+    assert torch.allclose(after, before - 0.1 * grad, atol=1e-7) and (grad[~kept] == 0).all()

@@ -80,8 +80,12 @@ class Compression:
         self._hooks: list[Any] = []
         self._stepping = False
         self._names: dict[int, str] = {}
+        self._replaced_by: list[str] = []  # methods that put new parameters in place of the model's at attach
         for modifier in self.modifiers:
+            before = {id(p) for p in model.parameters()}
             modifier.attach(model, self.ctx)
+            if before - {id(p) for p in model.parameters()}:
+                self._replaced_by.append(modifier.name)
 
     # --- the optimizer ------------------------------------------------------------------------------
     def param_groups(self, **defaults: Any) -> list[dict[str, Any]]:
@@ -225,6 +229,11 @@ class Compression:
                 raise SlimkitError(f"{', '.join(claims)} train parameters in groups of their own (e.g. scores "
                                    f"without weight decay, a learning-rate scale); build the optimizer with "
                                    f"compression.optimizer(...) or pass it to compression.wrap(...)")
+            if self._replaced_by:  # an optimizer built before prepare trains the old tensors, and nothing says so
+                raise SlimkitError(f"{', '.join(self._replaced_by)} replaced the model's parameters in "
+                                   f"slimkit.prepare, and an optimizer slimkit has not seen may still hold the old "
+                                   f"ones; build it with compression.optimizer(...) or pass it to "
+                                   f"compression.wrap(...), which checks that it trains the new ones")
             if self.started_epoch is None:
                 self.start_epoch(0)
         self.ctx.step += 1
