@@ -172,3 +172,47 @@ def test_a_manual_step_still_serves_methods_that_replace_nothing():
     compression.step()
     after = model[2].parametrizations.weight.original.detach()
     assert torch.allclose(after, before - 0.1 * grad, atol=1e-7) and (grad[~kept] == 0).all()
+
+
+# --- measurement ----------------------------------------------------------------------------------------
+
+def test_measure_counts_a_tied_weight_once():
+    model = gpt2().eval()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    unique = {id(p): p for m in model.modules() for p in m.parameters(recurse=False)}
+    buffers = {id(b): b for m in model.modules() for b in m.buffers(recurse=False) if b.is_floating_point()}
+    measured = slimkit.measure(model, {"input_ids": token_ids(1)}, latency=False)
+    assert measured.params == sum(p.numel() for p in unique.values())
+    assert measured.dense_bytes == (sum(p.numel() * p.element_size() for p in unique.values())
+                                    + sum(b.numel() * b.element_size() for b in buffers.values()))
+    lm_head = next(layer for layer in measured.layers if layer.name == "lm_head")
+    assert lm_head.params == VOCAB * 32  # the layer's own row still shows its weight
+
+
+@pytest.mark.parametrize("build", [gpt2, bert], ids=["gpt2", "bert"])
+def test_measure_from_a_shape_feeds_token_ids_to_an_embedding(build):
+    model = build().eval()
+    from_shape = slimkit.measure(model, (16,), latency=False)
+    from_ids = slimkit.measure(model, {"input_ids": torch.zeros(1, 16, dtype=torch.long)}, latency=False)
+    assert from_shape.macs == from_ids.macs > 0
+    assert from_shape.input_shape == [16]
+
+
+def test_measure_from_a_shape_feeds_a_float64_model_float64():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    assert slimkit.measure(model, (4,), latency=False).macs == 4 * 8 + 8 * 2
+
+
+def test_measure_from_a_shape_the_model_cannot_take_asks_for_an_example():
+    class IdsLast(nn.Module):  # registers a float layer first, but its forward starts at the embedding
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 2)
+            self.embed = nn.Embedding(10, 8)
+
+        def forward(self, ids):
+            return self.head(self.embed(ids))
+
+    with pytest.raises(SlimkitError, match=r"per-sample shape \(5,\).*pass an example input"):
+        slimkit.measure(IdsLast(), (5,), latency=False)
+    assert slimkit.measure(IdsLast(), torch.zeros(1, 5, dtype=torch.long), latency=False).macs == 5 * 8 * 2
