@@ -216,3 +216,20 @@ def test_measure_from_a_shape_the_model_cannot_take_asks_for_an_example():
     with pytest.raises(SlimkitError, match=r"per-sample shape \(5,\).*pass an example input"):
         slimkit.measure(IdsLast(), (5,), latency=False)
     assert slimkit.measure(IdsLast(), torch.zeros(1, 5, dtype=torch.long), latency=False).macs == 5 * 8 * 2
+
+
+# --- dtypes ---------------------------------------------------------------------------------------------
+
+def test_deploy_keeps_a_float64_model_float64_and_says_why():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).double().eval()
+    with torch.no_grad():
+        model[2].weight[torch.rand(8, 64) < 0.9] = 0  # the output layer: a sparse kernel candidate
+    x = torch.randn(4, 16, dtype=torch.float64)
+    deployed = slimkit.deploy(model)  # no example: every candidate is replaced, none is timed
+    with torch.no_grad():
+        out, expected = deployed(x), model(x)
+    assert out.dtype == torch.float64 and torch.equal(out, expected)
+    entry = next(e for e in deployed.deploy_report if e["layer"] == "2")
+    assert entry["choice"] == "dense" and "float64 weights: the kernels compute in float32" in entry["reason"]
+    assert type(slimkit.deploy(model.float())[2]).__name__ == "SparseLinear"  # float32 layers still deploy
