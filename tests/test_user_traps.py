@@ -233,3 +233,16 @@ def test_deploy_keeps_a_float64_model_float64_and_says_why():
     entry = next(e for e in deployed.deploy_report if e["layer"] == "2")
     assert entry["choice"] == "dense" and "float64 weights: the kernels compute in float32" in entry["reason"]
     assert type(slimkit.deploy(model.float())[2]).__name__ == "SparseLinear"  # float32 layers still deploy
+
+
+def test_array_dataset_keeps_float_targets_as_they_are():
+    from slimkit.data import ArrayDataset
+
+    images, stats = torch.zeros(3, 1, 2, 2), (torch.zeros(1), torch.ones(1), 1.0)
+    targets = torch.tensor([-0.59, 1.67, -4.75])
+    regression = ArrayDataset(images, targets, *stats)
+    assert torch.equal(regression[0][1], targets[0]) and regression[2][1].dtype == torch.float32
+    classes = ArrayDataset(images, torch.tensor([0, 2, 1], dtype=torch.uint8), *stats)
+    assert classes[1][1].dtype == torch.int64 and int(classes[1][1]) == 2
+    with pytest.raises(SlimkitError, match=r"torch\.bool"):
+        ArrayDataset(images, torch.tensor([True, False, True]), *stats)
