@@ -246,3 +246,38 @@ def test_array_dataset_keeps_float_targets_as_they_are():
     assert classes[1][1].dtype == torch.int64 and int(classes[1][1]) == 2
     with pytest.raises(SlimkitError, match=r"torch\.bool"):
         ArrayDataset(images, torch.tensor([True, False, True]), *stats)
+
+
+def test_prune_channels_keeps_a_float64_cnn_float64_and_exact():
+    from slimkit.channels import build_graph, plan_pruning, prune_channels
+    from slimkit.channels.plan import zero_channels
+
+    torch.manual_seed(0)
+    model = user_code.SmallCNN().double().eval()
+    x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
+    graph = build_graph(copy.deepcopy(model), x[:1])
+    plan = plan_pruning(copy.deepcopy(model), x[:1], ratio=0.5)
+    removed = {graph.find(graph.producers[name][i]) for name, entry in plan.modules.items() if "out" in entry
+               for i in range(len(graph.producers[name])) if i not in entry["out"]}
+    reference = zero_channels(copy.deepcopy(model), graph, removed)  # the same function with channels zeroed
+    pruned, _ = prune_channels(model, x[:1], ratio=0.5)
+    assert pruned.conv1.out_channels + pruned.conv2.out_channels == (8 + 16) // 2
+    assert {t.dtype for t in (*pruned.parameters(), *pruned.buffers()) if t.is_floating_point()} == {torch.float64}
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), reference(x), atol=1e-12, rtol=0)
+
+
+def test_prune_channels_on_a_token_major_feed_forward_points_to_heads_and_neurons():
+    from slimkit.channels import prune_channels
+
+    class FeedForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.down(torch.relu(self.up(x)))
+
+    with pytest.raises(SlimkitError, match=r"use slimkit\.channels\.prune_heads_and_neurons") as error:
+        prune_channels(FeedForward(), torch.randn(1, 5, 8), ratio=0.5)
+    assert "use l1" not in str(error.value)

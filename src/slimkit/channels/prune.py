@@ -36,6 +36,11 @@ def plan_pruning(model: nn.Module, example: Tensor, *, ratio: float, criterion: 
         raise SlimkitError(f"criterion {criterion!r} needs a batch of training data (batch=...)")
     with bn_gradients(model, batch, objective or Objective()) if criterion in NEEDS_GRADIENTS else nullcontext():
         scores = gfbs_scores(graph, beta_weight) if criterion == "gfbs" else CRITERIA[criterion](graph)
+    if not graph.producers and ratio > 0:  # every layer is applied to another dim than 1: token-major blocks
+        raise SlimkitError("no conv or linear layer of this model produces channels on dim 1 (a Linear applied to "
+                           "the last dimension of a token-major (N, T, C) tensor is never pruned here); for "
+                           "transformer feed-forwards and attention heads use "
+                           "slimkit.channels.prune_heads_and_neurons")
     if not scores and ratio > 0:
         raise SlimkitError(f"criterion {criterion!r} scores no channel of this model (it reads BatchNorm layers, "
                            f"and the model has none); use l1")
