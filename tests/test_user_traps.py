@@ -281,3 +281,28 @@ def test_prune_channels_on_a_token_major_feed_forward_points_to_heads_and_neuron
     with pytest.raises(SlimkitError, match=r"use slimkit\.channels\.prune_heads_and_neurons") as error:
         prune_channels(FeedForward(), torch.randn(1, 5, 8), ratio=0.5)
     assert "use l1" not in str(error.value)
+
+
+# --- the prepare() lifecycle ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stages", [
+    [{"prune": {"method": "magnitude", "sparsity": 0.5}}],
+    [{"prune": {"method": "magnitude", "sparsity": 0.5}},
+     {"quantize": {"method": "uniform", "bits": 8, "calibration_batches": 0}}],
+], ids=["prune", "prune+quantize"])
+def test_a_copy_taken_during_training_survives_finalize(stages):
+    torch.manual_seed(0)
+    model = user_code.regression_model()
+    compression = slimkit.prepare(model, stages, steps_per_epoch=1, epochs=1)
+    optimizer = compression.optimizer(torch.optim.SGD, lr=0.05)
+    x, y = torch.randn(16, 6), torch.randn(16, 1)
+    F.mse_loss(model(x), y).backward()
+    optimizer.step()
+    best = copy.deepcopy(model).eval()  # the usual best-model copy, while parametrized
+    with torch.no_grad():
+        expected = best(x).clone()
+    finalized = compression.finalize()
+    with torch.no_grad():
+        assert torch.equal(best(x), expected)  # the copy still reads its own parametrized weight
+        assert torch.equal(copy.deepcopy(finalized)(x), finalized(x))  # and a copy after finalize works too
+        assert torch.equal(finalized(x), expected)
