@@ -306,3 +306,26 @@ def test_a_copy_taken_during_training_survives_finalize(stages):
         assert torch.equal(best(x), expected)  # the copy still reads its own parametrized weight
         assert torch.equal(copy.deepcopy(finalized)(x), finalized(x))  # and a copy after finalize works too
         assert torch.equal(finalized(x), expected)
+
+
+def test_a_finished_qat_model_reloads_without_training_data():
+    torch.manual_seed(0)
+    train = user_code.regression_data()["train"]
+    loader = DataLoader(train, batch_size=32)
+    stage = {"quantize": {"method": "uniform", "bits": 4}}
+    model = user_code.regression_model()
+    compression = slimkit.prepare(model, stage, steps_per_epoch=len(loader), epochs=1, data=loader,
+                                  loss_fn=F.mse_loss)
+    optimizer = compression.optimizer(torch.optim.Adam, lr=1e-3)
+    for x, y in loader:
+        optimizer.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        optimizer.step()
+    model = compression.finalize()
+    saved = {"model": copy.deepcopy(model.state_dict()), "compression": compression.state_dict()}
+    fresh = user_code.regression_model()
+    slimkit.prepare(fresh, stage, steps_per_epoch=1, epochs=1, state=saved["compression"])  # no data
+    fresh.load_state_dict(saved["model"])
+    x = train.tensors[0][:64]
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model(x))
