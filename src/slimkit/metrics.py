@@ -1,12 +1,11 @@
 """What compression bought: parameters, nonzeros, bytes, MACs and CPU latency.
 
-Bytes: dense is fp32 (or the stored dtype) for every parameter and float buffer, a tied weight counted once (as
-parameters are). Compressed stores a
-sparse tensor as its nonzero values plus a 1-bit-per-entry bitmap, whichever of the two is smaller, and a
-binary layer's weights at 1 bit each (its binarizer's training state, such as RBNN's rotations, is not
-counted: inference needs only the signs and scales). MACs count conv and linear layers, per sample;
-effective MACs skip multiplications by zero weights. A binary layer with binary inputs does BOPs (binary
-operations) instead of MACs; OPs = FP MACs + BOPs / 64, as the BNN papers count.
+Bytes: dense is fp32 (or the stored dtype) for every parameter and float buffer, a tied weight once (as in
+the parameter count). Compressed stores a sparse tensor as its nonzero values plus a 1-bit-per-entry bitmap,
+whichever of the two is smaller, and a binary layer's weights at 1 bit each (its binarizer's training state,
+such as RBNN's rotations, is not counted: inference needs only the signs and scales). MACs count conv and
+linear layers, per sample; effective MACs skip multiplications by zero weights. A binary layer with binary
+inputs does BOPs (binary operations) instead of MACs; OPs = FP MACs + BOPs / 64, as the BNN papers count.
 Latency is the median over interleaved repeats after warm-up, with the thread count fixed and reported.
 """
 
@@ -56,12 +55,15 @@ class MeasureConfig(StrictModel):
 Example = Sequence[int] | Tensor | Mapping[str, Tensor]
 
 
-def input_kind(model: nn.Module) -> tuple[torch.dtype, int | None]:
+def input_kind(model: nn.Module | None) -> tuple[torch.dtype, int | None]:
     """(dtype, id bound) of the input the model's first layer takes, for the shape form of an example:
     token ids below `num_embeddings` when that layer is an embedding, else the dtype of its floating
     parameters (float64 for a float64 model). The first layer is the first module, in registration order,
     holding a parameter; a model whose forward starts elsewhere fails on the input, and `run_example` then
-    asks for an example."""
+    asks for an example. Without a torch model (exported engines alone, which slimkit builds from float32
+    image models) the input is float32."""
+    if model is None:
+        return torch.float32, None
     for module in model.modules():
         if isinstance(module, nn.Embedding | nn.EmbeddingBag):
             return torch.long, module.num_embeddings
@@ -72,7 +74,7 @@ def input_kind(model: nn.Module) -> tuple[torch.dtype, int | None]:
 
 
 def example_batch(example: Example, batch: int = 1, random: bool = False, *,
-                  model: nn.Module) -> Tensor | dict[str, Tensor]:
+                  model: nn.Module | None) -> Tensor | dict[str, Tensor]:
     """A model input of `batch` samples from an example: a per-sample shape (C, H, W) gives zeros (or
     normal noise with `random`) of the dtype `model`'s first layer takes, or token ids (0, or uniform ids
     with `random`) for an embedding (see `input_kind`); a tensor or a dict of tensors (token ids, masks) with
@@ -95,11 +97,11 @@ def call(model: nn.Module, inputs: Tensor | Mapping[str, Tensor]) -> object:
     return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
-def run_example(model: nn.Module, example: Example, batch: int = 1, random: bool = False) -> object:
-    """The model on `example_batch(example, batch, random)`. A model that fails on an input built from a
-    shape is an error asking for an example input: slimkit built that input, so the failure is not the
-    user's model's fault, and the shape form cannot say more about what the model takes."""
-    inputs = example_batch(example, batch, random, model=model)
+def run_example(model: nn.Module, example: Example) -> object:
+    """The model on one sample, `example_batch(example)`. A model that fails on an input built from a shape
+    is an error asking for an example input: slimkit built that input, so the failure is not the user's
+    model's fault, and the shape form cannot say more about what the model takes."""
+    inputs = example_batch(example, model=model)
     if isinstance(example, Tensor | Mapping):
         return call(model, inputs)
     try:
@@ -198,7 +200,7 @@ def _stored(module: nn.Module, name: str) -> tuple[int, ...]:
     return (id(module._parameters[name]),)
 
 
-def unique_tensors(tensors: Sequence[tuple[str, nn.Module, str, Tensor]]) -> list[tuple[str, nn.Module, str, Tensor]]:
+def _unique(tensors: Sequence[tuple[str, nn.Module, str, Tensor]]) -> list[tuple[str, nn.Module, str, Tensor]]:
     """`effective_tensors` with each stored tensor once: a tied weight is one tensor in memory and on disk, so
     it counts once in parameters and bytes (by identity, the first module that shows it)."""
     seen: set[tuple[int, ...]] = set()
@@ -285,13 +287,14 @@ def compare_latency(models: Mapping[str, nn.Module], example: Example, *,
     """
     threads = threads or default_threads()
     previous = torch.get_num_threads()
+    torch_model = next((m for m in models.values() if isinstance(m, nn.Module)), None)  # says what a shape feeds
     modes = {name: m.training for name, m in models.items()}
     out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
             for batch in batch_sizes:
-                x = example_batch(example, batch, random=True, model=next(iter(models.values())))
+                x = example_batch(example, batch, random=True, model=torch_model)
                 calls = {}
                 for name, model in models.items():
                     model.eval()
@@ -347,7 +350,7 @@ def measure(model: nn.Module, example: Example, *, batch_sizes: Sequence[int] = 
     buffers = list(_float_buffers(model))
     buffer_bytes = sum(b.numel() * b.element_size() for b in buffers)
     threads = threads or default_threads()
-    stored = unique_tensors(tensors)
+    stored = _unique(tensors)
     result = Measurement(
         params=sum(t.numel() for *_, t in stored),
         nonzeros=sum(int(torch.count_nonzero(t)) for *_, t in stored),
