@@ -86,9 +86,9 @@ class Compression:
         self._names: dict[int, str] = {}
         self._replaced_by: list[str] = []  # methods that put new parameters in place of the model's at attach
         for modifier in self.modifiers:
-            before = {id(p) for p in model.parameters()}
+            before = {id(p): p for p in model.parameters()}  # held, so no new tensor can take a freed one's id
             modifier.attach(model, self.ctx)
-            if before - {id(p) for p in model.parameters()}:
+            if before.keys() - {id(p) for p in model.parameters()}:
                 self._replaced_by.append(modifier.name)
         if state is not None:
             self.load_state_dict(state)
