@@ -90,7 +90,8 @@ def prepare(model: nn.Module, recipe: Recipe | str | Path | MethodConfig | dict 
     add `compression.loss(outputs, batch)` to your loss, step the optimizer as usual, and end with
     `model = compression.finalize()`. `data` (your training DataLoader) and `loss_fn` serve the methods
     that score or calibrate on batches. `state` is `compression.state_dict()` from a checkpoint: load it
-    here, then the model's own state_dict.
+    here, then the model's own state_dict. With a state nothing is calibrated or scored (the state and the
+    model's state_dict hold the results), so a finished model reloads without data.
     """
     stages, recipe_epochs = _stages(recipe)
     epochs = epochs if epochs is not None else recipe_epochs
@@ -99,9 +100,5 @@ def prepare(model: nn.Module, recipe: Recipe | str | Path | MethodConfig | dict 
     issues = window_issues(stages, epochs, where="epochs")
     if issues:
         raise RecipeError(issues)
-    compression = Compression(model, [build_modifier(s) for s in stages], epochs=epochs,
-                              steps_per_epoch=steps_per_epoch, data=data,
-                              objective=make_objective(loss_fn, None, target_key))
-    if state is not None:
-        compression.load_state_dict(state)
-    return compression
+    return Compression(model, [build_modifier(s) for s in stages], epochs=epochs, steps_per_epoch=steps_per_epoch,
+                       data=data, objective=make_objective(loss_fn, None, target_key), state=state)

@@ -1,11 +1,11 @@
 """What compression bought: parameters, nonzeros, bytes, MACs and CPU latency.
 
-Bytes: dense is fp32 (or the stored dtype) for every parameter and float buffer. Compressed stores a
-sparse tensor as its nonzero values plus a 1-bit-per-entry bitmap, whichever of the two is smaller, and a
-binary layer's weights at 1 bit each (its binarizer's training state, such as RBNN's rotations, is not
-counted: inference needs only the signs and scales). MACs count conv and linear layers, per sample;
-effective MACs skip multiplications by zero weights. A binary layer with binary inputs does BOPs (binary
-operations) instead of MACs; OPs = FP MACs + BOPs / 64, as the BNN papers count.
+Bytes: dense is fp32 (or the stored dtype) for every parameter and float buffer, a tied weight once (as in
+the parameter count). Compressed stores a sparse tensor as its nonzero values plus a 1-bit-per-entry bitmap,
+whichever of the two is smaller, and a binary layer's weights at 1 bit each (its binarizer's training state,
+such as RBNN's rotations, is not counted: inference needs only the signs and scales). MACs count conv and
+linear layers, per sample; effective MACs skip multiplications by zero weights. A binary layer with binary
+inputs does BOPs (binary operations) instead of MACs; OPs = FP MACs + BOPs / 64, as the BNN papers count.
 Latency is the median over interleaved repeats after warm-up, with the thread count fixed and reported.
 """
 
@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from slimkit.binary.binarizers import WeightBinarizer
 from slimkit.config import StrictModel
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, first_line
 from slimkit.hardware.config import HardwareConfig
 from slimkit.hardware.trace import layer_bits
 from slimkit.layers import canonical_weight, layer_kind
@@ -55,16 +55,39 @@ class MeasureConfig(StrictModel):
 Example = Sequence[int] | Tensor | Mapping[str, Tensor]
 
 
-def example_batch(example: Example, batch: int = 1, random: bool = False) -> Tensor | dict[str, Tensor]:
+def input_kind(model: nn.Module | None) -> tuple[torch.dtype, int | None]:
+    """(dtype, id bound) of the input the model's first layer takes, for the shape form of an example:
+    token ids below `num_embeddings` when that layer is an embedding, else the dtype of its floating
+    parameters (float64 for a float64 model). The first layer is the first module, in registration order,
+    holding a parameter; a model whose forward starts elsewhere fails on the input, and `run_example` then
+    asks for an example. Without a torch model (exported engines alone, which slimkit builds from float32
+    image models) the input is float32."""
+    if model is None:
+        return torch.float32, None
+    for module in model.modules():
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            return torch.long, module.num_embeddings
+        floats = [p for p in module.parameters(recurse=False) if p.is_floating_point()]
+        if floats:
+            return floats[0].dtype, None
+    return torch.get_default_dtype(), None
+
+
+def example_batch(example: Example, batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> Tensor | dict[str, Tensor]:
     """A model input of `batch` samples from an example: a per-sample shape (C, H, W) gives zeros (or
-    normal noise with `random`); a tensor or a dict of tensors (token ids, masks) with a batch dimension is
-    repeated from its first sample, so token ids stay valid ids."""
+    normal noise with `random`) of the dtype `model`'s first layer takes, or token ids (0, or uniform ids
+    with `random`) for an embedding (see `input_kind`); a tensor or a dict of tensors (token ids, masks) with
+    a batch dimension is repeated from its first sample, so token ids stay valid ids."""
     if isinstance(example, Tensor):
         return example[:1].repeat(batch, *[1] * (example.ndim - 1))
     if isinstance(example, Mapping):
-        return {k: example_batch(v, batch) for k, v in example.items()}
+        return {k: example_batch(v, batch, model=model) for k, v in example.items()}
     if isinstance(example, Sequence) and all(isinstance(d, int) for d in example):
-        return torch.randn(batch, *example) if random else torch.zeros(batch, *example)
+        dtype, ids = input_kind(model)
+        if ids is not None:
+            return torch.randint(0, ids, (batch, *example)) if random else torch.zeros(batch, *example, dtype=dtype)
+        return torch.randn(batch, *example, dtype=dtype) if random else torch.zeros(batch, *example, dtype=dtype)
     raise SlimkitError(f"an example input is a per-sample shape, a tensor or a dict of tensors, not "
                        f"{type(example).__name__}")
 
@@ -72,6 +95,22 @@ def example_batch(example: Example, batch: int = 1, random: bool = False) -> Ten
 def call(model: nn.Module, inputs: Tensor | Mapping[str, Tensor]) -> object:
     """The model on one input as `example_batch` makes it: keyword arguments for a dict."""
     return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def run_example(model: nn.Module, example: Example) -> object:
+    """The model on one sample, `example_batch(example)`. A model that fails on an input built from a shape
+    is an error asking for an example input: slimkit built that input, so the failure is not the user's
+    model's fault, and the shape form cannot say more about what the model takes."""
+    inputs = example_batch(example, model=model)
+    if isinstance(example, Tensor | Mapping):
+        return call(model, inputs)
+    try:
+        return call(model, inputs)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise SlimkitError(f"the model fails on {inputs.dtype} inputs of shape {tuple(inputs.shape)} built from "
+                           f"the per-sample shape {tuple(example)} ({type(exc).__name__}: {first_line(exc)}); pass "
+                           f"an example input instead: a tensor, or a dict of tensors, with its batch dimension"
+                           ) from exc
 
 
 def example_shape(example: Example) -> list[int] | dict[str, list[int]]:
@@ -153,13 +192,37 @@ def effective_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, T
                 yield mod_name, module, name, tensor.detach()
 
 
+def _stored(module: nn.Module, name: str) -> tuple[int, ...]:
+    """Identity of what `module.name` is computed from: the parameter itself, or the original(s) under its
+    parametrizations. Two modules that show one stored tensor (GPT-2's lm_head and token embedding) agree."""
+    if parametrize.is_parametrized(module, name):
+        return tuple(id(p) for p in module.parametrizations[name].parameters(recurse=False))
+    return (id(module._parameters[name]),)
+
+
+def _unique(tensors: Sequence[tuple[str, nn.Module, str, Tensor]]) -> list[tuple[str, nn.Module, str, Tensor]]:
+    """`effective_tensors` with each stored tensor once: a tied weight is one tensor in memory and on disk, so
+    it counts once in parameters and bytes (by identity, the first module that shows it)."""
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    for entry in tensors:
+        key = _stored(entry[1], entry[2])
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
+
+
 def _float_buffers(model: nn.Module) -> Iterator[Tensor]:
-    """Inference buffers (BN statistics); masks and binarizer and quantizer state are not model data."""
+    """Inference buffers (BN statistics), each once; masks and binarizer and quantizer state are not model
+    data."""
+    seen: set[int] = set()
     for module in model.modules():
         if isinstance(module, WeightMask | WeightBinarizer | UniformQuantizer | LevelQuantizer):
             continue
         for buf in module._buffers.values():
-            if buf is not None and buf.is_floating_point():
+            if buf is not None and buf.is_floating_point() and id(buf) not in seen:
+                seen.add(id(buf))
                 yield buf
 
 
@@ -194,7 +257,7 @@ def count_macs(model: nn.Module, example: Example) -> dict[str, int]:
     try:
         model.eval()
         with torch.no_grad():
-            call(model, example_batch(example))
+            run_example(model, example)
     finally:
         model.train(was_training)
         for h in hooks:
@@ -224,13 +287,14 @@ def compare_latency(models: Mapping[str, nn.Module], example: Example, *,
     """
     threads = threads or default_threads()
     previous = torch.get_num_threads()
+    torch_model = next((m for m in models.values() if isinstance(m, nn.Module)), None)  # says what a shape feeds
     modes = {name: m.training for name, m in models.items()}
     out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
             for batch in batch_sizes:
-                x = example_batch(example, batch, random=True)
+                x = example_batch(example, batch, random=True, model=torch_model)
                 calls = {}
                 for name, model in models.items():
                     model.eval()
@@ -286,11 +350,12 @@ def measure(model: nn.Module, example: Example, *, batch_sizes: Sequence[int] = 
     buffers = list(_float_buffers(model))
     buffer_bytes = sum(b.numel() * b.element_size() for b in buffers)
     threads = threads or default_threads()
+    stored = _unique(tensors)
     result = Measurement(
-        params=sum(t.numel() for *_, t in tensors),
-        nonzeros=sum(int(torch.count_nonzero(t)) for *_, t in tensors),
-        dense_bytes=sum(t.numel() * t.element_size() for *_, t in tensors) + buffer_bytes,
-        compressed_bytes=sum(_stored_bytes(m, n, t) for _, m, n, t in tensors) + buffer_bytes,
+        params=sum(t.numel() for *_, t in stored),
+        nonzeros=sum(int(torch.count_nonzero(t)) for *_, t in stored),
+        dense_bytes=sum(t.numel() * t.element_size() for *_, t in stored) + buffer_bytes,
+        compressed_bytes=sum(_stored_bytes(m, n, t) for _, m, n, t in stored) + buffer_bytes,
         macs=sum(macs.values()),
         effective_macs=sum(layer.effective_macs for layer in layers),
         bops=sum(layer.effective_macs for layer in layers if layer.weight_bits == 1 and layer.input_bits == 1),

@@ -143,7 +143,7 @@ def _check_model_fits_data(model: nn.Module, example: Any, data: DataBundle, obj
     model.eval()
     try:
         with torch.no_grad():
-            logits = logits_of(call(model, example_batch(example, 2)))
+            logits = logits_of(call(model, example_batch(example, 2, model=model)))
     except (RuntimeError, TypeError, ValueError) as exc:
         raise SlimkitError(f"the model does not run on the data's inputs (per sample {example_shape(example)}): "
                            f"{first_line(exc)}. Check model.in_channels and model.input_size against the data"

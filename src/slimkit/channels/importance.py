@@ -11,7 +11,8 @@ The papers are cited, with arXiv ids, on the method configs in `slimkit.channels
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
@@ -67,14 +68,17 @@ def gfbs_scores(graph: ChannelGraph, beta_weight: float = 0.05) -> dict[int, flo
         bn.weight.detach(), bn.weight.grad.detach(), bn.bias.detach(), beta_weight))
 
 
-def accumulate_bn_gradients(model: nn.Module, batch: Any, objective: Objective) -> None:
-    """One train-mode forward/backward of the task's loss, as GFBS scores. The gradients of BN gamma are
-    averaged over ranks, so every rank ranks the same numbers."""
-    loss_gradients(model, [batch], objective)
-    world = distributed.current().world_size
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.weight.grad is not None:
-            distributed.all_reduce_sum(module.weight.grad).div_(world)
+@contextmanager
+def bn_gradients(model: nn.Module, batch: Any, objective: Objective) -> Iterator[None]:
+    """Within the block, BN gamma's `.grad` holds the gradient of one train-mode forward/backward of the
+    task's loss, averaged over ranks so every rank ranks the same numbers (as GFBS scores); every `.grad` is
+    put back as it was found afterwards (`loss_gradients`)."""
+    with loss_gradients(model, [batch], objective):
+        world = distributed.current().world_size
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.weight.grad is not None:
+                distributed.all_reduce_sum(module.weight.grad).div_(world)
+        yield
 
 
 CRITERIA: dict[str, Callable[[ChannelGraph], dict[int, float]]] = {

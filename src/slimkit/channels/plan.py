@@ -122,28 +122,37 @@ def _index(t: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
 
 def _sliced_layer(module: nn.Module, entry: dict[str, Any]) -> nn.Module:
     out, inp = entry["out"], entry["in"]
+    dtype = module.weight.dtype  # the smaller layer holds the dtype of the old one: a float64 model stays float64
     if isinstance(module, nn.Conv2d):
         groups = entry.get("groups", 1)
         new: nn.Module = nn.Conv2d(len(inp), len(out), module.kernel_size, stride=module.stride,
                                    padding=module.padding, dilation=module.dilation, groups=groups,
-                                   bias=module.bias is not None, padding_mode=module.padding_mode)
+                                   bias=module.bias is not None, padding_mode=module.padding_mode, dtype=dtype)
         weight = _index(module.weight.data, 0, out)
         new.weight.data.copy_(weight if module.groups > 1 else _index(weight, 1, inp))
     else:
-        new = nn.Linear(len(inp), len(out), bias=module.bias is not None)
+        new = nn.Linear(len(inp), len(out), bias=module.bias is not None, dtype=dtype)
         new.weight.data.copy_(_index(_index(module.weight.data, 0, out), 1, inp))
     if module.bias is not None:
         new.bias.data.copy_(_index(module.bias.data, 0, out))
     return new.train(module.training)
 
 
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    """The floating dtype of a norm layer's parameters and statistics (BN without affine has only buffers;
+    one with neither holds no value, and takes the default)."""
+    floats = [t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return floats[0] if floats else torch.get_default_dtype()
+
+
 def _sliced_norm(module: nn.Module, keep: list[int]) -> nn.Module:
+    dtype = _dtype_of(module)
     if isinstance(module, nn.PReLU):
-        new: nn.Module = nn.PReLU(len(keep))
+        new: nn.Module = nn.PReLU(len(keep), dtype=dtype)
         new.weight.data.copy_(_index(module.weight.data, 0, keep))
         return new
     new = type(module)(len(keep), eps=module.eps, momentum=module.momentum, affine=module.affine,
-                       track_running_stats=module.track_running_stats)
+                       track_running_stats=module.track_running_stats, dtype=dtype)
     for key, value in module.state_dict().items():
         target = new.state_dict()[key]
         target.copy_(value if value.ndim == 0 else _index(value, 0, keep))

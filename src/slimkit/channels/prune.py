@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from slimkit.channels.graph import build_graph
-from slimkit.channels.importance import CRITERIA, NEEDS_GRADIENTS, accumulate_bn_gradients, gfbs_scores
+from slimkit.channels.importance import CRITERIA, NEEDS_GRADIENTS, bn_gradients, gfbs_scores
 from slimkit.channels.plan import ChannelPlan, apply_plan, make_plan
 from slimkit.channels.select import component_scores, select_removed
 from slimkit.errors import SlimkitError
@@ -31,12 +32,15 @@ def plan_pruning(model: nn.Module, example: Tensor, *, ratio: float, criterion: 
     if criterion not in CRITERIA:
         raise SlimkitError(f"unknown channel criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
     graph = build_graph(model, example, keep)
-    if criterion in NEEDS_GRADIENTS:
-        if batch is None:
-            raise SlimkitError(f"criterion {criterion!r} needs a batch of training data (batch=...)")
-        accumulate_bn_gradients(model, batch, objective or Objective())
-    scores = gfbs_scores(graph, beta_weight) if criterion == "gfbs" else CRITERIA[criterion](graph)
-    model.zero_grad(set_to_none=True)
+    if criterion in NEEDS_GRADIENTS and batch is None:
+        raise SlimkitError(f"criterion {criterion!r} needs a batch of training data (batch=...)")
+    with bn_gradients(model, batch, objective or Objective()) if criterion in NEEDS_GRADIENTS else nullcontext():
+        scores = gfbs_scores(graph, beta_weight) if criterion == "gfbs" else CRITERIA[criterion](graph)
+    if not graph.producers and ratio > 0:  # every layer is applied to another dim than 1: token-major blocks
+        raise SlimkitError("no conv or linear layer of this model produces channels on dim 1 (a Linear applied to "
+                           "the last dimension of a token-major (N, T, C) tensor is never pruned here); for "
+                           "transformer feed-forwards and attention heads use "
+                           "slimkit.channels.prune_heads_and_neurons")
     if not scores and ratio > 0:
         raise SlimkitError(f"criterion {criterion!r} scores no channel of this model (it reads BatchNorm layers, "
                            f"and the model has none); use l1")

@@ -21,14 +21,26 @@ Augment = Literal["none", "crop", "crop_flip"]
 
 
 class ArrayDataset(Dataset):
-    """Images (N, C, H, W) and labels (N,), normalised as (x / scale - mean) / std."""
+    """Images (N, C, H, W) and one target each, normalised as (x / scale - mean) / std.
+
+    Integer targets are class ids (held as int64, as cross-entropy takes them); float targets are regression
+    targets and keep their dtype and values, so the objective decides what they mean (the default loss
+    refuses them and asks for loss_fn). Casting them to ids would truncate -0.59 to 0 without a word.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor, scale: float,
                  augment: Augment = "none", seed: int = 0):
         if images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"images must be (N, C, H, W) with one label each; got {tuple(images.shape)} "
                              f"and {len(labels)} labels")
-        self.images, self.labels = images, labels.long()
+        if labels.is_floating_point():
+            self.labels = labels
+        elif labels.dtype != torch.bool and not labels.is_complex():
+            self.labels = labels.long()
+        else:
+            raise SlimkitError(f"image labels are class ids (an integer tensor) or regression targets (a float "
+                               f"tensor), not {labels.dtype}")
+        self.images = images
         self.mean, self.std, self.scale = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), scale
         self.augment = augment
         self.pad = max(1, images.shape[-1] // 8)

@@ -11,11 +11,11 @@ from pydantic import ConfigDict, Field, field_serializer
 from torch import Tensor, nn
 
 from slimkit.distill.losses import graph_kd, hinton_kd, rkd_distance
-from slimkit.errors import UnsupportedLayerError
+from slimkit.errors import SlimkitError, UnsupportedLayerError
 from slimkit.methods import MethodConfig, register_method
 from slimkit.train.device import device_of
 from slimkit.train.modifier import Modifier, TrainContext
-from slimkit.train.objective import Objective, logits_of
+from slimkit.train.objective import Objective, class_dim, logits_of
 
 
 class DistillConfig(MethodConfig):
@@ -46,6 +46,10 @@ class HintonConfig(DistillConfig):
 
     method: Literal["hinton"] = "hinton"
     temperature: float = Field(4.0, gt=0)
+    class_dim: int | None = Field(None, description=(
+        "the logits' class dimension (e.g. -1 for token logits (N, T, V)); null: dim 1 of (N, C) logits, and "
+        "for more dimensions the one the batch's class-id target marks, as the default loss reads it (the last "
+        "for (N, T, V) with labels (N, T)); an error when neither says"))
 
 
 class FeatureDistillConfig(DistillConfig):
@@ -107,6 +111,25 @@ class _Taps:
             handle.remove()
 
 
+def _kd_class_dim(logits: Tensor, batch: Any, objective: Objective) -> int:
+    """The class dimension of `logits` when the stage names none: dim 1 of (N, C), else the one the batch's
+    class-id target fits (`objective.class_dim`, the default loss's reading). Never a guess: logits of
+    (N, T, V) and (N, C, L) look alike, so without a target that tells them apart it is an error."""
+    if logits.ndim == 2:
+        return 1
+    target = objective.split(batch)[2]
+    ask = (f"Hinton KD on logits of shape {tuple(logits.shape)}: which dimension holds the classes is ambiguous "
+           f"(dim 1 or the last)")
+    try:
+        dim = class_dim(logits, target) if target is not None else None
+    except SlimkitError:
+        dim = None
+    if dim is None:
+        raise SlimkitError(f"{ask}, and the batch has no class-id target that tells them apart; set class_dim in "
+                           f"the distill stage (-1 for token logits (N, T, V))")
+    return dim
+
+
 @register_method(HintonConfig, GraphKdConfig, RkdConfig)
 class DistillModifier(Modifier):
     config: DistillConfig
@@ -154,7 +177,8 @@ class DistillModifier(Modifier):
             teacher_logits = logits_of(objective.forward(self.teacher, batch))
         c = self.config
         if isinstance(c, HintonConfig):
-            return c.weight * hinton_kd(outputs, teacher_logits, c.temperature)
+            dim = c.class_dim if c.class_dim is not None else _kd_class_dim(outputs, batch, objective)
+            return c.weight * hinton_kd(outputs, teacher_logits, c.temperature, class_dim=dim)
         student = [self.student_taps.outputs[s] for s, _ in c.taps]
         teacher = [self.teacher_taps.outputs[t] for _, t in c.taps]
         if isinstance(c, GraphKdConfig):

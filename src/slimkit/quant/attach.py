@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from slimkit.layers import adapter_of
+from slimkit.parametrized import add_parametrization
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 
 
@@ -43,7 +44,7 @@ def quantize_layer(module: nn.Module, weight_quantizer: nn.Module, input_quantiz
                    bits: int, input_bits: int) -> None:
     adapter = adapter_of(module)
     transposed = adapter is not None and adapter.transposed
-    parametrize.register_parametrization(module, "weight", WeightQuantization(weight_quantizer, bits, transposed))
+    add_parametrization(module, "weight", WeightQuantization(weight_quantizer, bits, transposed))
     module.input_quantizer = input_quantizer
     module.input_bits = input_bits
     module.register_forward_pre_hook(_quantize_input)

@@ -149,9 +149,9 @@ class QuantizeModifier(Modifier):
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
         self.ctx, self.epochs = ctx, ctx.epochs
         self.active = self.config.start_epoch == 0
-        if self.active:
+        if self.active and not ctx.restoring:
             self._calibrate(model, ctx)
-        else:
+        else:  # before the stage, or restoring: the saved state and weights hold every step
             self.rebuild_structure(model)
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from slimkit.parametrized import add_parametrization, remove_parametrization
+
 
 class WeightMask(nn.Module):
     """Multiplies a tensor by a fixed boolean mask; the mask changes only when a pruner sets it."""
@@ -46,7 +48,7 @@ def add_mask(module: nn.Module, name: str = "weight", scored: bool = False) -> W
     weight = getattr(module, name)
     with torch.device(weight.device):  # the mask (and scores) beside the weight, on a GPU too
         mask = (ScoredMask if scored else WeightMask)(weight.shape)
-    parametrize.register_parametrization(module, name, mask)
+    add_parametrization(module, name, mask)
     return mask
 
 
@@ -72,7 +74,7 @@ def remove_mask(module: nn.Module, name: str = "weight") -> None:
     quantizer, say) stay and now act on the masked weight."""
     chain = module.parametrizations[name]
     if len(chain) == 1:
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        remove_parametrization(module, name)
         return
     index = next(i for i, p in enumerate(chain) if isinstance(p, WeightMask))
     with torch.no_grad():

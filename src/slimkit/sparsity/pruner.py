@@ -145,8 +145,8 @@ class PruneModifier(Modifier):
     def batch_taylor_scores(self, batches: int) -> dict[str, Tensor]:
         """|w * g| with g the gradient of the task's loss summed over the first `batches` training batches
         (local to this rank: a method using it sets gradient_scores so they are averaged)."""
-        loss_gradients(self.ctx.model, self.ctx.batches(batches, f"{self.name} scores"), self.ctx.objective)
-        return {n: (raw_weight(m) * raw_weight(m).grad).abs() for n, (m, _) in self.masks.items()}
+        with loss_gradients(self.ctx.model, self.ctx.batches(batches, f"{self.name} scores"), self.ctx.objective):
+            return {n: (raw_weight(m) * raw_weight(m).grad).abs().detach() for n, (m, _) in self.masks.items()}
 
     def tiebreak(self) -> dict[str, Tensor] | None:
         """What decides between equal scores (before the flat index); None: the index alone."""

@@ -62,17 +62,21 @@ class Compression:
     data (SNIP, GFBS/Taylor channels, QAT calibration, Sense rearrangement); `objective` says how batches
     feed the model and which loss their gradients come from. With `auto_epochs`, the step that ends an
     epoch starts the next one; the Trainer turns that off and calls `start_epoch` after it evaluates.
+    `state` (a `state_dict()` of a checkpoint) is loaded right after the methods attach, and they attach
+    knowing it comes (`TrainContext.restoring`): nothing is calibrated or scored on data that the state and
+    the model's state_dict, loaded next, bring back anyway.
     """
 
     def __init__(self, model: nn.Module, modifiers: Sequence[Modifier], *, epochs: int, steps_per_epoch: int,
-                 data: Iterable[Any] | None = None, objective: Objective | None = None, auto_epochs: bool = True):
+                 data: Iterable[Any] | None = None, objective: Objective | None = None, auto_epochs: bool = True,
+                 state: dict[str, Any] | None = None):
         if epochs < 0 or steps_per_epoch < 1:
             raise SlimkitError(f"epochs must be >= 0 and steps_per_epoch >= 1; got epochs={epochs}, "
                                f"steps_per_epoch={steps_per_epoch}")
         self.model = model
         self.modifiers = list(modifiers)
         self.ctx = TrainContext(model, epochs, steps_per_epoch, data, distributed.current(),
-                                objective=objective or Objective())
+                                objective=objective or Objective(), restoring=state is not None)
         self.auto_epochs = auto_epochs
         self.started_epoch: int | None = None
         self.structure_version = 0  # bumped whenever a method replaced parameters (the DDP wrapper is stale)
@@ -80,8 +84,15 @@ class Compression:
         self._hooks: list[Any] = []
         self._stepping = False
         self._names: dict[int, str] = {}
+        self._replaced_by: list[str] = []  # methods that put new parameters in place of the model's at attach
         for modifier in self.modifiers:
+            before = {id(p): p for p in model.parameters()}  # held, so no new tensor can take a freed one's id
             modifier.attach(model, self.ctx)
+            if before.keys() - {id(p) for p in model.parameters()}:
+                self._replaced_by.append(modifier.name)
+        if state is not None:
+            self.load_state_dict(state)
+            self.ctx.restoring = False
 
     # --- the optimizer ------------------------------------------------------------------------------
     def param_groups(self, **defaults: Any) -> list[dict[str, Any]]:
@@ -225,6 +236,11 @@ class Compression:
                 raise SlimkitError(f"{', '.join(claims)} train parameters in groups of their own (e.g. scores "
                                    f"without weight decay, a learning-rate scale); build the optimizer with "
                                    f"compression.optimizer(...) or pass it to compression.wrap(...)")
+            if self._replaced_by:  # an optimizer built before prepare trains the old tensors, and nothing says so
+                raise SlimkitError(f"{', '.join(self._replaced_by)} replaced the model's parameters in "
+                                   f"slimkit.prepare, and an optimizer slimkit has not seen may still hold the old "
+                                   f"ones; build it with compression.optimizer(...) or pass it to "
+                                   f"compression.wrap(...), which checks that it trains the new ones")
             if self.started_epoch is None:
                 self.start_epoch(0)
         self.ctx.step += 1

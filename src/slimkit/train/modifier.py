@@ -37,6 +37,7 @@ class TrainContext:
     optimizer: Optimizer | None = None
     structure_changed: bool = False  # set by a modifier that replaced parameters (channel surgery)
     objective: Objective = field(default_factory=Objective)
+    restoring: bool = False  # attach runs before a saved state loads: build structure, measure nothing from data
 
     def batches(self, count: int, needed_by: str) -> list[Any]:
         """The first `count` training batches on the model's device, or an error saying that `needed_by` needs
@@ -80,7 +81,8 @@ class Modifier:
         return []
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
-        """Wrap layers or register masks. Runs before the optimiser exists and before any resume."""
+        """Wrap layers or register masks. Runs before the optimiser exists and before any resume; with
+        `ctx.restoring` a saved state and the model's weights follow, so nothing is measured on data."""
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Optimiser groups for parameters this method treats specially; the rest form the default group."""

@@ -3,7 +3,8 @@
 Each candidate layer (binary; sparse conv/linear, pattern-pruned included) is built, timed against the
 layer it replaces on that layer's real input (the example's activations, after a warm-up that absorbs
 JIT compilation), and kept only if faster. Every decision is recorded in `model.deploy_report`, dense
-fallbacks and their reasons included. N:M layers stay dense: CPUs have no N:M speedup path.
+fallbacks and their reasons included. N:M layers stay dense: CPUs have no N:M speedup path. The kernels
+compute in float32, so a layer of another dtype (a float64 model) stays as it is: its outputs keep their dtype.
 
 The kernel modules (and so numba, which takes a fifth of a second to import) are imported on first use,
 inside the functions below, so that `import slimkit` does not load numba.
@@ -39,7 +40,7 @@ def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[]
     from slimkit.runtime.eager.kernel_modules import PackedBinaryConv2d, PatternConv2d, SparseConv2d, SparseLinear
 
     if isinstance(module, BinaryConv2d | BinaryLinear):
-        return "binary", lambda: PackedBinaryConv2d(module, threads), ""
+        return _float32_only(module, "binary", lambda: PackedBinaryConv2d(module, threads))
     adapter = adapter_of(module)
     plain = type(module) in (nn.Conv2d, nn.Linear) or (adapter is not None and adapter.linear_map
                                                        and not parametrize.is_parametrized(module))
@@ -56,7 +57,17 @@ def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[]
     if sparsity < MIN_SPARSITY:
         return kind, None, f"{sparsity:.0%} sparse: below {MIN_SPARSITY:.0%}, dense BLAS wins"
     build = {"pattern": PatternConv2d, "sparse": SparseConv2d}[kind] if isinstance(module, nn.Conv2d) else SparseLinear
-    return kind, lambda: build(module, threads), ""
+    return _float32_only(module, kind, lambda: build(module, threads))
+
+
+def _float32_only(module: nn.Module, kind: str, build: Callable[[], nn.Module]
+                  ) -> tuple[str, Callable[[], nn.Module] | None, str]:
+    """The kernels compute in float32: a layer of another dtype (a float64 model) stays as it is, so its
+    outputs keep their dtype and precision, and the report says why."""
+    dtype = module.weight.dtype
+    if dtype != torch.float32:
+        return kind, None, f"{dtype} weights: the kernels compute in float32; the layer stays as it is"
+    return kind, build, ""
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
