@@ -30,7 +30,7 @@ PACKAGE = "slimkit"
 # Tiers, bottom first. A room may import rooms of its own tier or below; rooms of one tier must not form a
 # cycle. Edit freely: one set per tier.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "methods", "deprecation"},                                 # 0: vocabulary
+    {"errors", "config", "methods", "deprecation", "trust"},                        # 0: vocabulary
     {"layers", "environment", "folding", "files", "formats", "channel_rules"},      # 1: shared helpers
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
      "persistence"},                                                                # 2: methods, training

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from slimkit.errors import SlimkitError
+from slimkit.errors import RecipeError, SlimkitError
 
 console = Console()
 if not console.is_terminal:
@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
     from slimkit.recipe import Recipe
     from slimkit.train.distributed import finish, init_from_env
 
-    recipe = Recipe.load(recipe_source, args.overrides)
+    recipe = Recipe.load(recipe_source, args.overrides, trust_code=args.trust_code)
     info = init_from_env(recipe.train.device)
     try:
         out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
@@ -104,9 +104,11 @@ def cmd_info(args: argparse.Namespace) -> int:
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
                "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers}
-    hardware = _run_hardware(args, model)
+    hardware, skipped = _run_hardware(args, model)
     if hardware is not None:
         summary["hardware"] = hardware
+    if skipped is not None:
+        summary["hardware_skipped"] = skipped
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -119,6 +121,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                       f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}",
                       f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
     console.print(table)
+    if skipped is not None:
+        console.print(f"hardware section skipped: {skipped}", style="yellow", highlight=False, markup=False)
     if hardware is not None:
         from slimkit.report import hardware_markdown
 
@@ -126,21 +130,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_hardware(args: argparse.Namespace, model: Any) -> dict[str, Any] | None:
+def _run_hardware(args: argparse.Namespace, model: Any) -> tuple[dict[str, Any] | None, str | None]:
     """The hardware section of a run folder whose recipe names measure.hardware: the model costed on those
-    targets (against the same layers with dense weights), calibrated on the run's training data."""
-    from slimkit.recipe import Recipe
+    targets (against the same layers with dense weights), calibrated on the run's training data. Only the
+    recipe's measure and data sections are read, so no other code it names is imported; data a factory
+    builds is loaded only with --trust-code (or an allow-listed package); otherwise (section, None) becomes
+    (None, why it was skipped)."""
+    from slimkit.metrics import MeasureConfig
+    from slimkit.recipe import read_section
 
     run_dir = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
     if not (run_dir / "recipe.yaml").exists():
-        return None
-    config = Recipe.load(str(run_dir / "recipe.yaml")).measure.hardware
+        return None, None
+    measure = read_section(run_dir / "recipe.yaml", "measure", MeasureConfig)
+    config = measure.hardware if measure is not None else None
     if config is None:
-        return None
+        return None, None
     from slimkit.hardware import hardware_section
 
     count = config.systolic.calibration_batches if config.systolic is not None else 1
-    return hardware_section(model, _calibration_batches(args.model, count), config)
+    try:
+        batches = _calibration_batches(args.model, count, args.trust_code)
+    except RecipeError as exc:  # the run's data: its factory is not trusted, or its section no longer validates
+        return None, f"measure.hardware is calibrated on the run's data, which was not loaded: {exc}"
+    return hardware_section(model, batches, config), None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -176,23 +189,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_batches(model_arg: str, count: int) -> list[Any]:
+def _calibration_batches(model_arg: str, count: int, trust_code: bool) -> list[Any]:
     """The first `count` training batches of the data set the run's recipe names (the run folder's
-    recipe.yaml), in the run's split: what the integer graph's added quantizers are calibrated on."""
+    recipe.yaml), in the run's split: what the integer graph's added quantizers are calibrated on. Only the
+    data section is read; data a factory builds is code, loaded only with --trust-code or an allow-listed
+    package (slimkit.trust)."""
     from itertools import islice
 
     from torch.utils.data import DataLoader
 
-    from slimkit.data import collate_batch, load_data
-    from slimkit.recipe import Recipe
+    from slimkit.data import DataConfig, batch_collate, load_data
+    from slimkit.recipe import read_section
 
     run_dir = Path(model_arg) if Path(model_arg).is_dir() else Path(model_arg).parent
     if not (run_dir / "recipe.yaml").exists():
         raise SlimkitError(f"calibrating the int8 graph needs the run's data, and {run_dir} holds no recipe.yaml; "
                            "export from the run folder (slimkit export runs/NAME)")
-    recipe = Recipe.load(str(run_dir / "recipe.yaml"))
-    loader = DataLoader(load_data(recipe.data).train, batch_size=recipe.data.batch_size, collate_fn=collate_batch)
-    return [x for x, _ in islice(loader, count)]
+    data = read_section(run_dir / "recipe.yaml", "data", DataConfig, trust_code=trust_code)
+    if data is None:
+        raise RecipeError([f"{run_dir / 'recipe.yaml'}: 'data': required key is missing"])
+    train = load_data(data).train
+    loader = DataLoader(train, batch_size=data.batch_size, collate_fn=batch_collate(train))
+    return [batch[0] for batch in islice(loader, count)]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -213,7 +231,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise SlimkitError("--int8 quantizes a float model with the engine's own post-training int8, which is "
                                "written as ONNX Q/DQ (--engine onnx); --engine openvino takes a quantized run as "
                                "it is (its block-sparse int8 convs run slimkit::QuantSparseConv2d)")
-        calibration = _calibration_batches(args.model, args.calibration_batches) if quantized else None
+        calibration = _calibration_batches(args.model, args.calibration_batches, args.trust_code) if quantized else None
         return _export_openvino(model, shape, Path(args.out) if args.out else default / "engine", calibration)
     return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
 
@@ -273,7 +291,8 @@ def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, in
     from slimkit.environment import has_int8_dot_product
     from slimkit.quant.onnx_export import FLOAT_COMPUTE_OPS, export_onnx, optimized_ops
 
-    calibration = _calibration_batches(args.model, args.calibration_batches) if quantized or args.int8 else None
+    calibration = (_calibration_batches(args.model, args.calibration_batches, args.trust_code)
+                   if quantized or args.int8 else None)
     out = export_onnx(model, out, shape, calibration)
     if args.int8 and not quantized:  # the engine's own post-training int8 of this (pruned, smaller) float model
         from slimkit.runtime.engine.dense_engines import quantize_static_int8
@@ -322,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
         p.add_argument("--no-progress", action="store_true", help="no live progress bar")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
+        add_trust_option(p)
+
+    def add_trust_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--trust-code", action="store_true",
+                       help="let the recipe's import paths (model/data factories, losses, metrics) run code; without "
+                            "it only packages in SLIMKIT_TRUSTED_MODULES are imported")
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--in-channels", type=int, default=3, help="for a zoo model name")
@@ -336,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="per-layer parameters, nonzeros and sparsity structure")
     info.add_argument("model", help="a saved model.pt, a run folder, or a zoo model name")
     info.add_argument("--json", action="store_true")
+    add_trust_option(info)
     add_model_options(info)
     bench = sub.add_parser("bench", help="latency of the deployed model against eager and optimised dense PyTorch")
     bench.add_argument("model", help="a saved model.pt, a run folder, or a zoo model name")
@@ -357,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a float model (channel-pruned, say) quantized by onnxruntime's quantize_static on the "
                              "run's data")
     export.add_argument("--calibration-batches", type=int, default=8)
+    add_trust_option(export)
     export.add_argument("--format", choices=("model", "truth-tables"), default="model",
                         help="truth-tables: every neuron's lookup table of sparse, quantized linear and conv layers "
                              "(JSON)")

@@ -27,7 +27,7 @@ from slimkit.methods import build_modifier
 from slimkit.metrics import call, compare_latency, example_batch, example_shape, measure
 from slimkit.models import ModelConfig, build_model
 from slimkit.persistence import load_weights, save_artifacts, save_model
-from slimkit.recipe import Recipe
+from slimkit.recipe import Recipe, normalized_yaml
 from slimkit.report import Report
 from slimkit.train import distributed
 from slimkit.train.config import TrainConfig
@@ -52,15 +52,6 @@ class Run:
     @property
     def report(self) -> Report:
         return Report(self.metrics)
-
-
-def _normalized(recipe_yaml: str) -> str | None:
-    """A saved recipe as this version writes it (options added since get their defaults), None if it no
-    longer validates."""
-    try:
-        return Recipe.from_dict(yaml.safe_load(recipe_yaml)).to_yaml()
-    except (RecipeError, yaml.YAMLError):
-        return None
 
 
 def _recipe_on_disk(path: Path) -> tuple[str | None, str | None]:
@@ -106,7 +97,7 @@ def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool, env: dict[str,
             console.print(f"{out_dir}/recipe.yaml is {problem}; restoring it from {checkpoint}", highlight=False)
         reference, source = (kept, f"the recipe kept in {checkpoint}") if kept is not None else (
             saved, f"{out_dir}/recipe.yaml")
-        if reference is not None and _normalized(reference) != recipe.to_yaml():
+        if reference is not None and normalized_yaml(reference) != recipe.to_yaml():
             raise SlimkitError(f"{source} differs from this recipe; resume with the same recipe and overrides, or "
                                f"choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
