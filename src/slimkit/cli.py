@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ def _print_run(report: Any, out_dir: Path | None) -> None:
     console.print(table)
     if out_dir is not None:
         console.print(f"report: {out_dir / 'report.md'}", highlight=False)
+
+
+@contextmanager
+def _claimed(folder: Path, purpose: str) -> Iterator[None]:
+    """`folder` claimed for this command's writes (slimkit.locks): another writer there is an error naming
+    it, and a dead one's lock is taken over and said so."""
+    from slimkit.locks import FolderLock
+
+    with FolderLock(folder, purpose) as lock:
+        if lock.take_over_note is not None:
+            console.print(lock.take_over_note, style="yellow", highlight=False)
+        yield
 
 
 def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
@@ -164,13 +177,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from slimkit.runtime import bench
 
     model, shape, _ = _load_model(args)
-    results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
-                          use_compile=not args.no_compile, engines=not args.no_engines,
-                          fold_batchnorm=args.fold_batchnorm)
-    results["environment"] = environment(0)
     default = Path(args.model) if Path(args.model).is_dir() else Path("bench") / Path(args.model).stem
     out = Path(args.out) if args.out else default
-    _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
+    with _claimed(out, "bench"):
+        results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
+                              use_compile=not args.no_compile, engines=not args.no_engines,
+                              fold_batchnorm=args.fold_batchnorm)
+        results["environment"] = environment(0)
+        _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
     table = Table(title=f"{args.model}: deployed (eager torch + kernels) and engine (OpenVINO + slimkit operators) "
                         f"vs the dense engines (ms, medians; {results['cpu_model']}, "
                         f"{', '.join(results['isa']) or 'no AVX2'}, {results['threads']} threads)")
@@ -232,7 +246,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                                "written as ONNX Q/DQ (--engine onnx); --engine openvino takes a quantized run as "
                                "it is (its block-sparse int8 convs run slimkit::QuantSparseConv2d)")
         calibration = _calibration_batches(args.model, args.calibration_batches, args.trust_code) if quantized else None
-        return _export_openvino(model, shape, Path(args.out) if args.out else default / "engine", calibration)
+        folder = Path(args.out) if args.out else default / "engine"
+        with _claimed(folder, "export"):
+            return _export_openvino(model, shape, folder, calibration)
     return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
 
 
@@ -317,7 +333,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from slimkit.report import Report
 
     report = Report.from_run(Path(args.run_dir))
-    path = report.write(Path(args.run_dir))
+    with _claimed(Path(args.run_dir), "report"):
+        path = report.write(Path(args.run_dir))
     _print_run(report, None)
     console.print(f"report: {path}", highlight=False)
     return 0

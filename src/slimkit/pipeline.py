@@ -10,6 +10,8 @@ import copy
 import json
 import math
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError, first_line
 from slimkit.files import atomic_write_text, remove_stale_temps
 from slimkit.formats import WEIGHTS_FORMAT, atomic_save, read_checkpoint
+from slimkit.locks import FolderLock
 from slimkit.methods import build_modifier
 from slimkit.metrics import call, compare_latency, example_batch, example_shape, measure
 from slimkit.models import ModelConfig, build_model
@@ -313,9 +316,31 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
                callbacks: tuple[EpochCallback, ...] = (), objective: Objective | None = None) -> Run:
     """Run `recipe`. `model`, `data` and `objective` replace the recipe's model, data and objective
     sections when given."""
-    info = distributed.current()
     objective = _runnable_objective(recipe, objective)
     out_dir = Path(out_dir) if out_dir is not None else None
+    with _one_writer(out_dir):
+        return _run_claimed(recipe, out_dir, resume, model, data, progress, callbacks, objective)
+
+
+@contextmanager
+def _one_writer(out_dir: Path | None) -> Iterator[None]:
+    """The run folder claimed by this process while it runs (slimkit.locks): a run already writing there is an
+    error naming it, and a dead one's lock is taken over and said so. Nothing is claimed without a folder, or
+    by a rank other than 0 (it writes no file)."""
+    if out_dir is None or not distributed.current().is_main:
+        yield
+        return
+    with FolderLock(out_dir, "run") as claimed:
+        if claimed.take_over_note is not None:
+            console.print(claimed.take_over_note, style="yellow", highlight=False)
+        yield
+
+
+def _run_claimed(recipe: Recipe, out_dir: Path | None, resume: bool, model: nn.Module | None,
+                 data: DataBundle | None, progress: bool, callbacks: tuple[EpochCallback, ...],
+                 objective: Objective) -> Run:
+    """run_recipe once the recipe is runnable and the run folder, if any, is this process's."""
+    info = distributed.current()
     env = environment(recipe.seed)
     if out_dir is not None and info.is_main:
         _prepare_out_dir(out_dir, recipe, resume, env)
