@@ -31,7 +31,8 @@ PACKAGE = "slimkit"
 # cycle. Edit freely: one set per tier.
 LAYERS: list[set[str]] = [
     {"errors", "config", "methods", "deprecation", "trust"},                        # 0: vocabulary
-    {"layers", "environment", "folding", "files", "formats", "channel_rules", "locks"},  # 1: shared helpers
+    {"layers", "environment", "folding", "files", "formats", "channel_rules", "locks",
+     "value_checks"},                                                               # 1: shared helpers
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
      "persistence"},                                                                # 2: methods, training
     {"metrics", "runtime", "report", "hardware"},                                   # 3: measure, deploy, report

@@ -18,6 +18,7 @@ from slimkit.pipeline import Run, run_recipe
 from slimkit.recipe import Recipe, apply_overrides
 from slimkit.train.compression import Compression
 from slimkit.train.objective import LossFn, Metric, MetricFn, make_objective
+from slimkit.value_checks import check_model_values
 
 DataArg = str | DataConfig | DataBundle | Dataset | DataLoader | None
 
@@ -101,6 +102,7 @@ def prepare(model: nn.Module, recipe: Recipe | str | Path | MethodConfig | dict 
     issues = window_issues(stages, epochs, where="epochs")
     if issues:
         raise RecipeError(issues)
+    check_model_values(model)
     compression = Compression(model, [build_modifier(s) for s in stages], epochs=epochs,
                               steps_per_epoch=steps_per_epoch, data=data,
                               objective=make_objective(loss_fn, None, target_key))

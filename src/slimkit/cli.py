@@ -103,6 +103,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from slimkit.metrics import measure
     from slimkit.sparsity.pattern import stored_library
     from slimkit.sparsity.structure import detect_structure
+    from slimkit.value_checks import non_finite
 
     model, shape, artifacts = _load_model(args)
     library = stored_library(artifacts)  # a pattern stage's library: kernels are checked against it exactly
@@ -110,13 +111,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     layers = []
     for layer in result.layers:
         module = model.get_submodule(layer.name)
+        structure = ({"structure": "NaN/Inf"} if non_finite(dict(module.named_parameters())) else  # not zeros
+                     detect_structure(module.weight, library))
         layers.append({"name": layer.name, "type": layer.type, "shape": layer.shape, "params": layer.params,
                        "nonzeros": layer.nonzeros, "sparsity": layer.sparsity, "weight_bits": layer.weight_bits,
-                       "input_bits": layer.input_bits, **detect_structure(module.weight, library)})
+                       "input_bits": layer.input_bits, **structure})
     summary = {"model": str(args.model), "input_shape": list(shape), "params": result.params,
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
-               "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers}
+               "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers,
+               "non_finite": non_finite(model.state_dict())}
     hardware, skipped = _run_hardware(args, model)
     if hardware is not None:
         summary["hardware"] = hardware
@@ -134,6 +138,11 @@ def cmd_info(args: argparse.Namespace) -> int:
                       f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}",
                       f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
     console.print(table)
+    if summary["non_finite"]:
+        names = summary["non_finite"]
+        console.print(f"NaN or Inf in {len(names)} tensors ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                      f"): the model diverged or its file was changed; the nonzero counts and sparsity of their "
+                      f"layers are not meaningful", style="yellow", highlight=False, markup=False)
     if skipped is not None:
         console.print(f"hardware section skipped: {skipped}", style="yellow", highlight=False, markup=False)
     if hardware is not None:

@@ -20,6 +20,7 @@ from slimkit.files import atomic_write_text
 from slimkit.formats import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
 from slimkit.methods import MethodConfig, build_modifier, parse_stage
 from slimkit.models import ModelConfig, build_model
+from slimkit.models.size import size_issue
 from slimkit.trust import CodeTrust, validation_context
 
 
@@ -72,6 +73,9 @@ def checked_model(saved: dict[str, Any], path: str | Path) -> tuple[ModelConfig,
     missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
     if missing:
         raise CheckpointError(f"{path}: field 'arch' lacks {', '.join(missing)}")
+    too_large = size_issue(arch, arch.in_channels, arch.num_classes, arch.input_size)
+    if too_large is not None:
+        raise CheckpointError(f"{path}: field 'arch': {too_large}")
     for i, entry in enumerate(stages):
         checked_field(stages, i, dict, path, where="stages")
         if "state" in entry:

@@ -39,6 +39,7 @@ from slimkit.train.modifier import Modifier
 from slimkit.train.objective import Objective, logits_of
 from slimkit.train.progress import console
 from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
+from slimkit.value_checks import check_model_values
 
 
 @dataclass
@@ -235,8 +236,10 @@ def _starting_model(recipe: Recipe, model: nn.Module | None, data: DataBundle, e
 def _checked_modifiers(recipe: Recipe, model: nn.Module, example: Any, data: DataBundle,
                        objective: Objective) -> list[Modifier]:
     """The stages' modifiers, after every check that runs on the built model before anything trains (rather
-    than after the baseline): the model runs on the data, engines get one tensor input, each method's own
-    check, finite weights. Modifiers are built now and trained later, so files they read are read once."""
+    than after the baseline): finite weights and no empty layer, the model runs on the data, engines get one
+    tensor input, each method's own check. Modifiers are built now and trained later, so files they read are
+    read once."""
+    check_model_values(model)  # no NaN or Inf, no layer without weights: before a forward meets either
     _check_model_fits_data(model, example, data, objective)
     if recipe.measure.engines and isinstance(example, dict):
         raise RecipeError(["'measure.engines': true: engine deployment takes models with one tensor input, and this "
@@ -246,10 +249,6 @@ def _checked_modifiers(recipe: Recipe, model: nn.Module, example: Any, data: Dat
               enumerate(zip(recipe.stages, modifiers, strict=True)) for issue in modifier.check(model)]
     if issues:
         raise RecipeError(issues)
-    bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
-               None)
-    if bad is not None:
-        raise SlimkitError(f"the model's {bad} holds NaN or Inf values; compressing it would train on NaN")
     return modifiers
 
 
