@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
      "persistence"},                                                                # 2: methods, training
     {"metrics", "runtime", "report", "hardware"},                                   # 3: measure, deploy, report
-    {"recipe", "pipeline", "api", "cli"},                                           # 4: orchestration
+    {"recipe", "pipeline", "api", "cli", "run_folder"},                             # 4: orchestration
 ]
 
 # Rooms divided into sub-rooms: the modules and packages right under the room (slimkit/runtime/eager/deploy.py

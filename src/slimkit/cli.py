@@ -14,7 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from slimkit.errors import RecipeError, SlimkitError
+from slimkit.errors import SlimkitError
+from slimkit.run_folder import calibration_batches, load_model, run_hardware
 
 console = Console()
 if not console.is_terminal:
@@ -74,38 +75,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args, "demo")
 
 
-def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], dict[str, Any]]:
-    """(model, input shape, the files its stages export by name) from a model.pt, a run folder or a zoo
-    name."""
-    from slimkit.models import MODELS, build_model
-    from slimkit.persistence import read_artifacts, read_model_file, rebuild
-    from slimkit.recipe import ModelConfig
-
-    source = Path(args.model)
-    if source.is_dir():
-        if not (source / "model.pt").exists() and (source / "weights.pt").exists():
-            raise SlimkitError(f"{source} is a run of your own model (built by model.factory or given to "
-                               f"slimkit.compress): {source / 'weights.pt'} holds its state_dict, which your code "
-                               f"loads into the model it builds; slimkit rebuilds only zoo models from a file")
-        source = source / "model.pt"
-    if source.exists():
-        arch, stages, state_dict = read_model_file(source)
-        model = rebuild(arch, stages, state_dict, str(source))
-        return model, (arch.in_channels, arch.input_size, arch.input_size), read_artifacts(stages, str(source))
-    if args.model in MODELS:
-        model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
-        return model, (args.in_channels, args.input_size, args.input_size), {}
-    raise SlimkitError(f"{args.model!r} is neither a saved model (file or run folder) nor a zoo model; "
-                       f"zoo models: {', '.join(sorted(MODELS))}")
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from slimkit.metrics import measure
     from slimkit.sparsity.pattern import stored_library
     from slimkit.sparsity.structure import detect_structure
     from slimkit.value_checks import non_finite
 
-    model, shape, artifacts = _load_model(args)
+    model, shape, artifacts = load_model(args.model, args.in_channels, args.input_size, args.num_classes)
     library = stored_library(artifacts)  # a pattern stage's library: kernels are checked against it exactly
     result = measure(model, shape, latency=False)
     layers = []
@@ -121,7 +97,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
                "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers,
                "non_finite": non_finite(model.state_dict())}
-    hardware, skipped = _run_hardware(args, model)
+    hardware, skipped = run_hardware(args.model, model, args.trust_code)
     if hardware is not None:
         summary["hardware"] = hardware
     if skipped is not None:
@@ -152,32 +128,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_hardware(args: argparse.Namespace, model: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """The hardware section of a run folder whose recipe names measure.hardware: the model costed on those
-    targets (against the same layers with dense weights), calibrated on the run's training data. Only the
-    recipe's measure and data sections are read, so no other code it names is imported; data a factory
-    builds is loaded only with --trust-code (or an allow-listed package); otherwise (section, None) becomes
-    (None, why it was skipped)."""
-    from slimkit.metrics import MeasureConfig
-    from slimkit.recipe import read_section
-
-    run_dir = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
-    if not (run_dir / "recipe.yaml").exists():
-        return None, None
-    measure = read_section(run_dir / "recipe.yaml", "measure", MeasureConfig)
-    config = measure.hardware if measure is not None else None
-    if config is None:
-        return None, None
-    from slimkit.hardware import hardware_section
-
-    count = config.systolic.calibration_batches if config.systolic is not None else 1
-    try:
-        batches = _calibration_batches(args.model, count, args.trust_code)
-    except RecipeError as exc:  # the run's data: its factory is not trusted, or its section no longer validates
-        return None, f"measure.hardware is calibrated on the run's data, which was not loaded: {exc}"
-    return hardware_section(model, batches, config), None
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from slimkit.environment import ensure_allocator_env
 
@@ -185,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from slimkit.environment import environment
     from slimkit.runtime import bench
 
-    model, shape, _ = _load_model(args)
+    model, shape, _ = load_model(args.model, args.in_channels, args.input_size, args.num_classes)
     default = Path(args.model) if Path(args.model).is_dir() else Path("bench") / Path(args.model).stem
     out = Path(args.out) if args.out else default
     with _claimed(out, "bench"):
@@ -212,35 +162,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_batches(model_arg: str, count: int, trust_code: bool) -> list[Any]:
-    """The first `count` training batches of the data set the run's recipe names (the run folder's
-    recipe.yaml), in the run's split: what the integer graph's added quantizers are calibrated on. Only the
-    data section is read; data a factory builds is code, loaded only with --trust-code or an allow-listed
-    package (slimkit.trust)."""
-    from itertools import islice
-
-    from torch.utils.data import DataLoader
-
-    from slimkit.data import DataConfig, batch_collate, load_data
-    from slimkit.recipe import read_section
-
-    run_dir = Path(model_arg) if Path(model_arg).is_dir() else Path(model_arg).parent
-    if not (run_dir / "recipe.yaml").exists():
-        raise SlimkitError(f"calibrating the int8 graph needs the run's data, and {run_dir} holds no recipe.yaml; "
-                           "export from the run folder (slimkit export runs/NAME)")
-    data = read_section(run_dir / "recipe.yaml", "data", DataConfig, trust_code=trust_code)
-    if data is None:
-        raise RecipeError([f"{run_dir / 'recipe.yaml'}: 'data': required key is missing"])
-    train = load_data(data).train
-    loader = DataLoader(train, batch_size=data.batch_size, collate_fn=batch_collate(train))
-    return [batch[0] for batch in islice(loader, count)]
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from slimkit.quant.int8_graph import is_quantized
     from slimkit.runtime.engine.form import runs_slimkit_operators
 
-    model, shape, _ = _load_model(args)
+    model, shape, _ = load_model(args.model, args.in_channels, args.input_size, args.num_classes)
     if args.format == "truth-tables":
         default = Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem
         return _export_truth_tables(args, model, Path(args.out) if args.out else default / "truth_tables.json")
@@ -254,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise SlimkitError("--int8 quantizes a float model with the engine's own post-training int8, which is "
                                "written as ONNX Q/DQ (--engine onnx); --engine openvino takes a quantized run as "
                                "it is (its block-sparse int8 convs run slimkit::QuantSparseConv2d)")
-        calibration = _calibration_batches(args.model, args.calibration_batches, args.trust_code) if quantized else None
+        calibration = calibration_batches(args.model, args.calibration_batches, args.trust_code) if quantized else None
         folder = Path(args.out) if args.out else default / "engine"
         with _claimed(folder, "export"):
             return _export_openvino(model, shape, folder, calibration)
@@ -316,7 +242,7 @@ def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, in
     from slimkit.environment import has_int8_dot_product
     from slimkit.quant.onnx_export import FLOAT_COMPUTE_OPS, export_onnx, optimized_ops
 
-    calibration = (_calibration_batches(args.model, args.calibration_batches, args.trust_code)
+    calibration = (calibration_batches(args.model, args.calibration_batches, args.trust_code)
                    if quantized or args.int8 else None)
     out = export_onnx(model, out, shape, calibration)
     if args.int8 and not quantized:  # the engine's own post-training int8 of this (pruned, smaller) float model
