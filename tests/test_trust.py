@@ -17,8 +17,8 @@ import yaml
 import slimkit
 from slimkit.cli import main
 from slimkit.errors import CheckpointError, RecipeError, SlimkitError
+from slimkit.formats import CHECKPOINT_FORMAT, MODEL_FORMAT, safe_load
 from slimkit.recipe import Recipe
-from slimkit.train.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, safe_load
 
 TRUSTED_MODULES_ENV = "SLIMKIT_TRUSTED_MODULES"  # the user's allow-list (docs/guarantees.md)
 RUN = {"name": "trust", "model": {"name": "mlp", "options": {"hidden": [8]}}, "data": {"name": "digits"},

@@ -25,10 +25,10 @@ import slimkit
 from conftest import SHORT_RECIPE
 from slimkit.cli import main
 from slimkit.errors import SlimkitError
+from slimkit.formats import MODEL_FORMAT, atomic_save
 from slimkit.models import ModelConfig
 from slimkit.persistence import save_model
 from slimkit.recipe import Recipe
-from slimkit.train.checkpoint import MODEL_FORMAT, atomic_save
 
 
 def test_info_on_a_nan_model_says_so(tmp_path, capsys):
