@@ -30,12 +30,13 @@ PACKAGE = "slimkit"
 # Tiers, bottom first. A room may import rooms of its own tier or below; rooms of one tier must not form a
 # cycle. Edit freely: one set per tier.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "methods", "deprecation"},                                 # 0: vocabulary
-    {"layers", "environment", "folding", "files", "formats", "channel_rules", "parametrized"},  # 1: shared helpers
+    {"errors", "config", "methods", "deprecation", "trust"},                        # 0: vocabulary
+    {"layers", "environment", "folding", "files", "formats", "channel_rules", "parametrized", "locks",
+     "value_checks"},                                                               # 1: shared helpers
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
      "persistence"},                                                                # 2: methods, training
     {"metrics", "runtime", "report", "hardware"},                                   # 3: measure, deploy, report
-    {"recipe", "pipeline", "api", "cli"},                                           # 4: orchestration
+    {"recipe", "pipeline", "api", "cli", "run_folder"},                             # 4: orchestration
 ]
 
 # Rooms divided into sub-rooms: the modules and packages right under the room (slimkit/runtime/eager/deploy.py

@@ -351,7 +351,7 @@ def test_cli_runs_a_users_model_and_data_by_import_path(tmp_path, capsys):
               "measure": {"batch_sizes": [1], "repeats": 1, "warmup": 1}}
     path = tmp_path / "own.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress", "--trust-code"]) == 0
     metrics = slimkit.Report.from_run(tmp_path / "run").metrics
     assert metrics["model"] == "user_code:regression_model" and metrics["data"]["train"] == 179
     assert metrics["objective"]["loss"] == "mse_loss"
@@ -373,7 +373,7 @@ def test_cli_refuses_bad_import_paths_naming_the_key(tmp_path, capsys, key, valu
     recipe = {"model": {"name": "lenet"}, "data": {"name": "digits"}, "train": {"epochs": 1}, key: value}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--trust-code"]) == 2
     err = capsys.readouterr().err
     assert f"'{key}" in err and message in err
 

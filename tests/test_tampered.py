@@ -1,6 +1,6 @@
 """Tampered files that carry no code but the right format tag and wrong content, one kind at a time (training
-checkpoint, deployed model, channel plan, teacher; model files in test_guarantees.py): each is refused with a
-CheckpointError naming the file and the field, before anything is built from it."""
+checkpoint, deployed model, channel plan, teacher, a run's metrics.json; model files in test_guarantees.py):
+each is refused with an error naming the file and the field, before anything is built or rendered from it."""
 
 from __future__ import annotations
 
@@ -40,6 +40,22 @@ def _state(keys: dict) -> dict:
     return {k: torch.zeros(1) for k in keys}
 
 
+def _first_float(state: dict) -> torch.Tensor:
+    return next(t for t in state.values() if t.is_floating_point())
+
+
+def _momentum(checkpoint: dict, dim: int) -> torch.Tensor:
+    """The momentum buffer of the first parameter with `dim` dimensions."""
+    return next(s["momentum_buffer"] for s in checkpoint["optimizer"]["state"].values()
+                if s["momentum_buffer"].dim() == dim)
+
+
+def _transpose_momentum(checkpoint: dict) -> None:
+    """A 2-d momentum buffer transposed: the same values and count, another shape (torch checks neither)."""
+    state = next(s for s in checkpoint["optimizer"]["state"].values() if s["momentum_buffer"].dim() == 2)
+    state["momentum_buffer"] = state["momentum_buffer"].t().contiguous()
+
+
 @pytest.mark.parametrize("tamper,message", [
     (lambda c: c.pop("model"), "field 'model' is missing"),
     (lambda c: c["model"].update(w="x"), r"field 'model\['w'\]' is str, not Tensor"),
@@ -56,6 +72,12 @@ def _state(keys: dict) -> dict:
     (lambda c: c["best"].update(model={"x": 1}), r"field 'best.model\['x'\]' is int, not Tensor"),
     (lambda c: c["best"].update(model=_state(c["best"]["model"])), "field 'best.model' does not fit the model"),
     (lambda c: c.update(recipe=5), "field 'recipe' is int, not str"),
+    (lambda c: _first_float(c["model"]).view(-1)[3:5].fill_(float("nan")), r"field 'model\[.*\]' holds NaN or Inf"),
+    (lambda c: _first_float(c["best"]["model"]).view(-1)[0].fill_(float("inf")),
+     r"field 'best.model\[.*\]' holds NaN or Inf"),
+    (lambda c: _momentum(c, 1).fill_(float("nan")), r"field 'optimizer.state\[\d+\].momentum_buffer' holds NaN"),
+    (lambda c: _transpose_momentum(c), r"field 'optimizer.state\[\d+\].momentum_buffer' is \[\d+, \d+\], and its "
+                                       r"parameter .*weight.* is \[\d+, \d+\]"),
 ])
 def test_a_tampered_checkpoint_is_refused_on_resume_naming_the_field(tmp_path, finished, tamper, message):
     out = tmp_path / "run"
@@ -179,3 +201,61 @@ def test_a_tampered_checkpoint_exits_2_from_the_cli(tmp_path, finished, capsys):
     assert "checkpoint.pt: field 'history' is missing" in capsys.readouterr().err
     with pytest.raises(SlimkitError):  # and never a KeyError from deep inside
         _run(out, resume=True)
+
+
+def _drop(path: str):
+    def tamper(m: dict) -> None:
+        *parents, last = path.split(".")
+        node = m
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        del node[last]
+    return tamper
+
+
+def _set(path: str, value):
+    def tamper(m: dict) -> None:
+        *parents, last = path.split(".")
+        node = m
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(last) if isinstance(node, list) else last] = value
+    return tamper
+
+
+@pytest.mark.parametrize("tamper,field", [
+    (_drop("models.dense.test_loss"), "models.dense.test_loss"),
+    (_set("models.compressed.measurement.sparsity", "high"), "models.compressed.measurement.sparsity"),
+    (_set("models.compressed.measurement.layers.0", [1, 2]), "models.compressed.measurement.layers[0]"),
+    (_set("models.dense.history.0.train_loss", None), "models.dense.history[0].train_loss"),
+    (_drop("models.compressed.history.1.train_acc"), "models.compressed.history[1].train_acc"),
+    (_drop("models.dense.test_acc"), "models.dense.test_acc"),
+    (_drop("models.dense.measurement.latency_ms.8"), "lacks batch 8"),
+    (_set("stages.0.achieved_sparsity", True), "stages[0].achieved_sparsity"),
+    (_set("environment", []), "environment"),
+    (_set("engine", {"artifact": "x", "threads": 1}), "engine.computed.batches"),
+])
+def test_a_tampered_metrics_file_is_refused_by_report_naming_the_field(tmp_path, finished, capsys, tamper, field):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    tamper(metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json does not hold the metrics of a slimkit run" in err and field in err
+    assert (out / "report.md").read_text() == (finished / "report.md").read_text()
+
+
+def test_a_torn_metrics_file_is_refused_by_report(tmp_path, finished, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / "metrics.json").write_text((finished / "metrics.json").read_text()[:100])
+    assert main(["report", str(out)]) == 2
+    assert "metrics.json is not a metrics file: not valid JSON" in capsys.readouterr().err
+
+
+def test_report_renders_an_untouched_run(tmp_path, finished):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    assert main(["report", str(out)]) == 0

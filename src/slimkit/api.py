@@ -18,6 +18,7 @@ from slimkit.pipeline import Run, run_recipe
 from slimkit.recipe import Recipe, apply_overrides
 from slimkit.train.compression import Compression
 from slimkit.train.objective import LossFn, Metric, MetricFn, make_objective
+from slimkit.value_checks import check_model_values
 
 DataArg = str | DataConfig | DataBundle | Dataset | DataLoader | None
 
@@ -31,7 +32,7 @@ def compress(model: nn.Module, data: DataArg = None, recipe: str | Path | Recipe
              loss_fn: LossFn | None = None, metric: Metric | MetricFn | str | None = "auto",
              target_key: str | None = None, classes: Sequence[str] | None = None,
              out_dir: str | Path | None = None, resume: bool = False, overrides: tuple[str, ...] = (),
-             progress: bool = True) -> Run:
+             progress: bool = True, trust_code: bool = False) -> Run:
     """Train and compress `model` as `recipe` says, and measure it against its dense reference.
 
     `data` is the user's training data (a torch Dataset or DataLoader, with `val_data` and `test_data`
@@ -40,9 +41,11 @@ def compress(model: nn.Module, data: DataArg = None, recipe: str | Path | Recipe
     and accuracy, for integer class ids only); `target_key` names the target in dict batches ('labels').
     `recipe` is a Recipe, a YAML path or a bundled recipe name; its model section is ignored. `overrides`
     are 'key.path=value' strings. The report's dense column is the trained baseline when the recipe has a
-    `baseline` section, and otherwise `model` as given, labelled so.
+    `baseline` section, and otherwise `model` as given, labelled so. A recipe file that names code (import
+    paths) is imported only with `trust_code=True` or an allow-listed package (docs/guarantees.md); what you
+    pass here in Python, overrides included, is your own code and trusted.
     """
-    raw = (recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)).to_dict()
+    raw = (recipe if isinstance(recipe, Recipe) else Recipe.load(recipe, trust_code=trust_code)).to_dict()
     bundle: DataBundle | None = None
     if isinstance(data, Dataset | DataLoader):
         bundle = user_data(data, val_data, test_data, classes=classes, arguments=("data", "val_data", "test_data"))
@@ -57,19 +60,19 @@ def compress(model: nn.Module, data: DataArg = None, recipe: str | Path | Recipe
         bundle = data
     elif data is not None:
         user_data(data, arguments=("data", "val_data", "test_data"))  # raises, naming what `data` was
-    resolved = Recipe.from_dict(apply_overrides(raw, overrides))
+    resolved = Recipe.from_dict(apply_overrides(raw, overrides), trust_code=True)  # checked above, or yours
     objective = (make_objective(loss_fn, metric, target_key or "labels")
                  if _objective_given(loss_fn, metric, target_key) else None)
     return run_recipe(resolved, Path(out_dir) if out_dir else None, resume=resume, model=model, data=bundle,
                       progress=progress, objective=objective)
 
 
-def _stages(recipe: Any) -> tuple[list[MethodConfig], int | None]:
+def _stages(recipe: Any, trust_code: bool) -> tuple[list[MethodConfig], int | None]:
     """Stage configs (and the recipe's epochs, where it has them) from any form `prepare` takes."""
     if isinstance(recipe, Recipe):
         return list(recipe.stages), recipe.train.epochs
     if isinstance(recipe, str | os.PathLike):
-        loaded = Recipe.load(recipe)
+        loaded = Recipe.load(recipe, trust_code=trust_code)
         return list(loaded.stages), loaded.train.epochs
     if isinstance(recipe, MethodConfig | dict):
         return [parse_stage(recipe, ("stages", 0))], None
@@ -83,7 +86,7 @@ def _stages(recipe: Any) -> tuple[list[MethodConfig], int | None]:
 def prepare(model: nn.Module, recipe: Recipe | str | Path | MethodConfig | dict | Sequence[Any], *,
             steps_per_epoch: int, epochs: int | None = None, data: Iterable[Any] | None = None,
             loss_fn: LossFn | None = None, target_key: str = "labels",
-            state: dict[str, Any] | None = None) -> Compression:
+            state: dict[str, Any] | None = None, trust_code: bool = False) -> Compression:
     """Attach a recipe's methods to `model` for a loop of your own; returns the `Compression` to drive it.
 
     Then: `optimizer = compression.optimizer(torch.optim.SGD, lr=...)` (or `compression.wrap(optimizer)`),
@@ -91,14 +94,16 @@ def prepare(model: nn.Module, recipe: Recipe | str | Path | MethodConfig | dict 
     `model = compression.finalize()`. `data` (your training DataLoader) and `loss_fn` serve the methods
     that score or calibrate on batches. `state` is `compression.state_dict()` from a checkpoint: load it
     here, then the model's own state_dict. With a state nothing is calibrated or scored (the state and the
-    model's state_dict hold the results), so a finished model reloads without data.
+    model's state_dict hold the results), so a finished model reloads without data. `trust_code` lets a recipe
+    file name code (as in `compress`).
     """
-    stages, recipe_epochs = _stages(recipe)
+    stages, recipe_epochs = _stages(recipe, trust_code)
     epochs = epochs if epochs is not None else recipe_epochs
     if epochs is None:
         raise SlimkitError("prepare needs epochs= (how long your loop trains) for this recipe's schedules")
     issues = window_issues(stages, epochs, where="epochs")
     if issues:
         raise RecipeError(issues)
+    check_model_values(model)
     return Compression(model, [build_modifier(s) for s in stages], epochs=epochs, steps_per_epoch=steps_per_epoch,
                        data=data, objective=make_objective(loss_fn, None, target_key), state=state)

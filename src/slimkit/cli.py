@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slimkit.errors import SlimkitError
+from slimkit.run_folder import calibration_batches, load_model, run_hardware
 
 console = Console()
 if not console.is_terminal:
@@ -33,12 +35,24 @@ def _print_run(report: Any, out_dir: Path | None) -> None:
         console.print(f"report: {out_dir / 'report.md'}", highlight=False)
 
 
+@contextmanager
+def _claimed(folder: Path, purpose: str) -> Iterator[None]:
+    """`folder` claimed for this command's writes (slimkit.locks): another writer there is an error naming
+    it, and a dead one's lock is taken over and said so."""
+    from slimkit.locks import FolderLock
+
+    with FolderLock(folder, purpose) as lock:
+        if lock.take_over_note is not None:
+            console.print(lock.take_over_note, style="yellow", highlight=False)
+        yield
+
+
 def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
     from slimkit.pipeline import run_recipe
     from slimkit.recipe import Recipe
     from slimkit.train.distributed import finish, init_from_env
 
-    recipe = Recipe.load(recipe_source, args.overrides)
+    recipe = Recipe.load(recipe_source, args.overrides, trust_code=args.trust_code)
     info = init_from_env(recipe.train.device)
     try:
         out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
@@ -61,52 +75,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args, "demo")
 
 
-def _load_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], dict[str, Any]]:
-    """(model, input shape, the files its stages export by name) from a model.pt, a run folder or a zoo
-    name."""
-    from slimkit.models import MODELS, build_model
-    from slimkit.persistence import read_artifacts, read_model_file, rebuild
-    from slimkit.recipe import ModelConfig
-
-    source = Path(args.model)
-    if source.is_dir():
-        if not (source / "model.pt").exists() and (source / "weights.pt").exists():
-            raise SlimkitError(f"{source} is a run of your own model (built by model.factory or given to "
-                               f"slimkit.compress): {source / 'weights.pt'} holds its state_dict, which your code "
-                               f"loads into the model it builds; slimkit rebuilds only zoo models from a file")
-        source = source / "model.pt"
-    if source.exists():
-        arch, stages, state_dict = read_model_file(source)
-        model = rebuild(arch, stages, state_dict, str(source))
-        return model, (arch.in_channels, arch.input_size, arch.input_size), read_artifacts(stages, str(source))
-    if args.model in MODELS:
-        model = build_model(ModelConfig(name=args.model), args.in_channels, args.num_classes, args.input_size)
-        return model, (args.in_channels, args.input_size, args.input_size), {}
-    raise SlimkitError(f"{args.model!r} is neither a saved model (file or run folder) nor a zoo model; "
-                       f"zoo models: {', '.join(sorted(MODELS))}")
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from slimkit.metrics import measure
     from slimkit.sparsity.pattern import stored_library
     from slimkit.sparsity.structure import detect_structure
+    from slimkit.value_checks import non_finite
 
-    model, shape, artifacts = _load_model(args)
+    model, shape, artifacts = load_model(args.model, args.in_channels, args.input_size, args.num_classes)
     library = stored_library(artifacts)  # a pattern stage's library: kernels are checked against it exactly
     result = measure(model, shape, latency=False)
     layers = []
     for layer in result.layers:
         module = model.get_submodule(layer.name)
+        structure = ({"structure": "NaN/Inf"} if non_finite(dict(module.named_parameters())) else  # not zeros
+                     detect_structure(module.weight, library))
         layers.append({"name": layer.name, "type": layer.type, "shape": layer.shape, "params": layer.params,
                        "nonzeros": layer.nonzeros, "sparsity": layer.sparsity, "weight_bits": layer.weight_bits,
-                       "input_bits": layer.input_bits, **detect_structure(module.weight, library)})
+                       "input_bits": layer.input_bits, **structure})
     summary = {"model": str(args.model), "input_shape": list(shape), "params": result.params,
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
-               "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers}
-    hardware = _run_hardware(args, model)
+               "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers,
+               "non_finite": non_finite(model.state_dict())}
+    hardware, skipped = run_hardware(args.model, model, args.trust_code)
     if hardware is not None:
         summary["hardware"] = hardware
+    if skipped is not None:
+        summary["hardware_skipped"] = skipped
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -119,28 +114,18 @@ def cmd_info(args: argparse.Namespace) -> int:
                       f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}",
                       f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
     console.print(table)
+    if summary["non_finite"]:
+        names = summary["non_finite"]
+        console.print(f"NaN or Inf in {len(names)} tensors ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                      f"): the model diverged or its file was changed; the nonzero counts and sparsity of their "
+                      f"layers are not meaningful", style="yellow", highlight=False, markup=False)
+    if skipped is not None:
+        console.print(f"hardware section skipped: {skipped}", style="yellow", highlight=False, markup=False)
     if hardware is not None:
         from slimkit.report import hardware_markdown
 
         console.print("\n".join(hardware_markdown(hardware)), highlight=False, markup=False)
     return 0
-
-
-def _run_hardware(args: argparse.Namespace, model: Any) -> dict[str, Any] | None:
-    """The hardware section of a run folder whose recipe names measure.hardware: the model costed on those
-    targets (against the same layers with dense weights), calibrated on the run's training data."""
-    from slimkit.recipe import Recipe
-
-    run_dir = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
-    if not (run_dir / "recipe.yaml").exists():
-        return None
-    config = Recipe.load(str(run_dir / "recipe.yaml")).measure.hardware
-    if config is None:
-        return None
-    from slimkit.hardware import hardware_section
-
-    count = config.systolic.calibration_batches if config.systolic is not None else 1
-    return hardware_section(model, _calibration_batches(args.model, count), config)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -150,14 +135,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from slimkit.environment import environment
     from slimkit.runtime import bench
 
-    model, shape, _ = _load_model(args)
-    results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
-                          use_compile=not args.no_compile, engines=not args.no_engines,
-                          fold_batchnorm=args.fold_batchnorm)
-    results["environment"] = environment(0)
+    model, shape, _ = load_model(args.model, args.in_channels, args.input_size, args.num_classes)
     default = Path(args.model) if Path(args.model).is_dir() else Path("bench") / Path(args.model).stem
     out = Path(args.out) if args.out else default
-    _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
+    with _claimed(out, "bench"):
+        results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
+                              use_compile=not args.no_compile, engines=not args.no_engines,
+                              fold_batchnorm=args.fold_batchnorm)
+        results["environment"] = environment(0)
+        _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
     table = Table(title=f"{args.model}: deployed (eager torch + kernels) and engine (OpenVINO + slimkit operators) "
                         f"vs the dense engines (ms, medians; {results['cpu_model']}, "
                         f"{', '.join(results['isa']) or 'no AVX2'}, {results['threads']} threads)")
@@ -176,30 +162,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_batches(model_arg: str, count: int) -> list[Any]:
-    """The first `count` training batches of the data set the run's recipe names (the run folder's
-    recipe.yaml), in the run's split: what the integer graph's added quantizers are calibrated on."""
-    from itertools import islice
-
-    from torch.utils.data import DataLoader
-
-    from slimkit.data import collate_batch, load_data
-    from slimkit.recipe import Recipe
-
-    run_dir = Path(model_arg) if Path(model_arg).is_dir() else Path(model_arg).parent
-    if not (run_dir / "recipe.yaml").exists():
-        raise SlimkitError(f"calibrating the int8 graph needs the run's data, and {run_dir} holds no recipe.yaml; "
-                           "export from the run folder (slimkit export runs/NAME)")
-    recipe = Recipe.load(str(run_dir / "recipe.yaml"))
-    loader = DataLoader(load_data(recipe.data).train, batch_size=recipe.data.batch_size, collate_fn=collate_batch)
-    return [x for x, _ in islice(loader, count)]
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from slimkit.quant.int8_graph import is_quantized
     from slimkit.runtime.engine.form import runs_slimkit_operators
 
-    model, shape, _ = _load_model(args)
+    model, shape, _ = load_model(args.model, args.in_channels, args.input_size, args.num_classes)
     if args.format == "truth-tables":
         default = Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem
         return _export_truth_tables(args, model, Path(args.out) if args.out else default / "truth_tables.json")
@@ -213,8 +180,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise SlimkitError("--int8 quantizes a float model with the engine's own post-training int8, which is "
                                "written as ONNX Q/DQ (--engine onnx); --engine openvino takes a quantized run as "
                                "it is (its block-sparse int8 convs run slimkit::QuantSparseConv2d)")
-        calibration = _calibration_batches(args.model, args.calibration_batches) if quantized else None
-        return _export_openvino(args, model, shape, Path(args.out) if args.out else default / "engine", calibration)
+        calibration = calibration_batches(args.model, args.calibration_batches, args.trust_code) if quantized else None
+        folder = Path(args.out) if args.out else default / "engine"
+        with _claimed(folder, "export"):
+            return _export_openvino(args, model, shape, folder, calibration)
     return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
 
 
@@ -283,7 +252,8 @@ def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, in
     from slimkit.environment import has_int8_dot_product
     from slimkit.quant.onnx_export import FLOAT_COMPUTE_OPS, export_onnx, optimized_ops
 
-    calibration = _calibration_batches(args.model, args.calibration_batches) if quantized or args.int8 else None
+    calibration = (calibration_batches(args.model, args.calibration_batches, args.trust_code)
+                   if quantized or args.int8 else None)
     out = export_onnx(model, out, shape, calibration)
     if args.int8 and not quantized:  # the engine's own post-training int8 of this (pruned, smaller) float model
         from slimkit.runtime.engine.dense_engines import quantize_static_int8
@@ -308,7 +278,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from slimkit.report import Report
 
     report = Report.from_run(Path(args.run_dir))
-    path = report.write(Path(args.run_dir))
+    with _claimed(Path(args.run_dir), "report"):
+        path = report.write(Path(args.run_dir))
     _print_run(report, None)
     console.print(f"report: {path}", highlight=False)
     return 0
@@ -332,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
         p.add_argument("--no-progress", action="store_true", help="no live progress bar")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
+        add_trust_option(p)
+
+    def add_trust_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--trust-code", action="store_true",
+                       help="let the recipe's import paths (model/data factories, losses, metrics) run code; without "
+                            "it only packages in SLIMKIT_TRUSTED_MODULES are imported")
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--in-channels", type=int, default=3, help="for a zoo model name")
@@ -346,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="per-layer parameters, nonzeros and sparsity structure")
     info.add_argument("model", help="a saved model.pt, a run folder, or a zoo model name")
     info.add_argument("--json", action="store_true")
+    add_trust_option(info)
     add_model_options(info)
     bench = sub.add_parser("bench", help="latency of the deployed model against eager and optimised dense PyTorch")
     bench.add_argument("model", help="a saved model.pt, a run folder, or a zoo model name")
@@ -371,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the batch size the OpenVINO artifact's layer choices are timed at (default 1)")
     export.add_argument("--threads", type=int, default=None,
                         help="threads to time the layer choices with (default: the machine's)")
+    add_trust_option(export)
     export.add_argument("--format", choices=("model", "truth-tables"), default="model",
                         help="truth-tables: every neuron's lookup table of sparse, quantized linear and conv layers "
                              "(JSON)")

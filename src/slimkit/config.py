@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import sys
+import traceback
 import types
 import typing
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from slimkit.errors import SlimkitError, first_line
+from slimkit.trust import CodeTrust, may_import
 
 
 def _numbers_only(annotation: object) -> bool:
@@ -106,27 +112,42 @@ def _is_nan(value: object) -> bool:
         return False
 
 
-def check_one_source(name: str | None, factory: str | None, what: str, allowed: Iterable[str], key: str) -> None:
-    """A section names a bundled `what` or a user factory, exactly one; a factory must import (see
-    resolve_factory)."""
+def check_one_source(name: str | None, factory: str | None, what: str, allowed: Iterable[str], key: str,
+                     trust: CodeTrust) -> None:
+    """A section names a bundled `what` or a user factory, exactly one; a factory must be an import path that
+    `trust` lets slimkit import, and then it must import (see check_import_path)."""
     if (name is None) == (factory is None):
         raise ValueError(f"give exactly one of 'name' (a {what}: {', '.join(sorted(allowed))}) and 'factory' "
                          f"(an import path 'pkg.module:function')")
     if factory is not None:
-        resolve_factory(factory, key)
+        check_import_path(factory, key, trust)
+
+
+def _split_import_path(path: str, key: str) -> tuple[str, str]:
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{key}: {path!r} is not an import path of the form 'package.module:function'")
+    return module_name, attr
+
+
+def check_import_path(path: str, key: str, trust: CodeTrust) -> None:
+    """Validate the import path at recipe key `key`: its form always; that it resolves to a callable only when
+    `trust` lets slimkit import its module (slimkit.trust), since importing runs the module's code."""
+    module_name, _ = _split_import_path(path, key)
+    if may_import(module_name, path, key, trust):
+        resolve_factory(path, key)
 
 
 def resolve_factory(path: str, key: str) -> typing.Callable[..., typing.Any]:
     """The callable a 'package.module:function' import path names; a clear error at `key` otherwise.
 
     Import paths let a recipe (and so the CLI) build a user's own model or data: the user names code of
-    their own, which is imported like any module, never unpickled from a file.
+    their own, which is imported like any module, never unpickled from a file. A recipe read from a file is
+    validated under slimkit.trust first, so this runs only on paths the user trusts.
     """
     import importlib
 
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{key}: {path!r} is not an import path of the form 'package.module:function'")
+    module_name, attr = _split_import_path(path, key)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -138,4 +159,27 @@ def resolve_factory(path: str, key: str) -> typing.Callable[..., typing.Any]:
         target = getattr(target, part)
     if not callable(target):
         raise ValueError(f"{key}: {path!r} is not callable")
-    return target
+    return _reporting(target, path, key)
+
+
+def _reporting(target: typing.Callable[..., typing.Any], path: str, key: str) -> typing.Callable[..., typing.Any]:
+    """`target`, except that an exception it raises becomes a SlimkitError naming the recipe key, the import
+    path, the exception's type and message and the line that raised it, the last one in the callable's own
+    module where there is one (the original stays chained for a debugger): a user's factory or loss that
+    fails is the user's error to fix, not a slimkit traceback."""
+    source = getattr(sys.modules.get(getattr(target, "__module__", None) or ""), "__file__", None)
+
+    @functools.wraps(target)
+    def call(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        try:
+            return target(*args, **kwargs)
+        except SlimkitError:
+            raise
+        except Exception as exc:
+            frames = traceback.extract_tb(exc.__traceback__)[1:]  # below this wrapper
+            own = [f for f in frames if f.filename == source]
+            line = own[-1] if own else frames[-1] if frames else None
+            where = f" (at {line.filename}:{line.lineno})" if line is not None else ""
+            raise SlimkitError(f"{key} {path!r} raised {type(exc).__name__}: {first_line(exc)}{where}") from exc
+
+    return call

@@ -40,11 +40,24 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         raise SlimkitError(f"cannot write {path}: {exc.strerror or exc}; the previous version of the file, if "
                            f"any, is unchanged") from None
     except RuntimeError as exc:  # torch.save reports a failed write (a full disk) as a RuntimeError
-        raise SlimkitError(f"cannot write {path}: {first_line(exc)}; the previous version of the file, "
+        raise SlimkitError(f"cannot write {path}: {_reason(exc)}; the previous version of the file, "
                            f"if any, is unchanged") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _reason(exc: RuntimeError) -> str:
+    """Why a write failed. torch.save's zip writer reports a failed write as 'unexpected pos 704 vs 598', and
+    the OSError that says why (No space left on device) is only the context of that RuntimeError: report it."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return first_line(exc)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -20,6 +20,8 @@ from slimkit.files import atomic_write_text
 from slimkit.formats import CHECKPOINT_FORMAT, MODEL_FORMAT, WEIGHTS_FORMAT, atomic_save, safe_load
 from slimkit.methods import MethodConfig, build_modifier, parse_stage
 from slimkit.models import ModelConfig, build_model
+from slimkit.models.size import size_issue
+from slimkit.trust import CodeTrust, validation_context
 
 
 class SavedStage(Protocol):
@@ -61,13 +63,19 @@ def checked_model(saved: dict[str, Any], path: str | Path) -> tuple[ModelConfig,
     checked_field(saved, "arch", dict, path)
     state_dict = checked_field(saved, "state_dict", dict, path, values=torch.Tensor)
     stages = checked_field(saved, "stages", list, path) if "stages" in saved else []
-    try:
-        arch = ModelConfig.model_validate(saved["arch"])
+    try:  # a file names no code to run: an import path in it is checked for form, never imported
+        arch = ModelConfig.model_validate(saved["arch"], context=validation_context(CodeTrust.NONE))
     except ValidationError as exc:
         raise CheckpointError(f"{path}: " + "; ".join(describe_errors(exc, ModelConfig, ("arch",)))) from None
+    if arch.factory is not None:
+        raise CheckpointError(f"{path}: field 'arch.factory' names code ({arch.factory!r}); a model file rebuilds "
+                              f"zoo models only, and slimkit never runs code a file names")
     missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
     if missing:
         raise CheckpointError(f"{path}: field 'arch' lacks {', '.join(missing)}")
+    too_large = size_issue(arch, arch.in_channels, arch.num_classes, arch.input_size)
+    if too_large is not None:
+        raise CheckpointError(f"{path}: field 'arch': {too_large}")
     for i, entry in enumerate(stages):
         checked_field(stages, i, dict, path, where="stages")
         if "state" in entry:

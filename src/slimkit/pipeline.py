@@ -10,6 +10,8 @@ import copy
 import json
 import math
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,12 @@ from slimkit.environment import environment
 from slimkit.errors import RecipeError, SlimkitError, first_line
 from slimkit.files import atomic_write_text, remove_stale_temps
 from slimkit.formats import WEIGHTS_FORMAT, atomic_save, read_checkpoint
+from slimkit.locks import FolderLock
 from slimkit.methods import build_modifier
 from slimkit.metrics import call, compare_latency, example_batch, example_shape, measure
 from slimkit.models import ModelConfig, build_model
 from slimkit.persistence import load_weights, save_artifacts, save_model
-from slimkit.recipe import Recipe
+from slimkit.recipe import Recipe, normalized_yaml
 from slimkit.report import Report
 from slimkit.train import distributed
 from slimkit.train.config import TrainConfig
@@ -36,6 +39,7 @@ from slimkit.train.modifier import Modifier
 from slimkit.train.objective import Objective, logits_of
 from slimkit.train.progress import console
 from slimkit.train.trainer import EpochCallback, Trainer, TrainResult, evaluate
+from slimkit.value_checks import check_model_values
 
 
 @dataclass
@@ -52,15 +56,6 @@ class Run:
     @property
     def report(self) -> Report:
         return Report(self.metrics)
-
-
-def _normalized(recipe_yaml: str) -> str | None:
-    """A saved recipe as this version writes it (options added since get their defaults), None if it no
-    longer validates."""
-    try:
-        return Recipe.from_dict(yaml.safe_load(recipe_yaml)).to_yaml()
-    except (RecipeError, yaml.YAMLError):
-        return None
 
 
 def _recipe_on_disk(path: Path) -> tuple[str | None, str | None]:
@@ -106,7 +101,7 @@ def _prepare_out_dir(out_dir: Path, recipe: Recipe, resume: bool, env: dict[str,
             console.print(f"{out_dir}/recipe.yaml is {problem}; restoring it from {checkpoint}", highlight=False)
         reference, source = (kept, f"the recipe kept in {checkpoint}") if kept is not None else (
             saved, f"{out_dir}/recipe.yaml")
-        if reference is not None and _normalized(reference) != recipe.to_yaml():
+        if reference is not None and normalized_yaml(reference) != recipe.to_yaml():
             raise SlimkitError(f"{source} differs from this recipe; resume with the same recipe and overrides, or "
                                f"choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,8 +236,10 @@ def _starting_model(recipe: Recipe, model: nn.Module | None, data: DataBundle, e
 def _checked_modifiers(recipe: Recipe, model: nn.Module, example: Any, data: DataBundle,
                        objective: Objective) -> list[Modifier]:
     """The stages' modifiers, after every check that runs on the built model before anything trains (rather
-    than after the baseline): the model runs on the data, engines get one tensor input, each method's own
-    check, finite weights. Modifiers are built now and trained later, so files they read are read once."""
+    than after the baseline): finite weights and no empty layer, the model runs on the data, engines get one
+    tensor input, each method's own check. Modifiers are built now and trained later, so files they read are
+    read once."""
+    check_model_values(model)  # no NaN or Inf, no layer without weights: before a forward meets either
     _check_model_fits_data(model, example, data, objective)
     if recipe.measure.engines and isinstance(example, dict):
         raise RecipeError(["'measure.engines': true: engine deployment takes models with one tensor input, and this "
@@ -252,10 +249,6 @@ def _checked_modifiers(recipe: Recipe, model: nn.Module, example: Any, data: Dat
               enumerate(zip(recipe.stages, modifiers, strict=True)) for issue in modifier.check(model)]
     if issues:
         raise RecipeError(issues)
-    bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
-               None)
-    if bad is not None:
-        raise SlimkitError(f"the model's {bad} holds NaN or Inf values; compressing it would train on NaN")
     return modifiers
 
 
@@ -322,9 +315,31 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, resume: bool = Fa
                callbacks: tuple[EpochCallback, ...] = (), objective: Objective | None = None) -> Run:
     """Run `recipe`. `model`, `data` and `objective` replace the recipe's model, data and objective
     sections when given."""
-    info = distributed.current()
     objective = _runnable_objective(recipe, objective)
     out_dir = Path(out_dir) if out_dir is not None else None
+    with _one_writer(out_dir):
+        return _run_claimed(recipe, out_dir, resume, model, data, progress, callbacks, objective)
+
+
+@contextmanager
+def _one_writer(out_dir: Path | None) -> Iterator[None]:
+    """The run folder claimed by this process while it runs (slimkit.locks): a run already writing there is an
+    error naming it, and a dead one's lock is taken over and said so. Nothing is claimed without a folder, or
+    by a rank other than 0 (it writes no file)."""
+    if out_dir is None or not distributed.current().is_main:
+        yield
+        return
+    with FolderLock(out_dir, "run") as claimed:
+        if claimed.take_over_note is not None:
+            console.print(claimed.take_over_note, style="yellow", highlight=False)
+        yield
+
+
+def _run_claimed(recipe: Recipe, out_dir: Path | None, resume: bool, model: nn.Module | None,
+                 data: DataBundle | None, progress: bool, callbacks: tuple[EpochCallback, ...],
+                 objective: Objective) -> Run:
+    """run_recipe once the recipe is runnable and the run folder, if any, is this process's."""
+    info = distributed.current()
     env = environment(recipe.seed)
     if out_dir is not None and info.is_main:
         _prepare_out_dir(out_dir, recipe, resume, env)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from slimkit import binary, channels, distill, quant, sparsity  # noqa: F401  (their methods register on import)
 from slimkit.config import StrictModel, describe_errors
@@ -30,12 +30,14 @@ from slimkit.methods import (
 from slimkit.metrics import MeasureConfig
 from slimkit.models.config import ModelConfig
 from slimkit.train.config import ObjectiveConfig, TrainConfig
+from slimkit.trust import CodeTrust, context_for, validation_context
 
 __all__ = ["STAGE_KINDS", "DataConfig", "MeasureConfig", "MethodConfig", "ModelConfig", "ObjectiveConfig", "Recipe",
            "TrainConfig", "apply_overrides", "build_modifier", "bundled_recipes", "method_configs", "methods",
            "parse_stage"]
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+Section = TypeVar("Section", bound=BaseModel)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -85,15 +87,20 @@ class Recipe(StrictModel):
         return self
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        """Validate a plain mapping (from YAML, say), reporting every problem at once."""
+    def from_dict(cls, data: dict[str, Any], *, trust_code: bool = False) -> Recipe:
+        """Validate a plain mapping (from YAML, say), reporting every problem at once. Import paths it names
+        are imported only with `trust_code=True` or when their package is allow-listed (slimkit.trust)."""
+        return cls._validated(data, context_for(trust_code))
+
+    @classmethod
+    def _validated(cls, data: dict[str, Any], context: dict[str, CodeTrust]) -> Recipe:
         if not isinstance(data, dict):
             raise RecipeError([f"a recipe is a mapping of keys, not {type(data).__name__}"])
         raw = dict(data)
         raw_stages = raw.pop("stages", None) or []
         issues: list[str] = []
         try:
-            cls.model_validate(raw)
+            cls.model_validate(raw, context=context)
         except ValidationError as exc:
             issues += describe_errors(exc, cls)
         stages = []
@@ -108,25 +115,16 @@ class Recipe(StrictModel):
         if issues:
             raise RecipeError(issues)
         try:
-            return cls.model_validate({**raw, "stages": stages})
+            return cls.model_validate({**raw, "stages": stages}, context=context)
         except ValidationError as exc:
             raise RecipeError(describe_errors(exc, cls)) from None
 
     @classmethod
-    def load(cls, source: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-        """Read a recipe from a YAML path or a bundled recipe name, then apply key=value overrides."""
-        path = Path(source)
-        if not path.exists():
-            bundled = RECIPE_DIR / f"{source}.yaml"
-            if not bundled.exists():
-                raise RecipeError([f"no recipe file {str(source)!r}, and no bundled recipe of that name; "
-                                   f"bundled: {', '.join(bundled_recipes())}"])
-            path = bundled
-        try:
-            data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-        except yaml.YAMLError as exc:
-            raise RecipeError([f"{path}: not valid YAML: {exc}"]) from None
-        return cls.from_dict(apply_overrides(data or {}, overrides))
+    def load(cls, source: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = (), *,
+             trust_code: bool = False) -> Recipe:
+        """Read a recipe from a YAML path or a bundled recipe name, then apply key=value overrides. Import
+        paths are imported only with `trust_code=True` or when their package is allow-listed (slimkit.trust)."""
+        return cls.from_dict(apply_overrides(_read_yaml(source), overrides), trust_code=trust_code)
 
     def missing_files(self) -> list[str]:
         """Files the recipe names (a model checkpoint, a teacher) that do not exist, by key path; checked
@@ -145,6 +143,47 @@ class Recipe(StrictModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _read_yaml(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping of a recipe file or bundled recipe name, unvalidated."""
+    path = Path(source)
+    if not path.exists():
+        bundled = RECIPE_DIR / f"{source}.yaml"
+        if not bundled.exists():
+            raise RecipeError([f"no recipe file {str(source)!r}, and no bundled recipe of that name; "
+                               f"bundled: {', '.join(bundled_recipes())}"])
+        path = bundled
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise RecipeError([f"{path}: not valid YAML: {exc}"]) from None
+    return data or {}
+
+
+def normalized_yaml(text: str) -> str | None:
+    """A saved recipe (a checkpoint's copy) as this version writes it, with options added since given their
+    defaults; None if it no longer validates. Its import paths are checked for form and never imported: the
+    text is compared, nothing is built from it."""
+    try:
+        return Recipe._validated(yaml.safe_load(text), validation_context(CodeTrust.NONE)).to_yaml()
+    except (RecipeError, yaml.YAMLError):
+        return None
+
+
+def read_section(source: Path, key: str, config: type[Section], *, trust_code: bool = False) -> Section | None:
+    """Section `key` of a saved recipe (a run folder's recipe.yaml), validated alone, under the user's trust;
+    None when the recipe has no such section. What `slimkit info` and `export` need of a run, without
+    validating (and so importing) the sections they do not use."""
+    data = _read_yaml(source)
+    if not isinstance(data, dict):
+        raise RecipeError([f"{source}: a recipe is a mapping of keys, not {type(data).__name__}"])
+    if data.get(key) is None:
+        return None
+    try:
+        return config.model_validate(data[key], context=context_for(trust_code))
+    except ValidationError as exc:
+        raise RecipeError([f"{source}: {issue}" for issue in describe_errors(exc, config, (key,))]) from None
 
 
 def bundled_recipes() -> list[str]:

@@ -181,7 +181,8 @@ def test_classes_errors_name_the_key_and_the_value(idx_folder):
             Recipe.from_dict({**base, "data": {"name": "fashion_mnist", "classes": classes}})
         assert "'data.classes'" in str(info.value) and message in str(info.value)
     with pytest.raises(RecipeError, match="select the classes there"):
-        Recipe.from_dict({**base, "data": {"factory": "user_code:regression_data", "classes": [0, 1]}})
+        Recipe.from_dict({**base, "data": {"factory": "user_code:regression_data", "classes": [0, 1]}},
+                         trust_code=True)
 
 
 @pytest.mark.skipif(not fashion_mnist_available(), reason="dataset-fashion-mnist is not installed")

@@ -174,7 +174,8 @@ def test_prune_in_blocks_then_quantize_then_export_runs_the_int8_sparse_operator
     then quantizes (QAT in the last epoch), and `slimkit export` deploys it with slimkit::QuantSparseConv2d,
     matching the int8 graph and the fake-quant model within one step of the logits' grid."""
     import slimkit
-    from slimkit.cli import _calibration_batches, main
+    from slimkit.cli import main
+    from slimkit.run_folder import calibration_batches
 
     digits_recipe["stages"] = [{"prune": {"method": "gmp", "sparsity": 0.9, "block": 4, "scope": "layer",
                                           "start_epoch": 0, "end_epoch": 1}},
@@ -185,7 +186,7 @@ def test_prune_in_blocks_then_quantize_then_export_runs_the_int8_sparse_operator
     engines = {line["layer"]: line["engine"] for line in manifest["slimkit_layers"]}
     assert "slimkit::QuantSparseConv2d" in engines.values(), engines
     model = slimkit.load(tmp_path / "run" / "model.pt").eval()
-    graph = int8_graph(model, _calibration_batches(str(tmp_path / "run"), 8))  # the batches export calibrated on
+    graph = int8_graph(model, calibration_batches(str(tmp_path / "run"), 8))  # the batches export calibrated on
     x = torch.rand(16, *manifest["input_shape"])
     got = OpenVinoModel(tmp_path / "run" / "engine" / "model.xml", tuple(x.shape), 2, core=openvino_core())(x)
     with torch.no_grad():

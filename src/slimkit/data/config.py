@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slimkit.config import StrictModel, check_one_source
 from slimkit.data.sources import DATASETS
+from slimkit.trust import trust_of
 
 
 class DataConfig(StrictModel):
@@ -59,8 +60,9 @@ class DataConfig(StrictModel):
         return classes
 
     @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
-        check_one_source(self.name, self.factory, "bundled data set", DATASETS, "data.factory")
+    def _one_source(self, info: ValidationInfo) -> DataConfig:
+        check_one_source(self.name, self.factory, "bundled data set", DATASETS, "data.factory",
+                         trust_of(info.context))
         if self.factory is None and self.kwargs:
             raise ValueError("'kwargs' goes with 'factory'; a bundled data set takes none")
         if self.factory is not None and self.classes is not None:

@@ -11,6 +11,7 @@ from slimkit.models.config import ModelConfig
 from slimkit.models.lenet import lenet
 from slimkit.models.mlp import mlp
 from slimkit.models.resnet import resnet18, resnet20, resnet32, resnet56
+from slimkit.models.size import size_issue
 from slimkit.models.vgg import vgg_small
 from slimkit.models.zoo import MODELS
 
@@ -30,6 +31,9 @@ def build_model(config: ModelConfig, in_channels: int | None = None, num_classes
     if missing:
         raise SlimkitError(f"model {config.name!r} needs {', '.join(f'model.{k}' for k in missing)}: the data "
                            f"does not say (it has no class names or is not images)")
+    issue = size_issue(config, **facts)  # each field is bounded, their product only here, before allocating
+    if issue is not None:
+        raise SlimkitError(f"model: {issue}")
     return MODELS[config.name](**facts, width=config.width, **config.options)
 
 

@@ -6,10 +6,11 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slimkit.config import StrictModel, check_one_source
 from slimkit.models.zoo import MODELS
+from slimkit.trust import trust_of
 
 ZOO_ONLY = ("in_channels", "num_classes", "input_size", "options")
 
@@ -38,8 +39,8 @@ class ModelConfig(StrictModel):
         return name
 
     @model_validator(mode="after")
-    def _one_source(self) -> ModelConfig:
-        check_one_source(self.name, self.factory, "zoo model", MODELS, "model.factory")
+    def _one_source(self, info: ValidationInfo) -> ModelConfig:
+        check_one_source(self.name, self.factory, "zoo model", MODELS, "model.factory", trust_of(info.context))
         if self.factory is not None:
             zoo_keys = [k for k in (*ZOO_ONLY, "width") if getattr(self, k) != type(self).model_fields[k].get_default(
                 call_default_factory=True)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +155,15 @@ class Report:
 
     @classmethod
     def from_run(cls, run_dir: Path) -> Report:
+        """The report of a finished run folder, from its metrics.json once the file has the schema the report
+        reads (report.schema): a damaged or edited file is an error naming the field."""
         from slimkit.errors import SlimkitError
+        from slimkit.report.schema import read_metrics
 
         path = Path(run_dir) / "metrics.json"
         if not path.is_file():
             raise SlimkitError(f"{run_dir} is not a finished slimkit run: {path} is missing")
-        return cls(json.loads(path.read_text()))
+        return cls(read_metrics(path))
 
     @property
     def reference(self) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
-from slimkit.config import StrictModel, resolve_factory
+from slimkit.config import StrictModel, check_import_path, resolve_factory
 from slimkit.train.device import Device, Precision
 from slimkit.train.objective import LossFn, Objective, make_objective
+from slimkit.trust import trust_of
 
 
 class TrainConfig(StrictModel):
@@ -59,20 +60,20 @@ class ObjectiveConfig(StrictModel):
 
     @field_validator("loss")
     @classmethod
-    def _known_loss(cls, loss: str) -> str:
+    def _known_loss(cls, loss: str, info: ValidationInfo) -> str:
         if loss not in LOSSES:
             if ":" not in loss:
                 raise ValueError(f"unknown loss; allowed: {', '.join(LOSSES)} or an import path 'pkg.module:fn'")
-            resolve_factory(loss, "objective.loss")
+            check_import_path(loss, "objective.loss", trust_of(info.context))
         return loss
 
     @field_validator("metric")
     @classmethod
-    def _known_metric(cls, metric: str | None) -> str | None:
+    def _known_metric(cls, metric: str | None, info: ValidationInfo) -> str | None:
         if metric not in (None, "auto", "accuracy", "none"):
             if ":" not in metric:
                 raise ValueError("unknown metric; allowed: auto, accuracy, none or an import path 'pkg.module:fn'")
-            resolve_factory(metric, "objective.metric")
+            check_import_path(metric, "objective.metric", trust_of(info.context))
         return metric
 
     def build(self, label_smoothing: float = 0.0) -> Objective:

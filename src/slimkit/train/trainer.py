@@ -34,6 +34,7 @@ from slimkit.train.lr import LRSchedule
 from slimkit.train.modifier import Modifier
 from slimkit.train.objective import Objective
 from slimkit.train.progress import EpochProgress, console
+from slimkit.value_checks import non_finite, optimizer_state_issue, optimizer_states
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -194,11 +195,7 @@ class Trainer:
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         optimizer = compression.wrap(build_optimizer(self.model, self.config, self.modifiers))
         if state is not None:
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
-                raise CheckpointError(f"{self.checkpoint_path}: field 'optimizer' does not fit this run's "
-                                      f"optimizer: {first_line(exc)}") from None
+            self._load_optimizer_state(optimizer, state["optimizer"])
         compression.ctx.step = start_epoch * len(loader)
 
         net, version = self._wrap(), compression.structure_version
@@ -247,6 +244,13 @@ class Trainer:
         if saved_config != self.config.model_dump(mode="json"):
             raise CheckpointError(f"{path} was written under another train config; resume with the same recipe, "
                                   f"or start without --resume")
+        tensors = {**{f"model[{k!r}]": t for k, t in state["model"].items()},
+                   **{f"best.model[{k!r}]": t for k, t in (state["best"] or {}).get("model", {}).items()},
+                   **dict(optimizer_states(state["optimizer"]))}
+        bad = non_finite(tensors)
+        if bad:  # a diverged run's weights, or a changed file: resuming would train on NaN and report it
+            raise CheckpointError(f"{path}: field '{bad[0]}' holds NaN or Inf values; resume from a copy of the "
+                                  f"run from before, or start without --resume")
         if state["epoch"] >= self.config.epochs:
             raise CheckpointError(f"{path}: field 'epoch' is {state['epoch']}, beyond this run's "
                                   f"{self.config.epochs} epochs")
@@ -264,6 +268,18 @@ class Trainer:
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: field 'model' does not fit the model: {first_line(exc)}") from None
         return state
+
+    def _load_optimizer_state(self, optimizer: Optimizer, saved: dict[str, Any]) -> None:
+        """Load a checkpoint's optimizer state, refusing one that does not fit this run's optimizer: torch checks
+        the group and parameter counts, `optimizer_state_issue` every state tensor's shape."""
+        try:
+            optimizer.load_state_dict(saved)
+            names = {param: name for name, param in self.model.named_parameters()}
+            issue = optimizer_state_issue(saved, optimizer, names)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            issue = f"field 'optimizer' does not fit this run's optimizer: {first_line(exc)}"
+        if issue is not None:
+            raise CheckpointError(f"{self.checkpoint_path}: {issue}")
 
     def _wrap(self) -> nn.Module:
         if not self.dist.enabled:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
+from slimkit.locks import LOCK_NAME
 from slimkit.runtime.engine.build import node_kernels, require_library, runnable_builds
 from slimkit.runtime.engine.dense_engines import PINNED_F32, OpenVinoModel
 from slimkit.runtime.engine.export import LIBRARY_NAME, copy_atomically, openvino_core
@@ -66,7 +67,10 @@ def _node_kernels(layers: list[dict[str, Any]]) -> None:
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:
-    """Make `staging` the folder at `folder` in one step; the previous folder, if any, is removed after."""
+    """Make `staging` the folder at `folder` in one step; the previous folder, if any, is removed after. A
+    writer's lock file in the folder (slimkit.locks) moves with it: the lock's holder keeps its open file."""
+    if (folder / LOCK_NAME).exists():
+        os.rename(folder / LOCK_NAME, staging / LOCK_NAME)
     if not folder.exists():
         os.rename(staging, folder)
         return
