@@ -20,6 +20,7 @@ from slimkit.errors import SlimkitError
 from slimkit.models import resnet20, vgg_small
 from slimkit.recipe import build_modifier, parse_stage
 from slimkit.runtime.engine import build
+from slimkit.runtime.engine.artifact import export_folder
 from slimkit.runtime.engine.dense_engines import OpenVinoModel
 from slimkit.runtime.engine.export import export_openvino, openvino_core
 from slimkit.runtime.engine.form import engine_form
@@ -242,7 +243,7 @@ def test_layer_the_operator_cannot_take_stays_exact_and_says_why(tmp_path):
     model = nn.Sequential(_layer(8, 8, dilation=2, pad=2))
     x = _input((1, 8, 9, 9), 4)
     engine, info = _engine(model, tmp_path, tuple(x.shape))
-    assert info["slimkit_layers"][0]["engine"] == "OpenVINO conv (the training graph's ops)"
+    assert info["slimkit_layers"][0]["engine"] == "OpenVINO (the training graph's ops)"
     assert "dilation" in info["slimkit_layers"][0]["reason"]
     with torch.no_grad():
         torch.testing.assert_close(engine(x), model(x), rtol=1e-5, atol=1e-5)
@@ -307,8 +308,58 @@ def test_build_refuses_kernels_whose_code_the_linker_would_share_across_instruct
     build._refuse_shared_code(own, "avx2")  # weak, but inside its own namespace: no other build shares it
 
 
-def test_export_command_writes_a_folder_plain_openvino_runs(tmp_path, digits_recipe, capsys):
+PLAIN_OPENVINO = """
+import os, sys, numpy, openvino
+if sys.argv[2] != "default":  # a CPU whose OpenVINO defaults to another precision (bf16 on Zen 4, Sapphire Rapids)
+    class Core(openvino.Core):
+        def __init__(self):
+            super().__init__()
+            self.set_property("CPU", {"INFERENCE_PRECISION_HINT": sys.argv[2]})
+    openvino.Core = Core
+os.chdir(sys.argv[1])
+x = numpy.load("x.npy")
+for line in __import__("json").load(open("engine.json"))["load"]:  # the folder's own load lines, as written
+    exec(line)
+numpy.save("y.npy", compiled(x)[0])
+print(compiled.get_property("INFERENCE_PRECISION_HINT"))
+"""
+
+
+def _plain_openvino(folder: Path, x: torch.Tensor, default: str = "default") -> torch.Tensor:
+    """`x` through the exported folder as plain OpenVINO runs it by its engine.json load lines (digest check
+    included), in a process of its own whose OpenVINO defaults to `default` precision."""
+    import numpy as np
+
+    np.save(folder / "x.npy", x.numpy())
+    try:
+        done = subprocess.run([sys.executable, "-c", PLAIN_OPENVINO, str(folder), default], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip() == "<Type: 'float32'>", done.stdout  # pinned, whatever the default
+        return torch.from_numpy(np.load(folder / "y.npy"))
+    finally:
+        (folder / "x.npy").unlink(missing_ok=True)
+        (folder / "y.npy").unlink(missing_ok=True)
+
+
+def test_the_load_lines_compute_in_fp32_on_a_cpu_whose_openvino_defaults_to_bf16(tmp_path):
+    """The artifact is exact where OpenVINO's default precision is bf16: its load lines pin f32 (the default is
+    forced to bf16 here, so this holds on any CPU: AVX2-only CPUs keep f32, which the pin changes nothing in)."""
     import openvino as ov
+
+    model = _bnn("resnet20")
+    x = _input((2, 3, 32, 32), 5)
+    export_folder(model, tmp_path / "folder", (3, 32, 32), threads=2)
+    with torch.no_grad():
+        torch.testing.assert_close(_plain_openvino(tmp_path / "folder", x, "bf16"), model(x), rtol=1e-4, atol=1e-4)
+    unpinned = openvino_core().compile_model(openvino_core().read_model(str(tmp_path / "folder" / "model.xml")),
+                                             "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    if unpinned.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16:  # where OpenVINO runs bf16 at all
+        with torch.no_grad():  # the pin is what made the difference
+            assert (torch.from_numpy(unpinned(x.numpy())[0]) - model(x)).abs().max() > 1e-3
+
+
+def test_export_command_writes_a_folder_plain_openvino_runs(tmp_path, digits_recipe, capsys):
 
     import slimkit
     from slimkit.cli import main
@@ -316,20 +367,19 @@ def test_export_command_writes_a_folder_plain_openvino_runs(tmp_path, digits_rec
     digits_recipe["stages"] = [{"prune": {"method": "magnitude", "sparsity": 0.95, "scope": "layer"}}]
     slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
     assert main(["export", str(tmp_path / "run")]) == 0, capsys.readouterr().err  # auto: openvino here
+    printed = capsys.readouterr().out
     folder = tmp_path / "run" / "engine"
     assert sorted(p.name for p in folder.iterdir()) == ["engine.json", "libslimkit_openvino.so", "model.bin",
                                                         "model.xml"]
     manifest = json.loads((folder / "engine.json").read_text())
-    assert {line["layer"]: line["engine"] for line in manifest["slimkit_layers"]}["features.3"] == \
-        "slimkit::SparseConv2d"
-    core = ov.Core()
-    core.add_extension(str(folder / manifest["library"]))  # the copy beside the model, not slimkit's build
-    compiled = core.compile_model(core.read_model(str(folder / manifest["model"])), "CPU")
+    assert manifest["choice"]["chosen"] in printed and "whole model, batch 1" in printed
+    lines = {line["layer"]: line for line in manifest["slimkit_layers"]}
+    assert {"features.3", "classifier.1"} <= set(lines)  # the pruned layers are candidates, each with its times
+    assert all("slimkit_ms" in line["measured"] and line["reason"] for line in lines.values())
     model = slimkit.load(tmp_path / "run" / "model.pt").eval()
     x = torch.rand(4, *manifest["input_shape"])
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(compiled(x.numpy())[0]), model(x), rtol=1e-4, atol=1e-4)
-
+        torch.testing.assert_close(_plain_openvino(folder, x), model(x), rtol=1e-4, atol=1e-4)
     assert main(["export", str(tmp_path / "run"), "--engine", "onnx", "--int8"]) == 0
     printed = capsys.readouterr().out
     assert (tmp_path / "run" / "model-int8.onnx").exists() and "quantize_static" in printed and "QLinearConv" in printed
@@ -345,8 +395,10 @@ def test_a_run_with_measure_engines_times_its_artifact_against_every_dense_engin
     digits_recipe["measure"] = {"engines": True, "batch_sizes": [1, 8], "repeats": 3}
     run = slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
     engine = run.metrics["engine"]
-    assert sorted(p.name for p in (tmp_path / "run" / "engine").iterdir()) == [
-        "engine.json", "libslimkit_openvino.so", "model.bin", "model.xml"]  # the deployable folder, library included
+    assert sorted(p.name for p in (tmp_path / "run" / "engine").iterdir()) == ["batch-1", "batch-8"]
+    for batch in ("batch-1", "batch-8"):  # the deployable folder per batch size, library included
+        assert sorted(p.name for p in (tmp_path / "run" / "engine" / batch).iterdir()) == [
+            "engine.json", "libslimkit_openvino.so", "model.bin", "model.xml"]
     assert set(engine["batches"]) == {"1", "8"}
     for r in engine["batches"].values():
         dense = {k: v for k, v in r["latency_ms"].items() if k in DENSE_FP32 + DENSE_INT8}
@@ -355,7 +407,9 @@ def test_a_run_with_measure_engines_times_its_artifact_against_every_dense_engin
         best = r["engine_vs"]["best_dense"]
         assert best["baseline"] == fastest
         assert best["speedup"] == pytest.approx(dense[fastest]["median"] / r["latency_ms"]["engine"]["median"])
-        assert any(p["node"] == "SparseConv2d" for p in r["engine_profile"])
+        assert r["precision"]["engine"] == "fp32" and r["choice"]["chosen"] in r["choice"]["artifacts_ms"]
+        chosen_operators = r["choice"]["operators"] > 0
+        assert any(p["node"] == "SparseConv2d" for p in r["engine_profile"]) == chosen_operators
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## In the engines users deploy with" in report and "in engines (dense: best of" in report
     assert ("speed-up" in report) or ("slower than the dense engine" in report)

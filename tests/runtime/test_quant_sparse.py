@@ -157,7 +157,7 @@ def test_a_dense_quantized_model_has_no_structure_for_the_operators_and_exports_
                                              nn.Linear(32, 10)), 0.0, torch.randn(16, 3, 12, 12))
     assert not runs_slimkit_operators(model)  # no zero block anywhere: `slimkit export` writes it as ONNX Q/DQ
     calibration = [torch.randn(2, 3, 12, 12)]
-    assert set(candidates(prepared(model, calibration))) == {"0", "1", "2", "4", "5"}  # each could run, if faster
+    assert set(candidates(prepared(model, calibration))) == {"0"}  # the 3-channel conv could run, if faster
     engine, lines = engine_form(model, (3, 12, 12), calibration, chosen=())
     assert lines == [] and not any(isinstance(m, EngineConv) for m in engine.modules())
 
@@ -183,12 +183,22 @@ def test_prune_in_blocks_then_quantize_then_export_runs_the_int8_sparse_operator
     slimkit.run_recipe(slimkit.Recipe.from_dict(digits_recipe), tmp_path / "run", progress=False)
     assert main(["export", str(tmp_path / "run")]) == 0, capsys.readouterr().err  # auto: openvino for this run
     manifest = json.loads((tmp_path / "run" / "engine" / "engine.json").read_text())
-    engines = {line["layer"]: line["engine"] for line in manifest["slimkit_layers"]}
-    assert "slimkit::QuantSparseConv2d" in engines.values(), engines
+    lines = {line["layer"]: line for line in manifest["slimkit_layers"]}
+    assert all(line["operator"] == "slimkit::QuantSparseConv2d" for line in (
+        lines[name]["measured"] for name in ("features.3", "classifier.1"))), lines  # the block-sparse layers
     model = slimkit.load(tmp_path / "run" / "model.pt").eval()
-    graph = int8_graph(model, calibration_batches(str(tmp_path / "run"), 8))  # the batches export calibrated on
+    calibration = calibration_batches(str(tmp_path / "run"), 8)  # the batches export calibrated on
+    graph = int8_graph(model, calibration)
     x = torch.rand(16, *manifest["input_shape"])
-    got = OpenVinoModel(tmp_path / "run" / "engine" / "model.xml", tuple(x.shape), 2, core=openvino_core())(x)
+    written = OpenVinoModel(tmp_path / "run" / "engine" / "model.xml", tuple(x.shape), 2, core=openvino_core())(x)
+    chosen = {name for name, line in lines.items() if line["engine"].startswith("slimkit::")}
+    again = export_openvino(model, tmp_path / "again" / "model.xml", tuple(manifest["input_shape"]), calibration,
+                            chosen=chosen)
+    assert torch.equal(written, OpenVinoModel(Path(again["model"]), tuple(x.shape), 2, core=openvino_core())(x))
+    # every candidate as the operator: the int8 graph's arithmetic
+    info = export_openvino(model, tmp_path / "all" / "model.xml", tuple(manifest["input_shape"]), calibration)
+    assert {line["engine"] for line in info["slimkit_layers"]} == {"slimkit::QuantSparseConv2d"}
+    got = OpenVinoModel(Path(info["model"]), tuple(x.shape), 2, core=openvino_core())(x)
     with torch.no_grad():
         reference, fake_quant = graph(x), model(x)
     step = list(_steps(graph).values())[-1]
@@ -204,8 +214,25 @@ def test_openvino_node_counters_name_each_operator_node(tmp_path):
                                              nn.Conv2d(8, 4, 1)), 0.9, torch.randn(16, 8, 12, 12))
     info = export_openvino(model, tmp_path / "model.xml", (8, 12, 12), [torch.randn(4, 8, 12, 12)])
     rows = node_times(info["model"], (2, 8, 12, 12), threads=1, runs=3)
-    ours = [r for r in rows if r["node"] == "QuantSparseConv2d"]
-    assert len(ours) == 1 and ours[0]["kernel"].startswith("ref") and ours[0]["ms"] > 0, rows
+    ours = [r for r in rows if r["node"] == "QuantSparseConv2d"]  # the pruned conv: the ends stay dense
+    assert [r["name"] for r in ours] == ["1"], rows  # the node is named after its layer
+    assert all(r["kernel"].startswith("ref") and r["ms"] > 0 for r in ours), rows
     assert len({r["name"] for r in rows}) == len(rows)  # one row per executed node
     summed = profile_openvino(info["model"], (2, 8, 12, 12), threads=1, runs=3)
     assert {(r["node"], r["nodes"]) for r in summed if r["node"] == "QuantSparseConv2d"} == {("QuantSparseConv2d", 1)}
+
+
+def test_a_quantized_sparse_linear_exports_for_any_batch_size(tmp_path):
+    """The operator's reshapes keep the batch dynamic: exported once, the IR runs at other batch sizes."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 10))
+    model = _block_sparse_int8(model, 0.8, torch.randn(16, 3, 4, 4), skip_ends=False)
+    calibration = [torch.randn(8, 3, 4, 4) for _ in range(2)]
+    graph = int8_graph(model, calibration)
+    info = export_openvino(model, tmp_path / "model.xml", (3, 4, 4), calibration)
+    assert any(line["engine"] == "slimkit::QuantSparseConv2d" for line in info["slimkit_layers"])
+    for batch in (1, 64):
+        x = torch.randn(batch, 3, 4, 4)
+        got = OpenVinoModel(Path(info["model"]), tuple(x.shape), 2, core=openvino_core())(x)
+        with torch.no_grad():
+            assert (got - graph(x)).abs().max() <= list(_steps(graph).values())[-1] * 1.001

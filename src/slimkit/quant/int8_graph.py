@@ -44,6 +44,9 @@ GRID_KEEPING_MODULES = (nn.Flatten, nn.MaxPool2d, nn.Identity)
 
 def check_exportable(model: nn.Module) -> None:
     """Only 8-bit uniform quantizers map onto ONNX's int8/uint8 Q/DQ operators."""
+    if not is_quantized(model):
+        raise SlimkitError("the model has no quantized layer (a quantize stage that has not reached its start_epoch "
+                           "leaves its layers float); export the model the run finished with")
     for name, module in model.named_modules():
         wq = weight_quantization(module)
         if wq is None:

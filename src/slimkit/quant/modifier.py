@@ -100,6 +100,7 @@ class QuantizeModifier(Modifier):
         super().__init__(config)
         self.layers: dict[str, nn.Module] = {}
         self.active = True  # whether the quantizers act (False before start_epoch); a finished model's are on
+        self._calibrating = False  # between putting the quantizers in and switching them on
         self.epochs = 0
         self.ctx: TrainContext | None = None
 
@@ -129,6 +130,10 @@ class QuantizeModifier(Modifier):
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def rebuild_structure(self, model: nn.Module) -> nn.Module:
+        """The quantizers in place, once the stage has started (active, or being calibrated); before that the
+        layers stay plain."""
+        if not (self.active or self._calibrating):
+            return model
         for name, (bits, uniform) in self._plan(model).items():
             module = model.get_submodule(name)
             if weight_quantization(module) is None:
@@ -147,16 +152,22 @@ class QuantizeModifier(Modifier):
         return []
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        """A stage from epoch 0 puts its quantizers in now. A later one leaves the layers plain until its
+        start_epoch, so stages before it can still reshape them (channel pruning slices plain convs only);
+        a saved state that says the stage had started puts them back (load_state_dict)."""
         self.ctx, self.epochs = ctx, ctx.epochs
         self.active = self.config.start_epoch == 0
-        if self.active and not ctx.restoring:
-            self._calibrate(model, ctx)
-        else:  # before the stage, or restoring: the saved state and weights hold every step
+        if not self.active:
+            return
+        if ctx.restoring:  # the saved state and weights hold every step
             self.rebuild_structure(model)
+        else:
+            self._calibrate(model, ctx)
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         if not self.active and epoch >= self.config.start_epoch:
             self._calibrate(ctx.model, ctx)
+            ctx.structure_changed = True  # new parameters (the steps) for the optimizer, a new graph for DDP
 
     def is_complete(self, epoch: int) -> bool:
         return self.config.start_epoch >= self.epochs or epoch >= self.config.start_epoch
@@ -172,7 +183,7 @@ class QuantizeModifier(Modifier):
         weight while its quantizer is still off). Under DDP the steps are averaged over ranks, so every rank
         quantizes alike."""
         samples = self._collect_inputs(model, ctx) if self.config.calibration_batches else {}
-        self.active = False
+        self.active, self._calibrating = False, True
         self.rebuild_structure(model)
         for name, module in self.layers.items():
             quantization, iq = weight_quantization(module), module.input_quantizer
@@ -188,7 +199,7 @@ class QuantizeModifier(Modifier):
                     for param in quantizer_parameters(module):
                         distributed.all_reduce_mean(param.data)
             quantization.active = True
-        self.active = True
+        self.active, self._calibrating = True, False
 
     @torch.no_grad()
     def _collect_inputs(self, model: nn.Module, ctx: TrainContext) -> dict[str, Tensor]:
@@ -227,4 +238,4 @@ class QuantizeModifier(Modifier):
         return {"active": self.active}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.active = bool(state["active"])
+        self.active = bool(state["active"])  # rebuild_structure, which follows, puts the quantizers back if so

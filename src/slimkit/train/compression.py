@@ -178,12 +178,13 @@ class Compression:
                                f"before can no longer be valid; build it with compression.optimizer(...) or pass "
                                f"it to compression.wrap(...) so it is kept up to date")
         current = dict(self.model.named_parameters())
+        alive = {id(p) for p in current.values()}
         placed: set[int] = set()
         for group in self._optimizer.param_groups:
             fresh = []
             for p in group["params"]:
                 name = self._names.get(id(p))
-                new = current.get(name) if name is not None else None
+                new = p if id(p) in alive else current.get(name) if name is not None else None  # moved, or replaced
                 if new is None:
                     continue
                 if new is not p:
@@ -191,11 +192,24 @@ class Compression:
                 fresh.append(new)
                 placed.add(id(new))
             group["params"] = fresh
+        self._add_new_groups(placed)
         unplaced = [name for name, p in current.items() if p.requires_grad and id(p) not in placed]
         if unplaced:
             raise SlimkitError(f"{', '.join(changed_by)} added parameters the optimizer has no group for: "
                                f"{', '.join(unplaced[:4])}")
         self._remember_names()
+
+    def _add_new_groups(self, placed: set[int]) -> None:
+        """Give the parameters a method added mid-run (a quantize stage's steps at its start_epoch) the group
+        that method declares for them (param_groups), with the optimizer's defaults for the rest; `placed`
+        gains them."""
+        assert self._optimizer is not None
+        for modifier in self.modifiers:
+            for group in modifier.param_groups(self.model):
+                new = [p for p in group["params"] if id(p) not in placed]
+                if new:
+                    self._optimizer.add_param_group({**group, "params": new})
+                    placed.update(id(p) for p in new)
 
     # --- the schedule ---------------------------------------------------------------------------------
     @property

@@ -309,8 +309,8 @@ class Trainer:
         metric_sum, metric_count = 0.0, 0.0
         for batch in loader:
             factor = schedule.factor(compression.step_count)
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
+            for group in optimizer.param_groups:  # a group a method added mid-run starts from its own lr
+                group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
             lr = optimizer.param_groups[0]["lr"] * optimizer.param_groups[0].get("lr_scale", 1.0)
             batch = objective.to_device(batch, self.device)
             target = objective.target(batch)

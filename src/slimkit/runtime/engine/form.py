@@ -79,19 +79,29 @@ def quantizers_around(model: nn.Module, name: str) -> tuple[nn.Module | None, nn
 
 
 def candidates(model: nn.Module) -> Candidates:
-    """Every layer of `model` (a quantized model: of its int8 graph) that an operator can take. An int8 layer
-    must read a quantizer's output directly (the operator takes the grid into the node); one behind a reshape,
-    such as a classifier after flatten, stays OpenVINO's."""
+    """Every layer of `model` (a quantized model: of its int8 graph) that an operator can take and that has
+    something for it to exploit: binary weights, zero weights, zero blocks of 4 input channels, or (int8) at
+    most 4 input channels, one block group, where the operator does a dense conv's work and the network stays
+    in its layout. An int8 layer must read a quantizer's output directly (the operator takes the grid into the
+    node); one behind a reshape, such as a classifier after flatten, stays OpenVINO's."""
     inside = {f"{n}.layer" for n, m in model.named_modules() if isinstance(m, FoldedLayer)}
     found: Candidates = {}
     for name, module in model.named_modules():
         if name in inside:  # a FoldedLayer's own conv: the FoldedLayer is the unit
             continue
         kind = _operator_for(module)
+        if kind is None or not (_has_structure(module) or _one_block_group(module)):
+            continue
         graph_input = isinstance(model, fx.GraphModule) and isinstance(module, FoldedLayer)
-        if kind is not None and not (graph_input and quantizers_around(model, name)[0] is None):
+        if not (graph_input and quantizers_around(model, name)[0] is None):
             found[name] = kind
     return found
+
+
+def _one_block_group(module: nn.Module) -> bool:
+    """An int8 conv of at most 4 input channels (a first layer)."""
+    layer = module.layer if isinstance(module, FoldedLayer) else None
+    return isinstance(layer, nn.Conv2d) and layer.in_channels <= 4
 
 
 def _has_structure(module: nn.Module) -> bool:
@@ -100,9 +110,10 @@ def _has_structure(module: nn.Module) -> bool:
     kind = _operator_for(module)
     if kind is None or kind is EngineBinaryConv2d:
         return kind is not None
-    if kind in (EngineQuantSparseConv2d, EngineQuantSparseLinear):
-        layer = module.layer if isinstance(module, FoldedLayer) else module
-        return bool((block_sums(layer.weight.detach().abs(), 4) == 0).any())
+    if kind in (EngineQuantSparseConv2d, EngineQuantSparseLinear):  # zero blocks the float weights hold (pruned),
+        weight = module.layer.weight if isinstance(module, FoldedLayer) else \
+            module.parametrizations.weight.original  # not values the quantizer happens to round to 0
+        return bool((block_sums(weight.detach().abs(), 4) == 0).any())
     return True  # a float candidate has zero weights by definition
 
 

@@ -261,7 +261,8 @@ class EngineQuantSparseLinear(EngineQuantSparseConv2d):
             return t.reshape(-1, t.shape[-1]).t().unsqueeze(0).unsqueeze(2)
 
         y = super().forward(as_image(x), *(as_image(r) for r in residual))
-        return y.squeeze(2).squeeze(0).t().reshape(*x.shape[:-1], self.shape[0])
+        # -1 for the batch: a traced size would be baked into the export, which must run at any batch size
+        return y.squeeze(2).squeeze(0).t().reshape(-1, *x.shape[1:-1], self.shape[0])
 
 
 class EngineSparseLinear(EngineConv):
