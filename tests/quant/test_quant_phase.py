@@ -73,7 +73,7 @@ def test_quantizers_wait_in_float_until_start_epoch_then_calibrate_on_that_momen
             assert not compression.is_complete(epoch)
         elif epoch == 2:  # switched on, calibrated on the weights the float epochs left
             assert compression.is_complete(epoch)
-            for name, module in zip(QUANTIZED, layers, strict=True):
+            for module in layers:
                 wq = weight_quantization(module)
                 assert wq.active
                 assert torch.equal(wq.quantizer.step.detach(), _fresh_step(module))
@@ -81,7 +81,7 @@ def test_quantizers_wait_in_float_until_start_epoch_then_calibrate_on_that_momen
                 on_grid = weight.reshape(weight.shape[0], -1) / wq.quantizer.step.detach().reshape(-1, 1)
                 assert torch.allclose(on_grid, on_grid.round(), atol=1e-3)
             assert torch.equal(model(x), model(x))  # the quantized forward runs
-            steps = [p for group in compression._optimizer.param_groups for p in group["params"]  # noqa: SLF001
+            steps = [p for group in compression._optimizer.param_groups for p in group["params"]
                      if any(p is q.quantizer.step for q in map(weight_quantization, layers))]
             assert len(steps) == len(layers)  # the steps joined the optimizer when the stage started
     assert compression.state_dict()["modifiers"][0] == {"active": True}
