@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 FOLDED = " + BN folded"
 IN_ENGINE = " in openvino+slimkit"
-PEAK_STEP = {"avx512": "vpdpwssd", "avx2": "vpmaddwd + vpaddd"}  # the operator's inner step per kernel build
-DENSE = ("eager", "frozen", "compiled", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
+PEAK_STEP = {"avx512/u8-zmm": "vpdpbusd zmm", "avx512/u8-ymm": "vpdpbusd ymm", "avx512/i16": "vpdpwssd",
+             "avx2": "vpmaddwd + vpaddd", "generic": "scalar"}  # each int8 kernel's inner step
+DENSE = ("eager", "frozen", "compiled", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8", "openvino_bf16",
+         "openvino_int8+bf16")
 FORMS = {"resnet20": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50", "sparse90_int8",
                       "sparse95_int8", "pattern_int8"],
          "vgg_small": ["bnn", "sparse90", "sparse95", "pattern", "pattern_g4", "channels50", "sparse90_int8",
@@ -117,9 +119,10 @@ def main() -> None:
     from slimkit.metrics import compare_latency, default_threads
     from slimkit.runtime import deploy
     from slimkit.runtime.bench import dense_baselines, speedups
-    from slimkit.runtime.engine.build import int8_peak, isa_level
+    from slimkit.runtime.engine.artifact import export_folder
+    from slimkit.runtime.engine.build import INT8_KERNELS, int8_peak, runnable_builds
     from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
-    from slimkit.runtime.engine.export import export_openvino, openvino_core
+    from slimkit.runtime.engine.export import openvino_core
     from slimkit.runtime.engine.profile import profile_openvino
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -130,7 +133,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     threads = default_threads()
-    peak = int8_peak(threads, 2.0)  # measured first, on the idle machine the timings assume
+    peaks = {k: p for k in INT8_KERNELS if (p := int8_peak(k, threads, 1.0)) is not None}  # first, on the idle machine
     rows, layers, missing, profiles, int8_layers = [], [], {}, [], []
     calibration = [torch.randn(8, 3, 32, 32) for _ in range(4)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,9 +141,6 @@ def main() -> None:
             dense = build(arch, "dense")
             forms = {form: build(arch, form) for form in FORMS[arch]}
             exported = export_dense(dense, (3, 32, 32), calibration, Path(tmp) / arch)
-            artifacts = {form: export_openvino(model, Path(tmp) / f"{arch}-{form}-engine" / "model.xml", (3, 32, 32),
-                                               calibration if form.endswith("_int8") else None)
-                         for form, model in forms.items() if not form.startswith("channels")}
             pruned = {form: export_dense(model, (3, 32, 32), calibration, Path(tmp) / f"{arch}-{form}")
                       for form, model in forms.items() if form.startswith("channels")}  # an ordinary, smaller model
             for batch in args.batch_sizes:
@@ -154,7 +154,13 @@ def main() -> None:
                 engines = {f"{form} in {k}": v for form, paths in pruned.items()
                            for k, v in dense_engines(paths, (batch, 3, 32, 32), threads).items()
                            if not k.endswith("_error")}
-                engines |= {f"{form}{IN_ENGINE}": OpenVinoModel(Path(a["model"]), (batch, 3, 32, 32), threads,
+                artifacts = {form: export_folder(model, Path(tmp) / f"{arch}-{form}-b{batch}", (3, 32, 32),
+                                                 calibration if form.endswith("_int8") else None, batch=batch,
+                                                 threads=threads)
+                             for form, model in forms.items() if not form.startswith("channels")}
+                for form, manifest in artifacts.items():
+                    manifest["path"] = str(Path(tmp) / f"{arch}-{form}-b{batch}" / manifest["model"])
+                engines |= {f"{form}{IN_ENGINE}": OpenVinoModel(Path(a["path"]), (batch, 3, 32, 32), threads,
                                                                 core=openvino_core()) for form, a in artifacts.items()}
                 missing |= {k: v for k, v in baselines.items() if k.endswith("_error")}
                 timed = {"eager": dense, **{k: v for k, v in baselines.items() if not k.endswith("_error")},
@@ -178,20 +184,21 @@ def main() -> None:
                     if name in deployed and not name.endswith(FOLDED):
                         layers += [{"arch": arch, "form": name, "batch": batch, **e} for e in body]
                 for form, a in artifacts.items():
-                    profile = profile_openvino(a["model"], (batch, 3, 32, 32), threads)
+                    profile = profile_openvino(a["path"], (batch, 3, 32, 32), threads)
                     name = f"{form}{IN_ENGINE}"
                     profiles.append({"arch": arch, "form": name, "batch": batch, "ms": ms[name],
-                                     "vs": speedups(ms, name), "profile": profile,
-                                     "slimkit_layers": a["slimkit_layers"]})
+                                     "vs": speedups(ms, name), "profile": profile, "choice": a["choice"],
+                                     "agreement": a["agreement"], "slimkit_layers": a["slimkit_layers"]})
                     if form.endswith("_int8"):
-                        int8_layers += layer_by_layer(arch, name, batch, a["model"], exported["int8"], threads,
-                                                      issued_macs(forms[form], (3, 32, 32)), peak)
+                        int8_layers += layer_by_layer(arch, name, batch, a, exported["int8"], threads,
+                                                      issued_macs(forms[form], (3, 32, 32)), peaks)
                 print(f"{arch} b{batch}: " + ", ".join(
                     f"{r['form']} {r['vs']['best_dense']['speedup']:.2f}x vs {r['vs']['best_dense']['baseline']}"
                     for r in rows if r["arch"] == arch and r["batch"] == batch))
     args.results.mkdir(parents=True, exist_ok=True)
-    env = environment(0) | {"command": " ".join(sys.argv), "threads": threads, "int8_peak_gmacs": peak / 1e9,
-                            "int8_level": isa_level()} | cpu_info()
+    env = environment(0) | {"command": " ".join(sys.argv), "threads": threads,
+                            "int8_peaks_gmacs": {k: p / 1e9 for k, p in peaks.items()},
+                            "kernel_builds": runnable_builds(), "precision": _openvino_default_precision()} | cpu_info()
     results = json.dumps({"rows": rows, "layers": layers, "missing": missing, "profiles": profiles,
                           "int8_layers": int8_layers, "environment": env}, indent=2).encode()
     atomic_write(args.results / "runtime.json", lambda f: f.write(results))
@@ -227,27 +234,33 @@ def issued_macs(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
     return found
 
 
-def layer_by_layer(arch: str, form: str, batch: int, artifact: str, dense_int8: Path, threads: int,
-                   macs: dict[str, int], peak: float) -> list[dict]:
-    """Each conv of a sparse int8 artifact against the same conv of the dense model in OpenVINO's int8, from
-    OpenVINO's per-node counters of both (matched in execution order; every conv of these forms runs the
-    operator, which the count check makes sure of), with the operator's multiplies per second as a fraction
-    of the measured int8 `peak`."""
+def layer_by_layer(arch: str, form: str, batch: int, artifact: dict, dense_int8: Path, threads: int,
+                   macs: dict[str, int], peaks: dict[str, float]) -> list[dict]:
+    """Each slimkit::QuantSparseConv2d node of an int8 artifact (named after its layer) against the same conv of
+    the dense model in OpenVINO's int8, from OpenVINO's per-node counters of both, with the operator's multiplies
+    per second as a fraction of the measured peak of the kernel the layer ran."""
     from slimkit.runtime.engine.profile import node_times
 
     shape = (batch, 3, 32, 32)
-    ours = [r for r in node_times(artifact, shape, threads) if r["node"] == "QuantSparseConv2d"]
-    dense = [r for r in node_times(dense_int8, shape, threads) if r["node"] == "Convolution"]
-    if len(ours) != len(dense):
-        raise RuntimeError(f"{arch} {form}: {len(ours)} operator nodes against {len(dense)} dense convs")
+    kernels = {line["layer"]: line.get("kernel") for line in artifact["slimkit_layers"]}
+    ours = {r["name"]: r for r in node_times(artifact["path"], shape, threads) if r["node"] == "QuantSparseConv2d"}
+    dense = {module_path(r["name"]): r for r in node_times(dense_int8, shape, threads) if r["node"] == "Convolution"}
     out = []
-    for mine, theirs in zip(ours, dense, strict=True):
-        layer = module_path(theirs["name"])
+    for layer, mine in ours.items():
         rate = macs[layer] * batch / (mine["ms"] / 1000)
-        out.append({"arch": arch, "form": form, "batch": batch, "layer": layer, "dense_ms": theirs["ms"],
-                    "ms": mine["ms"], "speedup": theirs["ms"] / mine["ms"], "gmacs": rate / 1e9,
-                    "of_peak": rate / peak})
+        kernel = kernels.get(layer) or "?"
+        out.append({"arch": arch, "form": form, "batch": batch, "layer": layer, "kernel": kernel,
+                    "dense_ms": dense[layer]["ms"] if layer in dense else None, "ms": mine["ms"],
+                    "speedup": dense[layer]["ms"] / mine["ms"] if layer in dense else None, "gmacs": rate / 1e9,
+                    "of_peak": rate / peaks[kernel] if kernel in peaks else None})
     return out
+
+
+def _openvino_default_precision() -> str:
+    """The precision OpenVINO's CPU plugin computes in on this CPU when nothing pins it."""
+    from slimkit.runtime.engine.dense_engines import shared_core
+
+    return str(shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
 
 
 def _vs(entry: dict | None) -> str:
@@ -258,8 +271,11 @@ def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list
              env: dict) -> str:
     isa = ", ".join(env.get("isa", [])) or "no AVX2"
     out = ["# CPU runtime: compressed models against the dense engines users deploy with", "",
-           f"CPU: **{env.get('cpu_model')}** ({isa}), {env['threads']} threads for every form, torch "
-           f"{env['torch']}. Every ratio names its baseline; > 1 means the compressed form is faster.", "",
+           f"CPU: **{env.get('cpu_model')}** ({isa}); kernel builds it runs: {', '.join(env['kernel_builds'])} (each "
+           f"operator's kernel chosen by timing on it); OpenVINO's default precision here: "
+           f"**{env['precision']}** (slimkit's artifacts pin f32; a baseline run at another precision is named by "
+           f"it); {env['threads']} threads for every form, torch {env['torch']}. Every ratio names its baseline; > 1 "
+           "means the compressed form is faster.", "",
            __doc__.split("\n\n")[1].replace("\n", " "), "", "## Dense baselines (ms)", "",
            "| model | batch | " + " | ".join(DENSE) + " |", "|---|---:|" + "---:|" * len(DENSE)]
     seen = set()
@@ -297,19 +313,38 @@ def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list
             head = (f"| {p['arch']} | {p['form']} | {p['batch']} | {p['ms']['median']:.3f} | "
                     f"{_vs(p['vs'].get('best_dense'))} |" if i == 0 else "| | | | | |")
             out.append(f"{head} {r['node']} | {r['kernel']} | {r['nodes']} | {r['ms']:.3f} | {r['ms'] / total:.0%} |")
+    out += ["", "## How each artifact was chosen", "",
+            "Each `in openvino+slimkit` form is `export_folder` at that batch: every candidate layer timed alone "
+            "as slimkit's operator and as OpenVINO's own kernel, then whole artifacts ('measured': the layers that "
+            "won alone; 'every operator'; 'dense': none) timed against each other; the fastest is written. "
+            "'agreement' is the artifact's largest difference from the reference (int8 graph, or eval) on the "
+            "calibration batches (or seeded normal inputs), in steps of the output grid where there is one.", "",
+            "| model | form | batch | operators / candidates | measured ms | every operator ms | dense ms | written "
+            "| agreement |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    for p in profiles:
+        c, a = p["choice"], p["agreement"]
+        times = [f"{c['artifacts_ms'][k]:.3f}" if k in c["artifacts_ms"] else "=" for k in
+                 ("measured", "every operator", "dense")]
+        steps = f"{a['in_steps']:.1f} steps" if a["in_steps"] is not None else f"{a['max_abs_difference']:.2g}"
+        out.append(f"| {p['arch']} | {p['form']} | {p['batch']} | {c['operators']}/{c['candidates']} | "
+                   f"{' | '.join(times)} | {c['chosen']} | {steps} |")
+    peaks = ", ".join(f"{k} ({PEAK_STEP.get(k, '?')}) {v:.1f}" for k, v in env["int8_peaks_gmacs"].items())
     out += ["", "## Sparse int8, layer by layer", "",
-            "OpenVINO's per-node counters (ms per inference) of each conv: the dense model's in OpenVINO int8 against "
-            "slimkit::QuantSparseConv2d in the sparse int8 artifact (each node with what was fused into it). "
-            "'GMAC/s' is the multiplies the operator issues (4 per kept block of 4 input channels, per output "
-            "position) per second of its node time, quantization and epilogue included; '% of peak' divides it by "
-            f"the int8 peak of its inner step measured on this CPU with {env['threads']} threads from registers alone: "
-            f"**{env['int8_peak_gmacs']:.1f} GMAC/s** ({env['int8_level']} build: "
-            f"{PEAK_STEP.get(env['int8_level'], 'scalar')}).", "",
-            "| model | form | batch | layer | OpenVINO int8 dense ms | QuantSparseConv2d ms | speedup | GMAC/s "
-            "| % of int8 peak |",
-            "|---|---|---:|---|---:|---:|---:|---:|---:|"]
-    out += [f"| {e['arch']} | {e['form']} | {e['batch']} | {e['layer']} | {e['dense_ms']:.3f} | {e['ms']:.3f} | "
-            f"{e['speedup']:.2f}x | {e['gmacs']:.1f} | {e['of_peak']:.0%} |" for e in int8_layers]
+            "OpenVINO's per-node counters (ms per inference) of each slimkit::QuantSparseConv2d node of the sparse "
+            "int8 artifacts (the layers that run the operator) against the same conv of the dense model in OpenVINO "
+            "int8. 'GMAC/s' is the multiplies the operator issues (4 per kept block of 4 input channels, per output "
+            "position) per second of its node time, quantization and epilogue included; '% of peak' divides it by the "
+            f"peak of the kernel it ran, measured on this CPU with {env['threads']} threads from registers alone "
+            f"(GMAC/s: {peaks}).", "",
+            "| model | form | batch | layer | kernel | OpenVINO int8 dense ms | QuantSparseConv2d ms | speedup "
+            "| GMAC/s | % of its kernel's peak |",
+            "|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for e in int8_layers:
+        dense = f"{e['dense_ms']:.3f}" if e["dense_ms"] is not None else "-"
+        speed = f"{e['speedup']:.2f}x" if e["speedup"] is not None else "-"
+        share = f"{e['of_peak']:.0%}" if e["of_peak"] is not None else "-"
+        out.append(f"| {e['arch']} | {e['form']} | {e['batch']} | {e['layer']} | {e['kernel']} | {dense} | "
+                   f"{e['ms']:.3f} | {speed} | {e['gmacs']:.1f} | {share} |")
     out += ["", "## Layers", "",
             "| model | form | batch | layer | kind | dense ms | kernel ms | speedup | runs |",
             "|---|---|---:|---|---|---:|---:|---:|---|"]
