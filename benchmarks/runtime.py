@@ -260,7 +260,7 @@ def _openvino_default_precision() -> str:
     """The precision OpenVINO's CPU plugin computes in on this CPU when nothing pins it."""
     from slimkit.runtime.engine.dense_engines import shared_core
 
-    return str(shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return str(shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name())
 
 
 def _vs(entry: dict | None) -> str:

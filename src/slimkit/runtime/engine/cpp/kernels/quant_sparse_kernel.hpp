@@ -146,11 +146,13 @@ int64_t pair_sum_peak(int64_t rounds, int32_t* sink) {
     return rounds * chains * 16;
 #else
     int32_t a[chains][8] = {};
-    volatile int16_t x = 3, w = -2;  // not constants: the products must be computed
-    const int16_t xv = x, wv = w;
+    int32_t xv = 3;
+    const int32_t wv = -2;
     for (int64_t i = 0; i < rounds; ++i)
-        for (int r = 0; r < chains; ++r)
-            for (int k = 0; k < 8; ++k) a[r][k] += xv * wv + xv * wv;
+        for (int r = 0; r < chains; ++r) {
+            __asm__ volatile("" : "+r"(xv));  // opaque at every step: the products cannot be hoisted or folded
+            for (int k = 0; k < 8; ++k) a[r][k] += (xv + k) * wv + (xv ^ k) * (wv - k);  // two products a lane
+        }
     for (int r = 0; r < chains; ++r) *sink += a[r][0];
     return rounds * chains * 16;
 #endif
