@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from sklearn.datasets import load_digits
 from torch import nn
 
 import slimkit
@@ -250,4 +251,21 @@ def test_prune_then_distill_then_quantize(tmp_path, teacher_path):
         exported = onnx.numpy_helper.to_array(next(t for t in onnx.load(str(path)).graph.initializer
                                                    if t.dims == list(run.model.classifier[1].weight.shape)))
         assert int((exported == 0).sum()) == int((run.model.classifier[1].weight == 0).sum())
-        assert (OnnxModel(path)(x).argmax(1) == reloaded(x).argmax(1)).float().mean() >= 0.75
+        # the classes of real digits, where the QAT model is clear (its top two logits 4 steps of the onnx graph's
+        # output grid apart): onnxruntime's int8 picks the same class; random noise would meet near-ties
+        images = torch.from_numpy(load_digits().images[:256]).float().unsqueeze(1) / 16
+        with torch.no_grad():
+            reference, got = reloaded(images), OnnxModel(path)(images)
+        top = reference.topk(2, dim=1).values
+        clear = (top[:, 0] - top[:, 1]) > 4 * _logits_step(path)
+        assert clear.sum() >= 128 and (got.argmax(1) == reference.argmax(1))[clear].all()
+
+
+def _logits_step(path) -> float:
+    """The step of the exported graph's last quantizer (the logits' grid): its final DequantizeLinear's scale."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    last = [n for n in graph.node if n.op_type == "DequantizeLinear"][-1]
+    scale = next(t for t in graph.initializer if t.name == last.input[1])
+    return float(onnx.numpy_helper.to_array(scale).reshape(-1)[0])

@@ -129,7 +129,6 @@ def test_resnet20_block_sparse_int8_in_openvino_matches_the_int8_graph(tmp_path)
     with torch.no_grad():
         reference = graph(x)
     logits_step = list(_steps(graph).values())[-1]
-    assert (got.argmax(1) == reference.argmax(1)).all()
     assert (got - reference).abs().max() <= 2 * logits_step
 
 
