@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from pydantic import Field, field_validator
@@ -73,6 +73,15 @@ def input_kind(model: nn.Module | None) -> tuple[torch.dtype, int | None]:
     return torch.get_default_dtype(), None
 
 
+@overload
+def example_batch(example: Sequence[int] | Tensor, batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> Tensor: ...
+@overload
+def example_batch(example: Mapping[str, Tensor], batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> dict[str, Tensor]: ...
+@overload
+def example_batch(example: Example, batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> Tensor | dict[str, Tensor]: ...
 def example_batch(example: Example, batch: int = 1, random: bool = False, *,
                   model: nn.Module | None) -> Tensor | dict[str, Tensor]:
     """A model input of `batch` samples from an example: a per-sample shape (C, H, W) gives zeros (or
@@ -101,9 +110,9 @@ def run_example(model: nn.Module, example: Example) -> object:
     """The model on one sample, `example_batch(example)`. A model that fails on an input built from a shape
     is an error asking for an example input: slimkit built that input, so the failure is not the user's
     model's fault, and the shape form cannot say more about what the model takes."""
-    inputs = example_batch(example, model=model)
     if isinstance(example, Tensor | Mapping):
-        return call(model, inputs)
+        return call(model, example_batch(example, model=model))
+    inputs = example_batch(example, model=model)
     try:
         return call(model, inputs)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:

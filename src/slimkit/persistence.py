@@ -168,6 +168,9 @@ def load(source: str | Path | ModelConfig | dict[str, Any], plan: ChannelPlan | 
         except RuntimeError as exc:
             raise CheckpointError(f"the state_dict does not fit {arch.name} pruned by this plan: {exc}") from None
         return model.eval()
+    if isinstance(source, (ModelConfig, dict)):
+        raise CheckpointError("load(arch) rebuilds a channel-pruned model only with its plan and state_dict: "
+                              "load(arch, plan, state_dict); load(path) reads a model file")
     arch, stages, state_dict = read_model_file(source)
     return rebuild(arch, stages, state_dict, str(source))
 
