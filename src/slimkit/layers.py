@@ -126,6 +126,21 @@ def canonical_weight(module: nn.Module, weight: Tensor | None = None) -> Tensor:
     return adapter.canonical(weight) if adapter is not None else weight
 
 
+def conv_pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's kernel size, stride, padding or dilation: torch stores each as a 2-tuple typed (int, ...)."""
+    first, second = value
+    return first, second
+
+
+def resized_conv2d(layer: nn.Conv2d, in_channels: int, out_channels: int, *, groups: int,
+                   bias: bool) -> nn.Conv2d:
+    """A new Conv2d with `layer`'s kernel, stride, padding, dilation and padding mode and the given sizes."""
+    padding = layer.padding if isinstance(layer.padding, str) else conv_pair(layer.padding)
+    return nn.Conv2d(in_channels, out_channels, conv_pair(layer.kernel_size), stride=conv_pair(layer.stride),
+                     padding=padding, dilation=conv_pair(layer.dilation), groups=groups, bias=bias,
+                     padding_mode=layer.padding_mode)
+
+
 def tied_owners(model: nn.Module) -> dict[int, list[str]]:
     """Parameter id -> every 'module.param' name that holds it, for parameters held more than once."""
     owners: dict[int, list[str]] = {}
