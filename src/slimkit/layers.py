@@ -12,6 +12,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -133,12 +134,13 @@ def conv_pair(value: tuple[int, ...]) -> tuple[int, int]:
 
 
 def resized_conv2d(layer: nn.Conv2d, in_channels: int, out_channels: int, *, groups: int,
-                   bias: bool) -> nn.Conv2d:
-    """A new Conv2d with `layer`'s kernel, stride, padding, dilation and padding mode and the given sizes."""
+                   bias: bool, dtype: torch.dtype | None = None) -> nn.Conv2d:
+    """A new Conv2d with `layer`'s kernel, stride, padding, dilation and padding mode and the given sizes
+    (and `dtype`; None: torch's default)."""
     padding = layer.padding if isinstance(layer.padding, str) else conv_pair(layer.padding)
     return nn.Conv2d(in_channels, out_channels, conv_pair(layer.kernel_size), stride=conv_pair(layer.stride),
                      padding=padding, dilation=conv_pair(layer.dilation), groups=groups, bias=bias,
-                     padding_mode=layer.padding_mode)
+                     padding_mode=layer.padding_mode, dtype=dtype)
 
 
 def tied_owners(model: nn.Module) -> dict[int, list[str]]:
