@@ -36,11 +36,16 @@ class SavedStage(Protocol):
     def artifacts(self) -> dict[str, Any]: ...
 
 
-def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int,
+def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int | None,
                input_size: int, modifiers: Sequence[SavedStage] = ()) -> None:
     """Write the weights, the resolved architecture, and each stage with the state (a channel plan, say)
-    that `load` needs to re-create the compressed structure."""
-    arch = config.model_copy(update={"in_channels": in_channels, "num_classes": num_classes,
+    that `load` needs to re-create the compressed structure. `num_classes` is the data's (None for data
+    without class names: then the config's own, as build_model took it)."""
+    classes = num_classes if num_classes is not None else config.num_classes
+    if classes is None:
+        raise SlimkitError(f"model {config.label!r}: the data has no class names, so the model file needs "
+                           f"model.num_classes")
+    arch = config.model_copy(update={"in_channels": in_channels, "num_classes": classes,
                                      "input_size": input_size, "checkpoint": None})
     stages = [{"stage": {m.config.kind: m.config.model_dump(mode="json")}, "state": m.state_dict()}
               for m in modifiers]
