@@ -75,10 +75,11 @@ def checked_model(saved: dict[str, Any], path: str | Path) -> tuple[ModelConfig,
     if arch.factory is not None:
         raise CheckpointError(f"{path}: field 'arch.factory' names code ({arch.factory!r}); a model file rebuilds "
                               f"zoo models only, and slimkit never runs code a file names")
-    missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
-    if missing:
+    in_channels, num_classes, input_size = arch.in_channels, arch.num_classes, arch.input_size
+    if arch.name is None or in_channels is None or num_classes is None or input_size is None:
+        missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
         raise CheckpointError(f"{path}: field 'arch' lacks {', '.join(missing)}")
-    too_large = size_issue(arch, arch.in_channels, arch.num_classes, arch.input_size)
+    too_large = size_issue(arch, in_channels, num_classes, input_size)
     if too_large is not None:
         raise CheckpointError(f"{path}: field 'arch': {too_large}")
     for i, entry in enumerate(stages):
