@@ -93,11 +93,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         layers.append({"name": layer.name, "type": layer.type, "shape": layer.shape, "params": layer.params,
                        "nonzeros": layer.nonzeros, "sparsity": layer.sparsity, "weight_bits": layer.weight_bits,
                        "input_bits": layer.input_bits, **structure})
+    diverged = non_finite(model.state_dict())
     summary = {"model": str(args.model), "input_shape": list(shape), "params": result.params,
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
                "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers,
-               "non_finite": non_finite(model.state_dict())}
+               "non_finite": diverged}
     hardware, skipped = run_hardware(args.model, model, args.trust_code)
     if hardware is not None:
         summary["hardware"] = hardware
@@ -115,9 +116,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                       f"{row['nonzeros']:,}", f"{row['sparsity']:.2%}",
                       f"{row['input_bits']}/{row['weight_bits']}", row["structure"])
     console.print(table)
-    if summary["non_finite"]:
-        names = summary["non_finite"]
-        console.print(f"NaN or Inf in {len(names)} tensors ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+    if diverged:
+        console.print(f"NaN or Inf in {len(diverged)} tensors ({', '.join(diverged[:5])}"
+                      f"{', ...' if len(diverged) > 5 else ''}"
                       f"): the model diverged or its file was changed; the nonzero counts and sparsity of their "
                       f"layers are not meaningful", style="yellow", highlight=False, markup=False)
     if skipped is not None:

@@ -279,7 +279,7 @@ class Trainer:
         the group and parameter counts, `optimizer_state_issue` every state tensor's shape."""
         try:
             optimizer.load_state_dict(saved)
-            names = {param: name for name, param in self.model.named_parameters()}
+            names: dict[Tensor, str] = {param: name for name, param in self.model.named_parameters()}
             issue = optimizer_state_issue(saved, optimizer, names)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             issue = f"field 'optimizer' does not fit this run's optimizer: {first_line(exc)}"
