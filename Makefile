@@ -20,6 +20,7 @@ demo: $(NATIVE)
 test: $(NATIVE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python scripts/check_imports.py
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 clean:

@@ -12,30 +12,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
+
 
 @dataclass(frozen=True)
-class ZeroPadChannels:
+class ZeroPadChannels(Generic[M]):
     """The module's output is its input's channels with `left` zero channels before them and `right` after,
     `(left, right) = pads(module)`, and it changes no channel's values (only other dimensions, such as a
     stride). `resize(module, (left, right))` gives it new counts when pruning removes padded channels."""
 
-    pads: Callable[[nn.Module], tuple[int, int]]
-    resize: Callable[[nn.Module, tuple[int, int]], None]
+    pads: Callable[[M], tuple[int, int]]
+    resize: Callable[[M, tuple[int, int]], None]
 
 
-_RULES: dict[type[nn.Module], ZeroPadChannels] = {}
+_RULES: dict[type[nn.Module], ZeroPadChannels[Any]] = {}  # each rule takes modules of its key's type
 
 
-def register_channel_rule(module_type: type[nn.Module], rule: ZeroPadChannels) -> None:
+def register_channel_rule(module_type: type[M], rule: ZeroPadChannels[M]) -> None:
     """Declare how `module_type` (and its subclasses) moves channels; registering a type again replaces its
     rule."""
     _RULES[module_type] = rule
 
 
-def channel_rule(module: nn.Module) -> ZeroPadChannels | None:
+def channel_rule(module: nn.Module) -> ZeroPadChannels[Any] | None:
     """The rule registered for the module's class or its nearest registered base class; None for any other
     module."""
     return next((_RULES[cls] for cls in type(module).__mro__ if cls in _RULES), None)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from slimkit.errors import SlimkitError
@@ -25,8 +25,9 @@ if not console.is_terminal:
 def _print_run(report: Any, out_dir: Path | None) -> None:
     table = Table(title=f"{report.reference_label} vs compressed")
     report_rows = report.rows()
-    for name, justify in (("metric", "left"), (report.reference_label, "right"), ("compressed", "right"),
-                          ("change", "right")):
+    justified: list[tuple[str, JustifyMethod]] = [("metric", "left"), (report.reference_label, "right"),
+                                                  ("compressed", "right"), ("change", "right")]
+    for name, justify in justified:
         table.add_column(name, justify=justify)
     for row in report_rows:
         table.add_row(*row)
@@ -92,11 +93,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         layers.append({"name": layer.name, "type": layer.type, "shape": layer.shape, "params": layer.params,
                        "nonzeros": layer.nonzeros, "sparsity": layer.sparsity, "weight_bits": layer.weight_bits,
                        "input_bits": layer.input_bits, **structure})
+    diverged = non_finite(model.state_dict())
     summary = {"model": str(args.model), "input_shape": list(shape), "params": result.params,
                "nonzeros": result.nonzeros, "sparsity": result.sparsity, "dense_bytes": result.dense_bytes,
                "compressed_bytes": result.compressed_bytes, "macs": result.macs,
                "effective_macs": result.effective_macs, "bops": result.bops, "layers": layers,
-               "non_finite": non_finite(model.state_dict())}
+               "non_finite": diverged}
     hardware, skipped = run_hardware(args.model, model, args.trust_code)
     if hardware is not None:
         summary["hardware"] = hardware
@@ -109,14 +111,14 @@ def cmd_info(args: argparse.Namespace) -> int:
                         f"{result.macs:,} MACs per sample")
     for col in ("layer", "type", "shape", "params", "nonzeros", "sparsity", "bits (in/weight)", "structure"):
         table.add_column(col, justify="right" if col in ("params", "nonzeros", "sparsity") else "left")
-    for layer in layers:
-        table.add_row(layer["name"], layer["type"], "x".join(map(str, layer["shape"])), f"{layer['params']:,}",
-                      f"{layer['nonzeros']:,}", f"{layer['sparsity']:.2%}",
-                      f"{layer['input_bits']}/{layer['weight_bits']}", layer["structure"])
+    for row in layers:
+        table.add_row(row["name"], row["type"], "x".join(map(str, row["shape"])), f"{row['params']:,}",
+                      f"{row['nonzeros']:,}", f"{row['sparsity']:.2%}",
+                      f"{row['input_bits']}/{row['weight_bits']}", row["structure"])
     console.print(table)
-    if summary["non_finite"]:
-        names = summary["non_finite"]
-        console.print(f"NaN or Inf in {len(names)} tensors ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+    if diverged:
+        console.print(f"NaN or Inf in {len(diverged)} tensors ({', '.join(diverged[:5])}"
+                      f"{', ...' if len(diverged) > 5 else ''}"
                       f"): the model diverged or its file was changed; the nonzero counts and sparsity of their "
                       f"layers are not meaningful", style="yellow", highlight=False, markup=False)
     if skipped is not None:
@@ -255,7 +257,8 @@ def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, in
     calibration = (calibration_batches(args.model, args.calibration_batches, args.trust_code)
                    if quantized or args.int8 else None)
     out = export_onnx(model, out, shape, calibration)
-    if args.int8 and not quantized:  # the engine's own post-training int8 of this (pruned, smaller) float model
+    # the engine's own post-training int8 of this (pruned, smaller) float model; calibration is set for --int8
+    if args.int8 and not quantized and calibration is not None:
         from slimkit.runtime.engine.dense_engines import quantize_static_int8
 
         out = quantize_static_int8(out, out.with_name(out.stem + "-int8.onnx"), calibration)

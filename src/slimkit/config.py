@@ -138,6 +138,21 @@ def check_import_path(path: str, key: str, trust: CodeTrust) -> None:
         resolve_factory(path, key)
 
 
+def bundled_name(name: str | None, factory: str | None, what: str) -> str:
+    """`name` of a section that check_one_source passed and that has no factory: the bundled `what` it names."""
+    if name is None:
+        raise SlimkitError(f"this section names a {what} factory ({factory!r}), not a bundled {what}")
+    return name
+
+
+def source_label(name: str | None, factory: str | None) -> str:
+    """What a section that check_one_source passed names: its bundled name, or its factory's import path."""
+    label = name if name is not None else factory
+    if label is None:
+        raise SlimkitError("a section names a bundled source or a factory; this one names neither")
+    return label
+
+
 def resolve_factory(path: str, key: str) -> typing.Callable[..., typing.Any]:
     """The callable a 'package.module:function' import path names; a clear error at `key` otherwise.
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.fx import Tracer
 
+from slimkit.errors import SlimkitError
+
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -49,10 +51,14 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
 
 def batchnorm_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """(k, c) with bn(v) = v * k + c per channel, in eval mode."""
-    gamma = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
-    beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_var)
-    k = gamma / torch.sqrt(bn.running_var + bn.eps)
-    return k, beta - bn.running_mean * k
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise SlimkitError(f"{type(bn).__name__} tracks no running statistics (track_running_stats=False), so "
+                           f"it has no eval-mode affine form to fold")
+    gamma = bn.weight.detach() if bn.affine else torch.ones_like(var)
+    beta = bn.bias.detach() if bn.affine else torch.zeros_like(var)
+    k = gamma / torch.sqrt(var + bn.eps)
+    return k, beta - mean * k
 
 
 def folded_weight_bias(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm1d | nn.BatchNorm2d,

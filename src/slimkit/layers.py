@@ -12,8 +12,10 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from slimkit.config import StrictModel
 from slimkit.errors import UnsupportedLayerError
@@ -69,16 +71,76 @@ def adapter_of(module: nn.Module) -> LayerAdapter | None:
     return None
 
 
+def known_adapter(module: nn.Module) -> LayerAdapter:
+    """`adapter_of(module)` for a layer a method already selected: a layer of no known type is an error."""
+    adapter = adapter_of(module)
+    if adapter is None:
+        raise UnsupportedLayerError(f"{type(module).__name__} is not a layer type slimkit knows; "
+                                    f"slimkit.layers.register_layer teaches slimkit a layer type")
+    return adapter
+
+
 def layer_kind(module: nn.Module) -> LayerKind | None:
     adapter = adapter_of(module)
     return adapter.kind if adapter is not None else None
 
 
+def layer_tensor(module: nn.Module, name: str = "weight") -> Tensor:
+    """`module.<name>` as the tensor it is. nn.Module types an attribute it serves as `Tensor | Module`, so
+    this is how slimkit reads a layer's weight: a layer whose weight is no tensor is refused by name."""
+    value = getattr(module, name)
+    if not isinstance(value, Tensor):
+        raise UnsupportedLayerError(f"{type(module).__name__}.{name} is a {type(value).__name__}, not a tensor")
+    return value
+
+
+def layer_bias(module: nn.Module) -> Tensor | None:
+    """`module.bias`: a tensor, or None for a layer built without one (an error when it is anything else)."""
+    return None if module.bias is None else layer_tensor(module, "bias")
+
+
+def parametrization_chains(module: nn.Module) -> dict[str, parametrize.ParametrizationList]:
+    """Tensor name -> the parametrizations on it (torch.nn.utils.parametrize); empty when there are none."""
+    if not parametrize.is_parametrized(module):
+        return {}
+    chains = module.parametrizations
+    if not isinstance(chains, nn.ModuleDict):
+        raise UnsupportedLayerError(f"{type(module).__name__}.parametrizations is not torch's ModuleDict")
+    found = {}
+    for name, chain in chains.items():
+        if not isinstance(chain, parametrize.ParametrizationList):
+            raise UnsupportedLayerError(f"{type(module).__name__}.parametrizations[{name!r}] is not torch's "
+                                        f"ParametrizationList")
+        found[name] = chain
+    return found
+
+
+def parametrization_chain(module: nn.Module, name: str = "weight") -> parametrize.ParametrizationList | None:
+    """The parametrizations on `module.<name>`, or None when it has none."""
+    return parametrization_chains(module).get(name)
+
+
 def canonical_weight(module: nn.Module, weight: Tensor | None = None) -> Tensor:
     """`weight` (default: the module's) as (out, in, ...)."""
     adapter = adapter_of(module)
-    weight = module.weight if weight is None else weight
+    weight = layer_tensor(module) if weight is None else weight
     return adapter.canonical(weight) if adapter is not None else weight
+
+
+def conv_pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's kernel size, stride, padding or dilation: torch stores each as a 2-tuple typed (int, ...)."""
+    first, second = value
+    return first, second
+
+
+def resized_conv2d(layer: nn.Conv2d, in_channels: int, out_channels: int, *, groups: int,
+                   bias: bool, dtype: torch.dtype | None = None) -> nn.Conv2d:
+    """A new Conv2d with `layer`'s kernel, stride, padding, dilation and padding mode and the given sizes
+    (and `dtype`; None: torch's default)."""
+    padding = layer.padding if isinstance(layer.padding, str) else conv_pair(layer.padding)
+    return nn.Conv2d(in_channels, out_channels, conv_pair(layer.kernel_size), stride=conv_pair(layer.stride),
+                     padding=padding, dilation=conv_pair(layer.dilation), groups=groups, bias=bias,
+                     padding_mode=layer.padding_mode, dtype=dtype)
 
 
 def tied_owners(model: nn.Module) -> dict[int, list[str]]:
@@ -87,9 +149,9 @@ def tied_owners(model: nn.Module) -> dict[int, list[str]]:
     for name, module in model.named_modules():
         if "parametrizations" in name.split("."):
             continue
-        params = dict(module._parameters)
-        if hasattr(module, "parametrizations"):
-            params.update({k: plist.original for k, plist in module.parametrizations.items()})
+        params: dict[str, Tensor | None] = dict(module._parameters)
+        for key, chain in parametrization_chains(module).items():
+            params[key] = chain.original
         for key, p in params.items():
             if p is not None:
                 owners.setdefault(id(p), []).append(f"{name}.{key}" if name else key)
@@ -97,15 +159,14 @@ def tied_owners(model: nn.Module) -> dict[int, list[str]]:
 
 
 def _raw_weight(module: nn.Module) -> Tensor:
-    if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
-        return module.parametrizations.weight.original
-    return module.weight
+    chain = parametrization_chain(module)
+    return chain.original if chain is not None else layer_tensor(module)
 
 
 class LayerSelection(StrictModel):
     """Layers are chosen by type, then narrowed by fnmatch patterns on their module names."""
 
-    types: list[LayerKind] = Field(default_factory=lambda: ["conv", "linear"])
+    types: list[LayerKind] = Field(default_factory=lambda: list[LayerKind](["conv", "linear"]))
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     skip_first_conv: bool = True

@@ -103,9 +103,10 @@ class FolderLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             except FileExistsError:
-                fd = self._open_existing()
-                if fd is None:
+                existing = self._open_existing()
+                if existing is None:
                     continue  # released between our two calls: try to create it again
+                fd = existing
             if self._claim(fd, me):
                 return self
         raise SlimkitError(f"cannot claim {self.folder}: its lock file {self.path} keeps changing; another "

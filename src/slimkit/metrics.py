@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, overload
 
 import torch
 from pydantic import Field, field_validator
@@ -29,7 +29,7 @@ from slimkit.config import StrictModel
 from slimkit.errors import SlimkitError, first_line
 from slimkit.hardware.config import HardwareConfig
 from slimkit.hardware.trace import layer_bits
-from slimkit.layers import canonical_weight, layer_kind
+from slimkit.layers import canonical_weight, layer_kind, parametrization_chain
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 from slimkit.sparsity.masks import WeightMask
 
@@ -73,6 +73,15 @@ def input_kind(model: nn.Module | None) -> tuple[torch.dtype, int | None]:
     return torch.get_default_dtype(), None
 
 
+@overload
+def example_batch(example: Sequence[int] | Tensor, batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> Tensor: ...
+@overload
+def example_batch(example: Mapping[str, Tensor], batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> dict[str, Tensor]: ...
+@overload
+def example_batch(example: Example, batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> Tensor | dict[str, Tensor]: ...
 def example_batch(example: Example, batch: int = 1, random: bool = False, *,
                   model: nn.Module | None) -> Tensor | dict[str, Tensor]:
     """A model input of `batch` samples from an example: a per-sample shape (C, H, W) gives zeros (or
@@ -92,7 +101,20 @@ def example_batch(example: Example, batch: int = 1, random: bool = False, *,
                        f"{type(example).__name__}")
 
 
-def call(model: nn.Module, inputs: Tensor | Mapping[str, Tensor]) -> object:
+class Runnable(Protocol):
+    """What `call` runs and `compare_latency` times: an nn.Module, or an engine's compiled model that acts as an
+    eval-mode one (the dense engines and slimkit's OpenVINO artifact, runtime/engine/dense_engines)."""
+
+    training: bool
+
+    def eval(self) -> object: ...
+
+    def train(self, mode: bool = ...) -> object: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def call(model: Runnable, inputs: Tensor | Mapping[str, Tensor]) -> object:
     """The model on one input as `example_batch` makes it: keyword arguments for a dict."""
     return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
@@ -101,9 +123,9 @@ def run_example(model: nn.Module, example: Example) -> object:
     """The model on one sample, `example_batch(example)`. A model that fails on an input built from a shape
     is an error asking for an example input: slimkit built that input, so the failure is not the user's
     model's fault, and the shape form cannot say more about what the model takes."""
-    inputs = example_batch(example, model=model)
     if isinstance(example, Tensor | Mapping):
-        return call(model, inputs)
+        return call(model, example_batch(example, model=model))
+    inputs = example_batch(example, model=model)
     try:
         return call(model, inputs)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:
@@ -195,8 +217,9 @@ def effective_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, T
 def _stored(module: nn.Module, name: str) -> tuple[int, ...]:
     """Identity of what `module.name` is computed from: the parameter itself, or the original(s) under its
     parametrizations. Two modules that show one stored tensor (GPT-2's lm_head and token embedding) agree."""
-    if parametrize.is_parametrized(module, name):
-        return tuple(id(p) for p in module.parametrizations[name].parameters(recurse=False))
+    chain = parametrization_chain(module, name)
+    if chain is not None:
+        return tuple(id(p) for p in chain.parameters(recurse=False))
     return (id(module._parameters[name]),)
 
 
@@ -272,7 +295,7 @@ def default_threads() -> int:
 SETTLE_MS = 100.0
 
 
-def compare_latency(models: Mapping[str, nn.Module], example: Example, *,
+def compare_latency(models: Mapping[str, Runnable], example: Example, *,
                     batch_sizes: Sequence[int] = (1, 64), threads: int | None = None, warmup: int = 3,
                     repeats: int = 21, min_sample_ms: float = 5.0, rounds: int = 3,
                     ) -> dict[str, dict[str, dict[str, float]]]:

@@ -36,11 +36,16 @@ class SavedStage(Protocol):
     def artifacts(self) -> dict[str, Any]: ...
 
 
-def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int,
+def save_model(model: nn.Module, path: Path, config: ModelConfig, in_channels: int, num_classes: int | None,
                input_size: int, modifiers: Sequence[SavedStage] = ()) -> None:
     """Write the weights, the resolved architecture, and each stage with the state (a channel plan, say)
-    that `load` needs to re-create the compressed structure."""
-    arch = config.model_copy(update={"in_channels": in_channels, "num_classes": num_classes,
+    that `load` needs to re-create the compressed structure. `num_classes` is the data's (None for data
+    without class names: then the config's own, as build_model took it)."""
+    classes = num_classes if num_classes is not None else config.num_classes
+    if classes is None:
+        raise SlimkitError(f"model {config.label!r}: the data has no class names, so the model file needs "
+                           f"model.num_classes")
+    arch = config.model_copy(update={"in_channels": in_channels, "num_classes": classes,
                                      "input_size": input_size, "checkpoint": None})
     stages = [{"stage": {m.config.kind: m.config.model_dump(mode="json")}, "state": m.state_dict()}
               for m in modifiers]
@@ -70,10 +75,11 @@ def checked_model(saved: dict[str, Any], path: str | Path) -> tuple[ModelConfig,
     if arch.factory is not None:
         raise CheckpointError(f"{path}: field 'arch.factory' names code ({arch.factory!r}); a model file rebuilds "
                               f"zoo models only, and slimkit never runs code a file names")
-    missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
-    if missing:
+    in_channels, num_classes, input_size = arch.in_channels, arch.num_classes, arch.input_size
+    if arch.name is None or in_channels is None or num_classes is None or input_size is None:
+        missing = [k for k in ("name", "in_channels", "num_classes", "input_size") if getattr(arch, k) is None]
         raise CheckpointError(f"{path}: field 'arch' lacks {', '.join(missing)}")
-    too_large = size_issue(arch, arch.in_channels, arch.num_classes, arch.input_size)
+    too_large = size_issue(arch, in_channels, num_classes, input_size)
     if too_large is not None:
         raise CheckpointError(f"{path}: field 'arch': {too_large}")
     for i, entry in enumerate(stages):
@@ -168,6 +174,9 @@ def load(source: str | Path | ModelConfig | dict[str, Any], plan: ChannelPlan | 
         except RuntimeError as exc:
             raise CheckpointError(f"the state_dict does not fit {arch.name} pruned by this plan: {exc}") from None
         return model.eval()
+    if isinstance(source, (ModelConfig, dict)):
+        raise CheckpointError("load(arch) rebuilds a channel-pruned model only with its plan and state_dict: "
+                              "load(arch, plan, state_dict); load(path) reads a model file")
     arch, stages, state_dict = read_model_file(source)
     return rebuild(arch, stages, state_dict, str(source))
 

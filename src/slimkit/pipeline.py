@@ -145,10 +145,10 @@ def _check_model_fits_data(model: nn.Module, example: Any, data: DataBundle, obj
                            ) from None
     finally:
         model.train(was_training)
-    classes = data.num_classes
-    if classes and objective.loss_fn is None and logits.ndim == 2 and logits.shape[1] != classes:
-        raise SlimkitError(f"the model outputs {logits.shape[1]} classes and the data has {classes} "
-                           f"({', '.join(map(str, data.classes[:5]))}...); set model.num_classes to {classes}")
+    names = data.classes or []
+    if names and objective.loss_fn is None and logits.ndim == 2 and logits.shape[1] != len(names):
+        raise SlimkitError(f"the model outputs {logits.shape[1]} classes and the data has {len(names)} "
+                           f"({', '.join(map(str, names[:5]))}...); set model.num_classes to {len(names)}")
 
 
 def _engine_comparison(dense: nn.Module, compressed: nn.Module, example: Any, data: DataBundle, recipe: Recipe,
@@ -156,15 +156,9 @@ def _engine_comparison(dense: nn.Module, compressed: nn.Module, example: Any, da
     """measure.engines: the compressed model deployed in OpenVINO with slimkit's operators (the artifact lands
     in the run's engine/ folder) against the dense model in the engines users deploy with, the int8 ones
     calibrated on the first training batches."""
-    from itertools import islice
-
-    from torch.utils.data import DataLoader
-
-    from slimkit.data import collate_batch
     from slimkit.runtime.bench import engine_versus_dense
 
-    loader = DataLoader(data.train, batch_size=recipe.data.batch_size, collate_fn=collate_batch)
-    calibration = [batch[0] for batch in islice(loader, 4)]
+    calibration = data.input_batches(4, recipe.data.batch_size)
     m = recipe.measure
     with tempfile.TemporaryDirectory() as tmp:
         folder = out_dir / "engine" if out_dir is not None else Path(tmp) / "engine"
@@ -180,18 +174,13 @@ def _engine_comparison(dense: nn.Module, compressed: nn.Module, example: Any, da
 def _hardware_costs(dense: nn.Module, compressed: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
     """measure.hardware: the compressed and the dense model on the hardware targets the recipe names, with
     activation sparsity measured on the first training batches (slimkit.hardware; docs/hardware.md)."""
-    from itertools import islice
-
-    from torch.utils.data import DataLoader
-
-    from slimkit.data import collate_batch
     from slimkit.hardware import hardware_section
 
     config = recipe.measure.hardware
+    if config is None:
+        raise SlimkitError("measure.hardware names no hardware target to cost")
     count = config.systolic.calibration_batches if config.systolic is not None else 1
-    loader = DataLoader(data.train, batch_size=recipe.data.batch_size, collate_fn=collate_batch)
-    inputs = [batch[0] for batch in islice(loader, count)]
-    return hardware_section(compressed, inputs, config, dense=dense)
+    return hardware_section(compressed, data.input_batches(count, recipe.data.batch_size), config, dense=dense)
 
 
 def _evaluated_split(data: DataBundle) -> str:

@@ -34,6 +34,8 @@ def load_model(name: str, in_channels: int, input_size: int, num_classes: int
     if source.exists():
         arch, stages, state_dict = read_model_file(source)
         model = rebuild(arch, stages, state_dict, str(source))
+        if arch.in_channels is None or arch.input_size is None:
+            raise SlimkitError(f"{source}: its architecture does not record in_channels and input_size")
         return model, (arch.in_channels, arch.input_size, arch.input_size), read_artifacts(stages, str(source))
     if name in MODELS:
         model = build_model(ModelConfig(name=name), in_channels, num_classes, input_size)
@@ -72,11 +74,7 @@ def calibration_batches(source: str, count: int, trust_code: bool = False) -> li
     recipe.yaml), in the run's split: what the integer graph's added quantizers are calibrated on. Only the
     data section is read; data a factory builds is code, loaded only with --trust-code or an allow-listed
     package (slimkit.trust)."""
-    from itertools import islice
-
-    from torch.utils.data import DataLoader
-
-    from slimkit.data import DataConfig, batch_collate, load_data
+    from slimkit.data import DataConfig, load_data
     from slimkit.recipe import read_section
 
     run_dir = _run_dir(source)
@@ -86,6 +84,4 @@ def calibration_batches(source: str, count: int, trust_code: bool = False) -> li
     data = read_section(run_dir / "recipe.yaml", "data", DataConfig, trust_code=trust_code)
     if data is None:
         raise RecipeError([f"{run_dir / 'recipe.yaml'}: 'data': required key is missing"])
-    train = load_data(data).train
-    loader = DataLoader(train, batch_size=data.batch_size, collate_fn=batch_collate(train))
-    return [batch[0] for batch in islice(loader, count)]
+    return load_data(data).input_batches(count, data.batch_size)

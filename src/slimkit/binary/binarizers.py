@@ -127,6 +127,9 @@ class RbnnWeight(WeightBinarizer):
     parameters.
     """
 
+    R1: Tensor  # buffers
+    R2: Tensor
+
     def __init__(self, weight: Tensor, surrogate: RbnnSign, theta: float = math.pi / 2):
         super().__init__()
         self.surrogate = surrogate
@@ -169,6 +172,8 @@ class RbnnWeight(WeightBinarizer):
 class RecuWeight(WeightBinarizer):
     """ReCU: standardise to Laplace scale 2, clamp at the tau-quantile Q, sign with an identity STE."""
 
+    tau: Tensor  # a buffer
+
     def __init__(self, weight: Tensor):
         super().__init__()
         self.alpha = nn.Parameter(torch.rand(weight.shape[0]))
@@ -201,6 +206,9 @@ class _ForwardValue(torch.autograd.Function):
 class SimanWeight(WeightBinarizer):
     """SiMaN: project latent weights into [L, H] percentiles, then code each channel's upper half of |What|
     as +1 and the rest as -1 (or {1, 0} in the paper's form). B is stored and reused in eval."""
+
+    B: Tensor  # buffers
+    percent: Tensor
 
     def __init__(self, weight: Tensor, values: Literal["pm1", "01"] = "pm1"):
         super().__init__()

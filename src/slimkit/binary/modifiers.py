@@ -8,7 +8,7 @@ end of training, minus start_epoch).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ from slimkit.binary.binarizers import (
 )
 from slimkit.binary.functions import ApproxSign, ClippedSTE, Ede, RbnnSign, Zero, log_schedule
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear, binarize_module
+from slimkit.errors import SlimkitError
 from slimkit.layers import LayerSelection, select_layers, selection_issues
 from slimkit.methods import MethodConfig, register_method
 from slimkit.train.modifier import Modifier, TrainContext
@@ -44,6 +45,9 @@ class BinarizeConfig(MethodConfig):
         "alpha, RBNN's theta); null: the train section's weight_decay, as for every other parameter")
 
 
+B = TypeVar("B", bound=WeightBinarizer)
+
+
 class BinarizeModifier(Modifier):
     """Base: converts layers in attach(), calls schedule(e, E) at each epoch start."""
 
@@ -62,6 +66,16 @@ class BinarizeModifier(Modifier):
 
     def schedule(self, epoch: int, epochs: int) -> None:
         """Set this epoch's schedule values (temperatures, clamp quantiles, percentiles)."""
+
+    def weight_binarizers(self, kind: type[B]) -> dict[str, B]:
+        """Each binary layer's weight binarizer, which this method's `weight_binarizer` built as a `kind`."""
+        found = {}
+        for name, layer in self.layers.items():
+            if not isinstance(layer.weight_binarizer, kind):
+                raise SlimkitError(f"{name} binarizes its weight with {type(layer.weight_binarizer).__name__}, "
+                                   f"not the {kind.__name__} that {self.name} schedules")
+            found[name] = layer.weight_binarizer
+        return found
 
     def rebuild_structure(self, model: nn.Module) -> nn.Module:
         for name, module in select_layers(model, self.config.layers).items():
@@ -206,12 +220,13 @@ class RbnnModifier(BinarizeModifier):
         t, k = log_schedule(epoch, epochs, self.config.t_min, self.config.t_max)
         self.weight_surrogate.t, self.weight_surrogate.k = t, k
         self.input_surrogate.t, self.input_surrogate.k = max(t, 1.0), 1.0
-        for layer in self.layers.values():
-            layer.weight_binarizer.rotate_next = epoch % self.config.rotate_every == 0
+        for binarizer in self.weight_binarizers(RbnnWeight).values():
+            binarizer.rotate_next = epoch % self.config.rotate_every == 0
 
     def summary(self) -> dict[str, Any]:
         """Adds each binary layer's mean |theta| (it leaves init_theta only through training)."""
-        theta = {name: layer.weight_binarizer.theta.detach().abs().mean().item() for name, layer in self.layers.items()}
+        theta = {name: binarizer.theta.detach().abs().mean().item()
+                 for name, binarizer in self.weight_binarizers(RbnnWeight).items()}
         return super().summary() | {"init_theta": self.config.init_theta, "theta_mean_abs": theta}
 
 
@@ -248,8 +263,8 @@ class RecuModifier(BinarizeModifier):
 
     def schedule(self, epoch: int, epochs: int) -> None:
         tau = recu_tau(epoch, epochs, self.config.tau_min, self.config.tau_max)
-        for layer in self.layers.values():
-            layer.weight_binarizer.tau.fill_(tau)
+        for binarizer in self.weight_binarizers(RecuWeight).values():
+            binarizer.tau.fill_(tau)
 
 
 class SimanConfig(BinarizeConfig):
@@ -282,5 +297,5 @@ class SimanModifier(BinarizeModifier):
         return ActivationBinarizer(ApproxSign(), normalize="standardize_eps")
 
     def schedule(self, epoch: int, epochs: int) -> None:
-        for layer in self.layers.values():
-            layer.weight_binarizer.percent.fill_(self.config.percent_max * (1 - epoch / epochs))
+        for binarizer in self.weight_binarizers(SimanWeight).values():
+            binarizer.percent.fill_(self.config.percent_max * (1 - epoch / epochs))

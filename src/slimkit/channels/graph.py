@@ -29,12 +29,14 @@ module path: a wrong model is never returned.
 from __future__ import annotations
 
 import operator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node, Tracer
+from torch.fx.node import Argument
 from torch.fx.passes.shape_prop import ShapeProp
 
 from slimkit.channel_rules import channel_rule
@@ -146,7 +148,41 @@ def _shape(node: object) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def build_graph(model: nn.Module, example: Tensor, fixed_modules: set[str] = frozenset()) -> ChannelGraph:
+def _carried(node: Node, channels: list[int] | None) -> list[int]:
+    """The channel slots of `node`'s input, which a layer, a BatchNorm or a channel rule needs."""
+    if channels is None:
+        raise UnsupportedOpError(f"cannot prune through {_where(node)}: its input carries no channels")
+    return channels
+
+
+def _constant(node: Node, value: Argument) -> int | float | None:
+    """A bound of `node` (clamp's min or max): a number, or None when it has none."""
+    if value is None or isinstance(value, int | float):
+        return value
+    raise UnsupportedOpError(f"cannot prune through {_where(node)}: its bound {value} is not a constant number")
+
+
+def _dim(node: Node, value: Argument) -> int | None:
+    """The `dim` argument of `node`: an int, or None when it has none."""
+    if value is None or isinstance(value, int):
+        return value
+    raise UnsupportedOpError(f"cannot prune through {_where(node)}: its dimension {value} is not a constant int")
+
+
+def _dims(node: Node, value: Argument) -> list[int] | None:
+    """The `dim` argument of a reduction: one int or several, or None (every dimension)."""
+    if value is None:
+        return None
+    dims = []
+    for d in value if isinstance(value, tuple | list) else [value]:
+        dim = _dim(node, d)
+        if dim is None:
+            raise UnsupportedOpError(f"cannot prune through {_where(node)}: its dimensions {value} are not ints")
+        dims.append(dim)
+    return dims
+
+
+def build_graph(model: nn.Module, example: Tensor, fixed_modules: Collection[str] = frozenset()) -> ChannelGraph:
     """Trace `model` on `example` and build its channel graph. Outputs of `fixed_modules` are never pruned."""
     tracer = _LeafTracer()
     try:
@@ -178,7 +214,7 @@ def build_graph(model: nn.Module, example: Tensor, fixed_modules: set[str] = fro
 
 class _Walker:
     def __init__(self, graph: ChannelGraph, traced: GraphModule, slots: dict[Node, list[int] | None],
-                 fixed_modules: set[str]):
+                 fixed_modules: Collection[str]):
         self.graph, self.traced, self.slots, self.fixed_modules = graph, traced, slots, fixed_modules
         self.live: dict[Node, str] = {}  # node -> the op after which removed (zero) channels are non-zero
 
@@ -197,7 +233,7 @@ class _Walker:
 
     def module_liveness(self, node: Node, inherited: str | None) -> str | None:
         """Where removed channels became non-zero, after a module: None when it zeroes them again."""
-        module = self.traced.get_submodule(node.target)
+        module = self.traced.get_submodule(str(node.target))  # a call_module node's target is the module's name
         if isinstance(module, nn.Linear) and str(node.target) not in self.graph.producers:
             return None if module.bias is None else _where(node)
         if isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm1d | nn.BatchNorm2d):
@@ -212,8 +248,8 @@ class _Walker:
         if target in ZERO_TO_NONZERO or target in NORMALIZE_ALONG:
             return _where(node)
         if target in ("clamp", "clamp_"):
-            low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
-            high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
+            low = _constant(node, node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None))
+            high = _constant(node, node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None))
             return _where(node) if (low is not None and low > 0) or (high is not None and high < 0) else inherited
         if target in MULTIPLY:
             clean = [a for a in inputs if a not in self.live]
@@ -246,7 +282,7 @@ class _Walker:
         if shape is None or len(shape) < 2:
             return None  # sizes, scalars and losses carry no channels
         if node.op == "call_module":
-            return self.module(node, self.traced.get_submodule(node.target), shape)
+            return self.module(node, self.traced.get_submodule(str(node.target)), shape)
         raise UnsupportedOpError(f"cannot prune through {_where(node)}: {node.op} nodes are not supported")
 
     def module(self, node: Node, module: nn.Module, shape: tuple[int, ...]) -> list[int] | None:
@@ -258,6 +294,7 @@ class _Walker:
         if isinstance(module, CHANNEL_MODULES):
             if isinstance(module, nn.PReLU) and module.num_parameters == 1:
                 return inp
+            inp = _carried(node, inp)
             self.graph.channel_users.setdefault(name, inp)
             self.graph.join(self.graph.channel_users[name], inp)
             return inp
@@ -265,23 +302,25 @@ class _Walker:
             return self.flatten(node, inp, shape)
         if (rule := channel_rule(module)) is not None:
             left, right = rule.pads(module)
-            out = self.graph.new(left, zero=True) + inp + self.graph.new(right, zero=True)
+            out = self.graph.new(left, zero=True) + _carried(node, inp) + self.graph.new(right, zero=True)
             self.graph.zero_pads[name] = (out, left, right)
             return out
         if isinstance(module, PASS_MODULES):
             return inp
         if isinstance(module, DIM_MODULES):
-            return self.along(node, module.dim, inp, len(_shape(node.args[0]) or ()))
+            return self.along(node, _dim(node, module.dim), inp, len(_shape(node.args[0]) or ()))
         raise UnsupportedOpError(f"cannot prune through module '{name}' ({type(module).__name__}): its channel "
                                  f"behaviour is unknown; exclude the model or replace the layer")
 
-    def layer(self, node: Node, name: str, module: nn.Conv2d | nn.Linear, inp: list[int] | None) -> list[int]:
+    def layer(self, node: Node, name: str, module: nn.Conv2d | nn.Linear,
+              inp: list[int] | None) -> list[int] | None:
         in_shape = _shape(node.args[0]) or ()
         if isinstance(module, nn.Linear) and len(in_shape) > 2:
             return inp  # applied to the last dimension, not the channels (dim 1): they pass through untouched
         if isinstance(module, nn.Linear) and (inp is None or len(inp) != module.in_features):
             raise UnsupportedOpError(f"cannot prune through linear '{name}': it is applied to a tensor whose "
                                      f"last dimension is not its channel dimension")
+        inp = _carried(node, inp)
         if node.args[0] in self.live:  # channels that are not zero where removed: this layer keeps them all
             self.graph.fixed.update(inp)
         if name in self.graph.consumers:  # a module called again: both calls share its input channels
@@ -338,9 +377,8 @@ class _Walker:
     def reduction(self, node: Node, inp: list[int] | None) -> list[int] | None:
         """mean/sum/amax over `dim`: exact when the channel dimension is kept."""
         in_shape = _shape(node.args[0]) or ()
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        dims = {d % len(in_shape) for d in (dim if isinstance(dim, tuple | list) else [dim])} if dim is not None \
-            else set(range(len(in_shape)))
+        dim = _dims(node, node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None))
+        dims = {d % len(in_shape) for d in dim} if dim is not None else set(range(len(in_shape)))
         keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         if inp is not None and (1 in dims or (0 in dims and not keepdim)):
             raise UnsupportedOpError(f"cannot prune through {_where(node)}: it reduces over the channel (or batch) "
@@ -356,7 +394,7 @@ class _Walker:
         if shape is None or len(shape) < 2:
             return None  # sizes and scalars that no channel feeds
         if target in NORMALIZE_ALONG:
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            dim = _dim(node, node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None))
             return self.along(node, dim, first, len(_shape(node.args[0]) or ()))
         if target in JOIN_FUNCTIONS or target in JOIN_METHODS:
             return self.join(node, shape)
@@ -388,12 +426,14 @@ class _Walker:
         target = node.target
         if target is torch.cat or target == "cat":
             tensors, dim = node.args[0], node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            parts = [self.slot(t) for t in tensors]
-            if dim == 1 and all(p is not None for p in parts):
-                return [e for p in parts for e in p]
+            parts = [self.slot(t) for t in tensors] if isinstance(tensors, list | tuple) else [None]
+            carried = [p for p in parts if p is not None]
+            if dim == 1 and len(carried) == len(parts):
+                return [e for p in carried for e in p]
         if target is operator.getitem and first is not None and self.keeps_channels(node):
             return first  # slicing after the channel dimension, as option-A shortcuts do
-        if target is F.pad and first is not None and len(node.args[1]) <= 2 * (len(shape) - 2):
+        pad = node.args[1] if len(node.args) > 1 else None
+        if target is F.pad and first is not None and isinstance(pad, list | tuple) and len(pad) <= 2 * (len(shape) - 2):
             return first  # spatial padding only
         raise UnsupportedOpError(f"cannot prune through {_where(node)}: slimkit does not know how this op "
                                  f"moves channels")

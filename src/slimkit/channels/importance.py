@@ -18,12 +18,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from slimkit.channels.graph import ChannelGraph
+from slimkit.layers import layer_tensor
 from slimkit.train import distributed
 from slimkit.train.gradients import loss_gradients
 from slimkit.train.objective import Objective
 
 
-def _per_channel(graph: ChannelGraph, values: Callable[[nn.Module], Tensor | None]) -> dict[int, float]:
+def _per_channel(graph: ChannelGraph,
+                 values: Callable[[nn.BatchNorm1d | nn.BatchNorm2d], Tensor | None]) -> dict[int, float]:
     scores: dict[int, float] = {}
     for name, channel_slots in graph.channel_users.items():
         module = graph.modules[name]
@@ -39,7 +41,7 @@ def _per_channel(graph: ChannelGraph, values: Callable[[nn.Module], Tensor | Non
 def l1_scores(graph: ChannelGraph) -> dict[int, float]:
     scores: dict[int, float] = {}
     for name, elements in graph.producers.items():
-        weight = graph.modules[name].weight.detach()
+        weight = layer_tensor(graph.modules[name]).detach()
         norms = weight.abs().reshape(weight.shape[0], -1).sum(1)
         norms = norms / norms.mean().clamp_min(1e-12)
         scores.update(zip(elements, norms.tolist(), strict=True))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from slimkit.channels.importance import NEEDS_GRADIENTS
 from slimkit.channels.plan import PLAN_FILE, ChannelPlan, apply_plan
-from slimkit.channels.prune import plan_pruning
+from slimkit.channels.prune import Criterion, plan_pruning
 from slimkit.errors import SlimkitError
 from slimkit.layers import LayerSelection, select_layers, selection_issues
 from slimkit.methods import MethodConfig, register_method
@@ -25,6 +25,7 @@ class ChannelConfig(MethodConfig):
     """Shared by channel-pruning methods: how much, how chosen, and when."""
 
     kind = "channels"
+    method: Criterion  # each method's Literal name is its importance criterion
     ratio: float = Field(ge=0, lt=1, description="fraction of prunable channel groups removed in all")
     scope: Literal["global", "layer"] = "global"
     min_channels: int = Field(1, ge=1)

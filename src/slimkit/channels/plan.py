@@ -20,6 +20,7 @@ from slimkit.channel_rules import channel_rule
 from slimkit.channels.graph import ChannelGraph, UnsupportedOpError
 from slimkit.errors import CheckpointError, checked_field, first_line
 from slimkit.files import atomic_write_text
+from slimkit.layers import layer_bias, layer_tensor, resized_conv2d
 from slimkit.train.device import device_of
 
 PLAN_FILE = "plan.json"  # the name a channel stage exports its plan under, beside model.pt
@@ -120,21 +121,25 @@ def _index(t: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
     return t.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device)).clone()
 
 
-def _sliced_layer(module: nn.Module, entry: dict[str, Any]) -> nn.Module:
+Layer = nn.Conv2d | nn.Linear
+Norm = nn.BatchNorm1d | nn.BatchNorm2d | nn.PReLU
+
+
+def _sliced_layer(module: Layer, entry: dict[str, Any]) -> Layer:
     out, inp = entry["out"], entry["in"]
+    bias = module.bias
     dtype = module.weight.dtype  # the smaller layer holds the dtype of the old one: a float64 model stays float64
+    new: Layer
     if isinstance(module, nn.Conv2d):
-        groups = entry.get("groups", 1)
-        new: nn.Module = nn.Conv2d(len(inp), len(out), module.kernel_size, stride=module.stride,
-                                   padding=module.padding, dilation=module.dilation, groups=groups,
-                                   bias=module.bias is not None, padding_mode=module.padding_mode, dtype=dtype)
+        new = resized_conv2d(module, len(inp), len(out), groups=entry.get("groups", 1), bias=bias is not None,
+                             dtype=dtype)
         weight = _index(module.weight.data, 0, out)
         new.weight.data.copy_(weight if module.groups > 1 else _index(weight, 1, inp))
     else:
-        new = nn.Linear(len(inp), len(out), bias=module.bias is not None, dtype=dtype)
+        new = nn.Linear(len(inp), len(out), bias=bias is not None, dtype=dtype)
         new.weight.data.copy_(_index(_index(module.weight.data, 0, out), 1, inp))
-    if module.bias is not None:
-        new.bias.data.copy_(_index(module.bias.data, 0, out))
+    if bias is not None and new.bias is not None:
+        new.bias.data.copy_(_index(bias.data, 0, out))
     return new.train(module.training)
 
 
@@ -145,12 +150,12 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
     return floats[0] if floats else torch.get_default_dtype()
 
 
-def _sliced_norm(module: nn.Module, keep: list[int]) -> nn.Module:
+def _sliced_norm(module: Norm, keep: list[int]) -> Norm:
     dtype = _dtype_of(module)
     if isinstance(module, nn.PReLU):
-        new: nn.Module = nn.PReLU(len(keep), dtype=dtype)
-        new.weight.data.copy_(_index(module.weight.data, 0, keep))
-        return new
+        prelu = nn.PReLU(len(keep), dtype=dtype)
+        prelu.weight.data.copy_(_index(module.weight.data, 0, keep))
+        return prelu
     new = type(module)(len(keep), eps=module.eps, momentum=module.momentum, affine=module.affine,
                        track_running_stats=module.track_running_stats, dtype=dtype)
     for key, value in module.state_dict().items():
@@ -159,7 +164,7 @@ def _sliced_norm(module: nn.Module, keep: list[int]) -> nn.Module:
     return new.train(module.training)
 
 
-def _current_size(module: nn.Module) -> int:
+def _current_size(module: Layer | Norm) -> int:
     if isinstance(module, nn.Conv2d):
         return module.out_channels
     if isinstance(module, nn.Linear):
@@ -187,29 +192,35 @@ def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any]) -> nn.Modul
                                          f"slimkit.channel_rules.ZeroPadChannels rule), found {type(module)}")
             rule.resize(module, tuple(entry["pad"]))
             continue
+        planned = _planned_module(name, module, entry)
         size = len(entry["keep"] if entry["type"] == "norm" else entry["out"])
         in_size = len(entry.get("in", []))
-        if _current_size(module) == size and (entry["type"] == "norm" or _in_size(module) == in_size):
+        if _current_size(planned) == size and (isinstance(planned, Norm) or _in_size(planned) == in_size):
             continue
-        _check_bounds(name, module, entry)
+        _check_bounds(name, planned, entry)
         with torch.device(device_of(module)):  # the smaller layer where the old one was, on a GPU too
-            new = _sliced_norm(module, entry["keep"]) if entry["type"] == "norm" else _sliced_layer(module, entry)
+            new = _sliced_norm(planned, entry["keep"]) if isinstance(planned, Norm) else _sliced_layer(planned, entry)
         model.set_submodule(name, new)
     return model
 
 
-def _in_size(module: nn.Module) -> int:
+def _planned_module(name: str, module: nn.Module, entry: dict[str, Any]) -> Layer | Norm:
+    """`module` as the type its plan entry is for: a plan from a file may name another kind of layer."""
+    kinds = {"norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU), "conv": (nn.Conv2d,), "linear": (nn.Linear,)}
+    if not isinstance(module, kinds[entry["type"]]) or not isinstance(module, Layer | Norm):
+        raise CheckpointError(f"the channel plan's entry '{name}' is for a {entry['type']} layer, and the model's "
+                              f"'{name}' is a {type(module).__name__}")
+    return module
+
+
+def _in_size(module: Layer) -> int:
     return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
 
 
-def _check_bounds(name: str, module: nn.Module, entry: dict[str, Any]) -> None:
+def _check_bounds(name: str, module: Layer | Norm, entry: dict[str, Any]) -> None:
     """A plan from a file may name channels the layer does not have: an error naming the entry, before any
     slicing."""
-    kinds = {"norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU), "conv": nn.Conv2d, "linear": nn.Linear}
-    if not isinstance(module, kinds[entry["type"]]):
-        raise CheckpointError(f"the channel plan's entry '{name}' is for a {entry['type']} layer, and the model's "
-                              f"'{name}' is a {type(module).__name__}")
-    sizes = {"keep": _current_size(module)} if entry["type"] == "norm" else {
+    sizes = {"keep": _current_size(module)} if isinstance(module, Norm) else {
         "out": _current_size(module), "in": _in_size(module)}
     for key, size in sizes.items():
         if any(i >= size for i in entry[key]):
@@ -226,9 +237,10 @@ def zero_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> n
         module = model.get_submodule(name)
         rows = [i for i, e in enumerate(elements) if graph.find(e) in removed]
         if rows:
-            module.weight[rows] = 0
-            if module.bias is not None:
-                module.bias[rows] = 0
+            layer_tensor(module)[rows] = 0
+            bias = layer_bias(module)
+            if bias is not None:
+                bias[rows] = 0
     for name, slots in graph.channel_users.items():
         module = model.get_submodule(name)
         rows = [i for i, e in enumerate(slots) if graph.find(e) in removed]

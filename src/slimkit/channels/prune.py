@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ Criterion = Literal["l1", "bn_scale", "taylor", "gfbs"]
 
 def plan_pruning(model: nn.Module, example: Tensor, *, ratio: float, criterion: Criterion = "l1",
                  batch: Any = None, objective: Objective | None = None, scope: Literal["global", "layer"] = "global",
-                 min_channels: int = 1, round_to: int = 1, keep: set[str] = frozenset(),
+                 min_channels: int = 1, round_to: int = 1, keep: Collection[str] = frozenset(),
                  beta_weight: float = 0.05) -> ChannelPlan:
     """The plan that removes `ratio` of the prunable channel groups of `model` by `criterion`.
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.errors import UnsupportedLayerError
-from slimkit.layers import adapter_of
+from slimkit.layers import adapter_of, known_adapter, layer_bias, layer_tensor
 
 
 @dataclass
@@ -90,16 +90,16 @@ def canonical_rows(layer: nn.Module) -> int:
     adapter = adapter_of(layer)
     if adapter is None or adapter.kind != "linear":
         raise UnsupportedLayerError(f"{type(layer).__name__} is not a linear layer slimkit knows")
-    return adapter.canonical(layer.weight).shape[0]
+    return adapter.canonical(layer_tensor(layer)).shape[0]
 
 
 def _canonical(layer: nn.Module) -> Tensor:
-    return adapter_of(layer).canonical(layer.weight.detach())
+    return known_adapter(layer).canonical(layer_tensor(layer).detach())
 
 
 def group_scores(model: nn.Module, block: Block) -> Tensor:
     """L1 norm of each group's weights: its output rows and its input columns, over every layer it spans."""
-    scores = torch.zeros(block.count, device=model.get_submodule(block.outputs[0]).weight.device)
+    scores = torch.zeros(block.count, device=layer_tensor(model.get_submodule(block.outputs[0])).device)
     for name in block.outputs:
         w = _canonical(model.get_submodule(name))
         scores += w.abs().reshape(block.fused, block.count, block.group, -1).sum((0, 2, 3))
@@ -112,12 +112,13 @@ def group_scores(model: nn.Module, block: Block) -> Tensor:
 @torch.no_grad()
 def _slice(layer: nn.Module, rows: list[int] | None, cols: list[int] | None) -> None:
     """Keep canonical output `rows` and input `cols` of a linear-like layer, in place."""
-    adapter = adapter_of(layer)
-    weight = adapter.canonical(layer.weight.detach())
+    adapter = known_adapter(layer)
+    weight = adapter.canonical(layer_tensor(layer).detach())
+    bias = layer_bias(layer)
     if rows is not None:
         weight = weight[rows]
-        if layer.bias is not None:
-            layer.bias = nn.Parameter(layer.bias.detach()[rows].clone())
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach()[rows].clone())
     if cols is not None:
         weight = weight[:, cols]
     layer.weight = nn.Parameter(adapter.stored(weight).contiguous().clone())
@@ -201,10 +202,11 @@ def zero_heads_and_neurons(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
             rows = [(block.fused - 1) * block.count * block.group + r for r in rows]
         else:
             layer = model.get_submodule(block.outputs[0])
-        adapter = adapter_of(layer)
-        weight = adapter.canonical(layer.weight.data).clone()
+        adapter = known_adapter(layer)
+        weight = adapter.canonical(layer_tensor(layer).data).clone()
         weight[rows] = 0
-        layer.weight.data.copy_(adapter.stored(weight))
-        if layer.bias is not None:
-            layer.bias.data[rows] = 0
+        layer_tensor(layer).data.copy_(adapter.stored(weight))
+        bias = layer_bias(layer)
+        if bias is not None:
+            bias.data[rows] = 0
     return model

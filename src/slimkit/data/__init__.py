@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
-from slimkit.config import resolve_factory
+from slimkit.config import bundled_name, resolve_factory
 from slimkit.data.arrays import (
     ArrayDataset,
     DataBundle,
@@ -41,10 +41,11 @@ def user_data(train: Any, val: Any = None, test: Any = None, *, name: str = "use
               classes: Sequence[str] | None = None, arguments: Sequence[str] = SPLITS) -> DataBundle:
     """A DataBundle of the user's own splits (torch Datasets are batched by slimkit, DataLoaders are used
     as given). Anything else is an error naming the argument."""
-    splits = [_check_split(value, argument) for value, argument in zip((train, val, test), arguments, strict=True)]
-    if splits[0] is None:
+    first, val_split, test_split = (_check_split(value, argument)
+                                    for value, argument in zip((train, val, test), arguments, strict=True))
+    if first is None:
         raise SlimkitError(f"{arguments[0]}: training data is required")
-    return DataBundle(name, *splits, classes=list(classes) if classes else None)
+    return DataBundle(name, first, val_split, test_split, classes=list(classes) if classes else None)
 
 
 def load_data(config: DataConfig) -> DataBundle:
@@ -65,10 +66,11 @@ def load_data(config: DataConfig) -> DataBundle:
         made = (*made, None, None)[:3]
         return user_data(*made, name=config.factory,
                          arguments=[f"data.factory {config.factory!r} -> {s}" for s in SPLITS])
-    raw = DATASETS[config.name](config.path, config.image_size)
+    name = bundled_name(config.name, config.factory, "data set")
+    raw = DATASETS[name](config.path, config.image_size)
     if config.classes is not None:
-        raw = select_classes(raw, config.classes, config.name)
-    return split_bundle(config.name, raw, val_fraction=config.val_fraction, split_seed=config.split_seed,
+        raw = select_classes(raw, config.classes, name)
+    return split_bundle(name, raw, val_fraction=config.val_fraction, split_seed=config.split_seed,
                         augment=config.augment, train_subset=config.train_subset)
 
 

@@ -7,7 +7,8 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -145,12 +146,28 @@ class DataBundle:
                                f"so it has no single input shape; pass an example input where one is asked for")
         return tuple(example.shape[1:])
 
+    def train_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterable[Any]:
+        """The training split's batches in order: a Dataset batched by slimkit (`batch_size` samples), a
+        DataLoader as given."""
+        if isinstance(self.train, DataLoader):
+            return self.train
+        return DataLoader(self.train, batch_size=batch_size, collate_fn=batch_collate(self.train), generator=generator)
+
+    def input_batches(self, count: int, batch_size: int) -> list[Tensor]:
+        """The model inputs of the first `count` training batches, for calibration and activation statistics of
+        models with one tensor input."""
+        inputs = []
+        for batch in itertools.islice(self.train_batches(batch_size), count):
+            if not (isinstance(batch, Sequence) and batch and isinstance(batch[0], Tensor)):
+                raise SlimkitError(f"data {self.name!r}: calibration reads batches (inputs, target) with one input "
+                                   f"tensor, not {type(batch).__name__}")
+            inputs.append(batch[0])
+        return inputs
+
     def example(self, target_key: str = "labels") -> Any:
         """One training sample as a batch of one: the model input (a tensor, or a dict of tensors without
         the target's key)."""
-        loader = self.train if isinstance(self.train, DataLoader) else DataLoader(
-            self.train, batch_size=1, collate_fn=batch_collate(self.train), generator=torch.Generator())
-        batch = next(iter(loader), None)
+        batch = next(iter(self.train_batches(1, generator=torch.Generator())), None)
         if batch is None:
             raise SlimkitError(f"data {self.name!r}: the training data is empty")
         if isinstance(batch, Mapping):
@@ -165,10 +182,8 @@ class DataBundle:
         data = getattr(self, split)
         if data is None:
             return 0
-        try:
-            return len(data.dataset if isinstance(data, DataLoader) else data)
-        except TypeError:
-            return None
+        items = data.dataset if isinstance(data, DataLoader) else data
+        return len(items) if isinstance(items, Sized) else None
 
 
 def batch_collate(dataset: Dataset) -> Callable[[Any], Any]:
@@ -179,7 +194,10 @@ def batch_collate(dataset: Dataset) -> Callable[[Any], Any]:
 def seed_worker(worker: int) -> None:
     """A DataLoader's worker_init_fn: slimkit's array data set in this worker gets its own augmentation stream,
     a pure function of (seed, epoch, rank, worker), so runs (and resumed runs) with the same workers match."""
-    dataset = get_worker_info().dataset
+    info = get_worker_info()
+    if info is None:
+        raise SlimkitError("seed_worker is a DataLoader's worker_init_fn: it runs in a worker process")
+    dataset = info.dataset
     if isinstance(dataset, ArrayDataset):
         dataset.set_worker(worker)
 
@@ -214,15 +232,15 @@ def select_classes(raw: RawSplits, classes: Sequence[int | str], name: str) -> R
     lookup = torch.full((len(raw.classes),), -1, dtype=torch.long)
     lookup[torch.tensor(ids)] = torch.arange(len(ids))
 
-    def keep(xs: Tensor | None, ys: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-        if xs is None or ys is None:
-            return xs, ys
+    def keep(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
         new = lookup[ys.long()]
         kept = new >= 0
         return xs[kept], new[kept]
 
     train_x, train_y = keep(raw.train_x, raw.train_y)
-    test_x, test_y = keep(raw.test_x, raw.test_y)
+    test_x, test_y = raw.test_x, raw.test_y
+    if test_x is not None and test_y is not None:
+        test_x, test_y = keep(test_x, test_y)
     names = [raw.classes[i] for i in ids]
     note = f"classes {', '.join(f'{i} ({n})' for i, n in zip(ids, names, strict=True))} of {name}, relabelled " \
            f"0..{len(ids) - 1}"
@@ -230,7 +248,8 @@ def select_classes(raw: RawSplits, classes: Sequence[int | str], name: str) -> R
                      note=f"{raw.note}; {note}" if raw.note else note)
 
 
-def split_bundle(name: str, raw: RawSplits, *, val_fraction: float, split_seed: int, augment: str,
+def split_bundle(name: str, raw: RawSplits, *, val_fraction: float, split_seed: int,
+                 augment: Augment | Literal["auto"],
                  train_subset: int | None, test_fraction: float = 0.2) -> DataBundle:
     """Carve a deterministic validation split (and a test split where the source has none)."""
     x, y = raw.train_x, raw.train_y
@@ -240,6 +259,8 @@ def split_bundle(name: str, raw: RawSplits, *, val_fraction: float, split_seed: 
         n_test = round(len(y) * test_fraction)
         test_x, test_y = x[order[:n_test]], y[order[:n_test]]
         order = order[n_test:]
+    if test_y is None:
+        raise SlimkitError(f"data {name!r}: its source gave test images without labels")
     n_val = round(len(order) * val_fraction)
     val_idx, train_idx = order[:n_val], order[n_val:]
     if train_subset is not None:
@@ -247,15 +268,14 @@ def split_bundle(name: str, raw: RawSplits, *, val_fraction: float, split_seed: 
     train_x = x[train_idx]
     pixels = train_x.float().div(raw.scale).transpose(0, 1).reshape(train_x.shape[1], -1)
     mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
-    if augment == "auto":
-        augment = "crop_flip" if train_x.shape[-1] >= 32 else "none"
+    chosen: Augment = augment if augment != "auto" else "crop_flip" if train_x.shape[-1] >= 32 else "none"
 
-    def make(xs: Tensor, ys: Tensor, aug: str) -> ArrayDataset:
+    def make(xs: Tensor, ys: Tensor, aug: Augment) -> ArrayDataset:
         return ArrayDataset(xs, ys, mean, std, raw.scale, aug, seed=split_seed)
 
     return DataBundle(
         name=name,
-        train=make(train_x, y[train_idx], augment),
+        train=make(train_x, y[train_idx], chosen),
         val=make(x[val_idx], y[val_idx], "none") if n_val else None,
         test=make(test_x, test_y, "none"),
         classes=raw.classes,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from slimkit.config import StrictModel, check_one_source
+from slimkit.config import StrictModel, check_one_source, source_label
 from slimkit.data.sources import DATASETS
 from slimkit.trust import trust_of
 
@@ -73,4 +73,4 @@ class DataConfig(StrictModel):
     @property
     def label(self) -> str:
         """The name the report gives the data."""
-        return self.name if self.name is not None else self.factory
+        return source_label(self.name, self.factory)

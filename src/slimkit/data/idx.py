@@ -72,9 +72,9 @@ def candidate_dirs(name: str, path: Path | None) -> list[Path]:
 def locate_idx_files(name: str, path: Path | None) -> dict[str, Path] | None:
     """The four IDX files of the first candidate folder that holds them all, or None."""
     for folder in candidate_dirs(name, path):
-        found = {key: _find(folder, stem) for key, stem in FILES.items()}
-        if all(found.values()):
-            return found  # type: ignore[return-value]
+        found = {key: file for key, stem in FILES.items() if (file := _find(folder, stem)) is not None}
+        if len(found) == len(FILES):
+            return found
     return None
 
 

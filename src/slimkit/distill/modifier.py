@@ -3,12 +3,14 @@ training batch, and its logits or tapped features add a loss term to the student
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import ConfigDict, Field, field_serializer
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from slimkit.distill.losses import graph_kd, hinton_kd, rkd_distance
 from slimkit.errors import SlimkitError, UnsupportedLayerError
@@ -94,15 +96,15 @@ class _Taps:
     def __init__(self, model: nn.Module, names: list[str], role: str):
         self.outputs: dict[str, Tensor] = {}
         available = dict(model.named_modules())
-        self.handles = []
+        self.handles: list[RemovableHandle] = []
         for name in names:
             if name not in available:
                 known = ", ".join(n for n in available if n)
                 raise UnsupportedLayerError(f"distill tap: the {role} has no module '{name}'; it has: {known[:600]}")
             self.handles.append(available[name].register_forward_hook(self._keep(name)))
 
-    def _keep(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+    def _keep(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
             self.outputs[name] = output
         return hook
 
@@ -172,6 +174,8 @@ class DistillModifier(Modifier):
             self.teacher_taps = _Taps(self.teacher, [t for _, t in self.config.taps], "teacher")
 
     def loss(self, outputs: Tensor, batch: Any, ctx: TrainContext | None) -> Tensor | None:
+        if self.teacher is None:
+            raise SlimkitError(f"{self.name} needs its teacher, which attach() loads, before its loss")
         objective = ctx.objective if ctx is not None else Objective()  # the teacher reads batches as the student
         with torch.no_grad():
             teacher_logits = logits_of(objective.forward(self.teacher, batch))
@@ -179,6 +183,9 @@ class DistillModifier(Modifier):
         if isinstance(c, HintonConfig):
             dim = c.class_dim if c.class_dim is not None else _kd_class_dim(outputs, batch, objective)
             return c.weight * hinton_kd(outputs, teacher_logits, c.temperature, class_dim=dim)
+        if not isinstance(c, FeatureDistillConfig) or self.student_taps is None or self.teacher_taps is None:
+            raise SlimkitError(f"{self.name}: a {type(c).__name__} is neither logit distillation nor feature "
+                               f"distillation with taps attached")
         student = [self.student_taps.outputs[s] for s, _ in c.taps]
         teacher = [self.teacher_taps.outputs[t] for _, t in c.taps]
         if isinstance(c, GraphKdConfig):

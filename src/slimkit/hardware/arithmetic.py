@@ -50,6 +50,7 @@ from slimkit.errors import SlimkitError
 from slimkit.hardware.config import ArithmeticConfig, OpCost, UnitCosts
 from slimkit.hardware.lut import fan_ins
 from slimkit.hardware.trace import LayerTrace, trace_layers
+from slimkit.layers import parametrization_chain
 from slimkit.quant.attach import WeightQuantization, weight_quantization
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 
@@ -83,16 +84,19 @@ def level_terms(levels: Tensor) -> dict[float, int]:
 def quantized_levels(module: nn.Module) -> Tensor:
     """The level (in units of the clip, signed) each weight of a level-set-quantized layer sits on, computed
     as its quantizer does it, in the canonical (out, in, ...) layout."""
-    plist = module.parametrizations.weight
-    x = plist.original
-    for p in plist:
+    chain = parametrization_chain(module)
+    if chain is None:
+        raise SlimkitError(f"{type(module).__name__} has no parametrized (quantized) weight")
+    x, quantizer = chain.original, None
+    for p in chain:
         if isinstance(p, WeightQuantization):
             quantizer = p.quantizer
             x = x.t() if p.transposed else x
             break
         x = p(x)
-    else:
-        raise SlimkitError("no weight quantizer in this layer's parametrizations")
+    if not isinstance(quantizer, LevelQuantizer):
+        raise SlimkitError(f"no level-set weight quantizer (SP2, APoT) in this layer's parametrizations, found "
+                           f"{type(quantizer).__name__}")
     x = x.detach()
     if quantizer.standardize:
         x = x / (x.std() + 1e-12)
@@ -208,7 +212,10 @@ def layer_arithmetic(trace: LayerTrace, config: ArithmeticConfig) -> ArithmeticL
     elif form == "shift-add":
         acc = wb + xb + depth
         levels = quantized_levels(module)
-        terms_of = level_terms(weight_quantization(module).quantizer.levels)
+        quantization = weight_quantization(module)
+        if quantization is None or not isinstance(quantization.quantizer, LevelQuantizer):
+            raise SlimkitError(f"layer {name!r}: shift-add weights need a level-set quantizer (SP2, APoT)")
+        terms_of = level_terms(quantization.quantizer.levels)
         per_weight = torch.tensor([terms_of[abs(v)] for v in levels.flatten().tolist()],
                                   dtype=torch.long).reshape(levels.shape)
         terms = trace.positions * int(per_weight.sum())
@@ -228,6 +235,8 @@ def layer_arithmetic(trace: LayerTrace, config: ArithmeticConfig) -> ArithmeticL
                                energy_pj=ops_energy(ops, units), dense_float_energy_pj=dense)
     if form in ("integer", "shift-add"):
         codes = integer_weights(trace)
+        if codes is None:
+            raise SlimkitError(f"layer {name!r}: an {form} layer without a weight quantizer")
         cost.sign_magnitude = sign_magnitude_cost(trace, codes, acc, units)
         cost.csd = csd_cost(trace, codes, acc, units)
     return cost

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from slimkit.errors import SlimkitError, UnsupportedLayerError
 from slimkit.hardware.config import LutConfig
 from slimkit.hardware.trace import layer_bits, output_path, trace_layers
-from slimkit.layers import canonical_weight, layer_kind
+from slimkit.layers import canonical_weight, conv_pair, layer_kind
 from slimkit.quant.quantizers import LevelQuantizer, UniformQuantizer
 
 
@@ -160,22 +160,25 @@ class _ConvProbe:
     position: tuple[int, int]
 
     @classmethod
-    def of(cls, module: nn.Module, kernel: tuple[int, int], where: str) -> _ConvProbe:
-        if getattr(module, "groups", 1) != 1:
+    def of(cls, module: nn.Conv2d, where: str) -> _ConvProbe:
+        if module.groups != 1:
             raise UnsupportedLayerError(f"{where}: a grouped conv (groups={module.groups}); truth tables map "
                                         f"dense-channel convs only")
-        stride, dilation, padding = tuple(module.stride), tuple(module.dilation), module.padding
-        if padding == "valid":
+        kernel, stride, dilation = (conv_pair(module.kernel_size), conv_pair(module.stride),
+                                    conv_pair(module.dilation))
+        if not isinstance(module.padding, str):
+            padding = conv_pair(module.padding)
+        elif module.padding == "same":  # torch pads d (k - 1) // 2 before (stride 1)
+            padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+        else:  # "valid", the only other mode Conv2d takes
             padding = (0, 0)
-        elif padding == "same":  # torch pads d (k - 1) // 2 before (stride 1)
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
         size, offset, position = [], [], []
         for k, s, p, d in zip(kernel, stride, padding, dilation, strict=True):
             o = -(-p // s)
             offset.append(o * s - p)
             size.append(o * s - p + d * (k - 1) + 1)
             position.append(o)
-        return cls(tuple(size), tuple(offset), dilation, tuple(position))
+        return cls(conv_pair(tuple(size)), conv_pair(tuple(offset)), dilation, conv_pair(tuple(position)))
 
     def inputs(self, patches: Tensor) -> Tensor:
         """(N, C, kh, kw) tap values -> (N, C, H, W) maps that put them under `position`'s window."""
@@ -202,15 +205,15 @@ def truth_tables(model: nn.Module, layer: str, max_table_bits: int = LutConfig()
     """
     module = model.get_submodule(layer)
     kind = layer_kind(module)
-    weight = canonical_weight(module).detach() if kind is not None else None
-    if kind not in ("linear", "conv") or (kind == "conv" and weight.ndim != 4):
+    if kind is None or (kind == "conv" and not isinstance(module, nn.Conv2d)):
         raise UnsupportedLayerError(f"truth tables are written for linear and 2-d conv layers; {layer!r} is "
                                     f"{type(module).__name__}")
+    weight = canonical_weight(module).detach()
     quantizer = getattr(module, "input_quantizer", None)
     if not isinstance(quantizer, nn.Module):
         raise UnsupportedLayerError(f"{layer!r}: its inputs are not quantized (no input quantizer); truth tables "
                                     f"need quantized inputs")
-    probe = _ConvProbe.of(module, tuple(weight.shape[2:]), repr(layer)) if kind == "conv" else None
+    probe = _ConvProbe.of(module, repr(layer)) if isinstance(module, nn.Conv2d) and kind == "conv" else None
     grid = quantizer_grid(quantizer, repr(layer))
     input_bits = max(1, math.ceil(math.log2(len(grid))))
     columns = [torch.nonzero(row.flatten() != 0).flatten().tolist() for row in weight]
@@ -222,7 +225,7 @@ def truth_tables(model: nn.Module, layer: str, max_table_bits: int = LutConfig()
                            f"table of 2^{f * input_bits} entries; the limit is 2^{max_table_bits} (max_table_bits). "
                            f"Prune the layer further, quantize its inputs to fewer bits, or raise the limit")
     path = output_path(model, layer)
-    out_grid = quantizer_grid(path.reader.input_quantizer, repr(path.reader_name)) if path.reader else None
+    out_grid = quantizer_grid(path.quantizer, repr(path.reader_name)) if path.quantizer is not None else None
     per_neuron = weight[0].numel()
     was_training = model.training
     model.eval()
@@ -248,7 +251,8 @@ def truth_tables(model: nn.Module, layer: str, max_table_bits: int = LutConfig()
     output: dict[str, Any] = ({"kind": "code", "read_by": path.reader_name,
                                "bits": max(1, math.ceil(math.log2(len(out_grid)))), "values": out_grid.tolist()}
                               if out_grid is not None else {"kind": "float"})
-    shape: dict[str, Any] = ({"in_features": weight.shape[1], "out_features": weight.shape[0]} if probe is None else
+    shape: dict[str, Any] = ({"in_features": weight.shape[1], "out_features": weight.shape[0]}
+                             if not isinstance(module, nn.Conv2d) or probe is None else
                              {"in_channels": weight.shape[1], "out_channels": weight.shape[0],
                               "kernel_size": list(weight.shape[2:]), "stride": list(module.stride),
                               "padding": module.padding if isinstance(module.padding, str) else list(module.padding),

@@ -9,7 +9,7 @@ error naming it: a cost that silently leaves layers out would flatter the model.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import SlimkitError, UnsupportedLayerError
 from slimkit.folding import BATCHNORMS, LayerTracer
-from slimkit.layers import canonical_weight, layer_kind
-from slimkit.quant.attach import weight_quantization
+from slimkit.layers import canonical_weight, known_adapter, layer_kind
+from slimkit.quant.attach import input_quantizer_of, weight_quantization
 
 
 def layer_bits(module: nn.Module) -> tuple[int, int]:
@@ -29,7 +29,7 @@ def layer_bits(module: nn.Module) -> tuple[int, int]:
         return 1, 32 if isinstance(module.input_binarizer, nn.Identity) else 1
     quantization = weight_quantization(module)
     if quantization is not None:
-        return quantization.bits, getattr(module, "input_bits", 32)
+        return quantization.bits, quantization.input_bits
     return 32, 32
 
 
@@ -129,7 +129,7 @@ def trace_layers(model: nn.Module, inputs: Sequence[Tensor]) -> list[LayerTrace]
         module = entry["module"]
         weight_bits, input_bits = layer_bits(module)
         traces.append(LayerTrace(
-            name=name, module=module, kind=layer_kind(module), weight=canonical_weight(module).detach().clone(),
+            name=name, module=module, kind=known_adapter(module).kind, weight=canonical_weight(module).detach().clone(),
             positions=entry["positions"], input_shape=entry["input_shape"],
             input_density=entry["sums"] / entry["count"], weight_bits=weight_bits, input_bits=input_bits))
     return traces
@@ -145,18 +145,19 @@ ELEMENTWISE_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.function
 class OutputPath:
     """What happens to a layer's output before it is next quantized: `ops` are the element-wise modules or
     functions in order (BatchNorm in eval mode is a per-channel affine map), `reader` the quantized layer
-    whose input quantizer then reads it, or None when the output leaves the model unquantized."""
+    whose input quantizer (`quantizer`) then reads it, or None when the output leaves the model unquantized."""
 
-    ops: list[object]
+    ops: list[Callable[[Tensor], Tensor]]
     reader: nn.Module | None
     reader_name: str | None
+    quantizer: nn.Module | None
 
     def apply(self, y: Tensor) -> Tensor:
         """The layer's output `y` as the reader's input quantizer returns it (or after the ops, when no
         quantizer reads it)."""
         for op in self.ops:
             y = op(y)
-        return self.reader.input_quantizer(y) if self.reader is not None else y
+        return self.quantizer(y) if self.quantizer is not None else y
 
 
 def output_path(model: nn.Module, layer: str) -> OutputPath:
@@ -172,7 +173,7 @@ def output_path(model: nn.Module, layer: str) -> OutputPath:
     node = next((n for n in graph.nodes if n.op == "call_module" and n.target == layer), None)
     if node is None:
         raise SlimkitError(f"{layer!r} is not called in the model's traced forward")
-    ops: list[object] = []
+    ops: list[Callable[[Tensor], Tensor]] = []
     while True:
         users = list(node.users)
         if len(users) != 1:
@@ -181,16 +182,18 @@ def output_path(model: nn.Module, layer: str) -> OutputPath:
                                         f"to one quantizer")
         user = users[0]
         if user.op == "output":
-            return OutputPath(ops, None, None)
+            return OutputPath(ops, None, None, None)
         if user.op == "call_module":
-            module = modules[user.target]
-            if layer_kind(module) is not None and isinstance(getattr(module, "input_quantizer", None), nn.Module):
-                return OutputPath(ops, module, user.target)
+            name = str(user.target)  # a call_module node's target is the module's name
+            module, quantizer = modules[name], input_quantizer_of(modules[name])
+            if layer_kind(module) is not None and quantizer is not None:
+                return OutputPath(ops, module, name, quantizer)
             if isinstance(module, ELEMENTWISE_MODULES):
                 ops.append(module)
                 node = user
                 continue
-        elif user.op == "call_function" and user.target in ELEMENTWISE_FUNCTIONS and len(user.args) == 1:
+        elif user.op == "call_function" and callable(user.target) and user.target in ELEMENTWISE_FUNCTIONS \
+                and len(user.args) == 1:
             ops.append(user.target)
             node = user
             continue

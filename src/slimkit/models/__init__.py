@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from slimkit.config import resolve_factory
+from slimkit.config import bundled_name, resolve_factory
 from slimkit.errors import SlimkitError
 from slimkit.models.config import ModelConfig
 from slimkit.models.lenet import lenet
@@ -31,10 +31,11 @@ def build_model(config: ModelConfig, in_channels: int | None = None, num_classes
     if missing:
         raise SlimkitError(f"model {config.name!r} needs {', '.join(f'model.{k}' for k in missing)}: the data "
                            f"does not say (it has no class names or is not images)")
-    issue = size_issue(config, **facts)  # each field is bounded, their product only here, before allocating
+    known = {k: v for k, v in facts.items() if v is not None}  # every fact, as none is missing
+    issue = size_issue(config, **known)  # each field is bounded, their product only here, before allocating
     if issue is not None:
         raise SlimkitError(f"model: {issue}")
-    return MODELS[config.name](**facts, width=config.width, **config.options)
+    return MODELS[bundled_name(config.name, config.factory, "model")](**known, width=config.width, **config.options)
 
 
 __all__ = ["MODELS", "ModelConfig", "build_model", "lenet", "mlp", "resnet18", "resnet20", "resnet32", "resnet56",

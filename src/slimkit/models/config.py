@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from slimkit.config import StrictModel, check_one_source
+from slimkit.config import StrictModel, bundled_name, check_one_source, source_label
 from slimkit.models.zoo import MODELS
 from slimkit.trust import trust_of
 
@@ -50,7 +50,7 @@ class ModelConfig(StrictModel):
             return self
         if self.kwargs:
             raise ValueError("'kwargs' goes with 'factory'; a zoo model takes 'options'")
-        params = inspect.signature(MODELS[self.name]).parameters
+        params = inspect.signature(MODELS[bundled_name(self.name, self.factory, "model")]).parameters
         fixed = {"in_channels", "num_classes", "input_size", "width"}
         allowed = sorted(p for p in params if p not in fixed)
         unknown = sorted(set(self.options) - set(allowed))
@@ -64,4 +64,4 @@ class ModelConfig(StrictModel):
     @property
     def label(self) -> str:
         """The name the report gives the model."""
-        return self.name if self.name is not None else self.factory
+        return source_label(self.name, self.factory)

@@ -40,7 +40,7 @@ class ShortcutA(nn.Module):
         return x
 
 
-def _set_pad(shortcut: nn.Module, pad: tuple[int, int]) -> None:
+def _set_pad(shortcut: ShortcutA, pad: tuple[int, int]) -> None:
     shortcut.pad = pad
 
 

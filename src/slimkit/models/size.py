@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from slimkit.config import bundled_name
 from slimkit.errors import first_line
 from slimkit.models.config import ModelConfig
 from slimkit.models.zoo import MODELS
@@ -22,9 +23,10 @@ def _bytes(tensors: list[Tensor]) -> int:
 def model_bytes(config: ModelConfig, in_channels: int, num_classes: int, input_size: int) -> tuple[int, int]:
     """(parameter and buffer bytes, activation bytes of one sample: every leaf module's output) of the zoo
     model `config` names, with these shape facts."""
+    build = MODELS[bundled_name(config.name, config.factory, "model")]
     with torch.device("meta"):
-        model = MODELS[config.name](in_channels=in_channels, num_classes=num_classes, input_size=input_size,
-                                    width=config.width, **config.options)
+        model = build(in_channels=in_channels, num_classes=num_classes, input_size=input_size, width=config.width,
+                      **config.options)
     activations: list[Tensor] = []
 
     def record(module: nn.Module, inputs: object, output: object) -> None:

@@ -31,7 +31,8 @@ from torch.fx import GraphModule, Node, symbolic_trace
 
 from slimkit.errors import SlimkitError, UnsupportedLayerError
 from slimkit.folding import batchnorm_affine, batchnorm_pairs, folded_weight_bias
-from slimkit.quant.attach import weight_quantization
+from slimkit.layers import resized_conv2d
+from slimkit.quant.attach import input_quantizer_of, quantization_of, weight_quantization
 from slimkit.quant.quantizers import Observer, UniformQuantizer, activation_sample
 
 RELU_MODULES, RELU_FUNCTIONS = (nn.ReLU,), (F.relu, torch.relu)
@@ -68,6 +69,9 @@ def is_quantized(model: nn.Module) -> bool:
 class FoldedLayer(nn.Module):
     """A conv or linear whose weight is fixed on a per-channel 8-bit grid; its input arrives quantized."""
 
+    step: Tensor  # buffers
+    zero: Tensor
+
     def __init__(self, layer: nn.Conv2d | nn.Linear, weight: Tensor, step: Tensor, bias: Tensor | None):
         super().__init__()
         self.layer = _plain_copy(layer)
@@ -86,14 +90,17 @@ class FoldedLayer(nn.Module):
 def _plain_copy(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
     """The same layer type and hyper-parameters, without parametrizations or hooks."""
     if isinstance(layer, nn.Conv2d):
-        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                         layer.dilation, layer.groups, bias=False, padding_mode=layer.padding_mode)
+        return resized_conv2d(layer, layer.in_channels, layer.out_channels, groups=layer.groups, bias=False)
     return nn.Linear(layer.in_features, layer.out_features, bias=False)
 
 
 def fold_batchnorm(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d | None) -> FoldedLayer:
     """The layer with its quantized weight, and the eval-mode BatchNorm after it folded in."""
-    weight, step = layer.weight.detach().clone(), weight_quantization(layer).quantizer.step.detach().clone()
+    quantizer = quantization_of(layer, type(layer).__name__).quantizer
+    if not isinstance(quantizer, UniformQuantizer):  # check_exportable admits only 8-bit uniform quantizers
+        raise SlimkitError(f"{type(layer).__name__}: folding needs a uniform weight quantizer, not "
+                           f"{type(quantizer).__name__}")
+    weight, step = layer.weight.detach().clone(), quantizer.step.detach().clone()
     bias = None if layer.bias is None else layer.bias.detach().clone()
     if bn is not None:
         step = step * batchnorm_affine(bn)[0].abs()  # the integers stay; their step takes |k|
@@ -101,10 +108,10 @@ def fold_batchnorm(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNo
     return FoldedLayer(layer, weight, step.clamp_min(1e-12), bias)
 
 
-def _is(node: Node, modules: dict[str, nn.Module], types: tuple, functions: tuple = (),
-        methods: tuple = ()) -> bool:
+def _is(node: Node, modules: dict[str, nn.Module], types: tuple[type[nn.Module], ...],
+        functions: tuple[object, ...] = (), methods: tuple[str, ...] = ()) -> bool:
     if node.op == "call_module":
-        return isinstance(modules[node.target], types)
+        return isinstance(modules[str(node.target)], types)
     if node.op == "call_function":
         return node.target in functions
     return node.op == "call_method" and node.target in methods
@@ -113,7 +120,7 @@ def _is(node: Node, modules: dict[str, nn.Module], types: tuple, functions: tupl
 class _Recorder(nn.Module):
     """Stands where a new quantizer will go and keeps a sample of the values passing, for calibration."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.samples: list[Tensor] = []
 
@@ -136,7 +143,7 @@ def int8_graph(model: nn.Module, calibration: Iterable[Tensor], observer: Observ
         model.train(was_training)
     modules = dict(graph_module.named_modules())
     layers = {n for n in graph_module.graph.nodes
-              if n.op == "call_module" and weight_quantization(modules[n.target]) is not None}
+              if n.op == "call_module" and weight_quantization(modules[str(n.target)]) is not None}
     _fold_batchnorms(graph_module, modules, layers, batchnorm_pairs(model))
     _insert_quantizers(graph_module, modules, layers)
     graph_module.delete_all_unused_submodules()
@@ -150,13 +157,21 @@ def _fold_batchnorms(graph_module: GraphModule, modules: dict[str, nn.Module], l
                      pairs: dict[str, str]) -> None:
     """Each quantized layer becomes a FoldedLayer, with the BatchNorm that alone reads it folded in."""
     for node in layers:
-        bn = None
-        if node.target in pairs:
+        name = str(node.target)  # a call_module node's target is the module's name
+        layer = modules[name]
+        if not isinstance(layer, nn.Conv2d | nn.Linear):
+            raise UnsupportedLayerError(f"int8 export runs quantized Conv2d and Linear layers, not "
+                                        f"{type(layer).__name__} ('{name}')")
+        bn: nn.BatchNorm1d | nn.BatchNorm2d | None = None
+        if name in pairs:
             bn_node = next(iter(node.users))
-            bn = modules[bn_node.target]
+            found = modules[str(bn_node.target)]
+            if not isinstance(found, nn.BatchNorm1d | nn.BatchNorm2d):  # batchnorm_pairs pairs only these
+                raise UnsupportedLayerError(f"'{bn_node.target}' after '{name}' is no BatchNorm to fold")
+            bn = found
             bn_node.replace_all_uses_with(node)
             graph_module.graph.erase_node(bn_node)
-        graph_module.add_submodule(node.target, fold_batchnorm(modules[node.target], bn))
+        graph_module.add_submodule(name, fold_batchnorm(layer, bn))
 
 
 class _QuantizerPlacement:
@@ -191,23 +206,30 @@ class _QuantizerPlacement:
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
         self.quantizer_of[node] = self.quantizer_of[q] = name
 
+    def _input_quantizer(self, layer: Node) -> nn.Module:
+        quantizer = input_quantizer_of(self.modules[str(layer.target)])
+        if quantizer is None:  # every layer in self.layers is quantized, its input too (check_exportable)
+            raise SlimkitError(f"layer '{layer.target}' has no input quantizer")
+        return quantizer
+
     def place(self, node: Node) -> None:
         """Quantize `node`'s value if an integer op produces or reads it and it is not on a grid already."""
-        if self.keeps_grid(node) and node.args and node.args[0] in self.quantizer_of:
+        source = node.args[0] if node.args and isinstance(node.args[0], Node) else None
+        if self.keeps_grid(node) and source in self.quantizer_of:
             if _is(node, self.modules, (nn.Identity,)):
-                self.quantizer_of[node] = self.quantizer_of[node.args[0]]
+                self.quantizer_of[node] = self.quantizer_of[source]
             else:  # the same grid: quantizing again is exact, and lets onnxruntime run the op on int8
-                self.quantize_after(node, self.quantizer_of[node.args[0]])
+                self.quantize_after(node, self.quantizer_of[source])
             return
         if self.integer_op(node) and len(node.users) == 1 and self.is_relu(next(iter(node.users))):
             return  # quantized after the ReLU instead
         reading = self.readers(node)
         layer = next((r for r in reading if r in self.layers), None)
-        produced = self.integer_op(node) or (self.is_relu(node) and self.integer_op(node.args[0]))
+        produced = self.integer_op(node) or (self.is_relu(node) and source is not None and self.integer_op(source))
         if not (produced or layer is not None or any(self.integer_op(r) for r in reading)):
             return
         name = f"int8_in_{node.name}"
-        quantizer = _Recorder() if layer is None else copy.deepcopy(self.modules[layer.target].input_quantizer)
+        quantizer = _Recorder() if layer is None else copy.deepcopy(self._input_quantizer(layer))
         self.graph_module.add_submodule(name, quantizer)
         self.quantize_after(node, name)
 

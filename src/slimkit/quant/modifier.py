@@ -17,10 +17,16 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from slimkit.errors import UnsupportedLayerError
-from slimkit.layers import LayerSelection, canonical_weight, check_untied, layer_kind, select_layers
+from slimkit.errors import SlimkitError, UnsupportedLayerError
+from slimkit.layers import LayerSelection, canonical_weight, check_untied, layer_kind, layer_tensor, select_layers
 from slimkit.methods import MethodConfig, register_method
-from slimkit.quant.attach import quantize_layer, quantizer_parameters, weight_quantization
+from slimkit.quant.attach import (
+    input_quantizer_of,
+    quantization_of,
+    quantize_layer,
+    quantizer_parameters,
+    weight_quantization,
+)
 from slimkit.quant.levels import apot_levels, sp2_levels
 from slimkit.quant.quantizers import LevelQuantizer, Observer, UniformQuantizer, activation_sample
 from slimkit.train import distributed
@@ -110,7 +116,7 @@ class QuantizeModifier(Modifier):
         if uniform or self.config.method == "uniform":
             return UniformQuantizer(bits, channels, signed=True), UniformQuantizer(bits)
         if self.config.method == "sp2":
-            alpha = module.weight.detach().abs().max().item()
+            alpha = layer_tensor(module).detach().abs().max().item()
             return LevelQuantizer(sp2_levels(bits), True, alpha, standardize=False), UniformQuantizer(bits)
         weight = (UniformQuantizer(bits, channels, signed=True) if bits == 2
                   else LevelQuantizer(apot_levels(bits - 1), True, 3.0, standardize=True))
@@ -137,10 +143,10 @@ class QuantizeModifier(Modifier):
         for name, (bits, uniform) in self._plan(model).items():
             module = model.get_submodule(name)
             if weight_quantization(module) is None:
-                with torch.device(module.weight.device):  # the quantizers' steps and levels beside the weight
+                with torch.device(layer_tensor(module).device):  # the quantizers' steps and levels beside it
                     weight_q, input_q = self.quantizers(module, bits, uniform)
                 quantize_layer(module, weight_q, input_q, bits, bits)
-            weight_quantization(module).active = self.active
+            quantization_of(module, name).active = self.active
             self.layers[name] = module
         return model
 
@@ -174,6 +180,8 @@ class QuantizeModifier(Modifier):
 
     def finalize(self, model: nn.Module) -> nn.Module:
         if not self.active:  # start_epoch == train.epochs: post-training quantization of the kept weights
+            if self.ctx is None:
+                raise SlimkitError(f"{self.name} quantizes after training, which needs attach() first")
             self._calibrate(model, self.ctx)
         return model
 
@@ -186,11 +194,11 @@ class QuantizeModifier(Modifier):
         self.active, self._calibrating = False, True
         self.rebuild_structure(model)
         for name, module in self.layers.items():
-            quantization, iq = weight_quantization(module), module.input_quantizer
+            quantization, iq = quantization_of(module, name), input_quantizer_of(module)
             weight = canonical_weight(module).detach()
             if isinstance(quantization.quantizer, UniformQuantizer):
                 quantization.quantizer.calibrate(weight, self.config.observer)
-            elif self.config.method == "sp2":
+            elif self.config.method == "sp2" and isinstance(quantization.quantizer, LevelQuantizer):
                 quantization.quantizer.calibrate(weight)
             if isinstance(iq, UniformQuantizer) and name in samples:
                 iq.calibrate(samples[name], self.config.observer, self.config.percentile)

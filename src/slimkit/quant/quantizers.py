@@ -42,6 +42,9 @@ class UniformQuantizer(nn.Module):
     without calibration, by LSQ's 2 mean|x| / sqrt(Qp) on the first batch).
     """
 
+    initialized: Tensor  # buffers: declared here so that their type is known
+    signed: Tensor
+
     def __init__(self, bits: int, channels: int = 1, signed: bool | None = None):
         super().__init__()
         if not 2 <= bits <= 8:
@@ -131,6 +134,8 @@ class LevelQuantizer(nn.Module):
     not subtracting the mean keeps the layer's output scale in models without BatchNorm, and keeps pruned
     zeros at zero (0 is a level), so APoT composes with pruning.
     """
+
+    levels: Tensor  # a buffer
 
     def __init__(self, levels: Tensor, signed: bool, alpha: float, standardize: bool):
         super().__init__()

@@ -34,7 +34,7 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], path: Path, metric
                                label=f"{phase} val")
         offset = epochs[-1]
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    if ax_metric is not None:
+    if ax_metric is not None and metric is not None:  # the metric axis exists exactly when there is a metric
         label = "accuracy (%)" if metric == "acc" else metric
         ax_metric.set(xlabel="epoch", ylabel=label, title=label.split(" ")[0].capitalize())
     for ax in [a for a in (ax_loss, ax_metric) if a is not None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, model_validator
 
@@ -273,17 +273,20 @@ class Arithmetic(Loose):
         return self
 
 
-def _computed_or_failed(kind: type[Loose]) -> Any:
-    """`kind`, or Failed where the section holds an 'error': told apart by that key, so a mismatch is reported
-    against the one form the section claims to be."""
-    return Annotated[Annotated[Failed, Tag("failed")] | Annotated[kind, Tag("computed")],
-                     Discriminator(lambda v: "failed" if isinstance(v, dict) and "error" in v else "computed")]
+Section = TypeVar("Section", bound=Loose)
+
+# `Section`, or Failed where the section holds an 'error': told apart by that key, so a mismatch is reported
+# against the one form the section claims to be. A generic alias (ComputedOrFailed[Lut]), so that type checkers
+# read it as Failed | Lut while pydantic sees the tagged union.
+ComputedOrFailed = Annotated[
+    Annotated[Failed, Tag("failed")] | Annotated[Section, Tag("computed")],
+    Discriminator(lambda v: "failed" if isinstance(v, dict) and "error" in v else "computed")]
 
 
 class Hardware(Loose):
-    systolic: _computed_or_failed(Systolic) | None = None
-    lut: _computed_or_failed(Lut) | None = None
-    arithmetic: _computed_or_failed(Arithmetic) | None = None
+    systolic: ComputedOrFailed[Systolic] | None = None
+    lut: ComputedOrFailed[Lut] | None = None
+    arithmetic: ComputedOrFailed[Arithmetic] | None = None
 
 
 class Metrics(Loose):
@@ -295,7 +298,7 @@ class Metrics(Loose):
     models: Models
     stages: list[Stage] = []
     environment: Environment
-    engine: _computed_or_failed(Engine) | None = None
+    engine: ComputedOrFailed[Engine] | None = None
     hardware: Hardware | None = None
 
     @model_validator(mode="after")

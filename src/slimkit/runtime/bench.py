@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from slimkit.runtime.engine.profile import profile_openvino
 
 class _Opaque(nn.Module):
     """Holds a frozen TorchScript module (which has no train/eval state) as a plain callable."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
 
     def __init__(self, fn: Any):
         super().__init__()

@@ -75,8 +75,7 @@ def is_balanced(weight: Tensor, tile: int, sparsity: float) -> bool:
 
 
 @register_method(SenseConfig)
-class SenseModifier(PruneModifier):
-    config: SenseConfig
+class SenseModifier(PruneModifier[SenseConfig]):
     gradual = True
 
     def __init__(self, config: SenseConfig):

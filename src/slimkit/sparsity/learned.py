@@ -10,13 +10,14 @@ same sigmoid; movement pruning ranks per layer under the cubic schedule.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 from torch import Tensor, nn
 
+from slimkit.errors import SlimkitError
 from slimkit.methods import register_method
-from slimkit.sparsity.masks import ScoredMask, raw_weight
+from slimkit.sparsity.masks import ScoredMask, WeightMask, raw_weight
 from slimkit.sparsity.pruner import GradualConfig, PruneConfig, PruneModifier
 from slimkit.train.modifier import TrainContext
 
@@ -79,7 +80,17 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-class LearnedScoreModifier(PruneModifier):
+def _scored(mask: WeightMask, layer: str) -> ScoredMask:
+    """A learned-score method's mask, which `attach` made a ScoredMask."""
+    if not isinstance(mask, ScoredMask):
+        raise SlimkitError(f"{layer} has a plain mask, not the scored mask a learned-score method trains")
+    return mask
+
+
+LearnedConfigT = TypeVar("LearnedConfigT", bound=PruneConfig)
+
+
+class LearnedScoreModifier(PruneModifier[LearnedConfigT]):
     """Shared by OptG and movement: scored masks, scores in their own group without weight decay, and a
     ranking that may revive weights. Score gradients are DDP-averaged already; the scores are averaged once
     more before each top-k, so every rank provably keeps the same mask."""
@@ -88,12 +99,12 @@ class LearnedScoreModifier(PruneModifier):
     monotone = False
     gradient_scores = True
 
-    def __init__(self, config: PruneConfig):
+    def __init__(self, config: LearnedConfigT):
         super().__init__(config)
         self.lr_scale = 1.0
 
     def scores(self) -> dict[str, Tensor]:
-        return {n: mask.scores for n, (_, mask) in self.masks.items()}
+        return {n: _scored(mask, n).scores for n, (_, mask) in self.masks.items()}
 
     def tiebreak(self) -> dict[str, Tensor]:
         """Equal scores (all of them before the scores have trained) go to the larger |w|."""
@@ -111,8 +122,7 @@ class LearnedScoreModifier(PruneModifier):
 
 
 @register_method(MovementConfig)
-class MovementModifier(LearnedScoreModifier):
-    config: MovementConfig
+class MovementModifier(LearnedScoreModifier[MovementConfig]):
     gradual = True
 
     def __init__(self, config: MovementConfig):
@@ -121,13 +131,12 @@ class MovementModifier(LearnedScoreModifier):
 
 
 @register_method(OptgConfig)
-class OptgModifier(LearnedScoreModifier):
+class OptgModifier(LearnedScoreModifier[OptgConfig]):
     """OptG as zyxxmu/OptG's code runs it, its schedule in fractions of the run. Deviations: ties at the
     threshold go to the larger |w|, so exactly keep weights survive (the code keeps every tie, and prunes
     nothing while all scores are still 0); the score learning-rate factor follows the sigmoid at every step
     rather than once per epoch."""
 
-    config: OptgConfig
     gradual = True
     epochs = 0
 

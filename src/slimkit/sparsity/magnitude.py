@@ -58,19 +58,18 @@ class SnipConfig(PruneConfig):
 
 
 @register_method(MagnitudeConfig)
-class MagnitudeModifier(PruneModifier):
+class MagnitudeModifier(PruneModifier[MagnitudeConfig]):
     """One-shot magnitude pruning."""
 
 
 @register_method(GradualMagnitudeConfig)
-class GradualMagnitudeModifier(PruneModifier):
+class GradualMagnitudeModifier(PruneModifier[GradualMagnitudeConfig]):
     """Gradual pruning by magnitude or by the first-order Taylor criterion |w*g|.
 
     The Taylor scores sum |w*g| over the optimiser steps since the last mask update; the gradients are the
     ones DDP already averaged, and the sums are averaged again before the top-k so every rank agrees.
     """
 
-    config: GradualMagnitudeConfig
     gradual = True
 
     def __init__(self, config: GradualMagnitudeConfig):
@@ -117,12 +116,11 @@ class GradualMagnitudeModifier(PruneModifier):
 
 
 @register_method(SnipConfig)
-class SnipModifier(PruneModifier):
+class SnipModifier(PruneModifier[SnipConfig]):
     """SNIP (Lee et al. 2019): connection sensitivity |dL/dc| at c = 1, i.e. |g*w|, on the weights as they
     are at start_epoch, one global top-k, mask fixed afterwards. The official code also scores biases and
     divides by the sum of scores; biases stay dense here and the division does not change the ranking."""
 
-    config: SnipConfig
     gradient_scores = True
 
     def scores(self) -> dict[str, Tensor]:

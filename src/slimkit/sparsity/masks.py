@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
+from slimkit.errors import SlimkitError
+from slimkit.layers import layer_tensor, parametrization_chain
 from slimkit.parametrized import add_parametrization, remove_parametrization
 
 
 class WeightMask(nn.Module):
     """Multiplies a tensor by a fixed boolean mask; the mask changes only when a pruner sets it."""
+
+    mask: Tensor
 
     def __init__(self, shape: torch.Size):
         super().__init__()
@@ -45,7 +48,7 @@ def add_mask(module: nn.Module, name: str = "weight", scored: bool = False) -> W
         if scored and not isinstance(existing, ScoredMask):
             raise ValueError(f"{type(module).__name__}.{name} already has a plain mask; two pruners overlap")
         return existing
-    weight = getattr(module, name)
+    weight = layer_tensor(module, name)
     with torch.device(weight.device):  # the mask (and scores) beside the weight, on a GPU too
         mask = (ScoredMask if scored else WeightMask)(weight.shape)
     add_parametrization(module, name, mask)
@@ -53,16 +56,16 @@ def add_mask(module: nn.Module, name: str = "weight", scored: bool = False) -> W
 
 
 def get_mask(module: nn.Module, name: str = "weight") -> WeightMask | None:
-    if not parametrize.is_parametrized(module, name):
+    chain = parametrization_chain(module, name)
+    if chain is None:
         return None
-    return next((p for p in module.parametrizations[name] if isinstance(p, WeightMask)), None)
+    return next((p for p in chain if isinstance(p, WeightMask)), None)
 
 
 def raw_weight(module: nn.Module, name: str = "weight") -> Tensor:
     """The trained tensor under any parametrizations (what the optimiser updates)."""
-    if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name].original
-    return getattr(module, name)
+    chain = parametrization_chain(module, name)
+    return chain.original if chain is not None else layer_tensor(module, name)
 
 
 def masked_layers(model: nn.Module) -> dict[str, tuple[nn.Module, WeightMask]]:
@@ -72,13 +75,16 @@ def masked_layers(model: nn.Module) -> dict[str, tuple[nn.Module, WeightMask]]:
 def remove_mask(module: nn.Module, name: str = "weight") -> None:
     """Bake the mask into the weight (W <- W * M) and drop it. Other parametrizations on the same weight (a
     quantizer, say) stay and now act on the masked weight."""
-    chain = module.parametrizations[name]
+    chain = parametrization_chain(module, name)
+    mask = get_mask(module, name)
+    if chain is None or mask is None:
+        raise SlimkitError(f"{type(module).__name__}.{name} has no mask to remove")
     if len(chain) == 1:
         remove_parametrization(module, name)
         return
-    index = next(i for i, p in enumerate(chain) if isinstance(p, WeightMask))
+    index = next(i for i, p in enumerate(chain) if p is mask)
     with torch.no_grad():
-        chain.original.mul_(chain[index].mask)
+        chain.original.mul_(mask.mask)
     del chain[index]
 
 

@@ -13,13 +13,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from slimkit.layers import LayerSelection, adapter_of
-from slimkit.methods import MethodConfig, register_method
-from slimkit.sparsity.pruner import PruneModifier
+from slimkit.layers import LayerSelection, known_adapter
+from slimkit.methods import register_method
+from slimkit.sparsity.pruner import MaskConfig, PruneModifier
 from slimkit.sparsity.schedules import cubic_sparsity
 
 
-class NMConfig(MethodConfig):
+class NMConfig(MaskConfig):
     """Keep the n largest |w| of every m along the input dimension; gradual when end_epoch is set.
 
     mask_g = top-n |w| within each group g of m consecutive inputs (sparsity 1 - n/m). 2:4 is the pattern sparse
@@ -85,10 +85,9 @@ def is_nm(weight: Tensor, n: int, m: int) -> bool:
 
 
 @register_method(NMConfig)
-class NMModifier(PruneModifier):
+class NMModifier(PruneModifier[NMConfig]):
     """One-shot at start_epoch, or, with end_epoch, kept-per-group stepping down from m to n (cubic)."""
 
-    config: NMConfig
 
     def __init__(self, config: NMConfig):
         super().__init__(config)
@@ -108,7 +107,7 @@ class NMModifier(PruneModifier):
         kept = self.kept_per_group(sparsity)
         out = {}
         for name, s in scores.items():
-            adapter = adapter_of(self.masks[name][0])  # groups run along inputs, whatever the storage
+            adapter = known_adapter(self.masks[name][0])  # groups run along inputs, whatever the storage
             out[name] = adapter.stored(nm_mask(adapter.canonical(s), kept, self.config.m))
         return out
 

@@ -29,10 +29,10 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from slimkit.layers import LayerSelection
-from slimkit.methods import MethodConfig, register_method
+from slimkit.methods import register_method
 from slimkit.sparsity.blocks import block_sizes, block_sums, check_block
 from slimkit.sparsity.masks import raw_weight
-from slimkit.sparsity.pruner import PruneModifier
+from slimkit.sparsity.pruner import MaskConfig, PruneModifier
 from slimkit.train.modifier import TrainContext
 
 CENTRE = 4
@@ -156,7 +156,7 @@ def _is_3x3(weight: Tensor) -> bool:
     return weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3)
 
 
-class PatternConfig(MethodConfig):
+class PatternConfig(MaskConfig):
     """PatDNN: ADMM for `admm_epochs` from start_epoch, then hard pattern + connectivity pruning and
     masked retraining to the end.
 
@@ -189,8 +189,7 @@ class PatternConfig(MethodConfig):
 
 
 @register_method(PatternConfig)
-class PatternModifier(PruneModifier):
-    config: PatternConfig
+class PatternModifier(PruneModifier[PatternConfig]):
 
     def __init__(self, config: PatternConfig):
         super().__init__(config)

@@ -8,13 +8,14 @@ sparsity (`select`: global or per-layer top-k, N:M groups, balanced groups), and
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from slimkit.layers import LayerSelection, adapter_of, select_layers, selection_issues
+from slimkit.errors import SlimkitError
+from slimkit.layers import LayerSelection, known_adapter, select_layers, selection_issues
 from slimkit.methods import MethodConfig
 from slimkit.sparsity.blocks import block_scores, check_block, expand_blocks
 from slimkit.sparsity.masks import WeightMask, add_mask, raw_weight, remove_mask
@@ -25,7 +26,22 @@ from slimkit.train.gradients import loss_gradients
 from slimkit.train.modifier import Modifier, TrainContext
 
 
-class PruneConfig(MethodConfig):
+class MaskConfig(MethodConfig):
+    """Base of every mask pruner's config: what PruneModifier's shared machinery (masks on the selected
+    layers, the schedule window) reads. PruneConfig is the one with a sparsity target; N:M and PatDNN
+    define theirs by their own fields."""
+
+    if TYPE_CHECKING:
+        # a field of every subclass, declared by each (with its own default, at its own place in the
+        # recipe's key order); here only so that the type checker knows every mask config has it
+        layers: LayerSelection
+
+    @property
+    def mask_updates_per_epoch(self) -> int:
+        return 1
+
+
+class PruneConfig(MaskConfig):
     """Shared by pruning methods: the final sparsity, its scope and the layers it covers."""
 
     kind = "prune"
@@ -56,10 +72,6 @@ class PruneConfig(MethodConfig):
         """Where the sparsity schedule starts: the target itself for a method that prunes at once."""
         return self.sparsity
 
-    @property
-    def mask_updates_per_epoch(self) -> int:
-        return 1
-
 
 class GradualConfig(PruneConfig):
     """A target that rises from initial_sparsity at start_epoch to sparsity at end_epoch (default: the last)."""
@@ -76,16 +88,21 @@ class GradualConfig(PruneConfig):
         return self.updates_per_epoch
 
 
-class PruneModifier(Modifier):
-    """Base of the mask-based pruners. Subclasses override `scores`, `select` and `schedule` as needed."""
+ConfigT = TypeVar("ConfigT", bound=MaskConfig)
 
-    config: PruneConfig
+
+class PruneModifier(Modifier, Generic[ConfigT]):
+    """Base of the mask-based pruners. Subclasses override `scores`, `select` and `schedule` as needed; the
+    defaults of `final`, `schedule`, `select` and `summary` read a PruneConfig, and a method with another
+    config (N:M, PatDNN) overrides those it reaches."""
+
+    config: ConfigT
     scored_masks = False  # masks carry trainable scores (OptG, movement)
     monotone = True  # a pruned weight never returns, so a target below the current one changes nothing
     gradient_scores = False  # scores come from local gradients and are averaged over ranks before top-k
     gradual = False  # the target rises over [start_epoch, end_epoch]; otherwise it jumps at start_epoch
 
-    def __init__(self, config: PruneConfig):
+    def __init__(self, config: ConfigT):
         super().__init__(config)
         self.current = 0.0
         self.masks: dict[str, tuple[nn.Module, WeightMask]] = {}
@@ -94,9 +111,17 @@ class PruneModifier(Modifier):
         self.ctx: TrainContext | None = None
 
     @property
+    def prune_config(self) -> PruneConfig:
+        """The config as a PruneConfig, for the defaults that read its sparsity target, scope and blocks."""
+        if not isinstance(self.config, PruneConfig):
+            raise SlimkitError(f"{type(self).__name__} has a {type(self.config).__name__}, not a PruneConfig: it "
+                               f"must override the PruneModifier default that was called")
+        return self.config
+
+    @property
     def final(self) -> float:
         """The sparsity the method ends at."""
-        return self.config.sparsity
+        return self.prune_config.sparsity
 
     def check(self, model: nn.Module) -> list[str]:
         return selection_issues(model, self.config.layers, "layers")
@@ -112,7 +137,7 @@ class PruneModifier(Modifier):
     # --- schedule -------------------------------------------------------------------------------
     def schedule(self, progress: float) -> float:
         """Target sparsity at `progress` in [0, 1] through the window: Zhu & Gupta's cubic by default."""
-        return cubic_sparsity(progress, self.config.schedule_start, self.final)
+        return cubic_sparsity(progress, self.prune_config.schedule_start, self.final)
 
     def progress(self, step: int) -> float:
         """The fraction of the window [start_epoch, end_epoch] elapsed after `step` optimiser steps, in [0, 1]."""
@@ -145,8 +170,12 @@ class PruneModifier(Modifier):
     def batch_taylor_scores(self, batches: int) -> dict[str, Tensor]:
         """|w * g| with g the gradient of the task's loss summed over the first `batches` training batches
         (local to this rank: a method using it sets gradient_scores so they are averaged)."""
+        if self.ctx is None:
+            raise SlimkitError(f"{self.name} scores weights by their gradients, which needs attach() first")
         with loss_gradients(self.ctx.model, self.ctx.batches(batches, f"{self.name} scores"), self.ctx.objective):
-            return {n: (raw_weight(m) * raw_weight(m).grad).abs().detach() for n, (m, _) in self.masks.items()}
+            return {
+                n: (raw_weight(m) * _gradient(raw_weight(m), n)).abs().detach() for n, (m, _) in self.masks.items()
+            }
 
     def tiebreak(self) -> dict[str, Tensor] | None:
         """What decides between equal scores (before the flat index); None: the index alone."""
@@ -154,26 +183,28 @@ class PruneModifier(Modifier):
 
     def select(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
         """Keep masks holding exactly `sparsity` zeros, over all layers at once or per layer."""
-        if self.config.block > 1:
+        config = self.prune_config
+        if config.block > 1:
             return self.select_blocks(scores, sparsity)
-        if self.config.scope == "layer":
+        if config.scope == "layer":
             return layerwise_masks(scores, sparsity, self.tiebreak())
-        return global_masks(scores, sparsity, self.tiebreak(), self.config.max_layer_sparsity)
+        return global_masks(scores, sparsity, self.tiebreak(), config.max_layer_sparsity)
 
     def select_blocks(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
         """`select` over blocks of `config.block` input channels (blocks.py): a block ranks by the sum of its
         weights' scores (its L1 norm for magnitude), and whole blocks are kept best first until
         keep_count(n, sparsity) weights are, so the sparsity reached is the target rounded down to a block."""
-        block, tiebreak = self.config.block, self.tiebreak()
-        adapters = {n: adapter_of(self.masks[n][0]) for n in scores}  # blocks run along inputs, whatever the storage
+        config, tiebreak = self.prune_config, self.tiebreak()
+        block = config.block
+        adapters = {n: known_adapter(self.masks[n][0]) for n in scores}  # blocks run along inputs, whatever the storage
         ranked, sizes = {}, {}
         for name, s in scores.items():
             ranked[name], sizes[name] = block_scores(adapters[name].canonical(s), block)
         ties = {n: block_scores(adapters[n].canonical(t), block)[0] for n, t in tiebreak.items()} if tiebreak else None
-        if self.config.scope == "layer":
+        if config.scope == "layer":
             kept = layerwise_masks(ranked, sparsity, ties, sizes)
         else:
-            kept = global_masks(ranked, sparsity, ties, self.config.max_layer_sparsity, sizes)
+            kept = global_masks(ranked, sparsity, ties, config.max_layer_sparsity, sizes)
         out = {}
         for name, s in scores.items():
             inputs = adapters[name].canonical(s).shape[1]
@@ -209,11 +240,19 @@ class PruneModifier(Modifier):
         return model
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.name, "target_sparsity": self.final, "scope": self.config.scope,
-                "layers": list(self.masks)} | ({"block": self.config.block} if self.config.block > 1 else {})
+        config = self.prune_config
+        return {"method": self.name, "target_sparsity": self.final, "scope": config.scope,
+                "layers": list(self.masks)} | ({"block": config.block} if config.block > 1 else {})
 
     def state_dict(self) -> dict[str, Any]:
         return {"current": self.current}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.current = float(state["current"])
+
+
+def _gradient(weight: Tensor, layer: str) -> Tensor:
+    """`weight.grad` after a backward pass; a weight the loss did not reach cannot be scored by its gradient."""
+    if weight.grad is None:
+        raise SlimkitError(f"{layer}.weight got no gradient from the loss, so it cannot be scored by |w * g|")
+    return weight.grad

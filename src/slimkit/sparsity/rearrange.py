@@ -89,8 +89,9 @@ def _reindex(module: nn.Module, dim: int, index: Tensor, optimizer: Optimizer | 
         tensors.append(mask.mask)
         if isinstance(mask, ScoredMask):
             tensors.append(mask.scores)
-    if dim == 0 and getattr(module, "bias", None) is not None:
-        tensors.append(module.bias)
+    bias = getattr(module, "bias", None)
+    if dim == 0 and bias is not None:
+        tensors.append(bias)
     for t in tensors:
         _reindex_tensor(t, dim, index, optimizer)
 

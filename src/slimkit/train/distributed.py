@@ -82,8 +82,11 @@ def assert_ranks_agree(model: torch.nn.Module) -> str | None:
     local = {k: hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest() for k, t in state.items()}
     gathered: list[dict[str, str] | None] = [None] * info.world_size
     dist.all_gather_object(gathered, local)
-    for rank, other in enumerate(gathered):
-        bad = [k for k in local if other.get(k) != gathered[0].get(k)]
+    hashes = [other for other in gathered if other is not None]
+    if len(hashes) != len(gathered):
+        raise RuntimeError(f"{len(gathered) - len(hashes)} ranks sent no tensor hashes")
+    for rank, other in enumerate(hashes):
+        bad = [k for k in local if other.get(k) != hashes[0].get(k)]
         if bad:
             raise RuntimeError(f"rank {rank} disagrees with rank 0 on {', '.join(bad[:5])}")
     return f"{info.world_size} ranks hold byte-identical tensors (sha256 of all {len(local)} in the state_dict)"

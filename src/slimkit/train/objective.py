@@ -155,8 +155,12 @@ class Objective:
 
     def score(self, outputs: Any, target: Tensor) -> tuple[float, float] | None:
         """(total, count) of the metric on one batch, so data-set means are exact; None without a metric."""
+        return self.metric_score(outputs, target) if self.metric is not None else None
+
+    def metric_score(self, outputs: Any, target: Tensor) -> tuple[float, float]:
+        """`score` of an objective that has a metric."""
         if self.metric is None:
-            return None
+            raise SlimkitError("this objective has no metric to score")
         value = self.metric.fn(logits_of(outputs), target)
         if isinstance(value, tuple):
             return float(value[0]), float(value[1])

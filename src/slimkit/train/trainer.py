@@ -10,7 +10,7 @@ rate is a pure function of the step. The model trains on `train.device`, under b
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +79,9 @@ def _eval_batches(data: Dataset | DataLoader, batch_size: int, num_workers: int,
     is evaluated whole on every rank."""
     if isinstance(data, DataLoader):
         return data, False
+    if not isinstance(data, Sized):
+        raise SlimkitError("the evaluation data has no length, so it cannot be sharded; pass a map-style Dataset or "
+                           "a DataLoader")
     info = distributed.current()
     sampler = _Shard(len(data), info.rank, info.world_size)
     # a generator of its own: evaluating must not draw from (and so shift) the global random stream
@@ -235,6 +238,8 @@ class Trainer:
         """The checkpoint to continue from, schema-checked (`read_checkpoint`) and checked against this run:
         the same train config, one state per method, weights that fit the model its states rebuild."""
         path = self.checkpoint_path
+        if path is None:
+            raise SlimkitError("resuming needs the run folder that holds checkpoint.pt")
         state = read_checkpoint(path)
         try:
             saved_config = TrainConfig.model_validate(state["train_config"]).model_dump(mode="json")
@@ -274,7 +279,7 @@ class Trainer:
         the group and parameter counts, `optimizer_state_issue` every state tensor's shape."""
         try:
             optimizer.load_state_dict(saved)
-            names = {param: name for name, param in self.model.named_parameters()}
+            names: dict[Tensor, str] = {param: name for name, param in self.model.named_parameters()}
             issue = optimizer_state_issue(saved, optimizer, names)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             issue = f"field 'optimizer' does not fit this run's optimizer: {first_line(exc)}"
@@ -331,13 +336,13 @@ class Trainer:
             loss_sum += loss.item() * n
             if name:
                 with torch.no_grad():
-                    total, count = objective.score(out, target)
+                    total, count = objective.metric_score(out, target)
                 metric_sum, metric_count = metric_sum + total, metric_count + count
             seen += n
             bar.update(loss_sum / seen, f" {name} {_shown(name, metric_sum / max(metric_count, 1))}" if name else "",
                        lr)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr,
-                  "seconds": time.perf_counter() - started}
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr,
+                                  "seconds": time.perf_counter() - started}
         summary = f"loss {record['train_loss']:.4f}"
         if skipped:
             record["skipped_batches"] = skipped
@@ -350,7 +355,7 @@ class Trainer:
             record["val_loss"], val_metric = evaluate(self.model, self.data.val, self.eval_batch_size, objective,
                                                       num_workers=self.num_workers, pin_memory=self.pin_memory)
             summary += f" val loss {record['val_loss']:.4f}"
-            if name:
+            if name and val_metric is not None:  # evaluate gives a metric exactly where the objective has one
                 record[f"val_{name}"] = val_metric
                 summary += f" val {name} {_shown(name, val_metric)}"
         bar.close(f"{summary} lr {lr:.4g} ({record['seconds']:.1f}s)")
@@ -378,7 +383,8 @@ class Trainer:
 
     def _save(self, epoch: int, optimizer: Optimizer, history: list[dict[str, Any]],
               best: dict[str, Any] | None) -> None:
-        if self.out_dir is None or not self.dist.is_main:
+        path = self.checkpoint_path
+        if self.out_dir is None or path is None or not self.dist.is_main:
             return
         if best is not None and best["epoch"] == epoch:
             atomic_save({"format": WEIGHTS_FORMAT, "epoch": epoch, "score": best["score"], "model": best["model"]},
@@ -393,4 +399,4 @@ class Trainer:
             "history": history,
             "best": best,
             **({"recipe": self.recipe} if self.recipe is not None else {}),
-        }, self.checkpoint_path)
+        }, path)

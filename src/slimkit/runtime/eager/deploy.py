@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
-from slimkit.errors import CheckpointError, checked_field
+from slimkit.errors import CheckpointError, SlimkitError, checked_field
 from slimkit.folding import batchnorm_affine, batchnorm_pairs, fold_into
 from slimkit.formats import MODEL_FORMAT, atomic_save, safe_load
-from slimkit.layers import adapter_of, canonical_weight
-from slimkit.metrics import Example, call
+from slimkit.layers import adapter_of, canonical_weight, layer_tensor
+from slimkit.metrics import call
 from slimkit.sparsity.structure import detect_structure
 
 DEPLOYED_FORMAT = "slimkit-deployed-v1"
@@ -56,15 +56,17 @@ def _candidate(module: nn.Module, threads: int | None) -> tuple[str, Callable[[]
         return kind, None, f"{structure} has no CPU speedup path; runs dense"
     if sparsity < MIN_SPARSITY:
         return kind, None, f"{sparsity:.0%} sparse: below {MIN_SPARSITY:.0%}, dense BLAS wins"
-    build = {"pattern": PatternConv2d, "sparse": SparseConv2d}[kind] if isinstance(module, nn.Conv2d) else SparseLinear
-    return _float32_only(module, kind, lambda: build(module, threads))
+    if isinstance(module, nn.Conv2d):
+        conv, conv_kernel = module, PatternConv2d if kind == "pattern" else SparseConv2d
+        return _float32_only(module, kind, lambda: conv_kernel(conv, threads))
+    return _float32_only(module, kind, lambda: SparseLinear(module, threads))
 
 
 def _float32_only(module: nn.Module, kind: str, build: Callable[[], nn.Module]
                   ) -> tuple[str, Callable[[], nn.Module] | None, str]:
     """The kernels compute in float32: a layer of another dtype (a float64 model) stays as it is, so its
     outputs keep their dtype and precision, and the report says why."""
-    dtype = module.weight.dtype
+    dtype = layer_tensor(module).dtype
     if dtype != torch.float32:
         return kind, None, f"{dtype} weights: the kernels compute in float32; the layer stays as it is"
     return kind, build, ""
@@ -79,7 +81,7 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _layer_inputs(model: nn.Module, names: list[str], example: Example) -> dict[str, Tensor]:
+def _layer_inputs(model: nn.Module, names: list[str], example: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
     captured: dict[str, Tensor] = {}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda _, args, n=n: captured.setdefault(n, args[0].detach().clone())) for n in names]
@@ -92,8 +94,9 @@ def _layer_inputs(model: nn.Module, names: list[str], example: Example) -> dict[
     return captured
 
 
-def deploy(model: nn.Module, example: Example | None = None, *, choices: dict[str, str] | None = None,
-           threads: int | None = None, repeats: int = 15, fold_batchnorm: bool = False) -> nn.Module:
+def deploy(model: nn.Module, example: Tensor | Mapping[str, Tensor] | None = None, *,
+           choices: dict[str, str] | None = None, threads: int | None = None, repeats: int = 15,
+           fold_batchnorm: bool = False) -> nn.Module:
     """An eval-mode copy of `model` with compressed layers replaced by inference kernels.
 
     With `example` (a batch of the size you will run: a tensor, or a dict of tensors passed as keyword
@@ -113,8 +116,8 @@ def deploy(model: nn.Module, example: Example | None = None, *, choices: dict[st
     pairs = batchnorm_pairs(model) if fold_batchnorm else {}
     for layer_name, bn_name in pairs.items():  # float layers fold now, so their timing is of the folded form
         layer = model.get_submodule(layer_name)
-        if type(layer) in (nn.Conv2d, nn.Linear):
-            model.set_submodule(layer_name, fold_into(layer, model.get_submodule(bn_name)))
+        if type(layer) is nn.Conv2d or type(layer) is nn.Linear:
+            model.set_submodule(layer_name, fold_into(layer, _batchnorm(model, bn_name)))
             model.set_submodule(bn_name, nn.Identity())
     plans = {name: _candidate(m, threads) for name, m in model.named_modules() if name}
     targets = [n for n, (_, build, _) in plans.items() if build is not None]
@@ -135,19 +138,28 @@ def deploy(model: nn.Module, example: Example | None = None, *, choices: dict[st
                                           entry)
                 if entry["choice"] == "deployed":
                     model.set_submodule(name, new)
-        bn_name = pairs.get(name)
-        if bn_name is not None and isinstance(model.get_submodule(name), PackedBinaryConv2d):
-            model.get_submodule(name).fold(*batchnorm_affine(model.get_submodule(bn_name)))
-            model.set_submodule(bn_name, nn.Identity())
-        if bn_name is not None and isinstance(model.get_submodule(bn_name), nn.Identity):
-            entry["batchnorm_folded"] = bn_name
+        after, current = pairs.get(name), model.get_submodule(name)
+        if after is not None and isinstance(current, PackedBinaryConv2d):
+            current.fold(*batchnorm_affine(_batchnorm(model, after)))
+            model.set_submodule(after, nn.Identity())
+        if after is not None and isinstance(model.get_submodule(after), nn.Identity):
+            entry["batchnorm_folded"] = after
         report.append(entry)
-    model.deploy_report = report
-    model.deploy_options = {"fold_batchnorm": fold_batchnorm}
+    # plain attributes, set past nn.Module.__setattr__'s typing (it types attributes as tensors and modules)
+    object.__setattr__(model, "deploy_report", report)
+    object.__setattr__(model, "deploy_options", {"fold_batchnorm": fold_batchnorm})
     if example is not None:
         with torch.inference_mode():
             call(model, example)  # compile every kernel for this shape now, so no call that is timed pays for it
     return model
+
+
+def _batchnorm(model: nn.Module, name: str) -> nn.BatchNorm1d | nn.BatchNorm2d:
+    """The BatchNorm `batchnorm_pairs` found after a layer."""
+    bn = model.get_submodule(name)
+    if not isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+        raise SlimkitError(f"{name} is a {type(bn).__name__}, not the BatchNorm to fold")
+    return bn
 
 
 def _decide(name: str, old: nn.Module, new: nn.Module, x: Tensor | None, choices: dict[str, str] | None,

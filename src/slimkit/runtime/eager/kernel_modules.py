@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from slimkit.binary.binarizers import ActivationBinarizer
 from slimkit.binary.functions import sign
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
-from slimkit.layers import canonical_weight
+from slimkit.layers import canonical_weight, layer_bias
 from slimkit.runtime.eager import binary_kernels, pattern_kernels, sparse_kernels
 from slimkit.runtime.layouts import conv_by_output, linear_by_output_row
 
@@ -40,7 +41,8 @@ def kernel_threads(batch: int, threads: int | None) -> Iterator[int]:
     would depend on whether a kernel ran before."""
     torch_threads = torch.get_num_threads()
     wanted = 1 if batch == 1 else (threads or torch_threads)
-    count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+    # numba sets its config attributes from the environment at import; its stubs do not declare them
+    count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     numba.set_num_threads(count)
     try:
         yield count
@@ -49,9 +51,10 @@ def kernel_threads(batch: int, threads: int | None) -> Iterator[int]:
             torch.set_num_threads(torch_threads)
 
 
-def _bias(layer: nn.Conv2d | nn.Linear, out: int) -> Tensor:
+def _bias(layer: nn.Module, out: int) -> Tensor:
     """The layer's bias as a contiguous float copy, zeros when it has none (the kernels always add one)."""
-    return (torch.zeros(out) if layer.bias is None else layer.bias.detach()).float().contiguous().clone()
+    bias = layer_bias(layer)
+    return (torch.zeros(out) if bias is None else bias.detach()).float().contiguous().clone()
 
 
 def _plain_conv(layer: nn.Conv2d) -> tuple[int, int]:
@@ -83,13 +86,17 @@ class PackedBinaryConv2d(KernelModule):
     """A binary conv or linear layer (any binarization method) on bit-packed activations and weights; see
     binary_kernels."""
 
+    weight_bits: Tensor  # buffers
+    scale: Tensor
+    bias: Tensor
+
     def __init__(self, layer: BinaryConv2d | BinaryLinear, threads: int | None = None):
         super().__init__()
         conv = isinstance(layer, BinaryConv2d)
-        self.stride, self.padding = _plain_conv(layer) if conv else (1, 0)
+        self.stride, self.padding = _plain_conv(layer) if isinstance(layer, BinaryConv2d) else (1, 0)
         self.linear = not conv
         binarizer = layer.input_binarizer
-        if not hasattr(binarizer, "normalized"):
+        if not isinstance(binarizer, ActivationBinarizer):  # nn.Identity: the layer binarizes weights only
             raise NotDeployable("weights-only binarization: the inputs are real-valued, so the layer stays dense")
         with torch.no_grad():
             signs, scale = layer.weight_binarizer.eval()(layer.weight)
@@ -122,11 +129,12 @@ class PackedBinaryConv2d(KernelModule):
         kh, kw = self.kernel
         out_h = (x.shape[2] + 2 * self.padding - kh) // self.stride + 1
         out_w = (x.shape[3] + 2 * self.padding - kw) // self.stride + 1
+        weight_bits, scale, bias = self.arrays("weight_bits", "scale", "bias")
         with kernel_threads(x.shape[0], self.threads) as threads:
             nonzero, positive = binary_kernels.pack_rows(x.numpy(), kw, self.stride, self.padding, out_w, threads)
-            y = binary_kernels.binary_conv(nonzero, positive, *self.arrays("weight_bits", "scale", "bias"),
-                                           self.stride, self.padding, out_h, threads)
-        y = torch.from_numpy(y)
+            out = binary_kernels.binary_conv(nonzero, positive, weight_bits, scale, bias, self.stride, self.padding,
+                                             out_h, threads)
+        y = torch.from_numpy(out)
         return y.reshape(*lead, -1) if self.linear else y
 
 
@@ -168,8 +176,8 @@ class SparseConv2d(_ChannelMajorConv):
 
     def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
         kh, kw = self.kernel
-        return sparse_kernels.sparse_conv(planes, *self.arrays("ptr", "chan", "position", "values", "bias"),
-                                          kw, batch, hp, wp,
+        ptr, chan, position, values, bias = self.arrays("ptr", "chan", "position", "values", "bias")
+        return sparse_kernels.sparse_conv(planes, ptr, chan, position, values, bias, kw, batch, hp, wp,
                                           hp - kh + 1, wp - kw + 1, segment)
 
 
@@ -198,9 +206,15 @@ class PatternConv2d(_ChannelMajorConv):
         self.threads = threads
 
     def kernel_call(self, planes: np.ndarray, batch: int, hp: int, wp: int, segment: int) -> np.ndarray:
-        kernel, names = ((pattern_kernels.grouped_conv, [f"group_{n}" for n in GROUP_ARRAYS]) if self.grouped else
-                         (pattern_kernels.pattern_conv, [f"fkw_{n}" for n in FKW_ARRAYS]))
-        return kernel(planes, *self.arrays(*names, "bias"), batch, hp, wp, hp - 2, wp - 2, segment)
+        if self.grouped:
+            slots, group_ptr, row_ptr, chan, tap, weights, bias = self.arrays(*(f"group_{n}" for n in GROUP_ARRAYS),
+                                                                              "bias")
+            return pattern_kernels.grouped_conv(planes, slots, group_ptr, row_ptr, chan, tap, weights, bias, batch,
+                                                hp, wp, hp - 2, wp - 2, segment)
+        reorder, offset, index, stride, weights, patterns, bias = self.arrays(*(f"fkw_{n}" for n in FKW_ARRAYS),
+                                                                              "bias")
+        return pattern_kernels.pattern_conv(planes, reorder, offset, index, stride, weights, patterns, bias, batch,
+                                            hp, wp, hp - 2, wp - 2, segment)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, stride={self.stride}, padding={self.padding}"
@@ -221,7 +235,8 @@ class SparseLinear(KernelModule):
     def forward(self, x: Tensor) -> Tensor:
         """Inputs of any rank whose last dimension is the features, as nn.Linear takes them."""
         rows = x.reshape(-1, x.shape[-1])
+        ptr, cols, values, bias = self.arrays("ptr", "cols", "values", "bias")
         with kernel_threads(rows.shape[0], self.threads) as threads:
-            yt = sparse_kernels.sparse_linear(rows.detach().float().t().contiguous().numpy(),
-                                              *self.arrays("ptr", "cols", "values", "bias"), threads)
+            yt = sparse_kernels.sparse_linear(rows.detach().float().t().contiguous().numpy(), ptr, cols, values, bias,
+                                              threads)
         return torch.from_numpy(yt).t().reshape(*x.shape[:-1], -1)

@@ -61,7 +61,7 @@ def fkw_encode(weight: np.ndarray) -> FKW:
     pattern_id = np.full((out_c, channels), -1)
     pattern_id[alive] = pattern_of.reshape(-1)
     reorder = np.argsort(-alive.sum(1), kind="stable")
-    offset, index, weights = [0], [], []
+    offset, index, weights = [0], list[int](), list[np.ndarray]()
     stride = np.zeros((out_c, len(patterns)), dtype=np.int32)
     for slot, o in enumerate(reorder):
         for p in range(len(patterns)):

@@ -92,9 +92,9 @@ def build(force: bool = False) -> Path:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # g++ runs in processes of its own
             list(pool.map(lambda job: _run(job[0]), jobs))
         objects = [Path(command[-1]) for command, _ in jobs]
-        for (command, isa) in jobs:
-            if isa is not None:
-                _refuse_shared_code(Path(command[-1]), isa)
+        for command, kernels_isa in jobs:
+            if kernels_isa is not None:
+                _refuse_shared_code(Path(command[-1]), kernels_isa)
         built = Path(tmp) / target.name
         _run([compiler, "-shared", "-o", str(built), *map(str, objects),
               *(str(_runtime_library(ov_dir, lib)) for lib in ("libopenvino", "libopenvino_onnx_frontend", "libtbb")),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
@@ -34,11 +34,23 @@ from slimkit.runtime.engine.operator_modules import (
     EngineSparseLinear,
 )
 from slimkit.sparsity.blocks import block_sums
+from slimkit.sparsity.masks import raw_weight
 
-Candidates = dict[str, type[EngineConv]]  # a layer's path and the operator it can become
+
+class EngineKind(Protocol):
+    """An Engine* class as the choice uses it: named by its operator, and built from the layer it stands for
+    (each class takes a layer type of its own, which `_operator_for` pairs it with, so the layer is Any here)."""
+
+    @property
+    def operator(self) -> str: ...
+
+    def __call__(self, layer: Any, /) -> EngineConv: ...
 
 
-def _operator_for(module: nn.Module) -> type[EngineConv] | None:
+Candidates = dict[str, EngineKind]  # a layer's path and the operator it can become
+
+
+def _operator_for(module: nn.Module) -> EngineKind | None:
     """The operator a layer can become, or None. A quantized model's layers are judged as the int8 graph's
     FoldedLayers they become (engine_form builds that graph)."""
     if isinstance(module, BinaryConv2d):
@@ -112,7 +124,7 @@ def _has_structure(module: nn.Module) -> bool:
         return kind is not None
     if kind in (EngineQuantSparseConv2d, EngineQuantSparseLinear):  # zero blocks the float weights hold (pruned),
         weight = module.layer.weight if isinstance(module, FoldedLayer) else \
-            module.parametrizations.weight.original  # not values the quantizer happens to round to 0
+            raw_weight(module)  # not values the quantizer happens to round to 0
         return bool((block_sums(weight.detach().abs(), 4) == 0).any())
     return True  # a float candidate has zero weights by definition
 

@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
+from slimkit.errors import SlimkitError
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime.engine.operator_modules import EngineBinaryConv2d, EngineConv, EngineQuantSparseConv2d
 
@@ -39,6 +40,8 @@ def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, 
     if node.op == "call_function" and node.target is F.hardtanh:
         low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
         high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        if not isinstance(low, int | float) or not isinstance(high, int | float):
+            raise SlimkitError(f"{node.format_node()}: hardtanh's bounds are numbers, not {low!r} and {high!r}")
         return (float(low), float(high))
     return None
 
@@ -52,7 +55,10 @@ class _Epilogue:
 
     def __init__(self, conv: fx.Node, modules: dict[str, nn.Module]):
         self.conv, self.modules = conv, modules
-        self.layer: EngineConv = modules[str(conv.target)]
+        layer = modules[str(conv.target)]
+        if not isinstance(layer, EngineConv):  # _engine_calls picks these nodes
+            raise SlimkitError(f"{conv.target} is not an engine operator to fuse into")
+        self.layer = layer
         self.tail: fx.Node = conv
         self.residual: fx.Node | None = None
         self.users = list(conv.users)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimkit.binary.binarizers import ActivationBinarizer
 from slimkit.binary.functions import Zero
 from slimkit.binary.layers import BinaryConv2d
 from slimkit.errors import SlimkitError
@@ -94,7 +95,8 @@ class EngineBinaryConv2d(EngineConv):
     def __init__(self, layer: BinaryConv2d):
         super().__init__()
         self.stride, self.pad = _square(layer, "binary conv")
-        if not hasattr(layer.input_binarizer, "normalized"):
+        binarizer = layer.input_binarizer
+        if not isinstance(binarizer, ActivationBinarizer):  # nn.Identity: the layer binarizes weights only
             raise SlimkitError("a weights-only binary conv has real-valued inputs; it has no engine binary form")
         with torch.no_grad():
             signs, scale = layer.weight_binarizer.eval()(layer.weight)
@@ -102,7 +104,7 @@ class EngineBinaryConv2d(EngineConv):
             raise SlimkitError("some binary weights are 0 (an exactly-zero latent weight, or {0, 1} codes); "
                                "the engine's binary conv needs +-1 weights")
         out = signs.shape[0]
-        self.input_binarizer = layer.input_binarizer
+        self.input_binarizer = binarizer
         self.register_buffer("signs", signs.detach().float().contiguous().clone())
         self.register_buffer("scale", (torch.ones(out) if scale is None else scale.detach().reshape(-1).expand(out))
                              .float().contiguous().clone())
@@ -209,8 +211,10 @@ class EngineQuantSparseConv2d(EngineConv):
         self.linked = False  # set by fusion.link_operators: the input is the previous int8 layer's integers
         self.float_output = True  # set by fusion.link_operators: False when every reader takes the integers
 
-    def geometry(self, conv: nn.Module) -> tuple[int, int]:
+    def geometry(self, conv: nn.Conv2d | nn.Linear) -> tuple[int, int]:
         """(stride, pad) of the conv."""
+        if not isinstance(conv, nn.Conv2d):
+            raise SlimkitError("a quantized linear layer's engine form is EngineQuantSparseLinear")
         return _square(conv, "quantized sparse conv")
 
     def fuse_input(self, quantizer: nn.Module, name: str) -> bool:
@@ -253,7 +257,7 @@ class EngineQuantSparseLinear(EngineQuantSparseConv2d):
 
     links_integers = False
 
-    def geometry(self, conv: nn.Module) -> tuple[int, int]:
+    def geometry(self, conv: nn.Conv2d | nn.Linear) -> tuple[int, int]:
         return 1, 0
 
     def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
@@ -261,6 +265,8 @@ class EngineQuantSparseLinear(EngineQuantSparseConv2d):
             return t.reshape(-1, t.shape[-1]).t().unsqueeze(0).unsqueeze(2)
 
         y = super().forward(as_image(x), *(as_image(r) for r in residual))
+        if not isinstance(y, Tensor):  # links_integers is False: no link is set, so the float output alone
+            raise SlimkitError("a quantized linear layer's engine form hands no integers to the next layer")
         # -1 for the batch: a traced size would be baked into the export, which must run at any batch size
         return y.squeeze(2).squeeze(0).t().reshape(-1, *x.shape[1:-1], self.shape[0])
 

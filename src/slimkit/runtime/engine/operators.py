@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from slimkit.binary.functions import Zero, sign
+from slimkit.errors import SlimkitError
 
 DOMAIN = "slimkit"
 
@@ -156,13 +157,15 @@ class QuantSparseConv2dFunction(torch.autograd.Function):
                 bounds: tuple[float, float] | None, layer: str, link: Grid | None, linked: bool, float_output: bool,
                 *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         out, channels, kernel_h, kernel_w = shape
+        if grids[0] is None:
+            raise SlimkitError("QuantSparseConv2d reads its input on an 8-bit grid, and was given none")
+        step_in = grids[0][0]
         if linked:  # the previous layer's integers [B, G, H, W, 4], on this layer's input grid
-            x = x.permute(0, 1, 4, 2, 3).flatten(1, 2)[:, :channels].float() * grids[0][0]
+            x = x.permute(0, 1, 4, 2, 3).flatten(1, 2)[:, :channels].float() * step_in
         rows = torch.repeat_interleave(torch.arange(out), ptr.diff())
         dense = torch.zeros(out, (channels + 3) // 4, 4, kernel_h * kernel_w)
         dense[rows, group.long(), :, tap.long()] = weight.reshape(-1, 4).float()
         dense = dense.reshape(out, -1, kernel_h * kernel_w)[:, :channels].reshape(shape)
-        step_in = grids[0][0]
         y = F.conv2d(_on_grid(x, grids[0]), dense * (scale / step_in).reshape(-1, 1, 1, 1), bias, stride, pad)
         y = _on_grid(_epilogue(_on_grid(y, grids[1]), bounds, residual), grids[2])
         if link is None:
