@@ -316,7 +316,8 @@ def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list
     out += ["", "## How each artifact was chosen", "",
             "Each `in openvino+slimkit` form is `export_folder` at that batch: every candidate layer timed alone "
             "as slimkit's operator and as OpenVINO's own kernel, then whole artifacts ('measured': the layers that "
-            "won alone; 'every operator'; 'dense': none) timed against each other; the fastest is written. "
+            "won alone; 'every operator'; 'dense': none) timed against each other (one with the same layers as "
+            "another is timed once and shown as '='); the fastest is written. "
             "'agreement' is the artifact's largest difference from the reference (int8 graph, or eval) on the "
             "calibration batches (or seeded normal inputs), in steps of the output grid where there is one.", "",
             "| model | form | batch | operators / candidates | measured ms | every operator ms | dense ms | written "

@@ -142,10 +142,10 @@ def test_a_reexport_replaces_the_folder_whole(tmp_path, monkeypatch):
     _fake_timing(monkeypatch, set(found), {"measured": 1.0, "dense": 2.0})
     first = export_folder(model, folder, (3, 32, 32), calibration, threads=2)
     (folder / "note.txt").write_text("a user's file in the old export")
-    _fake_timing(monkeypatch, set(), {"measured": 1.0, "every operator": 3.0})
+    _fake_timing(monkeypatch, set(), {"dense": 1.0, "every operator": 3.0})  # no layer won: 'measured' is 'dense'
     second = export_folder(model, folder, (3, 32, 32), calibration, threads=2)
     assert _operators(first) == set(found) and _operators(second) == set()
     assert sorted(p.name for p in folder.iterdir()) == ["engine.json", "libslimkit_openvino.so", "model.bin",
                                                        "model.xml"]
-    assert read_manifest(folder)["choice"]["chosen"] == "measured"
+    assert read_manifest(folder)["choice"]["chosen"] == "dense"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]

@@ -117,8 +117,10 @@ def export_measured(model: nn.Module, path: Path, input_shape: Sequence[int], ca
     try:
         timings = time_layers(base, found, input_shape, batch, threads, work)
         faster = frozenset(n for n, t in timings.items() if "slimkit_ms" in t and t["slimkit_ms"] < t["openvino_ms"])
-        variants = {"measured": faster, "every operator": frozenset(found), "dense": frozenset()}
-        sets = dict.fromkeys(variants.values())  # distinct layer sets, each exported and timed once
+        # distinct layer sets, each exported and timed once, under the first name that fits ('dense' where no
+        # layer won alone)
+        variants = {"dense": frozenset(), "measured": faster, "every operator": frozenset(found)}
+        sets = dict.fromkeys(variants.values())
         names = {layers: next(n for n, s in variants.items() if s == layers) for layers in sets}
         models = {}
         for layers in sets:
