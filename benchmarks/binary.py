@@ -7,7 +7,7 @@ epochs (the recipe's warm-up, LR milestones and stage windows move in proportion
 the seed. The full-precision reference is the xnor-fashion recipe with no stage. Two seeds of everything, plus
 RBNN's theta ablation: init_theta pi/2 (the official code's, a faithful port), pi/4 and 0, whose per-epoch
 theta trajectory is read from each run's checkpoints. The papers' orderings are published below as data
-(CLAIMS) before any run, and the page states for each whether this budget reproduced it (harness.SPREAD_RULE).
+(CLAIMS) before any run, and the page states for each whether this budget reproduced it (verdicts.RULE).
 
 The committed run took 2 h 20 min of wall time on 2 CPU cores, in single-threaded processes beside the
 sparsity suite (16 runs of 20 epochs on 4,000 images, the ablation's pi/2 being the rbnn run itself; per epoch
@@ -30,12 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    SPREAD_RULE,
-    Claim,
-    claims_table,
     epoch_seconds,
-    expected_orderings,
-    group_stats,
     merge_rows,
     read_json,
     recipe_digest,
@@ -46,6 +41,14 @@ from harness import (
     write_text,
 )
 from plots import Point, accuracy_plot
+from verdicts import (
+    RULE,
+    Claim,
+    claims_table,
+    error_rates_text,
+    expected_orderings,
+    group_stats,
+)
 
 HERE = Path(__file__).parent
 METHODS = ["xnor", "irnet", "rbnn", "recu", "siman"]
@@ -256,7 +259,7 @@ def render(results: Path) -> None:
         text.append("Not run yet: `.venv/bin/python benchmarks/binary.py` (about 2 hours on 2 CPU cores).\n")
     else:
         env = payload.get("environment", {})
-        text += ["## Paper claim against our measurement\n", SPREAD_RULE + "\n",
+        text += ["## Paper claim against our measurement\n", RULE + " " + error_rates_text() + "\n",
                  claims_table(CLAIMS, group_stats(rows)) + "\n", "## Every configuration\n", table(rows) + "\n",
                  "## RBNN's theta during training\n",
                  "Read from each epoch's checkpoint over every binary layer's per-channel theta. The latent "

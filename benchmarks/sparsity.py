@@ -6,7 +6,7 @@ recipe (`gmp-90`, `optg-90`, `movement-90`, `snip-90`: the papers' optimizer, we
 through), with only what the benchmark varies overridden: model, training subset, epochs, sparsity, scope (GMP
 only) and seed. Every configuration runs with seeds 0 and 1, the dense reference (the gmp-90 recipe with no
 stage) too. The papers' orderings are published below as data (RESNET_CLAIMS) before any run, and the page
-states for each whether this budget reproduced it (see harness.SPREAD_RULE). About 70 minutes on 2 idle CPU
+states for each whether this budget reproduced it (see verdicts.RULE). About 70 minutes on 2 idle CPU
 cores (measured: ~0.9 ms per training image and epoch, 2.5 s of validation per epoch, ~8 s per run besides;
 22 runs of 12 epochs on 12,000 images); contention from other processes slows it several times over.
 
@@ -30,13 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    SPREAD_RULE,
-    Claim,
-    claims_table,
     ensure_allocator_env,
     epoch_seconds,
-    expected_orderings,
-    group_stats,
     merge_rows,
     read_json,
     recipe_digest,
@@ -47,6 +42,14 @@ from harness import (
     write_text,
 )
 from plots import Point, accuracy_plot
+from verdicts import (
+    RULE,
+    Claim,
+    claims_table,
+    error_rates_text,
+    expected_orderings,
+    group_stats,
+)
 
 LENET_ABOUT = """The model is LeNet with 3x3 convolutions (so pattern sparsity applies). Every run, the dense
 reference included, trains from scratch for the same number of epochs on the same subset; methods that prune
@@ -318,8 +321,8 @@ def resnet_section(suite: dict[str, Any]) -> str:
         return "\n".join(text)
     stats = group_stats(rows)
     env = suite.get("environment", {})
-    text += ["### Paper claim against our measurement\n", SPREAD_RULE + "\n", claims_table(RESNET_CLAIMS, stats)
-             + "\n", "### Every configuration\n", resnet_table(rows) + "\n",
+    text += ["### Paper claim against our measurement\n", RULE + " " + error_rates_text() + "\n",
+             claims_table(RESNET_CLAIMS, stats) + "\n", "### Every configuration\n", resnet_table(rows) + "\n",
              f"Budget of every row: `{json.dumps(budget)}`. Each row's optimizer settings, stage summary and "
              f"run folder are in sparsity.json under `resnet`. Training took "
              f"{sum(r['train_seconds'] for r in rows) / 60:.0f} minutes in all.\n",

@@ -16,10 +16,13 @@ BENCH = Path(__file__).parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import harness and plots as top-level modules
 
 
+from scipy import stats as scipy_stats  # noqa: E402
+
 import harness  # noqa: E402
 import plots  # noqa: E402
+import verdicts  # noqa: E402
 
-Claim = harness.Claim
+Claim = verdicts.Claim
 
 
 def _load(name: str):
@@ -31,66 +34,77 @@ def _load(name: str):
     return module
 
 
-def rows(group: str, accs: list[float]) -> list[dict]:
-    return [{"group": group, "seed": seed, "test_acc": acc / 100} for seed, acc in enumerate(accs)]
+def rows(group: str, accs: list[float], first_seed: int = 0) -> list[dict]:
+    return [{"group": group, "seed": first_seed + i, "test_acc": acc / 100} for i, acc in enumerate(accs)]
 
 
-def judge(better: list[float], worse: list[float]):
-    stats = harness.group_stats(rows("a", better) + rows("b", worse))
-    return harness.verdict(Claim("a > b", "a", "b", "paper"), stats)
+def judge(better: list[float], worse: list[float], worse_first_seed: int = 0):
+    stats = verdicts.group_stats(rows("a", better) + rows("b", worse, worse_first_seed))
+    return verdicts.verdict(Claim("a > b", "a", "b", "paper"), stats)
 
 
 def test_group_stats_mean_range_and_seeds_in_points():
-    stats = harness.group_stats(rows("a", [80.0, 84.0, 82.0]))["a"]
+    stats = verdicts.group_stats(rows("a", [80.0, 84.0, 82.0]))["a"]
     assert stats.mean == pytest.approx(82.0) and (stats.low, stats.high) == pytest.approx((80.0, 84.0))
-    assert stats.range == pytest.approx(4.0) and stats.seeds == (0, 1, 2)
-    assert stats.text() == "82.00 (80.00-84.00, 3 seeds)"
+    assert stats.seeds == (0, 1, 2) and stats.text() == "82.00 (80.00-84.00, 3 seeds)"
 
 
-def test_verdict_reproduced_contradicted_and_not_resolved():
-    v = judge([80.0, 81.0], [70.0, 71.0])
-    assert (v.status, v.gap, v.spread) == ("reproduced", pytest.approx(10.0), pytest.approx(1.0))
-    v = judge([70.0, 71.0], [80.0, 80.5])
-    assert v.status == "contradicted" and v.gap == pytest.approx(-9.75)
-    v = judge([80.0, 84.0], [79.0, 80.0])  # gap 2.5, spread 4: inside 2 x 4
-    assert v.status == "not resolved" and v.reason == "gap within twice the seed spread"
+def test_the_paired_interval_is_students_on_the_per_seed_differences():
+    # differences 2, 4, 3: mean 3, s = 1, t(0.975, 2) = 4.302653 (tables): 3 +- 4.302653 / sqrt(3)
+    v = judge([82.0, 84.0, 83.0], [80.0, 80.0, 80.0])
+    half = 4.302653 / math.sqrt(3)
+    assert v.method == "paired" and v.gap == pytest.approx(3.0)
+    assert v.interval == pytest.approx((3.0 - half, 3.0 + half), abs=1e-5) and v.status == "reproduced"
+    v = judge([82.0, 84.0, 83.0], [80.0, 84.0, 80.0])  # differences 2, 0, 3: the interval holds 0
+    assert v.status == "not resolved" and v.reason == "the interval holds 0" and v.interval[0] < 0 < v.interval[1]
+    a, b = [82.0, 84.0, 83.0, 82.5], [80.0, 80.0, 80.0, 80.5]  # scipy's own paired test agrees
+    reference = scipy_stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert judge(a, b).interval == pytest.approx((reference.low, reference.high))
+    assert judge(a, b).status == "reproduced" and judge(b, a).status == "contradicted"
 
 
-def test_verdict_needs_more_than_twice_the_larger_range():
-    # gap exactly 2 x spread is not resolved; a hair more is
-    assert judge([80.0, 81.0], [78.0, 79.0]).status == "not resolved"
-    assert judge([80.0, 81.0], [78.0, 78.9]).status == "reproduced"
-    # the spread is the larger of the two ranges (3 here, not 0.2): a gap of 2.6 is not resolved
-    v = judge([80.0, 80.2], [76.0, 79.0])
-    assert v.spread == pytest.approx(3.0) and v.status == "not resolved"
-    # and the same gap against the opposite claim is not a contradiction either
-    assert judge([76.0, 79.0], [80.0, 80.2]).status == "not resolved"
-    # seeds that agree exactly resolve any non-zero gap; a zero gap never is
-    assert judge([80.0, 80.0], [79.9, 79.9]).status == "reproduced"
-    assert judge([80.0, 80.0], [80.0, 80.0]).status == "not resolved"
+def test_different_seeds_get_welchs_interval():
+    a, b = [82.0, 84.0, 83.0], [80.0, 79.0, 80.5, 81.0]
+    v = judge(a, b, worse_first_seed=10)
+    reference = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert v.method == "Welch" and v.interval == pytest.approx((reference.low, reference.high))
+    assert v.status == ("reproduced" if reference.low > 0 else "not resolved")
 
 
-def test_verdict_one_seed_and_missing_rows():
-    v = judge([90.0], [50.0, 51.0])
-    assert v.status == "not resolved" and "1 seed(s)" in v.reason and v.gap == pytest.approx(39.5)
-    stats = harness.group_stats(rows("a", [80.0, 81.0]))
-    v = harness.verdict(Claim("a > b", "a", "b", "paper"), stats)
+def test_fewer_than_three_seeds_and_missing_rows_are_never_resolved():
+    v = judge([90.0, 90.1], [50.0, 51.0])
+    assert v.status == "not resolved" and v.reason == "2 seed(s); the rule needs 3" and v.gap == pytest.approx(39.55)
+    stats = verdicts.group_stats(rows("a", [80.0, 81.0, 82.0]))
+    v = verdicts.verdict(Claim("a > b", "a", "b", "paper"), stats)
     assert v.status == "not measured" and v.reason == "no rows for b"
 
 
+def test_the_rules_simulated_error_rates():
+    # a true null is called resolved at the interval's 5%, at any seed count (Monte Carlo: 20,000 trials)
+    for seeds in (3, 5):
+        assert 0.04 < verdicts.simulated_error_rates(seeds, 0.0) < 0.06
+    # the power at a true gap of 2 sigma: the noncentral t's, computed independently
+    for seeds in (3, 5):
+        df, shift = seeds - 1, 2 / math.sqrt(2 / seeds)  # d ~ N(2 sigma, 2 sigma^2), n seeds
+        power = scipy_stats.nct.sf(scipy_stats.t.ppf(0.975, df), df, shift)
+        assert verdicts.simulated_error_rates(seeds, 2.0) == pytest.approx(power, abs=0.015)
+    assert verdicts.simulated_error_rates(5, 2.0) > verdicts.simulated_error_rates(3, 2.0)  # more seeds: surer
+
+
 def test_claims_table_renders_one_line_per_claim():
-    stats = harness.group_stats(rows("a", [80.0, 81.0]) + rows("b", [70.0, 71.0]) + rows("c", [75.0]))
+    stats = verdicts.group_stats(rows("a", [80.0, 81.0, 82.0]) + rows("b", [70.0, 71.0, 71.0]) + rows("c", [75.0]))
     claims = [Claim("A > B", "a", "b", "Paper 1, Table 2"), Claim("C > A", "c", "a", "Paper 2", "setting differs"),
               Claim("A > D", "a", "d", "Paper 3")]
-    lines = harness.claims_table(claims, stats).splitlines()
+    lines = verdicts.claims_table(claims, stats).splitlines()
     assert lines[0].startswith("| paper claim | source | ours: claimed better | ours: claimed worse | gap (pts) |")
-    assert lines[2] == ("| A > B | Paper 1, Table 2 | 80.50 (80.00-81.00, 2 seeds) | 70.50 (70.00-71.00, 2 seeds) "
-                        "| +10.00 | 2.00 | **reproduced** |")
-    assert lines[3] == ("| C > A | Paper 2. setting differs | 75.00 (1 seed) | 80.50 (80.00-81.00, 2 seeds) | -5.50 "
-                        "| 2.00 | **not resolved** (1 seed(s); the rule needs 2) |")
-    assert lines[4] == ("| A > D | Paper 3 | 80.50 (80.00-81.00, 2 seeds) | - | - | - | **not measured** (no rows "
+    low, high = verdicts.verdict(claims[0], stats).interval
+    assert lines[2] == ("| A > B | Paper 1, Table 2 | 81.00 (80.00-82.00, 3 seeds) | 70.67 (70.00-71.00, 3 seeds) "
+                        f"| +10.33 | {low:+.2f} to {high:+.2f} (paired) | **reproduced** |")
+    assert lines[3] == ("| C > A | Paper 2. setting differs | 75.00 (1 seed) | 81.00 (80.00-82.00, 3 seeds) | -6.00 "
+                        "| - | **not resolved** (1 seed(s); the rule needs 3) |")
+    assert lines[4] == ("| A > D | Paper 3 | 81.00 (80.00-82.00, 3 seeds) | - | - | - | **not measured** (no rows "
                         "for d) |")
-    assert harness.expected_orderings(claims[1:2]) == "- C > A (Paper 2; setting differs)"
+    assert verdicts.expected_orderings(claims[1:2]) == "- C > A (Paper 2; setting differs)"
 
 
 def test_merge_rows_replaces_only_the_same_group_and_seed():
