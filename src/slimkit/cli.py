@@ -143,7 +143,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with _claimed(out, "bench"):
         results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
                               use_compile=not args.no_compile, engines=not args.no_engines,
-                              fold_batchnorm=args.fold_batchnorm)
+                              fold_batchnorm=args.fold_batchnorm, work_in=out)
         results["environment"] = environment(0)
         _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
     table = Table(title=f"{args.model}: deployed (eager torch + kernels) and engine (OpenVINO + slimkit operators) "

@@ -8,14 +8,20 @@ Every speed-up names its baseline: the best dense engine of all, the best fp32 a
 eager PyTorch as an extra column. The CPU model and ISA are part of the result. The deployment is made per
 batch size (its per-layer choices are timed at that size) and warmed up, so no JIT compilation is counted.
 The int8 engines are calibrated on random inputs: their speed, not their accuracy, is measured here.
+
+The exported models go to a hidden work folder inside the output folder, `.bench-work-<pid>`, never to
+$TMPDIR: a bench killed mid-way leaves that folder, which the next bench there removes (locks.remove_stale_work).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ from torch import nn
 from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
+from slimkit.locks import remove_stale_work
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.eager.deploy import deploy
 from slimkit.runtime.engine.artifact import export_folder
@@ -90,14 +97,38 @@ def speedups(ms: dict[str, dict[str, float]], form: str) -> dict[str, Any]:
     return out
 
 
+WORK = ".bench-work-"  # a bench's work folder, in the folder it writes to: .bench-work-<pid>
+
+
+@contextmanager
+def work_folder(parent: Path) -> Iterator[Path]:
+    """A folder of this process's own inside `parent`, removed when done, for the exported models and every
+    temporary file made meanwhile (tempfile's default folder points there, so the libraries' temporary files,
+    onnxruntime's quantizer's among them, land there too). Work folders of processes that no longer run
+    (killed benches) are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_work(parent, WORK)
+    work = parent / f"{WORK}{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    default, tempfile.tempdir = tempfile.tempdir, str(work)
+    try:
+        yield work
+    finally:
+        tempfile.tempdir = default
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 64),
           repeats: int = 21, threads: int | None = None, use_compile: bool = True, engines: bool = True,
-          fold_batchnorm: bool = False) -> dict[str, Any]:
-    """Latency of the deployed model and every dense baseline of `model`, per batch size."""
+          fold_batchnorm: bool = False, work_in: str | Path | None = None) -> dict[str, Any]:
+    """Latency of the deployed model and every dense baseline of `model`, per batch size. Exported models are
+    written in a work folder inside `work_in` (`slimkit bench`: its output folder; default: the system's
+    temporary folder), removed after."""
     model = model.eval()
     threads = threads or default_threads()
     results: dict[str, Any] = {"input_shape": list(input_shape), "threads": threads, **cpu_info(), "batches": {}}
-    with tempfile.TemporaryDirectory() as tmp:
+    with work_folder(Path(work_in) if work_in is not None else Path(tempfile.gettempdir())) as tmp:
         exported = (export_dense(model, input_shape, [torch.randn(8, *input_shape) for _ in range(4)], Path(tmp))
                     if engines else {})
         artifact = _export_engine(model, input_shape, Path(tmp) / "engine" / "model.xml") if engines else None
@@ -148,8 +179,8 @@ def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Se
     artifact's layer choices and OpenVINO's per-node profile of it."""
     threads = threads or default_threads()
     out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(), "batches": {}}
-    with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as tmp:
-        exported = export_dense(dense.eval(), input_shape, calibration, Path(tmp))
+    with work_folder(folder.parent) as tmp:
+        exported = export_dense(dense.eval(), input_shape, calibration, tmp)
         for batch in batch_sizes:
             shape = (batch, *input_shape)
             manifest = export_folder(compressed, folder / f"batch-{batch}", input_shape, calibration, batch=batch,
