@@ -147,7 +147,8 @@ def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence
             timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
             ms = {name: timing[name][str(batch)] for name in forms}
             results["batches"][str(batch)] = {
-                "latency_ms": ms, "deployed_vs": speedups(ms, "deployed"), "layers": deployed.deploy_report,
+                "latency_ms": ms, "precision": _precisions(forms), "deployed_vs": speedups(ms, "deployed"),
+                "layers": deployed.deploy_report,
                 "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
             }
             if engine_model is not None:
@@ -214,10 +215,12 @@ def markdown(results: dict[str, Any], title: str) -> str:
     engine (and the best fp32, best int8 and eager ones), then each batch size's layer choices."""
     isa = ", ".join(results.get("isa", [])) or "none of the listed extensions"
     lines = [f"# {title}", "", f"CPU: {results.get('cpu_model', 'unknown')} ({isa}); {results.get('threads')} "
-             f"threads for every form.", "", "| batch | form | median ms | IQR ms |", "|---:|---|---:|---:|"]
+             f"threads for every form. Each OpenVINO form names the precision it computed in.", "",
+             "| batch | form | precision | median ms | IQR ms |", "|---:|---|---|---:|---:|"]
     for batch, r in results["batches"].items():
         for form, t in sorted(r["latency_ms"].items(), key=lambda kv: kv[1]["median"]):
-            lines.append(f"| {batch} | {form} | {t['median']:.3f} | {t['iqr']:.3f} |")
+            lines.append(f"| {batch} | {form} | {r.get('precision', {}).get(form, '')} | {t['median']:.3f} | "
+                         f"{t['iqr']:.3f} |")
     lines += ["", "Deployed against (ratio > 1: deployed is faster; the baseline is named):", "",
               "| batch | best dense engine | best fp32 | best int8 | eager torch |", "|---:|---|---|---|---|"]
     for batch, r in results["batches"].items():
