@@ -48,7 +48,10 @@ def test_a_killed_bench_leaves_nothing_in_tmpdir_and_the_next_bench_removes_its_
     finally:
         bench.kill()
         bench.wait()
-    assert sorted(tmpdir.rglob("*")) == []
+    # nothing in $TMPDIR but torch's compile cache, which importing torch._dynamo creates there (a meta-device
+    # forward imports it as every zoo model is built): a folder of torch's, shared by every run, empty here
+    assert [p for p in tmpdir.rglob("*") if not (p.relative_to(tmpdir).parts[0].startswith("torchinductor_")
+                                                 and p.is_dir())] == []
     left = out / f"{WORK}{bench.pid}"
     assert _exported(left) is not None, sorted(out.rglob("*"))  # where the killed bench worked: its output folder
 
@@ -65,10 +68,12 @@ def test_a_work_folder_is_its_process_own_and_removed_after(tmp_path):
     live.mkdir()
     not_a_pid = tmp_path / f"{WORK}spare"
     not_a_pid.mkdir()
+    before = os.environ.get("TMPDIR")
     with work_folder(tmp_path) as work:
         import tempfile
 
         assert work == tmp_path / f"{WORK}{os.getpid()}" and Path(tempfile.gettempdir()) == work
+        assert os.environ["TMPDIR"] == str(work)  # where native libraries put their files
         (work / "model.onnx").write_bytes(b"x")
     assert not work.exists() and live.exists() and not_a_pid.exists()
-    assert Path(tempfile.gettempdir()) != work
+    assert Path(tempfile.gettempdir()) != work and os.environ.get("TMPDIR") == before

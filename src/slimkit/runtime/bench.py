@@ -103,19 +103,26 @@ WORK = ".bench-work-"  # a bench's work folder, in the folder it writes to: .ben
 @contextmanager
 def work_folder(parent: Path) -> Iterator[Path]:
     """A folder of this process's own inside `parent`, removed when done, for the exported models and every
-    temporary file made meanwhile (tempfile's default folder points there, so the libraries' temporary files,
-    onnxruntime's quantizer's among them, land there too). Work folders of processes that no longer run
-    (killed benches) are removed first."""
+    temporary file made meanwhile: tempfile's default folder and $TMPDIR point there, so the libraries'
+    temporary files land there too (onnxruntime's quantizer's, and the `.ses` file its telemetry writes in
+    $TMPDIR when it is imported). Work folders of processes that no longer run (killed benches) are removed
+    first."""
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_work(parent, WORK)
     work = parent / f"{WORK}{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     default, tempfile.tempdir = tempfile.tempdir, str(work)
+    environment = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(work)
     try:
         yield work
     finally:
         tempfile.tempdir = default
+        if environment is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = environment
         shutil.rmtree(work, ignore_errors=True)
 
 
