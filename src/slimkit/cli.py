@@ -143,19 +143,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with _claimed(out, "bench"):
         results = bench.bench(model, shape, batch_sizes=args.batch_sizes, repeats=args.repeats, threads=args.threads,
                               use_compile=not args.no_compile, engines=not args.no_engines,
-                              fold_batchnorm=args.fold_batchnorm)
+                              fold_batchnorm=args.fold_batchnorm, work_in=out)
         results["environment"] = environment(0)
         _, md_path = bench.write(results, out, f"slimkit bench {args.model}")
     table = Table(title=f"{args.model}: deployed (eager torch + kernels) and engine (OpenVINO + slimkit operators) "
                         f"vs the dense engines (ms, medians; {results['cpu_model']}, "
                         f"{', '.join(results['isa']) or 'no AVX2'}, {results['threads']} threads)")
-    for col in ("batch", "form", "ms", "vs best dense engine", "vs best fp32", "vs best int8", "vs eager torch"):
+    for col in ("batch", "form", "precision", "ms", "vs best dense engine", "vs best fp32", "vs best int8",
+                "vs eager torch"):
         table.add_column(col, justify="right")
     for batch, r in results["batches"].items():
         for form in ("deployed", "engine"):
             if form in r["latency_ms"]:
                 versus = r[f"{form}_vs"]
-                table.add_row(batch, form, f"{r['latency_ms'][form]['median']:.3f}",
+                table.add_row(batch, form, r["precision"].get(form, ""),
+                              f"{r['latency_ms'][form]['median']:.3f}",
                               *(bench.versus(versus.get(k)) for k in ("best_dense", "best_fp32", "best_int8", "eager")))
     if "error" in results.get("engine", {}):
         console.print(f"engine form missing: {results['engine']['error']}", style="yellow")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -72,17 +73,33 @@ def _read_owner(fd: int) -> Owner | None:
         return None
 
 
-def _alive_here(owner: Owner) -> bool:
-    """Whether `owner`, a process of this host, still runs: its pid exists and started when the lock says
-    (a pid the system gave to a new process since is not the owner)."""
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host (another user's process counts)."""
     try:
-        os.kill(owner.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: alive
-        pass
+        return True
+    return True
+
+
+def _alive_here(owner: Owner) -> bool:
+    """Whether `owner`, a process of this host, still runs: its pid exists and started when the lock says
+    (a pid the system gave to a new process since is not the owner)."""
+    if not process_alive(owner.pid):
+        return False
     started = _process_start(owner.pid)
     return started is None or abs(started - owner.started) < 2.0
+
+
+def remove_stale_work(parent: Path, prefix: str) -> None:
+    """Remove the folders `parent`/<prefix><pid> whose process no longer runs (a killed writer's); a live
+    process's, and names that do not end in a pid, stay."""
+    for stale in parent.glob(f"{prefix}*"):
+        pid = stale.name.removeprefix(prefix)
+        if stale.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 class FolderLock:

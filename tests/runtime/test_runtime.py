@@ -293,11 +293,19 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch
         assert r["engine_vs"]["best_dense"]["baseline"] == fastest
         assert r["engine_vs"]["best_dense"]["speedup"] == pytest.approx(ms[fastest]["median"] / ms["engine"]["median"])
         assert any(p["node"] == "SparseConv2d" and p["nodes"] == 1 for p in r["engine_profile"]), r["engine_profile"]
+        # every OpenVINO form names the precision it computed in: the artifact and the *_fp32/int8 forms pinned
+        # to fp32, a form at the CPU's default (openvino_bf16, openvino_int8+bf16) named by it
+        assert set(r["precision"]) == {f for f in ms if f == "engine" or f.startswith("openvino_")}
+        assert r["precision"]["engine"] == r["precision"]["openvino_fp32"] == r["precision"]["openvino_int8"] == "fp32"
+        assert all(r["precision"][f] == f.rsplit("_", 1)[1].rsplit("+", 1)[-1] for f in ms
+                   if f.startswith("openvino_") and f not in ("openvino_fp32", "openvino_int8"))
     engine_layers = {line["layer"]: line["engine"] for line in results["engine"]["slimkit_layers"]}
     assert engine_layers["features.3"] == "slimkit::SparseConv2d" and "features.0" not in engine_layers
     report = (tmp_path / "run" / "bench.md").read_text()
     assert "| layer | kind | runs |" in report and "CPU: " in report and "best dense engine" in report
     assert "Where the engine's time goes at batch 8" in report
+    assert "| 8 | engine | fp32 |" in report and "| 1 | openvino_fp32 | fp32 |" in report
+    assert "| 1 | eager |  |" in report  # torch forms: what their name says
 
 
 def _pattern_weight(out, channels, ratio, seed, group=1):

@@ -8,14 +8,20 @@ Every speed-up names its baseline: the best dense engine of all, the best fp32 a
 eager PyTorch as an extra column. The CPU model and ISA are part of the result. The deployment is made per
 batch size (its per-layer choices are timed at that size) and warmed up, so no JIT compilation is counted.
 The int8 engines are calibrated on random inputs: their speed, not their accuracy, is measured here.
+
+The exported models go to a hidden work folder inside the output folder, `.bench-work-<pid>`, never to
+$TMPDIR: a bench killed mid-way leaves that folder, which the next bench there removes (locks.remove_stale_work).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ from torch import nn
 from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
+from slimkit.locks import remove_stale_work
 from slimkit.metrics import compare_latency, default_threads
 from slimkit.runtime.eager.deploy import deploy
 from slimkit.runtime.engine.artifact import export_folder
@@ -90,14 +97,45 @@ def speedups(ms: dict[str, dict[str, float]], form: str) -> dict[str, Any]:
     return out
 
 
+WORK = ".bench-work-"  # a bench's work folder, in the folder it writes to: .bench-work-<pid>
+
+
+@contextmanager
+def work_folder(parent: Path) -> Iterator[Path]:
+    """A folder of this process's own inside `parent`, removed when done, for the exported models and every
+    temporary file made meanwhile: tempfile's default folder and $TMPDIR point there, so the libraries'
+    temporary files land there too (onnxruntime's quantizer's, and the `.ses` file its telemetry writes in
+    $TMPDIR when it is imported). Work folders of processes that no longer run (killed benches) are removed
+    first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_work(parent, WORK)
+    work = parent / f"{WORK}{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    default, tempfile.tempdir = tempfile.tempdir, str(work)
+    environment = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(work)
+    try:
+        yield work
+    finally:
+        tempfile.tempdir = default
+        if environment is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = environment
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 64),
           repeats: int = 21, threads: int | None = None, use_compile: bool = True, engines: bool = True,
-          fold_batchnorm: bool = False) -> dict[str, Any]:
-    """Latency of the deployed model and every dense baseline of `model`, per batch size."""
+          fold_batchnorm: bool = False, work_in: str | Path | None = None) -> dict[str, Any]:
+    """Latency of the deployed model and every dense baseline of `model`, per batch size. Exported models are
+    written in a work folder inside `work_in` (`slimkit bench`: its output folder; default: the system's
+    temporary folder), removed after."""
     model = model.eval()
     threads = threads or default_threads()
     results: dict[str, Any] = {"input_shape": list(input_shape), "threads": threads, **cpu_info(), "batches": {}}
-    with tempfile.TemporaryDirectory() as tmp:
+    with work_folder(Path(work_in) if work_in is not None else Path(tempfile.gettempdir())) as tmp:
         exported = (export_dense(model, input_shape, [torch.randn(8, *input_shape) for _ in range(4)], Path(tmp))
                     if engines else {})
         artifact = _export_engine(model, input_shape, Path(tmp) / "engine" / "model.xml") if engines else None
@@ -116,7 +154,8 @@ def bench(model: nn.Module, input_shape: Sequence[int], *, batch_sizes: Sequence
             timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
             ms = {name: timing[name][str(batch)] for name in forms}
             results["batches"][str(batch)] = {
-                "latency_ms": ms, "deployed_vs": speedups(ms, "deployed"), "layers": deployed.deploy_report,
+                "latency_ms": ms, "precision": _precisions(forms), "deployed_vs": speedups(ms, "deployed"),
+                "layers": deployed.deploy_report,
                 "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
             }
             if engine_model is not None:
@@ -148,8 +187,8 @@ def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Se
     artifact's layer choices and OpenVINO's per-node profile of it."""
     threads = threads or default_threads()
     out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(), "batches": {}}
-    with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as tmp:
-        exported = export_dense(dense.eval(), input_shape, calibration, Path(tmp))
+    with work_folder(folder.parent) as tmp:
+        exported = export_dense(dense.eval(), input_shape, calibration, tmp)
         for batch in batch_sizes:
             shape = (batch, *input_shape)
             manifest = export_folder(compressed, folder / f"batch-{batch}", input_shape, calibration, batch=batch,
@@ -183,10 +222,12 @@ def markdown(results: dict[str, Any], title: str) -> str:
     engine (and the best fp32, best int8 and eager ones), then each batch size's layer choices."""
     isa = ", ".join(results.get("isa", [])) or "none of the listed extensions"
     lines = [f"# {title}", "", f"CPU: {results.get('cpu_model', 'unknown')} ({isa}); {results.get('threads')} "
-             f"threads for every form.", "", "| batch | form | median ms | IQR ms |", "|---:|---|---:|---:|"]
+             f"threads for every form. Each OpenVINO form names the precision it computed in.", "",
+             "| batch | form | precision | median ms | IQR ms |", "|---:|---|---|---:|---:|"]
     for batch, r in results["batches"].items():
         for form, t in sorted(r["latency_ms"].items(), key=lambda kv: kv[1]["median"]):
-            lines.append(f"| {batch} | {form} | {t['median']:.3f} | {t['iqr']:.3f} |")
+            lines.append(f"| {batch} | {form} | {r.get('precision', {}).get(form, '')} | {t['median']:.3f} | "
+                         f"{t['iqr']:.3f} |")
     lines += ["", "Deployed against (ratio > 1: deployed is faster; the baseline is named):", "",
               "| batch | best dense engine | best fp32 | best int8 | eager torch |", "|---:|---|---|---|---|"]
     for batch, r in results["batches"].items():

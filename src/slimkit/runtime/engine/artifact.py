@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
-from slimkit.locks import LOCK_NAME
+from slimkit.locks import LOCK_NAME, remove_stale_work
 from slimkit.runtime.engine.build import node_kernels, require_library, runnable_builds
 from slimkit.runtime.engine.dense_engines import PINNED_F32, OpenVinoModel
 from slimkit.runtime.engine.export import LIBRARY_NAME, copy_atomically, openvino_core
@@ -83,24 +83,6 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
     shutil.rmtree(staging)  # now the previous export
 
 
-def _remove_stale_staging(folder: Path) -> None:
-    """Staging folders that killed exports left beside `folder` (their process is gone)."""
-    for stale in folder.parent.glob(f".{folder.name}{STAGING}*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[int],
                   calibration: Iterable[Tensor] | None = None, *, batch: int = 1, threads: int | None = None,
                   ) -> dict[str, Any]:
@@ -113,7 +95,7 @@ def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[in
     folder = Path(folder).resolve()
     threads = threads or default_threads()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(folder)
+    remove_stale_work(folder.parent, f".{folder.name}{STAGING}")  # what killed exports left
     staging = folder.parent / f".{folder.name}{STAGING}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -8,7 +8,9 @@ every operator times the kernels the CPU runs on its first call of a shape and k
 so one build serves every x86-64 machine and no build is chosen because a CPU flag exists. Every
 warning fails the build (-Wall -Wextra -Werror; OpenVINO's headers are system headers, whose warnings are
 not ours). The file name carries a digest of every source, the flags, the compiler and the OpenVINO version,
-so a changed source, flag or engine never loads a stale build.
+so a changed source, flag or engine never loads a stale build. Beside it, `<library>.sha256` records the
+built file's own SHA-256 (in `sha256sum` format): the library is loaded (by OpenVINO or ctypes) only once its
+bytes match, since dlopen of a truncated library dies with SIGBUS and of an altered one runs its code.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.errors import SlimkitError
+from slimkit.files import atomic_write_text
 
 SOURCES = Path(__file__).with_name("cpp")  # the operators, the dispatch and the entry point: compiled once
 KERNELS = SOURCES / "kernels"  # kernels_<isa>.cpp and the kernel headers they include: compiled once per ISA
@@ -70,11 +73,31 @@ def library_path() -> Path:
     return Path(sys.prefix) / "lib" / "slimkit" / f"libslimkit_openvino-{digest.hexdigest()[:16]}.so"
 
 
+def digest_path(library: Path) -> Path:
+    """Where the SHA-256 of `library`, recorded when it was built, lives: beside it, as `sha256sum` writes it."""
+    return library.with_name(library.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(library: Path) -> bool:
+    """Whether `library` exists and its bytes have the SHA-256 recorded when it was built (reading a file never
+    maps it, so a truncated one is found here, before dlopen)."""
+    try:
+        recorded = digest_path(library).read_text().split()
+        return len(recorded) == 2 and recorded[1] == library.name and _sha256(library) == recorded[0]
+    except OSError:
+        return False
+
+
 def build(force: bool = False) -> Path:
-    """Compile the library unless this exact build exists; the file appears atomically (built in a temporary
-    folder, then renamed), so a killed build never leaves a half-written library behind."""
+    """Compile the library unless this exact build exists intact; the file appears atomically (built in a
+    temporary folder, its digest recorded, then renamed), so a killed build never leaves a half-written library
+    behind, and one truncated or changed since is built again."""
     target = library_path()
-    if target.exists() and not force:
+    if _intact(target) and not force:
         return target
     ov_dir = _openvino_dir()
     compiler = _compiler()
@@ -99,9 +122,10 @@ def build(force: bool = False) -> Path:
         _run([compiler, "-shared", "-o", str(built), *map(str, objects),
               *(str(_runtime_library(ov_dir, lib)) for lib in ("libopenvino", "libopenvino_onnx_frontend", "libtbb")),
               f"-Wl,-rpath,{ov_dir / 'libs'}"])
-        os.replace(built, target)
-    for stale in target.parent.glob("libslimkit_openvino-*.so"):
-        if stale != target:
+        atomic_write_text(digest_path(target), f"{_sha256(built)}  {target.name}\n")  # before the library: a kill
+        os.replace(built, target)  # between the two leaves no library to load, and the next build makes it
+    for stale in target.parent.glob("libslimkit_openvino-*.so*"):
+        if stale not in (target, digest_path(target)):
             stale.unlink(missing_ok=True)
     return target
 
@@ -128,12 +152,18 @@ def _run(command: list[str]) -> None:
 
 
 def require_library() -> Path:
-    """The built library; a clear error naming the build command when the set-up has not built it."""
+    """The built library, once its bytes match the digest recorded when it was built; a clear error naming the
+    build command when the set-up has not built it, or when the file was truncated or changed since (never
+    handed to dlopen)."""
     path = library_path()
+    rebuild = (f"run `make test`/`make demo` (the set-up builds them) or `{sys.executable} -m "
+               "slimkit.runtime.engine.build`")
     if not path.exists():
-        raise SlimkitError(f"slimkit's OpenVINO operators are not built for this installation ({path}); "
-                           f"run `make test`/`make demo` (the set-up builds them) or `{sys.executable} -m "
-                           "slimkit.runtime.engine.build`")
+        raise SlimkitError(f"slimkit's OpenVINO operators are not built for this installation ({path}); {rebuild}")
+    if not _intact(path):
+        raise SlimkitError(f"slimkit's OpenVINO operator library {path} does not match the SHA-256 recorded when it "
+                           f"was built ({digest_path(path).name}): it was truncated or changed since, so it is not "
+                           f"loaded; {rebuild}")
     return path
 
 

@@ -4,7 +4,6 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,21 +30,15 @@ public:
 
     BinaryConv2d() = default;
 
-    void validate_and_infer_types() override {
-        const auto& w = get_input_partial_shape(1);
-        const bool known = w.rank().is_static();
-        const ov::Dimension any = ov::Dimension::dynamic();
-        infer_output(known ? w[0] : any, known ? w[2] : any, known ? w[3] : any, packed_input_ ? 1 : 0);
-        if (pack_output_ != 0) {
-            ov::PartialShape bits = ov::PartialShape::dynamic(5);
-            const ov::PartialShape y = get_output_partial_shape(0);
-            bits[0] = y[0];
-            bits[1] = 2;
-            bits[2] = known && w[0].is_static() ? ov::Dimension((w[0].get_length() + 63) / 64) : any;
-            bits[3] = y[2];
-            bits[4] = y[3];
-            set_output_type(1, ov::element::i64, bits);
-        }
+    void infer_second_output(const ov::PartialShape& y) override {
+        if (pack_output_ == 0) return;
+        ov::PartialShape bits = ov::PartialShape::dynamic(5);
+        bits[0] = y[0];
+        bits[1] = 2;
+        bits[2] = y[1].is_static() ? ov::Dimension((y[1].get_length() + 63) / 64) : ov::Dimension::dynamic();
+        bits[3] = y[2];
+        bits[4] = y[3];
+        set_output_type(1, ov::element::i64, bits);
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
@@ -68,9 +61,14 @@ public:
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const Checker check(*this, layer_);
+        const ov::Shape out = checked_output(check, Inputs(inputs)).to_shape();
         const auto& xs = inputs[0].get_shape();
         const auto& ws = inputs[1].get_shape();
         const int spatial = packed_input_ ? 3 : 2;  // bits are [B, 2, words, H, W]
+        // per image, every size the kernels index with int
+        check.product("the input image", {ws[1], xs[spatial], xs[spatial + 1]}, INT_LIMIT);
+        check.product("the output image", {out[1], out[2], out[3] + 3}, INT_LIMIT);
         Shape s{};
         s.channels = static_cast<int>(ws[1]);
         s.height = static_cast<int>(xs[spatial]);
@@ -80,20 +78,16 @@ public:
         s.kernel_w = static_cast<int>(ws[3]);
         s.stride = static_cast<int>(stride_);
         s.pad = static_cast<int>(pad_);
-        s.out_h = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
-        s.out_w = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
+        s.out_h = static_cast<int>(out[2]);
+        s.out_w = static_cast<int>(out[3]);
         s.words = (s.kernel_w * s.channels + 63) / 64;
         s.cols = (s.out_w + 3) / 4 * 4;
         s.outs = (s.out_c + 3) / 4 * 4;
         s.one_plane = static_cast<int>(one_plane_);
-        const int pixel_words = (s.channels + 63) / 64;
         const size_t in_channels = packed_input_ ? 2 * xs[2] : xs[1];
-        if (packed_input_ ? xs[1] != 2 || static_cast<int>(xs[2]) != pixel_words : static_cast<int>(xs[1]) != s.channels)
-            throw std::runtime_error("slimkit BinaryConv2d: the input's shape does not fit weights of " +
-                                     std::to_string(s.channels) + " channels");
-        if (s.kernel_h * s.words > 16 * 64)
-            throw std::runtime_error("slimkit BinaryConv2d: kernel rows x words per row exceeds 1024");
         const size_t batch = xs[0];
+        check.product("the packed input planes", {batch, static_cast<uint64_t>(s.height), static_cast<uint64_t>(s.words),
+                                                  static_cast<uint64_t>(s.cols)}, BUFFER_LIMIT);
         outputs[0].set_shape({batch, static_cast<size_t>(s.out_c), static_cast<size_t>(s.out_h),
                               static_cast<size_t>(s.out_w)});
         const size_t out_area = static_cast<size_t>(s.out_h) * s.out_w, out_words = (s.out_c + 63) / 64;
@@ -102,7 +96,7 @@ public:
             outputs[1].set_shape({batch, 2, out_words, static_cast<size_t>(s.out_h), static_cast<size_t>(s.out_w)});
             bits = reinterpret_cast<uint64_t*>(outputs[1].data<int64_t>());
         }
-        const uint64_t* wbits = packed_weights(inputs[1], s);
+        const uint64_t* wbits = packed_weights(check, inputs, s);
         const float* residual = inputs.size() > 4 ? inputs[4].data<const float>() : nullptr;
         const Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high()};
         float* y = outputs[0].data<float>();
@@ -151,30 +145,80 @@ public:
         return true;
     }
 
+protected:
+    void check_attributes(const Checker& check) const override {
+        FusedConv::check_attributes(check);
+        check.in_range("attribute one_plane", one_plane_, 0, 1);
+        check.in_range("attribute pack_output", pack_output_, 0, 2);
+        check.in_range("attribute packed_input", packed_input_, 0, 1);
+    }
+
+    size_t residual_input() const override { return 4; }
+
+    // x f32 [B, C, H, W] (or packed bits i64 [B, 2, ceil(C / 64), H, W]), weights f32 [O, C, KH, KW], scale and
+    // shift f32 [O]; a kernel row's bits fill at most 1024 words in all (the kernels' bound).
+    void check_inputs(const Checker& check, const Inputs& in) const override {
+        check.element_type("input x", in.types[0], {packed_input_ ? ov::element::i64 : ov::element::f32});
+        check.rank("input x", in.shapes[0], packed_input_ ? 5 : 4);
+        check.element_type("input weights", in.types[1], {ov::element::f32});
+        check.rank("input weights", in.shapes[1], 4);
+        const ov::Dimension out_c = in.dim(1, 0), channels = in.dim(1, 1), kh = in.dim(1, 2), kw = in.dim(1, 3);
+        const int64_t limits[4] = {INT_LIMIT / 4, INT_LIMIT / 4, MAX_WINDOW, MAX_WINDOW};
+        const char* names[4] = {"output channels", "input channels", "kernel height", "kernel width"};
+        for (int axis = 0; axis < 4; ++axis)
+            if (in.dim(1, axis).is_static())
+                check.in_range(std::string("the weights' ") + names[axis], in.dim(1, axis).get_length(), 1, limits[axis]);
+        if (channels.is_static() && kh.is_static() && kw.is_static())
+            check.require(kh.get_length() * ((kw.get_length() * channels.get_length() + 63) / 64) <= 1024, "input weights",
+                          "has shape " + in.shapes[1].to_string() + ": a window of more than 1024 words of bits");
+        for (size_t i : {size_t{2}, size_t{3}}) {
+            const std::string name = i == 2 ? "input scale" : "input shift";
+            check.element_type(name, in.types[i], {ov::element::f32});
+            check.rank(name, in.shapes[i], 1);
+            check.dimension(name, in.shapes[i], 0, out_c, "one value per output channel");
+        }
+        if (packed_input_) {
+            check.dimension("input x", in.shapes[0], 1, 2, "the two bit planes");
+            const ov::Dimension words = channels.is_static() ? ov::Dimension((channels.get_length() + 63) / 64) : channels;
+            check.dimension("input x", in.shapes[0], 2, words, "the words of the weights' input channels");
+        } else {
+            check.dimension("input x", in.shapes[0], 1, channels, "the weights' input channels");
+        }
+    }
+
+    ov::PartialShape output_shape(const Checker& check, const Inputs& in) const override {
+        return conv_output(check, in, in.dim(1, 0), in.dim(1, 2), in.dim(1, 3), packed_input_ ? 1 : 0);
+    }
+
+    // Weights +-1, scale and shift finite.
+    void check_data(const Checker& check, const Inputs& in) const override {
+        check.all_signs("input weights", in.values[1]);
+        check.all_finite("input scale", in.values[2]);
+        check.all_finite("input shift", in.values[3]);
+    }
+
 private:
     // Positive-bit plane of the +-1 weights, [kh, word, outs] (kw-major, channel-minor bits per kernel row),
-    // packed on the first call and kept while the weight tensor stays the same.
-    const uint64_t* packed_weights(const ov::Tensor& weight, const Shape& s) const {
+    // packed on the first call and kept while the weights, scale and shift stay the same Constants (their data
+    // checked before, check_data; see constant_inputs).
+    const uint64_t* packed_weights(const Checker& check, const ov::TensorVector& inputs, const Shape& s) const {
         std::lock_guard<std::mutex> lock(mutex_);
-        const float* w = weight.data<const float>();
-        if (w == packed_from_ && !packed_.empty()) return packed_.data();
+        const std::vector<const void*> from = data_of(inputs, 1, 4);
+        if (from == packed_from_ && !packed_.empty() && constant_inputs(1, 4)) return packed_.data();
+        check_data(check, Inputs(inputs));
+        const float* w = inputs[1].data<const float>();
         std::vector<uint64_t> bits(static_cast<size_t>(s.kernel_h) * s.words * s.outs, 0);
         for (int o = 0; o < s.out_c; ++o)
             for (int c = 0; c < s.channels; ++c)
                 for (int kh = 0; kh < s.kernel_h; ++kh)
-                    for (int kw = 0; kw < s.kernel_w; ++kw) {
-                        const float value = w[((static_cast<size_t>(o) * s.channels + c) * s.kernel_h + kh) *
-                                              s.kernel_w + kw];
-                        if (value != 1.0f && value != -1.0f)
-                            throw std::runtime_error("slimkit BinaryConv2d: weights must be +-1");
-                        if (value > 0) {
+                    for (int kw = 0; kw < s.kernel_w; ++kw)
+                        if (w[((static_cast<size_t>(o) * s.channels + c) * s.kernel_h + kh) * s.kernel_w + kw] > 0) {
                             const int bit = kw * s.channels + c;
                             bits[(static_cast<size_t>(kh) * s.words + (bit >> 6)) * s.outs + o] |=
                                 uint64_t{1} << (bit & 63);
                         }
-                    }
         packed_.swap(bits);
-        packed_from_ = w;
+        packed_from_ = from;
         return packed_.data();
     }
 
@@ -183,7 +227,7 @@ private:
     int64_t packed_input_ = 0;  // 1: input 0 is a BinaryConv2d's sign bits
     mutable std::mutex mutex_;
     mutable std::vector<uint64_t> packed_;
-    mutable const float* packed_from_ = nullptr;
+    mutable std::vector<const void*> packed_from_;
 };
 
 std::vector<ov::Extension::Ptr> binary_conv2d_extensions() { return extensions_of<BinaryConv2d>(); }

@@ -1,8 +1,10 @@
 // What slimkit's operators share: the per-thread scratch buffers, reading the CSR ptr input, the base classes
-// of the fused epilogue and of the conv geometry, and how an operator is registered with OpenVINO (each
-// operator's file, binary_conv2d.cpp and the like, returns its extensions; extension.cpp collects them).
+// of the fused epilogue and of the conv geometry (with the checks of what they read, validation.hpp), and how
+// an operator is registered with OpenVINO (each operator's file, binary_conv2d.cpp and the like, returns its
+// extensions; extension.cpp collects them).
 #pragma once
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -16,6 +18,7 @@
 #include <openvino/op/op.hpp>
 
 #include "kernel_tuner.hpp"
+#include "validation.hpp"
 
 namespace slimkit {
 
@@ -37,7 +40,9 @@ inline void read_ptr(const ov::Tensor& ptr, std::vector<int64_t>& out) {
 }
 
 // What every slimkit operator shares: the fused epilogue's attributes (clamp on/off and its bounds; a
-// residual is an extra last input) and copying them into a clone.
+// residual is an extra last input), copying them into a clone, and the checks of what the node reads
+// (validation.hpp): OpenVINO's validation of the node runs them all, its Constant inputs' data included;
+// evaluate runs checked_output on every call and check_data whenever it derives its layouts from new data.
 class FusedEpilogue : public ov::op::Op {
 public:
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -48,9 +53,62 @@ public:
         return true;
     }
 
+    void validate_and_infer_types() override {
+        const Checker check(*this, layer_);
+        check_attributes(check);
+        const Inputs in(*this);
+        const ov::PartialShape out = checked_output(check, in);
+        set_output_type(0, ov::element::f32, out);
+        infer_second_output(out);
+        check_data(check, in);
+    }
+
     bool has_evaluate() const override { return true; }
 
 protected:
+    // The attributes' checks; an operator with attributes of its own extends this.
+    virtual void check_attributes(const Checker& check) const {
+        check.in_range("attribute clamp", clamp_, 0, 1);
+        check.require(!std::isnan(low_) && !std::isnan(high_) && (clamp_ == 0 || low_ <= high_), "attributes low, high",
+                      "are " + Checker::text(low_) + ", " + Checker::text(high_) + "; a clamp needs low <= high");
+    }
+
+    // The input that holds a fused residual, when there is one (the last; every input before it is required).
+    virtual size_t residual_input() const = 0;
+    // The inputs' element types and shapes (ranks, each length against the others where both are known).
+    virtual void check_inputs(const Checker& check, const Inputs& in) const = 0;
+    // Output 0's shape from checked inputs (a window that does not fit the input is refused).
+    virtual ov::PartialShape output_shape(const Checker& check, const Inputs& in) const = 0;
+    // The data the operator reads where it is known: constants at compile time, the call's in evaluate.
+    virtual void check_data(const Checker& check, const Inputs& in) const = 0;
+    // Output 1, for an operator that hands the next one bits or integers.
+    virtual void infer_second_output(const ov::PartialShape&) {}
+
+    // Output 0's shape, after the checks of the input count, the inputs and the residual (f32, exactly the
+    // output's shape): what validation and every call of evaluate run first.
+    ov::PartialShape checked_output(const Checker& check, const Inputs& in) const {
+        const int64_t first = static_cast<int64_t>(residual_input());
+        check.in_range("the number of inputs", static_cast<int64_t>(in.size()), first, first + 1);
+        check_inputs(check, in);
+        const ov::PartialShape out = output_shape(check, in);
+        if (in.size() > residual_input()) {
+            check.element_type("input residual", in.types[first], {ov::element::f32});
+            check.require(in.shapes[first].compatible(out), "input residual",
+                          "has shape " + in.shapes[first].to_string() + "; it must be the output's, " + out.to_string());
+        }
+        return out;
+    }
+
+    // Whether inputs [first, last) are Constants of the graph this node runs in, so their data cannot change
+    // between calls: the data an operator derives its layouts from is checked (and derived) once per new data
+    // pointer then, and on every call otherwise (a crafted graph may compute an index input, whose buffer
+    // keeps its address while its values change).
+    bool constant_inputs(size_t first, size_t last) const {
+        for (size_t i = first; i < last; ++i)
+            if (ov::as_type_ptr<ov::op::v0::Constant>(get_input_node_shared_ptr(i)) == nullptr) return false;
+        return true;
+    }
+
     // Tells the kernel tuner's report which kernel this node runs (kernel names are static strings, so a
     // pointer compare skips the report's lock on every call but the first and a change).
     void note_kernel(const char* kernel) const {
@@ -84,6 +142,33 @@ protected:
     mutable std::atomic<const char*> noted_{nullptr};
 };
 
+// The data pointers of inputs [first, last) of a call: what an operator's derived layouts were made from.
+inline std::vector<const void*> data_of(const ov::TensorVector& inputs, size_t first, size_t last) {
+    std::vector<const void*> data;
+    for (size_t i = first; i < last; ++i) data.push_back(inputs[i].data());
+    return data;
+}
+
+// The output channels (or features) of a CSR layout whose ptr is input `ptr`: its length less one.
+inline ov::Dimension csr_outputs(const Inputs& in, size_t ptr) {
+    const ov::Dimension length = in.dim(ptr, 0);
+    return length.is_static() ? ov::Dimension(length.get_length() - 1) : ov::Dimension::dynamic();
+}
+
+// The checks of a CSR layout's inputs: ptr (input `ptr`) i32 or i64 [O + 1] with O >= 1, and the inputs
+// `per_output` (shifts, scales, biases) f32 [O].
+inline void check_csr_inputs(const Checker& check, const Inputs& in, size_t ptr, std::initializer_list<size_t> per_output) {
+    check.element_type("input ptr", in.types[ptr], {ov::element::i64, ov::element::i32});
+    check.rank("input ptr", in.shapes[ptr], 1);
+    const ov::Dimension out = csr_outputs(in, ptr);
+    if (out.is_static()) check.in_range("the outputs (ptr's length less one)", out.get_length(), 1, INT_LIMIT / 4);
+    for (size_t i : per_output) {
+        check.element_type("input " + std::to_string(i), in.types[i], {ov::element::f32});
+        check.rank("input " + std::to_string(i), in.shapes[i], 1);
+        check.dimension("input " + std::to_string(i), in.shapes[i], 0, out, "one value per output");
+    }
+}
+
 // What the two conv operators add: square stride and padding, and the [B, O, OH, OW] output shape.
 class FusedConv : public FusedEpilogue {
 public:
@@ -94,20 +179,34 @@ public:
     }
 
 protected:
-    // `skip`: extra axes before the input's spatial ones (1 for packed bits [B, 2, words, H, W]).
-    void infer_output(const ov::Dimension& out_channels, const ov::Dimension& kernel_h, const ov::Dimension& kernel_w,
-                      int skip = 0) {
-        const auto& x = get_input_partial_shape(0);
+    void check_attributes(const Checker& check) const override {
+        FusedEpilogue::check_attributes(check);
+        check.in_range("attribute stride", stride_, 1, MAX_WINDOW);
+        check.in_range("attribute pad", pad_, 0, MAX_WINDOW);
+    }
+
+    // [B, O, OH, OW] for input x (input 0, with `skip` extra axes before its spatial ones: 1 for packed bits
+    // [B, 2, words, H, W]); an empty batch, and a kernel that does not fit the padded input, are refused. The
+    // input's sides are at most INT_LIMIT / 4, so a padded side and its phases stay ints.
+    ov::PartialShape conv_output(const Checker& check, const Inputs& in, const ov::Dimension& out_channels,
+                                 const ov::Dimension& kernel_h, const ov::Dimension& kernel_w, int skip = 0) const {
         ov::PartialShape out = ov::PartialShape::dynamic(4);
-        if (x.rank().is_static()) {
-            out[0] = x[0];
-            out[1] = out_channels;
-            const ov::Dimension kernel[2] = {kernel_h, kernel_w};
-            for (int axis = 2; axis < 4; ++axis)
-                if (x[axis + skip].is_static() && kernel[axis - 2].is_static())
-                    out[axis] = (x[axis + skip].get_length() + 2 * pad_ - kernel[axis - 2].get_length()) / stride_ + 1;
+        out[0] = in.dim(0, 0);
+        if (out[0].is_static()) check.in_range("the input's batch", out[0].get_length(), 1, INT_LIMIT);
+        out[1] = out_channels;
+        const ov::Dimension kernel[2] = {kernel_h, kernel_w};
+        for (int axis = 0; axis < 2; ++axis) {
+            const ov::Dimension size = in.dim(0, axis + 2 + skip);
+            if (size.is_dynamic() || kernel[axis].is_dynamic()) continue;
+            const char* name = axis == 0 ? "height" : "width";
+            check.in_range(std::string("the input's ") + name, size.get_length(), 1, INT_LIMIT / 4);
+            const int64_t padded = size.get_length() + 2 * pad_;
+            check.require(padded >= kernel[axis].get_length(), std::string("the input's ") + name,
+                          "is " + std::to_string(size.get_length()) + ": with padding " + std::to_string(pad_) +
+                              " the kernel of " + std::to_string(kernel[axis].get_length()) + " does not fit it");
+            out[axis + 2] = (padded - kernel[axis].get_length()) / stride_ + 1;
         }
-        set_output_type(0, ov::element::f32, out);
+        return out;
     }
 
     void copy_attributes(const FusedEpilogue& other) override {
@@ -125,13 +224,6 @@ protected:
 template <int PtrInput>
 class SparseKernelConv : public FusedConv {
 public:
-    void validate_and_infer_types() override {
-        const auto& ptr = get_input_partial_shape(PtrInput);
-        const ov::Dimension out = ptr.rank().is_static() && ptr[0].is_static()
-                                      ? ov::Dimension(ptr[0].get_length() - 1) : ov::Dimension::dynamic();
-        infer_output(out, ov::Dimension(kernel_h_), ov::Dimension(kernel_w_));
-    }
-
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("kernel_h", kernel_h_);
         visitor.on_attribute("kernel_w", kernel_w_);
@@ -145,23 +237,32 @@ public:
     }
 
 protected:
+    void check_attributes(const Checker& check) const override {
+        FusedConv::check_attributes(check);
+        check.in_range("attribute kernel_h", kernel_h_, 1, MAX_WINDOW);
+        check.in_range("attribute kernel_w", kernel_w_, 1, MAX_WINDOW);
+    }
+
+    ov::PartialShape output_shape(const Checker& check, const Inputs& in) const override {
+        return conv_output(check, in, csr_outputs(in, PtrInput), ov::Dimension(kernel_h_), ov::Dimension(kernel_w_));
+    }
+
     // A call's sizes; the input is read as the stride x stride phases of its zero-padded planes, each a
-    // stride-1 plane of hq x wq (so a strided conv computes no output it drops).
+    // stride-1 plane of hq x wq (so a strided conv computes no output it drops). `out` is checked_output's.
     struct Geometry {
         size_t batch;
         int channels, height, width, stride, pad, kernel_h, kernel_w, out_c, out_h, out_w, hq, wq;
     };
 
-    Geometry geometry(const ov::TensorVector& inputs) const {
+    Geometry geometry(const Checker& check, const ov::TensorVector& inputs, const ov::Shape& out) const {
         const auto& xs = inputs[0].get_shape();
+        check.in_range("the input's channels", static_cast<int64_t>(xs[1]), 1, INT_LIMIT / 4);
         Geometry g{xs[0], static_cast<int>(xs[1]), static_cast<int>(xs[2]), static_cast<int>(xs[3]),
                    static_cast<int>(stride_), static_cast<int>(pad_), static_cast<int>(kernel_h_),
-                   static_cast<int>(kernel_w_), static_cast<int>(inputs[PtrInput].get_shape()[0]) - 1, 0, 0, 0, 0};
-        const int hp = g.height + 2 * g.pad, wp = g.width + 2 * g.pad;
-        g.out_h = (hp - g.kernel_h) / g.stride + 1;
-        g.out_w = (wp - g.kernel_w) / g.stride + 1;
-        g.hq = (hp + g.stride - 1) / g.stride;
-        g.wq = (wp + g.stride - 1) / g.stride;
+                   static_cast<int>(kernel_w_), static_cast<int>(out[1]), static_cast<int>(out[2]),
+                   static_cast<int>(out[3]), 0, 0};
+        g.hq = (g.height + 2 * g.pad + g.stride - 1) / g.stride;
+        g.wq = (g.width + 2 * g.pad + g.stride - 1) / g.stride;
         return g;
     }
 

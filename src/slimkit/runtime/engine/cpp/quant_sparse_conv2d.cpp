@@ -6,7 +6,6 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -61,18 +60,15 @@ public:
         float_output_ = same.float_output_;
     }
 
-    void validate_and_infer_types() override {
-        SparseKernelConv<4>::validate_and_infer_types();  // a linked input [B, G, H, W, 4] has H, W where x has
-        if (link_output_ != 0) {
-            const ov::PartialShape y = get_output_partial_shape(0);
-            ov::PartialShape ints = ov::PartialShape::dynamic(5);
-            ints[0] = y[0];
-            ints[1] = y[1].is_static() ? ov::Dimension((y[1].get_length() + 3) / 4) : ov::Dimension::dynamic();
-            ints[2] = y[2];
-            ints[3] = y[3];
-            ints[4] = 4;
-            set_output_type(1, ov::element::i16, ints);
-        }
+    void infer_second_output(const ov::PartialShape& y) override {
+        if (link_output_ == 0) return;  // a linked input [B, G, H, W, 4] has H, W where x has
+        ov::PartialShape ints = ov::PartialShape::dynamic(5);
+        ints[0] = y[0];
+        ints[1] = y[1].is_static() ? ov::Dimension((y[1].get_length() + 3) / 4) : ov::Dimension::dynamic();
+        ints[2] = y[2];
+        ints[3] = y[3];
+        ints[4] = 4;
+        set_output_type(1, ov::element::i16, ints);
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -90,6 +86,68 @@ public:
         if (!choice.outputs_ready) run(choice.kernel);
         note_kernel(kernels[choice.kernel].name);
         return true;
+    }
+
+protected:
+    // The blocks an output channel may hold so that its int32 sums stay exact: each adds 4 products of an
+    // input of at most 255 (an integer of the input grid, or it plus the u8 kernels' offset) and a weight of
+    // at most 128 in size.
+    static constexpr int64_t MAX_BLOCKS_PER_OUTPUT = INT_LIMIT / (4 * 255 * 128);
+
+    // Every grid a step (in: > 0; pre and post: 0 for none) on an 8-bit grid with zero point 0; the flags 0 or
+    // 1, and no float output only where the integers are handed on.
+    void check_attributes(const Checker& check) const override {
+        SparseKernelConv<4>::check_attributes(check);
+        for (const auto& [name, grid] : grids()) {
+            check.finite("attribute " + name + "_step", grid->step);
+            check.require(name == "in" ? grid->step > 0 : grid->step >= 0, "attribute " + name + "_step",
+                          "is " + Checker::text(grid->step) + "; it must be " +
+                              (name == "in" ? "positive" : "positive, or 0 for no quantizer"));
+            check.require(grid->step == 0 || (grid->low == -128 && grid->high == 127) || (grid->low == 0 && grid->high == 255),
+                          "attributes " + name + "_low, " + name + "_high",
+                          "are " + Checker::text(grid->low) + ", " + Checker::text(grid->high) +
+                              "; an 8-bit grid is -128 to 127 or 0 to 255");
+        }
+        check.in_range("attribute link_output", link_output_, 0, 1);
+        check.in_range("attribute linked_input", linked_input_, 0, 1);
+        check.in_range("attribute float_output", float_output_, link_output_ == 0 ? 1 : 0, 1);
+    }
+
+    size_t residual_input() const override { return 7; }
+
+    // x f32 [B, C, H, W] (or a linked input's integers i16 [B, G, H, W, 4]); weight i8 [4 N]; group and tap
+    // i32 [N]; ptr [O + 1]; scale and bias f32 [O].
+    void check_inputs(const Checker& check, const Inputs& in) const override {
+        const bool linked = linked_input_ != 0;
+        check.element_type("input x", in.types[0], {linked ? ov::element::i16 : ov::element::f32});
+        check.rank("input x", in.shapes[0], linked ? 5 : 4);
+        if (linked) check.dimension("input x", in.shapes[0], 4, 4, "4 channels a position");
+        check.element_type("input weight", in.types[1], {ov::element::i8});
+        check.rank("input weight", in.shapes[1], 1);
+        const ov::Dimension blocks = in.dim(2, 0);
+        check.dimension("input weight", in.shapes[1], 0, blocks.is_static() ? ov::Dimension(4 * blocks.get_length()) : blocks,
+                        "4 weights per block");
+        for (size_t i : {size_t{2}, size_t{3}}) {
+            const std::string name = i == 2 ? "input group" : "input tap";
+            check.element_type(name, in.types[i], {ov::element::i32});
+            check.rank(name, in.shapes[i], 1);
+            check.dimension(name, in.shapes[i], 0, blocks, "one per block");
+        }
+        check_csr_inputs(check, in, 4, {5, 6});
+    }
+
+    // ptr: from 0 to the block count, never decreasing, at most MAX_BLOCKS_PER_OUTPUT a row; every group within
+    // the input's channel groups and every tap within the kernel; scales and biases finite.
+    void check_data(const Checker& check, const Inputs& in) const override {
+        if (in.dim(2, 0).is_static())
+            check.csr_ptr("input ptr", in.values[4], in.dim(2, 0).get_length(), 1, MAX_BLOCKS_PER_OUTPUT);
+        const ov::Dimension channels = in.dim(0, 1);
+        const int64_t groups = channels.is_dynamic() ? INT_LIMIT
+                               : linked_input_ != 0 ? channels.get_length() : (channels.get_length() + 3) / 4;
+        check.indices("input group", in.values[2], groups, "a group of 4 input channels");
+        check.indices("input tap", in.values[3], kernel_h_ * kernel_w_, "a kernel position");
+        check.all_finite("input scale", in.values[5]);
+        check.all_finite("input bias", in.values[6]);
     }
 
 private:
@@ -110,15 +168,15 @@ private:
     };
 
     Call prepare(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-        const Geometry g = geometry(inputs);
-        if (inputs[1].get_element_type() != ov::element::i8 || inputs[2].get_element_type() != ov::element::i32 ||
-            inputs[3].get_element_type() != ov::element::i32)
-            throw std::runtime_error("slimkit QuantSparseConv2d: weight must be int8, group and tap int32");
-        if (!(in_.step > 0))
-            throw std::runtime_error("slimkit QuantSparseConv2d: the input quantizer's step must be positive");
+        const Checker check(*this, layer_);
+        const Geometry g = geometry(check, inputs, checked_output(check, Inputs(inputs)).to_shape());
         const bool linked = linked_input_ != 0;
-        if (linked && (inputs[0].get_element_type() != ov::element::i16 || inputs[0].get_shape()[4] != 4))
-            throw std::runtime_error("slimkit QuantSparseConv2d: a linked input must be int16 [B, G, H, W, 4]");
+        // one image's planes (with the positions a tile computes past them) are indexed with int32
+        const uint64_t groups = linked ? g.channels : (g.channels + 3) / 4;
+        const uint64_t image = check.product("the input's phase planes", {groups, static_cast<uint64_t>(g.stride),
+                                             static_cast<uint64_t>(g.stride), static_cast<uint64_t>(g.hq) + 1,
+                                             static_cast<uint64_t>(g.wq) + QUANT_TILE, 4}, INT_LIMIT);
+        check.product("the input's planes", {image, g.batch}, BUFFER_LIMIT);
         Call c{g, linked, linked ? g.channels : (g.channels + 3) / 4, g.stride * g.stride, 0, 0, nullptr, nullptr,
                inputs[5].data<const float>(), inputs[6].data<const float>(),
                inputs.size() > 7 ? inputs[7].data<const float>() : nullptr, nullptr, nullptr, inputs[2].get_shape()[0]};
@@ -136,7 +194,7 @@ private:
                                   static_cast<size_t>(g.out_w), 4});
             c.link = outputs[1].data<int16_t>();
         }
-        derive(inputs, c.groups, g.hq, g.wq);
+        derive(check, inputs, c.groups, g.hq, g.wq);
         return c;
     }
 
@@ -276,17 +334,23 @@ private:
     }
 
     std::vector<std::pair<std::string, QuantGrid*>> grids() { return {{"in", &in_}, {"pre", &pre_}, {"post", &post_}}; }
+    std::vector<std::pair<std::string, const QuantGrid*>> grids() const {
+        return {{"in", &in_}, {"pre", &pre_}, {"post", &post_}};
+    }
 
     // The blocks' weights (int16 for the pair-sum kernels; 4 int8 in an int32, and each output channel's
-    // compensation, for the u8 ones) and plane offsets, derived on the first call and kept while the weight
-    // tensor and the plane sizes stay the same.
-    void derive(const ov::TensorVector& inputs, int groups, int hq, int wq) const {
+    // compensation, for the u8 ones) and plane offsets, derived on the first call (after check_data) and kept
+    // while the weight tensors (Constants, see constant_inputs), the input's channel groups and the plane sizes
+    // stay the same.
+    void derive(const Checker& check, const ov::TensorVector& inputs, int groups, int hq, int wq) const {
         std::lock_guard<std::mutex> lock(mutex_);
+        const std::vector<const void*> from = data_of(inputs, 1, 7);
+        if (from == derived_from_ && groups == derived_groups_ && hq == derived_hq_ && wq == derived_wq_ &&
+            constant_inputs(1, 7))
+            return;
+        check_data(check, Inputs(inputs));
         const int8_t* weight = inputs[1].data<const int8_t>();
-        if (weight == derived_from_ && hq == derived_hq_ && wq == derived_wq_) return;
         const size_t count = inputs[2].get_shape()[0];
-        if (inputs[1].get_shape()[0] != 4 * count)
-            throw std::runtime_error("slimkit QuantSparseConv2d: weight must hold 4 values per block");
         const int32_t* group = inputs[2].data<const int32_t>();
         const int32_t* tap = inputs[3].data<const int32_t>();
         const int stride = static_cast<int>(stride_), kw = static_cast<int>(kernel_w_);
@@ -296,21 +360,17 @@ private:
         weights8_.resize(count);
         for (size_t e = 0; e < count; ++e) {
             const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
-            if (group[e] < 0 || group[e] >= groups || tap[e] < 0 || kh_e >= kernel_h_)
-                throw std::runtime_error("slimkit QuantSparseConv2d: block " + std::to_string(e) +
-                                         " names a channel group or tap outside the layer");
             const size_t plane = static_cast<size_t>(group[e]) * stride * stride + (kh_e % stride) * stride + kw_e % stride;
             offset_[e] = static_cast<int32_t>(plane * phase_plane + ((kh_e / stride) * wq + kw_e / stride) * 4);
             std::memcpy(&weights8_[e], weight + 4 * e, sizeof(int32_t));
         }
         read_ptr(inputs[4], ptr_);
-        if (ptr_.back() != static_cast<int64_t>(count))
-            throw std::runtime_error("slimkit QuantSparseConv2d: ptr does not end at the block count");
         compensation_.assign(ptr_.size() - 1, 0);
         for (size_t o = 0; o + 1 < ptr_.size(); ++o)
             for (int64_t e = ptr_[o]; e < ptr_[o + 1]; ++e)
                 for (int k = 0; k < 4; ++k) compensation_[o] += offset() * weight[4 * e + k];
-        derived_from_ = weight;
+        derived_from_ = from;
+        derived_groups_ = groups;
         derived_hq_ = hq;
         derived_wq_ = wq;
     }
@@ -324,8 +384,8 @@ private:
     mutable std::vector<int16_t> weights_;
     mutable std::vector<int32_t> weights8_, compensation_;
     mutable std::vector<int64_t> ptr_;
-    mutable const int8_t* derived_from_ = nullptr;
-    mutable int derived_hq_ = -1, derived_wq_ = -1;
+    mutable std::vector<const void*> derived_from_;
+    mutable int derived_groups_ = -1, derived_hq_ = -1, derived_wq_ = -1;
 };
 
 std::vector<ov::Extension::Ptr> quant_sparse_conv2d_extensions() { return extensions_of<QuantSparseConv2d>(); }

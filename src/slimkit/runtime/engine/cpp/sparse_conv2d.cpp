@@ -6,7 +6,6 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -39,13 +38,23 @@ public:
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const auto [batch, channels, height, width, stride, pad, kh, kw, out_c, out_h, out_w, hq, wq] = geometry(inputs);
-        if (inputs[2].get_element_type() != ov::element::i32 || inputs[3].get_element_type() != ov::element::i32)
-            throw std::runtime_error("slimkit SparseConv2d: channel and tap must be int32");
+        const Checker check(*this, layer_);
+        const ov::Shape out = checked_output(check, Inputs(inputs)).to_shape();
+        const auto [batch, channels, height, width, stride, pad, kh, kw, out_c, out_h, out_w, hq, wq] =
+            geometry(check, inputs, out);
+        // the phase planes of every image side by side, a spare row, and a segment past them: indexed with int
+        check.product("the input's padded planes", {batch, static_cast<uint64_t>(hq) + 1, static_cast<uint64_t>(wq),
+                                                     2}, INT_LIMIT);
+        const uint64_t phase_planes = check.product("the input's phase planes", {static_cast<uint64_t>(channels),
+                                              static_cast<uint64_t>(stride), static_cast<uint64_t>(stride)}, INT_LIMIT);
+        check.product("the input's phase planes' values", {phase_planes, batch, static_cast<uint64_t>(hq) + 1,
+                                                           static_cast<uint64_t>(wq)}, BUFFER_LIMIT);
+        check.product("the output rows", {static_cast<uint64_t>(out_c), batch, static_cast<uint64_t>(hq) + 1,
+                                          static_cast<uint64_t>(wq) + 1024}, BUFFER_LIMIT);
         const int planes_count = channels * stride * stride;
         const size_t image = static_cast<size_t>(hq) * wq, plane_stride = batch * image + wq;  // + a spare row
         outputs[0].set_shape({batch, static_cast<size_t>(out_c), static_cast<size_t>(out_h), static_cast<size_t>(out_w)});
-        const SparseWeights w = weights(inputs, channels, wq);
+        const SparseWeights w = weights(check, inputs, channels, wq);
         const float* x = inputs[0].data<const float>();
         const float* residual = inputs.size() > 6 ? inputs[6].data<const float>() : nullptr;
         float* y = outputs[0].data<float>();
@@ -112,13 +121,44 @@ public:
         return true;
     }
 
+protected:
+    size_t residual_input() const override { return 6; }
+
+    // x f32 [B, C, H, W]; value f32, channel and tap i32, [N] each; ptr [O + 1]; shift f32 [O].
+    void check_inputs(const Checker& check, const Inputs& in) const override {
+        check.element_type("input x", in.types[0], {ov::element::f32});
+        check.rank("input x", in.shapes[0], 4);
+        const char* names[3] = {"input value", "input channel", "input tap"};
+        for (int i = 1; i <= 3; ++i) {
+            check.element_type(names[i - 1], in.types[i], {i == 1 ? ov::element::f32 : ov::element::i32});
+            check.rank(names[i - 1], in.shapes[i], 1);
+            check.dimension(names[i - 1], in.shapes[i], 0, in.dim(1, 0), "one per entry, as value");
+        }
+        check_csr_inputs(check, in, 4, {5});
+    }
+
+    // ptr: from 0 to the entry count, never decreasing, each output channel's entries a multiple of 4 (the
+    // kernel reads them 4 at a time); every channel within the input and every tap within the kernel; the
+    // values and shifts finite.
+    void check_data(const Checker& check, const Inputs& in) const override {
+        if (in.dim(1, 0).is_static()) check.csr_ptr("input ptr", in.values[4], in.dim(1, 0).get_length(), 4);
+        const ov::Dimension channels = in.dim(0, 1);
+        check.indices("input channel", in.values[2], channels.is_static() ? channels.get_length() : INT_LIMIT,
+                      "an input channel");
+        check.indices("input tap", in.values[3], kernel_h_ * kernel_w_, "a kernel position");
+        check.all_finite("input value", in.values[1]);
+        check.all_finite("input shift", in.values[5]);
+    }
+
 private:
-    // The entries' phase planes and flat offsets for phase planes wq wide, derived on the first call and kept
-    // while the weight tensors and the width stay the same.
-    SparseWeights weights(const ov::TensorVector& inputs, int channels, int wq) const {
+    // The entries' phase planes and flat offsets for phase planes wq wide, derived on the first call (after
+    // check_data) and kept while the weight tensors (Constants, see constant_inputs), the input's channels and
+    // the width stay the same.
+    SparseWeights weights(const Checker& check, const ov::TensorVector& inputs, int channels, int wq) const {
         std::lock_guard<std::mutex> lock(mutex_);
-        const float* value = inputs[1].data<const float>();
-        if (value != derived_from_ || wq != derived_wq_) {
+        const std::vector<const void*> from = data_of(inputs, 1, 6);
+        if (from != derived_from_ || wq != derived_wq_ || channels != derived_channels_ || !constant_inputs(1, 6)) {
+            check_data(check, Inputs(inputs));
             const size_t count = inputs[1].get_shape()[0];
             const int32_t* channel = inputs[2].data<const int32_t>();
             const int32_t* tap = inputs[3].data<const int32_t>();
@@ -127,26 +167,23 @@ private:
             offset_.resize(count);
             for (size_t e = 0; e < count; ++e) {
                 const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
-                if (channel[e] < 0 || channel[e] >= channels || kh_e >= kernel_h_)
-                    throw std::runtime_error("slimkit SparseConv2d: entry " + std::to_string(e) +
-                                             " names a channel or tap outside the layer");
                 plane_[e] = channel[e] * stride * stride + (kh_e % stride) * stride + kw_e % stride;
                 offset_[e] = (kh_e / stride) * wq + kw_e / stride;
             }
             read_ptr(inputs[4], ptr_);
-            if (ptr_.back() != static_cast<int64_t>(count))
-                throw std::runtime_error("slimkit SparseConv2d: ptr does not end at the entry count");
-            derived_from_ = value;
+            derived_from_ = from;
             derived_wq_ = wq;
+            derived_channels_ = channels;
         }
-        return SparseWeights{ptr_.data(), plane_.data(), offset_.data(), value, inputs[5].data<const float>()};
+        return SparseWeights{ptr_.data(), plane_.data(), offset_.data(), inputs[1].data<const float>(),
+                             inputs[5].data<const float>()};
     }
 
     mutable std::mutex mutex_;
     mutable std::vector<int32_t> plane_, offset_;
     mutable std::vector<int64_t> ptr_;
-    mutable const float* derived_from_ = nullptr;
-    mutable int derived_wq_ = -1;
+    mutable std::vector<const void*> derived_from_;
+    mutable int derived_wq_ = -1, derived_channels_ = -1;
 };
 
 std::vector<ov::Extension::Ptr> sparse_conv2d_extensions() { return extensions_of<SparseConv2d>(); }

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -26,28 +25,21 @@ public:
 
     SparseLinear() = default;
 
-    void validate_and_infer_types() override {
-        ov::PartialShape out = get_input_partial_shape(0);
-        const auto& ptr = get_input_partial_shape(3);
-        if (out.rank().is_static())
-            out[out.rank().get_length() - 1] = ptr.rank().is_static() && ptr[0].is_static()
-                                                   ? ov::Dimension(ptr[0].get_length() - 1) : ov::Dimension::dynamic();
-        set_output_type(0, ov::element::f32, out);
-    }
-
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         return clone_as<SparseLinear>(args);
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        ov::Shape shape = inputs[0].get_shape();
-        const size_t features = shape.back(), rows = ov::shape_size(shape) / std::max<size_t>(features, 1);
-        const int out = static_cast<int>(inputs[3].get_shape()[0]) - 1;
-        if (inputs[2].get_element_type() != ov::element::i32)
-            throw std::runtime_error("slimkit SparseLinear: column must be int32");
-        shape.back() = static_cast<size_t>(out);
+        const Checker check(*this, layer_);
+        const ov::Shape shape = checked_output(check, Inputs(inputs)).to_shape();
+        const ov::Shape& xs = inputs[0].get_shape();
+        const size_t features = xs.back();
+        const int out = static_cast<int>(shape.back());
+        const size_t rows = check.product("the input's rows", std::vector<uint64_t>(xs.begin(), xs.end() - 1), INT_LIMIT);
+        check.product("the input", {rows, features}, BUFFER_LIMIT);
+        check.product("the output", {rows, static_cast<uint64_t>(out)}, BUFFER_LIMIT);
         outputs[0].set_shape(shape);
-        const SparseWeights w = weights(inputs, features);
+        const SparseWeights w = weights(check, inputs, features);
         const float* x = inputs[0].data<const float>();
         const float* residual = inputs.size() > 5 ? inputs[5].data<const float>() : nullptr;
         float* y = outputs[0].data<float>();
@@ -89,28 +81,60 @@ public:
         return true;
     }
 
+protected:
+    size_t residual_input() const override { return 5; }
+
+    // x f32 [..., F]; value f32 and column i32, [N] each; ptr [O + 1]; shift f32 [O].
+    void check_inputs(const Checker& check, const Inputs& in) const override {
+        check.element_type("input x", in.types[0], {ov::element::f32});
+        check.require(in.shapes[0].rank().compatible(ov::Dimension(1, INT_LIMIT)), "input x",
+                      "has no dimensions; its last holds the features");
+        check.element_type("input value", in.types[1], {ov::element::f32});
+        check.rank("input value", in.shapes[1], 1);
+        check.element_type("input column", in.types[2], {ov::element::i32});
+        check.rank("input column", in.shapes[2], 1);
+        check.dimension("input column", in.shapes[2], 0, in.dim(1, 0), "one per entry, as value");
+        check_csr_inputs(check, in, 3, {4});
+    }
+
+    ov::PartialShape output_shape(const Checker&, const Inputs& in) const override {
+        ov::PartialShape out = in.shapes[0];
+        if (out.rank().is_static()) out[out.rank().get_length() - 1] = csr_outputs(in, 3);
+        return out;
+    }
+
+    // ptr: from 0 to the entry count, never decreasing; every column within the input's features; the values
+    // and shifts finite.
+    void check_data(const Checker& check, const Inputs& in) const override {
+        if (in.dim(1, 0).is_static()) check.csr_ptr("input ptr", in.values[3], in.dim(1, 0).get_length(), 1);
+        const ov::Dimension features = in.shapes[0].rank().is_static()
+                                           ? in.dim(0, in.shapes[0].rank().get_length() - 1) : ov::Dimension::dynamic();
+        check.indices("input column", in.values[2], features.is_static() ? features.get_length() : INT_LIMIT,
+                      "an input feature");
+        check.all_finite("input value", in.values[1]);
+        check.all_finite("input shift", in.values[4]);
+    }
+
 private:
-    SparseWeights weights(const ov::TensorVector& inputs, size_t features) const {
+    // The CSR ptr as int64, read on the first call (after check_data) and kept while the weight tensors
+    // (Constants, see constant_inputs) and the input's features stay the same.
+    SparseWeights weights(const Checker& check, const ov::TensorVector& inputs, size_t features) const {
         std::lock_guard<std::mutex> lock(mutex_);
-        const float* value = inputs[1].data<const float>();
-        if (value != derived_from_) {
+        const std::vector<const void*> from = data_of(inputs, 1, 5);
+        if (from != derived_from_ || features != derived_features_ || !constant_inputs(1, 5)) {
+            check_data(check, Inputs(inputs));
             read_ptr(inputs[3], ptr_);
-            const size_t count = inputs[1].get_shape()[0];
-            const int32_t* column = inputs[2].data<const int32_t>();
-            if (ptr_.back() != static_cast<int64_t>(count))
-                throw std::runtime_error("slimkit SparseLinear: ptr does not end at the entry count");
-            for (size_t e = 0; e < count; ++e)
-                if (column[e] < 0 || static_cast<size_t>(column[e]) >= features)
-                    throw std::runtime_error("slimkit SparseLinear: entry " + std::to_string(e) +
-                                             " names a column outside the input features");
-            derived_from_ = value;
+            derived_from_ = from;
+            derived_features_ = features;
         }
-        return SparseWeights{ptr_.data(), inputs[2].data<const int32_t>(), nullptr, value, inputs[4].data<const float>()};
+        return SparseWeights{ptr_.data(), inputs[2].data<const int32_t>(), nullptr, inputs[1].data<const float>(),
+                             inputs[4].data<const float>()};
     }
 
     mutable std::mutex mutex_;
     mutable std::vector<int64_t> ptr_;
-    mutable const float* derived_from_ = nullptr;
+    mutable std::vector<const void*> derived_from_;
+    mutable size_t derived_features_ = 0;
 };
 
 std::vector<ov::Extension::Ptr> sparse_linear_extensions() { return extensions_of<SparseLinear>(); }
