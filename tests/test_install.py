@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from slimkit.errors import SlimkitError
 from slimkit.runtime.engine import build
 
 ROOT = Path(__file__).resolve().parents[1]
-PIP_QUIET = {**os.environ, "PIP_NO_COMPILE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # .pyc files as imported
+PIP_NO_PYC = {**os.environ, "PIP_NO_COMPILE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # .pyc files as imported
 
 
 def _run(command: list[str | Path], cwd: Path | None = None,
@@ -35,19 +36,28 @@ def _build_wheel(dist: Path, env: dict[str, str] | None = None) -> list[Path]:
     return sorted(dist.iterdir())
 
 
+@pytest.fixture
+def fresh_environment(tmp_path: Path) -> Iterator[Path]:
+    """A new virtual environment, removed afterwards (with torch and the pinned packages it holds 1.8 GB)."""
+    env = tmp_path / "env"
+    _run([sys.executable, "-m", "venv", env])
+    yield env
+    shutil.rmtree(env, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_the_wheel_installs_in_a_fresh_environment_and_exports_with_no_compiler_on_path(tmp_path):
+def test_the_wheel_installs_in_a_fresh_environment_and_exports_with_no_compiler_on_path(tmp_path,
+                                                                                        fresh_environment):
     built = _build_wheel(tmp_path / "dist")
     (wheel,) = [path for path in built if path.name.endswith(".whl")]
     assert "-py3-none-manylinux_" in wheel.name and wheel.name.endswith("_x86_64.whl"), wheel.name
     assert any(path.name.endswith(".tar.gz") for path in built), built
     assert f"dist/{wheel.name}[engines]" in (ROOT / "README.md").read_text(), "the README installs another wheel"
-    env = tmp_path / "env"
-    _run([sys.executable, "-m", "venv", env])
-    _run(["bash", ROOT / "scripts" / "install-torch.sh", env], env=PIP_QUIET)
+    env = fresh_environment
+    _run(["bash", ROOT / "scripts" / "install-torch.sh", env], env=PIP_NO_PYC)
     _run([env / "bin" / "python", "-m", "pip", "install", "-q", "-c", ROOT / "requirements" / "constraints.txt",
-          f"{wheel}[engines]"], env=PIP_QUIET)
+          f"{wheel}[engines]"], env=PIP_NO_PYC)
     user = tmp_path / "user"  # the user's own folder: no checkout on sys.path, nothing but the environment on PATH
     user.mkdir()
     shutil.copy(ROOT / "tests" / "installed_wheel.py", user)
