@@ -4,9 +4,9 @@ STAMP := $(VENV)/.installed
 # slimkit's OpenVINO operators (C++), rebuilt when their sources change
 NATIVE := $(VENV)/.native
 
-.PHONY: demo test lint clean
+.PHONY: demo test wheel lint clean
 
-$(STAMP): pyproject.toml requirements/constraints.txt scripts/setup-env.sh
+$(STAMP): pyproject.toml setup.py requirements/constraints.txt scripts/setup-env.sh scripts/install-torch.sh
 	bash scripts/setup-env.sh $(VENV)
 	touch $@
 
@@ -23,5 +23,9 @@ test: $(NATIVE)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
+# the sdist and the manylinux wheel with the operators compiled in, in dist/ (scripts/build-wheel.sh)
+wheel: $(STAMP)
+	bash scripts/build-wheel.sh dist $(VENV)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs dist .pytest_cache

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Creates the project's virtual environment with pinned packages and the CPU build of torch.
+# Creates the project's virtual environment with pinned packages and the CPU build of torch
+# (scripts/install-torch.sh: never a CUDA build), slimkit installed editable, and its operators built.
 # Usage: scripts/setup-env.sh VENV_DIR
-# It never installs a CUDA build of torch: it takes the machine's local CPU wheel when one lies in
-# /opt/wheels, and otherwise asks PyTorch's CPU-only index.
 set -euo pipefail
 venv="${1:-.venv}"
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,15 +18,7 @@ done
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
-if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.split("+")[0] == "2.13.0" else 1)' 2>/dev/null; then
-  wheel=$(ls /opt/wheels/torch-2.13.0+cpu-cp3*-manylinux*.whl 2>/dev/null | head -n 1 || true)
-  if [ -n "$wheel" ]; then
-    "${pip[@]}" install -q "$wheel"
-  else
-    # the exact CPU build by its local version; PyTorch's CPU index is an extra index beside the default one
-    "${pip[@]}" install -q "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
-  fi
-fi
+bash "$here/scripts/install-torch.sh" "$venv"
 
 "${pip[@]}" install -q -c "$here/requirements/constraints.txt" -e "$here[dev]"
 

@@ -89,6 +89,19 @@ def test_console_script_reports_misspelt_key(tmp_path, digits_recipe):
     assert "'trian': unknown key" in done.stderr and "did you mean 'train'?" in done.stderr
 
 
+def test_version_is_the_installed_distributions_and_the_changelog_names_it(capsys):
+    import importlib.metadata
+    from pathlib import Path
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    installed = importlib.metadata.version("slimkit")  # what pip recorded when it installed slimkit
+    assert capsys.readouterr().out == f"slimkit {installed}\n"
+    changelog = (Path(__file__).parents[1] / "CHANGELOG.md").read_text()
+    assert f"\n## {installed}\n" in changelog, f"CHANGELOG.md has no section for {installed}"
+
+
 def test_info_on_zoo_model_and_unknown_name(capsys):
     assert main(["info", "resnet20", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

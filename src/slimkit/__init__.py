@@ -6,7 +6,7 @@
     print(run.report.table())
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the package's version (pyproject.toml reads it); CHANGELOG.md says what changed
 
 from slimkit import binary, channels, distill, models, quant, sparsity  # methods register on import
 from slimkit.api import compress, prepare

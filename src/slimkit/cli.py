@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
+from slimkit import __version__
 from slimkit.errors import SlimkitError
 from slimkit.run_folder import calibration_batches, load_model, run_hardware
 
@@ -301,6 +302,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimkit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"slimkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_run_options(p: argparse.ArgumentParser) -> None:

@@ -11,12 +11,20 @@ not ours). The file name carries a digest of every source, the flags, the compil
 so a changed source, flag or engine never loads a stale build. Beside it, `<library>.sha256` records the
 built file's own SHA-256 (in `sha256sum` format): the library is loaded (by OpenVINO or ctypes) only once its
 bytes match, since dlopen of a truncated library dies with SIGBUS and of an altered one runs its code.
+
+The library lives in one of two places. A wheel carries it (setup.py calls `package_into` when the wheel is
+built: the same compile, into the package's lib/ folder, beside operators.json naming the OpenVINO release it
+was built against, or saying why this platform could not build it); a checkout builds it into the virtual
+environment (`build`, run by the set-up). `require_library` takes the wheel's first, so an installed slimkit
+needs no compiler, and refuses it by name under another OpenVINO release.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -36,6 +44,11 @@ OPENVINO_DEFINES = ["-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-D_GLIBCXX_USE_CXX11_
 OPENVINO_INCLUDE = "-isystem"  # OpenVINO's headers as system headers: -Werror applies to slimkit's code alone
 ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx512vnni", "-mfma"],
              "avx2": ["-mavx2", "-mpopcnt", "-mfma"], "generic": []}
+PACKAGED = Path(__file__).with_name("lib")  # where a wheel carries the library (built by setup.py)
+PACKAGED_RECORD = "operators.json"  # in PACKAGED: {"library": file name, "openvino": release} or {"unavailable": why}
+# the wheel's library finds OpenVINO's libraries in the openvino package installed beside slimkit's
+PACKAGED_RPATH = "$ORIGIN/" + "../" * len(PACKAGED.relative_to(Path(__file__).parents[3]).parts) + "openvino/libs"
+LIBRARY_GLOB = "libslimkit_openvino-*.so"
 
 
 def _openvino_dir() -> Path:
@@ -46,11 +59,33 @@ def _openvino_dir() -> Path:
     return Path(openvino.__file__).parent
 
 
+def openvino_release() -> str:
+    """The installed OpenVINO's release ('2026.4.1'), the version a wheel's library must be loaded with."""
+    _openvino_dir()  # where OpenVINO is missing: the error that says how to install it
+    import openvino
+
+    return str(openvino.__version__).split("-")[0]
+
+
 def _compiler() -> str:
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         raise SlimkitError("building slimkit's OpenVINO operators needs a C++17 compiler (g++ or $CXX) on PATH")
     return compiler
+
+
+def unbuildable_reason() -> str | None:
+    """Why this machine cannot build the operators (None where it can): they are x86-64 Linux code, compiled by
+    a C++ compiler against the openvino wheel. Asked before any compiling, so no build fails half-way for it."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return (f"slimkit's operators are x86-64 Linux code (AVX-512, AVX2 and portable kernels), and this is "
+                f"{sys.platform} on {platform.machine()}")
+    try:
+        _openvino_dir()
+        _compiler()
+    except SlimkitError as exc:
+        return str(exc)
+    return None
 
 
 def _runtime_library(openvino_dir: Path, stem: str) -> Path:
@@ -60,8 +95,8 @@ def _runtime_library(openvino_dir: Path, stem: str) -> Path:
     return found[0]
 
 
-def library_path() -> Path:
-    """Where the library for these sources, this compiler and this OpenVINO lives (built or not)."""
+def library_name() -> str:
+    """The library's file name for these sources, this compiler and this OpenVINO: the digest rule."""
     import openvino
 
     digest = hashlib.sha256()
@@ -70,7 +105,12 @@ def library_path() -> Path:
     version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, check=True).stdout
     settings = repr((FLAGS, OPENVINO_DEFINES, OPENVINO_INCLUDE, ISA_FLAGS))
     digest.update(version.encode() + openvino.__version__.encode() + settings.encode())
-    return Path(sys.prefix) / "lib" / "slimkit" / f"libslimkit_openvino-{digest.hexdigest()[:16]}.so"
+    return f"libslimkit_openvino-{digest.hexdigest()[:16]}.so"
+
+
+def library_path() -> Path:
+    """Where the development build for these sources, this compiler and this OpenVINO lives (built or not)."""
+    return Path(sys.prefix) / "lib" / "slimkit" / library_name()
 
 
 def digest_path(library: Path) -> Path:
@@ -93,17 +133,43 @@ def _intact(library: Path) -> bool:
 
 
 def build(force: bool = False) -> Path:
-    """Compile the library unless this exact build exists intact; the file appears atomically (built in a
-    temporary folder, its digest recorded, then renamed), so a killed build never leaves a half-written library
-    behind, and one truncated or changed since is built again."""
+    """The development build (library_path), compiled unless this exact build exists intact (a truncated or
+    changed one is built again); the build of other sources, flags or engines it replaces is removed."""
     target = library_path()
     if _intact(target) and not force:
         return target
+    reason = unbuildable_reason()
+    if reason is not None:
+        raise SlimkitError(reason)
+    return compile_library(target.parent, rpath=str(_openvino_dir() / "libs"))
+
+
+def package_into(folder: Path) -> str | None:
+    """What a wheel carries in `folder` (its lib/): the library, found through PACKAGED_RPATH, and operators.json
+    naming it and the OpenVINO release it was built against; or, where this machine cannot build it, only
+    operators.json saying why (a pure-Python wheel, whose engine export says so). Returns that reason."""
+    reason = unbuildable_reason()
+    if reason is None:
+        record: dict[str, str] = {"library": compile_library(folder, rpath=PACKAGED_RPATH).name,
+                                  "openvino": openvino_release()}
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_builds_but(folder, None)
+        record = {"unavailable": reason}
+    atomic_write_text(folder / PACKAGED_RECORD, json.dumps(record, indent=2))
+    return reason
+
+
+def compile_library(folder: Path, rpath: str) -> Path:
+    """Compile the library into `folder` (the build of other sources there is removed) with `rpath` as where it
+    finds OpenVINO's libraries; the file appears atomically (built in a temporary folder, then renamed), so a
+    killed build never leaves a half-written library behind."""
     ov_dir = _openvino_dir()
     compiler = _compiler()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = folder / library_name()
+    folder.mkdir(parents=True, exist_ok=True)
     build_id = f"-DSLIMKIT_BUILD_ID=\"{target.stem}\""  # the kernel tuner's cache belongs to this build alone
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         # (compile command, the ISA whose object must define no code shared with other builds)
         jobs: list[tuple[list[str], str | None]] = []
         for isa, flags in ISA_FLAGS.items():
@@ -121,13 +187,19 @@ def build(force: bool = False) -> Path:
         built = Path(tmp) / target.name
         _run([compiler, "-shared", "-o", str(built), *map(str, objects),
               *(str(_runtime_library(ov_dir, lib)) for lib in ("libopenvino", "libopenvino_onnx_frontend", "libtbb")),
-              f"-Wl,-rpath,{ov_dir / 'libs'}"])
+              f"-Wl,-rpath,{rpath}"])
         atomic_write_text(digest_path(target), f"{_sha256(built)}  {target.name}\n")  # before the library: a kill
         os.replace(built, target)  # between the two leaves no library to load, and the next build makes it
-    for stale in target.parent.glob("libslimkit_openvino-*.so*"):
-        if stale not in (target, digest_path(target)):
-            stale.unlink(missing_ok=True)
+    _remove_builds_but(folder, target)
     return target
+
+
+def _remove_builds_but(folder: Path, keep: Path | None) -> None:
+    """Remove every library build in `folder` and its recorded digest, but `keep`'s."""
+    kept = () if keep is None else (keep, digest_path(keep))
+    for stale in folder.glob(LIBRARY_GLOB + "*"):
+        if stale not in kept:
+            stale.unlink(missing_ok=True)
 
 
 def _refuse_shared_code(kernels: Path, isa: str) -> None:
@@ -152,9 +224,12 @@ def _run(command: list[str]) -> None:
 
 
 def require_library() -> Path:
-    """The built library, once its bytes match the digest recorded when it was built; a clear error naming the
-    build command when the set-up has not built it, or when the file was truncated or changed since (never
-    handed to dlopen)."""
+    """The operator library: the one the installed wheel carries (PACKAGED), else the development build, once
+    its bytes match the digest recorded when it was built; a clear error where there is none, where the wheel's
+    was built against another OpenVINO release, or where the file was truncated or changed since (never handed
+    to dlopen)."""
+    if (PACKAGED / PACKAGED_RECORD).exists():
+        return _packaged_library()
     path = library_path()
     rebuild = (f"run `make test`/`make demo` (the set-up builds them) or `{sys.executable} -m "
                "slimkit.runtime.engine.build`")
@@ -165,6 +240,33 @@ def require_library() -> Path:
                            f"was built ({digest_path(path).name}): it was truncated or changed since, so it is not "
                            f"loaded; {rebuild}")
     return path
+
+
+def _packaged_library() -> Path:
+    record_path = PACKAGED / PACKAGED_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SlimkitError(f"{record_path}: unreadable ({exc}); reinstall slimkit") from None
+    if not isinstance(record, dict):
+        raise SlimkitError(f"{record_path}: not a record of slimkit's operator library; reinstall slimkit")
+    if "unavailable" in record:
+        raise SlimkitError(f"engine export is unavailable: this slimkit was installed without its OpenVINO "
+                           f"operators, because {record['unavailable']}. Install slimkit's Linux x86-64 wheel, or "
+                           f"install slimkit from source where that reason does not hold")
+    built_against, library = record.get("openvino"), record.get("library")
+    if not isinstance(built_against, str) or not isinstance(library, str) or not (PACKAGED / library).is_file():
+        raise SlimkitError(f"{record_path}: names no library file of {PACKAGED}; reinstall slimkit")
+    installed = openvino_release()
+    if installed != built_against:
+        raise SlimkitError(f"slimkit's OpenVINO operators were built against OpenVINO {built_against}, and OpenVINO "
+                           f"{installed} is installed: pip install 'openvino=={built_against}' (slimkit[engines] pins "
+                           f"it), or install slimkit from source to build them against OpenVINO {installed}")
+    if not _intact(PACKAGED / library):
+        raise SlimkitError(f"slimkit's OpenVINO operator library {PACKAGED / library} does not match the SHA-256 "
+                           f"recorded when the wheel was built: it was truncated or changed since, so it is not "
+                           f"loaded; reinstall slimkit")
+    return PACKAGED / library
 
 
 def _entry_points() -> Any:
