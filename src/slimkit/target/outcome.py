@@ -26,10 +26,25 @@ def module_paths(node: str) -> set[str]:
     return paths
 
 
-def _layer_ms(layer: str, nodes: list[dict[str, Any]]) -> float | None:
-    """The artifact's time in a layer's nodes: the operator node named after the layer, and OpenVINO's nodes
-    whose exported name passes through the layer's module path (layout reorders between them are not counted)."""
-    matched = [n["ms"] for n in nodes if n["name"] == layer or layer in module_paths(n["name"])]
+def node_of_layer(node: str, layer: str, layers: list[str]) -> bool:
+    """Whether an exported node belongs to `layer`: an operator node is named after it; OpenVINO's own node's name
+    passes through its module path, or (a torch.fx graph's call names only the module, '/conv1/Conv' for
+    'body.conv1') through a tail of it that no other layer ends with."""
+    if node == layer:
+        return True
+    for path in module_paths(node):
+        if path == layer:
+            return True
+        if layer.endswith(f".{path}") and [other for other in layers if other == path or other.endswith(f".{path}")
+                                          ] == [layer]:
+            return True
+    return False
+
+
+def _layer_ms(layer: str, nodes: list[dict[str, Any]], layers: list[str]) -> float | None:
+    """The artifact's time in a layer's nodes (layout reorders between layers are not counted), or None when no
+    node can be told to be the layer's."""
+    matched = [n["ms"] for n in nodes if node_of_layer(n["name"], layer, layers)]
     return sum(matched) if matched else None
 
 
@@ -62,7 +77,8 @@ def with_measurement(section: dict[str, Any], engine: dict[str, Any] | None, mod
     speedup = base["median"] / ours["median"]
     noise = speedup * (ours["iqr"] / ours["median"] + base["iqr"] / base["median"])
     nodes = timed.get("engine_nodes", [])
-    out["layers"] = [{**line, "measured_ms": _layer_ms(line["layer"], nodes)} for line in section["layers"]]
+    names = [line["layer"] for line in section["layers"]]
+    out["layers"] = [{**line, "measured_ms": _layer_ms(line["layer"], nodes, names)} for line in section["layers"]]
     out["measured"] = {"baseline": baseline, "baseline_ms": base["median"], "baseline_iqr_ms": base["iqr"],
                        "engine_ms": ours["median"], "engine_iqr_ms": ours["iqr"], "speedup": speedup, "noise": noise,
                        "reached": speedup >= section["speedup"], "within_noise": speedup + noise >= section["speedup"]}
