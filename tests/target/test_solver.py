@@ -112,3 +112,15 @@ def test_interpolated_widths_lie_between_the_measured_ones_and_sparse_forms_keep
     assert table.ms("fp32", 12) == pytest.approx(3.1)
     assert table.ms("fp32", 4) == pytest.approx(1.1)  # below the narrowest measured: in proportion
     assert table.ms("sparse_int8@0.75", 8) is None and table.ms("sparse_int8@0.75", 16) == 1.6
+
+
+def test_layers_timed_alone_never_account_for_more_than_the_network():
+    problem = _problem()
+    inflated = Problem(problem.layers, problem.groups, problem.group_sensitivity, network_ms=3.25)  # layers sum 6.5
+    solver = Solver(inflated)
+    assert solver.scale == 0.5
+    fastest = min(_every_point(inflated), key=solver.predict)
+    assert solver.predict(fastest) == pytest.approx(3.25 + 0.5 * (_by_hand(problem, fastest) - 8.0))
+    assert all(solver.predict(p) > 0 for p in _every_point(inflated))
+    solution = solver.solve(3.25 / 1.5)
+    assert solution.reached and solution.predicted_ms <= 3.25 / 1.5

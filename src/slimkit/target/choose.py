@@ -9,6 +9,7 @@ the model, measures it against the same dense engines, and checks the target aga
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,13 +26,13 @@ from slimkit.runtime.bench import DENSE_FP32, DENSE_INT8, DENSE_REDUCED, best_of
 from slimkit.runtime.engine.build import cache_dir, cpu_identity
 from slimkit.runtime.engine.dense_engines import dense_engines, export_dense
 from slimkit.runtime.engine.layer_choice import input_shapes
-from slimkit.target.cache import LatencyCache, Timing
+from slimkit.target.cache import LatencyCache, Result, Timing
 from slimkit.target.config import TargetConfig
 from slimkit.target.forms import FP32, LayerKind, form_stages, layer_kinds, target_layers
 from slimkit.target.groups import ChannelGroups, channel_groups, without_groups
 from slimkit.target.sensitivity import kind_sensitivity, width_sensitivity
 from slimkit.target.solver import LayerTable, Problem, Solution, Solver
-from slimkit.target.tables import form_label, time_forms
+from slimkit.target.tables import form_label, shape_key, time_forms
 from slimkit.train.objective import Objective
 
 BASELINES = {"best_dense": DENSE_FP32 + DENSE_REDUCED + DENSE_INT8, "best_fp32": DENSE_FP32, "best_int8": DENSE_INT8}
@@ -92,21 +93,38 @@ def _tables(layers: dict[str, nn.Module], shapes: dict[str, tuple[int, ...]], ki
     times: dict[str, dict[str, dict[int, Timing]]] = {}
     raw: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        forms = {name: _forms(name, kinds[name], groups) for name in layers}
+        same_shape: dict[str, list[str]] = {}  # layers of one shape are timed once, in every form any of them takes
         for name, module in layers.items():
-            widths = _measured_widths(name, groups)
-            forms = [(k, w) for k in kinds[name] for w in (widths[:1] if k.keeps_width else widths)]
-            results = time_forms(module, shapes[name][1:], forms, batch=config.batch, threads=threads,
+            same_shape.setdefault(json.dumps(shape_key(module, shapes[name][1:]), sort_keys=True), []).append(name)
+        for names in same_shape.values():
+            every = list(dict.fromkeys(form for name in names for form in forms[name]))
+            results = time_forms(layers[names[0]], shapes[names[0]][1:], every, batch=config.batch, threads=threads,
                                  repeats=config.repeats, binary=config.binary, cache=cache, folder=Path(tmp))
-            raw[name] = {label: r if isinstance(r, str) else r.to_dict() for label, r in results.items()}
-            times[name] = {}
-            for kind, width in forms:
-                result = results[form_label(kind, width)]
-                if isinstance(result, Timing):
-                    times[name].setdefault(kind.name, {})[width] = result
-            if widths[0] not in times[name].get(FP32.name, {}):
-                raise SlimkitError(f"layer '{name}' could not be timed in its dense form: "
-                                   f"{results[form_label(FP32, widths[0])]}")
+            for name in names:
+                raw[name], times[name] = _table(name, forms[name], results, groups.out_channels[name])
     return times, raw, cache.identity
+
+
+def _forms(name: str, kinds: list[LayerKind], groups: ChannelGroups) -> list[tuple[LayerKind, int]]:
+    """A layer's forms to time: each kind at each width (sparse and binary kinds at its own width only)."""
+    widths = _measured_widths(name, groups)
+    return [(k, w) for k in kinds for w in (widths[:1] if k.keeps_width else widths)]
+
+
+def _table(name: str, forms: list[tuple[LayerKind, int]], results: dict[str, Result], width: int
+           ) -> tuple[dict[str, Any], dict[str, dict[int, Timing]]]:
+    """A layer's raw table (reasons included) and its times {kind name: {width: timing}}; a layer whose dense
+    form could not be timed is an error naming it."""
+    raw = {form_label(k, w): results[form_label(k, w)] for k, w in forms}
+    times: dict[str, dict[int, Timing]] = {}
+    for kind, w in forms:
+        result = raw[form_label(kind, w)]
+        if isinstance(result, Timing):
+            times.setdefault(kind.name, {})[w] = result
+    if width not in times.get(FP32.name, {}):
+        raise SlimkitError(f"layer '{name}' could not be timed in its dense form: {raw[form_label(FP32, width)]}")
+    return {label: r if isinstance(r, str) else r.to_dict() for label, r in raw.items()}, times
 
 
 def _faster_somewhere(kinds: dict[str, list[LayerKind]], times: dict[str, dict[str, dict[int, Timing]]],
@@ -154,16 +172,18 @@ def choose(model: nn.Module, batches: list[Any], objective: Objective, config: T
                       groups, width_sensitivity(model, groups, batches, objective), network["openvino_fp32"]["median"])
     baseline = baseline_engine(network, config.baseline)
     target_ms = network[baseline]["median"] / config.speedup
-    solution = Solver(problem).solve(target_ms)
+    solver = Solver(problem)
+    solution = solver.solve(target_ms)
     chosen = {name: LayerKind.parse(kind) for name, kind in solution.point.kinds if kind != FP32.name}
     stages = form_stages(chosen, groups.widths(solution.point.kept), binary=config.binary,
                          quantize_epoch=max(0, epochs - 1), calibration_batches=config.calibration_batches)
-    section = _section(config, problem, solution, network, baseline, raw, identity, threads)
+    section = _section(config, problem, solution, solver.scale, network, baseline, raw, identity, threads)
     return TargetChoice(stages, {**section, "widths_note": widths_note} if widths_note else section)
 
 
-def _section(config: TargetConfig, problem: Problem, solution: Solution, network: dict[str, dict[str, float]],
-             baseline: str, raw: dict[str, dict[str, Any]], identity: str, threads: int) -> dict[str, Any]:
+def _section(config: TargetConfig, problem: Problem, solution: Solution, scale: float,
+             network: dict[str, dict[str, float]], baseline: str, raw: dict[str, dict[str, Any]], identity: str,
+             threads: int) -> dict[str, Any]:
     baseline_ms = network[baseline]["median"]
     return {
         "speedup": config.speedup, "baseline_rule": config.baseline, "baseline": baseline, "baseline_ms": baseline_ms,
@@ -174,5 +194,6 @@ def _section(config: TargetConfig, problem: Problem, solution: Solution, network
         "sensitivity": solution.sensitivity, "max_accuracy_drop": config.max_accuracy_drop,
         "groups": [{"layers": list(g.producers), "size": g.size, "kept": k, "choices": list(g.choices)}
                    for g, k in zip(problem.groups.groups, solution.point.kept, strict=True)],
-        "layers": solution.layers(problem), "tables": raw, "cpu": cpu_info(), "identity": identity,
+        "layers": solution.layers(problem, scale), "layer_scale": scale, "tables": raw, "cpu": cpu_info(),
+        "identity": identity,
     }

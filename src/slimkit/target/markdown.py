@@ -38,6 +38,8 @@ def target_markdown(section: dict[str, Any]) -> list[str]:
         lines.append(f"| {line['layer']} | {line['form']} | {line['in_channels']} → {line['out_channels']} | "
                      f"{line['dense_ms']:.3f} | {line['predicted_ms']:.3f} | {_ms(line.get('measured_ms'))} | "
                      f"{line['sensitivity']:.4f} |")
-    lines += ["", "Per-layer times were measured with each layer alone (target/tables), the artifact's with OpenVINO's "
-              "per-node counters; their sum is not the network's time.", ""]
+    lines += ["", f"Dense ms: each layer alone (target/tables); predicted ms: the chosen form alone, times "
+              f"{section['layer_scale']:.3g} (the layers' share of the network: their dense times alone summed to "
+              f"more than the network where this is below 1); measured: the artifact's OpenVINO per-node counters "
+              f"(n/a where no node can be told to be the layer's).", ""]
     return lines

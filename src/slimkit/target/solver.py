@@ -2,14 +2,16 @@
 
 The prediction is additive over layers: the dense network's measured time, plus each layer's change (its
 chosen form's time at its output width, scaled by the share of input channels it still reads, minus its dense
-time). The cost is additive too: each layer's kind and each group's width cost the loss increase measured for
-it alone (target.sensitivity). Widths and kinds interact (a group's width sets its writers' output widths and
-its readers' input widths), so the solver is greedy over both: from the dense model it takes, step by step,
-the move (one layer's kind, or one group's width) with the least loss per millisecond saved, until the
-prediction reaches the target; then it undoes what the target no longer needs, most costly first. A form that
-measured slower than the layer's dense form is never a move. A target that no sequence of moves reaches is
-reported as unreachable, with the fastest point found (that walk's, or one for speed alone, whichever is
-faster); it is never relaxed.
+time). A layer timed alone pays a whole inference's fixed costs (and this machine's noise), so where the layers'
+dense times sum to more than the network they are part of, every change is scaled by network / sum: the layers
+never account for more than the whole, and the prediction never drops below zero. The cost is additive too:
+each layer's kind and each group's width cost the loss increase measured for it alone (target.sensitivity).
+Widths and kinds interact (a group's width sets its writers' output widths and its readers' input widths), so
+the solver is greedy over both: from the dense model it takes, step by step, the move (one layer's kind, or one
+group's width) with the least loss per millisecond saved, until the prediction reaches the target; then it
+undoes what the target no longer needs, most costly first. A form that measured slower than the layer's dense
+form is never a move. A target that no sequence of moves reaches is reported as unreachable, with the fastest
+point found (that walk's, or one for speed alone, whichever is faster); it is never relaxed.
 """
 
 from __future__ import annotations
@@ -103,16 +105,18 @@ class Solution:
     target_ms: float
     reached: bool
 
-    def layers(self, problem: Problem) -> list[dict[str, Any]]:
-        """Per layer: the chosen kind, its widths, and its dense, predicted and noise (IQR) times."""
+    def layers(self, problem: Problem, scale: float) -> list[dict[str, Any]]:
+        """Per layer: the chosen kind, its widths, its dense and chosen times alone (with the chosen one's IQR),
+        and its predicted time in the network (the time alone times `scale`, the layers' share of the network)."""
         lines = []
         for name, kind in self.point.kinds:
             table = problem.layers[name]
             out_width = problem.groups.out_width(name, self.point.kept)
             in_width = problem.groups.in_width(name, self.point.kept)
             measured = table.times[kind].get(out_width)
+            alone = _layer_ms(table, kind, out_width, in_width)
             lines.append({"layer": name, "form": kind, "out_channels": out_width, "in_channels": in_width,
-                          "dense_ms": table.dense_ms, "predicted_ms": _layer_ms(table, kind, out_width, in_width),
+                          "dense_ms": table.dense_ms, "alone_ms": alone, "predicted_ms": scale * alone,
                           "iqr_ms": measured.iqr if measured is not None else None,
                           "sensitivity": table.sensitivity[kind]})
         return lines
@@ -130,18 +134,20 @@ class Solver:
 
     def __init__(self, problem: Problem):
         self.problem = problem
+        dense = sum(table.dense_ms for table in problem.layers.values())
+        self.scale = min(1.0, problem.network_ms / dense) if dense > 0 else 1.0  # the layers' share of the network
 
     def dense(self) -> Point:
         return Point(tuple((name, FP32.name) for name in self.problem.layers), self.problem.groups.full())
 
     def predict(self, point: Point) -> float:
         groups = self.problem.groups
-        total = self.problem.network_ms
+        change = 0.0
         for name, kind in point.kinds:
             table = self.problem.layers[name]
-            total += _layer_ms(table, kind, groups.out_width(name, point.kept), groups.in_width(name, point.kept))
-            total -= table.dense_ms
-        return total
+            change += _layer_ms(table, kind, groups.out_width(name, point.kept), groups.in_width(name, point.kept))
+            change -= table.dense_ms
+        return self.problem.network_ms + self.scale * change
 
     def cost(self, point: Point) -> float:
         layers = sum(self.problem.layers[name].sensitivity[kind] for name, kind in point.kinds)
