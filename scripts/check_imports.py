@@ -35,8 +35,8 @@ LAYERS: list[set[str]] = [
      "value_checks"},                                                               # 1: shared helpers
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
      "persistence"},                                                                # 2: methods, training
-    {"metrics", "runtime", "report", "hardware"},                                   # 3: measure, deploy, report
-    {"recipe", "pipeline", "api", "cli", "run_folder"},                             # 4: orchestration
+    {"metrics", "runtime", "report", "hardware", "target"},                         # 3: measure, deploy, report
+    {"recipe", "pipeline", "api", "cli", "run_folder", "target_recipe"},            # 4: orchestration
 ]
 
 # Rooms divided into sub-rooms: the modules and packages right under the room (slimkit/runtime/eager/deploy.py

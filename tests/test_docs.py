@@ -6,12 +6,21 @@ from pathlib import Path
 import pytest
 
 from slimkit.layers import LayerSelection
-from slimkit.recipe import STAGE_KINDS, DataConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, method_configs
+from slimkit.recipe import (
+    STAGE_KINDS,
+    DataConfig,
+    MeasureConfig,
+    ModelConfig,
+    Recipe,
+    TargetConfig,
+    TrainConfig,
+    method_configs,
+)
 
 DOC = (Path(__file__).parents[1] / "docs" / "recipes.md").read_text()
 DOCUMENTED = set(re.findall(r"^\| `([a-z0-9_]+)` \|", DOC, flags=re.MULTILINE))
 
-CONFIGS = [Recipe, ModelConfig, DataConfig, TrainConfig, MeasureConfig, LayerSelection]
+CONFIGS = [Recipe, ModelConfig, DataConfig, TrainConfig, MeasureConfig, LayerSelection, TargetConfig]
 CONFIGS += [config for kind in STAGE_KINDS for config in method_configs(kind).values()]
 
 

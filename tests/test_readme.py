@@ -78,3 +78,28 @@ def test_readme_deploy_example_runs(tmp_path, monkeypatch, capsys):
     x = torch.rand(64, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(engine(x), run.model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_readme_target_example_reaches_its_target_within_the_run_s_own_measured_noise(tmp_path, monkeypatch):
+    from slimkit.recipe import Recipe
+
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run_example("latency-target", tmp_path, monkeypatch)["run"]
+    target, engine = run.metrics["target"], run.metrics["engine"]["batches"]["16"]["latency_ms"]
+    measured, dense = target["measured"], {k: v for k, v in engine.items() if k != "engine"}
+    assert measured["baseline"] == target["baseline"] == "openvino_fp32"  # the recipe's baseline engine, timed here
+    assert measured["speedup"] == pytest.approx(dense[measured["baseline"]]["median"] / engine["engine"]["median"])
+    assert measured["noise"] == pytest.approx(measured["speedup"] * (
+        engine["engine"]["iqr"] / engine["engine"]["median"] + dense[measured["baseline"]]["iqr"]
+        / dense[measured["baseline"]]["median"]))
+    assert target["predicted_ms"] <= target["target_ms"] == pytest.approx(target["baseline_ms"] / 1.5)
+    assert measured["speedup"] + measured["noise"] >= 1.5, measured  # reached, within the measured noise
+    for line in target["layers"]:  # no layer runs a form that measured slower than its dense form
+        timed = target["tables"][line["layer"]].get(f"{line['form']} w{line['out_channels']}")
+        if isinstance(timed, dict) and not (line["form"] == "fp32" and timed["median"] == line["dense_ms"]):
+            assert timed["median"] < line["dense_ms"]
+    folder = tmp_path / "runs" / "latency-target"
+    chosen = Recipe.load(folder / "target-recipe.yaml")
+    assert chosen.to_yaml() == run.recipe.to_yaml() and chosen.stages and chosen.target is None
+    assert "## Latency target" in (folder / "report.md").read_text()

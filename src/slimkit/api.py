@@ -16,6 +16,7 @@ from slimkit.errors import RecipeError, SlimkitError
 from slimkit.methods import MethodConfig, build_modifier, parse_stage, window_issues
 from slimkit.pipeline import Run, run_recipe
 from slimkit.recipe import Recipe, apply_overrides
+from slimkit.target.config import TargetConfig
 from slimkit.train.compression import Compression
 from slimkit.train.objective import LossFn, Metric, MetricFn, make_objective
 from slimkit.value_checks import check_model_values
@@ -32,7 +33,8 @@ def compress(model: nn.Module, data: DataArg = None, recipe: str | Path | Recipe
              loss_fn: LossFn | None = None, metric: Metric | MetricFn | str | None = "auto",
              target_key: str | None = None, classes: Sequence[str] | None = None,
              out_dir: str | Path | None = None, resume: bool = False, overrides: tuple[str, ...] = (),
-             progress: bool = True, trust_code: bool = False) -> Run:
+             progress: bool = True, trust_code: bool = False,
+             target: float | TargetConfig | dict[str, Any] | None = None) -> Run:
     """Train and compress `model` as `recipe` says, and measure it against its dense reference.
 
     `data` is the user's training data (a torch Dataset or DataLoader, with `val_data` and `test_data`
@@ -44,8 +46,20 @@ def compress(model: nn.Module, data: DataArg = None, recipe: str | Path | Recipe
     `baseline` section, and otherwise `model` as given, labelled so. A recipe file that names code (import
     paths) is imported only with `trust_code=True` or an allow-listed package (docs/guarantees.md); what you
     pass here in Python, overrides included, is your own code and trusted.
+
+    `target` compresses to a latency target (docs/target.md): a speed-up over the best dense engine (2.0), a
+    dict of target keys (each replaces the recipe's own `target` key; the rest stay), or a whole TargetConfig.
+    Each layer's form is then chosen by measurement on this CPU and replaces the recipe's stages; the run writes
+    the chosen per-layer recipe, fine-tunes with it and reports the target against its own measurement.
     """
     raw = (recipe if isinstance(recipe, Recipe) else Recipe.load(recipe, trust_code=trust_code)).to_dict()
+    if isinstance(target, TargetConfig):
+        raw["target"] = target.model_dump(mode="json")
+    elif target is not None:
+        raw["target"] = {**(raw.get("target") or {}), **({"speedup": target} if isinstance(target, int | float)
+                                                         else target)}
+    if target is not None:
+        raw["stages"] = []
     bundle: DataBundle | None = None
     if isinstance(data, Dataset | DataLoader):
         bundle = user_data(data, val_data, test_data, classes=classes, arguments=("data", "val_data", "test_data"))

@@ -54,7 +54,13 @@ def cmd_run(args: argparse.Namespace, recipe_source: str) -> int:
     from slimkit.recipe import Recipe
     from slimkit.train.distributed import finish, init_from_env
 
-    recipe = Recipe.load(recipe_source, args.overrides, trust_code=args.trust_code)
+    overrides = list(args.overrides)
+    if args.target_speedup is not None:  # the target chooses the stages: the recipe's own give way, said so below
+        overrides = [f"target.speedup={args.target_speedup}", "stages=[]", *overrides]
+    recipe = Recipe.load(recipe_source, overrides, trust_code=args.trust_code)
+    if args.target_speedup is not None:
+        console.print(f"--target-speedup {args.target_speedup:g}: the recipe's stages are replaced by the forms the "
+                      f"target chooses per layer (written to target-recipe.yaml in the run folder)", highlight=False)
     info = init_from_env(recipe.train.device)
     try:
         out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
@@ -309,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="run folder (default runs/<recipe name>)")
         p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
         p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+        p.add_argument("--target-speedup", type=float, default=None, metavar="X",
+                       help="compress to a latency target: X times faster than the best dense engine, measured on "
+                            "this CPU; each layer's form is chosen by measurement and replaces the recipe's stages "
+                            "(target.* overrides set batch, threads, baseline, max_accuracy_drop)")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
         add_trust_option(p)
 

@@ -32,6 +32,7 @@ from slimkit.models import ModelConfig, build_model
 from slimkit.persistence import load_weights, save_artifacts, save_model
 from slimkit.recipe import Recipe, normalized_yaml
 from slimkit.report import Report
+from slimkit.target_recipe import targeted_recipe
 from slimkit.train import distributed
 from slimkit.train.config import TrainConfig
 from slimkit.train.device import check_precision, resolve_device
@@ -230,9 +231,10 @@ def _checked_modifiers(recipe: Recipe, model: nn.Module, example: Any, data: Dat
     read once."""
     check_model_values(model)  # no NaN or Inf, no layer without weights: before a forward meets either
     _check_model_fits_data(model, example, data, objective)
-    if recipe.measure.engines and isinstance(example, dict):
-        raise RecipeError(["'measure.engines': true: engine deployment takes models with one tensor input, and this "
-                           "model takes a dict of them; allowed: false"])
+    if (recipe.measure.engines or recipe.target is not None) and isinstance(example, dict):
+        key = "'target'" if recipe.target is not None else "'measure.engines': true"
+        raise RecipeError([f"{key}: engine deployment takes models with one tensor input, and this model takes a dict "
+                           f"of them"])
     modifiers = [build_modifier(stage) for stage in recipe.stages]
     issues = [f"'stages[{i}].{stage.kind}.{issue[1:]}" for i, (stage, modifier) in
               enumerate(zip(recipe.stages, modifiers, strict=True)) for issue in modifier.check(model)]
@@ -243,9 +245,12 @@ def _checked_modifiers(recipe: Recipe, model: nn.Module, example: Any, data: Dat
 
 def _train_phases(recipe: Recipe, model: nn.Module, modifiers: list[Modifier], data: DataBundle,
                   objective: Objective, out_dir: Path | None, *, resume: bool, progress: bool,
-                  callbacks: tuple[EpochCallback, ...]) -> tuple[TrainResult, TrainResult]:
-    """(dense, compressed): the trained baseline (or the model as given) and the compressed copy of it, each
-    phase trained by its own Trainer with its own checkpoints in out_dir/<phase>."""
+                  callbacks: tuple[EpochCallback, ...], example: Any
+                  ) -> tuple[TrainResult, TrainResult, Recipe, dict[str, Any] | None]:
+    """(dense, compressed, the recipe the compressed phase ran, the target's choice or None): the trained
+    baseline (or the model as given) and the compressed copy of it, each phase trained by its own Trainer with its
+    own checkpoints in out_dir/<phase>. A recipe with a target gets its stages from the target, chosen on the
+    trained dense model (target_recipe); both phases keep the recipe as given as their recipe of record."""
 
     def train(net: nn.Module, phase: str, config: TrainConfig, phase_modifiers: list[Modifier]) -> TrainResult:
         trainer = Trainer(net, data, config, phase_modifiers, recipe=recipe.to_yaml(),
@@ -257,7 +262,13 @@ def _train_phases(recipe: Recipe, model: nn.Module, modifiers: list[Modifier], d
         return trainer.fit(resume=resume)
 
     dense = train(model, "dense", recipe.baseline, []) if recipe.baseline else TrainResult(model.eval())
-    return dense, train(copy.deepcopy(dense.model), "compressed", recipe.train, modifiers)
+    ran = recipe
+    choice: dict[str, Any] | None = None  # the target's record
+    if recipe.target is not None:
+        shape = list(example.shape[1:]) if isinstance(example, Tensor) else list(example)
+        ran, choice = targeted_recipe(recipe, dense.model.cpu(), data, objective, shape, out_dir, resume)
+        modifiers = _checked_modifiers(ran, dense.model, example, data, objective)
+    return dense, train(copy.deepcopy(dense.model), "compressed", recipe.train, modifiers), ran, choice
 
 
 def _measured_phases(phases: dict[str, TrainResult], data: DataBundle, split: str, example: Any, recipe: Recipe,
@@ -340,8 +351,9 @@ def _run_claimed(recipe: Recipe, out_dir: Path | None, resume: bool, model: nn.M
     model, model_label = _starting_model(recipe, model, data, example)
     modifiers = _checked_modifiers(recipe, model, example, data, objective)
     split = _evaluated_split(data)
-    dense, compressed = _train_phases(recipe, model, modifiers, data, objective, out_dir, resume=resume,
-                                      progress=progress, callbacks=callbacks)
+    dense, compressed, recipe, choice = _train_phases(recipe, model, modifiers, data, objective, out_dir,
+                                                      resume=resume, progress=progress, callbacks=callbacks,
+                                                      example=example)
     models = _measured_phases({"dense": dense, "compressed": compressed}, data, split, example, recipe, objective,
                               info.is_main)
     m = recipe.measure
@@ -364,6 +376,10 @@ def _run_claimed(recipe: Recipe, out_dir: Path | None, resume: bool, model: nn.M
         **({"engine": engine} if engine else {}),
         **({"hardware": hardware} if hardware else {}),
     }
+    if choice is not None:
+        from slimkit.target.outcome import with_measurement
+
+        metrics["target"] = with_measurement(choice, engine, models, objective.describe()["metric"])
     if out_dir is not None and info.is_main:
         _write_run(out_dir, arch, data, compressed, metrics)
     return Run(recipe, compressed.model, dense.model, metrics, out_dir)

@@ -29,12 +29,13 @@ from slimkit.methods import (
 )
 from slimkit.metrics import MeasureConfig
 from slimkit.models.config import ModelConfig
+from slimkit.target.config import TargetConfig
 from slimkit.train.config import ObjectiveConfig, TrainConfig
 from slimkit.trust import CodeTrust, context_for, validation_context
 
 __all__ = ["STAGE_KINDS", "DataConfig", "MeasureConfig", "MethodConfig", "ModelConfig", "ObjectiveConfig", "Recipe",
-           "TrainConfig", "apply_overrides", "build_modifier", "bundled_recipes", "method_configs", "methods",
-           "parse_stage"]
+           "TargetConfig", "TrainConfig", "apply_overrides", "build_modifier", "bundled_recipes", "method_configs",
+           "methods", "parse_stage"]
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 Section = TypeVar("Section", bound=BaseModel)
@@ -71,6 +72,7 @@ class Recipe(StrictModel):
     train: TrainConfig
     stages: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    target: TargetConfig | None = None  # a latency target: slimkit chooses the stages (slimkit.target)
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -84,6 +86,9 @@ class Recipe(StrictModel):
         issues = window_issues(self.stages, self.train.epochs)
         if issues:
             raise ValueError(issues[0])
+        if self.target is not None and self.stages:
+            raise ValueError("a recipe with a 'target' gets its stages from the target (each layer's form, chosen by "
+                             "measurement); remove 'stages', or remove 'target' to give the stages yourself")
         return self
 
     @classmethod
@@ -137,8 +142,10 @@ class Recipe(StrictModel):
         return [f"'{where}': {path} does not exist" for where, path in named if path is not None and not path.exists()]
 
     def to_dict(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude={"stages"})
+        data = self.model_dump(mode="json", exclude={"stages", "target"})
         data["stages"] = [{s.kind: s.model_dump(mode="json")} for s in self.stages]
+        if self.target is not None:  # written only when set: recipes without one read as before
+            data["target"] = self.target.model_dump(mode="json")
         return data
 
     def to_yaml(self) -> str:

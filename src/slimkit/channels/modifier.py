@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from slimkit.channels.importance import NEEDS_GRADIENTS
@@ -33,6 +33,23 @@ class ChannelConfig(MethodConfig):
     keep: list[str] = Field(default_factory=list, description="fnmatch patterns of layers whose outputs stay")
     steps: int = Field(1, ge=1, description="pruning rounds; each removes an equal share of the ratio")
     every: int = Field(1, ge=1, description="epochs between rounds")
+    widths: dict[str, int] = Field(
+        default_factory=dict, description="output channels each named layer keeps, its coupled groups with it (a "
+        "per-layer recipe, as a latency target writes it): with ratio 0, pruned once when the stage attaches, so "
+        "the stages after it attach to the sliced layers")
+
+    @model_validator(mode="after")
+    def _widths_alone(self) -> ChannelConfig:
+        if not self.widths:
+            return self
+        small = {name: width for name, width in self.widths.items() if width < 1}
+        if small:
+            raise ValueError(f"'widths': every layer keeps at least 1 channel; got {small}")
+        if self.ratio or self.steps != 1 or self.start_epoch:
+            raise ValueError(f"'widths' set each group's size once, as the stage attaches: give ratio 0, steps 1 "
+                             f"and start_epoch 0 with them (got ratio {self.ratio}, steps {self.steps}, "
+                             f"start_epoch {self.start_epoch})")
+        return self
 
     def criterion_options(self) -> dict[str, Any]:
         """Extra arguments of this method's importance criterion (see `plan_pruning`)."""
@@ -114,6 +131,7 @@ class ChannelModifier(Modifier):
         self.rounds = 0
         self.groups = [0, 0]  # removed, candidates (of the first round's model)
         self.ctx: TrainContext | None = None
+        self.sliced_at_attach: dict[str, Any] | None = None  # a widths stage's plan, applied as it attached
 
     def check(self, model: nn.Module) -> list[str]:
         if not self.config.keep:
@@ -122,7 +140,13 @@ class ChannelModifier(Modifier):
                                                       skip_last_linear=False), "keep")
 
     def attach(self, model: nn.Module, ctx: TrainContext) -> None:
+        """A `widths` stage prunes now (not at epoch 0), so later stages put their masks and quantizers on the
+        sliced layers. It does so on a resume too: the plan follows from the weights the run started from, which
+        a resume starts from again, and the saved plan must equal it (load_state_dict)."""
         self.ctx = ctx
+        if self.config.widths:
+            self.prune_round(model)
+            self.sliced_at_attach = self.plan.to_dict()
 
     def _keep(self, model: nn.Module) -> set[str]:
         if not self.config.keep:
@@ -142,7 +166,8 @@ class ChannelModifier(Modifier):
         plan = plan_pruning(model, example, ratio=share, criterion=self.config.method, batch=batch,
                             objective=self.ctx.objective, scope=self.config.scope,
                             min_channels=self.config.min_channels, round_to=self.config.round_to,
-                            keep=self._keep(model), **self.config.criterion_options())
+                            keep=self._keep(model), widths=self.config.widths or None,
+                            **self.config.criterion_options())
         apply_plan(model, plan)
         self.plan = self.plan.then(plan)
         self.groups = [self.groups[0] + plan.removed_groups, self.groups[1] or plan.candidate_groups]
@@ -170,6 +195,8 @@ class ChannelModifier(Modifier):
         return model
 
     def rebuild_structure(self, model: nn.Module) -> nn.Module:
+        if self.sliced_at_attach is not None:  # a widths stage sliced the model as it attached
+            return model
         return apply_plan(model, self.plan)
 
     def summary(self) -> dict[str, Any]:
@@ -185,5 +212,9 @@ class ChannelModifier(Modifier):
         return {"plan": self.plan.to_dict(), "rounds": self.rounds, "groups": list(self.groups)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.plan, self.rounds = ChannelPlan.from_dict(state["plan"]), int(state["rounds"])
+        plan = ChannelPlan.from_dict(state["plan"])
+        if self.sliced_at_attach is not None and plan.to_dict() != self.sliced_at_attach:
+            raise SlimkitError(f"{self.name}: the saved channel plan differs from the one these widths give the model "
+                               f"now; resume from the model the run started from")
+        self.plan, self.rounds = plan, int(state["rounds"])
         self.groups = list(state.get("groups", [0, 0]))

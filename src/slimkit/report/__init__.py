@@ -7,6 +7,7 @@ from typing import Any
 
 from slimkit.files import atomic_write_text
 from slimkit.metrics import precision_summary
+from slimkit.target.markdown import target_markdown
 
 
 def _pct(x: float) -> str:
@@ -356,6 +357,7 @@ class Report:
             "![per-layer sparsity](layer_sparsity.png)",
             "",
             *self._precision_section(),
+            *(target_markdown(m["target"]) if m.get("target") else []),
             *self._engine_section(),
             *(hardware_markdown(m["hardware"], "hardware.png" if hardware_plottable(m["hardware"]) else None)
               if m.get("hardware") else []),

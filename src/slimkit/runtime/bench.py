@@ -38,7 +38,7 @@ from slimkit.runtime.engine.artifact import export_folder
 from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
 from slimkit.runtime.engine.export import export_openvino, openvino_core
 from slimkit.runtime.engine.form import runs_slimkit_operators
-from slimkit.runtime.engine.profile import profile_openvino
+from slimkit.runtime.engine.profile import by_kind, node_times, profile_openvino
 
 
 class _Opaque(nn.Module):
@@ -184,7 +184,7 @@ def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Se
     as the CPU's default precision where that is not fp32), taking turns in one process with the same threads.
     The artifact's layers are chosen by measurement at each batch size, so each batch gets its own folder
     (`folder`/batch-<n>). Per batch: every latency, the speed-up over the best dense engine (named), the
-    artifact's layer choices and OpenVINO's per-node profile of it."""
+    artifact's layer choices and OpenVINO's per-node counters of it, per node and summed by kind."""
     threads = threads or default_threads()
     out: dict[str, Any] = {"artifact": str(folder), "threads": threads, **cpu_info(), "batches": {}}
     with work_folder(folder.parent) as tmp:
@@ -199,11 +199,12 @@ def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Se
             forms["engine"] = OpenVinoModel(model_path, shape, threads, core=openvino_core())
             timing = compare_latency(forms, input_shape, batch_sizes=(batch,), threads=threads, repeats=repeats)
             ms = {name: timing[name][str(batch)] for name in forms}
+            nodes = node_times(model_path, shape, threads)
             out["batches"][str(batch)] = {
                 "latency_ms": ms, "engine_vs": speedups(ms, "engine"), "precision": _precisions(forms),
                 "baseline_errors": {k: v for k, v in baselines.items() if k.endswith("_error")},
                 "slimkit_layers": manifest["slimkit_layers"], "choice": manifest["choice"],
-                "agreement": manifest["agreement"], "engine_profile": profile_openvino(model_path, shape, threads)}
+                "agreement": manifest["agreement"], "engine_profile": by_kind(nodes), "engine_nodes": nodes}
     return out
 
 

@@ -277,6 +277,7 @@ def _entry_points() -> Any:
     library.slimkit_builds.restype = ctypes.c_char_p
     library.slimkit_kernel_choices.restype = ctypes.c_char_p
     library.slimkit_node_kernels.restype = ctypes.c_char_p
+    library.slimkit_cpu_identity.restype = ctypes.c_char_p
     library.slimkit_int8_peak.restype = ctypes.c_double
     library.slimkit_int8_peak.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_double]
     return library
@@ -308,6 +309,22 @@ def node_kernels() -> dict[str, str]:
     """The kernel each operator node of this process's compiled models last ran, by the node's name."""
     lines = _entry_points().slimkit_node_kernels().decode().splitlines()
     return dict(line.split("\t") for line in lines)
+
+
+def cpu_identity() -> str:
+    """The CPU's identity as the kernel tuner's cache keys it (vendor, brand, family/model/stepping, the builds'
+    features) and the library build: times measured under one identity are never used under another."""
+    return _entry_points().slimkit_cpu_identity().decode()
+
+
+def cache_dir() -> Path:
+    """Where slimkit keeps what it measured on this machine, the folder the kernel tuner's cache file is in:
+    $SLIMKIT_CACHE_DIR, else $XDG_CACHE_HOME/slimkit, else ~/.cache/slimkit."""
+    if os.environ.get("SLIMKIT_CACHE_DIR"):
+        return Path(os.environ["SLIMKIT_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "slimkit"
+    return Path.home() / ".cache" / "slimkit"
 
 
 INT8_KERNELS = ("generic", "avx2", "avx512/i16", "avx512/u8-ymm", "avx512/u8-zmm")  # QuantSparseConv2d's kernels

@@ -31,7 +31,7 @@ REPEATS = 9  # timed samples per form and layer (interleaved); each averages at 
 MIN_SAMPLE_MS = 2.0
 
 
-def _input_shapes(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+def input_shapes(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """Each named layer's input shape in a forward pass on `example`."""
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -64,7 +64,7 @@ def time_layers(model: nn.Module, candidates: Candidates, input_shape: Sequence[
     that cannot be timed alone); the IRs go to `folder`."""
     from slimkit.runtime.engine.export import export_openvino, openvino_core
 
-    shapes = _input_shapes(model, list(candidates), torch.zeros(batch, *input_shape))
+    shapes = input_shapes(model, list(candidates), torch.zeros(batch, *input_shape))
     out: dict[str, dict[str, Any]] = {}
     for index, (name, kind) in enumerate(candidates.items()):
         alone, shape = layer_alone(model, name), shapes[name]

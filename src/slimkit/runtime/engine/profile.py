@@ -42,8 +42,13 @@ def node_times(path: str | Path, shape: Sequence[int], threads: int, runs: int =
 def profile_openvino(path: str | Path, shape: Sequence[int], threads: int, runs: int = 20) -> list[dict[str, Any]]:
     """Where an OpenVINO model's time goes: node_times summed by node type and kernel, in ms per inference,
     slowest first."""
+    return by_kind(node_times(path, shape, threads, runs))
+
+
+def by_kind(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """node_times' rows summed by node type and kernel, slowest first."""
     totals: dict[tuple[str, str], list[float]] = {}
-    for row in node_times(path, shape, threads, runs):
+    for row in rows:
         entry = totals.setdefault((row["node"], row["kernel"]), [0.0, 0])
         entry[0] += row["ms"]
         entry[1] += 1

@@ -325,3 +325,10 @@ extern "C" const char* slimkit_node_kernels() {
     snapshot = choices.node_table();
     return snapshot.c_str();
 }
+
+// The CPU's identity as the kernel cache keys it, with the library build: what a time measured here belongs to
+// (engine/build.py: cpu_identity; slimkit.target caches its latency tables under it).
+extern "C" const char* slimkit_cpu_identity() {
+    static const std::string identity = slimkit::cpu_identity() + " build " SLIMKIT_BUILD_ID;
+    return identity.c_str();
+}
