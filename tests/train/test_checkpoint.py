@@ -59,13 +59,19 @@ def test_checkpoint_loading_never_unpickles_code(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kill_after", "workers"), [
-    (2, 0), (5, 0),  # in the dense phase, then in the compressed phase
-    (5, 2),  # two loader processes, each cropping and flipping from its own seeded stream
+@pytest.mark.parametrize(("kill_after", "workers", "late_quantize"), [
+    (2, 0, False), (5, 0, False),  # in the dense phase, then in the compressed phase
+    (5, 2, False),  # two loader processes, each cropping and flipping from its own seeded stream
+    # after a quantize stage attached its steps mid-run (start_epoch 2), with momentum: the optimizer's saved
+    # state must fit the parameters as a resumed run lists them (a parametrized weight comes after its bias)
+    (6, 0, True),
 ])
-def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_after, workers):
+def test_resumed_run_matches_uninterrupted_run(tmp_path, digits_recipe, kill_after, workers, late_quantize):
     if workers:
         digits_recipe["data"].update(num_workers=workers, augment="crop_flip")
+    if late_quantize:
+        digits_recipe["train"]["momentum"] = 0.9
+        digits_recipe["stages"].append({"quantize": {"method": "uniform", "bits": 8, "start_epoch": 2}})
     recipe = Recipe.from_dict(digits_recipe)
     full = run_recipe(recipe, tmp_path / "full", progress=False)
     with pytest.raises(Interrupt):
