@@ -293,9 +293,10 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, digits_recipe, monkeypatch
         assert r["engine_vs"]["best_dense"]["baseline"] == fastest
         assert r["engine_vs"]["best_dense"]["speedup"] == pytest.approx(ms[fastest]["median"] / ms["engine"]["median"])
         assert any(p["node"] == "SparseConv2d" and p["nodes"] == 1 for p in r["engine_profile"]), r["engine_profile"]
-        # every OpenVINO form names the precision it computed in: the artifact and the *_fp32/int8 forms pinned
-        # to fp32, a form at the CPU's default (openvino_bf16, openvino_int8+bf16) named by it
-        assert set(r["precision"]) == {f for f in ms if f == "engine" or f.startswith("openvino_")}
+        # every engine form names the precision it computed in: the artifact and the *_fp32/int8 forms pinned
+        # to fp32, a form at the CPU's default (openvino_bf16, openvino_int8+bf16) named by it, onnxruntime fp32
+        assert set(r["precision"]) == {f for f in ms if f == "engine" or f.startswith(("openvino_", "ort_"))}
+        assert all(r["precision"][f] == "fp32" for f in ms if f.startswith("ort_"))
         assert r["precision"]["engine"] == r["precision"]["openvino_fp32"] == r["precision"]["openvino_int8"] == "fp32"
         assert all(r["precision"][f] == f.rsplit("_", 1)[1].rsplit("+", 1)[-1] for f in ms
                    if f.startswith("openvino_") and f not in ("openvino_fp32", "openvino_int8"))

@@ -58,6 +58,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
 class OnnxModel:
     """An onnxruntime session with a fixed thread count, called like a model on numpy or torch input."""
 
+    precision = "fp32"  # the CPU provider computes every float node in fp32 (no automatic bf16, unlike OpenVINO)
+
     def __init__(self, path: str | Path, threads: int = 2):
         ort = _require_onnxruntime()
         options = ort.SessionOptions()

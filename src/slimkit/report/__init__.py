@@ -293,7 +293,7 @@ class Report:
         for batch, r in engine["batches"].items():
             for form, t in sorted(r["latency_ms"].items(), key=lambda kv: kv[1]["median"]):
                 label = "compressed in OpenVINO + slimkit" if form == "engine" else f"dense in {form}"
-                precision = r.get("precision", {}).get(form, "fp32" if form.startswith("ort_") else "not recorded")
+                precision = r.get("precision", {}).get(form, "not recorded")
                 lines.append(f"| {batch} | {label} | {precision} | {t['median']:.3f} |")
         for batch, r in engine["batches"].items():
             choice, agreement = r["choice"], r["agreement"]

@@ -33,6 +33,7 @@ from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.locks import remove_stale_work
 from slimkit.metrics import compare_latency, default_threads
+from slimkit.quant.onnx_export import OnnxModel
 from slimkit.runtime.eager.deploy import deploy
 from slimkit.runtime.engine.artifact import export_folder
 from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
@@ -209,8 +210,9 @@ def engine_versus_dense(dense: nn.Module, compressed: nn.Module, input_shape: Se
 
 
 def _precisions(forms: dict[str, Any]) -> dict[str, str]:
-    """The precision each OpenVINO form computed in (the others: what their name says)."""
-    return {name: form.precision for name, form in forms.items() if isinstance(form, OpenVinoModel)}
+    """The precision each engine form computed its floating-point nodes in (OpenVINO's as compiled,
+    onnxruntime's fp32); torch forms say theirs by name."""
+    return {name: form.precision for name, form in forms.items() if isinstance(form, (OpenVinoModel, OnnxModel))}
 
 
 def versus(entry: dict[str, Any] | None) -> str:

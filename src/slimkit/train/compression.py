@@ -180,6 +180,9 @@ class Compression:
         current = dict(self.model.named_parameters())
         alive = {id(p) for p in current.values()}
         placed: set[int] = set()
+        # each group in the model's order: a parametrized weight is registered after its module's other
+        # parameters, and an optimizer built on resume lists them so, which its saved state's indices must match
+        order = {id(p): i for i, p in enumerate(current.values())}
         for group in self._optimizer.param_groups:
             fresh = []
             for p in group["params"]:
@@ -191,9 +194,6 @@ class Compression:
                     self._optimizer.state.pop(p, None)
                 fresh.append(new)
                 placed.add(id(new))
-            # in the model's order now: a parametrized weight is registered after its module's other parameters,
-            # and an optimizer built on resume lists them so, which its saved state's indices must match
-            order = {id(p): i for i, p in enumerate(current.values())}
             group["params"] = sorted(fresh, key=lambda p: order[id(p)])
         self._add_new_groups(placed)
         unplaced = [name for name, p in current.items() if p.requires_grad and id(p) not in placed]

@@ -117,16 +117,15 @@ def export_measured(model: nn.Module, path: Path, input_shape: Sequence[int], ca
     try:
         timings = time_layers(base, found, input_shape, batch, threads, work)
         faster = frozenset(n for n, t in timings.items() if "slimkit_ms" in t and t["slimkit_ms"] < t["openvino_ms"])
-        # distinct layer sets, each exported and timed once, under the first name that fits ('dense' where no
-        # layer won alone)
         variants = {"dense": frozenset(), "measured": faster, "every operator": frozenset(found)}
-        sets = dict.fromkeys(variants.values())
-        names = {layers: next(n for n, s in variants.items() if s == layers) for layers in sets}
+        names: dict[frozenset[str], str] = {}  # distinct layer sets, each exported and timed once, under the
+        for name, layers in variants.items():  # first name that fits ('dense' where no layer won alone)
+            names.setdefault(layers, name)
         models = {}
-        for layers in sets:
-            target = work / names[layers].replace(" ", "-") / "model.xml"
+        for layers, name in names.items():
+            target = work / name.replace(" ", "-") / "model.xml"
             export_openvino(base, target, input_shape, chosen=layers)
-            models[names[layers]] = OpenVinoModel(target, (batch, *input_shape), threads, core=openvino_core())
+            models[name] = OpenVinoModel(target, (batch, *input_shape), threads, core=openvino_core())
         ms = compare_latency(models, input_shape, batch_sizes=(batch,), threads=threads, repeats=ARTIFACT_REPEATS)
         times = {name: ms[name][str(batch)]["median"] for name in models}
         best = min(times, key=lambda name: times[name])
