@@ -121,7 +121,7 @@ class UnitCosts(StrictModel):
     xor: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8, area_um2=36 / 8))
     mux2: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8 * MUX2_PER_ADDER_BIT,
                                                         area_um2=36 / 8 * MUX2_PER_ADDER_BIT))
-    sram_read_pj: dict[float, float] = Field(default_factory=lambda: {8: 10.0, 32: 20.0, 1024: 100.0},
+    sram_read_pj: dict[float, float] = Field(default_factory=lambda: {8.0: 10.0, 32.0: 20.0, 1024.0: 100.0},
                                              description="energy of a 64-bit read, by SRAM capacity in KiB")
     dram_read_pj: float = Field(1280.0, ge=0, description="energy of a 64-bit DRAM read")
 

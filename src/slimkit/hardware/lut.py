@@ -202,7 +202,6 @@ def lut_costs(model: nn.Module, inputs: Sequence[Tensor], config: LutConfig) -> 
     residual add) is an error naming it; so is a partition whose outputs read more inputs than its fan-in."""
     partitions = list(config.partitions)
     traces = trace_layers(model, inputs, opaque=partitions)
-    order, calls = _calls(model, inputs, partitions, [t.name for t in traces])
 
     def output_bits(name: str, declared: int | None = None) -> tuple[int, str]:
         if declared is not None:
@@ -219,6 +218,9 @@ def lut_costs(model: nn.Module, inputs: Sequence[Tensor], config: LutConfig) -> 
         bits, source = output_bits(trace.name)
         costs.append(layer_lut(trace.weight, trace.input_bits, bits, config, positions=trace.positions,
                                name=trace.name, output_bits_from=source))
+    if not partitions:
+        return costs
+    order, calls = _calls(model, inputs, partitions, [t.name for t in traces])
     for name, partition in config.partitions.items():
         call = calls[name]
         reads = measured_fan_in(model.get_submodule(name), call.inputs)
