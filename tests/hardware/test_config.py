@@ -53,8 +53,25 @@ def test_sense_systolic_recipe_loads():
     recipe = Recipe.load("sense-systolic")
     assert recipe.model.name == "resnet20"
     assert [stage.method for stage in recipe.stages] == ["sense"] and recipe.stages[0].sparsity == 0.5
+    assert recipe.stages[0].balance == "kernel"  # every PE's kernel keeps 4 of 9: the paper's balance
     assert isinstance(recipe.measure.hardware.systolic, SystolicConfig)
-    assert recipe.measure.hardware.systolic.rows == recipe.stages[0].tile  # array height = Sense's tile
+    # the group balance it can be switched to spans one PE column: the array's height
+    assert recipe.measure.hardware.systolic.rows == recipe.stages[0].tile == 8
+
+
+def test_the_shift_table_is_refused_with_its_replacement(digits_recipe):
+    with pytest.raises(RecipeError, match="a shift is no longer priced as an add of its width; a shift over S fixed "
+                                          "positions is an S:1 multiplexer"):
+        Recipe.from_dict(_with_hardware(digits_recipe, {"arithmetic": {"units": {
+            "shift": {8: {"energy_pj": 0.03, "area_um2": 36}}}}}))
+
+
+def test_lut_partitions_validate_by_key_path(digits_recipe):
+    recipe = Recipe.from_dict(_with_hardware(digits_recipe, {"lut": {"partitions": {
+        "hidden": {"fan_in": 6, "input_bits": 2}}}}))
+    assert recipe.measure.hardware.lut.partitions["hidden"].output_bits is None
+    with pytest.raises(RecipeError, match=r"'measure\.hardware\.lut\.partitions\.hidden\.fan_in': required"):
+        Recipe.from_dict(_with_hardware(digits_recipe, {"lut": {"partitions": {"hidden": {"input_bits": 2}}}}))
 
 
 @pytest.mark.parametrize(("module", "message"), [
@@ -70,9 +87,9 @@ def test_layers_the_models_cannot_cost_are_named(module, message):
 def test_every_hardware_key_is_documented():
     from pathlib import Path
 
-    from slimkit.hardware import ArithmeticConfig, LutConfig, UnitCosts
+    from slimkit.hardware import ArithmeticConfig, LutConfig, LutPartition, UnitCosts
 
     doc = (Path(__file__).parents[2] / "docs" / "hardware.md").read_text()
-    for config in (HardwareConfig, SystolicConfig, LutConfig, ArithmeticConfig, UnitCosts):
+    for config in (HardwareConfig, SystolicConfig, LutConfig, LutPartition, ArithmeticConfig, UnitCosts):
         missing = [key for key in config.model_fields if f"`{key}`" not in doc]
         assert not missing, f"docs/hardware.md lacks {config.__name__} keys {missing}"

@@ -1,4 +1,5 @@
-"""LUT mapping against hand-computed counts, and truth tables against the model's quantized forward."""
+"""LUT mapping against hand-computed counts, levels and registers, sub-network partitions (NeuraLUT), and truth
+tables against the model's quantized forward."""
 
 import itertools
 import json
@@ -8,7 +9,16 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.hardware import LutConfig, layer_lut, lut6_count, lut_costs, neuron_lut, truth_tables
+from slimkit.hardware import (
+    LutConfig,
+    layer_lut,
+    lut6_count,
+    lut6_depth,
+    lut_costs,
+    lut_totals,
+    neuron_lut,
+    truth_tables,
+)
 from slimkit.quant.attach import quantize_layer
 from slimkit.quant.quantizers import UniformQuantizer
 
@@ -18,6 +28,19 @@ def test_lut6_count_by_multiplexer_decomposition():
     # (6 inputs, one LUT6) = 5. 9: min(2 x 5 + 1, 4 x 3 + 1) = 11. 10: min(2 x 11 + 1, 4 x 5 + 1) = 21.
     # 12: min(2 x 43 + 1, 4 x 21 + 1) = 85 (11: min(2 x 21 + 1, 4 x 11 + 1) = 43).
     assert [lut6_count(n) for n in (0, 1, 6, 7, 8, 9, 10, 11, 12)] == [0, 1, 1, 3, 5, 11, 21, 43, 85]
+
+
+def test_lut6_depth_follows_the_cheapest_decomposition():
+    def cheapest(n: int) -> tuple[int, int]:
+        """(LUT6s, levels) of the recursion itself: a 2:1 split on one bit or a 4:1 split on two."""
+        if n <= 6:
+            return 1, 1
+        (c1, d1), (c2, d2) = cheapest(n - 1), cheapest(n - 2)
+        return min((2 * c1 + 1, d1 + 1), (4 * c2 + 1, d2 + 1))
+
+    assert [cheapest(n) for n in range(1, 19)] == [(lut6_count(n), lut6_depth(n)) for n in range(1, 19)]
+    # 12 address bits: three 4:1 levels above the 6-input tables
+    assert (lut6_depth(0), lut6_depth(6), lut6_depth(7), lut6_depth(8), lut6_depth(12)) == (0, 1, 2, 2, 4)
 
 
 def test_neuron_table_and_luts():
@@ -204,6 +227,52 @@ def test_lut_costs_of_a_model_take_bits_from_the_reading_quantizer():
     # 2 LUT6s each = 8. Layer 5 (fan-in 3) writes the logits at final_output_bits = 4: 4 x L(6) x 2 = 8.
     assert costs["0"].luts == 8 and costs["0"].output_bits_from == "input of 2"
     assert costs["5"].output_bits == 4 and costs["5"].luts == 8 and costs["5"].output_bits_from == "final_output_bits"
+    # one register stage per layer: 4 x 2 + 3 x 2 + 2 x 4 bits; every table fits one LUT6, one level each
+    assert [(c.registers, c.levels) for c in costs.values()] == [(8, 1), (6, 1), (8, 1)]
+    totals = lut_totals(list(costs.values()))
+    assert (totals["luts"], totals["registers"], totals["levels"]) == (8 + 6 + 8, 22, 3)
+    assert (totals["pipeline_stages"], totals["latency_cycles"], totals["max_levels_per_stage"]) == (3, 3, 1)
+
+
+class SubNetworks(nn.Module):
+    """NeuraLUT's layer: output j reads `fan_in` fixed inputs through its own small float network (a hidden
+    layer, a shared linear map inside, and a skip connection); only its inputs and output are quantized."""
+
+    def __init__(self, inputs: int, outputs: int, fan_in: int, width: int):
+        super().__init__()
+        self.register_buffer("index", torch.stack([torch.randperm(inputs)[:fan_in] for _ in range(outputs)]))
+        self.up = nn.Parameter(torch.randn(outputs, fan_in, width))
+        self.inner = nn.Linear(width, width)
+        self.down = nn.Parameter(torch.randn(outputs, width))
+        self.skip = nn.Parameter(torch.randn(outputs, fan_in))
+
+    def forward(self, x):
+        gathered = x[:, self.index]  # (batch, outputs, fan_in)
+        hidden = torch.relu(self.inner(torch.relu(torch.einsum("bof,ofw->bow", gathered, self.up))))
+        return (hidden * self.down).sum(-1) + (gathered * self.skip).sum(-1)
+
+
+def neuralut_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(SubNetworks(6, 4, 2, 8), SubNetworks(4, 3, 2, 8), _quantized(nn.Linear(3, 2), 2, 0.5)).eval()
+
+
+def test_a_partition_is_one_table_per_output_of_its_declared_fan_in():
+    partitions = {"0": {"fan_in": 2, "input_bits": 3}, "1": {"fan_in": 2, "input_bits": 2}}
+    costs = lut_costs(neuralut_mlp(), [torch.randn(8, 6)], LutConfig(partitions=partitions, final_output_bits=4))
+    # "0": 4 outputs of 2 x 3 = 6 address bits, 2 output bits (partition "1" reads 2-bit inputs): 4 x 2 LUT6s.
+    # "1": 3 outputs of 2 x 2 bits, read by layer 2's 2-bit quantizer: 3 x 2. Layer 2: 2 neurons of 3 x 2 bits
+    # at final_output_bits 4: 2 x 4. The linear layer inside each partition is not costed on its own.
+    assert [(c.name, c.kind, c.luts, c.output_bits_from) for c in costs] == [
+        ("0", "partition", 8, "input of 1"), ("1", "partition", 6, "input of 2"),
+        ("2", "layer", 8, "final_output_bits")]
+    assert [c.max_address_bits for c in costs] == [6, 4, 6]
+
+
+def test_a_partition_reading_more_inputs_than_its_fan_in_is_refused():
+    partitions = {"0": {"fan_in": 1, "input_bits": 3}, "1": {"fan_in": 2, "input_bits": 2}}
+    with pytest.raises(SlimkitError, match=r"partitions.0: an output reads 2 inputs, more than its fan_in 1"):
+        lut_costs(neuralut_mlp(), [torch.randn(8, 6)], LutConfig(partitions=partitions))
 
 
 def test_lut_costs_refuse_an_output_that_meets_a_residual_add():

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from slimkit.sparsity.balanced import balanced_mask, group_keep, group_nonzeros, is_balanced
+from slimkit.sparsity.balanced import (
+    SenseConfig,
+    SenseModifier,
+    balanced_mask,
+    group_keep,
+    group_nonzeros,
+    is_balanced,
+)
 from slimkit.sparsity.blocks import is_block_sparse
 from slimkit.sparsity.learned import optg_sparsity, sigmoid
 from slimkit.sparsity.masks import add_mask
@@ -167,6 +174,35 @@ def test_sense_group_counts():
     counts = group_nonzeros(weight * mask, 2)
     assert [c.tolist() for c in counts] == [[9] * 6, [9] * 6, [4] * 6]
     assert is_balanced(weight * mask, 2, 0.5) and not is_balanced(weight, 2, 0.5)
+
+
+def test_sense_kernel_balance_keeps_an_exact_count_in_every_kernel():
+    # the paper's definition: "the sparsity ratio (zero element percentage) of each kernel at 1/2"; a 3x3 kernel
+    # keeps floor(9 / 2) = 4, at s = 0.7 floor(2.7) = 2
+    torch.manual_seed(0)
+    scores = torch.randn(6, 5, 3, 3).abs()
+    modifier = SenseModifier(SenseConfig(balance="kernel"))
+    for sparsity, kept in ((0.5, 4), (0.7, 2)):
+        mask = modifier.select({"conv": scores}, sparsity)["conv"]
+        assert mask.reshape(30, 9).sum(1).tolist() == [kept] * 30
+        # each kernel keeps its own largest scores: the kept ones are its top `kept`
+        ranked = scores.reshape(30, 9).sort(dim=1, descending=True, stable=True).indices[:, :kept]
+        assert torch.equal(mask.reshape(30, 9), torch.zeros(30, 9, dtype=torch.bool).scatter_(1, ranked, True))
+    assert is_balanced(scores * mask, 1, 0.7) and not is_balanced(scores * balanced_mask(scores, 2, 0.5), 1, 0.5)
+    assert modifier.summary()["tile"] == 1 and modifier.summary()["balance"] == "kernel"
+
+
+def test_sense_kernel_balance_refuses_kernels_that_keep_nothing_and_a_tile():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4, 2))
+    issues = SenseModifier(SenseConfig(balance="kernel")).check(model)
+    # the first conv and the last linear are not selected by default; the 3x3 conv keeps 4 of 9
+    assert issues == ["layer '2': balance: kernel keeps floor((1 - s) k) of each kernel's k weights, and its kernels "
+                      "of 1 weight keep none at s = 0.5; exclude it (layers.exclude) or use balance: group"]
+    assert SenseModifier(SenseConfig(balance="group")).check(model) == []
+    with pytest.raises(ValueError, match="'tile': groups of 4 channels apply to balance: group"):
+        SenseConfig(balance="kernel", tile=4)
+    saved = SenseConfig(balance="kernel").model_dump(mode="json")  # a run's recipe.yaml writes every key
+    assert SenseConfig.model_validate(saved).group_channels == 1
 
 
 def test_channel_permutation_is_a_relabelling():

@@ -1,12 +1,15 @@
 """Hardware the compression methods target, as analytical cost models computed from the model itself.
 
-- `systolic`: cycles, PE utilisation and DRAM traffic on an R x C systolic array (Sense's mapping, weight- or
-  output-stationary), for dense, unstructured, balanced and N:M weights, with measured activation sparsity and
-  with or without Sense's channel rearrangement.
-- `lut`: truth-table size and LUT6 count of every neuron (LogicNets), and the tables themselves.
-- `arithmetic`: multiplies, shifts, adds, XNORs and popcounts per layer, adder-tree widths and energy from a
-  replaceable unit-cost table (Horowitz, ISSCC 2014), and the same layers with their integer weights stored
-  sign-magnitude or CSD-encoded.
+- `systolic`: cycles (PEs in lockstep, and the stall-free bound), PE utilisation and DRAM traffic on an R x C
+  systolic array (Sense's mapping, weight- or output-stationary), for dense, unstructured, balanced and N:M
+  weights, with measured activation sparsity and with or without Sense's channel rearrangement.
+- `lut`: truth-table size, LUT6 count, logic levels and pipeline registers of every neuron (LogicNets) or
+  sub-network partition (NeuraLUT); `truth_tables`: the tables themselves.
+- `arithmetic`: multiplies, shifts (as multiplexers), adds, XNORs and popcounts per layer, adder-tree widths, the
+  area of one MAC lane and the energy of the operations and of their operand reads, from a replaceable unit-cost
+  table (Horowitz, ISSCC 2014); `encoding`: the same layers with their integer weights stored sign-magnitude
+  or CSD-encoded.
+- `storage`: the weight formats (dense, bitmap, index) both the systolic and the arithmetic model store with.
 
 Each model is a pure function of a model (or one layer) and a typed config; `hardware_section` runs the ones a
 recipe names (`measure.hardware`) for the report. docs/hardware.md gives the formulas and their limits.
@@ -22,31 +25,29 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError
-from slimkit.hardware.arithmetic import (
-    ArithmeticLayerCost,
-    EncodedWeightsCost,
-    arithmetic_costs,
-    csd_digits,
-    integer_weights,
-    layer_arithmetic,
-)
+from slimkit.hardware.arithmetic import ArithmeticLayerCost, arithmetic_costs, layer_arithmetic, shared_lane
 from slimkit.hardware.config import (
     ArithmeticConfig,
     HardwareConfig,
     LutConfig,
+    LutPartition,
     OpCost,
     SystolicConfig,
     UnitCosts,
 )
-from slimkit.hardware.lut import LutLayerCost, layer_lut, lut6_count, lut_costs, neuron_lut, truth_tables
+from slimkit.hardware.encoding import EncodedWeightsCost, csd_digits, integer_weights
+from slimkit.hardware.lut import LutLayerCost, layer_lut, lut6_count, lut6_depth, lut_costs, lut_totals, neuron_lut
+from slimkit.hardware.pricing import lane_area
+from slimkit.hardware.storage import StoredWeights, stored_weights
 from slimkit.hardware.systolic import SystolicLayerCost, layer_cost, systolic_costs, totals, trace_cost
 from slimkit.hardware.trace import LayerTrace, layer_bits, trace_layers
+from slimkit.hardware.truth_tables import truth_tables
 
 __all__ = ["ArithmeticConfig", "ArithmeticLayerCost", "EncodedWeightsCost", "HardwareConfig", "LayerTrace",
-           "LutConfig", "LutLayerCost", "OpCost", "SystolicConfig", "SystolicLayerCost", "UnitCosts",
-           "arithmetic_costs", "csd_digits", "hardware_section", "integer_weights", "layer_arithmetic", "layer_bits",
-           "layer_cost", "layer_lut", "lut6_count", "lut_costs", "neuron_lut", "systolic_costs", "totals",
-           "trace_layers", "truth_tables"]
+           "LutConfig", "LutLayerCost", "LutPartition", "OpCost", "StoredWeights", "SystolicConfig",
+           "SystolicLayerCost", "UnitCosts", "arithmetic_costs", "csd_digits", "hardware_section", "integer_weights",
+           "layer_arithmetic", "layer_bits", "layer_cost", "layer_lut", "lut6_count", "lut6_depth", "lut_costs",
+           "lut_totals", "neuron_lut", "stored_weights", "systolic_costs", "totals", "trace_layers", "truth_tables"]
 
 
 def _densified(traces: list[LayerTrace]) -> list[LayerTrace]:
@@ -71,18 +72,25 @@ def _systolic(model: nn.Module, inputs: Sequence[Tensor], config: SystolicConfig
 def _lut(model: nn.Module, inputs: Sequence[Tensor], config: LutConfig) -> dict[str, Any]:
     costs = lut_costs(model, inputs, config)
     return {"config": config.model_dump(mode="json"), "layers": [c.to_dict() for c in costs],
-            "totals": {"luts": sum(c.luts for c in costs),
-                       "infeasible_layers": [c.name for c in costs if not c.feasible]}}
+            "totals": lut_totals(costs)}
 
 
 def _arithmetic(model: nn.Module, inputs: Sequence[Tensor], config: ArithmeticConfig) -> dict[str, Any]:
     costs = arithmetic_costs(model, inputs, config)
-    # the encoded totals keep layers without integer weights (float, binary) at their own form's energy
-    return {"source": config.units.source, "layers": [c.to_dict() for c in costs],
+    units = config.units
+    # the encoded totals keep layers without integer weights (float, binary) at their own form
+    encoded = {name: [getattr(c, name) or c for c in costs] for name in ("sign_magnitude", "csd")}
+    return {"source": units.source, "config": config.model_dump(mode="json", exclude={"units"}),
+            "layers": [c.to_dict() for c in costs],
             "totals": {"energy_pj": sum(c.energy_pj for c in costs),
+                       "compute_energy_pj": sum(c.compute_energy_pj for c in costs),
+                       "sram_energy_pj": sum(c.movement.sram_energy_pj for c in costs),
+                       "dram_energy_pj": sum(c.movement.dram_energy_pj for c in costs),
                        "dense_float_energy_pj": sum(c.dense_float_energy_pj for c in costs),
-                       "sign_magnitude_energy_pj": sum((c.sign_magnitude or c).energy_pj for c in costs),
-                       "csd_energy_pj": sum((c.csd or c).energy_pj for c in costs)}}
+                       "lane_area_um2": lane_area(shared_lane([c.lane for c in costs]), units),
+                       **{f"{name}_energy_pj": sum(c.energy_pj for c in forms) for name, forms in encoded.items()},
+                       **{f"{name}_lane_area_um2": lane_area(shared_lane([c.lane for c in forms]), units)
+                          for name, forms in encoded.items()}}}
 
 
 def hardware_section(model: nn.Module, inputs: Sequence[Tensor], config: HardwareConfig,

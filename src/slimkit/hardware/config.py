@@ -16,6 +16,9 @@ from slimkit.config import StrictModel
 
 HOROWITZ = ("M. Horowitz, \"Computing's energy problem (and what we can do about it)\", ISSCC 2014, "
             "doi:10.1109/ISSCC.2014.6757323; 45 nm, 0.9 V")
+# NanGate FreePDK45 Open Cell Library: a 2:1 multiplexer (MUX2_X1, 1.862 um^2) against a full adder (FA_X1,
+# 4.256 um^2), the ratio a multiplexer bit is priced at against one bit slice of Horowitz's 8-bit add
+MUX2_PER_ADDER_BIT = 1.862 / 4.256
 
 
 class SystolicConfig(StrictModel):
@@ -45,6 +48,16 @@ class SystolicConfig(StrictModel):
     calibration_batches: int = Field(1, ge=1)
 
 
+class LutPartition(StrictModel):
+    """A module whose every output is one truth table of `fan_in` inputs of `input_bits` each, whatever float
+    sub-network computes it inside (NeuraLUT's L-LUT). Its output bits are those of the quantizer that next
+    reads it, or `output_bits` when given."""
+
+    fan_in: int = Field(ge=1, description="inputs each output of the partition reads")
+    input_bits: int = Field(ge=1, le=32)
+    output_bits: int | None = Field(None, ge=1, le=32)
+
+
 class LutConfig(StrictModel):
     """Neurons as FPGA lookup tables (LogicNets-style): each neuron's sparse, quantized inputs address a table.
 
@@ -57,6 +70,9 @@ class LutConfig(StrictModel):
                                                              "is called infeasible and export refuses it")
     final_output_bits: int = Field(8, ge=1, le=32, description="output bits of a layer no quantizer reads "
                                                                "(the logits)")
+    partitions: dict[str, LutPartition] = Field(
+        default_factory=dict, description="module name -> a sub-network costed as one table per output "
+                                          "(NeuraLUT): its modules inside are not costed one by one")
 
 
 class OpCost(StrictModel):
@@ -82,12 +98,16 @@ class UnitCosts(StrictModel):
     """Energy and area per operation, keyed by operand width in bits. An op of width b costs the entry of the
     smallest listed width >= b (conservative); wider than every entry is an error naming the op.
 
-    Defaults: Horowitz's 45 nm table (ISSCC 2014). It lists no shifter, no XNOR or XOR gate and no multiplier
-    narrower than 8 bits, so these are *assumed*: `shift` costs an add of the same width, `xnor` and `xor` one
-    eighth of an 8-bit add per bit (one adder bit slice), and `int_mult` / `uint_mult` below 8 bits the 8-bit
-    multiply scaled by (b/8)^2 (array-multiplier cells). `uint_mult` is the unsigned magnitude multiply of
+    Defaults: Horowitz's 45 nm table (ISSCC 2014). It lists no multiplexer, no XNOR or XOR gate and no
+    multiplier narrower than 8 bits, so these are *assumed*: `xnor` and `xor` one eighth of an 8-bit add per bit
+    (one adder bit slice); `mux2`, one bit of a 2:1 multiplexer, 0.44 of that slice (NanGate 45 nm's MUX2_X1
+    against its full adder, area for both energy and area), which prices a shift over S fixed positions as an
+    S:1 multiplexer, (S - 1) mux2 per operand bit; and `int_mult` / `uint_mult` below 8 bits the 8-bit multiply
+    scaled by (b/8)^2 (array-multiplier cells). `uint_mult` is the unsigned magnitude multiply of
     sign-magnitude weights, priced like a signed one of the same width (a Baugh-Wooley signed array has the
-    same b^2 cells). Replace them (or the whole table) with numbers for your process.
+    same b^2 cells). Memory reads are Horowitz's, per 64-bit word: `sram_read_pj` by capacity in KiB (8 KB
+    10 pJ, 32 KB 20 pJ, 1 MB 100 pJ) and `dram_read_pj`, twice his 640 pJ 32-bit DRAM read (1.28 nJ; his 64-bit
+    row gives 1.3-2.6 nJ). Replace them (or the whole table) with numbers for your process.
     """
 
     source: str = HOROWITZ
@@ -97,14 +117,29 @@ class UnitCosts(StrictModel):
     uint_mult: dict[int, OpCost] = Field(default_factory=_multipliers)
     fp_add: dict[int, OpCost] = Field(default_factory=lambda: _costs({16: (0.4, 1360), 32: (0.9, 4184)}))
     fp_mult: dict[int, OpCost] = Field(default_factory=lambda: _costs({16: (1.1, 1640), 32: (3.7, 7700)}))
-    shift: dict[int, OpCost] = Field(default_factory=lambda: _costs({8: (0.03, 36), 16: (0.05, 67),
-                                                                     32: (0.1, 137)}))
     xnor: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8, area_um2=36 / 8))
     xor: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8, area_um2=36 / 8))
+    mux2: OpCost = Field(default_factory=lambda: OpCost(energy_pj=0.03 / 8 * MUX2_PER_ADDER_BIT,
+                                                        area_um2=36 / 8 * MUX2_PER_ADDER_BIT))
+    sram_read_pj: dict[float, float] = Field(default_factory=lambda: {8.0: 10.0, 32.0: 20.0, 1024.0: 100.0},
+                                             description="energy of a 64-bit read, by SRAM capacity in KiB")
+    dram_read_pj: float = Field(1280.0, ge=0, description="energy of a 64-bit DRAM read")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shift_table(cls, data: object) -> object:
+        if isinstance(data, dict) and "shift" in data:
+            raise ValueError("'shift': a shift is no longer priced as an add of its width; a shift over S fixed "
+                             "positions is an S:1 multiplexer of the operand's width, priced per bit by 'mux2' "
+                             "(energy_pj, area_um2 of one bit of a 2:1 multiplexer)")
+        return data
 
     @model_validator(mode="after")
     def _widths(self) -> UnitCosts:
-        for name in ("int_add", "int_mult", "uint_mult", "fp_add", "fp_mult", "shift"):
+        if not self.sram_read_pj or any(kib <= 0 or pj < 0 for kib, pj in self.sram_read_pj.items()):
+            raise ValueError(f"'sram_read_pj': needs at least one entry, keyed by capacities > 0 KiB with energies "
+                             f">= 0, not {self.sram_read_pj}")
+        for name in ("int_add", "int_mult", "uint_mult", "fp_add", "fp_mult"):
             table = getattr(self, name)
             if not table or any(bits < 1 for bits in table):
                 raise ValueError(f"'{name}': needs at least one entry, keyed by widths >= 1 bit, not {sorted(table)}")
@@ -113,9 +148,13 @@ class UnitCosts(StrictModel):
 
 class ArithmeticConfig(StrictModel):
     """Counts of multiplies, shifts, adds, XNORs and popcounts per layer, and of the same layer with its integer
-    weights stored sign-magnitude or CSD-encoded, priced with `units`."""
+    weights stored sign-magnitude or CSD-encoded, priced with `units`; the energy of reading the operands from an
+    on-chip SRAM of `sram_kib` and from DRAM (weights once per `batch` samples); the area of one MAC lane."""
 
     units: UnitCosts = Field(default_factory=UnitCosts)
+    sram_kib: float = Field(32.0, gt=0, description="capacity of the on-chip buffer every MAC reads its operands "
+                                                    "from (prices its reads)")
+    batch: int = Field(1, ge=1, description="samples per inference: weights are read from DRAM once per batch")
 
 
 class HardwareConfig(StrictModel):

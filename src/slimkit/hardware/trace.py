@@ -3,13 +3,14 @@ its output positions per sample, its bit widths, the measured density of its inp
 quantizer reads its output.
 
 A leaf module that holds a weight matrix slimkit cannot cost (an embedding, a Conv1d, a grouped conv) is an
-error naming it: a cost that silently leaves layers out would flatter the model.
+error naming it: a cost that silently leaves layers out would flatter the model. The modules inside an opaque
+one (a LUT partition, costed as a whole) are neither checked nor traced.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,10 +64,16 @@ class LayerTrace:
         return self.positions * self.weight.numel()
 
 
-def check_costable(model: nn.Module) -> None:
-    """Refuse a model holding a weight the cost models cannot place, naming the module and its type."""
+def inside(name: str, opaque: Collection[str]) -> bool:
+    """Whether module `name` is one of `opaque` or lies inside one."""
+    return any(name == o or name.startswith(f"{o}.") for o in opaque)
+
+
+def check_costable(model: nn.Module, opaque: Collection[str] = ()) -> None:
+    """Refuse a model holding a weight the cost models cannot place, naming the module and its type; modules
+    inside `opaque` ones are not looked at."""
     for name, module in model.named_modules():
-        if "parametrizations" in name.split("."):
+        if "parametrizations" in name.split(".") or inside(name, opaque):
             continue
         kind = layer_kind(module)
         if kind == "conv" and getattr(module, "groups", 1) != 1:
@@ -80,15 +87,16 @@ def check_costable(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def trace_layers(model: nn.Module, inputs: Sequence[Tensor]) -> list[LayerTrace]:
+def trace_layers(model: nn.Module, inputs: Sequence[Tensor], opaque: Collection[str] = ()) -> list[LayerTrace]:
     """Run `model` in eval mode on each tensor of `inputs` and record every conv and linear layer, in call
-    order. Input densities average over all batches; zero padding is not counted as input."""
+    order, except those inside `opaque` modules. Input densities average over all batches; zero padding is not
+    counted as input."""
     if not inputs:
         raise SlimkitError("the hardware models need at least one input batch")
     for x in inputs:
         if not isinstance(x, Tensor):
             raise SlimkitError(f"the hardware models take models with one tensor input, not {type(x).__name__}")
-    check_costable(model)
+    check_costable(model, opaque)
     seen: dict[str, dict] = {}
     hooks = []
 
@@ -108,7 +116,7 @@ def trace_layers(model: nn.Module, inputs: Sequence[Tensor]) -> list[LayerTrace]
         return record
 
     for name, module in model.named_modules():
-        if layer_kind(module) is not None and "parametrizations" not in name.split("."):
+        if layer_kind(module) is not None and "parametrizations" not in name.split(".") and not inside(name, opaque):
             hooks.append(module.register_forward_hook(hook(name)))
     was_training = model.training
     model.eval()
@@ -144,8 +152,9 @@ ELEMENTWISE_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.function
 @dataclass
 class OutputPath:
     """What happens to a layer's output before it is next quantized: `ops` are the element-wise modules or
-    functions in order (BatchNorm in eval mode is a per-channel affine map), `reader` the quantized layer
-    whose input quantizer (`quantizer`) then reads it, or None when the output leaves the model unquantized."""
+    functions in order (BatchNorm in eval mode is a per-channel affine map); `reader` the quantized layer
+    whose input quantizer (`quantizer`) then reads it, or a partition (one of output_path's `leaves`, which
+    quantizes its inputs itself: `quantizer` is None); both None when the output leaves the model."""
 
     ops: list[Callable[[Tensor], Tensor]]
     reader: nn.Module | None
@@ -160,12 +169,23 @@ class OutputPath:
         return self.quantizer(y) if self.quantizer is not None else y
 
 
-def output_path(model: nn.Module, layer: str) -> OutputPath:
+class _LeafTracer(LayerTracer):
+    """LayerTracer that also keeps the named modules (LUT partitions) as single nodes."""
+
+    def __init__(self, leaves: Collection[str]):
+        super().__init__()
+        self.leaves = set(leaves)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def output_path(model: nn.Module, layer: str, leaves: Collection[str] = ()) -> OutputPath:
     """Follow `layer`'s output through element-wise ops (one reader each) to the quantized layer that reads
-    it, by torch.fx. An output that meets anything else first (a residual add, a reshape, two readers) has
-    no per-neuron quantized value, and the error names the op."""
+    it, by torch.fx (`leaves`: modules traced as single nodes). An output that meets anything else first (a
+    residual add, a reshape, two readers) has no per-neuron quantized value, and the error names the op."""
     try:
-        graph = LayerTracer().trace(model)
+        graph = _LeafTracer(leaves).trace(model)
     except Exception as exc:  # torch.fx raises many types on untraceable code
         raise SlimkitError(f"following {layer!r}'s output needs a torch.fx trace of the model, which failed: "
                            f"{type(exc).__name__}: {exc}") from None
@@ -185,6 +205,8 @@ def output_path(model: nn.Module, layer: str) -> OutputPath:
             return OutputPath(ops, None, None, None)
         if user.op == "call_module":
             name = str(user.target)  # a call_module node's target is the module's name
+            if name in leaves:  # a partition reads it, quantizing its inputs itself
+                return OutputPath(ops, modules[name], name, None)
             module, quantizer = modules[name], input_quantizer_of(modules[name])
             if layer_kind(module) is not None and quantizer is not None:
                 return OutputPath(ops, module, name, quantizer)

@@ -7,145 +7,9 @@ from typing import Any
 
 from slimkit.files import atomic_write_text
 from slimkit.metrics import precision_summary
+from slimkit.report.hardware import hardware_markdown, hardware_plottable
+from slimkit.report.text import count, pct, ratio, shape, size
 from slimkit.target.markdown import target_markdown
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _count(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
-
-
-def _energy(pj: float) -> str:
-    for unit, scale in (("pJ", 1.0), ("nJ", 1e3), ("uJ", 1e6)):
-        if pj < 1e3 * scale or unit == "uJ":
-            return f"{pj / scale:.3g} {unit}"
-    return f"{pj} pJ"
-
-
-def _shape(shape: list[int] | dict[str, list[int]]) -> str:
-    if isinstance(shape, dict):
-        return ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shape.items())
-    return "x".join(map(str, shape))
-
-
-def _ratio(before: float, after: float) -> str:
-    return f"{before / after:.2f}x" if after else "n/a"
-
-
-def _systolic_markdown(systolic: dict[str, Any]) -> list[str]:
-    """The systolic array target: its configuration, the models' totals and the per-layer table."""
-    c = systolic["config"]
-    lines = [f"### Systolic array: {c['rows']}x{c['cols']} PEs, {c['dataflow'].replace('_', ' ')}", "",
-             f"{c['weight_bits']}-bit weights, {c['activation_bits']}-bit activations, buffers "
-             f"{c['input_buffer_kib']:g}/{c['weight_buffer_kib']:g}/{c['output_buffer_kib']:g} KiB (input/"
-             f"weight/output), {c['dram_bytes_per_cycle']:g} B/cycle DRAM, batch {c['batch']}; zero weights "
-             f"{'skipped' if c['skip_zero_weights'] else 'computed'}, zero activations "
-             f"{'skipped (measured on calibration batches)' if c['activation_sparsity'] else 'computed'}. "
-             f"Reference: {systolic['reference']}.", "",
-             "| model | cycles | vs dense | weight stalls | activation stalls | PE utilisation | DRAM | "
-             "vs dense |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    base = systolic["dense"]["totals"]
-    labels = {"dense": "dense", "compressed": "compressed",
-              "compressed_rearranged": "compressed, channels rearranged"}
-    for key, label in labels.items():
-        if key in systolic:
-            t = systolic[key]["totals"]
-            lines.append(f"| {label} | {t['cycles']:,} | {_ratio(base['cycles'], t['cycles'])} fewer | "
-                         f"{t['weight_stall_cycles']:,.0f} | {t['activation_stall_cycles']:,.0f} | "
-                         f"{_pct(t['utilization'])} | {_size(t['dram_bytes'])} | "
-                         f"{_ratio(base['dram_bytes'], t['dram_bytes'])} less |")
-    lines += ["", "| layer | dense cycles | compressed | rearranged | weight stalls | activation stalls | "
-                  "utilisation | DRAM dense | DRAM compressed | bound |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    rearranged = systolic.get("compressed_rearranged", {}).get("layers")
-    for i, (d, k) in enumerate(zip(systolic["dense"]["layers"], systolic["compressed"]["layers"], strict=True)):
-        moved = f"{rearranged[i]['cycles']:,}" if rearranged else "-"
-        lines.append(f"| {k['name']} | {d['cycles']:,} | {k['cycles']:,} | {moved} | "
-                     f"{k['weight_stall_cycles']:,.0f} | {k['activation_stall_cycles']:,.0f} | "
-                     f"{_pct(k['utilization'])} | {_size(d['dram_bytes'])} | {_size(k['dram_bytes'])} | "
-                     f"{k['bound']} |")
-    lines.append("")
-    return lines
-
-
-def _lut_markdown(lut: dict[str, Any]) -> list[str]:
-    """The LUT mapping target: per-layer fan-in, table sizes and LUT6 counts."""
-    lines = ["### LUT mapping (LUT6, LogicNets cost)", "",
-             "| layer | input bits | output bits | max fan-in | mean fan-in | address bits | LUT6s | feasible |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {c['name']} | {c['input_bits']} | {c['output_bits']} | {c['max_fan_in']} | "
-              f"{c['mean_fan_in']:.1f} | {c['max_address_bits']} | {c['luts']:.3g} | "
-              f"{'yes' if c['feasible'] else 'no'} |" for c in lut["layers"]]
-    lines += ["", f"Total: {lut['totals']['luts']:.3g} LUT6s; tables above 2^{lut['config']['max_table_bits']} "
-                  f"entries are infeasible.", ""]
-    return lines
-
-
-def _arithmetic_markdown(arithmetic: dict[str, Any]) -> list[str]:
-    """The arithmetic target: per-layer operations and energy, and the encoded alternatives where costed."""
-    lines = ["### Arithmetic (per sample)", "", f"Unit costs: {arithmetic['source']}.", "",
-             "| layer | form | max fan-in | adder tree depth | accumulator bits | operations | energy | "
-             "dense fp32 energy |", "|---|---|---:|---:|---:|---|---:|---:|"]
-    for c in arithmetic["layers"]:
-        ops = ", ".join(f"{k} {_count(v)}" for k, v in c["ops"].items())
-        lines.append(f"| {c['name']} | {c['form']} | {c['max_fan_in']} | {c['adder_tree_depth']} | "
-                     f"{c['accumulator_bits']} | {ops} | {_energy(c['energy_pj'])} | "
-                     f"{_energy(c['dense_float_energy_pj'])} |")
-    t = arithmetic["totals"]
-    lines += ["", f"Total: {_energy(t['energy_pj'])} per sample against {_energy(t['dense_float_energy_pj'])} "
-                  f"for the same layers as dense fp32 MACs ({_ratio(t['dense_float_energy_pj'], t['energy_pj'])} "
-                  f"less).", ""]
-    encoded = [c for c in arithmetic["layers"] if c.get("sign_magnitude") and c.get("csd")]
-    if encoded:
-        lines += ["Integer weights stored sign-magnitude (XOR + unsigned multiply of the magnitude bits) or "
-                  "CSD-encoded (a shift and an add per non-zero digit):", "",
-                  "| layer | as stored | sign-magnitude | magnitude bits | CSD | non-zero CSD digits |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {c['name']} | {_energy(c['energy_pj'])} | {_energy(c['sign_magnitude']['energy_pj'])} | "
-                  f"{c['sign_magnitude']['magnitude_bits']} | {_energy(c['csd']['energy_pj'])} | "
-                  f"{c['csd']['nonzero_digits']} |" for c in encoded]
-        lines += ["", f"Total with every such layer sign-magnitude: {_energy(t['sign_magnitude_energy_pj'])}; "
-                      f"CSD-encoded: {_energy(t['csd_energy_pj'])}.", ""]
-    return lines
-
-
-_HARDWARE_TARGETS = (("systolic", "Systolic array", _systolic_markdown), ("lut", "LUT mapping", _lut_markdown),
-                     ("arithmetic", "Arithmetic", _arithmetic_markdown))
-
-
-def hardware_markdown(section: dict[str, Any], plot: str | None = None) -> list[str]:
-    """The hardware section (measure.hardware; slimkit.hardware): per-layer tables of each costed target,
-    a target that could not cost the model with its reason."""
-    lines = ["## Hardware (analytical cost models)", "",
-             "Computed from the model by slimkit's analytical cost models (docs/hardware.md states their "
-             "assumptions and formulas): estimates of what the compressed forms buy on their target hardware, "
-             "not measurements.", ""]
-    for key, title, markdown in _HARDWARE_TARGETS:
-        target = section.get(key)
-        if target is not None and "error" in target:
-            lines += [f"{title}: could not cost this model: {target['error']}", ""]
-        elif target is not None:
-            lines += markdown(target)
-    if plot:
-        lines += [f"![hardware cost against dense]({plot})", ""]
-    return lines
-
-
-def hardware_plottable(section: dict[str, Any]) -> bool:
-    """Whether a hardware section holds numbers to plot (a systolic or arithmetic target that costed)."""
-    return any(key in section and "error" not in section[key] for key in ("systolic", "arithmetic"))
 
 
 class Report:
@@ -197,7 +61,7 @@ class Report:
             key, name = f"test_{self.metric['name']}", self.metric["name"]
             if name == "acc":
                 change = f"{100 * (comp[key] - dense[key]):+.2f} pts"
-                rows.append((f"{split} accuracy", _pct(dense[key]), _pct(comp[key]), change if trained else "n/a"))
+                rows.append((f"{split} accuracy", pct(dense[key]), pct(comp[key]), change if trained else "n/a"))
             else:
                 change = f"{comp[key] - dense[key]:+.4g}"
                 rows.append((f"{split} {name}", f"{dense[key]:.4g}", f"{comp[key]:.4g}", change if trained else "n/a"))
@@ -212,32 +76,32 @@ class Report:
         dm, cm = dense["measurement"], comp["measurement"]
         rows = [
             *self._quality_rows(),
-            ("sparsity (all parameters)", _pct(dm["sparsity"]), _pct(cm["sparsity"]), ""),
+            ("sparsity (all parameters)", pct(dm["sparsity"]), pct(cm["sparsity"]), ""),
         ]
         for stage in self.metrics.get("stages", []):
             if "achieved_sparsity" in stage:
-                rows.append((f"sparsity ({stage['method']} layers)", _pct(stage["dense_sparsity"]),
-                             _pct(stage["achieved_sparsity"]), f"target {_pct(stage['target_sparsity'])}"))
+                rows.append((f"sparsity ({stage['method']} layers)", pct(stage["dense_sparsity"]),
+                             pct(stage["achieved_sparsity"]), f"target {pct(stage['target_sparsity'])}"))
         rows += [
-            ("nonzero parameters", _count(dm["nonzeros"]), _count(cm["nonzeros"]),
-             _ratio(dm["nonzeros"], cm["nonzeros"]) + " fewer"),
-            ("size (fp32; sparse as bitmap; binary 1 bit)", _size(dm["compressed_bytes"]),
-             _size(cm["compressed_bytes"]), _ratio(dm["compressed_bytes"], cm["compressed_bytes"]) + " smaller"),
-            ("MACs per sample (effective)", _count(dm["effective_macs"]), _count(cm["effective_macs"]),
-             _ratio(dm["effective_macs"], cm["effective_macs"]) + " fewer"),
+            ("nonzero parameters", count(dm["nonzeros"]), count(cm["nonzeros"]),
+             ratio(dm["nonzeros"], cm["nonzeros"]) + " fewer"),
+            ("size (fp32; sparse as bitmap; binary 1 bit)", size(dm["compressed_bytes"]),
+             size(cm["compressed_bytes"]), ratio(dm["compressed_bytes"], cm["compressed_bytes"]) + " smaller"),
+            ("MACs per sample (effective)", count(dm["effective_macs"]), count(cm["effective_macs"]),
+             ratio(dm["effective_macs"], cm["effective_macs"]) + " fewer"),
         ]
         if cm["bops"]:
             rows += [
-                ("FP MACs per sample", _count(dm["fp_macs"]), _count(cm["fp_macs"]),
-                 _ratio(dm["fp_macs"], cm["fp_macs"]) + " fewer"),
-                ("BOPs per sample", _count(dm["bops"]), _count(cm["bops"]), ""),
-                ("OPs per sample (FP MACs + BOPs/64)", _count(dm["ops"]), _count(cm["ops"]),
-                 _ratio(dm["ops"], cm["ops"]) + " fewer"),
+                ("FP MACs per sample", count(dm["fp_macs"]), count(cm["fp_macs"]),
+                 ratio(dm["fp_macs"], cm["fp_macs"]) + " fewer"),
+                ("BOPs per sample", count(dm["bops"]), count(cm["bops"]), ""),
+                ("OPs per sample (FP MACs + BOPs/64)", count(dm["ops"]), count(cm["ops"]),
+                 ratio(dm["ops"], cm["ops"]) + " fewer"),
             ]
         for batch, lat in cm.get("latency_ms", {}).items():
             before = dm["latency_ms"][batch]["median"]
             rows.append((f"latency batch {batch} (median ms, {cm['threads']} threads, eager PyTorch)",
-                         f"{before:.3f}", f"{lat['median']:.3f}", _ratio(before, lat["median"]) + " speed-up"))
+                         f"{before:.3f}", f"{lat['median']:.3f}", ratio(before, lat["median"]) + " speed-up"))
         for batch, r in self.metrics.get("engine", {}).get("batches", {}).items():
             best = r["engine_vs"].get("best_dense")
             if best is not None:
@@ -258,9 +122,9 @@ class Report:
         lines = ["| layer | type | shape | params | nonzeros | sparsity | MACs | effective MACs |",
                  "|---|---|---|---:|---:|---:|---:|---:|"]
         for layer in self.metrics["models"]["compressed"]["measurement"]["layers"]:
-            shape = "x".join(str(s) for s in layer["shape"])
-            lines.append(f"| {layer['name']} | {layer['type']} | {shape} | {layer['params']} | {layer['nonzeros']} "
-                         f"| {_pct(layer['sparsity'])} | {_count(layer['macs'])} | {_count(layer['effective_macs'])} |")
+            dims = "x".join(str(s) for s in layer["shape"])
+            lines.append(f"| {layer['name']} | {layer['type']} | {dims} | {layer['params']} | {layer['nonzeros']} "
+                         f"| {pct(layer['sparsity'])} | {count(layer['macs'])} | {count(layer['effective_macs'])} |")
         return "\n".join(lines)
 
     def _reference_note(self) -> str:
@@ -326,7 +190,7 @@ class Report:
             f"# slimkit report: {m['recipe']}",
             "",
             f"Data: **{data['name']}** ({data['train']} train / {data['val']} val / {data['test']} test, "
-            f"input {_shape(data['input_shape'])}). Model: **{m['model']}**. Seed {env['seed']}."
+            f"input {shape(data['input_shape'])}). Model: **{m['model']}**. Seed {env['seed']}."
             + (f"\n\n> {data['note']}" if data.get("note") else ""),
             "",
             "## Dense versus compressed",

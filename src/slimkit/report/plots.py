@@ -61,8 +61,9 @@ def plot_layer_sparsity(layers: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_hardware(section: dict[str, Any], path: Path) -> Path:
-    """Per layer: cycles on the systolic array (dense, compressed, compressed with channels rearranged) and
-    arithmetic energy (dense fp32 against the compressed model's number formats), whichever were costed."""
+    """Per layer: cycles on the systolic array (dense, compressed, compressed with channels rearranged, and the
+    compressed model's stall-free bound) and arithmetic energy (dense fp32 against the compressed model's number
+    formats, operand reads included), whichever were costed."""
     panels = [key for key in ("systolic", "arithmetic") if key in section and "error" not in section[key]]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), squeeze=False)
     for ax, key in zip(axes[:, 0], panels, strict=True):
@@ -72,8 +73,10 @@ def plot_hardware(section: dict[str, Any], path: Path) -> Path:
             if "compressed_rearranged" in s:
                 series["compressed, rearranged"] = s["compressed_rearranged"]["layers"]
             values = {label: [c["cycles"] for c in layers] for label, layers in series.items()}
+            if all("stall_free_cycles" in c for c in s["compressed"]["layers"]):
+                values["compressed, stall-free bound"] = [c["stall_free_cycles"] for c in s["compressed"]["layers"]]
             names = [c["name"] for c in s["compressed"]["layers"]]
-            ax.set(ylabel="cycles", title="Systolic array: cycles per layer")
+            ax.set(ylabel="cycles", title="Systolic array: cycles per layer (PEs in lockstep)")
         else:
             layers = section["arithmetic"]["layers"]
             values = {"dense fp32": [c["dense_float_energy_pj"] / 1e3 for c in layers],

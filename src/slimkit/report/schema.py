@@ -171,6 +171,7 @@ class SystolicConfig(Loose):
 
 class Cycles(Loose):
     cycles: float
+    stall_free_cycles: float | None = None  # absent in runs from before the lockstep model
     weight_stall_cycles: float
     activation_stall_cycles: float
     utilization: float
@@ -180,10 +181,15 @@ class Cycles(Loose):
 class LayerCycles(Cycles):
     name: str
     bound: str
+    weight_format: str | None = None
+
+
+class SystolicTotals(Cycles):
+    bandwidth_bound_layers: int | None = None
 
 
 class SystolicModel(Loose):
-    totals: Cycles
+    totals: SystolicTotals
     layers: list[LayerCycles]
 
 
@@ -204,6 +210,9 @@ class Systolic(Loose):
 
 class LutLayer(Loose):
     name: str
+    kind: str = "layer"
+    levels: int | None = None  # absent in runs from before logic levels were costed
+    registers: int | None = None
     input_bits: int
     output_bits: int
     max_fan_in: int
@@ -215,6 +224,8 @@ class LutLayer(Loose):
 
 class LutTotals(Loose):
     luts: float
+    registers: int | None = None
+    levels: int | None = None
 
 
 class LutConfig(Loose):
@@ -229,6 +240,7 @@ class Lut(Loose):
 
 class Encoded(Loose):
     energy_pj: float
+    lane_area_um2: float | None = None
 
 
 class SignMagnitude(Encoded):
@@ -247,6 +259,8 @@ class ArithmeticLayer(Loose):
     accumulator_bits: int
     ops: dict[str, float]
     energy_pj: float
+    compute_energy_pj: float | None = None  # absent in runs from before operand reads were priced
+    lane_area_um2: float | None = None
     dense_float_energy_pj: float
     sign_magnitude: SignMagnitude | None = None
     csd: Csd | None = None
@@ -254,6 +268,8 @@ class ArithmeticLayer(Loose):
 
 class ArithmeticTotals(Loose):
     energy_pj: float
+    compute_energy_pj: float | None = None
+    lane_area_um2: float | None = None
     dense_float_energy_pj: float
     sign_magnitude_energy_pj: float | None = None
     csd_energy_pj: float | None = None

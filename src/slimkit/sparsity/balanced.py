@@ -1,6 +1,10 @@
-"""Sense-style kernel-balanced sparsity: every group, one output filter times a tile of T input channels
-(all kernel positions), keeps exactly floor((1 - s) * |group|) weights, so each processing element gets the
-same work. Sense's own setting is s = 1/2.
+"""Sense-style balanced sparsity: every group keeps exactly floor((1 - s) * |group|) weights. A group is one
+output filter times a tile of T input channels over all kernel positions (`balance: group`, the spec's
+reconstruction), or a single kernel, one filter times one input channel (`balance: kernel`, the paper's
+abstract: "the sparsity ratio of each kernel at 1/2"). On a systolic array that gives each PE one kernel
+(slimkit.hardware.systolic), group balance equalises the work of each PE *column* only: the PEs of a column
+can hold anywhere from 0 to k weights, and in lockstep the fullest one sets the pace. Kernel balance gives
+every PE the same number of weights. Sense's own setting is s = 1/2.
 
 No code of the paper exists, so the training is reconstructed from its description: start from trained
 weights, raise s linearly to its target while retraining with the masks applied, and (optionally) rearrange
@@ -13,9 +17,10 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
-from torch import Tensor
+from pydantic import Field, model_validator
+from torch import Tensor, nn
 
+from slimkit.layers import canonical_weight, select_layers
 from slimkit.methods import register_method
 from slimkit.sparsity.pruner import GradualConfig, PruneModifier
 from slimkit.sparsity.rearrange import rearrange_channels
@@ -23,9 +28,11 @@ from slimkit.train.modifier import TrainContext
 
 
 class SenseConfig(GradualConfig):
-    """Balanced groups of one filter x `tile` input channels; sparsity rises linearly over the window.
+    """Balanced groups: one filter x `tile` input channels (`balance: group`) or one kernel (`balance:
+    kernel`); sparsity rises linearly over the window.
 
-    Each group g keeps its floor((1 - s) |g|) largest |w|, so every PE column of a systolic array gets equal work.
+    Each group g keeps its floor((1 - s) |g|) largest |w|: with group balance every PE column of a systolic
+    array gets equal work, with kernel balance every PE does.
 
     References:
         Sun et al., "Sense: Model Hardware Co-design for Accelerating Sparse CNN on Systolic Array",
@@ -34,11 +41,27 @@ class SenseConfig(GradualConfig):
 
     method: Literal["sense"] = "sense"
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed from every group")
-    tile: int = Field(8, ge=1, description="input channels per group (the PE array height)")
+    balance: Literal["group", "kernel"] = Field(
+        "group", description="group: one filter x `tile` input channels; kernel: one filter x one input channel "
+                             "(every kernel keeps floor((1 - s) k) of its k weights)")
+    tile: int = Field(8, ge=1, description="input channels per group (the PE array height); balance: group only")
     rearrange: bool = Field(True, description="sort input channels by measured zero fraction before pruning")
     calibration_batches: int = Field(4, ge=1)
 
     blocks_supported = False  # groups are balanced by count, not by whole blocks
+
+    @model_validator(mode="after")
+    def _tile_with_groups(self) -> SenseConfig:
+        # the default passes: a saved recipe writes every key, and the unused default means nothing
+        if self.balance == "kernel" and self.tile != type(self).model_fields["tile"].default:
+            raise ValueError(f"'tile': groups of {self.tile} channels apply to balance: group; balance: kernel "
+                             f"balances each kernel (one input channel), so leave 'tile' out")
+        return self
+
+    @property
+    def group_channels(self) -> int:
+        """Input channels per balanced group: `tile`, or 1 when each kernel is its own group."""
+        return 1 if self.balance == "kernel" else self.tile
 
 
 def group_keep(size: int, sparsity: float) -> int:
@@ -86,8 +109,21 @@ class SenseModifier(PruneModifier[SenseConfig]):
     def schedule(self, progress: float) -> float:
         return self.config.initial_sparsity + (self.config.sparsity - self.config.initial_sparsity) * progress
 
+    def check(self, model: nn.Module) -> list[str]:
+        issues = super().check(model)
+        if issues or self.config.balance != "kernel":
+            return issues
+        sparsity = self.config.sparsity
+        for name, module in select_layers(model, self.config.layers).items():
+            kernel = math.prod(canonical_weight(module).shape[2:])  # 1 for a linear layer
+            if group_keep(kernel, sparsity) == 0:
+                issues.append(f"layer {name!r}: balance: kernel keeps floor((1 - s) k) of each kernel's k weights, "
+                              f"and its kernels of {kernel} weight{'s' if kernel > 1 else ''} keep none at s = "
+                              f"{sparsity:g}; exclude it (layers.exclude) or use balance: group")
+        return issues
+
     def select(self, scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
-        return {name: balanced_mask(s, self.config.tile, sparsity) for name, s in scores.items()}
+        return {name: balanced_mask(s, self.config.group_channels, sparsity) for name, s in scores.items()}
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         if self.config.rearrange and not self.rearranged and epoch >= self.config.start_epoch:
@@ -100,7 +136,8 @@ class SenseModifier(PruneModifier[SenseConfig]):
         self.rearranged = True
 
     def summary(self) -> dict[str, Any]:
-        return super().summary() | {"tile": self.config.tile, "rearranged_layers": sorted(self.permutations)}
+        return super().summary() | {"balance": self.config.balance, "tile": self.config.group_channels,
+                                    "rearranged_layers": sorted(self.permutations)}
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {"rearranged": self.rearranged, "permutations": self.permutations}

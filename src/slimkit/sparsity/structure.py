@@ -13,7 +13,7 @@ from slimkit.sparsity.blocks import is_block_sparse
 from slimkit.sparsity.nm import input_rows
 from slimkit.sparsity.pattern import CENTRE, is_pattern_valid
 
-BALANCED_TILES = (2, 4, 8, 16, 32)  # the smallest tile that balances is the strongest claim
+BALANCED_TILES = (1, 2, 4, 8, 16, 32)  # the smallest tile that balances is the strongest claim (1: every kernel)
 BLOCKS = (16, 8, 4, 2)  # the largest block that holds is the strongest claim (it implies the smaller ones)
 
 
