@@ -17,12 +17,13 @@ from slimkit.sparsity.nm import NMConfig, NMModifier, is_nm, nm_mask
 from slimkit.sparsity.oneshot import OneShotModifier
 from slimkit.sparsity.pattern import PatternConfig, PatternModifier, is_pattern_valid
 from slimkit.sparsity.pruner import PruneModifier
+from slimkit.sparsity.sparsegpt import SparseGptConfig, SparseGptModifier
 from slimkit.sparsity.wanda import WandaConfig, WandaModifier
 
 __all__ = ["GradualMagnitudeConfig", "GradualMagnitudeModifier", "MagnitudeConfig", "MagnitudeModifier",
            "MovementConfig", "MovementModifier", "NMConfig", "NMModifier", "OneShotModifier", "OptgConfig",
            "OptgModifier", "PatternConfig", "PatternModifier", "PruneModifier", "ScoredMask", "SenseConfig",
-           "SenseModifier", "SnipConfig", "SnipModifier", "WandaConfig",
+           "SenseModifier", "SnipConfig", "SnipModifier", "SparseGptConfig", "SparseGptModifier", "WandaConfig",
            "WandaModifier", "WeightMask", "add_mask", "balanced_mask", "get_mask", "is_balanced",
            "is_nm", "is_pattern_valid", "masked_layers", "nm_mask", "remove_masks"]
 
