@@ -78,3 +78,16 @@ def test_readme_deploy_example_runs(tmp_path, monkeypatch, capsys):
     x = torch.rand(64, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(engine(x), run.model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_readme_one_shot_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from slimkit.sparsity.nm import is_nm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _run_example("slimkit.one_shot", tmp_path, monkeypatch)["model"]
+    blocks = model.transformer.h
+    assert len(blocks) == 2 and not model.training
+    for block in blocks:
+        for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            assert is_nm(layer.weight.t(), 2, 4) and int((layer.weight == 0).sum()) == layer.weight.numel() // 2
