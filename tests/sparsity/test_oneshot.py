@@ -169,3 +169,20 @@ def test_bundled_one_shot_recipes_run_on_digits(tmp_path, name):
     assert stage["calibration"]["batches"] == recipe.stages[0].calibration_batches
     assert stage["achieved_sparsity"] == pytest.approx(stage["target_sparsity"], abs=0.01)
     assert run.metrics["models"]["compressed"]["test_acc"] > 0.5
+
+
+def test_calibration_inputs_with_nan_are_named():
+    batches = _batches()
+    batches[1][0][3, 2] = float("nan")
+    with pytest.raises(SlimkitError, match="the calibration inputs of 0 hold NaN or Inf"):
+        slimkit.one_shot(_mlp(), {"prune": {"method": "wanda", "sparsity": 0.5}}, batches)
+
+
+def test_a_hessian_that_cannot_be_factored_is_named_with_its_layer(monkeypatch):
+    def fail(*args, **kwargs):
+        raise torch.linalg.LinAlgError("not positive-definite")
+
+    monkeypatch.setattr(torch.linalg, "cholesky", fail)
+    with pytest.raises(SlimkitError, match=r"prune:sparsegpt on 0: the inputs' Hessian is not positive definite .* "
+                                           r"raise dampening"):
+        slimkit.one_shot(_mlp(), {"prune": {"method": "sparsegpt", "sparsity": 0.5}}, _batches())

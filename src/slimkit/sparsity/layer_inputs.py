@@ -52,13 +52,21 @@ def feature_key(module: nn.Module) -> Hashable:
 def feature_rows(module: nn.Module, x: Tensor) -> Tensor:
     """The input `x` of `module` as float rows (rows, features), the rows the layer multiplies by its weight."""
     if isinstance(module, nn.Conv2d):
-        padding = tuple(module._reversed_padding_repeated_twice)
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        padded = F.pad(x.float(), padding, mode=mode) if any(padding) else x.float()
+        padded = F.pad(x.float(), _padding(module), mode="constant" if module.padding_mode == "zeros"
+                       else module.padding_mode)
         columns = F.unfold(padded, conv_pair(module.kernel_size), dilation=conv_pair(module.dilation),
                            stride=conv_pair(module.stride))  # (batch, in*kh*kw, positions)
         return columns.transpose(1, 2).reshape(-1, columns.shape[1])
-    return x.reshape(-1, feature_count(module)).float()
+    return x.reshape(-1, x.shape[-1]).float()
+
+
+def _padding(conv: nn.Conv2d) -> tuple[int, ...]:
+    """F.pad's (left, right, top, bottom) as the conv's forward pads: its `padding` with zeros (torch passes that
+    to the convolution itself), else the list torch pads by ('same', or another padding mode)."""
+    if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+        height, width = conv_pair(conv.padding)
+        return (width, width, height, height)
+    return tuple(conv._reversed_padding_repeated_twice)
 
 
 def layout_order(weight: Tensor) -> Tensor:

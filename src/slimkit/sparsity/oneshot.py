@@ -146,7 +146,10 @@ class OneShotModifier(PruneModifier[ConfigT]):
         adapter = known_adapter(module)
         with torch.no_grad():
             weight = adapter.canonical(raw_weight(module) * mask.mask).detach()
-            kept, new_weight = self.prune_layer(weight, statistic)
+            try:
+                kept, new_weight = self.prune_layer(weight, statistic)
+            except SlimkitError as exc:
+                raise SlimkitError(f"{self.name} on {name}: {exc}") from None
             refuse_empty({name: kept}, self.final)
             mask.mask.copy_(adapter.stored(kept))
             if new_weight is not None:

@@ -35,6 +35,8 @@ class LayerStatistic(Protocol):
     def all_reduce(self) -> None:
         """Sum over data-parallel ranks, so every rank prunes alike."""
 
+    def is_finite(self) -> bool: ...
+
 
 class _GroupDone(BaseException):
     """Raised by a hook once the layers of a group have seen their inputs: the rest of the forward is not needed.
@@ -138,8 +140,11 @@ def _prune_group(model: nn.Module, group: dict[str, nn.Module], calls: dict[str,
             seen.update(dict.fromkeys(group, 0))
             with suppress(_GroupDone):
                 forward(model, batch)
-    for statistic in statistics.values():
+    for key, statistic in statistics.items():
         if all_reduce:
             statistic.all_reduce()
+        if not statistic.is_finite():
+            raise SlimkitError(f"the calibration inputs of {owners[key]} hold NaN or Inf, so its weights cannot be "
+                               f"ranked by them; check the model's outputs on these batches")
     for name, module in group.items():
         prune(name, module, statistics[keys[name]])

@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from slimkit.errors import SlimkitError
 from slimkit.layers import canonical_weight
 from slimkit.methods import register_method
 from slimkit.sparsity.blocks import block_scores, expand_blocks
@@ -70,6 +71,9 @@ class InputHessian:
         distributed.all_reduce_sum(self.sums)
         distributed.all_reduce_sum(self.rows)
 
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.sums).all())
+
     def hessian(self) -> Tensor:
         """H = 2 XᵀX / N (without the dampening)."""
         return self.sums * (2.0 / max(float(self.rows), 1.0))
@@ -105,7 +109,11 @@ def sparsegpt(weight: Tensor, hessian: Tensor, layout: Layout, *, inputs: int, d
     dead = torch.diagonal(h) == 0  # an input that is always 0: its weights cost nothing, wherever they are
     h[dead, dead] = 1
     torch.diagonal(h).add_(dampening * torch.diagonal(h).mean())
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    try:
+        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise SlimkitError(f"the inputs' Hessian is not positive definite in {dtype} even with dampening "
+                           f"{dampening}; raise dampening") from None
     kept = torch.ones(rows, columns, dtype=torch.bool, device=w.device) if keep is None else keep.clone()
     size = layout.nm[1] if layout.nm is not None else layout.block
     starts = _group_starts(columns, inputs, size)

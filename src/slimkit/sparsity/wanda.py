@@ -52,6 +52,9 @@ class FeatureNorms:
     def all_reduce(self) -> None:
         distributed.all_reduce_sum(self.squares)
 
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.squares).all())
+
 
 def wanda_scores(weight: Tensor, squares: Tensor) -> Tensor:
     """|W| · ‖X_j‖₂ for a canonical weight (out, in, ...) and the squared norms of its flattened inputs (the
