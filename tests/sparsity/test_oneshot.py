@@ -9,7 +9,7 @@ from slimkit.errors import RecipeError, SlimkitError, UnsupportedLayerError
 from slimkit.methods import parse_stage
 from slimkit.quant.attach import weight_quantization
 from slimkit.quant.quantizers import UniformQuantizer
-from slimkit.sparsity.masks import masked_layers, raw_weight
+from slimkit.sparsity.masks import add_mask, masked_layers, raw_weight
 
 STAGES = [{"method": "wanda", "sparsity": 0.5}, {"method": "sparsegpt", "sparsity": 0.5},
           {"method": "wanda", "n": 2, "m": 4}, {"method": "sparsegpt", "sparsity": 0.5, "block": 4}]
@@ -186,3 +186,17 @@ def test_a_hessian_that_cannot_be_factored_is_named_with_its_layer(monkeypatch):
     with pytest.raises(SlimkitError, match=r"prune:sparsegpt on 0: the inputs' Hessian is not positive definite .* "
                                            r"raise dampening"):
         slimkit.one_shot(_mlp(), {"prune": {"method": "sparsegpt", "sparsity": 0.5}}, _batches())
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_what_an_earlier_mask_pruned_stays_pruned(method):
+    """A mask already on a layer with 80% zeros, then a one-shot stage at 50%: the masked weights score 0 and go
+    first, and where the mask went further they are never brought back (their raw values are still there)."""
+    model = _mlp()
+    mask = add_mask(model[2])
+    with torch.no_grad():
+        mask.mask.copy_(torch.rand(mask.mask.shape, generator=torch.Generator().manual_seed(3)) > 0.8)
+    earlier = mask.mask.clone()
+    pruned = slimkit.one_shot(model, {"prune": {"method": method, "sparsity": 0.5}}, _batches())
+    assert not bool((pruned[2].weight != 0)[~earlier].any())
+    assert int((pruned[0].weight == 0).sum()) == round(0.5 * pruned[0].weight.numel())  # an unmasked layer

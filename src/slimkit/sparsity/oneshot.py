@@ -150,6 +150,7 @@ class OneShotModifier(PruneModifier[ConfigT]):
                 kept, new_weight = self.prune_layer(weight, statistic)
             except SlimkitError as exc:
                 raise SlimkitError(f"{self.name} on {name}: {exc}") from None
+            kept &= adapter.canonical(mask.mask)  # what a mask already pruned (score 0) stays pruned
             refuse_empty({name: kept}, self.final)
             mask.mask.copy_(adapter.stored(kept))
             if new_weight is not None:
