@@ -12,8 +12,9 @@ applied lazily, `lazy_columns` columns at a time (the papers' block size B_s).
 Masks are chosen as the sweep goes (adaptive mask selection): at the start of each span of `lazy_columns`
 columns, the weights of the span with the least w²/U_cc² (the OBS error of removing each alone) are pruned,
 computed on the weights as the sweep has updated them so far; N:M groups are chosen when the sweep reaches
-them. Each kept weight thus ends at the optimum for the columns after it left free; the weights before a
-pruned one are not revisited (the papers' approximation of the mask-constrained least-squares optimum).
+them. Each kept weight thus ends at the least-squares optimum over itself and the columns after it, given the
+columns before it as they ended; weights before a pruned one are not revisited, so the layer is the papers'
+approximation of the least-squares optimum for its whole mask, not that optimum.
 """
 
 from __future__ import annotations
