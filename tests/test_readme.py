@@ -103,3 +103,16 @@ def test_readme_target_example_reaches_its_target_within_the_run_s_own_measured_
     chosen = Recipe.load(folder / "target-recipe.yaml")
     assert chosen.to_yaml() == run.recipe.to_yaml() and chosen.stages and chosen.target is None
     assert "## Latency target" in (folder / "report.md").read_text()
+
+
+def test_readme_one_shot_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from slimkit.sparsity.nm import is_nm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _run_example("slimkit.one_shot", tmp_path, monkeypatch)["model"]
+    blocks = model.transformer.h
+    assert len(blocks) == 2 and not model.training
+    for block in blocks:
+        for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            assert is_nm(layer.weight.t(), 2, 4) and int((layer.weight == 0).sum()) == layer.weight.numel() // 2

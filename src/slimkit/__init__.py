@@ -9,7 +9,7 @@
 __version__ = "0.2.0"  # the package's version (pyproject.toml reads it); CHANGELOG.md says what changed
 
 from slimkit import binary, channels, distill, models, quant, sparsity  # methods register on import
-from slimkit.api import compress, prepare
+from slimkit.api import compress, one_shot, prepare
 from slimkit.data import load_data, user_data
 from slimkit.errors import SlimkitError
 from slimkit.metrics import measure
@@ -40,6 +40,7 @@ __all__ = [
            "load_deployed",
            "measure",
            "models",
+           "one_shot",
            "prepare",
            "quant",
            "run_recipe",

@@ -1,5 +1,5 @@
 """The public entry points: `compress` runs a whole recipe on a model and data; `prepare` puts a recipe's
-methods into a training loop the user already has."""
+methods into a training loop the user already has; `one_shot` applies them with no training at all."""
 
 from __future__ import annotations
 
@@ -121,3 +121,20 @@ def prepare(model: nn.Module, recipe: Recipe | str | Path | MethodConfig | dict 
     check_model_values(model)
     return Compression(model, [build_modifier(s) for s in stages], epochs=epochs, steps_per_epoch=steps_per_epoch,
                        data=data, objective=make_objective(loss_fn, None, target_key), state=state)
+
+
+def one_shot(model: nn.Module, recipe: Recipe | str | Path | MethodConfig | dict | Sequence[Any],
+             data: Iterable[Any], *, loss_fn: LossFn | None = None, target_key: str = "labels",
+             trust_code: bool = False) -> nn.Module:
+    """Apply a recipe's stages to `model` with no training and return it finished (masks baked in, eval mode).
+
+    For models too large to fine-tune: one-shot pruning (`wanda`, `sparsegpt`, also `magnitude` or `nm`) and
+    post-training quantization measure `data`, your calibration batches (a DataLoader or a list of tuple or
+    dict batches, read as `prepare` reads them; `target_key` names a dict batch's target, which is not fed to
+    the model), and each stage acts once, in the order the recipe lists them. It is `prepare(..., epochs=0)`
+    then `finalize()`: a stage that starts at a later epoch is refused; one that trains (gmp, binarization)
+    reaches its final form untrained.
+    """
+    compression = prepare(model, recipe, steps_per_epoch=1, epochs=0, data=data, loss_fn=loss_fn,
+                          target_key=target_key, trust_code=trust_code)
+    return compression.finalize()

@@ -1,6 +1,6 @@
 """Run by test_ddp under torchrun: trains with one stage (JSON: {kind: {method: ...}}) on a device (cpu unless
 given) and writes each rank's method state as training left it (masks, scores, binarizer buffers and
-parameters) and its process group's backend."""
+parameters), the zero weights per layer after finalize, and its process group's backend."""
 
 import json
 import sys
@@ -41,7 +41,10 @@ def main(out: Path, mode: str, stage: dict, device: str) -> None:
             with torch.no_grad():
                 w = model.classifier[3].weight
                 w[0, 0], w[0, 1] = w[0, 1].clone() + 0.5, w[0, 0].clone() - 0.5
-        return finalize(model)
+        finished = finalize(model)
+        zeros = {name: int((p == 0).sum()) for name, p in finished.named_parameters() if name.endswith("weight")}
+        (out / f"zeros{info.rank}.json").write_text(json.dumps(zeros))  # what finalize left (one-shot stages)
+        return finished
 
     modifier.finalize = record_then_finalize
     calls = [0]

@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from slimkit.models import lenet
+
 pytestmark = pytest.mark.slow  # every test here trains under torchrun
 HERE = Path(__file__).parent
 
@@ -39,6 +41,21 @@ def test_two_ranks_compute_identical_masks_and_scores(tmp_path, stage):
     assert total - sum(int(m.sum()) for m in masks) == round(0.7 * total)
     scored = stage["method"] in ("optg", "movement")  # their scores train beside the weights: checked too
     assert sum(name.endswith(".scores") for name in state) == (2 if scored else 0)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_shot_statistics_are_summed_so_ranks_prune_alike(tmp_path, method):
+    """Each rank measures its own batches. Pruned after training (start_epoch = the worker's 3 epochs), so no
+    DDP wrapper broadcasts rank 0's result: the ranks agree (finalize compares every tensor's digest, SparseGPT's
+    rewritten weights included) only because the statistics are summed over them."""
+    stage = {"method": method, "sparsity": 0.7, "calibration_batches": 2, "start_epoch": 3}
+    state = agreed_state(tmp_path, {"prune": stage})
+    assert all(bool(m.all()) for name, m in state.items() if name.endswith(".mask"))  # not before finalize
+    zeros = [json.loads((tmp_path / f"zeros{r}.json").read_text()) for r in (0, 1)]
+    model = lenet(in_channels=1, input_size=8, width=0.5)
+    for layer in ("features.3", "classifier.1"):  # the selected layers
+        weight = model.get_submodule(layer).weight
+        assert zeros[0][f"{layer}.weight"] == zeros[1][f"{layer}.weight"] == round(0.7 * weight.numel())
 
 
 @pytest.mark.parametrize(("stage", "keys"), [

@@ -36,6 +36,10 @@ STAGES = [
     {"prune": {"method": "patdnn", "admm_epochs": 1, "patterns": 4}},
     {"prune": {"method": "sense", "tile": 4, "end_epoch": 2, "calibration_batches": 2}},
     {"prune": {"method": "gmp", "sparsity": 0.5, "block": 4, "end_epoch": 2}},
+    {"prune": {"method": "wanda", "sparsity": 0.5, "calibration_batches": 2}},
+    {"prune": {"method": "wanda", "n": 2, "m": 4, "calibration_batches": 2}},
+    {"prune": {"method": "sparsegpt", "sparsity": 0.5, "block": 4, "calibration_batches": 2}},
+    {"prune": {"method": "sparsegpt", "n": 2, "m": 4, "calibration_batches": 2}},
     {"channels": {"method": "l1", "ratio": 0.25}},
     {"channels": {"method": "gfbs", "ratio": 0.25}},
     {"channels": {"method": "taylor", "ratio": 0.25}},
@@ -56,7 +60,7 @@ STAGES = [
 
 def _stage_id(stage: dict) -> str:
     (kind, body), = stage.items()
-    extra = "-".join(f"{k}={v}" for k, v in body.items() if k in ("criterion", "block", "observer", "start_epoch"))
+    extra = "-".join(f"{k}={v}" for k, v in body.items() if k in ("criterion", "block", "n", "observer", "start_epoch"))
     return f"{kind}-{body['method']}" + (f"-{extra}" if extra else "")
 
 

@@ -94,3 +94,26 @@ def global_masks(scores: dict[str, Tensor], sparsity: float, tiebreak: dict[str,
         out[name] = kept[offset: offset + n].view_as(scores[name])
         offset += n
     return out
+
+
+def row_keep_counts(row_weights: Tensor, sparsity: float) -> Tensor:
+    """Weights each row keeps when rows are ranked one by one, so that together they keep exactly
+    keep_count(total, sparsity): row r prunes round(s·W_r) - round(s·W_(r-1)), W_r the weights of rows 0..r
+    (cumulative rounding), which is its own share s·w_r to within one weight."""
+    ends = torch.round(torch.cumsum(row_weights.to(torch.float64), 0) * sparsity)
+    pruned = torch.diff(ends, prepend=ends.new_zeros(1)).to(torch.int64)
+    return row_weights.to(torch.int64) - pruned
+
+
+def rowwise_masks(scores: Tensor, keep: Tensor, sizes: Tensor | None = None) -> Tensor:
+    """Boolean mask of each row's best entries of `scores` (rows, entries): `keep[r]` of them, or, with `sizes`
+    (weights per entry), entries best first until at least `keep[r]` weights are kept. Ties go to the lower
+    index (a stable sort), as in `topk_mask`."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    if sizes is None:
+        before = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    else:
+        ordered = sizes.to(torch.int64).gather(1, order)
+        before = torch.cumsum(ordered, 1) - ordered  # weights kept ahead of each entry
+    kept = before < keep.to(scores.device).unsqueeze(1)
+    return torch.zeros_like(kept).scatter_(1, order, kept)
