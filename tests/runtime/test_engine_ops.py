@@ -408,8 +408,8 @@ def test_a_run_with_measure_engines_times_its_artifact_against_every_dense_engin
         assert best["baseline"] == fastest
         assert best["speedup"] == pytest.approx(dense[fastest]["median"] / r["latency_ms"]["engine"]["median"])
         assert r["precision"]["engine"] == "fp32" and r["choice"]["chosen"] in r["choice"]["artifacts_ms"]
-        chosen_operators = r["choice"]["operators"] > 0
-        assert any(p["node"] == "SparseConv2d" for p in r["engine_profile"]) == chosen_operators
+        operator_nodes = sum(p["nodes"] for p in r["engine_profile"] if p["node"] in ("SparseConv2d", "SparseLinear"))
+        assert operator_nodes == r["choice"]["operators"]  # one node per layer the choice put on slimkit's operator
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## In the engines users deploy with" in report and "in engines (dense: best of" in report
     assert ("speed-up" in report) or ("slower than the dense engine" in report)
