@@ -2,7 +2,8 @@
 and VGG-small (width 0.5) on Fashion-MNIST at 1.5x, 2x and 3x the best dense engine (onnxruntime and OpenVINO,
 fp32 and int8), at batch 16 on 2 threads.
 
-Each architecture's dense baseline trains once per run folder (resumed on a rerun). A target run chooses each
+Each architecture's dense model trains once (its own run folder, resumed on a rerun); every target and uniform
+run starts from a copy of it. A target run chooses each
 layer's form by measurement (docs/target.md), fine-tunes and measures its artifact against the dense engines.
 The uniform recipes (one method, one ratio for every layer: channel pruning at 30/50/70% with int8 QAT,
 block-sparse int8 at 50/75/90%, int8 alone) are fine-tuned for the same epochs and measured the same way. For
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +75,42 @@ def _row(metrics: dict[str, Any], **fields: Any) -> dict[str, Any]:
             "dense_accuracy": models["dense"]["test_acc"]}
 
 
-def run_one(recipe: dict[str, Any], runs: Path) -> dict[str, Any]:
+def dense_model(arch: str, runs: Path, smoke: bool) -> Any:
+    """The architecture's dense model, trained once (its own run folder, resumed on a rerun) and shared by every
+    target and uniform run of it, so they all start from the same weights and differ only in what they do
+    after."""
     import slimkit
     from slimkit.recipe import Recipe
 
+    recipe = base_recipe(arch, f"{arch}-dense", smoke)
+    recipe["train"] = recipe.pop("baseline")
+    recipe["measure"] = {"batch_sizes": [BATCH], "repeats": 1}
     out = runs / f"{recipe['name']}-{recipe_digest(recipe)}"
-    return slimkit.run_recipe(Recipe.from_dict(recipe), out, resume=out.exists(), progress=False).metrics
+    return slimkit.run_recipe(Recipe.from_dict(recipe), out, resume=out.exists(), progress=False).model
 
 
-def target_row(arch: str, speedup: float, runs: Path, smoke: bool) -> dict[str, Any]:
+def run_one(recipe: dict[str, Any], runs: Path, dense: Any) -> dict[str, Any]:
+    """One run from a copy of the shared dense model (the report's dense column is that model, as given)."""
+    import slimkit
+    from slimkit.recipe import Recipe
+
+    recipe = {k: v for k, v in recipe.items() if k != "baseline"}
+    out = runs / f"{recipe['name']}-{recipe_digest(recipe)}"
+    started = time.perf_counter()
+    run = slimkit.run_recipe(Recipe.from_dict(recipe), out, resume=out.exists(), progress=False,
+                             model=copy.deepcopy(dense))
+    print(f"{recipe['name']}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return run.metrics
+
+
+def target_row(arch: str, speedup: float, runs: Path, smoke: bool, dense: Any) -> dict[str, Any]:
     from slimkit.target_recipe import TargetUnreachableError
 
     recipe = base_recipe(arch, f"{arch}-target-{speedup:g}", smoke)
     recipe["target"] = {"speedup": speedup, "batch": BATCH, "threads": THREADS,
                         **({"widths": [0.5], "sparsities": [0.75], "repeats": 3} if smoke else {})}
     try:
-        metrics = run_one(recipe, runs)
+        metrics = run_one(recipe, runs, dense)
     except TargetUnreachableError as exc:
         return {"kind": "target", "arch": arch, "target": speedup, "unreachable": True,
                 "best_predicted_speedup": exc.section["predicted_speedup"]}
@@ -98,10 +120,10 @@ def target_row(arch: str, speedup: float, runs: Path, smoke: bool) -> dict[str, 
                 reached=section["measured"]["reached"], within_noise=section["measured"]["within_noise"], forms=forms)
 
 
-def uniform_row(arch: str, name: str, runs: Path, smoke: bool) -> dict[str, Any]:
+def uniform_row(arch: str, name: str, runs: Path, smoke: bool, dense: Any) -> dict[str, Any]:
     recipe = base_recipe(arch, f"{arch}-{name}", smoke)
     recipe["stages"] = uniform_stages(UNIFORM[name], recipe["train"]["epochs"])
-    return _row(run_one(recipe, runs), kind="uniform", arch=arch, recipe=name)
+    return _row(run_one(recipe, runs, dense), kind="uniform", arch=arch, recipe=name)
 
 
 def same_speed(row: dict[str, Any], uniform: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -160,8 +182,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.archs, args.targets, args.uniform = SMOKE["archs"], SMOKE["targets"], SMOKE["uniform"]
-    rows = [target_row(arch, t, args.runs, args.smoke) for arch in args.archs for t in args.targets]
-    rows += [uniform_row(arch, name, args.runs, args.smoke) for arch in args.archs for name in args.uniform]
+    rows = []
+    for arch in args.archs:
+        dense = dense_model(arch, args.runs, args.smoke)
+        rows += [target_row(arch, t, args.runs, args.smoke, dense) for t in args.targets]
+        rows += [uniform_row(arch, name, args.runs, args.smoke, dense) for name in args.uniform]
     from slimkit.environment import environment
 
     stem = "target-smoke" if args.smoke else "target"
