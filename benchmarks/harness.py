@@ -107,3 +107,23 @@ def training_budget(recipe: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = ["ALLOCATOR_ENV", "ensure_allocator_env", "epoch_seconds", "merge_rows", "read_json", "recipe_digest",
            "run_recipe_dict", "set_epochs", "training_budget", "write_json", "write_text"]
+
+
+def machine_facts() -> dict[str, Any]:
+    """What decides a timing on this machine: the CPU model and SIMD flags, the kernel builds slimkit's operators
+    can run here, and the precision OpenVINO's CPU plugin computes in when nothing pins it."""
+    from slimkit.environment import cpu_info
+    from slimkit.runtime.engine.build import runnable_builds
+    from slimkit.runtime.engine.dense_engines import shared_core
+
+    precision = str(shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name())
+    return {"kernel_builds": runnable_builds(), "precision": precision} | cpu_info()
+
+
+def machine_line(env: dict[str, Any]) -> str:
+    """machine_facts as the sentence every timing page opens with."""
+    isa = ", ".join(env.get("isa", [])) or "no AVX2"
+    return (f"CPU: **{env.get('cpu_model')}** ({isa}); kernel builds it runs: {', '.join(env['kernel_builds'])} (each "
+            f"operator's kernel chosen by timing on it); OpenVINO's default precision here: **{env['precision']}** "
+            f"(slimkit's artifacts pin f32; a baseline run at another precision is named by it)")
+

@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import ensure_allocator_env
+from harness import ensure_allocator_env, machine_facts, machine_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,13 +114,13 @@ def main() -> None:
 
     import torch
 
-    from slimkit.environment import cpu_info, environment
+    from slimkit.environment import environment
     from slimkit.files import atomic_write
     from slimkit.metrics import compare_latency, default_threads
     from slimkit.runtime import deploy
     from slimkit.runtime.bench import dense_baselines, speedups
     from slimkit.runtime.engine.artifact import export_folder
-    from slimkit.runtime.engine.build import INT8_KERNELS, int8_peak, runnable_builds
+    from slimkit.runtime.engine.build import INT8_KERNELS, int8_peak
     from slimkit.runtime.engine.dense_engines import OpenVinoModel, dense_engines, export_dense
     from slimkit.runtime.engine.export import openvino_core
     from slimkit.runtime.engine.profile import profile_openvino
@@ -197,8 +197,7 @@ def main() -> None:
                     for r in rows if r["arch"] == arch and r["batch"] == batch))
     args.results.mkdir(parents=True, exist_ok=True)
     env = environment(0) | {"command": " ".join(sys.argv), "threads": threads,
-                            "int8_peaks_gmacs": {k: p / 1e9 for k, p in peaks.items()},
-                            "kernel_builds": runnable_builds(), "precision": _openvino_default_precision()} | cpu_info()
+                            "int8_peaks_gmacs": {k: p / 1e9 for k, p in peaks.items()}} | machine_facts()
     results = json.dumps({"rows": rows, "layers": layers, "missing": missing, "profiles": profiles,
                           "int8_layers": int8_layers, "environment": env}, indent=2).encode()
     atomic_write(args.results / "runtime.json", lambda f: f.write(results))
@@ -256,26 +255,15 @@ def layer_by_layer(arch: str, form: str, batch: int, artifact: dict, dense_int8:
     return out
 
 
-def _openvino_default_precision() -> str:
-    """The precision OpenVINO's CPU plugin computes in on this CPU when nothing pins it."""
-    from slimkit.runtime.engine.dense_engines import shared_core
-
-    return str(shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name())
-
-
 def _vs(entry: dict | None) -> str:
     return f"{entry['speedup']:.2f}x ({entry['baseline']})" if entry else "n/a"
 
 
 def markdown(rows: list[dict], layers: list[dict], missing: dict, profiles: list[dict], int8_layers: list[dict],
              env: dict) -> str:
-    isa = ", ".join(env.get("isa", [])) or "no AVX2"
     out = ["# CPU runtime: compressed models against the dense engines users deploy with", "",
-           f"CPU: **{env.get('cpu_model')}** ({isa}); kernel builds it runs: {', '.join(env['kernel_builds'])} (each "
-           f"operator's kernel chosen by timing on it); OpenVINO's default precision here: "
-           f"**{env['precision']}** (slimkit's artifacts pin f32; a baseline run at another precision is named by "
-           f"it); {env['threads']} threads for every form, torch {env['torch']}. Every ratio names its baseline; > 1 "
-           "means the compressed form is faster.", "",
+           f"{machine_line(env)}; {env['threads']} threads for every form, torch {env['torch']}. Every ratio names its "
+           "baseline; > 1 means the compressed form is faster.", "",
            __doc__.split("\n\n")[1].replace("\n", " "), "", "## Dense baselines (ms)", "",
            "| model | batch | " + " | ".join(DENSE) + " |", "|---|---:|" + "---:|" * len(DENSE)]
     seen = set()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import ensure_allocator_env, read_json, recipe_digest, write_json, write_text
+from harness import ensure_allocator_env, machine_facts, machine_line, read_json, recipe_digest, write_json, write_text
 
 HERE = Path(__file__).parent
 ARCHS = ["resnet20", "resnet56", "vgg_small"]
@@ -132,10 +132,16 @@ def same_speed(row: dict[str, Any], uniform: list[dict[str, Any]]) -> dict[str, 
     return max(fast, key=lambda u: u["accuracy"]) if fast else None
 
 
-def markdown(rows: list[dict[str, Any]], command: str) -> str:
+def markdown(payload: dict[str, Any]) -> str:
+    rows = payload["rows"]
     lines = ["# Compress to a latency target", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
-             f"Reproduce: `{command}`. Batch {BATCH}, {THREADS} threads; speed-ups over the best dense engine, "
-             "measured in the same process; ± is the noise (the two medians' IQRs, relative, summed).", "",
+             f"Batch {BATCH}, {THREADS} threads; speed-ups over the best dense engine, measured in the same process; ± "
+             "is the noise (the two medians' IQRs, relative, summed). Each architecture's rows come from one command "
+             "on one machine:", ""]
+    lines += [f"- {arch}: `{env['command']}` at commit {env['git_commit']}, {env['minutes']} min of wall time "
+              f"(a resumed run's earlier time not counted). {machine_line(env)}."
+              for arch, env in payload["machines"].items()]
+    lines += ["",
              "![accuracy against measured latency](target.png)", "",
              "| model | target | measured (target run) | accuracy | dense | best uniform of the same speed | its "
              "speed-up | its accuracy | forms chosen |", "|---|---:|---:|---:|---:|---|---:|---:|---|"]
@@ -182,23 +188,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.archs, args.targets, args.uniform = SMOKE["archs"], SMOKE["targets"], SMOKE["uniform"]
-    rows = []
+    from slimkit.environment import environment
+
+    command = "python benchmarks/target.py " + " ".join(sys.argv[1:])
+    rows, machines = [], {}
     for arch in args.archs:
+        started = time.perf_counter()
         dense = dense_model(arch, args.runs, args.smoke)
         rows += [target_row(arch, t, args.runs, args.smoke, dense) for t in args.targets]
         rows += [uniform_row(arch, name, args.runs, args.smoke, dense) for name in args.uniform]
-    from slimkit.environment import environment
-
+        machines[arch] = environment(0) | machine_facts() | {
+            "command": command.strip(), "minutes": round((time.perf_counter() - started) / 60, 1)}
     stem = "target-smoke" if args.smoke else "target"
-    earlier = read_json(args.results / f"{stem}.json").get("rows", [])
-    keep = [r for r in earlier if r["arch"] not in args.archs]
-    payload = {"environment": environment(0), "batch": BATCH, "threads": THREADS, "rows": keep + rows}
-    command = "python benchmarks/target.py " + " ".join(sys.argv[1:])
+    earlier = read_json(args.results / f"{stem}.json")
+    keep = [r for r in earlier.get("rows", []) if r["arch"] not in args.archs]
+    machines = {a: e for a, e in earlier.get("machines", {}).items() if a not in args.archs} | machines
+    payload = {"machines": machines, "batch": BATCH, "threads": THREADS, "rows": keep + rows}
     write_json(args.results / f"{stem}.json", payload)
     plot(payload["rows"], args.results / f"{stem}.png")
-    write_text(args.results / f"{stem}.md", markdown(payload["rows"], command.strip()).replace(
-        "target.png", f"{stem}.png"))
-
+    write_text(args.results / f"{stem}.md", markdown(payload).replace("target.png", f"{stem}.png"))
 
 if __name__ == "__main__":
     main()
