@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from slimkit.errors import RecipeError
-from slimkit.recipe import Recipe, bundled_recipes
+from slimkit.recipe import Recipe, bundled_recipes, normalized_yaml
 
 
 def errors_of(data) -> str:
@@ -88,4 +88,14 @@ def test_unknown_recipe_name_lists_bundled():
 
 @pytest.mark.parametrize("name", bundled_recipes())
 def test_bundled_recipes_validate(name):
-    assert Recipe.load(name).name == name
+    recipe = Recipe.load(name)
+    assert recipe.name == name
+    assert normalized_yaml(recipe.to_yaml()) == recipe.to_yaml()  # what a resume compares with its record
+
+
+def test_a_target_with_default_lists_reads_back_as_written(digits_recipe):
+    # the defaults are validated (sorted, widest first) like a written list, so a resumed target run's recipe
+    # equals its checkpoint's record; it once read [0.5, 0.75, 0.9] back as [0.9, 0.75, 0.5] and refused
+    recipe = Recipe.from_dict({**digits_recipe, "stages": [], "target": {"speedup": 2.0}})
+    assert recipe.target.sparsities == [0.9, 0.75, 0.5] and recipe.target.widths == [0.75, 0.5, 0.25]
+    assert normalized_yaml(recipe.to_yaml()) == recipe.to_yaml()

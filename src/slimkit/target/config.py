@@ -29,10 +29,10 @@ class TargetConfig(StrictModel):
         None, ge=0, description="the largest drop of the metric (dense minus compressed) the run may end with; a "
         "run that drops more says so in its report")
     int8: bool = Field(True, description="8-bit forms (dense int8, and block-sparse int8 at `sparsities`)")
-    widths: list[float] = Field(default_factory=lambda: [0.75, 0.5, 0.25],
+    widths: list[float] = Field(default_factory=lambda: [0.75, 0.5, 0.25], validate_default=True,
                                 description="fractions of each channel group's width to try, rounded to round_to")
     round_to: Literal[8, 16] = Field(8, description="channel widths are multiples of this (the kernels' vectors)")
-    sparsities: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9],
+    sparsities: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9], validate_default=True,
                                     description="block-sparse int8 (blocks of 4 input channels) at these sparsities")
     binary: str | None = Field(None, description="a binarize method (xnor, irnet, ...) whose binary convs a layer may "
                                "become; null: no binary forms")
