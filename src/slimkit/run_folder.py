@@ -90,10 +90,12 @@ def calibration_batches(source: str, count: int, trust_code: bool = False) -> li
 def read_example(path: Path) -> Any:
     """An example input saved with torch.save (a tensor, a tuple or a dict of tensors), read with weights_only so
     that no code in the file runs; its form is checked by capture.example_inputs when it is used."""
+    import pickle
+
     import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise SlimkitError(f"--example {path}: not a readable tensor file ({type(exc).__name__}: "
                            f"{first_line(exc)})") from None
