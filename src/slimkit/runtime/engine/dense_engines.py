@@ -123,7 +123,10 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor | M
     level = logger.level
     logger.setLevel(logging.ERROR)  # its advice to pre-process is taken; the rest is noise here
     try:
-        quant_pre_process(str(fp32), str(prepared))
+        try:
+            quant_pre_process(str(fp32), str(prepared))
+        except Exception:  # its symbolic shape inference gives up on HF models' torch.export graphs, raising
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # Exception: its documented way out
         quantize_static(str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
