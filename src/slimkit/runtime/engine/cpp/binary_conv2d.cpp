@@ -1,4 +1,5 @@
 // slimkit::BinaryConv2d for OpenVINO; its torch face is BinaryConv2dFunction in engine/operators.py.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -103,33 +104,42 @@ public:
         const size_t plane = static_cast<size_t>(s.height) * s.words * s.cols;
         const size_t image_in = in_channels * s.height * s.width;
         const size_t image_out = static_cast<size_t>(s.out_c) * out_area;
+        const size_t rows = batch * s.out_h;
         const int bits_one_plane = pack_output_ == 2 ? 1 : 0;
         // the kernels: each build's, and in the AVX-512 build hand-written VPOPCNTDQ sums in 256- or 512-bit registers
         static const std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0},
                                                     {"avx512/ymm", Isa::avx512, 0}, {"avx512/zmm", Isa::avx512, 1}};
+        // One parallel region: each thread takes a contiguous run of output rows (whole images where the batch
+        // allows) and packs, into planes of its own, only the input rows those rows read, so the planes are
+        // still in cache when its rows read them and a small batch still splits over the threads.
         const auto run = [&](size_t k) {
             const Isa isa = kernels[k].isa;
-            uint64_t* nonzero = scratch<uint64_t, 0>(batch * plane);  // pack_image / assemble_planes fill them
-            uint64_t* positive = scratch<uint64_t, 1>(batch * plane);
-            ov::parallel_for(batch, [&](size_t b) {
-                if (packed_input_) {
-                    const uint64_t* half = reinterpret_cast<const uint64_t*>(inputs[0].data<const int64_t>()) + b * image_in;
-                    assemble_planes_any(isa, half, half + image_in / 2, s, nonzero + b * plane, positive + b * plane);
-                } else {
-                    pack_image_any(isa, inputs[0].data<const float>() + b * image_in, s, nonzero + b * plane,
-                                   positive + b * plane);
-                }
-            });
-            ov::parallel_for(batch * s.out_h, [&](size_t row) {
-                const size_t b = row / s.out_h, oh = row % s.out_h;
-                Epilogue image = e;
-                if (residual != nullptr) image.residual = residual + b * image_out;
-                conv_row_any(isa, kernels[k].variant, nonzero + b * plane, positive + b * plane, wbits, image, s,
-                             static_cast<int>(oh), y + b * image_out);
-                if (bits != nullptr) {  // this row's sign bits for the next binary layer, while the row is in cache
-                    uint64_t* half = bits + b * 2 * out_words * out_area;
-                    sign_bits_any(isa, y + b * image_out, s.out_c, out_area, oh * s.out_w, s.out_w, bits_one_plane, half,
-                                  half + out_words * out_area);
+            ov::parallel_nt_static(0, [&](int thread, int threads) {
+                const size_t begin = rows * thread / threads, end = rows * (thread + 1) / threads;
+                uint64_t* nonzero = scratch<uint64_t, 0>(plane);
+                uint64_t* positive = scratch<uint64_t, 1>(plane);
+                for (size_t row = begin; row < end;) {
+                    const size_t b = row / s.out_h;
+                    const int first = static_cast<int>(row - b * s.out_h);
+                    const int last = static_cast<int>(std::min(end - b * s.out_h, static_cast<size_t>(s.out_h)));
+                    const int in_first = std::max(0, first * s.stride - s.pad);
+                    const int in_end = std::min(s.height, (last - 1) * s.stride - s.pad + s.kernel_h);
+                    if (in_first < in_end && packed_input_) {
+                        const uint64_t* half = reinterpret_cast<const uint64_t*>(inputs[0].data<const int64_t>()) +
+                                               b * image_in;
+                        assemble_rows_any(isa, half, half + image_in / 2, s, in_first, in_end, nonzero, positive);
+                    } else if (in_first < in_end) {
+                        pack_rows_any(isa, inputs[0].data<const float>() + b * image_in, s, in_first, in_end, nonzero,
+                                      positive);
+                    }
+                    Epilogue image = e;
+                    if (residual != nullptr) image.residual = residual + b * image_out;
+                    uint64_t* out_half = bits == nullptr ? nullptr : bits + b * 2 * out_words * out_area;
+                    const SignBits image_bits{out_half, out_half + out_words * out_area, out_area, bits_one_plane};
+                    for (int oh = first; oh < last; ++oh)
+                        conv_row_any(isa, kernels[k].variant, nonzero, positive, wbits, image, s, oh, y + b * image_out,
+                                     bits == nullptr ? nullptr : &image_bits);
+                    row = b * s.out_h + last;
                 }
             });
         };
