@@ -179,8 +179,8 @@ protected:
             if (in.dim(1, axis).is_static())
                 check.in_range(std::string("the weights' ") + names[axis], in.dim(1, axis).get_length(), 1, limits[axis]);
         if (channels.is_static() && kh.is_static() && kw.is_static())
-            check.require(kh.get_length() * ((kw.get_length() * channels.get_length() + 63) / 64) <= 1024, "input weights",
-                          "has shape " + in.shapes[1].to_string() + ": a window of more than 1024 words of bits");
+            if (kh.get_length() * ((kw.get_length() * channels.get_length() + 63) / 64) > 1024)
+                check.fail("input weights", "has shape " + in.shapes[1].to_string() + ": a window of more than 1024 words of bits");
         for (size_t i : {size_t{2}, size_t{3}}) {
             const std::string name = i == 2 ? "input scale" : "input shift";
             check.element_type(name, in.types[i], {ov::element::f32});
