@@ -29,6 +29,11 @@ void conv_row_any(Isa isa, int variant, const uint64_t* n, const uint64_t* p, co
     SLIMKIT_DISPATCH(isa, conv_row(variant, n, p, w, e, s, oh, y, bits))
 }
 
+void pool_row_any(Isa isa, int variant, const uint64_t* n, const uint64_t* p, const uint64_t* w, const Epilogue& e,
+                  const Shape& s, int ph, float* y, const SignBits* bits) {
+    SLIMKIT_DISPATCH(isa, pool_row(variant, n, p, w, e, s, ph, y, bits))
+}
+
 void sparse_segment_any(Isa isa, const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,
                         int o_end, size_t start, int length, int row_stride, float* acc) {
     SLIMKIT_DISPATCH(isa, sparse_segment(planes, plane_stride, w, o_begin, o_end, start, length, row_stride, acc))

@@ -163,9 +163,10 @@ static void row_epilogue(const uint32_t* acc, const int32_t* ones, const Epilogu
     }
 }
 
-// One output row (image b's packed planes, output row oh) into y and, where given, its sign bits.
-static void conv_row_avx512(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
-                            const Epilogue& e, const Shape& s, int oh, float* y, const SignBits* bits) {
+// The sums of output row oh: acc[o][ow] (row stride cols) = popcount(N & (P xor W)) and ones[ow] = popcount(N),
+// each over ow's window.
+static void row_sums_avx512(int variant, const uint64_t* nonzero, const uint64_t* positive,
+                            const uint64_t* weight_bits, const Shape& s, int oh, uint32_t* acc, int32_t* ones) {
     thread_local RowSteps r;
     r.steps = 0;
     for (int kh = 0; kh < s.kernel_h; ++kh) {
@@ -177,12 +178,18 @@ static void conv_row_avx512(int variant, const uint64_t* nonzero, const uint64_t
             r.w_at[r.steps] = weight_bits + (static_cast<size_t>(kh) * s.words + j) * s.outs;
         }
     }
+    window_ones(r, s.cols, ones);
+    popcount_sums(variant, r, s, acc);
+}
+
+// One output row (image b's packed planes, output row oh) into y and, where given, its sign bits.
+static void conv_row_avx512(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+                            const Epilogue& e, const Shape& s, int oh, float* y, const SignBits* bits) {
     thread_local Scratch<uint32_t> acc_buffer;
     thread_local Scratch<int32_t> ones_buffer;
     uint32_t* acc = acc_buffer.get(static_cast<size_t>(s.outs) * s.cols);
     int32_t* ones = ones_buffer.get(s.cols);
-    window_ones(r, s.cols, ones);
-    popcount_sums(variant, r, s, acc);
+    row_sums_avx512(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
     row_epilogue(acc, ones, e, s, oh, y, bits);
 }
 

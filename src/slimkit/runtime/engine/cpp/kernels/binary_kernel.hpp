@@ -189,6 +189,19 @@ static void fix_border_columns(const uint64_t* nonzero, const uint64_t* positive
     }
 }
 
+
+// The sums of output row oh: acc[o][ow] (row stride cols) = popcount(N & (P xor W)) and ones[ow] = popcount(N),
+// each over ow's window (the one-plane sums corrected at the borders).
+static void row_sums(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+                     const Shape& s, int oh, uint32_t* acc, int32_t* ones) {
+    window_sums(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
+    if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc);
+}
+#else
+static void row_sums(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+                     const Shape& s, int oh, uint32_t* acc, int32_t* ones) {
+    row_sums_avx512(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
+}
 #endif
 
 // One output row (image b's packed planes, output row oh) into y (channel stride out_h * out_w): the window
@@ -203,8 +216,7 @@ void conv_row(int variant, const uint64_t* nonzero, const uint64_t* positive, co
     thread_local Scratch<int32_t> ones_buffer;
     uint32_t* acc = acc_buffer.get(static_cast<size_t>(s.outs) * s.cols);
     int32_t* ones = ones_buffer.get(s.cols);
-    window_sums(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
-    if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc);
+    row_sums(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
     const size_t plane = static_cast<size_t>(s.out_h) * s.out_w;
     const float low = e.low, high = e.high;
     for (int o = 0; o < s.out_c; ++o) {  // one branch-free pass per row: int32 -> float, affine, add, clamp
@@ -227,6 +239,41 @@ void conv_row(int variant, const uint64_t* nonzero, const uint64_t* positive, co
         sign_bits(y, s.out_c, bits->area, static_cast<size_t>(oh) * s.out_w, s.out_w, bits->one_plane, bits->half_n,
                   bits->half_p);
 #endif
+}
+
+// One row ph of the 2x2 max pool (stride 2) of the conv's output, from conv rows 2ph and 2ph + 1, into y
+// ([out_c][out_h / 2][out_w / 2]): of each window's four sums the one the pool keeps (the largest where scale[o] >= 0,
+// the smallest where it is negative: sum * scale + shift is monotone in the sum, rounding included, so this is
+// exactly the max of the conv's float outputs), then y = clamp((sum * scale + shift) * post_scale + post_shift
+// (+ residual), low, high), and where `bits` is given the row's sign bits.
+void pool_row(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+              const Epilogue& e, const Shape& s, int ph, float* y, const SignBits* bits) {
+    thread_local Scratch<uint32_t> acc_buffer;
+    thread_local Scratch<int32_t> ones_buffer;
+    const size_t sums = static_cast<size_t>(s.outs) * s.cols;
+    uint32_t* acc = acc_buffer.get(2 * sums);
+    int32_t* ones = ones_buffer.get(2 * static_cast<size_t>(s.cols));
+    row_sums(variant, nonzero, positive, weight_bits, s, 2 * ph, acc, ones);
+    row_sums(variant, nonzero, positive, weight_bits, s, 2 * ph + 1, acc + sums, ones + s.cols);
+    const int width = s.out_w / 2;
+    const size_t plane = static_cast<size_t>(s.out_h / 2) * width, row = static_cast<size_t>(ph) * width;
+    for (int o = 0; o < s.out_c; ++o) {
+        const int32_t* top = reinterpret_cast<const int32_t*>(acc) + static_cast<size_t>(o) * s.cols;
+        const int32_t* bottom = top + sums;
+        const bool largest = !(e.scale[o] < 0.0f);
+        float* out = y + o * plane + row;
+        for (int pw = 0; pw < width; ++pw) {
+            const int c = 2 * pw;
+            const int32_t a = ones[c] - 2 * top[c], b = ones[c + 1] - 2 * top[c + 1];
+            const int32_t d = ones[s.cols + c] - 2 * bottom[c], f = ones[s.cols + c + 1] - 2 * bottom[c + 1];
+            const int32_t kept = largest ? std::max(std::max(a, b), std::max(d, f)) : std::min(std::min(a, b), std::min(d, f));
+            float v = (static_cast<float>(kept) * e.scale[o] + e.shift[o]) * e.post_scale[o] + e.post_shift[o];
+            if (e.residual != nullptr) v = v + e.residual[o * plane + row + pw];
+            out[pw] = std::min(std::max(v, e.low), e.high);
+        }
+    }
+    if (bits != nullptr)
+        sign_bits(y, s.out_c, bits->area, row, static_cast<size_t>(width), bits->one_plane, bits->half_n, bits->half_p);
 }
 
 }  // namespace SLIMKIT_ISA
