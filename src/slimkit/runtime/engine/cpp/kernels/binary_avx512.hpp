@@ -163,6 +163,62 @@ static void row_epilogue(const uint32_t* acc, const int32_t* ones, const Epilogu
     }
 }
 
+// Pooled output row ph (binary_kernel.hpp: pool_row) from the sums of conv rows 2ph (acc, ones) and 2ph + 1
+// (acc + below, ones + cols), 16 pooled columns at a time: the four sums of each window reduced in int32 lanes
+// (rows, then column pairs gathered by permutes), then the float epilogue of row_epilogue with the affine after
+// the pool, and the sign bits.
+static void pool_epilogue(const uint32_t* acc, const int32_t* ones, size_t below, const Epilogue& e, const Shape& s,
+                          int ph, float* y, const SignBits* bits) {
+    const int width = s.out_w / 2;
+    const size_t plane = static_cast<size_t>(s.out_h / 2) * width, row = static_cast<size_t>(ph) * width;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512 low = _mm512_set1_ps(e.low), high = _mm512_set1_ps(e.high);
+    const __mmask16 all = 0xFFFF;  // the maskz forms: GCC 12 warns about the unmasked ones' undefined source
+    for (int first = 0; first < width; first += 16) {
+        const int count = std::min(16, width - first), column = 2 * first;
+        const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1);
+        const __mmask16 left = static_cast<__mmask16>((1u << std::min(16, 2 * count)) - 1);  // conv columns
+        const __mmask16 right = static_cast<__mmask16>((1u << std::max(0, 2 * count - 16)) - 1);
+        const __m512i ones_top[2] = {_mm512_maskz_loadu_epi32(left, ones + column),
+                                     _mm512_maskz_loadu_epi32(right, ones + column + 16)};
+        const __m512i ones_bottom[2] = {_mm512_maskz_loadu_epi32(left, ones + s.cols + column),
+                                        _mm512_maskz_loadu_epi32(right, ones + s.cols + column + 16)};
+        const auto sums = [&](const uint32_t* at, const __m512i* count_of, int half) {  // ones - 2 acc
+            const __m512i a = _mm512_maskz_loadu_epi32(half == 0 ? left : right, at + 16 * half);
+            return _mm512_sub_epi32(count_of[half], _mm512_add_epi32(a, a));
+        };
+        for (int word = 0; 64 * word < s.out_c; ++word) {
+            __m512i n[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}, p[2] = {n[0], n[0]};
+            for (int o = 64 * word; o < std::min(s.out_c, 64 * word + 64); ++o) {
+                const uint32_t* top = acc + static_cast<size_t>(o) * s.cols + column;
+                const bool largest = !(e.scale[o] < 0.0f);
+                __m512i pair[2];
+                for (int half = 0; half < 2; ++half) {
+                    const __m512i t = sums(top, ones_top, half), b = sums(top + below, ones_bottom, half);
+                    pair[half] = largest ? _mm512_maskz_max_epi32(all, t, b) : _mm512_maskz_min_epi32(all, t, b);
+                }
+                const __m512i left_of = _mm512_permutex2var_epi32(pair[0], even, pair[1]);
+                const __m512i right_of = _mm512_permutex2var_epi32(pair[0], odd, pair[1]);
+                const __m512i kept = largest ? _mm512_maskz_max_epi32(all, left_of, right_of)
+                                     : _mm512_maskz_min_epi32(all, left_of, right_of);
+                __m512 v = _mm512_maskz_cvtepi32_ps(valid, kept);
+                v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(e.scale[o])), _mm512_set1_ps(e.shift[o]));
+                v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(e.post_scale[o])), _mm512_set1_ps(e.post_shift[o]));
+                const size_t at = o * plane + row + first;
+                if (e.residual != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(valid, e.residual + at));
+                v = _mm512_maskz_min_ps(valid, high, _mm512_maskz_max_ps(valid, low, v));
+                _mm512_mask_storeu_ps(y + at, valid, v);
+                if (bits != nullptr) or_sign_bits(v, valid, o, bits->one_plane, n, p);
+            }
+            if (bits != nullptr) {
+                store_words(bits->half_n + word * bits->area + row + first, valid, n);
+                store_words(bits->half_p + word * bits->area + row + first, valid, p);
+            }
+        }
+    }
+}
+
 // The sums of output row oh: acc[o][ow] (row stride cols) = popcount(N & (P xor W)) and ones[ow] = popcount(N),
 // each over ow's window.
 static void row_sums_avx512(int variant, const uint64_t* nonzero, const uint64_t* positive,

@@ -255,6 +255,9 @@ void pool_row(int variant, const uint64_t* nonzero, const uint64_t* positive, co
     int32_t* ones = ones_buffer.get(2 * static_cast<size_t>(s.cols));
     row_sums(variant, nonzero, positive, weight_bits, s, 2 * ph, acc, ones);
     row_sums(variant, nonzero, positive, weight_bits, s, 2 * ph + 1, acc + sums, ones + s.cols);
+#ifdef SLIMKIT_AVX512_POPCOUNT
+    pool_epilogue(acc, ones, sums, e, s, ph, y, bits);
+#else
     const int width = s.out_w / 2;
     const size_t plane = static_cast<size_t>(s.out_h / 2) * width, row = static_cast<size_t>(ph) * width;
     for (int o = 0; o < s.out_c; ++o) {
@@ -274,6 +277,7 @@ void pool_row(int variant, const uint64_t* nonzero, const uint64_t* positive, co
     }
     if (bits != nullptr)
         sign_bits(y, s.out_c, bits->area, row, static_cast<size_t>(width), bits->one_plane, bits->half_n, bits->half_p);
+#endif
 }
 
 }  // namespace SLIMKIT_ISA
