@@ -254,12 +254,15 @@ def test_export_command_takes_an_example_file(tmp_path, capsys):
     assert "not a readable tensor file" in capsys.readouterr().err
 
 
-def test_onnxruntime_quantizes_a_dict_model_from_dict_calibration_batches(tmp_path):
+def test_onnxruntime_quantizes_a_dict_model_from_dict_calibration_batches(tmp_path, monkeypatch):
     from slimkit.runtime.engine.dense_engines import quantize_static_int8
 
+    monkeypatch.chdir(tmp_path)  # where its pre-processing would leave a temporary model
     model = bert()
     fp32 = export_onnx(model, tmp_path / "fp32.onnx", tokens(2, 8, 1))
-    int8 = quantize_static_int8(fp32, tmp_path / "int8.onnx", [tokens(4, 8, seed) for seed in range(4)])
+    int8 = quantize_static_int8(fp32, tmp_path / "int8.onnx", [tokens(4, 8, seed) for seed in range(4)],
+                                symbolic_shapes=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8-prepared.onnx", "int8.onnx"]
     assert optimized_ops(int8).get("QLinearMatMul", 0) >= 8  # its own post-training int8: the dense baseline
     inputs = tokens(3, 5, 7)
     with torch.no_grad():

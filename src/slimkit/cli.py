@@ -268,9 +268,11 @@ def _export_onnx(args: argparse.Namespace, model: Any, example: Any, quantized: 
     out = export_onnx(model, out, example, calibration)
     # the engine's own post-training int8 of this (pruned, smaller) float model; calibration is set for --int8
     if args.int8 and not quantized and calibration is not None:
+        from slimkit.capture import example_inputs
         from slimkit.runtime.engine.dense_engines import quantize_static_int8
 
-        out = quantize_static_int8(out, out.with_name(out.stem + "-int8.onnx"), calibration)
+        out = quantize_static_int8(out, out.with_name(out.stem + "-int8.onnx"), calibration,
+                                   symbolic_shapes=not example_inputs(example).torch_export)
     ops = optimized_ops(out)
     floats = {op: n for op, n in ops.items() if op in FLOAT_COMPUTE_OPS}
     int8 = quantized or args.int8

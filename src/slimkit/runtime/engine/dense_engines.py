@@ -112,9 +112,13 @@ class _Calibration:
         return next(self.items, None)
 
 
-def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor | Mapping[str, Tensor]]) -> Path:
+def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor | Mapping[str, Tensor]],
+                         symbolic_shapes: bool = True) -> Path:
     """onnxruntime's own post-training int8 as its documentation does it: `quant_pre_process` (shape
-    inference, graph optimisation), then `quantize_static` with QDQ and per-channel weights."""
+    inference, graph optimisation), then `quantize_static` with QDQ and per-channel weights. `symbolic_shapes`
+    False skips its symbolic shape inference (its documented option), for a model captured by torch.export (a
+    tuple or dict example): on HF models' graphs it gives up with a bare Exception and leaves
+    sym_shape_infer_temp.onnx and its weights in the working directory."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -123,10 +127,7 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor | M
     level = logger.level
     logger.setLevel(logging.ERROR)  # its advice to pre-process is taken; the rest is noise here
     try:
-        try:
-            quant_pre_process(str(fp32), str(prepared))
-        except Exception:  # its symbolic shape inference gives up on HF models' torch.export graphs, raising
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # Exception: its documented way out
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=not symbolic_shapes)
         quantize_static(str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
