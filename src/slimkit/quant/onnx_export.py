@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.capture import Example, capture, example_inputs, write_onnx
+from slimkit.deprecation import renamed_keyword
 from slimkit.errors import SlimkitError
 from slimkit.quant.frozen import frozen_quantizers
 from slimkit.quant.int8_graph import Batch, int8_form, is_quantized
@@ -30,6 +31,7 @@ def _require_onnxruntime():
     return onnxruntime
 
 
+@renamed_keyword("input_shape", "example")  # its name until 0.2
 def export_onnx(model: nn.Module, path: str | Path, example: Example,
                 calibration: Iterable[Batch] | None = None, custom_opsets: dict[str, int] | None = None) -> Path:
     """Write `model` (eval mode) to `path`, captured from `example` (capture.Example: a per-sample shape, a tensor,

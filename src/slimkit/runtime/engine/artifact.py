@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from slimkit.capture import Example, example_inputs
+from slimkit.deprecation import renamed_keyword
 from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
@@ -86,6 +87,7 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
     shutil.rmtree(staging)  # now the previous export
 
 
+@renamed_keyword("input_shape", "example")  # its name until 0.2
 def export_folder(model: nn.Module, folder: str | Path, example: Example,
                   calibration: Iterable[Batch] | None = None, *, batch: int = 1, threads: int | None = None,
                   ) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from torch import nn
 
 from slimkit.capture import Example, example_inputs
+from slimkit.deprecation import renamed_keyword
 from slimkit.errors import SlimkitError, first_line
 from slimkit.files import atomic_write
 from slimkit.quant.int8_graph import Batch
@@ -48,6 +49,7 @@ def openvino_core() -> Any:
     return core
 
 
+@renamed_keyword("input_shape", "example")  # its name until 0.2
 def export_openvino(model: nn.Module, path: str | Path, example: Example,
                     calibration: Iterable[Batch] | None = None, chosen: Collection[str] | None = None,
                     ) -> dict[str, Any]:
