@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"layers", "environment", "folding", "files", "formats", "channel_rules", "parametrized", "locks",
      "value_checks"},                                                               # 1: shared helpers
     {"sparsity", "quant", "binary", "distill", "channels", "models", "data", "train",
-     "persistence"},                                                                # 2: methods, training
+     "persistence", "capture"},                                                     # 2: methods, training
     {"metrics", "runtime", "report", "hardware", "target"},                         # 3: measure, deploy, report
     {"recipe", "pipeline", "api", "cli", "run_folder", "target_recipe"},            # 4: orchestration
 ]

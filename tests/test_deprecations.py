@@ -52,3 +52,22 @@ def test_modifiers_follow_one_naming_scheme():
     assert modifiers and all(m.__name__.endswith("Modifier") for m in modifiers), sorted(m.__name__ for m in modifiers)
     for old_module, old, *_ in ALIASES:
         assert old not in getattr(importlib.import_module(old_module), "__all__", ())
+
+
+@pytest.mark.parametrize("function", ["slimkit.quant.onnx_export:export_onnx",
+                                      "slimkit.runtime.engine.export:export_openvino"])
+def test_the_old_input_shape_keyword_warns_and_writes_what_example_writes(tmp_path, function):
+    import torch
+    from torch import nn
+
+    module, name = function.split(":")
+    export = getattr(importlib.import_module(module), name)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    torch.manual_seed(0)
+    suffix = ".onnx" if name == "export_onnx" else ".xml"
+    export(model, tmp_path / f"new{suffix}", example=(1, 8, 8))
+    with pytest.warns(DeprecationWarning, match=rf"{name}\(\): input_shape= is deprecated; pass example="):
+        export(model, tmp_path / f"old{suffix}", input_shape=(1, 8, 8))
+    assert (tmp_path / f"old{suffix}").read_bytes() == (tmp_path / f"new{suffix}").read_bytes()
+    with pytest.raises(TypeError, match="got both input_shape="):
+        export(model, tmp_path / f"both{suffix}", example=(1, 8, 8), input_shape=(1, 8, 8))

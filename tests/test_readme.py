@@ -116,3 +116,22 @@ def test_readme_one_shot_example_runs(tmp_path, monkeypatch):
     for block in blocks:
         for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
             assert is_nm(layer.weight.t(), 2, 4) and int((layer.weight == 0).sum()) == layer.weight.numel() // 2
+
+
+def test_readme_transformer_export_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from slimkit.quant.onnx_export import OnnxModel
+    from test_transformer_export import clear_inputs, tokens
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace = _run_example("export_openvino(bert", tmp_path, monkeypatch)
+    bert = namespace["bert"]
+    inputs = clear_inputs(bert, tokens)  # another batch and sequence length, no value near a rounding boundary
+    with torch.no_grad():
+        expected = bert(**inputs).logits
+    got = OnnxModel(tmp_path / "runs" / "bert.onnx")(**inputs)
+    assert got.shape == expected.shape and float((got - expected).abs().max()) < 1e-4
+    assert (tmp_path / "runs" / "bert-openvino" / "model.xml").is_file()

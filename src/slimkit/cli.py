@@ -16,7 +16,7 @@ from rich.table import Table
 
 from slimkit import __version__
 from slimkit.errors import SlimkitError
-from slimkit.run_folder import calibration_batches, load_model, run_hardware
+from slimkit.run_folder import calibration_batches, load_model, read_example, run_hardware
 
 console = Console()
 if not console.is_terminal:
@@ -178,6 +178,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from slimkit.runtime.engine.form import runs_slimkit_operators
 
     model, shape, _ = load_model(args.model, args.in_channels, args.input_size, args.num_classes)
+    example = read_example(Path(args.example)) if args.example else shape
     if args.format == "truth-tables":
         default = Path(args.model) if Path(args.model).is_dir() else Path("export") / Path(args.model).stem
         return _export_truth_tables(args, model, Path(args.out) if args.out else default / "truth_tables.json")
@@ -194,8 +195,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         calibration = calibration_batches(args.model, args.calibration_batches, args.trust_code) if quantized else None
         folder = Path(args.out) if args.out else default / "engine"
         with _claimed(folder, "export"):
-            return _export_openvino(args, model, shape, folder, calibration)
-    return _export_onnx(args, model, shape, quantized, Path(args.out) if args.out else default / "model.onnx")
+            return _export_openvino(args, model, example, folder, calibration)
+    return _export_onnx(args, model, example, quantized, Path(args.out) if args.out else default / "model.onnx")
 
 
 def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int:
@@ -229,13 +230,13 @@ def _export_truth_tables(args: argparse.Namespace, model: Any, out: Path) -> int
     return 0
 
 
-def _export_openvino(args: argparse.Namespace, model: Any, shape: tuple[int, int, int], folder: Path,
+def _export_openvino(args: argparse.Namespace, model: Any, example: Any, folder: Path,
                      calibration: list[Any] | None) -> int:
     """Write the deployable folder (runtime.engine.artifact.export_folder: each layer as slimkit's operator only
     where it measured faster here) and say what runs where, and why."""
     from slimkit.runtime.engine.artifact import export_folder
 
-    manifest = export_folder(model, folder, shape, calibration, batch=args.batch, threads=args.threads)
+    manifest = export_folder(model, folder, example, calibration, batch=args.batch, threads=args.threads)
     table = Table(title=f"OpenVINO model with slimkit's operators: {folder}")
     for col in ("layer", "runs as", "kernel", f"why (timed at batch {manifest['batch']})", "fused into it"):
         table.add_column(col)
@@ -256,8 +257,7 @@ def _export_openvino(args: argparse.Namespace, model: Any, shape: tuple[int, int
     return 0
 
 
-def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, int], quantized: bool,
-                 out: Path) -> int:
+def _export_onnx(args: argparse.Namespace, model: Any, example: Any, quantized: bool, out: Path) -> int:
     import platform
 
     from slimkit.environment import has_int8_dot_product
@@ -265,12 +265,14 @@ def _export_onnx(args: argparse.Namespace, model: Any, shape: tuple[int, int, in
 
     calibration = (calibration_batches(args.model, args.calibration_batches, args.trust_code)
                    if quantized or args.int8 else None)
-    out = export_onnx(model, out, shape, calibration)
+    out = export_onnx(model, out, example, calibration)
     # the engine's own post-training int8 of this (pruned, smaller) float model; calibration is set for --int8
     if args.int8 and not quantized and calibration is not None:
+        from slimkit.capture import example_inputs
         from slimkit.runtime.engine.dense_engines import quantize_static_int8
 
-        out = quantize_static_int8(out, out.with_name(out.stem + "-int8.onnx"), calibration)
+        out = quantize_static_int8(out, out.with_name(out.stem + "-int8.onnx"), calibration,
+                                   symbolic_shapes=not example_inputs(example).torch_export)
     ops = optimized_ops(out)
     floats = {op: n for op, n in ops.items() if op in FLOAT_COMPUTE_OPS}
     int8 = quantized or args.int8
@@ -377,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-table-bits", type=int, default=None,
                         help="with --format truth-tables: refuse a neuron whose table has more than 2^N entries "
                              "(default: measure.hardware.lut's max_table_bits default, 20)")
+    export.add_argument("--example", metavar="FILE", help="the input the model really gets, saved with torch.save: a "
+                        "tensor, a tuple or a dict of tensors (token ids, attention masks), each with its batch "
+                        "dimension; a tuple or dict is captured by torch.export (default: the model's per-sample "
+                        "shape, filled with noise)")
     export.add_argument("--out", help="the .onnx file, or the folder for openvino (default: in the run folder)")
     add_model_options(export)
     report = sub.add_parser("report", help="re-render report.md and plots of a finished run")

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.binarizers import WeightBinarizer
+from slimkit.capture import Example
 from slimkit.config import StrictModel
 from slimkit.errors import SlimkitError, first_line
 from slimkit.hardware.config import HardwareConfig
@@ -52,7 +53,7 @@ class MeasureConfig(StrictModel):
         return sizes
 
 
-Example = Sequence[int] | Tensor | Mapping[str, Tensor]
+Batch = Tensor | tuple[Tensor, ...] | dict[str, Tensor]  # a model input example_batch makes, as the example was
 
 
 def input_kind(model: nn.Module | None) -> tuple[torch.dtype, int | None]:
@@ -80,24 +81,30 @@ def example_batch(example: Sequence[int] | Tensor, batch: int = 1, random: bool 
 def example_batch(example: Mapping[str, Tensor], batch: int = 1, random: bool = False, *,
                   model: nn.Module | None) -> dict[str, Tensor]: ...
 @overload
+def example_batch(example: tuple[Tensor, ...], batch: int = 1, random: bool = False, *,
+                  model: nn.Module | None) -> tuple[Tensor, ...]: ...
+@overload
 def example_batch(example: Example, batch: int = 1, random: bool = False, *,
-                  model: nn.Module | None) -> Tensor | dict[str, Tensor]: ...
+                  model: nn.Module | None) -> Batch: ...
 def example_batch(example: Example, batch: int = 1, random: bool = False, *,
-                  model: nn.Module | None) -> Tensor | dict[str, Tensor]:
+                  model: nn.Module | None) -> Batch:
     """A model input of `batch` samples from an example: a per-sample shape (C, H, W) gives zeros (or
     normal noise with `random`) of the dtype `model`'s first layer takes, or token ids (0, or uniform ids
     with `random`) for an embedding (see `input_kind`); a tensor or a dict of tensors (token ids, masks) with
-    a batch dimension is repeated from its first sample, so token ids stay valid ids."""
+    a batch dimension is repeated from its first sample, so token ids stay valid ids; a tuple of tensors (the
+    model's positional inputs) likewise, each."""
     if isinstance(example, Tensor):
         return example[:1].repeat(batch, *[1] * (example.ndim - 1))
     if isinstance(example, Mapping):
         return {k: example_batch(v, batch, model=model) for k, v in example.items()}
+    if isinstance(example, tuple) and example and all(isinstance(t, Tensor) for t in example):
+        return tuple(example_batch(t, batch, model=model) for t in example)
     if isinstance(example, Sequence) and all(isinstance(d, int) for d in example):
         dtype, ids = input_kind(model)
         if ids is not None:
             return torch.randint(0, ids, (batch, *example)) if random else torch.zeros(batch, *example, dtype=dtype)
         return torch.randn(batch, *example, dtype=dtype) if random else torch.zeros(batch, *example, dtype=dtype)
-    raise SlimkitError(f"an example input is a per-sample shape, a tensor or a dict of tensors, not "
+    raise SlimkitError(f"an example input is a per-sample shape, a tensor, a tuple or a dict of tensors, not "
                        f"{type(example).__name__}")
 
 
@@ -114,34 +121,46 @@ class Runnable(Protocol):
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def call(model: Runnable, inputs: Tensor | Mapping[str, Tensor]) -> object:
-    """The model on one input as `example_batch` makes it: keyword arguments for a dict."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+def call(model: Runnable, inputs: Batch | Mapping[str, Tensor]) -> object:
+    """The model on one input as `example_batch` makes it: keyword arguments for a dict, positional ones for a
+    tuple of tensors."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+
+
+def is_shape(example: Example) -> bool:
+    """Whether an example is the shape form (a sequence of ints), not an input."""
+    return isinstance(example, Sequence) and not isinstance(example, Tensor) and all(
+        isinstance(d, int) for d in example)
 
 
 def run_example(model: nn.Module, example: Example) -> object:
     """The model on one sample, `example_batch(example)`. A model that fails on an input built from a shape
     is an error asking for an example input: slimkit built that input, so the failure is not the user's
     model's fault, and the shape form cannot say more about what the model takes."""
-    if isinstance(example, Tensor | Mapping):
-        return call(model, example_batch(example, model=model))
     inputs = example_batch(example, model=model)
+    if not isinstance(inputs, Tensor) or not is_shape(example):
+        return call(model, inputs)
     try:
         return call(model, inputs)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:
         raise SlimkitError(f"the model fails on {inputs.dtype} inputs of shape {tuple(inputs.shape)} built from "
                            f"the per-sample shape {tuple(example)} ({type(exc).__name__}: {first_line(exc)}); pass "
-                           f"an example input instead: a tensor, or a dict of tensors, with its batch dimension"
-                           ) from exc
+                           f"an example input instead: a tensor, a tuple or a dict of tensors, with its batch "
+                           f"dimension") from exc
 
 
-def example_shape(example: Example) -> list[int] | dict[str, list[int]]:
-    """The per-sample input shape of an example: a list, or one list per key of a dict example."""
+def example_shape(example: Example) -> list[int] | list[list[int]] | dict[str, list[int]]:
+    """The per-sample input shape of an example: a list, one list per tensor of a tuple, or one list per key of
+    a dict example."""
     if isinstance(example, Tensor):
         return list(example.shape[1:])
     if isinstance(example, Mapping):
         return {k: list(v.shape[1:]) for k, v in example.items()}
-    return list(example)
+    if not is_shape(example):
+        return [list(t.shape[1:]) for t in example if isinstance(t, Tensor)]
+    return [d for d in example if isinstance(d, int)]
 
 
 @dataclass
@@ -174,7 +193,7 @@ class Measurement:
     macs: int
     effective_macs: int
     bops: int
-    input_shape: list[int] | dict[str, list[int]]
+    input_shape: list[int] | list[list[int]] | dict[str, list[int]]
     threads: int
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     layers: list[LayerStats] = field(default_factory=list)

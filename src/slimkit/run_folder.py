@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slimkit.errors import RecipeError, SlimkitError
+from slimkit.errors import RecipeError, SlimkitError, first_line
 
 
 def _run_dir(source: str) -> Path:
@@ -85,3 +85,17 @@ def calibration_batches(source: str, count: int, trust_code: bool = False) -> li
     if data is None:
         raise RecipeError([f"{run_dir / 'recipe.yaml'}: 'data': required key is missing"])
     return load_data(data).input_batches(count, data.batch_size)
+
+
+def read_example(path: Path) -> Any:
+    """An example input saved with torch.save (a tensor, a tuple or a dict of tensors), read with weights_only so
+    that no code in the file runs; its form is checked by capture.example_inputs when it is used."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise SlimkitError(f"--example {path}: not a readable tensor file ({type(exc).__name__}: "
+                           f"{first_line(exc)})") from None

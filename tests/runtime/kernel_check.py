@@ -29,7 +29,9 @@ from slimkit.runtime.engine.export import export_openvino, openvino_core
 
 def binary(folder: Path) -> bool:
     """Binary convs (both sign conventions, channel counts around word boundaries, a strided one) equal the
-    training layer bit for bit."""
+    training layer bit for bit, and so do those with a fused 2x2 max pool (an odd side: the pool's floor); with
+    a BatchNorm of negative scale before the pool (the operator then keeps each window's smallest sum) and one
+    after it, within float rounding (the BatchNorms fold)."""
     ok = []
     for (channels, out, size, stride), zero in itertools.product(
             ((16, 16, 12, 1), (70, 9, 7, 2), (130, 64, 5, 1), (3, 33, 6, 1)), ("zero", "positive")):
@@ -38,6 +40,22 @@ def binary(folder: Path) -> bool:
         engine, _ = _engine(nn.Sequential(layer), folder / f"{channels}-{zero}", tuple(x.shape))
         with torch.no_grad():
             ok.append(torch.equal(engine(x), layer(x)))
+    for channels, out, size in ((16, 16, 36), (70, 9, 7)):  # 18 pooled columns: two chunks of 16 in AVX-512
+        torch.manual_seed(channels)
+        pooled = nn.Sequential(_layer(channels, out), nn.MaxPool2d(2)).eval()
+        folded = nn.Sequential(_layer(channels, out), nn.BatchNorm2d(out), nn.MaxPool2d(2), nn.BatchNorm2d(out),
+                               nn.ReLU()).eval()
+        with torch.no_grad():
+            for bn in (folded[1], folded[3]):
+                bn.weight.uniform_(-2, 2)  # negative scales: the pool keeps the smallest sums there
+                bn.running_mean.uniform_(-0.5, 0.5)
+        x = _input((3, channels, size, size), out)
+        for name, model in (("pooled", pooled), ("folded", folded)):
+            engine, info = _engine(model, folder / f"{name}-{channels}", tuple(x.shape))
+            assert info["slimkit_layers"][0]["fused"] == [str(i) for i in range(1, len(model))], info  # all of it
+            with torch.no_grad():
+                ok.append(torch.equal(engine(x), model(x)) if name == "pooled"
+                          else torch.allclose(engine(x), model(x), rtol=1e-5, atol=1e-5))
     return all(ok)
 
 

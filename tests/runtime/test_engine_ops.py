@@ -176,6 +176,10 @@ def test_binary_network_in_openvino_matches_eval(tmp_path, arch, method):
         # each binary conv writes its output's sign bits for the next one, which reads no floats (RBNN
         # standardises its inputs per sample, so its layers must read floats)
         assert reads_bits == (binary[1:] if method == "xnor" else []), reads_bits
+    else:  # each 2x2 max pool, the BatchNorm after it and the ReLU fused: the binary convs hand each other bits
+        pools = [line["fused"] for line in info["slimkit_layers"] if line["fused"][0].startswith("body.pool")]
+        assert pools == [[f"body.{op}{i}" for op in ("pool", "bn", "act")] for i in (1, 3, 5)], pools
+        assert reads_bits == (binary[1:] if method == "xnor" else []), reads_bits
 
 
 @pytest.mark.parametrize("zero", ["zero", "positive"])

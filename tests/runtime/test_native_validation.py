@@ -194,7 +194,8 @@ BAD_ATTRIBUTES = [{"stride": "0"}, {"stride": "-1"}, {"stride": "1000000"}, {"pa
                   {"clamp": "1", "low": "1", "high": "0"}, {"clamp": "1", "low": "nan"}, {"in_step": "-1"},
                   {"in_step": "nan"}, {"in_step": "0"}, {"pre_step": "nan"}, {"post_step": "inf"}, {"in_low": "5"},
                   {"post_high": "1000"}, {"one_plane": "3"}, {"pack_output": "7"}, {"packed_input": "2"},
-                  {"link_output": "2"}, {"linked_input": "-1"}, {"float_output": "5"}]
+                  {"link_output": "2"}, {"linked_input": "-1"}, {"float_output": "5"}, {"pool": "1"},
+                  {"pool": "2"}]  # pool 2 without the inputs post_scale and post_shift
 
 
 def _xml_cases(model: str, xml: str, data: bytes) -> list[Case]:

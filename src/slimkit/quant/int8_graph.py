@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ INTEGER_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 GRID_KEEPING_FUNCTIONS = (operator.getitem, F.pad, torch.flatten, F.max_pool2d)
 GRID_KEEPING_METHODS = ("flatten", "view", "reshape")
 GRID_KEEPING_MODULES = (nn.Flatten, nn.MaxPool2d, nn.Identity)
+Batch = Tensor | Mapping[str, Tensor]  # a calibration batch: the model's input, or its inputs by keyword
 
 
 def check_exportable(model: nn.Module) -> None:
@@ -60,6 +61,11 @@ def check_exportable(model: nn.Module) -> None:
                 raise SlimkitError(f"layer '{name}': its {role} quantizer is {type(q).__name__} at "
                                    f"{getattr(q, 'bits', '?')} bits; ONNX int8 export needs 8-bit uniform "
                                    f"quantization (quantize: {{method: uniform, bits: 8}})")
+            negative = int((q.step.detach() <= 0).sum())
+            if negative:  # torch rounds x / s either way; Q/DQ and OpenVINO's FakeQuantize read s < 0 otherwise
+                raise SlimkitError(f"layer '{name}': its {role} quantizer has {negative} step(s) <= 0 (training "
+                                   f"drove them below zero: a learning rate too high for the quantizer steps); "
+                                   f"int8 engines cannot run a grid with a negative step")
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -129,18 +135,44 @@ class _Recorder(nn.Module):
         return x
 
 
-def int8_graph(model: nn.Module, calibration: Iterable[Tensor], observer: Observer = "minmax") -> GraphModule:
-    """The integer graph of `model` (8-bit uniform quantization, see check_exportable), with the quantizers
-    it adds calibrated on the batches in `calibration`. `model` is not changed."""
-    check_exportable(model)
+class UntraceableModelError(UnsupportedLayerError):
+    """torch.fx cannot trace the model, so it has no integer graph (see int8_form)."""
+
+
+def _traced(model: nn.Module) -> GraphModule:
     was_training = model.training
     try:
-        graph_module = symbolic_trace(model.eval())
+        return symbolic_trace(model.eval())
     except Exception as exc:  # torch.fx raises many types on untraceable code
-        raise UnsupportedLayerError(f"int8 export traces the model with torch.fx, which failed: "
-                                 f"{type(exc).__name__}: {exc}") from None
+        raise UntraceableModelError(f"int8 export traces the model with torch.fx, which failed: "
+                                    f"{type(exc).__name__}: {exc}") from None
     finally:
         model.train(was_training)
+
+
+def int8_form(model: nn.Module, calibration: Iterable[Batch] | None) -> nn.Module:
+    """What an 8-bit model is exported as: its integer graph (int8_graph, calibrated on `calibration`) where
+    torch.fx traces it; otherwise (HF transformers: data-dependent masks) the model itself, whose quantizers put
+    each quantized layer's input and weight on their 8-bit grids, so the engines run those layers in int8 and
+    everything between them in float. That form adds no rounding the model does not have: it computes the
+    model's own eval forward."""
+    check_exportable(model)
+    try:
+        _traced(model)
+    except UntraceableModelError:
+        return model
+    if calibration is None:
+        raise SlimkitError("exporting a quantized model needs calibration batches (calibration=[x, ...]): "
+                           "the integer graph quantizes residual sums, pooled features and logits too")
+    return int8_graph(model, calibration)
+
+
+def int8_graph(model: nn.Module, calibration: Iterable[Batch], observer: Observer = "minmax") -> GraphModule:
+    """The integer graph of `model` (8-bit uniform quantization, see check_exportable), with the quantizers
+    it adds calibrated on the batches in `calibration` (tensors, or dicts of tensors fed by keyword). `model`
+    is not changed."""
+    check_exportable(model)
+    graph_module = _traced(model)
     modules = dict(graph_module.named_modules())
     layers = {n for n in graph_module.graph.nodes
               if n.op == "call_module" and weight_quantization(modules[str(n.target)]) is not None}
@@ -243,13 +275,16 @@ def _insert_quantizers(graph_module: GraphModule, modules: dict[str, nn.Module],
 
 
 @torch.no_grad()
-def _calibrate(graph_module: GraphModule, calibration: Iterable[Tensor], observer: Observer) -> None:
+def _calibrate(graph_module: GraphModule, calibration: Iterable[Batch], observer: Observer) -> None:
     recorders = {name: m for name, m in graph_module.named_children() if isinstance(m, _Recorder)}
     if not recorders:
         return
     seen = 0
     for x in calibration:
-        graph_module(x)
+        if isinstance(x, Mapping):
+            graph_module(**x)
+        else:
+            graph_module(x)
         seen += 1
     if not seen:
         raise ValueError("int8_graph needs at least one calibration batch")

@@ -9,15 +9,18 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from slimkit.capture import Example, capture, example_inputs, write_onnx
+from slimkit.deprecation import renamed_keyword
 from slimkit.errors import SlimkitError
-from slimkit.quant.int8_graph import int8_graph, is_quantized
+from slimkit.quant.frozen import frozen_quantizers
+from slimkit.quant.int8_graph import Batch, int8_form, is_quantized
 
 
 def _require_onnxruntime():
@@ -28,31 +31,42 @@ def _require_onnxruntime():
     return onnxruntime
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
-                calibration: Iterable[Tensor] | None = None, custom_opsets: dict[str, int] | None = None) -> Path:
-    """Write `model` (eval mode, batch dimension dynamic) to `path`; `custom_opsets` names the domains of
-    custom operators the model emits (slimkit's engine operators). A quantized model is written as its
-    integer graph (see int8_graph: 8-bit uniform only, BatchNorm folded, every tensor quantized), whose added
-    quantizers are calibrated on the `calibration` batches, so onnxruntime runs every layer in int8."""
+@renamed_keyword("input_shape", "example")  # its name until 0.2
+def export_onnx(model: nn.Module, path: str | Path, example: Example,
+                calibration: Iterable[Batch] | None = None, custom_opsets: dict[str, int] | None = None) -> Path:
+    """Write `model` (eval mode) to `path`, captured from `example` (capture.Example: a per-sample shape, a tensor,
+    a tuple or a dict of tensors such as token ids and an attention mask), batch dimension dynamic, sequence too
+    where the model allows (see slimkit.capture). `custom_opsets` names the domains of custom operators the model
+    emits (slimkit's engine operators). A quantized model is written as its int8 form (int8_graph.int8_form):
+    its integer graph where torch.fx traces it (BatchNorm folded, every tensor quantized; the quantizers it adds
+    are calibrated on the `calibration` batches, tensors or dicts), so onnxruntime runs every layer in int8;
+    else the model's own quantizers as Q/DQ around each quantized layer."""
+    inputs = example_inputs(example)
     if is_quantized(model):
-        if calibration is None:
-            raise SlimkitError("exporting a quantized model needs calibration batches (calibration=[x, ...]): "
-                               "the integer graph quantizes residual sums, pooled features and logits too")
-        model = int8_graph(model, calibration)
+        model = int8_form(model, calibration)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if inputs.torch_export:
+        return write_onnx(capture(frozen_quantizers(model), inputs), inputs, path)
     was_training = model.training
     model.eval()
-    example = torch.randn(1, *input_shape)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            torch.onnx.export(model, inputs.tensors, str(path), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                               custom_opsets=custom_opsets)
     finally:
         model.train(was_training)
     return path
+
+
+def engine_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """An input as an engine takes it: floats as float32 (what the exported graphs compute in), integers (token
+    ids, masks) as they are."""
+    array = x.detach().numpy() if isinstance(x, torch.Tensor) else x
+    return array.astype(np.float32, copy=False) if np.issubdtype(array.dtype, np.floating) else array
 
 
 class OnnxModel:
@@ -68,11 +82,12 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spin into the next timing
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        array = x.detach().numpy() if isinstance(x, torch.Tensor) else x
-        return torch.from_numpy(self.session.run(None, {self.input: array.astype(np.float32)})[0])
+    def __call__(self, *tensors: torch.Tensor | np.ndarray, **named: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The first output on inputs given in the session's order, or by name (a dict example's keywords)."""
+        feed = {**dict(zip(self.inputs, tensors, strict=False)), **named}
+        return torch.from_numpy(self.session.run(None, {k: engine_array(v) for k, v in feed.items()})[0])
 
     def eval(self) -> OnnxModel:
         """Lets the latency harness treat a session like an nn.Module."""

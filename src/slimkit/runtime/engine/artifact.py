@@ -19,16 +19,20 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+import torch
+from torch import nn
 
+from slimkit.capture import Example, example_inputs
+from slimkit.deprecation import renamed_keyword
 from slimkit.environment import cpu_info
 from slimkit.errors import SlimkitError
 from slimkit.files import atomic_write_text
 from slimkit.locks import LOCK_NAME, remove_stale_work
+from slimkit.quant.int8_graph import Batch
 from slimkit.runtime.engine.build import node_kernels, require_library, runnable_builds
 from slimkit.runtime.engine.dense_engines import PINNED_F32, OpenVinoModel
 from slimkit.runtime.engine.export import LIBRARY_NAME, copy_atomically, openvino_core
@@ -83,14 +87,17 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
     shutil.rmtree(staging)  # now the previous export
 
 
-def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[int],
-                  calibration: Iterable[Tensor] | None = None, *, batch: int = 1, threads: int | None = None,
+@renamed_keyword("input_shape", "example")  # its name until 0.2
+def export_folder(model: nn.Module, folder: str | Path, example: Example,
+                  calibration: Iterable[Batch] | None = None, *, batch: int = 1, threads: int | None = None,
                   ) -> dict[str, Any]:
-    """Write the deployable folder for inputs of `input_shape` at `batch` (the size its layers are timed at) and
-    `threads` (default: the machine's, see metrics.default_threads); returns engine.json's content."""
+    """Write the deployable folder for inputs like `example` (a per-sample shape, a tensor, a tuple or a dict of
+    tensors: see slimkit.capture) at `batch` (the size its layers are timed at) and `threads` (default: the
+    machine's, see metrics.default_threads); returns engine.json's content. `input_shapes` there names each input's
+    shape at `batch`, which load_folder compiles for."""
     import openvino
 
-    from slimkit.metrics import default_threads
+    from slimkit.metrics import call, default_threads, example_shape, is_shape
 
     folder = Path(folder).resolve()
     threads = threads or default_threads()
@@ -100,15 +107,19 @@ def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[in
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        info = export_measured(model, staging / "model.xml", input_shape, calibration, batch=batch, threads=threads)
+        info = export_measured(model, staging / "model.xml", example, calibration, batch=batch, threads=threads)
         copy_atomically(require_library(), staging / LIBRARY_NAME)
-        OpenVinoModel(staging / "model.xml", (batch, *input_shape), threads, core=openvino_core())(
-            _zeros(batch, input_shape))  # one run, so each operator node reports the kernel it chose
+        inputs = example_inputs(example)
+        first = inputs.feed([torch.zeros_like(t) for t in inputs.batch(batch)]) if is_shape(example) else \
+            inputs.feed(inputs.batch(batch))
+        call(OpenVinoModel(staging / "model.xml", inputs.shapes(batch), threads, core=openvino_core()),
+             first)  # one run, so each operator node reports the kernel it chose
         _node_kernels(info["slimkit_layers"])
         files = ("model.xml", "model.bin", LIBRARY_NAME)
         manifest = {"format": FORMAT, "model": "model.xml", "weights": "model.bin", "library": LIBRARY_NAME,
                     "sha256": {name: sha256_of(staging / name) for name in files},
-                    "input_shape": list(input_shape), "batch": batch, "threads": threads,
+                    "input_shape": example_shape(example), "input_shapes": inputs.shapes(batch), "batch": batch,
+                    "threads": threads,
                     "openvino": openvino.__version__, "precision": info["precision"], "runtime_options": PINNED_F32,
                     "cpu": {**cpu_info(), "kernel_builds": runnable_builds()}, "choice": info["choice"],
                     "agreement": info["agreement"],
@@ -118,12 +129,6 @@ def export_folder(model: nn.Module, folder: str | Path, input_shape: Sequence[in
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
-
-
-def _zeros(batch: int, input_shape: Sequence[int]) -> Tensor:
-    import torch
-
-    return torch.zeros(batch, *input_shape)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -147,10 +152,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_folder(folder: str | Path, shape: Sequence[int] | None = None, threads: int | None = None) -> OpenVinoModel:
-    """An exported folder as a callable OpenVINO model (fp32 pinned), after read_manifest's checks. The
-    operators come from this installation's library, and only when the folder's library is byte for byte that
-    build: code in a folder someone shared is never loaded."""
+def load_folder(folder: str | Path, shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+                threads: int | None = None) -> OpenVinoModel:
+    """An exported folder as a callable OpenVINO model (fp32 pinned), after read_manifest's checks, compiled for
+    `shape` (each input's by name for several) or the export's own. The operators come from this installation's
+    library, and only when the folder's library is byte for byte that build: code in a folder someone shared is
+    never loaded."""
     from slimkit.metrics import default_threads
 
     folder = Path(folder)
@@ -159,5 +166,5 @@ def load_folder(folder: str | Path, shape: Sequence[int] | None = None, threads:
     if manifest["sha256"][manifest["library"]] != sha256_of(installed):
         raise SlimkitError(f"{folder}: its operator library is not this installation's build ({installed.name}); "
                            f"slimkit loads operators only from its own build: re-export the model here")
-    shape = tuple(shape or (manifest["batch"], *manifest["input_shape"]))
-    return OpenVinoModel(folder / manifest["model"], shape, threads or default_threads(), core=openvino_core())
+    shapes = shape or manifest.get("input_shapes") or (manifest["batch"], *manifest["input_shape"])
+    return OpenVinoModel(folder / manifest["model"], shapes, threads or default_threads(), core=openvino_core())

@@ -17,7 +17,7 @@ named by what it ran.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError
-from slimkit.quant.onnx_export import OnnxModel, export_onnx
+from slimkit.quant.onnx_export import OnnxModel, engine_array, export_onnx
 
 
 class _Engine:
@@ -81,34 +81,44 @@ class OpenVinoModel(_Engine):
     computes in fp32 whatever the CPU's default; False compiles as a user's plain `compile_model` would,
     apart from the runtime options the IR carries. `precision` says what it ran."""
 
-    def __init__(self, path: Path, shape: Sequence[int], threads: int, core: Any = None, pin_f32: bool = True):
+    def __init__(self, path: Path, shape: Sequence[int] | Mapping[str, Sequence[int]], threads: int, core: Any = None,
+                 pin_f32: bool = True):
         core = core or shared_core()
         model = core.read_model(str(path))
-        model.reshape(list(shape))
+        model.reshape({k: list(v) for k, v in shape.items()} if isinstance(shape, Mapping) else list(shape))
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **runtime_options(model),
                   **(PINNED_F32 if pin_f32 else {})}
         self.compiled = core.compile_model(model, "CPU", config)
         self.precision = precision_of(self.compiled)
         self.request = self.compiled.create_infer_request()
 
-    def __call__(self, x: Tensor) -> Tensor:
-        self.request.infer([x.detach().numpy().astype(np.float32, copy=False)])
+    def __call__(self, *tensors: Tensor, **named: Tensor) -> Tensor:
+        """The output on inputs given in the model's order, or by name (a dict example's keywords)."""
+        feed: dict[int | str, np.ndarray] = {i: engine_array(t) for i, t in enumerate(tensors)}
+        feed.update({k: engine_array(t) for k, t in named.items()})
+        self.request.infer(feed)
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
 class _Calibration:
-    """onnxruntime's CalibrationDataReader over a list of input batches."""
+    """onnxruntime's CalibrationDataReader over a list of input batches: tensors (the input named 'input', as
+    the TorchScript export names it) or dicts of tensors by input name."""
 
-    def __init__(self, name: str, batches: Sequence[Tensor]):
-        self.items = iter([{name: b.detach().numpy().astype(np.float32)} for b in batches])
+    def __init__(self, batches: Sequence[Tensor | Mapping[str, Tensor]]):
+        self.items = iter([{k: engine_array(v) for k, v in (b.items() if isinstance(b, Mapping) else [("input", b)])}
+                           for b in batches])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.items, None)
 
 
-def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor]) -> Path:
+def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor | Mapping[str, Tensor]],
+                         symbolic_shapes: bool = True) -> Path:
     """onnxruntime's own post-training int8 as its documentation does it: `quant_pre_process` (shape
-    inference, graph optimisation), then `quantize_static` with QDQ and per-channel weights."""
+    inference, graph optimisation), then `quantize_static` with QDQ and per-channel weights. `symbolic_shapes`
+    False skips its symbolic shape inference (its documented option), for a model captured by torch.export (a
+    tuple or dict example): on HF models' graphs it gives up with a bare Exception and leaves
+    sym_shape_infer_temp.onnx and its weights in the working directory."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -117,8 +127,8 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor]) -
     level = logger.level
     logger.setLevel(logging.ERROR)  # its advice to pre-process is taken; the rest is noise here
     try:
-        quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(out), _Calibration("input", calibration), quant_format=QuantFormat.QDQ,
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=not symbolic_shapes)
+        quantize_static(str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         logger.setLevel(level)

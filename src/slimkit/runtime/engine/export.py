@@ -17,23 +17,28 @@ folded epilogues round once where eval rounds twice, so whole networks agree wit
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from torch import Tensor, nn
+from torch import nn
 
+from slimkit.capture import Example, example_inputs
+from slimkit.deprecation import renamed_keyword
 from slimkit.errors import SlimkitError, first_line
 from slimkit.files import atomic_write
+from slimkit.quant.int8_graph import Batch
 from slimkit.quant.onnx_export import export_onnx
 from slimkit.runtime.engine.build import require_library
 from slimkit.runtime.engine.dense_engines import PINNED_F32, shared_core
-from slimkit.runtime.engine.form import engine_form
+from slimkit.runtime.engine.form import candidates, engine_form
 from slimkit.runtime.engine.operator_modules import EngineConv
 from slimkit.runtime.engine.operators import DOMAIN
 
 LIBRARY_NAME = "libslimkit_openvino.so"  # the name the library has beside an exported model
+NO_OPERATORS_FROM_TORCH_EXPORT = ("OpenVINO's own kernel: a tuple or dict example is captured by torch.export, "
+                                  "whose ONNX exporter cannot write slimkit's operators")
 
 
 @cache
@@ -44,19 +49,28 @@ def openvino_core() -> Any:
     return core
 
 
-def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[int],
-                    calibration: Iterable[Tensor] | None = None, chosen: Collection[str] | None = None,
+@renamed_keyword("input_shape", "example")  # its name until 0.2
+def export_openvino(model: nn.Module, path: str | Path, example: Example,
+                    calibration: Iterable[Batch] | None = None, chosen: Collection[str] | None = None,
                     ) -> dict[str, Any]:
     """Write `model` in its engine form (the `chosen` candidate layers as operators; None: every candidate) as
     OpenVINO IR at `path` (.xml, with its .bin beside it), each file atomically (a quantized model needs
-    `calibration`, see form.engine_form). The IR carries the f32 precision pin as a runtime option. Returns what
-    was written and which layers run slimkit's operators."""
+    `calibration` where it has an integer graph, see form.engine_form), captured from `example` (see
+    slimkit.capture: a per-sample shape, a tensor, a tuple or a dict of tensors). A tuple or dict example is
+    captured by torch.export, whose ONNX exporter cannot write slimkit's operators: every layer is then
+    OpenVINO's own (int8 where the model is quantized), and each candidate's line says so. The IR carries the f32
+    precision pin as a runtime option. Returns what was written and which layers run slimkit's operators."""
     import openvino as ov
 
     path = Path(path)
     if path.suffix != ".xml":
         raise SlimkitError(f"an OpenVINO model is written as .xml (+ .bin); got {path}")
-    engine, layers = engine_form(model, input_shape, calibration, chosen)
+    inputs = example_inputs(example)
+    engine, layers = engine_form(model, tuple(inputs.tensors[0].shape[1:]), calibration,
+                                 () if inputs.torch_export else chosen)
+    if inputs.torch_export:
+        layers = [{"layer": name, "engine": "OpenVINO", "reason": NO_OPERATORS_FROM_TORCH_EXPORT}
+                  for name in candidates(engine)]
     core = openvino_core()
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = path.with_suffix(".onnx.tmp")
@@ -64,7 +78,7 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
     try:
         uses_ours = any(isinstance(m, EngineConv) for m in engine.modules())
         try:
-            export_onnx(engine, onnx_path, input_shape, custom_opsets={DOMAIN: 1} if uses_ours else None)
+            export_onnx(engine, onnx_path, example, custom_opsets={DOMAIN: 1} if uses_ours else None)
             ir = core.read_model(str(onnx_path))
             for node in ir.get_ordered_ops():  # each operator node named after its layer (profiles name layers)
                 if node.get_type_info().version_id == DOMAIN:
@@ -72,6 +86,8 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
             for key, value in PINNED_F32.items():  # what OpenVINO must be told to compute exactly (see load lines)
                 ir.set_rt_info(value, ["runtime_options", key])
             ov.save_model(ir, str(staging), compress_to_fp16=False)
+        except SlimkitError:  # the capture's own, naming the op
+            raise
         except Exception as exc:  # the exporter's and OpenVINO's failures are many; each names its op
             raise SlimkitError(f"exporting to OpenVINO failed: {type(exc).__name__}: {first_line(exc)}") from None
         for source, target in ((staging.with_suffix(".bin"), path.with_suffix(".bin")), (staging, path)):
@@ -80,7 +96,8 @@ def export_openvino(model: nn.Module, path: str | Path, input_shape: Sequence[in
         for leftover in (onnx_path, staging, staging.with_suffix(".bin")):
             leftover.unlink(missing_ok=True)
     return {"model": str(path), "weights": str(path.with_suffix(".bin")), "library": str(require_library()),
-            "precision": "fp32", "slimkit_layers": layers}
+            "precision": "fp32", "capture": "torch.export" if inputs.torch_export else "TorchScript",
+            "slimkit_layers": layers}
 
 
 def copy_atomically(source: Path, target: Path) -> None:

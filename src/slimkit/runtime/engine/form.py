@@ -15,14 +15,14 @@ import copy
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
-from torch import Tensor, fx, nn
+from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from slimkit.binary.layers import BinaryConv2d, BinaryLinear
 from slimkit.errors import SlimkitError, first_line
 from slimkit.layers import adapter_of, canonical_weight
 from slimkit.quant.attach import weight_quantization
-from slimkit.quant.int8_graph import FoldedLayer, int8_graph, is_quantized
+from slimkit.quant.int8_graph import Batch, FoldedLayer, int8_form, is_quantized
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime.engine.fusion import fuse_epilogues, link_operators
 from slimkit.runtime.engine.operator_modules import (
@@ -136,14 +136,11 @@ def runs_slimkit_operators(model: nn.Module) -> bool:
     return any(_has_structure(module) for module in model.modules())
 
 
-def prepared(model: nn.Module, calibration: Iterable[Tensor] | None) -> nn.Module:
-    """The model the operators are chosen in: an eval-mode copy, a quantized model as its int8 graph
-    (calibrated on `calibration`, see quant/int8_graph)."""
+def prepared(model: nn.Module, calibration: Iterable[Batch] | None) -> nn.Module:
+    """The model the operators are chosen in: an eval-mode copy, a quantized model as its int8 form (its integer
+    graph calibrated on `calibration` where torch.fx traces it, see quant/int8_graph.int8_form)."""
     if is_quantized(model):
-        if calibration is None:
-            raise SlimkitError("the engine form of a quantized model needs calibration batches: its int8 graph "
-                               "quantizes residual sums, pooled features and logits too")
-        model = int8_graph(model, calibration)
+        model = int8_form(model, calibration)
     return copy.deepcopy(model).eval()
 
 
@@ -163,7 +160,7 @@ def _swap_layers(model: nn.Module, chosen: Collection[str]) -> dict[str, dict[st
     return lines
 
 
-def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Iterable[Tensor] | None = None,
+def engine_form(model: nn.Module, input_shape: Sequence[int], calibration: Iterable[Batch] | None = None,
                 chosen: Collection[str] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """`model` (`prepared` here unless it was: a quantized model needs `calibration`) with the `chosen`
     candidates (None: every candidate) in their engine operators' form, epilogues fused, and a line per chosen

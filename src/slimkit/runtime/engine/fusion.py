@@ -76,6 +76,14 @@ class _Epilogue:
             self.layer.fuse_batchnorm(bn, str(self.users[0].target))
             self._advance()
 
+    def pool(self) -> bool:
+        """A max pool the operator can take; True when fused."""
+        pool = self._sole_module()
+        if pool is not None and self.layer.fuse_pool(pool, str(self.users[0].target)):
+            self._advance()
+            return True
+        return False
+
     def quantizer(self) -> None:
         quantizer = self._sole_module()
         if quantizer is not None and self.layer.fuse_quantizer(quantizer, str(self.users[0].target)):
@@ -121,9 +129,10 @@ def _shape(node: fx.Node) -> Any:
 
 def fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
     """Fuse into each engine conv, in this order, what alone reads its output: an eval BatchNorm with
-    running statistics, a quantizer, an add of a tensor of the output's own shape (shapes propagated from an
-    input of `input_shape`), then a ReLU/hardtanh, then a quantizer. Each fused op is one pass over a batch's
-    activations saved, and no OpenVINO node (with its layout reorders) between two slimkit nodes."""
+    running statistics, a 2x2 max pool and a BatchNorm after it (binary convs), a quantizer, an add of a tensor
+    of the output's own shape (shapes propagated from an input of `input_shape`), then a ReLU/hardtanh, then a
+    quantizer. Each fused op is one pass over a batch's activations saved, and no OpenVINO node (with its
+    layout reorders) between two slimkit nodes."""
     traced = fx.GraphModule(model, _LeafTracer().trace(model))
     graph = traced.graph
     modules = dict(model.named_modules())
@@ -138,6 +147,8 @@ def fuse_epilogues(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModu
     for conv in _engine_calls(graph, modules):
         epilogue = _Epilogue(conv, modules)
         epilogue.batchnorm()
+        if epilogue.pool():  # a binary conv's 2x2 max pool, then the BatchNorm after it
+            epilogue.batchnorm()
         epilogue.quantizer()
         epilogue.residual_add()
         epilogue.clamp()

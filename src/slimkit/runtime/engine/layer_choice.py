@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
+from slimkit.capture import Example, example_inputs
 from slimkit.errors import SlimkitError
-from slimkit.metrics import compare_latency
+from slimkit.metrics import call, compare_latency, is_shape
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime.engine.dense_engines import OpenVinoModel
 from slimkit.runtime.engine.form import Candidates, quantizers_around
+from slimkit.train.objective import logits_of
 
 REPEATS = 9  # timed samples per form and layer (interleaved); each averages at least MIN_SAMPLE_MS
 MIN_SAMPLE_MS = 2.0
@@ -98,7 +100,7 @@ def _reason(timing: dict[str, Any], runs_operator: bool, artifact: str) -> str:
     return f"{alone}; the whole model was fastest as '{artifact}'"
 
 
-def export_measured(model: nn.Module, path: Path, input_shape: Sequence[int], calibration: Any = None, *,
+def export_measured(model: nn.Module, path: Path, example: Example, calibration: Any = None, *,
                     batch: int = 1, threads: int = 1) -> dict[str, Any]:
     """Export `model` to OpenVINO IR at `path` with the layers that measured faster as slimkit's operators.
 
@@ -106,16 +108,24 @@ def export_measured(model: nn.Module, path: Path, input_shape: Sequence[int], ca
     other at `batch`, taking turns: 'measured' (the layers that won alone), 'every operator' (every candidate:
     operators hand each other integers or sign bits, which a layer alone does not show) and 'dense' (none: the
     model as OpenVINO runs it by itself, in the same precision). The fastest is written, so the artifact is never
-    slower than the dense model in the same engine, as measured. Returns export_openvino's info with each
-    candidate's line saying what it runs as and why, and "choice": every artifact's time and the one chosen."""
+    slower than the dense model in the same engine, as measured. A tuple or dict `example` is captured by
+    torch.export, which writes no operator (export.export_openvino): its artifact is the dense one. Returns
+    export_openvino's info with each candidate's line saying what it runs as and why, and "choice": every
+    artifact's time and the one chosen."""
     from slimkit.runtime.engine.export import export_openvino, openvino_core
     from slimkit.runtime.engine.form import candidates, prepared
 
+    inputs = example_inputs(example)
+    per_sample = tuple(inputs.tensors[0].shape[1:])
+    if not inputs.torch_export:  # a shape, or a tensor: its per-sample shape is all the layers are timed on
+        example = per_sample
+    shapes = inputs.shapes(batch)
+    timed = example if not inputs.torch_export else inputs.feed(inputs.tensors)
     base = prepared(model, calibration)
-    found = candidates(base)
+    found = {} if inputs.torch_export else candidates(base)
     work = Path(tempfile.mkdtemp(prefix=".slimkit-choice-", dir=path.parent if path.parent.exists() else None))
     try:
-        timings = time_layers(base, found, input_shape, batch, threads, work)
+        timings = time_layers(base, found, per_sample, batch, threads, work) if found else {}
         faster = frozenset(n for n, t in timings.items() if "slimkit_ms" in t and t["slimkit_ms"] < t["openvino_ms"])
         variants = {"dense": frozenset(), "measured": faster, "every operator": frozenset(found)}
         names: dict[frozenset[str], str] = {}  # distinct layer sets, each exported and timed once, under the
@@ -124,46 +134,56 @@ def export_measured(model: nn.Module, path: Path, input_shape: Sequence[int], ca
         models = {}
         for layers, name in names.items():
             target = work / name.replace(" ", "-") / "model.xml"
-            export_openvino(base, target, input_shape, chosen=layers)
-            models[name] = OpenVinoModel(target, (batch, *input_shape), threads, core=openvino_core())
-        ms = compare_latency(models, input_shape, batch_sizes=(batch,), threads=threads, repeats=ARTIFACT_REPEATS)
+            export_openvino(base, target, example, chosen=layers)
+            models[name] = OpenVinoModel(target, shapes, threads, core=openvino_core())
+        ms = compare_latency(models, timed, batch_sizes=(batch,), threads=threads, repeats=ARTIFACT_REPEATS)
         times = {name: ms[name][str(batch)]["median"] for name in models}
         best = min(times, key=lambda name: times[name])
-        info = export_openvino(base, path, input_shape, chosen=variants[best])
-        agreement = _agreement(base, path, input_shape, calibration, threads)
+        info = export_openvino(base, path, example, chosen=variants[best])
+        agreement = _agreement(base, path, example, calibration, threads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = {line["layer"]: line for line in info["slimkit_layers"]}
-    info["slimkit_layers"] = [
-        {**lines.get(name, {"layer": name, "engine": "OpenVINO"}), "measured": timings[name],
-         "reason": _reason(timings[name], name in variants[best] and name in lines, best)}
-        for name in found]
+    if found:
+        info["slimkit_layers"] = [
+            {**lines.get(name, {"layer": name, "engine": "OpenVINO"}), "measured": timings[name],
+             "reason": _reason(timings[name], name in variants[best] and name in lines, best)}
+            for name in found]
     info["choice"] = {"batch": batch, "threads": threads, "artifacts_ms": times, "chosen": best,
                       "candidates": len(found), "operators": sum(1 for n in variants[best] if n in lines)}
     info["agreement"] = agreement
     return info
 
 
-def _agreement(reference: nn.Module, path: Path, input_shape: Sequence[int], calibration: Any,
+def _agreement(reference: nn.Module, path: Path, example: Example, calibration: Any,
                threads: int) -> dict[str, Any]:
     """How far the written artifact's outputs are from `reference` (the prepared model in torch: a quantized
-    model's int8 graph, whose last quantizer's step is the output grid) on the calibration batches, or on
-    seeded normal inputs where there are none. slimkit's operators compute the reference's arithmetic (binary
-    sums exactly, float epilogues within rounding, int8 within one step of the grid), but OpenVINO's own int8
-    kernels round some values the graph rounds (residual sums, pooled features) elsewhere, so an artifact with
-    layers left to OpenVINO can be several steps away: measured here, reported in engine.json, never hidden."""
+    model's int8 graph, whose last quantizer's step is the output grid, or the quantized model itself) on the
+    calibration batches, or where there are none on seeded normal inputs of a shape example or on the example
+    itself. slimkit's operators compute the reference's arithmetic (binary sums exactly, float epilogues within
+    rounding, int8 within one step of the grid), but OpenVINO's own int8 kernels round some values the graph
+    rounds (residual sums, pooled features) elsewhere, so an artifact with layers left to OpenVINO can be several
+    steps away: measured here, reported in engine.json, never hidden."""
     from slimkit.runtime.engine.export import openvino_core
 
-    batches = list(calibration) if calibration is not None else \
-        [torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+    inputs = example_inputs(example)
+    if calibration is not None:
+        batches = list(calibration)
+    elif is_shape(example):
+        batches = [torch.randn(4, *example, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+    else:
+        batches = [inputs.feed(inputs.tensors)]
     worst = 0.0
     for x in batches:
-        artifact = OpenVinoModel(path, tuple(x.shape), threads, core=openvino_core())
+        given = example_inputs(x)
+        artifact = OpenVinoModel(path, given.shapes(int(given.tensors[0].shape[0])), threads, core=openvino_core())
         with torch.no_grad():
-            worst = max(worst, float((artifact(x) - reference(x)).abs().max()))
+            worst = max(worst, float((logits_of(call(artifact, x)) - logits_of(call(reference, x))).abs().max()))
     quantizers = [m for m in reference.modules() if isinstance(m, UniformQuantizer) and m.channels == 1]
-    step = float(quantizers[-1].step.detach().reshape(())) if quantizers else None
+    step = float(quantizers[-1].step.detach().reshape(())) if quantizers and isinstance(reference, fx.GraphModule) \
+        else None
+    source = ("the calibration batches" if calibration is not None else "seeded normal inputs" if is_shape(example)
+              else "the example")
     return {"reference": "the int8 graph (fake-quant)" if step else "the model in torch (eval)",
-            "inputs": "the calibration batches" if calibration is not None else "seeded normal inputs",
-            "max_abs_difference": worst, "output_step": step,
+            "inputs": source, "max_abs_difference": worst, "output_step": step,
             "in_steps": None if step is None else worst / step}

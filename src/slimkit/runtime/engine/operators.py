@@ -85,27 +85,34 @@ def signs_from_bits(bits: Tensor, channels: int) -> Tensor:
 
 class BinaryConv2dFunction(torch.autograd.Function):
     """clamp(conv(sign(x), signs) * scale + shift (+ residual)) in torch; one slimkit::BinaryConv2d in ONNX.
-    `pack` (a sign convention) adds the output's sign bits as a second output; `packed`: x is such bits."""
+    `pack` (a sign convention) adds the output's sign bits as a second output; `packed`: x is such bits.
+    `pool`: a 2x2 max pool of stride 2 follows the affine, then y * post_scale + post_shift (unused otherwise)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, signs: Tensor, scale: Tensor, shift: Tensor, stride: int, pad: int,
-                zero: Zero, bounds: tuple[float, float] | None, layer: str, pack: Zero | None, packed: bool,
-                *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(ctx: Any, x: Tensor, signs: Tensor, scale: Tensor, shift: Tensor, post_scale: Tensor,
+                post_shift: Tensor, stride: int, pad: int, pool: bool, zero: Zero, bounds: tuple[float, float] | None,
+                layer: str, pack: Zero | None, packed: bool, *residual: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         binary = signs_from_bits(x, signs.shape[1]) if packed else sign(x, zero)
         y = F.conv2d(binary, signs, None, stride, pad) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        if pool:
+            y = F.max_pool2d(y, 2) * post_scale.reshape(1, -1, 1, 1) + post_shift.reshape(1, -1, 1, 1)
         y = _epilogue(y, bounds, residual)
         return y if pack is None else (y, sign_bits(y, pack))
 
     @staticmethod
-    def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, stride: int, pad: int, zero: Zero,
-                 bounds: tuple[float, float] | None, layer: str, pack: Zero | None, packed: bool,
-                 *residual: Any) -> Any:
+    def symbolic(g: Any, x: Any, signs: Any, scale: Any, shift: Any, post_scale: Any, post_shift: Any, stride: int,
+                 pad: int, pool: bool, zero: Zero, bounds: tuple[float, float] | None, layer: str, pack: Zero | None,
+                 packed: bool, *residual: Any) -> Any:
         pack_output = {None: 0, "zero": 1, "positive": 2}[pack]
-        out = g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *residual, stride_i=stride, pad_i=pad,
+        post = (post_scale, post_shift) if pool else ()
+        out = g.op(f"{DOMAIN}::BinaryConv2d", x, signs, scale, shift, *post, *residual, stride_i=stride, pad_i=pad,
                    one_plane_i=int(zero == "positive"), pack_output_i=pack_output, packed_input_i=int(packed),
-                   **_epilogue_attributes(bounds, layer), outputs=2 if pack_output else 1)
+                   pool_i=2 if pool else 0, **_epilogue_attributes(bounds, layer), outputs=2 if pack_output else 1)
         shape = signs.type().sizes()
         sizes = _conv_sizes(shape[0], (shape[2], shape[3]), stride, pad)
+        if pool:  # the pool's floor(side / 2) windows
+            sizes = (lambda conv: lambda known: [None if n is None else n // 2 if i >= 2 else n
+                                                 for i, n in enumerate(conv(known))])(sizes)
         if packed:  # bits [B, 2, words, H, W]: the conv's sizes from B, H, W
             sizes = (lambda conv: lambda known: conv([known[0], None, *known[3:]]))(sizes)
         return _typed_outputs(out, x, sizes, torch.int64 if pack_output else None)

@@ -1,4 +1,5 @@
 // slimkit::BinaryConv2d for OpenVINO; its torch face is BinaryConv2dFunction in engine/operators.py.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +25,9 @@ namespace slimkit {
 // or +1, as output 1, i64 [B, 2, ceil(O / 64), OH, OW], the non-zero plane then the positive plane, channel
 // c at bit c % 64 of word c / 64) and packed_input (1: input 0 is such bits, [B, 2, words, H, W], so this layer
 // reads no floats and skips the sign pass; its channel count comes from the weights).
+// pool (0: none; 2: a 2x2 max pool of stride 2 after the conv, fused with what follows it): inputs post_scale [O]
+// and post_shift [O] follow shift (a BatchNorm after the pool), and y = clamp(maxpool(conv * scale + shift) *
+// post_scale + post_shift (+ residual), low, high), of the pooled size [B, O, OH / 2, OW / 2] (bits too).
 class BinaryConv2d : public FusedConv {
 public:
     OPENVINO_OP("BinaryConv2d", "slimkit");
@@ -51,12 +55,14 @@ public:
         one_plane_ = same.one_plane_;
         pack_output_ = same.pack_output_;
         packed_input_ = same.packed_input_;
+        pool_ = same.pool_;
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("one_plane", one_plane_);
         visitor.on_attribute("pack_output", pack_output_);
         visitor.on_attribute("packed_input", packed_input_);
+        visitor.on_attribute("pool", pool_);
         return FusedConv::visit_attributes(visitor);
     }
 
@@ -68,7 +74,9 @@ public:
         const int spatial = packed_input_ ? 3 : 2;  // bits are [B, 2, words, H, W]
         // per image, every size the kernels index with int
         check.product("the input image", {ws[1], xs[spatial], xs[spatial + 1]}, INT_LIMIT);
-        check.product("the output image", {out[1], out[2], out[3] + 3}, INT_LIMIT);
+        const int rows_per_output = pool_ != 0 ? 2 : 1;  // conv rows per output row
+        const uint64_t conv_h = (xs[spatial] + 2 * pad_ - ws[2]) / stride_ + 1, conv_w = (xs[spatial + 1] + 2 * pad_ - ws[3]) / stride_ + 1;
+        check.product("the output image", {out[1], conv_h, conv_w + 3}, INT_LIMIT);
         Shape s{};
         s.channels = static_cast<int>(ws[1]);
         s.height = static_cast<int>(xs[spatial]);
@@ -78,8 +86,8 @@ public:
         s.kernel_w = static_cast<int>(ws[3]);
         s.stride = static_cast<int>(stride_);
         s.pad = static_cast<int>(pad_);
-        s.out_h = static_cast<int>(out[2]);
-        s.out_w = static_cast<int>(out[3]);
+        s.out_h = static_cast<int>(conv_h);  // the conv's output; a fused pool halves it
+        s.out_w = static_cast<int>(conv_w);
         s.words = (s.kernel_w * s.channels + 63) / 64;
         s.cols = (s.out_w + 3) / 4 * 4;
         s.outs = (s.out_c + 3) / 4 * 4;
@@ -88,57 +96,75 @@ public:
         const size_t batch = xs[0];
         check.product("the packed input planes", {batch, static_cast<uint64_t>(s.height), static_cast<uint64_t>(s.words),
                                                   static_cast<uint64_t>(s.cols)}, BUFFER_LIMIT);
-        outputs[0].set_shape({batch, static_cast<size_t>(s.out_c), static_cast<size_t>(s.out_h),
-                              static_cast<size_t>(s.out_w)});
-        const size_t out_area = static_cast<size_t>(s.out_h) * s.out_w, out_words = (s.out_c + 63) / 64;
+        const size_t out_h = out[2], out_w = out[3];
+        outputs[0].set_shape({batch, static_cast<size_t>(s.out_c), out_h, out_w});
+        const size_t out_area = out_h * out_w, out_words = (s.out_c + 63) / 64;
         uint64_t* bits = nullptr;
         if (pack_output_ != 0) {
-            outputs[1].set_shape({batch, 2, out_words, static_cast<size_t>(s.out_h), static_cast<size_t>(s.out_w)});
+            outputs[1].set_shape({batch, 2, out_words, out_h, out_w});
             bits = reinterpret_cast<uint64_t*>(outputs[1].data<int64_t>());
         }
         const uint64_t* wbits = packed_weights(check, inputs, s);
-        const float* residual = inputs.size() > 4 ? inputs[4].data<const float>() : nullptr;
-        const Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high()};
+        const float* residual = inputs.size() > residual_input() ? inputs[residual_input()].data<const float>() : nullptr;
+        const Epilogue e{inputs[2].data<const float>(), inputs[3].data<const float>(), nullptr, low(), high(),
+                         pool_ != 0 ? inputs[4].data<const float>() : nullptr,
+                         pool_ != 0 ? inputs[5].data<const float>() : nullptr};
         float* y = outputs[0].data<float>();
         const size_t plane = static_cast<size_t>(s.height) * s.words * s.cols;
         const size_t image_in = in_channels * s.height * s.width;
         const size_t image_out = static_cast<size_t>(s.out_c) * out_area;
+        const size_t rows = batch * out_h;
         const int bits_one_plane = pack_output_ == 2 ? 1 : 0;
         // the kernels: each build's, and in the AVX-512 build hand-written VPOPCNTDQ sums in 256- or 512-bit registers
         static const std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0},
                                                     {"avx512/ymm", Isa::avx512, 0}, {"avx512/zmm", Isa::avx512, 1}};
+        // One parallel region: each thread takes a contiguous run of output rows (whole images where the batch
+        // allows) and packs, into planes of its own, only the input rows those rows read, so the planes are
+        // still in cache when its rows read them and a small batch still splits over the threads.
         const auto run = [&](size_t k) {
             const Isa isa = kernels[k].isa;
-            uint64_t* nonzero = scratch<uint64_t, 0>(batch * plane);  // pack_image / assemble_planes fill them
-            uint64_t* positive = scratch<uint64_t, 1>(batch * plane);
-            ov::parallel_for(batch, [&](size_t b) {
-                if (packed_input_) {
-                    const uint64_t* half = reinterpret_cast<const uint64_t*>(inputs[0].data<const int64_t>()) + b * image_in;
-                    assemble_planes_any(isa, half, half + image_in / 2, s, nonzero + b * plane, positive + b * plane);
-                } else {
-                    pack_image_any(isa, inputs[0].data<const float>() + b * image_in, s, nonzero + b * plane,
-                                   positive + b * plane);
-                }
-            });
-            ov::parallel_for(batch * s.out_h, [&](size_t row) {
-                const size_t b = row / s.out_h, oh = row % s.out_h;
-                Epilogue image = e;
-                if (residual != nullptr) image.residual = residual + b * image_out;
-                conv_row_any(isa, kernels[k].variant, nonzero + b * plane, positive + b * plane, wbits, image, s,
-                             static_cast<int>(oh), y + b * image_out);
-                if (bits != nullptr) {  // this row's sign bits for the next binary layer, while the row is in cache
-                    uint64_t* half = bits + b * 2 * out_words * out_area;
-                    sign_bits_any(isa, y + b * image_out, s.out_c, out_area, oh * s.out_w, s.out_w, bits_one_plane, half,
-                                  half + out_words * out_area);
+            ov::parallel_nt_static(0, [&](int thread, int threads) {
+                const size_t begin = rows * thread / threads, end = rows * (thread + 1) / threads;
+                uint64_t* nonzero = scratch<uint64_t, 0>(plane);
+                uint64_t* positive = scratch<uint64_t, 1>(plane);
+                for (size_t row = begin; row < end;) {
+                    const size_t b = row / out_h;
+                    const int first = static_cast<int>(row - b * out_h);
+                    const int last = static_cast<int>(std::min(end - b * out_h, out_h));
+                    // the input rows that conv rows first * rows_per_output .. last * rows_per_output - 1 read
+                    const int in_first = std::max(0, first * rows_per_output * s.stride - s.pad);
+                    const int in_end = std::min(s.height, (last * rows_per_output - 1) * s.stride - s.pad + s.kernel_h);
+                    if (in_first < in_end && packed_input_) {
+                        const uint64_t* half = reinterpret_cast<const uint64_t*>(inputs[0].data<const int64_t>()) +
+                                               b * image_in;
+                        assemble_rows_any(isa, half, half + image_in / 2, s, in_first, in_end, nonzero, positive);
+                    } else if (in_first < in_end) {
+                        pack_rows_any(isa, inputs[0].data<const float>() + b * image_in, s, in_first, in_end, nonzero,
+                                      positive);
+                    }
+                    Epilogue image = e;
+                    if (residual != nullptr) image.residual = residual + b * image_out;
+                    uint64_t* out_half = bits == nullptr ? nullptr : bits + b * 2 * out_words * out_area;
+                    const SignBits image_bits{out_half, out_half + out_words * out_area, out_area, bits_one_plane};
+                    for (int oh = first; oh < last; ++oh) {
+                        const SignBits* row_bits = bits == nullptr ? nullptr : &image_bits;
+                        if (pool_ != 0)
+                            pool_row_any(isa, kernels[k].variant, nonzero, positive, wbits, image, s, oh,
+                                         y + b * image_out, row_bits);
+                        else
+                            conv_row_any(isa, kernels[k].variant, nonzero, positive, wbits, image, s, oh,
+                                         y + b * image_out, row_bits);
+                    }
+                    row = b * out_h + last;
                 }
             });
         };
         char signature[256];
         std::snprintf(signature, sizeof(signature),
-                      "c=%d o=%d k=%dx%d s=%d p=%d in=%dx%d b=%zu one_plane=%d pack=%d packed=%d residual=%d threads=%d",
+                      "c=%d o=%d k=%dx%d s=%d p=%d in=%dx%d b=%zu one_plane=%d pack=%d packed=%d residual=%d threads=%d%s",
                       s.channels, s.out_c, s.kernel_h, s.kernel_w, s.stride, s.pad, s.height, s.width, batch,
                       s.one_plane, static_cast<int>(pack_output_), static_cast<int>(packed_input_),
-                      residual != nullptr ? 1 : 0, parallel_get_max_threads());
+                      residual != nullptr ? 1 : 0, parallel_get_max_threads(), pool_ != 0 ? " pool=2" : "");
         const Choice choice = choose("BinaryConv2d", signature, kernels, run);
         if (!choice.outputs_ready) run(choice.kernel);
         note_kernel(kernels[choice.kernel].name);
@@ -151,9 +177,11 @@ protected:
         check.in_range("attribute one_plane", one_plane_, 0, 1);
         check.in_range("attribute pack_output", pack_output_, 0, 2);
         check.in_range("attribute packed_input", packed_input_, 0, 1);
+        if (pool_ != 0 && pool_ != 2)
+            check.fail("attribute pool", "is " + std::to_string(pool_) + "; allowed: 0 (none) or 2 (a 2x2 max pool, stride 2)");
     }
 
-    size_t residual_input() const override { return 4; }
+    size_t residual_input() const override { return pool_ != 0 ? 6 : 4; }
 
     // x f32 [B, C, H, W] (or packed bits i64 [B, 2, ceil(C / 64), H, W]), weights f32 [O, C, KH, KW], scale and
     // shift f32 [O]; a kernel row's bits fill at most 1024 words in all (the kernels' bound).
@@ -169,10 +197,11 @@ protected:
             if (in.dim(1, axis).is_static())
                 check.in_range(std::string("the weights' ") + names[axis], in.dim(1, axis).get_length(), 1, limits[axis]);
         if (channels.is_static() && kh.is_static() && kw.is_static())
-            check.require(kh.get_length() * ((kw.get_length() * channels.get_length() + 63) / 64) <= 1024, "input weights",
-                          "has shape " + in.shapes[1].to_string() + ": a window of more than 1024 words of bits");
-        for (size_t i : {size_t{2}, size_t{3}}) {
-            const std::string name = i == 2 ? "input scale" : "input shift";
+            if (kh.get_length() * ((kw.get_length() * channels.get_length() + 63) / 64) > 1024)
+                check.fail("input weights", "has shape " + in.shapes[1].to_string() + ": a window of more than 1024 words of bits");
+        const char* names_of[6] = {nullptr, nullptr, "input scale", "input shift", "input post_scale", "input post_shift"};
+        for (size_t i = 2; i < residual_input(); ++i) {
+            const std::string name = names_of[i];
             check.element_type(name, in.types[i], {ov::element::f32});
             check.rank(name, in.shapes[i], 1);
             check.dimension(name, in.shapes[i], 0, out_c, "one value per output channel");
@@ -187,7 +216,15 @@ protected:
     }
 
     ov::PartialShape output_shape(const Checker& check, const Inputs& in) const override {
-        return conv_output(check, in, in.dim(1, 0), in.dim(1, 2), in.dim(1, 3), packed_input_ ? 1 : 0);
+        ov::PartialShape out = conv_output(check, in, in.dim(1, 0), in.dim(1, 2), in.dim(1, 3), packed_input_ ? 1 : 0);
+        if (pool_ == 0) return out;
+        for (int axis = 2; axis < 4; ++axis) {  // the pool's windows: floor(side / 2) of them, at least one
+            if (out[axis].is_dynamic()) continue;
+            if (out[axis].get_length() < 2)
+                check.fail("the conv's output", "has shape " + out.to_string() + "; a 2x2 pool needs 2 rows and columns");
+            out[axis] = out[axis].get_length() / 2;
+        }
+        return out;
     }
 
     // Weights +-1, scale and shift finite.
@@ -195,6 +232,10 @@ protected:
         check.all_signs("input weights", in.values[1]);
         check.all_finite("input scale", in.values[2]);
         check.all_finite("input shift", in.values[3]);
+        if (pool_ != 0) {
+            check.all_finite("input post_scale", in.values[4]);
+            check.all_finite("input post_shift", in.values[5]);
+        }
     }
 
 private:
@@ -203,8 +244,8 @@ private:
     // checked before, check_data; see constant_inputs).
     const uint64_t* packed_weights(const Checker& check, const ov::TensorVector& inputs, const Shape& s) const {
         std::lock_guard<std::mutex> lock(mutex_);
-        const std::vector<const void*> from = data_of(inputs, 1, 4);
-        if (from == packed_from_ && !packed_.empty() && constant_inputs(1, 4)) return packed_.data();
+        const std::vector<const void*> from = data_of(inputs, 1, residual_input());
+        if (from == packed_from_ && !packed_.empty() && constant_inputs(1, residual_input())) return packed_.data();
         check_data(check, Inputs(inputs));
         const float* w = inputs[1].data<const float>();
         std::vector<uint64_t> bits(static_cast<size_t>(s.kernel_h) * s.words * s.outs, 0);
@@ -225,6 +266,7 @@ private:
     int64_t one_plane_ = 0;  // 1: sign(0) = +1 (binarize zero: positive)
     int64_t pack_output_ = 0;  // 1, 2: also write y's sign bits under sign(0) = 0, +1
     int64_t packed_input_ = 0;  // 1: input 0 is a BinaryConv2d's sign bits
+    int64_t pool_ = 0;  // 2: a fused 2x2 max pool of stride 2 (inputs post_scale, post_shift)
     mutable std::mutex mutex_;
     mutable std::vector<uint64_t> packed_;
     mutable std::vector<const void*> packed_from_;

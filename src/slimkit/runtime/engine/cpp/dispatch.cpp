@@ -15,23 +15,23 @@ namespace slimkit {
 
 int64_t pair_sum_peak_any(Isa isa, int64_t rounds, int32_t* sink) { SLIMKIT_DISPATCH(isa, pair_sum_peak(rounds, sink)) }
 
-void pack_image_any(Isa isa, const float* x, const Shape& s, uint64_t* n, uint64_t* p) {
-    SLIMKIT_DISPATCH(isa, pack_image(x, s, n, p))
+void pack_rows_any(Isa isa, const float* x, const Shape& s, int first, int end, uint64_t* n, uint64_t* p) {
+    SLIMKIT_DISPATCH(isa, pack_rows(x, s, first, end, n, p))
 }
 
-void assemble_planes_any(Isa isa, const uint64_t* half_n, const uint64_t* half_p, const Shape& s, uint64_t* n,
-                         uint64_t* p) {
-    SLIMKIT_DISPATCH(isa, assemble_planes(half_n, half_p, s, n, p))
-}
-
-void sign_bits_any(Isa isa, const float* x, int channels, size_t area, size_t begin, size_t count, int one_plane,
-                   uint64_t* half_n, uint64_t* half_p) {
-    SLIMKIT_DISPATCH(isa, sign_bits(x, channels, area, begin, count, one_plane, half_n, half_p))
+void assemble_rows_any(Isa isa, const uint64_t* half_n, const uint64_t* half_p, const Shape& s, int first, int end,
+                       uint64_t* n, uint64_t* p) {
+    SLIMKIT_DISPATCH(isa, assemble_rows(half_n, half_p, s, first, end, n, p))
 }
 
 void conv_row_any(Isa isa, int variant, const uint64_t* n, const uint64_t* p, const uint64_t* w, const Epilogue& e,
-                  const Shape& s, int oh, float* y) {
-    SLIMKIT_DISPATCH(isa, conv_row(variant, n, p, w, e, s, oh, y))
+                  const Shape& s, int oh, float* y, const SignBits* bits) {
+    SLIMKIT_DISPATCH(isa, conv_row(variant, n, p, w, e, s, oh, y, bits))
+}
+
+void pool_row_any(Isa isa, int variant, const uint64_t* n, const uint64_t* p, const uint64_t* w, const Epilogue& e,
+                  const Shape& s, int ph, float* y, const SignBits* bits) {
+    SLIMKIT_DISPATCH(isa, pool_row(variant, n, p, w, e, s, ph, y, bits))
 }
 
 void sparse_segment_any(Isa isa, const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,

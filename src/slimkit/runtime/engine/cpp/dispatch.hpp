@@ -12,13 +12,13 @@
 namespace slimkit {
 
 // Each kernel of kernels/kernel_shapes.hpp, in the build `isa` (see there for what each computes).
-void pack_image_any(Isa isa, const float* x, const Shape& s, uint64_t* n, uint64_t* p);
-void assemble_planes_any(Isa isa, const uint64_t* half_n, const uint64_t* half_p, const Shape& s, uint64_t* n,
-                         uint64_t* p);
-void sign_bits_any(Isa isa, const float* x, int channels, size_t area, size_t begin, size_t count, int one_plane,
-                   uint64_t* half_n, uint64_t* half_p);
+void pack_rows_any(Isa isa, const float* x, const Shape& s, int first, int end, uint64_t* n, uint64_t* p);
+void assemble_rows_any(Isa isa, const uint64_t* half_n, const uint64_t* half_p, const Shape& s, int first, int end,
+                       uint64_t* n, uint64_t* p);
 void conv_row_any(Isa isa, int variant, const uint64_t* n, const uint64_t* p, const uint64_t* w, const Epilogue& e,
-                  const Shape& s, int oh, float* y);
+                  const Shape& s, int oh, float* y, const SignBits* bits);
+void pool_row_any(Isa isa, int variant, const uint64_t* n, const uint64_t* p, const uint64_t* w, const Epilogue& e,
+                  const Shape& s, int ph, float* y, const SignBits* bits);
 void sparse_segment_any(Isa isa, const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,
                         int o_end, size_t start, int length, int row_stride, float* acc);
 void sparse_rows_any(Isa isa, const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt);

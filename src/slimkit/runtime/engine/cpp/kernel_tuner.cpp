@@ -243,13 +243,13 @@ std::vector<size_t> runnable(const char* op, const std::vector<Kernel>& kernels)
     const char* only = std::getenv("SLIMKIT_KERNEL");
     const std::string wanted = only == nullptr ? "" : only;
     std::vector<size_t> out;
-    std::string names;
     for (size_t i = 0; i < kernels.size(); ++i) {
         const std::string name = kernels[i].name;
-        names += (names.empty() ? "" : ", ") + name;
         const bool named = wanted.empty() || name == wanted || name.rfind(wanted + "/", 0) == 0;
         if (named && cpu_runs(kernels[i].isa)) out.push_back(i);
     }
+    std::string names;  // for the error alone (this runs on every call)
+    for (size_t i = 0; i < kernels.size() && out.empty(); ++i) names += (names.empty() ? "" : ", ") + std::string(kernels[i].name);
     if (out.empty())
         throw std::invalid_argument(std::string("slimkit::") + op + ": no kernel this CPU runs matches SLIMKIT_KERNEL='" +
                                     wanted + "' and SLIMKIT_ISA (" + op + " has " + names + ")");

@@ -69,8 +69,9 @@ protected:
     // The attributes' checks; an operator with attributes of its own extends this.
     virtual void check_attributes(const Checker& check) const {
         check.in_range("attribute clamp", clamp_, 0, 1);
-        check.require(!std::isnan(low_) && !std::isnan(high_) && (clamp_ == 0 || low_ <= high_), "attributes low, high",
-                      "are " + Checker::text(low_) + ", " + Checker::text(high_) + "; a clamp needs low <= high");
+        if (std::isnan(low_) || std::isnan(high_) || (clamp_ != 0 && low_ > high_))  // message built on failure only
+            check.fail("attributes low, high",
+                       "are " + Checker::text(low_) + ", " + Checker::text(high_) + "; a clamp needs low <= high");
     }
 
     // The input that holds a fused residual, when there is one (the last; every input before it is required).
@@ -93,8 +94,9 @@ protected:
         const ov::PartialShape out = output_shape(check, in);
         if (in.size() > residual_input()) {
             check.element_type("input residual", in.types[first], {ov::element::f32});
-            check.require(in.shapes[first].compatible(out), "input residual",
-                          "has shape " + in.shapes[first].to_string() + "; it must be the output's, " + out.to_string());
+            if (!in.shapes[first].compatible(out))
+                check.fail("input residual",
+                           "has shape " + in.shapes[first].to_string() + "; it must be the output's, " + out.to_string());
         }
         return out;
     }
@@ -201,9 +203,10 @@ protected:
             const char* name = axis == 0 ? "height" : "width";
             check.in_range(std::string("the input's ") + name, size.get_length(), 1, INT_LIMIT / 4);
             const int64_t padded = size.get_length() + 2 * pad_;
-            check.require(padded >= kernel[axis].get_length(), std::string("the input's ") + name,
-                          "is " + std::to_string(size.get_length()) + ": with padding " + std::to_string(pad_) +
-                              " the kernel of " + std::to_string(kernel[axis].get_length()) + " does not fit it");
+            if (padded < kernel[axis].get_length())
+                check.fail(std::string("the input's ") + name,
+                           "is " + std::to_string(size.get_length()) + ": with padding " + std::to_string(pad_) +
+                               " the kernel of " + std::to_string(kernel[axis].get_length()) + " does not fit it");
             out[axis + 2] = (padded - kernel[axis].get_length()) / stride_ + 1;
         }
         return out;

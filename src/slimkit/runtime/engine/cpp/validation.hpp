@@ -101,13 +101,14 @@ public:
     }
 
     // An integer attribute or size in [low, high].
+    // (Each check builds its message only when it fails: evaluate runs them on every call.)
     void in_range(const std::string& field, int64_t value, int64_t low, int64_t high) const {
-        require(low <= value && value <= high, field,
-                "is " + std::to_string(value) + "; allowed: " + std::to_string(low) + " to " + std::to_string(high));
+        if (value < low || value > high)
+            fail(field, "is " + std::to_string(value) + "; allowed: " + std::to_string(low) + " to " + std::to_string(high));
     }
 
     void finite(const std::string& field, float value) const {
-        require(std::isfinite(value), field, "is " + text(value) + "; it must be finite");
+        if (!std::isfinite(value)) fail(field, "is " + text(value) + "; it must be finite");
     }
 
     void element_type(const std::string& field, const ov::element::Type& type,
@@ -122,17 +123,16 @@ public:
     }
 
     void rank(const std::string& field, const ov::PartialShape& shape, int64_t rank) const {
-        require(shape.rank().compatible(rank), field,
-                "has shape " + shape.to_string() + "; it must have " + std::to_string(rank) + " dimensions");
+        if (!shape.rank().compatible(rank))
+            fail(field, "has shape " + shape.to_string() + "; it must have " + std::to_string(rank) + " dimensions");
     }
 
     // Dimension `axis` of `shape` equals `expected` where both are known (`what` says what it must fit).
     void dimension(const std::string& field, const ov::PartialShape& shape, int64_t axis, const ov::Dimension& expected,
                    const std::string& what) const {
-        if (shape.rank().is_dynamic() || axis >= shape.rank().get_length()) return;
-        require(shape[axis].compatible(expected), field,
-                "has shape " + shape.to_string() + ": dimension " + std::to_string(axis) + " must be " +
-                    expected.to_string() + ", " + what);
+        if (shape.rank().is_dynamic() || axis >= shape.rank().get_length() || shape[axis].compatible(expected)) return;
+        fail(field, "has shape " + shape.to_string() + ": dimension " + std::to_string(axis) + " must be " +
+                        expected.to_string() + ", " + what);
     }
 
     // The product of `factors`, refused where it passes `limit` (no product overflows: each step is checked).

@@ -1,148 +1,24 @@
 // Bit-packed binary convolution, exact for the training graph's sign(0) = 0 and zero padding.
 // The same algorithm as slimkit/runtime/eager/binary_kernels.py (see its docstring): activations are packed
-// along channels into two planes, N (non-zero) and P (positive), stored [row, word, column] per image;
-// weights are the positive-bit plane [kh, word, out]; one window sums to
+// along channels into two planes, N (non-zero) and P (positive), stored [row, word, column] per image
+// (binary_pack.hpp); weights are the positive-bit plane [kh, word, out]; one window sums to
 //     popcount(N) - 2 popcount(N & (P xor Wp)).
 // This header is compiled once per instruction set (kernels_avx512.cpp, kernels_avx2.cpp, kernels_generic.cpp
-// include it, each inside its own namespace slimkit::<isa>); dispatch.cpp picks one at run time.
+// include it, each inside its own namespace slimkit::<isa>); dispatch.cpp picks one at run time. The AVX2 and
+// portable builds' sums are here; the AVX-512 build's row is binary_avx512.hpp.
 #pragma once
 #include <cstdint>
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
+#include "binary_pack.hpp"
 #include "kernel_shapes.hpp"
-
-#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512VL__)
-#include <immintrin.h>
-#define SLIMKIT_AVX512_POPCOUNT 1
-#elif defined(__AVX2__)
-#include <immintrin.h>
-#define SLIMKIT_AVX2_POPCOUNT 1
+#ifdef SLIMKIT_AVX512_POPCOUNT
+#include "binary_avx512.hpp"
 #endif
 
 namespace slimkit {
 namespace SLIMKIT_ISA {
-
-// A growing buffer kept between calls (one per thread where declared thread_local). Not std::vector: its
-// out-of-line members are weak symbols shared by every object of the library, so the linker could keep the
-// copy compiled for AVX-512 and an AVX2 CPU would run it (engine/build.py refuses such symbols at build time).
-template <typename T>
-class Scratch {
-public:
-    Scratch() = default;
-    Scratch(const Scratch&) = delete;
-    Scratch& operator=(const Scratch&) = delete;
-    ~Scratch() { std::free(data_); }
-
-    // At least `count` elements, contents unspecified.
-    T* get(size_t count) {
-        if (count > size_) {
-            std::free(data_);
-            data_ = static_cast<T*>(std::malloc(count * sizeof(T)));
-            if (data_ == nullptr) throw std::bad_alloc();
-            size_ = count;
-        }
-        return data_;
-    }
-
-    // At least `count` elements, the first `count` set to 0.
-    T* zeroed(size_t count) {
-        T* data = get(count);
-        std::memset(data, 0, count * sizeof(T));
-        return data;
-    }
-
-private:
-    T* data_ = nullptr;
-    size_t size_ = 0;
-};
-
-
-// The per-pixel sign bits of `count` pixels from `begin` of each of `channels` planes (`area` apart in x):
-// word j of pixel i holds channels 64j..64j+63, in half_n (non-zero) and half_p (positive), [word][area].
-// one_plane: sign(0) = +1, every pixel non-zero. The producing layer's epilogue calls this on each output
-// row it writes (pack_output), so the next binary layer never reads floats; pack_image calls it on images.
-void sign_bits(const float* x, int channels, size_t area, size_t begin, size_t count, int one_plane,
-               uint64_t* half_n, uint64_t* half_p) {
-    const int pixel_words = (channels + 63) / 64;
-    for (int j = 0; j < pixel_words; ++j) {
-        std::memset(half_n + j * area + begin, 0, sizeof(uint64_t) * count);
-        std::memset(half_p + j * area + begin, 0, sizeof(uint64_t) * count);
-    }
-    for (int c = 0; c < channels; ++c) {  // each channel plane read contiguously; branch-free, vectorises
-        const float* plane = x + static_cast<size_t>(c) * area + begin;
-        uint64_t* hn = half_n + static_cast<size_t>(c >> 6) * area + begin;
-        uint64_t* hp = half_p + static_cast<size_t>(c >> 6) * area + begin;
-        const uint64_t shift = c & 63;
-        if (one_plane) {
-            for (size_t i = 0; i < count; ++i) {
-                hn[i] |= uint64_t{1} << shift;
-                hp[i] |= static_cast<uint64_t>(plane[i] >= 0.0f) << shift;
-            }
-        } else {
-            for (size_t i = 0; i < count; ++i) {
-                hn[i] |= static_cast<uint64_t>(plane[i] != 0.0f) << shift;
-                hp[i] |= static_cast<uint64_t>(plane[i] > 0.0f) << shift;
-            }
-        }
-    }
-}
-
-// N and P planes of one image, [height][words][cols], from its per-pixel sign bits ([word][height * width],
-// as sign_bits writes them): each kernel row's kw-shifted pixels side by side, so a window is `words` words.
-// Columns outside the image (padding, and the spare columns up to cols) stay 0.
-void assemble_planes(const uint64_t* half_n, const uint64_t* half_p, const Shape& s, uint64_t* nonzero,
-                     uint64_t* positive) {
-    const int area = s.height * s.width, pixel_words = (s.channels + 63) / 64;
-    const int padded = s.width + 2 * s.pad + s.kernel_w;
-    thread_local Scratch<uint64_t> pix_n_buffer, pix_p_buffer;
-    const size_t pix_size = static_cast<size_t>(s.height) * pixel_words * padded;
-    uint64_t* pix_n = pix_n_buffer.zeroed(pix_size);
-    uint64_t* pix_p = pix_p_buffer.zeroed(pix_size);
-    for (int h = 0; h < s.height; ++h)
-        for (int j = 0; j < pixel_words; ++j)
-            for (int w = 0; w < s.width; ++w) {
-                const size_t at = (static_cast<size_t>(h) * pixel_words + j) * padded + s.pad + w;
-                pix_n[at] = half_n[static_cast<size_t>(j) * area + h * s.width + w];
-                pix_p[at] = half_p[static_cast<size_t>(j) * area + h * s.width + w];
-            }
-    std::memset(nonzero, 0, sizeof(uint64_t) * s.height * s.words * s.cols);
-    std::memset(positive, 0, sizeof(uint64_t) * s.height * s.words * s.cols);
-    for (int h = 0; h < s.height; ++h)
-        for (int kw = 0; kw < s.kernel_w; ++kw)
-            for (int j = 0; j < pixel_words; ++j) {
-                const int offset = kw * s.channels + j * 64, word = offset >> 6;
-                const uint64_t shift = offset & 63;
-                const uint64_t* pn = pix_n + (static_cast<size_t>(h) * pixel_words + j) * padded + kw;
-                const uint64_t* pp = pix_p + (static_cast<size_t>(h) * pixel_words + j) * padded + kw;
-                uint64_t* n = nonzero + (static_cast<size_t>(h) * s.words + word) * s.cols;
-                uint64_t* p = positive + (static_cast<size_t>(h) * s.words + word) * s.cols;
-                for (int ow = 0; ow < s.out_w; ++ow) {
-                    n[ow] |= pn[ow * s.stride] << shift;
-                    p[ow] |= pp[ow * s.stride] << shift;
-                }
-                if (shift != 0 && word + 1 < s.words) {
-                    const uint64_t back = 64 - shift;
-                    for (int ow = 0; ow < s.out_w; ++ow) {
-                        n[s.cols + ow] |= pn[ow * s.stride] >> back;
-                        p[s.cols + ow] |= pp[ow * s.stride] >> back;
-                    }
-                }
-            }
-}
-
-// N and P planes of one float image (sign_bits, then assemble_planes).
-void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* positive) {
-    const size_t area = static_cast<size_t>(s.height) * s.width;
-    thread_local Scratch<uint64_t> half_n, half_p;
-    const size_t size = static_cast<size_t>((s.channels + 63) / 64) * area;
-    uint64_t* n = half_n.get(size);
-    uint64_t* p = half_p.get(size);
-    sign_bits(x, s.channels, area, 0, area, s.one_plane, n, p);
-    assemble_planes(n, p, s, nonzero, positive);
-}
 
 #ifdef SLIMKIT_AVX2_POPCOUNT
 // Bit counts per byte of four 64-bit lanes: nibble lookups with vpshufb. AVX2 has no vector popcount and GCC
@@ -224,87 +100,7 @@ static void all_channel_sums(const uint64_t* const* n_at, const uint64_t* const*
 }
 #endif
 
-#ifdef SLIMKIT_AVX512_POPCOUNT
-// O x V blocks of sums over `steps` words with AVX-512 VPOPCNTDQ: output channels o..o+O-1 against V vectors of
-// Lanes consecutive columns (Lanes 4: 256-bit registers, 8: 512-bit). Each step loads the columns' N and P words
-// once for all O channels and broadcasts each channel's weight word; the bit counts add up in 64-bit lanes.
-// Which width wins is the CPU's business (Zen 4 splits 512-bit operations in two): the kernel tuner times both.
-template <int Lanes>
-struct Words;
-
-template <>
-struct Words<4> {
-    using V = __m256i;
-    static V load(const uint64_t* at) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)); }
-    static V broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
-    static V zero() { return _mm256_setzero_si256(); }
-    static V add_count(V total, V bits) { return _mm256_add_epi64(total, _mm256_popcnt_epi64(bits)); }
-    static V masked_xor(V n, V p, V w) { return _mm256_ternarylogic_epi64(n, p, w, 0x60); }  // n & (p ^ w)
-    static V exclusive(V p, V w) { return _mm256_xor_si256(p, w); }
-    static void store(uint32_t* at, V total) {
-        _mm256_mask_cvtepi64_storeu_epi32(at, 0xF, total);  // the sums fit 32 bits
-    }
-};
-
-template <>
-struct Words<8> {
-    using V = __m512i;
-    static V load(const uint64_t* at) { return _mm512_loadu_si512(at); }
-    static V broadcast(uint64_t w) { return _mm512_set1_epi64(static_cast<long long>(w)); }
-    static V zero() { return _mm512_setzero_si512(); }
-    static V add_count(V total, V bits) { return _mm512_add_epi64(total, _mm512_popcnt_epi64(bits)); }
-    static V masked_xor(V n, V p, V w) { return _mm512_ternarylogic_epi64(n, p, w, 0x60); }
-    static V exclusive(V p, V w) { return _mm512_xor_si512(p, w); }
-    static void store(uint32_t* at, V total) {
-        _mm512_mask_cvtepi64_storeu_epi32(at, 0xFF, total);
-    }
-};
-
-template <int Lanes, int O, int V, bool OnePlane>
-static inline void popcount_block(const uint64_t* const* n_at, const uint64_t* const* p_at,
-                                  const uint64_t* const* w_at, int steps, int o, int first, uint32_t* acc, int cols) {
-    using W = Words<Lanes>;
-    typename W::V total[O][V];
-    for (int i = 0; i < O; ++i)
-        for (int v = 0; v < V; ++v) total[i][v] = W::zero();
-    for (int t = 0; t < steps; ++t) {
-        typename W::V w[O];
-        for (int i = 0; i < O; ++i) w[i] = W::broadcast(w_at[t][o + i]);
-        for (int v = 0; v < V; ++v) {
-            const auto p = W::load(p_at[t] + first + Lanes * v);
-            if (OnePlane) {
-                for (int i = 0; i < O; ++i) total[i][v] = W::add_count(total[i][v], W::exclusive(p, w[i]));
-            } else {
-                const auto n = W::load(n_at[t] + first + Lanes * v);
-                for (int i = 0; i < O; ++i) total[i][v] = W::add_count(total[i][v], W::masked_xor(n, p, w[i]));
-            }
-        }
-    }
-    for (int i = 0; i < O; ++i)
-        for (int v = 0; v < V; ++v) W::store(acc + static_cast<size_t>(o + i) * cols + first + Lanes * v, total[i][v]);
-}
-#endif
-
-#ifdef SLIMKIT_AVX512_POPCOUNT
-// Every output channel's sums for one row, in blocks of 4 channels x 16 columns: variant 0 uses 256-bit
-// registers (4 x 4 of them), variant 1 512-bit ones (4 x 2); the last columns (a multiple of 4) go 4 at a time.
-template <bool OnePlane>
-static void popcount_sums(int variant, const uint64_t* const* n_at, const uint64_t* const* p_at,
-                          const uint64_t* const* w_at, int steps, const Shape& s, uint32_t* acc) {
-    const int whole = s.cols / 16 * 16;
-    for (int o = 0; o < s.outs; o += 4) {  // outs is a multiple of 4 (spare channels have zero weights)
-        for (int first = 0; first < whole; first += 16) {
-            if (variant == 1)
-                popcount_block<8, 4, 2, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols);
-            else
-                popcount_block<4, 4, 4, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols);
-        }
-        for (int first = whole; first < s.cols; first += 4)
-            popcount_block<4, 4, 1, OnePlane>(n_at, p_at, w_at, steps, o, first, acc, s.cols);
-    }
-}
-#endif
-
+#ifndef SLIMKIT_AVX512_POPCOUNT
 // The sums of one output row: acc[o][ow] (row stride cols) = popcount(N & (P xor W)) over the window,
 // ones[ow] = popcount(N) over the window. Columns vary innermost when rows are at least half as wide as the
 // layer has output channels, output channels otherwise (measured with the numba kernel on ResNet-20 and
@@ -328,14 +124,7 @@ static void window_sums(int variant, const uint64_t* nonzero, const uint64_t* po
     for (int ow = 0; ow < s.cols; ++ow) ones[ow] = 0;
     for (int t = 0; t < steps; ++t)
         for (int ow = 0; ow < s.cols; ++ow) ones[ow] += __builtin_popcountll(n_at[t][ow]);
-#if defined(SLIMKIT_AVX512_POPCOUNT)
-    // Hand-written: GCC's own vectorisation of the plain loops below ran 2.3-2.6x slower than the AVX2 build on
-    // Zen 4. Which register width wins is measured per CPU (variant 0: 256-bit, 1: 512-bit).
-    if (s.one_plane)
-        popcount_sums<true>(variant, n_at, p_at, w_at, steps, s, acc);
-    else
-        popcount_sums<false>(variant, n_at, p_at, w_at, steps, s, acc);
-#elif defined(SLIMKIT_AVX2_POPCOUNT)
+#if defined(SLIMKIT_AVX2_POPCOUNT)
     (void)variant;
     // Columns vary in the vector lanes for every layer shape: measured against the output-channel order on
     // ResNet-20 and VGG-small shapes, it was as fast or faster everywhere in this build.
@@ -400,16 +189,34 @@ static void fix_border_columns(const uint64_t* nonzero, const uint64_t* positive
     }
 }
 
+
+// The sums of output row oh: acc[o][ow] (row stride cols) = popcount(N & (P xor W)) and ones[ow] = popcount(N),
+// each over ow's window (the one-plane sums corrected at the borders).
+static void row_sums(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+                     const Shape& s, int oh, uint32_t* acc, int32_t* ones) {
+    window_sums(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
+    if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc);
+}
+#else
+static void row_sums(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+                     const Shape& s, int oh, uint32_t* acc, int32_t* ones) {
+    row_sums_avx512(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
+}
+#endif
+
 // One output row (image b's packed planes, output row oh) into y (channel stride out_h * out_w): the window
-// sums, then the fused epilogue y = clamp(sum * scale[o] + shift[o] (+ residual), low, high).
+// sums, then the fused epilogue y = clamp(sum * scale[o] + shift[o] (+ residual), low, high), and where `bits` is
+// given the row's sign bits for the next binary layer, while the row is in cache.
 void conv_row(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits, const Epilogue& e,
-              const Shape& s, int oh, float* y) {
+              const Shape& s, int oh, float* y, const SignBits* bits) {
+#ifdef SLIMKIT_AVX512_POPCOUNT
+    conv_row_avx512(variant, nonzero, positive, weight_bits, e, s, oh, y, bits);
+#else
     thread_local Scratch<uint32_t> acc_buffer;
     thread_local Scratch<int32_t> ones_buffer;
     uint32_t* acc = acc_buffer.get(static_cast<size_t>(s.outs) * s.cols);
     int32_t* ones = ones_buffer.get(s.cols);
-    window_sums(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
-    if (s.one_plane) fix_border_columns(nonzero, positive, weight_bits, s, oh, acc);
+    row_sums(variant, nonzero, positive, weight_bits, s, oh, acc, ones);
     const size_t plane = static_cast<size_t>(s.out_h) * s.out_w;
     const float low = e.low, high = e.high;
     for (int o = 0; o < s.out_c; ++o) {  // one branch-free pass per row: int32 -> float, affine, add, clamp
@@ -428,6 +235,49 @@ void conv_row(int variant, const uint64_t* nonzero, const uint64_t* positive, co
                 row[ow] = std::min(std::max(static_cast<float>(count[ow] - 2 * a[ow]) * scale + shift, low), high);
         }
     }
+    if (bits != nullptr)
+        sign_bits(y, s.out_c, bits->area, static_cast<size_t>(oh) * s.out_w, s.out_w, bits->one_plane, bits->half_n,
+                  bits->half_p);
+#endif
+}
+
+// One row ph of the 2x2 max pool (stride 2) of the conv's output, from conv rows 2ph and 2ph + 1, into y
+// ([out_c][out_h / 2][out_w / 2]): of each window's four sums the one the pool keeps (the largest where scale[o] >= 0,
+// the smallest where it is negative: sum * scale + shift is monotone in the sum, rounding included, so this is
+// exactly the max of the conv's float outputs), then y = clamp((sum * scale + shift) * post_scale + post_shift
+// (+ residual), low, high), and where `bits` is given the row's sign bits.
+void pool_row(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,
+              const Epilogue& e, const Shape& s, int ph, float* y, const SignBits* bits) {
+    thread_local Scratch<uint32_t> acc_buffer;
+    thread_local Scratch<int32_t> ones_buffer;
+    const size_t sums = static_cast<size_t>(s.outs) * s.cols;
+    uint32_t* acc = acc_buffer.get(2 * sums);
+    int32_t* ones = ones_buffer.get(2 * static_cast<size_t>(s.cols));
+    row_sums(variant, nonzero, positive, weight_bits, s, 2 * ph, acc, ones);
+    row_sums(variant, nonzero, positive, weight_bits, s, 2 * ph + 1, acc + sums, ones + s.cols);
+#ifdef SLIMKIT_AVX512_POPCOUNT
+    pool_epilogue(acc, ones, sums, e, s, ph, y, bits);
+#else
+    const int width = s.out_w / 2;
+    const size_t plane = static_cast<size_t>(s.out_h / 2) * width, row = static_cast<size_t>(ph) * width;
+    for (int o = 0; o < s.out_c; ++o) {
+        const int32_t* top = reinterpret_cast<const int32_t*>(acc) + static_cast<size_t>(o) * s.cols;
+        const int32_t* bottom = top + sums;
+        const bool largest = !(e.scale[o] < 0.0f);
+        float* out = y + o * plane + row;
+        for (int pw = 0; pw < width; ++pw) {
+            const int c = 2 * pw;
+            const int32_t a = ones[c] - 2 * top[c], b = ones[c + 1] - 2 * top[c + 1];
+            const int32_t d = ones[s.cols + c] - 2 * bottom[c], f = ones[s.cols + c + 1] - 2 * bottom[c + 1];
+            const int32_t kept = largest ? std::max(std::max(a, b), std::max(d, f)) : std::min(std::min(a, b), std::min(d, f));
+            float v = (static_cast<float>(kept) * e.scale[o] + e.shift[o]) * e.post_scale[o] + e.post_shift[o];
+            if (e.residual != nullptr) v = v + e.residual[o * plane + row + pw];
+            out[pw] = std::min(std::max(v, e.low), e.high);
+        }
+    }
+    if (bits != nullptr)
+        sign_bits(y, s.out_c, bits->area, row, static_cast<size_t>(width), bits->one_plane, bits->half_n, bits->half_p);
+#endif
 }
 
 }  // namespace SLIMKIT_ISA

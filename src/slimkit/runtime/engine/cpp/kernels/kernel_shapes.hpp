@@ -15,12 +15,25 @@ struct Shape {
 
 // What the kernel applies to each window sum: y = clamp(sum * scale + shift (+ residual), low, high).
 // A BatchNorm after the conv is folded into scale and shift; residual (the same layout as the output, of
-// this image) is null when no residual add was fused.
+// this image) is null when no residual add was fused. A binary layer with a fused 2x2 max pool applies
+// post_scale and post_shift (a BatchNorm after the pool) to the pooled value before the residual.
 struct Epilogue {
     const float* scale;
     const float* shift;
     const float* residual;
     float low, high;
+    const float* post_scale;
+    const float* post_shift;
+};
+
+// Where a binary layer also writes its output's sign bits for the next binary layer: per pixel, word j holds
+// channels 64j..64j+63, in half_n (non-zero) and half_p (positive), each [word][area] (area = out_h * out_w);
+// one_plane: sign(0) = +1.
+struct SignBits {
+    uint64_t* half_n;
+    uint64_t* half_p;
+    size_t area;
+    int one_plane;
 };
 
 // A sparse layer's non-zeros in CSR over output channels; shift[o] the output's bias. For a conv, each
@@ -73,13 +86,13 @@ struct QuantEpilogue {
 
 #define SLIMKIT_DECLARE_KERNELS(ns)                                                                    \
     namespace ns {                                                                                     \
-    void sign_bits(const float* x, int channels, size_t area, size_t begin, size_t count, int one_plane,  \
-                   uint64_t* half_n, uint64_t* half_p);                                                 \
-    void assemble_planes(const uint64_t* half_n, const uint64_t* half_p, const Shape& s, uint64_t* nonzero, \
-                         uint64_t* positive);                                                           \
-    void pack_image(const float* x, const Shape& s, uint64_t* nonzero, uint64_t* positive);            \
-    void conv_row(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits,      \
-                  const Epilogue& e, const Shape& s, int oh, float* y);                    \
+    void assemble_rows(const uint64_t* half_n, const uint64_t* half_p, const Shape& s, int first, int end,  \
+                       uint64_t* nonzero, uint64_t* positive);                                          \
+    void pack_rows(const float* x, const Shape& s, int first, int end, uint64_t* nonzero, uint64_t* positive); \
+    void conv_row(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits, \
+                  const Epilogue& e, const Shape& s, int oh, float* y, const SignBits* bits);        \
+    void pool_row(int variant, const uint64_t* nonzero, const uint64_t* positive, const uint64_t* weight_bits, \
+                  const Epilogue& e, const Shape& s, int ph, float* y, const SignBits* bits);        \
     void sparse_segment(const float* planes, size_t plane_stride, const SparseWeights& w, int o_begin,  \
                         int o_end, size_t start, int length, int row_stride, float* acc);                \
     void sparse_rows(const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt); \
