@@ -99,6 +99,8 @@ class EngineBinaryConv2d(EngineConv):
     signs: Tensor
     scale: Tensor
     shift: Tensor
+    post_scale: Tensor
+    post_shift: Tensor
 
     def __init__(self, layer: BinaryConv2d):
         super().__init__()
