@@ -68,6 +68,7 @@ def test_the_old_input_shape_keyword_warns_and_writes_what_example_writes(tmp_pa
     export(model, tmp_path / f"new{suffix}", example=(1, 8, 8))
     with pytest.warns(DeprecationWarning, match=rf"{name}\(\): input_shape= is deprecated; pass example="):
         export(model, tmp_path / f"old{suffix}", input_shape=(1, 8, 8))
-    assert (tmp_path / f"old{suffix}").read_bytes() == (tmp_path / f"new{suffix}").read_bytes()
+    written = ".onnx" if name == "export_onnx" else ".bin"  # the IR's .xml names its own files
+    assert (tmp_path / f"old{written}").read_bytes() == (tmp_path / f"new{written}").read_bytes()
     with pytest.raises(TypeError, match="got both input_shape="):
         export(model, tmp_path / f"both{suffix}", example=(1, 8, 8), input_shape=(1, 8, 8))

@@ -216,11 +216,16 @@ def test_the_shape_and_tensor_forms_still_export_a_cnn(tmp_path, example):
     torch.testing.assert_close(engine(x), expected, atol=1e-5, rtol=0)
 
 
-def test_a_negative_quantizer_step_is_refused(tmp_path):
+def test_a_negative_quantizer_step_that_no_positive_grid_matches_is_refused(tmp_path):
+    # a negative step s on a channel whose integers avoid qmin is the grid of |s| with the integers negated,
+    # which the export writes exactly; an integer at qmin (-128) would be +128 there
     model = block_int8(vit(), [images(4, 8, 10)])
-    step = model.get_submodule("vit.layers.0.mlp.fc1.parametrizations.weight.0.quantizer").step
+    fc1 = model.get_submodule("vit.layers.0.mlp.fc1")
+    step = fc1.parametrizations.weight[0].quantizer.step
+    channel = int(fc1.weight.detach().ne(0).any(1).nonzero()[0])  # a channel the mask keeps weights of
     with torch.no_grad():
-        step[3] = -step[3]  # torch still rounds x / s; Q/DQ and OpenVINO would not compute the same
+        step[channel] = -step[channel]
+        fc1.parametrizations.weight.original[channel] = 1000 * step[channel].abs()  # w / s = -1000: clamped to qmin
     with pytest.raises(SlimkitError, match=r"'vit.layers.0.mlp.fc1': its weight quantizer has 1 step\(s\) <= 0"):
         export_onnx(model, tmp_path / "model.onnx", images(2, 0, 1), calibration=[images(2, 0, 1)])
 

@@ -43,7 +43,7 @@ class FrozenQuantizer(nn.Module):
                                f"step from the first input it sees; calibrate the model before exporting it")
         self.qmin, self.qmax, self.channels = quantizer.qmin, quantizer.qmax, quantizer.channels
         self.dtype = torch.int8 if self.qmin < 0 else torch.uint8
-        step = quantizer.step.detach().float().clone()
+        step = quantizer.step.detach().float().abs().clamp_min(1e-12)  # check_exportable: |s| is exact
         self.scale = float(step.reshape(-1)[0])
         self.register_buffer("step", step)
         self.register_buffer("zero", torch.zeros(self.channels, dtype=torch.int64))

@@ -61,11 +61,31 @@ def check_exportable(model: nn.Module) -> None:
                 raise SlimkitError(f"layer '{name}': its {role} quantizer is {type(q).__name__} at "
                                    f"{getattr(q, 'bits', '?')} bits; ONNX int8 export needs 8-bit uniform "
                                    f"quantization (quantize: {{method: uniform, bits: 8}})")
-            negative = int((q.step.detach() <= 0).sum())
+            step = q.step.detach().reshape(-1)
+            nonpositive = step <= 0
+            if role == "weight":
+                nonpositive &= ~_mirrors_exactly(module.weight.detach(), step, q.qmin)
+            negative = int(nonpositive.sum())
             if negative:  # torch rounds x / s either way; Q/DQ and OpenVINO's FakeQuantize read s < 0 otherwise
                 raise SlimkitError(f"layer '{name}': its {role} quantizer has {negative} step(s) <= 0 (training "
                                    f"drove them below zero: a learning rate too high for the quantizer steps); "
                                    f"int8 engines cannot run a grid with a negative step")
+
+
+def _mirrors_exactly(weight: Tensor, step: Tensor, qmin: int) -> Tensor:
+    """Per step of a weight quantizer: whether the engines' grid of step |s| gives the same weights. A channel
+    whose weights are all zero has integers 0 under any step; under s < 0 the integers k become -k, which fits
+    the grid unless some k is qmin. Channels are the weight's first axis, or its last as in HF's Conv1D."""
+    channels = step.numel()
+    if weight.shape[0] == channels or channels == 1:
+        rows = weight.reshape(channels, -1)
+    elif weight.ndim == 2 and weight.shape[1] == channels:
+        rows = weight.t()
+    else:
+        return torch.zeros(channels, dtype=torch.bool, device=weight.device)
+    used = rows.ne(0).any(1)
+    integers = torch.round(rows / step.where(step != 0, torch.ones_like(step)).unsqueeze(1))
+    return ~used | ((step < 0) & ~(integers <= qmin).any(1))
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -111,7 +131,7 @@ def fold_batchnorm(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNo
     if bn is not None:
         step = step * batchnorm_affine(bn)[0].abs()  # the integers stay; their step takes |k|
         weight, bias = folded_weight_bias(weight, bias, bn)
-    return FoldedLayer(layer, weight, step.clamp_min(1e-12), bias)
+    return FoldedLayer(layer, weight, step.abs().clamp_min(1e-12), bias)  # check_exportable: |s| is exact
 
 
 def _is(node: Node, modules: dict[str, nn.Module], types: tuple[type[nn.Module], ...],
