@@ -69,7 +69,8 @@ def check_exportable(model: nn.Module) -> None:
             if negative:  # torch rounds x / s either way; Q/DQ and OpenVINO's FakeQuantize read s < 0 otherwise
                 raise SlimkitError(f"layer '{name}': its {role} quantizer has {negative} step(s) <= 0 (training "
                                    f"drove them below zero: a learning rate too high for the quantizer steps); "
-                                   f"int8 engines cannot run a grid with a negative step")
+                                   f"int8 engines run only positive steps, and no positive grid gives these "
+                                   f"weights (a zero step, or an integer at {q.qmin} under a negative one)")
 
 
 def _mirrors_exactly(weight: Tensor, step: Tensor, qmin: int) -> Tensor:
