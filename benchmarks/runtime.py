@@ -25,7 +25,8 @@ rounding). The best-dense baseline folds BatchNorm too (jit.freeze does). Layer 
 layer timing of the exact deployment (layer alone, its real input).
 Writes benchmarks/results/runtime.{json,md}. Run it on an otherwise idle machine.
 
-    .venv/bin/python benchmarks/runtime.py [--archs resnet20 vgg_small resnet56] [--compile] [--repeats 15]
+    .venv/bin/python benchmarks/runtime.py [--archs resnet20 vgg_small resnet56] [--forms bnn sparse95_int8 ...]
+        [--compile] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -127,11 +128,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="*", default=list(FORMS))
+    parser.add_argument("--forms", nargs="*", help="only these forms (default: every form of each arch)")
     parser.add_argument("--batch-sizes", nargs="*", type=int, default=[1, 64])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--compile", action="store_true", help="add the torch.compile baseline (minutes)")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    if unknown := set(args.forms or ()) - {form for arch in args.archs for form in FORMS[arch]}:
+        parser.error(f"no such form of {' or '.join(args.archs)}: {', '.join(sorted(unknown))}")
     threads = default_threads()
     peaks = {k: p for k in INT8_KERNELS if (p := int8_peak(k, threads, 1.0)) is not None}  # first, on the idle machine
     rows, layers, missing, profiles, int8_layers = [], [], {}, [], []
@@ -139,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
             dense = build(arch, "dense")
-            forms = {form: build(arch, form) for form in FORMS[arch]}
+            forms = {form: build(arch, form) for form in FORMS[arch] if not args.forms or form in args.forms}
             exported = export_dense(dense, (3, 32, 32), calibration, Path(tmp) / arch)
             pruned = {form: export_dense(model, (3, 32, 32), calibration, Path(tmp) / f"{arch}-{form}")
                       for form, model in forms.items() if form.startswith("channels")}  # an ordinary, smaller model
