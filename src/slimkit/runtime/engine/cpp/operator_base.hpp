@@ -18,6 +18,7 @@
 #include <openvino/op/op.hpp>
 
 #include "kernel_tuner.hpp"
+#include "kernels/kernel_shapes.hpp"
 #include "validation.hpp"
 
 namespace slimkit {
@@ -171,6 +172,32 @@ inline void check_csr_inputs(const Checker& check, const Inputs& in, size_t ptr,
     }
 }
 
+// The blocks of 4 int8 weights an output of the block-sparse int8 operators may hold so that its int32 sums stay
+// exact: each adds 4 products of an input of at most 255 (an integer of the input grid, or it plus the u8 kernels'
+// offset) and a weight of at most 128 in size.
+constexpr int64_t MAX_INT8_BLOCKS_PER_OUTPUT = INT_LIMIT / (4 * 255 * 128);
+
+// An 8-bit grid attribute of the int8 operators (<name>_step, _low, _high): a finite step, positive where
+// `required` (else positive or 0 for no quantizer), on -128..127 or 0..255 with zero point 0.
+inline void check_grid(const Checker& check, const std::string& name, const QuantGrid& grid, bool required) {
+    check.finite("attribute " + name + "_step", grid.step);
+    check.require(required ? grid.step > 0 : grid.step >= 0, "attribute " + name + "_step",
+                  "is " + Checker::text(grid.step) + "; it must be " +
+                      (required ? "positive" : "positive, or 0 for no quantizer"));
+    check.require(grid.step == 0 || (grid.low == -128 && grid.high == 127) || (grid.low == 0 && grid.high == 255),
+                  "attributes " + name + "_low, " + name + "_high",
+                  "are " + Checker::text(grid.low) + ", " + Checker::text(grid.high) +
+                      "; an 8-bit grid is -128 to 127 or 0 to 255");
+}
+
+// The u8 x s8 kernels hold each input integer plus an offset in a byte: 128 for a grid with negative integers, 0
+// for an unsigned one (they subtract offset x each output's weight sum, so the sums stay exact); a grid that does
+// not fit 0..255 that way runs the int16 kernels only.
+inline int u8_offset(const QuantGrid& grid) { return grid.low < 0 ? 128 : 0; }
+inline bool u8_offset_fits(const QuantGrid& grid) {
+    return grid.low + u8_offset(grid) >= 0 && grid.high + u8_offset(grid) <= 255;
+}
+
 // What the two conv operators add: square stride and padding, and the [B, O, OH, OW] output shape.
 class FusedConv : public FusedEpilogue {
 public:
@@ -285,6 +312,7 @@ std::vector<ov::Extension::Ptr> extensions_of() {
 std::vector<ov::Extension::Ptr> binary_conv2d_extensions();
 std::vector<ov::Extension::Ptr> sparse_conv2d_extensions();
 std::vector<ov::Extension::Ptr> quant_sparse_conv2d_extensions();
+std::vector<ov::Extension::Ptr> quant_sparse_linear_extensions();
 std::vector<ov::Extension::Ptr> sparse_linear_extensions();
 
 }  // namespace slimkit
