@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -196,6 +197,30 @@ inline void check_grid(const Checker& check, const std::string& name, const Quan
 inline int u8_offset(const QuantGrid& grid) { return grid.low < 0 ? 128 : 0; }
 inline bool u8_offset_fits(const QuantGrid& grid) {
     return grid.low + u8_offset(grid) >= 0 && grid.high + u8_offset(grid) <= 255;
+}
+
+// The int8 operators' kernels: int16 pair sums in every build; where the input grid fits a byte with its offset,
+// the AVX-512 build's VNNI u8 x s8 too, in 256- and 512-bit registers (variants 1 and 2).
+inline std::vector<Kernel> int8_kernels(const QuantGrid& in) {
+    std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0}, {"avx512/i16", Isa::avx512, 0}};
+    if (u8_offset_fits(in))
+        kernels.insert(kernels.end(), {{"avx512/u8-ymm", Isa::avx512, 1}, {"avx512/u8-zmm", Isa::avx512, 2}});
+    return kernels;
+}
+
+// The int8 blocks' weights as the kernels read them (`count` blocks of 4 int8 in CSR `ptr`): int16 for the
+// pair-sum kernels; for the u8 ones each block's 4 bytes as one int32 and each output's compensation, `offset`
+// times its weight sum (exact in int32: MAX_INT8_BLOCKS_PER_OUTPUT bounds it).
+inline void int8_block_weights(const int8_t* weight, size_t count, const std::vector<int64_t>& ptr, int offset,
+                               std::vector<int16_t>& weights, std::vector<int32_t>& weights8,
+                               std::vector<int32_t>& compensation) {
+    weights.assign(weight, weight + 4 * count);
+    weights8.resize(count);
+    for (size_t e = 0; e < count; ++e) std::memcpy(&weights8[e], weight + 4 * e, sizeof(int32_t));
+    compensation.assign(ptr.size() - 1, 0);
+    for (size_t o = 0; o + 1 < ptr.size(); ++o)
+        for (int64_t e = ptr[o]; e < ptr[o + 1]; ++e)
+            for (int k = 0; k < 4; ++k) compensation[o] += offset * weight[4 * e + k];
 }
 
 // What the two conv operators add: square stride and padding, and the [B, O, OH, OW] output shape.

@@ -73,9 +73,7 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const Call call = prepare(outputs, inputs);
-        std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0}, {"avx512/i16", Isa::avx512, 0}};
-        if (offset_fits())  // the VNNI u8 x s8 kernel, in 256- and 512-bit registers
-            kernels.insert(kernels.end(), {{"avx512/u8-ymm", Isa::avx512, 1}, {"avx512/u8-zmm", Isa::avx512, 2}});
+        const std::vector<Kernel> kernels = int8_kernels(in_);
         const auto run = [&](size_t k) {
             if (kernels[k].variant == 0)
                 compute<int16_t>(call, kernels[k]);
@@ -198,7 +196,6 @@ private:
     }
 
     int offset() const { return u8_offset(in_); }
-    bool offset_fits() const { return u8_offset_fits(in_); }
 
     // The input planes, [group][stride phase][position][4 channels], of every image in T (int16: the integers;
     // uint8: the integers plus offset()), the zero padding and the slack past the last image included.
@@ -340,19 +337,13 @@ private:
         const int stride = static_cast<int>(stride_), kw = static_cast<int>(kernel_w_);
         const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;
         offset_.resize(count);
-        weights_.assign(weight, weight + 4 * count);
-        weights8_.resize(count);
         for (size_t e = 0; e < count; ++e) {
             const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
             const size_t plane = static_cast<size_t>(group[e]) * stride * stride + (kh_e % stride) * stride + kw_e % stride;
             offset_[e] = static_cast<int32_t>(plane * phase_plane + ((kh_e / stride) * wq + kw_e / stride) * 4);
-            std::memcpy(&weights8_[e], weight + 4 * e, sizeof(int32_t));
         }
         read_ptr(inputs[4], ptr_);
-        compensation_.assign(ptr_.size() - 1, 0);
-        for (size_t o = 0; o + 1 < ptr_.size(); ++o)
-            for (int64_t e = ptr_[o]; e < ptr_[o + 1]; ++e)
-                for (int k = 0; k < 4; ++k) compensation_[o] += offset() * weight[4 * e + k];
+        int8_block_weights(weight, count, ptr_, offset(), weights_, weights8_, compensation_);
         derived_from_ = from;
         derived_groups_ = groups;
         derived_hq_ = hq;

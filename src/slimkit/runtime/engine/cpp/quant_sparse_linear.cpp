@@ -53,9 +53,7 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const Call call = prepare(outputs, inputs);
-        std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0}, {"avx512/i16", Isa::avx512, 0}};
-        if (u8_offset_fits(in_))
-            kernels.insert(kernels.end(), {{"avx512/u8-ymm", Isa::avx512, 1}, {"avx512/u8-zmm", Isa::avx512, 2}});
+        const std::vector<Kernel> kernels = int8_kernels(in_);
         const auto run = [&](size_t k) {
             if (kernels[k].variant == 0)
                 compute<int16_t>(call, kernels[k]);
@@ -227,17 +225,9 @@ private:
         const int32_t* group = inputs[2].data<const int32_t>();
         const size_t count = inputs[2].get_shape()[0];
         offset_.resize(count);
-        weights_.assign(weight, weight + 4 * count);
-        weights8_.resize(count);
-        for (size_t e = 0; e < count; ++e) {
-            offset_[e] = static_cast<int32_t>(static_cast<size_t>(group[e]) * padded * 4);
-            std::memcpy(&weights8_[e], weight + 4 * e, sizeof(int32_t));
-        }
+        for (size_t e = 0; e < count; ++e) offset_[e] = static_cast<int32_t>(static_cast<size_t>(group[e]) * padded * 4);
         read_ptr(inputs[3], ptr_);
-        compensation_.assign(ptr_.size() - 1, 0);
-        for (size_t o = 0; o + 1 < ptr_.size(); ++o)
-            for (int64_t e = ptr_[o]; e < ptr_[o + 1]; ++e)
-                for (int k = 0; k < 4; ++k) compensation_[o] += u8_offset(in_) * weight[4 * e + k];
+        int8_block_weights(weight, count, ptr_, u8_offset(in_), weights_, weights8_, compensation_);
         derived_from_ = from;
         derived_padded_ = padded;
     }
