@@ -151,8 +151,10 @@ def test_exported_transformer_matches_eager_in_both_engines(tmp_path, name, form
         if name != "gpt2" or form == "block-int8":  # onnxruntime fuses no Gemm with a float bias into QGemm, and
             assert ops.get("MatMulIntegerToFloat", 0) + ops.get("QGemm", 0) >= 4, ops  # trained Conv1D biases are
         runtime = engines["openvino"].compiled.get_runtime_model().get_ordered_ops()
-        assert sum(n.get_rt_info()["layerType"].astype(str) == "FullyConnected" and
-                   n.get_rt_info()["runtimePrecision"].astype(str) == "i8" for n in runtime) >= 8
+        int8_kernels = sum(n.get_rt_info()["layerType"].astype(str) == "FullyConnected" and
+                           n.get_rt_info()["runtimePrecision"].astype(str) == "i8" for n in runtime)
+        operators = _operator_nodes(tmp_path / "ov" / "model.xml")  # block-sparse layers: slimkit's int8 operator
+        assert int8_kernels + len(operators) >= 8 and (form == "block-int8") == bool(operators)
 
 
 def test_the_f32_pin_travels_with_the_ir(tmp_path):
@@ -230,14 +232,62 @@ def test_a_negative_quantizer_step_that_no_positive_grid_matches_is_refused(tmp_
         export_onnx(model, tmp_path / "model.onnx", images(2, 0, 1), calibration=[images(2, 0, 1)])
 
 
+def _operator_nodes(path) -> list[str]:
+    """The names of the slimkit::QuantSparseLinear nodes of an OpenVINO IR."""
+    ir = openvino_core().read_model(str(path))
+    return [n.get_friendly_name() for n in ir.get_ordered_ops() if n.get_type_name() == "QuantSparseLinear"]
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_block_sparse_int8_linear_layers_run_slimkits_operator_and_match_eager(tmp_path, name):
+    build, make = MODELS[name]
+    model = block_int8(build(), [make(4, 8, seed) for seed in (10, 11)]).eval()
+    example = make(2, 8, 1)
+    info = export_openvino(model, tmp_path / "model.xml", example, calibration=[example])
+    chosen = {line["layer"] for line in info["slimkit_layers"] if line["engine"] == "slimkit::QuantSparseLinear"}
+    # every linear layer of the encoder or decoder blocks is block-sparse: each one is a candidate, and runs it
+    assert len(chosen) >= 4 * 2 and sorted(_operator_nodes(tmp_path / "model.xml")) == sorted(chosen)
+    inputs = clear_inputs(model, make)
+    with torch.no_grad():
+        expected = logits_of(model(**inputs))
+    engine = OpenVinoModel(tmp_path / "model.xml", {k: list(v.shape) for k, v in inputs.items()}, 2,
+                           core=openvino_core())
+    assert float((engine(**inputs) - expected).abs().max()) <= 1e-4
+
+
+def test_the_chosen_argument_decides_which_linear_layers_run_the_operator(tmp_path):
+    model, example = block_int8(bert(), [tokens(4, 8, 10)]), tokens(2, 8, 1)
+    every = export_openvino(model, tmp_path / "every" / "model.xml", example, calibration=[example])
+    candidates = [line["layer"] for line in every["slimkit_layers"] if line["engine"].startswith("slimkit::")]
+    chosen = candidates[1::2]
+    info = export_openvino(model, tmp_path / "some" / "model.xml", example, calibration=[example], chosen=chosen)
+    lines = {line["layer"]: line for line in info["slimkit_layers"]}
+    assert {n for n, line in lines.items() if line["engine"] == "slimkit::QuantSparseLinear"} == set(chosen)
+    assert all(lines[n] == {"layer": n, "engine": "OpenVINO", "reason": "not chosen"} for n in candidates[::2])
+    assert sorted(_operator_nodes(tmp_path / "some" / "model.xml")) == sorted(chosen)
+    inputs = clear_inputs(model, tokens)
+    with torch.no_grad():
+        expected = logits_of(model(**inputs))
+    engine = OpenVinoModel(tmp_path / "some" / "model.xml", {k: list(v.shape) for k, v in inputs.items()}, 2,
+                           core=openvino_core())
+    assert float((engine(**inputs) - expected).abs().max()) <= 1e-4
+
+
 def test_the_deployable_folder_takes_a_dict_example(tmp_path):
     from slimkit.runtime.engine.artifact import export_folder, load_folder
 
     model, example = block_int8(bert(), [tokens(4, 8, 10)]), tokens(2, 8, 1)
     manifest = export_folder(model, tmp_path / "engine", example, [example], batch=2, threads=2)
     assert manifest["input_shapes"] == {"input_ids": [2, 8], "attention_mask": [2, 8]}
-    assert manifest["choice"]["chosen"] == "dense" and manifest["agreement"]["max_abs_difference"] < 1e-4
-    assert all(line["engine"] == "OpenVINO" for line in manifest["slimkit_layers"])  # torch.export: no operator
+    assert manifest["agreement"]["max_abs_difference"] < 1e-4
+    # each block-sparse int8 linear layer was timed alone both ways, and runs what the chosen artifact holds
+    choice, lines = manifest["choice"], manifest["slimkit_layers"]
+    assert choice["candidates"] >= 8 and all({"slimkit_ms", "openvino_ms"} <= set(line["measured"]) for line in lines)
+    on_operator = [line for line in lines if line["engine"] == "slimkit::QuantSparseLinear"]
+    assert len(on_operator) == choice["operators"] and choice["chosen"] in choice["artifacts_ms"]
+    assert (choice["chosen"] == "dense") == (not on_operator)
+    assert sorted(_operator_nodes(tmp_path / "engine" / "model.xml")) == sorted(line["layer"] for line in on_operator)
+    assert all(line["reason"].startswith("alone: ") for line in lines)
     inputs = tokens(3, 6, 5)
     engine = load_folder(tmp_path / "engine", {k: list(v.shape) for k, v in inputs.items()})
     with torch.no_grad():

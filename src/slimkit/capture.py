@@ -159,13 +159,16 @@ def capture(model: nn.Module, inputs: ExampleInputs) -> torch.export.ExportedPro
         model.train(was_training)
 
 
-def write_onnx(program: torch.export.ExportedProgram, inputs: ExampleInputs, path: Path) -> Path:
+def write_onnx(program: torch.export.ExportedProgram, inputs: ExampleInputs, path: Path,
+               translations: Mapping[Any, Any] | None = None) -> Path:
     """A captured program as one ONNX file (weights inside) by torch.onnx's dynamo exporter, its inputs named as
-    the example names them and its output `logits`."""
+    the example names them and its output `logits`. `translations` maps custom torch operators to the onnxscript
+    functions that write them (slimkit's engine operators, runtime/engine/quant_linear)."""
     try:
         with _quiet():
             torch.onnx.export(program, inputs.tensors, str(path), dynamo=True, input_names=list(inputs.names),
-                              output_names=["logits"], external_data=False, verbose=False)
+                              output_names=["logits"], external_data=False, verbose=False,
+                              custom_translation_table=dict(translations) if translations else None)
     except Exception as exc:  # the exporter names the op it has no ONNX translation for
         raise SlimkitError(f"the ONNX exporter cannot translate the captured model: {type(exc).__name__}: "
                            f"{first_line(exc)}") from None

@@ -3,7 +3,7 @@ matched its reference and which kernels the operators ran (engine/build.kernel_c
 runs it once per kernel with SLIMKIT_KERNEL naming that kernel, so every kernel the CPU can run is checked
 whatever the tuner would have chosen.
 
-    python tests/runtime/kernel_check.py binary|sparse|int8 FOLDER
+    python tests/runtime/kernel_check.py binary|sparse|int8|int8-linear FOLDER
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from runtime.test_engine_ops import _engine, _input, _layer
+from runtime.test_quant_linear import check_cases
 from runtime.test_quant_sparse import _block_sparse_int8, _steps
 from slimkit.models import resnet20
 from slimkit.quant.int8_graph import int8_graph
@@ -108,5 +109,5 @@ def _int8_close(model: nn.Module, shape: tuple[int, ...], folder: Path, steps: i
 
 if __name__ == "__main__":
     family, folder = sys.argv[1], Path(sys.argv[2])
-    ok = {"binary": binary, "sparse": sparse, "int8": int8}[family](folder)
+    ok = {"binary": binary, "sparse": sparse, "int8": int8, "int8-linear": check_cases}[family](folder)
     print(json.dumps({"ok": ok, "kernels": sorted({row["kernel"] for row in build.kernel_choices()})}))

@@ -21,7 +21,8 @@ CHECK = Path(__file__).with_name("kernel_check.py")
 BUILD_OF = {"generic": "generic", "avx2": "avx2"}  # every other kernel name starts with its build: "avx512/..."
 KERNELS = {"binary": ["generic", "avx2", "avx512/ymm", "avx512/zmm"],
            "sparse": ["generic", "avx2", "avx512"],
-           "int8": list(build.INT8_KERNELS)}
+           "int8": list(build.INT8_KERNELS),
+           "int8-linear": list(build.INT8_KERNELS)}  # QuantSparseLinear runs QuantSparseConv2d's kernels
 
 
 def _check(family: str, folder: Path, base: dict[str, str] | None = None,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,21 +34,23 @@ def _require_onnxruntime():
 
 @renamed_keyword("input_shape", "example")  # its name until 0.2
 def export_onnx(model: nn.Module, path: str | Path, example: Example,
-                calibration: Iterable[Batch] | None = None, custom_opsets: dict[str, int] | None = None) -> Path:
+                calibration: Iterable[Batch] | None = None, custom_opsets: dict[str, int] | None = None,
+                translations: Mapping[Any, Any] | None = None) -> Path:
     """Write `model` (eval mode) to `path`, captured from `example` (capture.Example: a per-sample shape, a tensor,
     a tuple or a dict of tensors such as token ids and an attention mask), batch dimension dynamic, sequence too
     where the model allows (see slimkit.capture). `custom_opsets` names the domains of custom operators the model
-    emits (slimkit's engine operators). A quantized model is written as its int8 form (int8_graph.int8_form):
-    its integer graph where torch.fx traces it (BatchNorm folded, every tensor quantized; the quantizers it adds
-    are calibrated on the `calibration` batches, tensors or dicts), so onnxruntime runs every layer in int8;
-    else the model's own quantizers as Q/DQ around each quantized layer."""
+    emits (slimkit's engine operators) for the TorchScript exporter; `translations`, the onnxscript functions that
+    write custom torch operators for the dynamo exporter (a tuple or dict example). A quantized model is written
+    as its int8 form (int8_graph.int8_form): its integer graph where torch.fx traces it (BatchNorm folded, every
+    tensor quantized; the quantizers it adds are calibrated on the `calibration` batches, tensors or dicts), so
+    onnxruntime runs every layer in int8; else the model's own quantizers as Q/DQ around each quantized layer."""
     inputs = example_inputs(example)
     if is_quantized(model):
         model = int8_form(model, calibration)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if inputs.torch_export:
-        return write_onnx(capture(frozen_quantizers(model), inputs), inputs, path)
+        return write_onnx(capture(frozen_quantizers(model), inputs), inputs, path, translations)
     was_training = model.training
     model.eval()
     try:

@@ -32,13 +32,15 @@ from slimkit.quant.int8_graph import Batch
 from slimkit.quant.onnx_export import export_onnx
 from slimkit.runtime.engine.build import require_library
 from slimkit.runtime.engine.dense_engines import PINNED_F32, shared_core
-from slimkit.runtime.engine.form import candidates, engine_form
+from slimkit.runtime.engine.form import candidates, engine_form, prepared
 from slimkit.runtime.engine.operator_modules import EngineConv
 from slimkit.runtime.engine.operators import DOMAIN
+from slimkit.runtime.engine.quant_linear import TRANSLATIONS, QuantSparseLinear
+from slimkit.runtime.engine.transformer_form import linear_candidates, swap_linears
 
 LIBRARY_NAME = "libslimkit_openvino.so"  # the name the library has beside an exported model
 NO_OPERATORS_FROM_TORCH_EXPORT = ("OpenVINO's own kernel: a tuple or dict example is captured by torch.export, "
-                                  "whose ONNX exporter cannot write slimkit's operators")
+                                  "where slimkit's only operator is the int8 linear one (transformer_form)")
 
 
 @cache
@@ -57,28 +59,34 @@ def export_openvino(model: nn.Module, path: str | Path, example: Example,
     OpenVINO IR at `path` (.xml, with its .bin beside it), each file atomically (a quantized model needs
     `calibration` where it has an integer graph, see form.engine_form), captured from `example` (see
     slimkit.capture: a per-sample shape, a tensor, a tuple or a dict of tensors). A tuple or dict example is
-    captured by torch.export, whose ONNX exporter cannot write slimkit's operators: every layer is then
-    OpenVINO's own (int8 where the model is quantized), and each candidate's line says so. The IR carries the f32
-    precision pin as a runtime option. Returns what was written and which layers run slimkit's operators."""
+    captured by torch.export, where the chosen block-sparse int8 linear layers become slimkit::QuantSparseLinear
+    (transformer_form; None: every such candidate) and every other layer is OpenVINO's own (int8 where the model
+    is quantized), each candidate's line saying so. The IR carries the f32 precision pin as a runtime option.
+    Returns what was written and which layers run slimkit's operators."""
     import openvino as ov
 
     path = Path(path)
     if path.suffix != ".xml":
         raise SlimkitError(f"an OpenVINO model is written as .xml (+ .bin); got {path}")
     inputs = example_inputs(example)
-    engine, layers = engine_form(model, tuple(inputs.tensors[0].shape[1:]), calibration,
-                                 () if inputs.torch_export else chosen)
     if inputs.torch_export:
-        layers = [{"layer": name, "engine": "OpenVINO", "reason": NO_OPERATORS_FROM_TORCH_EXPORT}
-                  for name in candidates(engine)]
+        engine = prepared(model, calibration)
+        others = [name for name in candidates(engine) if name not in linear_candidates(engine)]
+        lines = swap_linears(engine, linear_candidates(engine) if chosen is None else chosen)
+        layers = [*lines.values(), *({"layer": name, "engine": "OpenVINO", "reason": NO_OPERATORS_FROM_TORCH_EXPORT}
+                                     for name in others)]
+        uses_ours = any(isinstance(m, QuantSparseLinear) for m in engine.modules())
+    else:
+        engine, layers = engine_form(model, tuple(inputs.tensors[0].shape[1:]), calibration, chosen)
+        uses_ours = any(isinstance(m, EngineConv) for m in engine.modules())
     core = openvino_core()
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = path.with_suffix(".onnx.tmp")
     staging = path.with_name(path.stem + ".staging.xml")
     try:
-        uses_ours = any(isinstance(m, EngineConv) for m in engine.modules())
         try:
-            export_onnx(engine, onnx_path, example, custom_opsets={DOMAIN: 1} if uses_ours else None)
+            export_onnx(engine, onnx_path, example, custom_opsets={DOMAIN: 1} if uses_ours else None,
+                        translations=TRANSLATIONS if uses_ours and inputs.torch_export else None)
             ir = core.read_model(str(onnx_path))
             for node in ir.get_ordered_ops():  # each operator node named after its layer (profiles name layers)
                 if node.get_type_info().version_id == DOMAIN:

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from slimkit.capture import Example, example_inputs
+from slimkit.capture import Example, ExampleInputs, example_inputs
 from slimkit.errors import SlimkitError
 from slimkit.metrics import call, compare_latency, is_shape
+from slimkit.quant.onnx_export import export_onnx
 from slimkit.quant.quantizers import UniformQuantizer
 from slimkit.runtime.engine.dense_engines import OpenVinoModel
 from slimkit.runtime.engine.form import Candidates, quantizers_around
@@ -33,8 +34,8 @@ REPEATS = 9  # timed samples per form and layer (interleaved); each averages at 
 MIN_SAMPLE_MS = 2.0
 
 
-def input_shapes(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Each named layer's input shape in a forward pass on `example`."""
+def input_shapes(model: nn.Module, names: Sequence[str], example: Any) -> dict[str, tuple[int, ...]]:
+    """Each named layer's input shape in a forward pass on `example` (what metrics.call hands the model)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str) -> Any:
@@ -45,7 +46,7 @@ def input_shapes(model: nn.Module, names: Sequence[str], example: torch.Tensor) 
     hooks = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in names]
     try:
         with torch.no_grad():
-            model(example)
+            call(model, example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -86,6 +87,35 @@ def time_layers(model: nn.Module, candidates: Candidates, input_shape: Sequence[
     return out
 
 
+def time_linear_layers(model: nn.Module, found: Mapping[str, str], example: ExampleInputs, batch: int, threads: int,
+                       folder: Path) -> dict[str, dict[str, Any]]:
+    """time_layers for a model captured by torch.export (transformer_form): each candidate linear layer alone on
+    its input's shape in a forward of the example at `batch`, as slimkit::QuantSparseLinear against the Q/DQ int8
+    layer OpenVINO fuses into its own int8 kernel, both exported through torch.export as the whole model is."""
+    from slimkit.runtime.engine.export import openvino_core
+    from slimkit.runtime.engine.quant_linear import TRANSLATIONS
+    from slimkit.runtime.engine.transformer_form import DenseInt8Linear, as_operator
+
+    shapes = input_shapes(model, list(found), example.feed(example.batch(batch)))
+    out: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(found):
+        layer, shape = model.get_submodule(name), shapes[name]
+        forms = {}
+        try:
+            for form, alone in (("slimkit", as_operator(layer, name)), ("openvino", DenseInt8Linear(layer, name))):
+                path = export_onnx(alone.eval(), folder / f"layer{index}-{form}.onnx", (torch.zeros(shape),),
+                                   translations=TRANSLATIONS)
+                forms[form] = OpenVinoModel(path, shape, threads, core=openvino_core())
+        except SlimkitError as exc:
+            out[name] = {"operator": found[name], "error": f"not timed alone: {exc}"}
+            continue
+        ms = compare_latency(forms, shape[1:], batch_sizes=(shape[0],), threads=threads, repeats=REPEATS,
+                             min_sample_ms=MIN_SAMPLE_MS)
+        out[name] = {"operator": found[name], "slimkit_ms": ms["slimkit"][str(shape[0])]["median"],
+                     "openvino_ms": ms["openvino"][str(shape[0])]["median"]}
+    return out
+
+
 ARTIFACT_REPEATS = 15  # timed samples per whole artifact (interleaved)
 
 
@@ -109,11 +139,13 @@ def export_measured(model: nn.Module, path: Path, example: Example, calibration:
     operators hand each other integers or sign bits, which a layer alone does not show) and 'dense' (none: the
     model as OpenVINO runs it by itself, in the same precision). The fastest is written, so the artifact is never
     slower than the dense model in the same engine, as measured. A tuple or dict `example` is captured by
-    torch.export, which writes no operator (export.export_openvino): its artifact is the dense one. Returns
+    torch.export, whose candidates are the block-sparse int8 linear layers (transformer_form, timed alone by
+    time_linear_layers). Returns
     export_openvino's info with each candidate's line saying what it runs as and why, and "choice": every
     artifact's time and the one chosen."""
     from slimkit.runtime.engine.export import export_openvino, openvino_core
     from slimkit.runtime.engine.form import candidates, prepared
+    from slimkit.runtime.engine.transformer_form import linear_candidates
 
     inputs = example_inputs(example)
     per_sample = tuple(inputs.tensors[0].shape[1:])
@@ -122,10 +154,13 @@ def export_measured(model: nn.Module, path: Path, example: Example, calibration:
     shapes = inputs.shapes(batch)
     timed = example if not inputs.torch_export else inputs.feed(inputs.tensors)
     base = prepared(model, calibration)
-    found = {} if inputs.torch_export else candidates(base)
+    linears = linear_candidates(base) if inputs.torch_export else {}
+    convs = {} if inputs.torch_export else candidates(base)
+    found = [*linears, *convs]
     work = Path(tempfile.mkdtemp(prefix=".slimkit-choice-", dir=path.parent if path.parent.exists() else None))
     try:
-        timings = time_layers(base, found, per_sample, batch, threads, work) if found else {}
+        timings = {**(time_linear_layers(base, linears, inputs, batch, threads, work) if linears else {}),
+                   **(time_layers(base, convs, per_sample, batch, threads, work) if convs else {})}
         faster = frozenset(n for n, t in timings.items() if "slimkit_ms" in t and t["slimkit_ms"] < t["openvino_ms"])
         variants = {"dense": frozenset(), "measured": faster, "every operator": frozenset(found)}
         names: dict[frozenset[str], str] = {}  # distinct layer sets, each exported and timed once, under the
@@ -144,13 +179,14 @@ def export_measured(model: nn.Module, path: Path, example: Example, calibration:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = {line["layer"]: line for line in info["slimkit_layers"]}
+    operators = {name for name, line in lines.items() if line["engine"].startswith("slimkit::")}
     if found:
         info["slimkit_layers"] = [
             {**lines.get(name, {"layer": name, "engine": "OpenVINO"}), "measured": timings[name],
-             "reason": _reason(timings[name], name in variants[best] and name in lines, best)}
-            for name in found]
+             "reason": _reason(timings[name], name in operators, best)}
+            for name in found] + [line for name, line in lines.items() if name not in found]
     info["choice"] = {"batch": batch, "threads": threads, "artifacts_ms": times, "chosen": best,
-                      "candidates": len(found), "operators": sum(1 for n in variants[best] if n in lines)}
+                      "candidates": len(found), "operators": len(operators)}
     info["agreement"] = agreement
     return info
 

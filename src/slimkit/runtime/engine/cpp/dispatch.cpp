@@ -61,6 +61,18 @@ void interleave_group_any(Isa isa, const int16_t* const* c, size_t count, int16_
     SLIMKIT_DISPATCH(isa, interleave_group(c, count, out))
 }
 
+void quantize_features_any(Isa isa, const float* x, int count, const QuantGrid& grid, int16_t* out,
+                           size_t group_stride) {
+    SLIMKIT_DISPATCH(isa, quantize_features(x, count, grid, out, group_stride))
+}
+
+void quant_linear_epilogue_any(Isa isa, const int32_t* acc, int acc_stride, int outputs, int positions,
+                               const float* scale, const float* bias, const float* residual, size_t y_stride,
+                               float low, float high, float* y) {
+    SLIMKIT_DISPATCH(isa, quant_linear_epilogue(acc, acc_stride, outputs, positions, scale, bias, residual, y_stride,
+                                                low, high, y))
+}
+
 void sparse_rows_any(Isa isa, const float* xt, int batch, const SparseWeights& w, int o_begin, int o_end, float* yt) {
     SLIMKIT_DISPATCH(isa, sparse_rows(xt, batch, w, o_begin, o_end, yt))
 }
@@ -83,6 +95,12 @@ void quantize_group_row_u8_any(Isa isa, const float* const* x, int count, const 
                                uint8_t* out) {
     require_avx512(isa, "quantize_group_row_u8");
     avx512::quantize_group_row_u8(x, count, grid, offset, out);
+}
+
+void quantize_features_u8_any(Isa isa, const float* x, int count, const QuantGrid& grid, int offset, uint8_t* out,
+                              size_t group_stride) {
+    require_avx512(isa, "quantize_features_u8");
+    avx512::quantize_features_u8(x, count, grid, offset, out, group_stride);
 }
 
 void quant_sparse_row_u8_any(Isa isa, int variant, const uint8_t* planes, const QuantBlocks8& w, int o, size_t start,

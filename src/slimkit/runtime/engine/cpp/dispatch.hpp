@@ -30,6 +30,11 @@ void quant_sparse_row_any(Isa isa, const int16_t* planes, const QuantBlocks& w, 
 void quant_epilogue_any(Isa isa, const int32_t* acc, int acc_stride, int rows, int width, float scale, float bias,
                         const float* residual, const QuantEpilogue& e, float* y, int16_t* ints);
 void interleave_group_any(Isa isa, const int16_t* const* c, size_t count, int16_t* out);
+void quantize_features_any(Isa isa, const float* x, int count, const QuantGrid& grid, int16_t* out,
+                           size_t group_stride);
+void quant_linear_epilogue_any(Isa isa, const int32_t* acc, int acc_stride, int outputs, int positions,
+                               const float* scale, const float* bias, const float* residual, size_t y_stride,
+                               float low, float high, float* y);
 int64_t pair_sum_peak_any(Isa isa, int64_t rounds, int32_t* sink);
 
 }  // namespace slimkit
@@ -42,6 +47,8 @@ void quantize_row_u8_any(Isa isa, const float* x, int x_stride, int count, const
                          uint8_t* out);
 void quantize_group_row_u8_any(Isa isa, const float* const* x, int count, const QuantGrid& grid, int offset,
                                uint8_t* out);
+void quantize_features_u8_any(Isa isa, const float* x, int count, const QuantGrid& grid, int offset, uint8_t* out,
+                              size_t group_stride);
 void quant_sparse_row_u8_any(Isa isa, int variant, const uint8_t* planes, const QuantBlocks8& w, int o, size_t start,
                              int length, int32_t* acc);
 int64_t quad_sum_peak_any(Isa isa, int variant, int64_t rounds, int32_t* sink);

@@ -11,7 +11,8 @@ namespace {
 std::vector<ov::Extension::Ptr> slimkit_operators() {
     std::vector<ov::Extension::Ptr> all;
     for (const auto& one : {slimkit::binary_conv2d_extensions(), slimkit::sparse_conv2d_extensions(),
-                            slimkit::quant_sparse_conv2d_extensions(), slimkit::sparse_linear_extensions()})
+                            slimkit::quant_sparse_conv2d_extensions(), slimkit::sparse_linear_extensions(),
+                            slimkit::quant_sparse_linear_extensions()})
         all.insert(all.end(), one.begin(), one.end());
     return all;
 }

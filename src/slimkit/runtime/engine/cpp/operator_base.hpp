@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -18,6 +19,7 @@
 #include <openvino/op/op.hpp>
 
 #include "kernel_tuner.hpp"
+#include "kernels/kernel_shapes.hpp"
 #include "validation.hpp"
 
 namespace slimkit {
@@ -171,6 +173,56 @@ inline void check_csr_inputs(const Checker& check, const Inputs& in, size_t ptr,
     }
 }
 
+// The blocks of 4 int8 weights an output of the block-sparse int8 operators may hold so that its int32 sums stay
+// exact: each adds 4 products of an input of at most 255 (an integer of the input grid, or it plus the u8 kernels'
+// offset) and a weight of at most 128 in size.
+constexpr int64_t MAX_INT8_BLOCKS_PER_OUTPUT = INT_LIMIT / (4 * 255 * 128);
+
+// An 8-bit grid attribute of the int8 operators (<name>_step, _low, _high): a finite step, positive where
+// `required` (else positive or 0 for no quantizer), on -128..127 or 0..255 with zero point 0.
+inline void check_grid(const Checker& check, const std::string& name, const QuantGrid& grid, bool required) {
+    check.finite("attribute " + name + "_step", grid.step);
+    check.require(required ? grid.step > 0 : grid.step >= 0, "attribute " + name + "_step",
+                  "is " + Checker::text(grid.step) + "; it must be " +
+                      (required ? "positive" : "positive, or 0 for no quantizer"));
+    check.require(grid.step == 0 || (grid.low == -128 && grid.high == 127) || (grid.low == 0 && grid.high == 255),
+                  "attributes " + name + "_low, " + name + "_high",
+                  "are " + Checker::text(grid.low) + ", " + Checker::text(grid.high) +
+                      "; an 8-bit grid is -128 to 127 or 0 to 255");
+}
+
+// The u8 x s8 kernels hold each input integer plus an offset in a byte: 128 for a grid with negative integers, 0
+// for an unsigned one (they subtract offset x each output's weight sum, so the sums stay exact); a grid that does
+// not fit 0..255 that way runs the int16 kernels only.
+inline int u8_offset(const QuantGrid& grid) { return grid.low < 0 ? 128 : 0; }
+inline bool u8_offset_fits(const QuantGrid& grid) {
+    return grid.low + u8_offset(grid) >= 0 && grid.high + u8_offset(grid) <= 255;
+}
+
+// The int8 operators' kernels: int16 pair sums in every build; where the input grid fits a byte with its offset,
+// the AVX-512 build's VNNI u8 x s8 too, in 256- and 512-bit registers (variants 1 and 2).
+inline std::vector<Kernel> int8_kernels(const QuantGrid& in) {
+    std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0}, {"avx512/i16", Isa::avx512, 0}};
+    if (u8_offset_fits(in))
+        kernels.insert(kernels.end(), {{"avx512/u8-ymm", Isa::avx512, 1}, {"avx512/u8-zmm", Isa::avx512, 2}});
+    return kernels;
+}
+
+// The int8 blocks' weights as the kernels read them (`count` blocks of 4 int8 in CSR `ptr`): int16 for the
+// pair-sum kernels; for the u8 ones each block's 4 bytes as one int32 and each output's compensation, `offset`
+// times its weight sum (exact in int32: MAX_INT8_BLOCKS_PER_OUTPUT bounds it).
+inline void int8_block_weights(const int8_t* weight, size_t count, const std::vector<int64_t>& ptr, int offset,
+                               std::vector<int16_t>& weights, std::vector<int32_t>& weights8,
+                               std::vector<int32_t>& compensation) {
+    weights.assign(weight, weight + 4 * count);
+    weights8.resize(count);
+    for (size_t e = 0; e < count; ++e) std::memcpy(&weights8[e], weight + 4 * e, sizeof(int32_t));
+    compensation.assign(ptr.size() - 1, 0);
+    for (size_t o = 0; o + 1 < ptr.size(); ++o)
+        for (int64_t e = ptr[o]; e < ptr[o + 1]; ++e)
+            for (int k = 0; k < 4; ++k) compensation[o] += offset * weight[4 * e + k];
+}
+
 // What the two conv operators add: square stride and padding, and the [B, O, OH, OW] output shape.
 class FusedConv : public FusedEpilogue {
 public:
@@ -285,6 +337,7 @@ std::vector<ov::Extension::Ptr> extensions_of() {
 std::vector<ov::Extension::Ptr> binary_conv2d_extensions();
 std::vector<ov::Extension::Ptr> sparse_conv2d_extensions();
 std::vector<ov::Extension::Ptr> quant_sparse_conv2d_extensions();
+std::vector<ov::Extension::Ptr> quant_sparse_linear_extensions();
 std::vector<ov::Extension::Ptr> sparse_linear_extensions();
 
 }  // namespace slimkit

@@ -73,9 +73,7 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const Call call = prepare(outputs, inputs);
-        std::vector<Kernel> kernels = {{"generic", Isa::generic, 0}, {"avx2", Isa::avx2, 0}, {"avx512/i16", Isa::avx512, 0}};
-        if (offset_fits())  // the VNNI u8 x s8 kernel, in 256- and 512-bit registers
-            kernels.insert(kernels.end(), {{"avx512/u8-ymm", Isa::avx512, 1}, {"avx512/u8-zmm", Isa::avx512, 2}});
+        const std::vector<Kernel> kernels = int8_kernels(in_);
         const auto run = [&](size_t k) {
             if (kernels[k].variant == 0)
                 compute<int16_t>(call, kernels[k]);
@@ -89,25 +87,11 @@ public:
     }
 
 protected:
-    // The blocks an output channel may hold so that its int32 sums stay exact: each adds 4 products of an
-    // input of at most 255 (an integer of the input grid, or it plus the u8 kernels' offset) and a weight of
-    // at most 128 in size.
-    static constexpr int64_t MAX_BLOCKS_PER_OUTPUT = INT_LIMIT / (4 * 255 * 128);
-
     // Every grid a step (in: > 0; pre and post: 0 for none) on an 8-bit grid with zero point 0; the flags 0 or
     // 1, and no float output only where the integers are handed on.
     void check_attributes(const Checker& check) const override {
         SparseKernelConv<4>::check_attributes(check);
-        for (const auto& [name, grid] : grids()) {
-            check.finite("attribute " + name + "_step", grid->step);
-            check.require(name == "in" ? grid->step > 0 : grid->step >= 0, "attribute " + name + "_step",
-                          "is " + Checker::text(grid->step) + "; it must be " +
-                              (name == "in" ? "positive" : "positive, or 0 for no quantizer"));
-            check.require(grid->step == 0 || (grid->low == -128 && grid->high == 127) || (grid->low == 0 && grid->high == 255),
-                          "attributes " + name + "_low, " + name + "_high",
-                          "are " + Checker::text(grid->low) + ", " + Checker::text(grid->high) +
-                              "; an 8-bit grid is -128 to 127 or 0 to 255");
-        }
+        for (const auto& [name, grid] : grids()) check_grid(check, name, *grid, name == "in");
         check.in_range("attribute link_output", link_output_, 0, 1);
         check.in_range("attribute linked_input", linked_input_, 0, 1);
         check.in_range("attribute float_output", float_output_, link_output_ == 0 ? 1 : 0, 1);
@@ -140,7 +124,7 @@ protected:
     // the input's channel groups and every tap within the kernel; scales and biases finite.
     void check_data(const Checker& check, const Inputs& in) const override {
         if (in.dim(2, 0).is_static())
-            check.csr_ptr("input ptr", in.values[4], in.dim(2, 0).get_length(), 1, MAX_BLOCKS_PER_OUTPUT);
+            check.csr_ptr("input ptr", in.values[4], in.dim(2, 0).get_length(), 1, MAX_INT8_BLOCKS_PER_OUTPUT);
         const ov::Dimension channels = in.dim(0, 1);
         const int64_t groups = channels.is_dynamic() ? INT_LIMIT
                                : linked_input_ != 0 ? channels.get_length() : (channels.get_length() + 3) / 4;
@@ -211,10 +195,7 @@ private:
         return text;
     }
 
-    // The u8 kernels hold each input integer plus an offset in a byte: 128 for a grid with negative integers,
-    // 0 for an unsigned one; a grid that does not fit 0..255 that way runs the int16 kernels only.
-    int offset() const { return in_.low < 0 ? 128 : 0; }
-    bool offset_fits() const { return in_.low + offset() >= 0 && in_.high + offset() <= 255; }
+    int offset() const { return u8_offset(in_); }
 
     // The input planes, [group][stride phase][position][4 channels], of every image in T (int16: the integers;
     // uint8: the integers plus offset()), the zero padding and the slack past the last image included.
@@ -356,19 +337,13 @@ private:
         const int stride = static_cast<int>(stride_), kw = static_cast<int>(kernel_w_);
         const size_t phase_plane = static_cast<size_t>(hq) * wq * 4;
         offset_.resize(count);
-        weights_.assign(weight, weight + 4 * count);
-        weights8_.resize(count);
         for (size_t e = 0; e < count; ++e) {
             const int kh_e = tap[e] / kw, kw_e = tap[e] % kw;
             const size_t plane = static_cast<size_t>(group[e]) * stride * stride + (kh_e % stride) * stride + kw_e % stride;
             offset_[e] = static_cast<int32_t>(plane * phase_plane + ((kh_e / stride) * wq + kw_e / stride) * 4);
-            std::memcpy(&weights8_[e], weight + 4 * e, sizeof(int32_t));
         }
         read_ptr(inputs[4], ptr_);
-        compensation_.assign(ptr_.size() - 1, 0);
-        for (size_t o = 0; o + 1 < ptr_.size(); ++o)
-            for (int64_t e = ptr_[o]; e < ptr_[o + 1]; ++e)
-                for (int k = 0; k < 4; ++k) compensation_[o] += offset() * weight[4 * e + k];
+        int8_block_weights(weight, count, ptr_, offset(), weights_, weights8_, compensation_);
         derived_from_ = from;
         derived_groups_ = groups;
         derived_hq_ = hq;

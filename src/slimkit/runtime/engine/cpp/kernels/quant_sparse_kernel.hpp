@@ -76,6 +76,28 @@ void quantize_group_row(const float* const* x, int count, const QuantGrid& grid,
                                              : static_cast<int16_t>(quantize_value(x[k][i], inverse, grid.low, grid.high));
 }
 
+// A linear layer's input row: `count` features of x (contiguous) as integers on `grid`, feature i written to
+// out[(i / 4) * group_stride + i % 4], so each group of 4 features lands in its own plane at this row's position
+// (the [group][position][4 features] layout quant_sparse_row reads). The caller sets the spare places of a last
+// partial group.
+void quantize_features(const float* x, int count, const QuantGrid& grid, int16_t* out, size_t group_stride) {
+    const float inverse = 1.0f / grid.step;
+    int i = 0;
+#if defined(__AVX2__)
+    const __m256 scale = _mm256_set1_ps(inverse), low = _mm256_set1_ps(grid.low), high = _mm256_set1_ps(grid.high);
+    for (; i + 8 <= count; i += 8) {
+        const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), scale),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, low), high));
+        const __m128i packed = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + (i / 4) * group_stride), packed);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + (i / 4 + 1) * group_stride), _mm_unpackhi_epi64(packed, packed));
+    }
+#endif
+    for (; i < count; ++i)
+        out[(i / 4) * group_stride + i % 4] = static_cast<int16_t>(quantize_value(x[i], inverse, grid.low, grid.high));
+}
+
 #if defined(__AVX2__)
 // acc + the int32 sums of adjacent int16 pairs of x * w (exact: no saturation). AVX-512 VNNI's vpdpwssd does
 // it in one instruction; AVX2 needs vpmaddwd then vpaddd. The results are identical, bit for bit.
@@ -216,6 +238,71 @@ void quant_epilogue(const int32_t* acc, int acc_stride, int rows, int width, flo
             if (integers != nullptr) integers[i] = static_cast<int16_t>(q);
         }
     }
+}
+
+#if defined(__AVX2__)
+// r[k] becomes column k of the 8 x 8 matrix whose rows r held.
+static inline void transpose8(__m256* r) {
+    __m256 t[8], s[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        s[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        s[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+        s[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        s[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; ++k) {
+        r[k] = _mm256_permute2f128_ps(s[k], s[k + 4], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(s[k], s[k + 4], 0x31);
+    }
+}
+#endif
+
+// A linear layer's outputs for `outputs` output features x `positions` rows: y[m][o] = clamp(acc[o][m] * scale[o]
+// + bias[o] (+ residual[m][o]), low, high), acc rows `acc_stride` apart (one per output feature, as
+// quant_sparse_row computes them), y and residual rows `y_stride` apart (row-major [rows, features], the layout
+// of the layer's output). The AVX2 path transposes 8 x 8 blocks in registers; the float arithmetic is the scalar
+// path's, in the same order.
+void quant_linear_epilogue(const int32_t* acc, int acc_stride, int outputs, int positions, const float* scale,
+                           const float* bias, const float* residual, size_t y_stride, float low, float high, float* y) {
+    int o = 0;
+#if defined(__AVX2__)
+    const __m256 vlow = _mm256_set1_ps(low), vhigh = _mm256_set1_ps(high);
+    for (; o + 8 <= outputs; o += 8) {
+        const __m256 vscale = _mm256_loadu_ps(scale + o), vbias = _mm256_loadu_ps(bias + o);
+        int m = 0;
+        for (; m + 8 <= positions; m += 8) {
+            __m256 r[8];
+            for (int k = 0; k < 8; ++k)
+                r[k] = _mm256_cvtepi32_ps(_mm256_loadu_si256(
+                    reinterpret_cast<const __m256i*>(acc + static_cast<size_t>(o + k) * acc_stride + m)));
+            transpose8(r);  // r[k]: the 8 outputs of row m + k
+            for (int k = 0; k < 8; ++k) {
+                const size_t at = static_cast<size_t>(m + k) * y_stride + o;
+                __m256 v = _mm256_add_ps(_mm256_mul_ps(r[k], vscale), vbias);
+                if (residual != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(residual + at));
+                _mm256_storeu_ps(y + at, _mm256_min_ps(_mm256_max_ps(v, vlow), vhigh));
+            }
+        }
+        for (; m < positions; ++m)
+            for (int k = 0; k < 8; ++k) {
+                const size_t at = static_cast<size_t>(m) * y_stride + o + k;
+                float v = static_cast<float>(acc[static_cast<size_t>(o + k) * acc_stride + m]) * scale[o + k] + bias[o + k];
+                if (residual != nullptr) v += residual[at];
+                y[at] = std::min(std::max(v, low), high);
+            }
+    }
+#endif
+    for (int m = 0; m < positions; ++m)
+        for (int k = o; k < outputs; ++k) {
+            const size_t at = static_cast<size_t>(m) * y_stride + k;
+            float v = static_cast<float>(acc[static_cast<size_t>(k) * acc_stride + m]) * scale[k] + bias[k];
+            if (residual != nullptr) v += residual[at];
+            y[at] = std::min(std::max(v, low), high);
+        }
 }
 
 // Four channel planes of `count` int16 (null: a channel past the last, all 0) interleaved into out[4 i + k].

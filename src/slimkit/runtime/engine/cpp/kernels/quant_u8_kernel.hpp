@@ -56,6 +56,28 @@ void quantize_group_row_u8(const float* const* x, int count, const QuantGrid& gr
                 (x[k] == nullptr ? 0 : static_cast<int>(quantize_value(x[k][i], inverse, grid.low, grid.high))) + offset);
 }
 
+// A linear layer's input row as quantize_features lays it out (feature i at out[(i / 4) * group_stride + i % 4]),
+// each integer plus `offset`, one byte each.
+void quantize_features_u8(const float* x, int count, const QuantGrid& grid, int offset, uint8_t* out,
+                          size_t group_stride) {
+    const float inverse = 1.0f / grid.step;
+    const __m256 scale = _mm256_set1_ps(inverse), low = _mm256_set1_ps(grid.low), high = _mm256_set1_ps(grid.high);
+    const __m256i shift = _mm256_set1_epi32(offset);
+    int i = 0;
+    for (; i + 8 <= count; i += 8) {
+        const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), scale),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, low), high));
+        const __m128i bytes = _mm256_mask_cvtepi32_epi8(_mm_setzero_si128(), 0xFF, _mm256_add_epi32(q, shift));  // 8 bytes
+        const int32_t first = _mm_cvtsi128_si32(bytes), second = _mm_extract_epi32(bytes, 1);
+        std::memcpy(out + (i / 4) * group_stride, &first, sizeof(first));
+        std::memcpy(out + (i / 4 + 1) * group_stride, &second, sizeof(second));
+    }
+    for (; i < count; ++i)
+        out[(i / 4) * group_stride + i % 4] =
+            static_cast<uint8_t>(static_cast<int>(quantize_value(x[i], inverse, grid.low, grid.high)) + offset);
+}
+
 // acc[i] = sum over output channel o's blocks e of the 4-channel dot product of weights[e] with the planes at
 // offset[e] + 4 (start + i), minus compensation[o], for i < length (a multiple of QUANT_TILE, as for
 // quant_sparse_row). Variant 0: 32 positions at a time in four 256-bit accumulators; 1: 64 in four 512-bit ones.
