@@ -118,7 +118,7 @@ class Budget:
 
     train: int = 20000
     test: int = 4000
-    steps: int = 1500
+    steps: int = 400  # measured: 300 steps reach the 90% ceiling (90.9% on 2000 test samples)
 
 
 def accuracy_rows(budget: Budget) -> dict[str, Any]:

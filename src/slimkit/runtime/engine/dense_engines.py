@@ -157,10 +157,11 @@ def export_dense(model: nn.Module, example: Example, calibration: Sequence[Tenso
 
 def dense_engines(exported: dict[str, Path | str], shape: Sequence[int] | Mapping[str, Sequence[int]],
                   threads: int) -> dict[str, Any]:
-    """{form: engine} for one input shape (batch included): ort_fp32, ort_int8, and the OpenVINO forms named by
-    what they compute: openvino_fp32 and openvino_int8 (the rest of the graph in fp32) as the CPU's default
-    compiles them, and where that default is not fp32 (bf16, say) the same models as a user gets them too,
-    openvino_bf16 and openvino_int8+bf16. A form that cannot be built appears as '<form>_error' with the reason."""
+    """{form: engine} for one input shape (batch included; each input's by name for a dict example): ort_fp32,
+    ort_int8, and the OpenVINO forms named by what they compute: openvino_fp32 and openvino_int8 (the rest of the
+    graph in fp32) as the CPU's default compiles them, and where that default is not fp32 (bf16, say) the same
+    models as a user gets them too, openvino_bf16 and openvino_int8+bf16. A form that cannot be built appears as
+    '<form>_error' with the reason."""
     engines: dict[str, Any] = {}
     for kind, path in exported.items():
         for engine in ("ort", "openvino"):
