@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from slimkit.capture import Example, example_inputs
 from slimkit.errors import SlimkitError
 from slimkit.quant.onnx_export import OnnxModel, engine_array, export_onnx
 
@@ -135,28 +136,32 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: Sequence[Tensor | M
     return out
 
 
-def export_dense(model: nn.Module, input_shape: Sequence[int], calibration: Sequence[Tensor],
+def export_dense(model: nn.Module, example: Example, calibration: Sequence[Tensor | Mapping[str, Tensor]],
                  workdir: Path) -> dict[str, Path | str]:
-    """The dense model as ONNX fp32 and as onnxruntime's int8; a value that is a string says why a form is
-    missing (an optional package not installed, an export that failed)."""
+    """The dense model as ONNX fp32 and as onnxruntime's int8, captured from `example` (a per-sample shape, or an
+    input as slimkit.capture takes it: token ids and a mask for a transformer); a value that is a string says why
+    a form is missing (an optional package not installed, an export that failed)."""
     try:
-        fp32 = export_onnx(model, workdir / "dense-fp32.onnx", input_shape)
+        fp32 = export_onnx(model, workdir / "dense-fp32.onnx", example)
     except Exception as exc:  # the exporter's failures are many and not ours to enumerate
         return {"fp32": f"ONNX export failed: {type(exc).__name__}: {exc}"[:200],
                 "int8": "needs the fp32 export"}
     out: dict[str, Path | str] = {"fp32": fp32}
     try:
-        out["int8"] = quantize_static_int8(fp32, workdir / "dense-int8.onnx", calibration)
+        out["int8"] = quantize_static_int8(fp32, workdir / "dense-int8.onnx", calibration,
+                                           symbolic_shapes=not example_inputs(example).torch_export)
     except (ImportError, SlimkitError):
         out["int8"] = "onnxruntime is not installed"
     return out
 
 
-def dense_engines(exported: dict[str, Path | str], shape: Sequence[int], threads: int) -> dict[str, Any]:
-    """{form: engine} for one input shape (batch included): ort_fp32, ort_int8, and the OpenVINO forms named by
-    what they compute: openvino_fp32 and openvino_int8 (the rest of the graph in fp32) as the CPU's default
-    compiles them, and where that default is not fp32 (bf16, say) the same models as a user gets them too,
-    openvino_bf16 and openvino_int8+bf16. A form that cannot be built appears as '<form>_error' with the reason."""
+def dense_engines(exported: dict[str, Path | str], shape: Sequence[int] | Mapping[str, Sequence[int]],
+                  threads: int) -> dict[str, Any]:
+    """{form: engine} for one input shape (batch included; each input's by name for a dict example): ort_fp32,
+    ort_int8, and the OpenVINO forms named by what they compute: openvino_fp32 and openvino_int8 (the rest of the
+    graph in fp32) as the CPU's default compiles them, and where that default is not fp32 (bf16, say) the same
+    models as a user gets them too, openvino_bf16 and openvino_int8+bf16. A form that cannot be built appears as
+    '<form>_error' with the reason."""
     engines: dict[str, Any] = {}
     for kind, path in exported.items():
         for engine in ("ort", "openvino"):
