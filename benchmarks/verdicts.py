@@ -42,13 +42,16 @@ RULE = (f"A claim is judged by a {CONFIDENCE:.0%} t-interval on the gap, mean(cl
 @dataclass(frozen=True)
 class Claim:
     """A published ordering: configuration `better` reaches a higher accuracy than `worse` (group keys of
-    the benchmark's rows), as `source` states; `note` says where our setting departs from the paper's."""
+    the benchmark's rows), as `source` states; `note` says where our setting departs from the paper's.
+    `controls` lists the recipe-matched comparisons (better, worse) the claim must survive where the two
+    recipes differ in more than the method (controls.py)."""
 
     text: str
     better: str
     worse: str
     source: str
     note: str = ""
+    controls: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,10 +162,13 @@ def error_rates_text(seeds: Sequence[int] = (3, 5)) -> str:
             + "; ".join(parts) + ".")
 
 
-def claims_table(claims: Sequence[Claim], stats: dict[str, Stats]) -> str:
-    """Markdown: paper claim -> our measurement -> gap with its interval -> verdict, one line per claim."""
+def claims_table(claims: Sequence[Claim], stats: dict[str, Stats],
+                 survives: Callable[[Claim], str] | None = None) -> str:
+    """Markdown: paper claim -> our measurement -> gap with its interval -> verdict, one line per claim, and
+    where `survives` is given (controls.survival), whether the verdict survives the claim's controls."""
+    extra = ("", "") if survives is None else (" survives its recipe-matched controls |", "---|")
     lines = [f"| paper claim | source | ours: claimed better | ours: claimed worse | gap (pts) | "
-             f"{CONFIDENCE:.0%} interval | verdict |", "|---|---|---:|---:|---:|---|---|"]
+             f"{CONFIDENCE:.0%} interval | verdict |{extra[0]}", f"|---|---|---:|---:|---:|---|---|{extra[1]}"]
     for c in claims:
         v = verdict(c, stats)
         side = [stats[g].text() if g in stats else "-" for g in (c.better, c.worse)]
@@ -170,7 +176,8 @@ def claims_table(claims: Sequence[Claim], stats: dict[str, Stats]) -> str:
         interval = "-" if v.interval is None else f"{v.interval[0]:+.2f} to {v.interval[1]:+.2f} ({v.method})"
         status = f"**{v.status}**" + (f" ({v.reason})" if v.reason else "")
         source = c.source + (f". {c.note}" if c.note else "")
-        lines.append(f"| {c.text} | {source} | {side[0]} | {side[1]} | {gap} | {interval} | {status} |")
+        tail = "" if survives is None else f" {survives(c)} |"
+        lines.append(f"| {c.text} | {source} | {side[0]} | {side[1]} | {gap} | {interval} | {status} |{tail}")
     return "\n".join(lines)
 
 

@@ -159,7 +159,7 @@ def test_sparsity_suite_claims_name_configurations_it_runs_and_its_recipes_parse
 
 def test_binary_claims_name_configurations_it_runs_and_its_recipes_parse():
     binary = _load("binary")
-    groups = {"fp", *binary.METHODS} | {binary.theta_group(t) for t in binary.THETAS}
+    groups = set(binary.suite_groups(binary.METHODS, True))
     for claim in binary.CLAIMS:
         assert {claim.better, claim.worse} <= groups, claim
     for method in ["fp", *binary.METHODS]:
@@ -167,9 +167,9 @@ def test_binary_claims_name_configurations_it_runs_and_its_recipes_parse():
         assert name == ("xnor-fashion" if method == "fp" else f"{method}-fashion")
         assert recipe["data"]["classes"] == [0, 2, 4, 6] and recipe["train"]["epochs"] == binary.EPOCHS
         assert recipe["seed"] == 1 and (recipe["stages"] == []) == (method == "fp")
-    if binary.theta_option_exists():
-        _, recipe, _ = binary.binary_recipe("rbnn", 0, [], theta=math.pi / 4)
-        assert recipe["stages"][0]["binarize"][binary.THETA_OPTION] == pytest.approx(math.pi / 4)
+    _, recipe, _, record = binary.group_recipe(binary.theta_group("pi/4"), 0, [])
+    assert recipe["stages"][0]["binarize"][binary.THETA_OPTION] == pytest.approx(math.pi / 4)
+    assert record["of"] == "rbnn" and recipe["name"] == "rbnn-theta0.7854-s0"
 
 
 def test_accuracy_plot_and_runtime_points(tmp_path):
