@@ -6,17 +6,19 @@ Fashion-MNIST, T-shirt/top, pullover, coat and shirt, relabelled 0..3; a trainin
 epochs (the recipe's warm-up, LR milestones and stage windows move in proportion, see harness.set_epochs) and
 the seed. The full-precision reference is the xnor-fashion recipe with no stage. Three seeds of everything,
 plus recipe-matched controls (CONTROLS: IR-Net and XNOR at the BNNs' batch, SiMaN on IR-Net's hardtanh model,
-full precision trained with IR-Net's SGD recipe) and RBNN's ablations (ABLATIONS: init_theta pi/2, the
-official code's and a faithful port, pi/4 and 0; the official warm-up of 980 optimizer steps), whose
-per-epoch theta trajectory is read from each run's checkpoints. The papers' orderings and the comparisons each
-must survive are published below as data (CLAIMS) before any run, and the page states for each whether this
-budget reproduced it (verdicts.RULE) and whether it survives its controls (controls.py).
+full precision trained with IR-Net's SGD recipe) and ablations (ABLATIONS: RBNN's init_theta pi/2, the
+official code's and a faithful port, pi/4 and 0, and the official warm-up of 980 optimizer steps, each RBNN
+run's per-epoch theta trajectory read from its checkpoints; SiMaN with l2 on its binary layers). The papers'
+orderings and the comparisons each must survive are published below as data (CLAIMS) before any run, and the
+page states for each whether this budget reproduced it (verdicts.RULE) and whether it survives its controls
+(controls.py).
 
-The earlier run (two seeds, no controls) took 2 h 20 min of wall time on 2 CPU cores for 16 runs of 20 epochs
-on 4,000 images (per epoch RBNN, ReCU and SiMaN take about twice full precision's time). A full run now is 13
-distinct runs per seed, 39 in all: about 5 h 30 min on 2 idle cores, in one process (two processes on
-disjoint --seeds halve the wall time); contention slows it further. `--quick` runs every configuration and
-claim for one epoch on 256 images (a few minutes) to check the harness, under benchmarks/runs/quick.
+The earlier run (two seeds, no controls) took 2 h 20 min of wall time on 2 CPU cores for 16 runs of 20
+epochs on 4,000 images (per epoch RBNN, ReCU and SiMaN take about twice full precision's time; its runs
+recorded 3 h 42 min of training, 5-16 min a run). A full run now is 14 distinct runs per seed, 42 in all: about
+7 h 45 min of training at that pace (two processes on disjoint --seeds share the 2 cores: about 4 h of wall
+time). `--quick` runs every configuration and claim for one epoch on 256 images (a few minutes) to check
+the harness, under benchmarks/runs/quick.
 
 Writes benchmarks/results/binary.{json,md} and binary.png, merged: a run of some methods or seeds replaces only
 those rows (rows of another budget are dropped). Runs resume from their folders under --runs.
@@ -78,6 +80,7 @@ THETA_OPTION = "init_theta"  # RbnnConfig's initial theta, in radians
 THETAS = {"pi/2": math.pi / 2, "pi/4": math.pi / 4, "0": 0.0}  # pi/2 is the official code's
 MEASURE = {"batch_sizes": [1], "repeats": 3, "warmup": 1}  # latency is not what this benchmark compares
 QUICK = {"epochs": 1, "subset": 256}  # --quick: every configuration and claim at a budget that checks the harness
+QUICK_OVERRIDES = ["data.val_fraction=0.02"]  # --quick: evaluation dominates a tiny run
 REFERENCES = ["fp sgd", "fp"]  # the full-precision row the table compares with, the first one measured
 
 
@@ -115,6 +118,10 @@ ABLATIONS.append(Control(WARMUP_GROUP, "rbnn", {"train.warmup_epochs": 0.0,
                                                 "train.warmup_steps": OFFICIAL_WARMUP_STEPS},
                          "RBNN with the official code's warm-up length in optimizer steps",
                          f"rbnn-warmup{OFFICIAL_WARMUP_STEPS}"))
+SIMAN_L2 = "siman l2"  # SiMaN's own ablation (issue #35 point 3): l2 back on its binary layers
+ABLATIONS.append(Control(SIMAN_L2, "siman", {"stages.0.binarize.binary_weight_decay": 5.0e-4},
+                         "SiMaN with l2 (the recipe's 5e-4, as every other parameter) on its binary convs' weights "
+                         "and alpha, which its recipe sets to 0"))
 DERIVED = {c.group: c for c in CONTROLS + ABLATIONS}
 # Published before any run: what the papers (and, for the ablation, issue #16's probe) lead us to expect.
 CLAIMS = [
@@ -135,6 +142,10 @@ CLAIMS = [
           "an expectation for short budgets, not a paper claim: the paper's code starts at pi/2"),
     Claim(f"RBNN {THETA_OPTION} 0 > pi/2 at this budget", theta_group("0"), theta_group("pi/2"),
           "issue #16's probe: 63.1% against 11.0%", "as above"),
+    Claim("SiMaN without l2 > SiMaN with l2", "siman", SIMAN_L2,
+          "Lin et al. 2022, SiMaN (TPAMI): its ablation of removing l2 on the latent weights, which would pull "
+          "them toward 0 against the angle its binarization maximises",
+          "minimum effect chosen here before any run, not quoted from the paper", min_effect=0.5),
 ]
 
 
@@ -355,11 +366,11 @@ def render(results: Path) -> None:
 
 def suite_groups(methods: list[str], ablation: bool) -> list[str]:
     """Every configuration a run of `methods` needs: full precision, the methods, the controls of any of them
-    and (with `ablation`, RBNN run) RBNN's ablations."""
+    and (with `ablation`) the ablations of any of them."""
     groups = ["fp", *methods]
     groups += [c.group for c in CONTROLS if c.of in groups]
-    if ablation and "rbnn" in methods:
-        groups += [c.group for c in ABLATIONS]
+    if ablation:
+        groups += [c.group for c in ABLATIONS if c.of in groups]
     return groups
 
 
@@ -394,10 +405,11 @@ def main() -> None:
     budget = QUICK if args.quick else {"epochs": EPOCHS, "subset": SUBSET}
     epochs = budget["epochs"] if args.epochs is None else args.epochs
     subset = (budget["subset"] if args.subset is None else args.subset) or None
+    overrides = [*QUICK_OVERRIDES, *args.overrides] if args.quick else args.overrides
     env = environment(0) | {"command": " ".join(sys.argv)}
     cache: dict[str, tuple[Path, dict[str, Any]]] = {}
     groups = suite_groups(args.methods, args.ablation)
-    rows = [binary_run(g, seed, args.overrides, runs, epochs, subset, cache=cache)
+    rows = [binary_run(g, seed, overrides, runs, epochs, subset, cache=cache)
             for seed in args.seeds for g in groups]
     for r in rows:
         r["command"] = f"{env['command']} (commit {env['git_commit']})"

@@ -8,9 +8,9 @@ only) and seed. Every configuration runs with seeds 0, 1 and 2 (verdicts.MIN_SEE
 gmp-90 recipe with no stage) too, and so does each recipe-matched control (RESNET_CONTROLS: OptG with label
 smoothing 0, since optg-90 alone smooths labels). The papers' orderings and the comparisons each must survive
 are published below as data (RESNET_CLAIMS) before any run, and the page states for each whether this budget
-reproduced it (see verdicts.RULE) and whether it survives its controls. About 2 h on 2 idle CPU cores
-(measured: ~0.9 ms per training image and epoch, 2.5 s of validation per epoch, ~8 s per run besides; 39 runs
-of 12 epochs on 12,000 images); contention from other processes slows it several times over. `--quick` runs
+reproduced it (see verdicts.RULE) and whether it survives its controls. 39 runs of 12 epochs on 12,000
+images: about 3 h 50 min on 2 CPU cores (the committed 22 runs recorded 2 h 09 min of training, 5-6.5 min a
+run, beside other jobs); two processes on disjoint --seeds share the cores. `--quick` runs
 every configuration and claim for one epoch on 256 images (LeNet: its 8 epochs on 512) under
 benchmarks/runs/quick, to check the harness.
 
@@ -418,6 +418,7 @@ def render(results: Path) -> None:
 
 
 QUICK = {"subset": 512, "epochs": 1, "resnet_subset": 256}  # --quick: LeNet keeps its 8 epochs (its windows)
+QUICK_OVERRIDES = ["data.val_fraction=0.02"]  # --quick: evaluation dominates a tiny run
 
 
 def main() -> None:
@@ -449,14 +450,15 @@ def main() -> None:
     if args.render:
         render(results)
         return
+    overrides = [*QUICK_OVERRIDES, *args.overrides] if args.quick else args.overrides
     env = environment(0) | {"command": " ".join(sys.argv)}
     command = f"{env['command']} (commit {env['git_commit']})"
     payload = read_json(path)
     if args.suite == "lenet":
         runs = args.runs or (quick_runs if args.quick else HERE / "runs" / "sparsity")
         subset = QUICK["subset"] if args.quick else SUBSET
-        rows = [run("dense", None, args.overrides, runs, subset)]
-        rows += [run(method, s, args.overrides, runs, subset) for s in args.sparsities or SPARSITIES
+        rows = [run("dense", None, overrides, runs, subset)]
+        rows += [run(method, s, overrides, runs, subset) for s in args.sparsities or SPARSITIES
                  for method in args.methods or METHODS]
         for r in rows:
             r["command"] = command
@@ -474,7 +476,7 @@ def main() -> None:
         groups = ["dense"] + [f"{m} {pct(s)}" for s in args.sparsities or RESNET_SPARSITIES
                               for m in args.methods or RESNET_METHODS]
         groups += [c.group for c in RESNET_CONTROLS if c.of in groups]
-        rows = [resnet_run(g, seed, args.overrides, runs, epochs, subset) for seed in args.seeds for g in groups]
+        rows = [resnet_run(g, seed, overrides, runs, epochs, subset) for seed in args.seeds for g in groups]
         for r in rows:
             r["command"] = command
         earlier = payload.get("resnet", {}).get("rows", [])

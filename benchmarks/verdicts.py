@@ -44,7 +44,9 @@ class Claim:
     """A published ordering: configuration `better` reaches a higher accuracy than `worse` (group keys of
     the benchmark's rows), as `source` states; `note` says where our setting departs from the paper's.
     `controls` lists the recipe-matched comparisons (better, worse) the claim must survive where the two
-    recipes differ in more than the method (controls.py)."""
+    recipes differ in more than the method (controls.py). `min_effect` is the smallest gap in points the claim
+    is about, published with it before the run: an interval above 0 that reaches below it does not reproduce
+    the claim (0: any positive gap does)."""
 
     text: str
     better: str
@@ -52,6 +54,7 @@ class Claim:
     source: str
     note: str = ""
     controls: tuple[tuple[str, str], ...] = ()
+    min_effect: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ def verdict(claim: Claim, stats: dict[str, Stats]) -> Verdict:
                                   [worse.by_seed[s] for s in seeds] if paired else list(worse.by_seed.values()),
                                   paired)
     method = "paired" if paired else "Welch"
+    if low > 0 and low < claim.min_effect:
+        return Verdict(NOT_RESOLVED, gap, (low, high), method,
+                       f"the interval reaches below the published minimum effect of {claim.min_effect:g} pts")
     if low > 0:
         return Verdict(REPRODUCED, gap, (low, high), method)
     if high < 0:
@@ -183,4 +189,5 @@ def claims_table(claims: Sequence[Claim], stats: dict[str, Stats],
 
 def expected_orderings(claims: Sequence[Claim]) -> str:
     """The claims as a Markdown list, for a page written before (or without) any measurement."""
-    return "\n".join(f"- {c.text} ({c.source}{'; ' + c.note if c.note else ''})" for c in claims)
+    return "\n".join(f"- {c.text} ({c.source}{'; ' + c.note if c.note else ''}"
+                     f"{f'; minimum effect {c.min_effect:g} pts' if c.min_effect else ''})" for c in claims)

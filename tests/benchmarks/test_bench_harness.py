@@ -63,6 +63,17 @@ def test_the_paired_interval_is_students_on_the_per_seed_differences():
     assert judge(a, b).status == "reproduced" and judge(b, a).status == "contradicted"
 
 
+def test_a_published_minimum_effect_must_be_cleared_by_the_whole_interval():
+    stats = verdicts.group_stats(rows("a", [82.0, 84.0, 83.0]) + rows("b", [80.0, 80.0, 80.0]))
+    low = 3.0 - 4.302653 / math.sqrt(3)  # 0.516: differences 2, 4, 3 as above
+    assert verdicts.verdict(Claim("a > b", "a", "b", "p", min_effect=0.5), stats).status == "reproduced"
+    v = verdicts.verdict(Claim("a > b", "a", "b", "p", min_effect=1.0), stats)
+    assert v.status == "not resolved" and v.interval[0] == pytest.approx(low, abs=1e-5)
+    assert v.reason == "the interval reaches below the published minimum effect of 1 pts"
+    assert verdicts.expected_orderings([Claim("a > b", "a", "b", "P", min_effect=1.0)]) == (
+        "- a > b (P; minimum effect 1 pts)")
+
+
 def test_different_seeds_get_welchs_interval():
     a, b = [82.0, 84.0, 83.0], [80.0, 79.0, 80.5, 81.0]
     v = judge(a, b, worse_first_seed=10)

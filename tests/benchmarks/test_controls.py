@@ -170,7 +170,7 @@ def test_a_page_rendered_from_results_states_each_claims_control_verdict(tmp_pat
     assert "**does not survive** (siman hardtanh > irnet batch=256: contradicted)" in claim_line
     assert "| `irnet batch=256`: data.batch_size = 256 (rbnn's) |" in page
     assert "`siman hardtanh`: model.options = irnet's; `irnet batch=256`: data.batch_size = 256 (rbnn's)" in page
-    assert "Wall time on 2 CPU cores: 26 min of training over 39 runs" in page  # 13 distinct runs per seed
+    assert "Run time on 2 CPU cores: 28 min of training summed over 42 runs" in page  # 14 distinct runs per seed
     assert "the last invocation took 1 h 30 min" in page
 
 
@@ -204,5 +204,5 @@ def test_the_quick_path_runs_a_suite_with_its_control_into_its_own_folder(tmp_pa
     assert all(r["budget"]["epochs"] == 1 and r["train_seconds"] > 0 for r in rows)
     page = (tmp_path / "results" / "sparsity.md").read_text()
     assert "| OptG > per-layer GMP at 95% (not measured) | optg label_smoothing=0 95% > gmp-layer 95% |" in page
-    assert "Wall time on" in page and payload["resnet"]["environment"]["wall_seconds"] > 0
+    assert "Run time on" in page and payload["resnet"]["environment"]["wall_seconds"] > 0
     assert hashlib.sha256(committed.read_bytes()).hexdigest() == before
