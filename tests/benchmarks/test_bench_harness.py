@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))  # the scripts import harness and plots as top-le
 
 from scipy import stats as scipy_stats  # noqa: E402
 
+import binary_claims  # noqa: E402
 import harness  # noqa: E402
 import plots  # noqa: E402
 import verdicts  # noqa: E402
@@ -178,7 +179,7 @@ def test_binary_claims_name_configurations_it_runs_and_its_recipes_parse():
         assert name == ("xnor-fashion" if method == "fp" else f"{method}-fashion")
         assert recipe["data"]["classes"] == [0, 2, 4, 6] and recipe["train"]["epochs"] == binary.EPOCHS
         assert recipe["seed"] == 1 and (recipe["stages"] == []) == (method == "fp")
-    _, recipe, _, record = binary.group_recipe(binary.theta_group("pi/4"), 0, [])
+    _, recipe, _, record = binary.group_recipe(binary_claims.theta_group("pi/4"), 0, [])
     assert recipe["stages"][0]["binarize"][binary.THETA_OPTION] == pytest.approx(math.pi / 4)
     assert record["of"] == "rbnn" and recipe["name"] == "rbnn-theta0.7854-s0"
 

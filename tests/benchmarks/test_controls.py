@@ -16,8 +16,10 @@ import pytest
 BENCH = Path(__file__).parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import harness, verdicts and controls as top-level modules
 
+import binary_claims  # noqa: E402
 import controls  # noqa: E402
 import harness  # noqa: E402
+import sparsity_claims  # noqa: E402
 import verdicts  # noqa: E402
 
 
@@ -71,7 +73,7 @@ def test_each_control_differs_from_its_configuration_in_exactly_the_named_fields
         _, base, _, _ = resolve(control.of)
         fields = list(control.fields)
         differ = changed_paths(recipe, base)
-        same_as_base = control.group == binary.theta_group("pi/2")  # the official init_theta: rbnn's own run
+        same_as_base = control.group == binary_claims.theta_group("pi/2")  # the official init_theta: rbnn's own run
         assert (not differ if same_as_base else differ and all(under(p, fields) for p in differ)), (
             control.group, differ)
         for path, value in control.fields.items():
@@ -82,18 +84,18 @@ def test_each_control_differs_from_its_configuration_in_exactly_the_named_fields
     if suite is binary:
         get = controls.get_field
         rbnn, irnet = resolve("rbnn")[1], resolve("irnet")[1]
-        assert get(resolve(binary.BATCH)[1], "data.batch_size") == get(rbnn, "data.batch_size") == 256
+        assert get(resolve(binary_claims.BATCH)[1], "data.batch_size") == get(rbnn, "data.batch_size") == 256
         assert get(irnet, "data.batch_size") == 128
         hardtanh = get(resolve("siman hardtanh")[1], "model.options")
         assert hardtanh == get(irnet, "model.options") and hardtanh["activation"] == "hardtanh"
         fp_sgd = resolve("fp sgd")[1]
         assert fp_sgd["stages"] == [] and fp_sgd["train"] == irnet["train"] and fp_sgd["train"]["optimizer"] == "sgd"
-        warm = resolve(binary.WARMUP_GROUP)[1]["train"]
-        assert warm["warmup_steps"] == binary.OFFICIAL_WARMUP_STEPS and warm["warmup_epochs"] == 0
+        warm = resolve(binary_claims.WARMUP_GROUP)[1]["train"]
+        assert warm["warmup_steps"] == binary_claims.OFFICIAL_WARMUP_STEPS and warm["warmup_epochs"] == 0
     else:
         for s in sparsity.RESNET_SPARSITIES:
             assert resolve(f"optg {sparsity.pct(s)}")[1]["train"]["label_smoothing"] == 0.1
-            assert resolve(sparsity.optg_ls0(s))[1]["train"]["label_smoothing"] == 0.0
+            assert resolve(sparsity_claims.optg_ls0(s))[1]["train"]["label_smoothing"] == 0.0
 
 
 @pytest.mark.parametrize(("suite", "claims", "groups"), [
@@ -123,7 +125,7 @@ def test_set_field_refuses_a_path_that_is_not_there():
 
 ACCURACY = {  # per configuration: three seeds, chosen so that some claims survive their controls and some do not
     "fp": [70, 71, 72], "fp sgd": [90, 91, 92], "xnor": [60, 61, 62], "xnor batch=256": [59, 60, 61.5],
-    "irnet": [80, 81, 82], binary.BATCH: [75, 76, 77.5], "rbnn": [70, 71, 72.5], "recu": [78, 79, 80.5],
+    "irnet": [80, 81, 82], binary_claims.BATCH: [75, 76, 77.5], "rbnn": [70, 71, 72.5], "recu": [78, 79, 80.5],
     "siman": [85, 86, 87.5], "siman hardtanh": [73, 74, 75.5],
 }
 
