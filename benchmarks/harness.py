@@ -130,8 +130,8 @@ def wall_time_line(seconds: dict[str, float], env: dict[str, Any]) -> str:
     if not seconds:
         return "Wall time: not recorded for these rows (run before the suites recorded it)."
     line = (f"Run time on {env.get('cpu_count', '?')} CPU cores: {_duration(sum(seconds.values()))} of training "
-            f"summed over {len(seconds)} runs (each run's recorded seconds; evaluation and measurement add a few "
-            "seconds per run, and runs in parallel processes overlap, so the wall time can be less)")
+            f"summed over {len(seconds)} runs (each run's recorded training seconds, validation included; test "
+            "evaluation, measurement and timing passes come on top, and runs in parallel processes overlap)")
     if env.get("wall_seconds") is not None:
         line += f"; the last invocation took {_duration(env['wall_seconds'])} from start to end"
     return line + "."
