@@ -105,8 +105,47 @@ def training_budget(recipe: dict[str, Any]) -> dict[str, Any]:
             "data": {k: data.get(k) for k in ("name", "classes", "train_subset", "split_seed", "val_fraction")}}
 
 
-__all__ = ["ALLOCATOR_ENV", "ensure_allocator_env", "epoch_seconds", "merge_rows", "read_json", "recipe_digest",
-           "run_recipe_dict", "set_epochs", "training_budget", "write_json", "write_text"]
+QUICK_ROOT = Path(__file__).parent / "runs" / "quick"
+
+
+def quick_dirs(suite: str) -> tuple[Path, Path]:
+    """(runs, results) of a suite's --quick check: under benchmarks/runs/quick, never the committed results,
+    since a run of another budget would replace the committed rows."""
+    return QUICK_ROOT / suite, QUICK_ROOT / "results"
+
+
+def run_seconds(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Run folder -> its recorded training seconds, from result rows (a run two labels share counts once)."""
+    return {r["run"]: r["train_seconds"] for r in rows if r.get("train_seconds") is not None}
+
+
+def trained_seconds(metrics: dict[str, Any]) -> float:
+    """The training seconds a run recorded, over its phases (a loaded checkpoint's dense phase trains 0 s)."""
+    return sum(m.get("train_seconds") or 0.0 for m in metrics["models"].values())
+
+
+def wall_time_line(seconds: dict[str, float], env: dict[str, Any]) -> str:
+    """The suite's wall time as a page states it: the sum of its runs' recorded training seconds (run -> seconds),
+    on the machine's CPU count, and the whole invocation's where it was recorded (env['wall_seconds'])."""
+    if not seconds:
+        return "Wall time: not recorded for these rows (run before the suites recorded it)."
+    line = (f"Run time on {env.get('cpu_count', '?')} CPU cores: {_duration(sum(seconds.values()))} of training "
+            f"summed over {len(seconds)} runs (each run's recorded training seconds, validation included; test "
+            "evaluation, measurement and timing passes come on top, and runs in parallel processes overlap)")
+    if env.get("wall_seconds") is not None:
+        line += f"; the last invocation took {_duration(env['wall_seconds'])} from start to end"
+    return line + "."
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+__all__ = ["ALLOCATOR_ENV", "QUICK_ROOT", "ensure_allocator_env", "epoch_seconds", "merge_rows", "quick_dirs",
+           "read_json", "recipe_digest", "run_recipe_dict", "run_seconds", "set_epochs", "trained_seconds",
+           "training_budget", "wall_time_line",
+           "write_json", "write_text"]
 
 
 def machine_facts() -> dict[str, Any]:

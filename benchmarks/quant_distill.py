@@ -5,36 +5,56 @@ One dense LeNet (width 0.5) is trained once; every quantizer fine-tunes it with 
 A full-width LeNet teaches a half-width student trained from scratch, with no KD, Hinton KD and graph KD.
 Int8 execution: the 8-bit LeNet and a post-training-quantized ResNet-20 (BatchNorm, residual adds) exported
 as integer graphs; test accuracy and latency of PyTorch fp32 eager, onnxruntime fp32 and onnxruntime int8,
-same process, interleaved medians, 2 threads. Writes benchmarks/results/quant_distill.{json,md}. About
-30 minutes on 2 CPU cores (finished runs resume, so a rerun only re-times).
+same process, interleaved medians, 2 threads. Writes benchmarks/results/quant_distill.{json,md}; the page
+states the recorded training seconds and the invocation's wall time. About 30 minutes on 2 CPU cores (finished
+runs resume, so a rerun only re-times). `--quick` runs every configuration at a tiny budget (QUICK) under
+benchmarks/runs/quick, to check the harness in a few minutes.
 
-    .venv/bin/python benchmarks/quant_distill.py [--overrides ...]
+    .venv/bin/python benchmarks/quant_distill.py [--overrides ...] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from harness import ALLOCATOR_ENV, ensure_allocator_env
+from harness import (
+    ALLOCATOR_ENV,
+    ensure_allocator_env,
+    quick_dirs,
+    trained_seconds,
+    wall_time_line,
+    write_json,
+    write_text,
+)
 
 HERE = Path(__file__).parent
 BITS = [8, 4, 3, 2]
 METHODS = ["uniform", "sp2", "apot"]
-BUDGET = {"subset": 20000, "dense_epochs": 4, "qat_epochs": 2, "student_epochs": 4, "resnet_epochs": 3}
+BUDGET: dict[str, float] = {"subset": 20000, "dense_epochs": 4, "qat_epochs": 2, "student_epochs": 4,
+                            "resnet_epochs": 3, "val_fraction": 0.1}
+# --quick: the harness, not a measurement; 2% held out for validation and ResNet-20 at width 0.25, since
+# evaluation dominates a tiny run
+QUICK: dict[str, float] = {"subset": 256, "dense_epochs": 1, "qat_epochs": 1, "student_epochs": 1, "resnet_epochs": 1,
+         "resnet_width": 0.25, "val_fraction": 0.02}
+TIMING = {"warmup": 5, "repeats": 25}
+QUICK_TIMING = {"warmup": 1, "repeats": 3}
 SHAPE = (1, 28, 28)
 
 
-def base(name: str, width: float, epochs: int, model: str = "lenet") -> dict:
+def base(name: str, width: float, epochs: int, model: str = "lenet", budget: dict[str, float] = BUDGET) -> dict:
     return {"name": name, "seed": 0, "model": {"name": model, "width": width},
-            "data": {"name": "fashion_mnist", "batch_size": 128, "train_subset": BUDGET["subset"]},
+            "data": {"name": "fashion_mnist", "batch_size": 128, "train_subset": budget["subset"],
+                     "val_fraction": budget["val_fraction"]},
             "train": {"epochs": epochs, "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 0.5},
             "measure": {"batch_sizes": [1], "repeats": 3, "warmup": 1}}
 
 
 def main() -> None:
+    import time
+
+    started = time.perf_counter()
     ensure_allocator_env()
     import torch
 
@@ -47,25 +67,34 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overrides", nargs="*", default=[])
-    parser.add_argument("--runs", type=Path, default=HERE / "runs" / "quant_distill")
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--quick", action="store_true", help="every configuration at a tiny budget, under "
+                        "benchmarks/runs/quick (never the committed results)")
+    parser.add_argument("--runs", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
+    quick_runs, quick_results = quick_dirs("quant_distill")
+    args.runs = args.runs or (quick_runs if args.quick else HERE / "runs" / "quant_distill")
+    args.results = args.results or (quick_results if args.quick else HERE / "results")
+    budget, timing = (QUICK, QUICK_TIMING) if args.quick else (BUDGET, TIMING)
+    seconds: dict[str, float] = {}
 
     def run(raw: dict, name: str) -> slimkit.Run:
         out = args.runs / name
-        return slimkit.run_recipe(Recipe.from_dict(apply_overrides(raw, args.overrides)), out,
-                                  resume=out.exists(), progress=False)
+        result = slimkit.run_recipe(Recipe.from_dict(apply_overrides(raw, args.overrides)), out,
+                                    resume=out.exists(), progress=False)
+        seconds[str(out)] = trained_seconds(result.metrics)
+        return result
 
-    dense = run(base("dense", 0.5, BUDGET["dense_epochs"]), "dense")
+    dense = run(base("dense", 0.5, budget["dense_epochs"], budget=budget), "dense")
     dense_path = args.runs / "dense" / "model.pt"
     quant_rows = []
     for method in METHODS:
         for bits in BITS:
             if method == "apot" and bits > 5:
                 continue
-            raw = base(f"{method}-{bits}", 0.5, BUDGET["qat_epochs"])
+            raw = base(f"{method}-{bits}", 0.5, budget["qat_epochs"], budget=budget)
             raw["model"]["checkpoint"] = str(dense_path)
-            raw["train"] = {"epochs": BUDGET["qat_epochs"], "lr": 0.01, "weight_decay": 5e-4}
+            raw["train"] = {"epochs": budget["qat_epochs"], "lr": 0.01, "weight_decay": 5e-4}
             raw["stages"] = [{"quantize": {"method": method, "bits": bits}}]
             result = run(raw, f"{method}-{bits}")
             m = result.metrics["models"]
@@ -74,7 +103,7 @@ def main() -> None:
                                "bytes": m["compressed"]["measurement"]["compressed_bytes"],
                                "dense_bytes": m["dense"]["measurement"]["compressed_bytes"]})
 
-    teacher = run(base("teacher", 1.0, BUDGET["student_epochs"]), "teacher")
+    teacher = run(base("teacher", 1.0, budget["student_epochs"], budget=budget), "teacher")
     teacher_path = str(args.runs / "teacher" / "model.pt")
     kd_rows = []
     for label, stage in (("no KD", None),
@@ -83,7 +112,7 @@ def main() -> None:
                          ("graph KD (λ=25)", {"method": "graph_kd", "teacher": teacher_path, "weight": 25.0,
                                               "taps": [["features.5", "features.5"],
                                                        ["classifier.2", "classifier.2"]]})):
-        raw = base(f"student-{len(kd_rows)}", 0.5, BUDGET["student_epochs"])
+        raw = base(f"student-{len(kd_rows)}", 0.5, budget["student_epochs"], budget=budget)
         raw["stages"] = [{"distill": stage}] if stage else []
         result = run(raw, f"student-{len(kd_rows)}")
         kd_rows.append({"student": label, "test_acc": result.metrics["models"]["compressed"]["test_acc"]})
@@ -91,8 +120,10 @@ def main() -> None:
     bundle = load_data(DataConfig(name="fashion_mnist"))
     test_x, test_y = bundle.test.__getitems__(list(range(len(bundle.test))))
     calibration = [bundle.train.__getitems__(list(range(i, i + 128)))[0] for i in range(0, 8 * 128, 128)]
-    run(base("resnet20-dense", 1.0, BUDGET["resnet_epochs"], model="resnet20"), "resnet20-dense")
-    raw = base("resnet20-ptq8", 1.0, 0, model="resnet20")
+    resnet_width = budget.get("resnet_width", 1.0)
+    run(base("resnet20-dense", resnet_width, budget["resnet_epochs"], model="resnet20", budget=budget),
+        "resnet20-dense")
+    raw = base("resnet20-ptq8", resnet_width, 0, model="resnet20", budget=budget)
     raw["model"]["checkpoint"] = str(args.runs / "resnet20-dense" / "model.pt")
     raw["stages"] = [{"quantize": {"method": "uniform", "bits": 8, "calibration_batches": 8}}]
     run(raw, "resnet20-ptq8")
@@ -110,14 +141,14 @@ def main() -> None:
                         for name, model in sessions.items()}
         int8_results[label] = {
             "accuracy": accuracy, "onnxruntime_int8_ops": optimized_ops(int8_path),
-            "latency_ms": compare_latency(sessions, SHAPE, batch_sizes=(1, 64), threads=2, warmup=5, repeats=25)}
+            "latency_ms": compare_latency(sessions, SHAPE, batch_sizes=(1, 64), threads=2, **timing)}
 
-    env = environment(0) | {"command": " ".join(sys.argv), "allocator": ALLOCATOR_ENV, "budget": BUDGET}
+    env = environment(0) | {"command": " ".join(sys.argv), "allocator": ALLOCATOR_ENV, "budget": budget,
+                            "run_seconds": seconds, "wall_seconds": time.perf_counter() - started}
     results = {"quantization": quant_rows, "distillation": kd_rows, "int8_execution": int8_results,
                "teacher_test_acc": teacher.metrics["models"]["compressed"]["test_acc"],
                "dense_test_acc": dense.metrics["models"]["compressed"]["test_acc"], "environment": env}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "quant_distill.json").write_text(json.dumps(results, indent=2))
+    write_json(args.results / "quant_distill.json", results)
     table = ["| quantizer | 8 bits | 4 bits | 3 bits | 2 bits |", "|---|---:|---:|---:|---:|"]
     for method in METHODS:
         cells = {r["bits"]: f"{100 * r['test_acc']:.2f}%" for r in quant_rows if r["method"] == method}
@@ -134,24 +165,25 @@ def main() -> None:
                        f"{t['64']['median']:.2f} | {ref['1']['median'] / t['1']['median']:.2f}x / "
                        f"{ref['64']['median'] / t['64']['median']:.2f}x |")
         kernels.append(f"- {label}: " + ", ".join(f"{op} x{n}" for op, n in r["onnxruntime_int8_ops"].items()))
-    (args.results / "quant_distill.md").write_text(
+    write_text(
+        args.results / "quant_distill.md",
         "# Quantization and distillation on Fashion-MNIST\n\n"
-        f"Dense LeNet (width 0.5): {100 * results['dense_test_acc']:.2f}% after {BUDGET['dense_epochs']} epochs on "
-        f"{BUDGET['subset']} training images. Each quantizer fine-tunes it for {BUDGET['qat_epochs']} QAT epochs "
+        f"Dense LeNet (width 0.5): {100 * results['dense_test_acc']:.2f}% after {budget['dense_epochs']} epochs on "
+        f"{budget['subset']} training images. Each quantizer fine-tunes it for {budget['qat_epochs']} QAT epochs "
         "(first conv and last linear at 8 bits; APoT weights use uniform quantization at 2 bits).\n\n"
         + "\n".join(table)
         + f"\n\nDistillation: a full-width LeNet teacher ({100 * results['teacher_test_acc']:.2f}%) and a half-width "
-        f"student trained from scratch for {BUDGET['student_epochs']} epochs.\n\n" + "\n".join(kd)
+        f"student trained from scratch for {budget['student_epochs']} epochs.\n\n" + "\n".join(kd)
         + "\n\n## Int8 execution in onnxruntime\n\n"
         "Each 8-bit model is exported as its integer graph (BatchNorm folded into the convs; residual sums, pooled "
         "features and logits quantized too, calibrated on 8 training batches), so onnxruntime runs every layer as "
-        f"an integer kernel. ResNet-20 is a dense model trained {BUDGET['resnet_epochs']} epochs and quantized "
+        f"an integer kernel. ResNet-20 is a dense model trained {budget['resnet_epochs']} epochs and quantized "
         "post-training (no QAT). Test accuracy on all 10,000 test images; median latency, 2 threads, "
         "interleaved:\n\n" + "\n".join(lat)
         + "\n\nOperators onnxruntime runs for the int8 models after its graph optimisations:\n\n"
         + "\n".join(kernels)
         + f"\n\nReproduce: `.venv/bin/python {' '.join(sys.argv)}` (torch {env['torch']}, {env['cpu_count']} CPUs, "
-        f"commit {env['git_commit']}).\n")
+        f"commit {env['git_commit']}). {wall_time_line(seconds, env)}\n")
     print("\n".join([*table, "", *kd, "", *lat, "", *kernels]))
 
 if __name__ == "__main__":

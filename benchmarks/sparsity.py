@@ -4,11 +4,15 @@
 GMP (`gmp`, `scope: layer`), global GMP (`scope: global`), OptG, movement and SNIP, each under its own bundled
 recipe (`gmp-90`, `optg-90`, `movement-90`, `snip-90`: the papers' optimizer, weight decay and schedules flow
 through), with only what the benchmark varies overridden: model, training subset, epochs, sparsity, scope (GMP
-only) and seed. Every configuration runs with seeds 0 and 1, the dense reference (the gmp-90 recipe with no
-stage) too. The papers' orderings are published below as data (RESNET_CLAIMS) before any run, and the page
-states for each whether this budget reproduced it (see verdicts.RULE). About 70 minutes on 2 idle CPU
-cores (measured: ~0.9 ms per training image and epoch, 2.5 s of validation per epoch, ~8 s per run besides;
-22 runs of 12 epochs on 12,000 images); contention from other processes slows it several times over.
+only) and seed. Every configuration runs with seeds 0, 1 and 2 (verdicts.MIN_SEEDS), the dense reference (the
+gmp-90 recipe with no stage) too, and so does each recipe-matched control (RESNET_CONTROLS: OptG with label
+smoothing 0, since optg-90 alone smooths labels). The papers' orderings and the comparisons each must survive
+are published below as data (RESNET_CLAIMS) before any run, and the page states for each whether this budget
+reproduced it (see verdicts.RULE) and whether it survives its controls. 39 runs of 12 epochs on 12,000
+images: about 3 h 50 min on 2 CPU cores (the committed 22 runs recorded 2 h 09 min of training, 5-6.5 min a
+run, beside other jobs); two processes on disjoint --seeds share the cores. `--quick` runs
+every configuration and claim for one epoch on 256 images (LeNet: its 8 epochs on 512) under
+benchmarks/runs/quick, to check the harness.
 
 `--suite lenet` (the default, the earlier benchmark): every sparsity method at 50/80/90/95% on LeNet, one seed.
 About 40 minutes on 2 CPU cores.
@@ -19,6 +23,7 @@ methods, sparsities or seeds, replaces only those rows; runs resume from their f
     .venv/bin/python benchmarks/sparsity.py --suite resnet [--methods optg snip] [--sparsities 0.98] [--seeds 0 1]
     .venv/bin/python benchmarks/sparsity.py [--methods gmp optg ...] [--sparsities 0.9] [--overrides ...]
     .venv/bin/python benchmarks/sparsity.py --render   # rewrite the page and plot from sparsity.json
+    .venv/bin/python benchmarks/sparsity.py --suite resnet --quick   # the harness at a tiny budget
 """
 
 from __future__ import annotations
@@ -29,22 +34,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controls import apply_control, control_record, controls_table, declared_list, records_of, survival
 from harness import (
     ensure_allocator_env,
     epoch_seconds,
     merge_rows,
+    quick_dirs,
     read_json,
     recipe_digest,
     run_recipe_dict,
+    run_seconds,
     set_epochs,
     training_budget,
+    wall_time_line,
     write_json,
     write_text,
 )
 from plots import Point, accuracy_plot
+from sparsity_claims import DERIVED, RESNET_CLAIMS, RESNET_CONTROLS, RESNET_SPARSITIES, pct
 from verdicts import (
     RULE,
-    Claim,
     claims_table,
     error_rates_text,
     expected_orderings,
@@ -101,21 +110,21 @@ METHODS = ["magnitude", "gmp", "gmp-block4", "gmp-taylor", "snip", "movement", "
            "patdnn-g4", "patdnn-block4"]
 
 
-def recipe(name: str, stages: list[dict]) -> dict:
+def recipe(name: str, stages: list[dict], subset: int = SUBSET) -> dict:
     return {"name": name, "seed": 0, "model": {"name": "lenet", "options": {"kernel_size": 3}},
-            "data": {"name": "fashion_mnist", "batch_size": 128, "train_subset": SUBSET},
+            "data": {"name": "fashion_mnist", "batch_size": 128, "train_subset": subset},
             "train": {"epochs": EPOCHS, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                       "schedule": "cosine", "warmup_epochs": 0.5},
             "stages": [{"prune": st} for st in stages],
             "measure": {"batch_sizes": [1], "repeats": 3, "warmup": 1}}
 
 
-def run(method: str, s: float | None, overrides: list[str], out: Path) -> dict:
+def run(method: str, s: float | None, overrides: list[str], out: Path, subset: int = SUBSET) -> dict:
     import slimkit
     from slimkit.recipe import Recipe, apply_overrides
 
     name = "dense" if s is None else f"{method}-{round(s * 100)}"
-    data = recipe(name, [] if s is None else [stage(method, s)])
+    data = recipe(name, [] if s is None else [stage(method, s)], subset)
     result = slimkit.run_recipe(Recipe.from_dict(apply_overrides(data, overrides)), out / name,
                                 resume=(out / name).exists(), progress=False)
     m = result.metrics["models"]["compressed"]
@@ -125,7 +134,8 @@ def run(method: str, s: float | None, overrides: list[str], out: Path) -> dict:
     return {"method": method, "target": s, "test_acc": m["test_acc"], "best_epoch": m["best_epoch"],
             "achieved": summary.get("achieved_sparsity", 0.0), "macs": meas["macs"],
             "effective_macs": meas["effective_macs"], "params": meas["params"], "nonzeros": meas["nonzeros"],
-            "epoch_seconds": sorted(epochs)[len(epochs) // 2] if epochs else 0.0, "stage": summary}
+            "epoch_seconds": sorted(epochs)[len(epochs) // 2] if epochs else 0.0, "stage": summary,
+            "train_seconds": m["train_seconds"], "run": str(out / name)}
 
 
 def merge(new: list[dict], path: Path) -> tuple[list[dict], list[str]]:
@@ -162,7 +172,6 @@ def table(rows: list[dict]) -> str:
 # --- the ResNet-20 suite -----------------------------------------------------------------------------------
 
 RESNET_MODEL = {"name": "resnet20", "width": 0.5}
-RESNET_SPARSITIES = [0.95, 0.98]
 RESNET_SEEDS = [0, 1, 2]  # verdicts.MIN_SEEDS
 RESNET_EPOCHS, RESNET_SUBSET = 12, 12000  # 12 epochs: the bundled recipes' own length
 # label -> (bundled recipe, what this benchmark sets in its prune stage besides the sparsity)
@@ -179,39 +188,6 @@ DENSE_RECIPE = "gmp-90"  # the dense reference: this recipe's training, no stage
 # slimkit refuses to disconnect a network. Per-layer rows keep 2% of every layer anyway.
 GLOBAL_CAP = 0.99
 RESNET_MEASURE = {"batch_sizes": [1], "repeats": 3, "warmup": 1}  # latency is not what this suite compares
-
-
-def pct(s: float) -> str:
-    return f"{round(s * 100)}%"
-
-
-def _claims() -> list[Claim]:
-    claims = []
-    for s in RESNET_SPARSITIES:
-        p = pct(s)
-        claims += [
-            Claim(f"OptG > per-layer GMP at {p}", f"optg {p}", f"gmp-layer {p}",
-                  "Zhang et al. 2022, OptG (arXiv:2201.12826): OptG above gradual magnitude pruning (Zhu & Gupta) "
-                  "in its comparisons, the gap growing with sparsity"),
-            Claim(f"OptG > SNIP at {p}", f"optg {p}", f"snip {p}",
-                  "OptG (arXiv:2201.12826): its gradient criterion, optimised during training, above SNIP's "
-                  "one-shot gradient criterion at initialisation"),
-            Claim(f"global GMP > per-layer GMP at {p}", f"gmp-global {p}", f"gmp-layer {p}",
-                  "Blalock et al. 2020, 'What is the State of Neural Network Pruning?' (MLSys): global magnitude "
-                  "pruning above layer-wise at high compression"),
-            Claim(f"per-layer GMP > SNIP at {p}", f"gmp-layer {p}", f"snip {p}",
-                  "Frankle et al. 2021, 'Pruning Neural Networks at Initialization: Why are We Missing the "
-                  "Mark?' (ICLR): pruning at initialisation below magnitude pruning after training"),
-            Claim(f"movement > per-layer GMP at {p}", f"movement {p}", f"gmp-layer {p}",
-                  "Sanh et al. 2020, Movement Pruning (NeurIPS): movement above magnitude at high sparsity",
-                  "the paper fine-tunes pretrained models; here both train from scratch, where it does not "
-                  "claim the ordering"),
-        ]
-    return claims
-
-
-# Published before any run: what the papers lead us to expect on this suite.
-RESNET_CLAIMS = _claims()
 
 
 def resnet_recipe(method: str, s: float | None, seed: int, overrides: list[str], epochs: int = RESNET_EPOCHS,
@@ -239,15 +215,38 @@ def resnet_recipe(method: str, s: float | None, seed: int, overrides: list[str],
     return name, apply_overrides(data, overrides), moved
 
 
-def resnet_run(method: str, s: float | None, seed: int, overrides: list[str], runs: Path, epochs: int,
+def resnet_group(group: str) -> tuple[str, float | None]:
+    """(method, sparsity) of a configuration's group key ('dense' or '<method> <pct>')."""
+    if group == "dense":
+        return "dense", None
+    method, _, p = group.rpartition(" ")
+    return method, int(p.rstrip("%")) / 100
+
+
+def resnet_group_recipe(group: str, seed: int, overrides: list[str], epochs: int = RESNET_EPOCHS,
+                        subset: int | None = RESNET_SUBSET
+                        ) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """(bundled recipe name, recipe mapping, stage windows moved, control record or None) of any configuration:
+    a method's own, or a control derived from one (DERIVED)."""
+    derived = DERIVED.get(group)
+    if derived is None:
+        return (*resnet_recipe(*resnet_group(group), seed, overrides, epochs, subset), None)
+    name, _, moved = resnet_recipe(*resnet_group(derived.of), seed, overrides, epochs, subset)
+    recipe, resolved = apply_control(
+        derived, lambda g: resnet_recipe(*resnet_group(g), seed, overrides, epochs, subset)[1])
+    recipe["name"] = f"{derived.slug}-s{seed}"
+    return name, recipe, moved, control_record(derived, resolved)
+
+
+def resnet_run(group: str, seed: int, overrides: list[str], runs: Path, epochs: int,
                subset: int | None) -> dict[str, Any]:
-    name, recipe, moved = resnet_recipe(method, s, seed, overrides, epochs, subset)
+    name, recipe, moved, control = resnet_group_recipe(group, seed, overrides, epochs, subset)
+    method, s = resnet_group(group)  # a control's method: its group's stem ('optg label_smoothing=0')
     out = runs / f"{recipe['name']}-{recipe_digest(recipe)}"
     metrics = run_recipe_dict(recipe, out)
     m = metrics["models"]["compressed"]
     meas = m["measurement"]
     summary = metrics["stages"][0] if metrics["stages"] else {}
-    group = "dense" if s is None else f"{method} {pct(s)}"
     return {"suite": "resnet", "group": group, "method": method, "target": s, "seed": seed, "recipe": name,
             "test_acc": m["test_acc"], "best_epoch": m["best_epoch"],
             "achieved": summary.get("achieved_sparsity", 0.0), "scope": summary.get("scope"),
@@ -257,7 +256,7 @@ def resnet_run(method: str, s: float | None, seed: int, overrides: list[str], ru
             "stage_config": recipe["stages"][0] if recipe["stages"] else None, "windows_moved": moved,
             "train": {k: recipe["train"].get(k) for k in ("optimizer", "lr", "momentum", "weight_decay",
                                                           "schedule", "warmup_epochs", "label_smoothing")},
-            "run": str(out)}
+            "control": control, "run": str(out)}
 
 
 def resnet_table(rows: list[dict[str, Any]]) -> str:
@@ -301,7 +300,7 @@ def resnet_section(suite: dict[str, Any]) -> str:
     subset = budget["data"]["train_subset"] if budget else RESNET_SUBSET
     methods = ", ".join(f"`{label}` ({name}{', ' + ', '.join(f'{k}: {v}' for k, v in extra.items()) if extra else ''})"
                         for label, (name, extra) in RESNET_METHODS.items())
-    text = ["## ResNet-20 (width 0.5) at 95% and 98%, two seeds\n",
+    text = ["## ResNet-20 (width 0.5) at 95% and 98%\n",
             f"ResNet-20 at width 0.5 (stages of 8/16/32 channels) trained from scratch on Fashion-MNIST, "
             f"{epochs} epochs on the first {subset} training images (the split's, after the validation "
             f"hold-out), batch from each recipe. Methods, each under its bundled recipe: {methods}; "
@@ -314,7 +313,9 @@ def resnet_section(suite: dict[str, Any]) -> str:
             "refuses. Accuracy is on the 10k test split, for the best complete "
             "epoch by validation accuracy; 'achieved' is the measured fraction of zeros in the pruned layers; "
             "effective MACs count only non-zero weights.\n",
-            "### Expected orderings (published before the run)\n", expected_orderings(RESNET_CLAIMS) + "\n"]
+            "### Expected orderings (published before the run)\n", expected_orderings(RESNET_CLAIMS) + "\n",
+            "Recipe-matched controls (declared before the run; each is another configuration's recipe with the "
+            "named fields set):\n", declared_list(RESNET_CONTROLS) + "\n"]
     if not rows:
         text.append("Not run yet: `.venv/bin/python benchmarks/sparsity.py --suite resnet` (about 70 minutes on "
                     "2 CPU cores).\n")
@@ -322,10 +323,14 @@ def resnet_section(suite: dict[str, Any]) -> str:
     stats = group_stats(rows)
     env = suite.get("environment", {})
     text += ["### Paper claim against our measurement\n", RULE + " " + error_rates_text() + "\n",
-             claims_table(RESNET_CLAIMS, stats) + "\n", "### Every configuration\n", resnet_table(rows) + "\n",
+             claims_table(RESNET_CLAIMS, stats, lambda c: survival(c, stats)) + "\n",
+             "### Each claim against its recipe-matched controls\n",
+             "A claim whose two recipes differ in more than the method is judged again with the difference "
+             "removed, by the same rule; it survives when every such comparison reaches its verdict.\n",
+             controls_table(RESNET_CLAIMS, stats, records_of(rows)) + "\n",
+             "### Every configuration\n", resnet_table(rows) + "\n",
              f"Budget of every row: `{json.dumps(budget)}`. Each row's optimizer settings, stage summary and "
-             f"run folder are in sparsity.json under `resnet`. Training took "
-             f"{sum(r['train_seconds'] for r in rows) / 60:.0f} minutes in all.\n",
+             f"run folder are in sparsity.json under `resnet`. " + wall_time_line(run_seconds(rows), env) + "\n",
              "Reproduce: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
              + f". Last run: torch {env.get('torch')}, {env.get('cpu_count')} CPUs, "
              f"torch threads per process: {env.get('torch_threads')}, commit {env.get('git_commit')}. Seconds per "
@@ -347,7 +352,8 @@ def lenet_section(payload: dict[str, Any]) -> str:
             "Seconds per epoch are medians and include the method's own overhead. One seed, so no gap here "
             "is judged against a seed spread.\n\n" + table(rows)
             + "\n\nReproduce (each row's command is in sparsity.json): " + "; ".join(f"`{c}`" for c in commands)
-            + f". Last run: torch {env.get('torch')}, {env.get('cpu_count')} CPUs, commit {env.get('git_commit')}.\n")
+            + f". Last run: torch {env.get('torch')}, {env.get('cpu_count')} CPUs, commit {env.get('git_commit')}. "
+            + wall_time_line(run_seconds(rows), env) + "\n")
 
 
 def render(results: Path) -> None:
@@ -365,50 +371,66 @@ def render(results: Path) -> None:
                "dotted line](sparsity.png)\n\n" + resnet_section(suite) + "\n" + lenet_section(payload))
 
 
+QUICK = {"subset": 512, "epochs": 1, "resnet_subset": 256}  # --quick: LeNet keeps its 8 epochs (its windows)
+QUICK_OVERRIDES = ["data.val_fraction=0.02"]  # --quick: evaluation dominates a tiny run
+
+
 def main() -> None:
+    import time
+
     ensure_allocator_env()
     from slimkit.environment import environment
 
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=["lenet", "resnet"], default="lenet")
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--sparsities", nargs="*", type=float, default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=RESNET_SEEDS, help="resnet suite only")
-    parser.add_argument("--epochs", type=int, default=RESNET_EPOCHS, help="resnet suite only")
-    parser.add_argument("--subset", type=int, default=RESNET_SUBSET, help="resnet suite only: training images")
+    parser.add_argument("--epochs", type=int, default=None, help=f"resnet suite only; default {RESNET_EPOCHS}")
+    parser.add_argument("--subset", type=int, default=None,
+                        help=f"resnet suite only: training images; default {RESNET_SUBSET}")
+    parser.add_argument("--quick", action="store_true",
+                        help="check the harness: every configuration and claim of the suite at a tiny budget, "
+                             "written under benchmarks/runs/quick (never the committed results)")
     parser.add_argument("--overrides", nargs="*", default=[])
     parser.add_argument("--runs", type=Path, default=None)
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--render", action="store_true", help="only rewrite the page and plot from the JSON")
     args = parser.parse_args()
-    path = args.results / "sparsity.json"
+    quick_runs, quick_results = quick_dirs(f"sparsity-{args.suite}")
+    results = args.results or (quick_results if args.quick else HERE / "results")
+    path = results / "sparsity.json"
     if args.render:
-        render(args.results)
+        render(results)
         return
+    overrides = [*QUICK_OVERRIDES, *args.overrides] if args.quick else args.overrides
     env = environment(0) | {"command": " ".join(sys.argv)}
     command = f"{env['command']} (commit {env['git_commit']})"
     payload = read_json(path)
     if args.suite == "lenet":
-        runs = args.runs or HERE / "runs" / "sparsity"
-        rows = [run("dense", None, args.overrides, runs)]
-        rows += [run(method, s, args.overrides, runs) for s in args.sparsities or SPARSITIES
+        runs = args.runs or (quick_runs if args.quick else HERE / "runs" / "sparsity")
+        subset = QUICK["subset"] if args.quick else SUBSET
+        rows = [run("dense", None, overrides, runs, subset)]
+        rows += [run(method, s, overrides, runs, subset) for s in args.sparsities or SPARSITIES
                  for method in args.methods or METHODS]
         for r in rows:
             r["command"] = command
         rows, _ = merge(rows, path)
+        env["wall_seconds"] = time.perf_counter() - started
         payload.update(rows=rows, environment=env)
         printed = table(rows)
     else:
         unknown = sorted(set(args.methods or []) - set(RESNET_METHODS))
         if unknown:
             parser.error(f"--methods: {', '.join(unknown)} not in the resnet suite ({', '.join(RESNET_METHODS)})")
-        runs = args.runs or HERE / "runs" / "sparsity-resnet"
-        rows = []
-        for seed in args.seeds:
-            rows.append(resnet_run("dense", None, seed, args.overrides, runs, args.epochs, args.subset))
-            for s in args.sparsities or RESNET_SPARSITIES:
-                rows += [resnet_run(m, s, seed, args.overrides, runs, args.epochs, args.subset)
-                         for m in args.methods or RESNET_METHODS]
+        runs = args.runs or (quick_runs if args.quick else HERE / "runs" / "sparsity-resnet")
+        epochs = args.epochs or (QUICK["epochs"] if args.quick else RESNET_EPOCHS)
+        subset = args.subset or (QUICK["resnet_subset"] if args.quick else RESNET_SUBSET)
+        groups = ["dense"] + [f"{m} {pct(s)}" for s in args.sparsities or RESNET_SPARSITIES
+                              for m in args.methods or RESNET_METHODS]
+        groups += [c.group for c in RESNET_CONTROLS if c.of in groups]
+        rows = [resnet_run(g, seed, overrides, runs, epochs, subset) for seed in args.seeds for g in groups]
         for r in rows:
             r["command"] = command
         earlier = payload.get("resnet", {}).get("rows", [])
@@ -418,12 +440,15 @@ def main() -> None:
             print(f"dropping {len(stale)} earlier resnet rows of another budget ({stale[0]['budget']})")
         suite_rows = merge_rows([r for r in earlier if r["budget"] == budget], rows)
         order = {g: i for i, g in enumerate(["dense", *(f"{m} {pct(s)}" for s in RESNET_SPARSITIES
-                                                         for m in RESNET_METHODS)])}
+                                                         for m in RESNET_METHODS), *DERIVED])}
         suite_rows.sort(key=lambda r: (order.get(r["group"], len(order)), r["group"], r["seed"]))
+        env["wall_seconds"] = time.perf_counter() - started
         payload["resnet"] = {"rows": suite_rows, "environment": env}
-        printed = claims_table(RESNET_CLAIMS, group_stats(suite_rows)) + "\n\n" + resnet_table(suite_rows)
+        stats = group_stats(suite_rows)
+        printed = (claims_table(RESNET_CLAIMS, stats, lambda c: survival(c, stats)) + "\n\n"
+                   + resnet_table(suite_rows))
     write_json(path, payload)
-    render(args.results)
+    render(results)
     print(printed)
 
 

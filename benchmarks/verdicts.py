@@ -42,13 +42,19 @@ RULE = (f"A claim is judged by a {CONFIDENCE:.0%} t-interval on the gap, mean(cl
 @dataclass(frozen=True)
 class Claim:
     """A published ordering: configuration `better` reaches a higher accuracy than `worse` (group keys of
-    the benchmark's rows), as `source` states; `note` says where our setting departs from the paper's."""
+    the benchmark's rows), as `source` states; `note` says where our setting departs from the paper's.
+    `controls` lists the recipe-matched comparisons (better, worse) the claim must survive where the two
+    recipes differ in more than the method (controls.py). `min_effect` is the smallest gap in points the claim
+    is about, published with it before the run: an interval above 0 that reaches below it does not reproduce
+    the claim (0: any positive gap does)."""
 
     text: str
     better: str
     worse: str
     source: str
     note: str = ""
+    controls: tuple[tuple[str, str], ...] = ()
+    min_effect: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,9 @@ def verdict(claim: Claim, stats: dict[str, Stats]) -> Verdict:
                                   [worse.by_seed[s] for s in seeds] if paired else list(worse.by_seed.values()),
                                   paired)
     method = "paired" if paired else "Welch"
+    if low > 0 and low < claim.min_effect:
+        return Verdict(NOT_RESOLVED, gap, (low, high), method,
+                       f"the interval reaches below the published minimum effect of {claim.min_effect:g} pts")
     if low > 0:
         return Verdict(REPRODUCED, gap, (low, high), method)
     if high < 0:
@@ -159,10 +168,13 @@ def error_rates_text(seeds: Sequence[int] = (3, 5)) -> str:
             + "; ".join(parts) + ".")
 
 
-def claims_table(claims: Sequence[Claim], stats: dict[str, Stats]) -> str:
-    """Markdown: paper claim -> our measurement -> gap with its interval -> verdict, one line per claim."""
+def claims_table(claims: Sequence[Claim], stats: dict[str, Stats],
+                 survives: Callable[[Claim], str] | None = None) -> str:
+    """Markdown: paper claim -> our measurement -> gap with its interval -> verdict, one line per claim, and
+    where `survives` is given (controls.survival), whether the verdict survives the claim's controls."""
+    extra = ("", "") if survives is None else (" survives its recipe-matched controls |", "---|")
     lines = [f"| paper claim | source | ours: claimed better | ours: claimed worse | gap (pts) | "
-             f"{CONFIDENCE:.0%} interval | verdict |", "|---|---|---:|---:|---:|---|---|"]
+             f"{CONFIDENCE:.0%} interval | verdict |{extra[0]}", f"|---|---|---:|---:|---:|---|---|{extra[1]}"]
     for c in claims:
         v = verdict(c, stats)
         side = [stats[g].text() if g in stats else "-" for g in (c.better, c.worse)]
@@ -170,10 +182,12 @@ def claims_table(claims: Sequence[Claim], stats: dict[str, Stats]) -> str:
         interval = "-" if v.interval is None else f"{v.interval[0]:+.2f} to {v.interval[1]:+.2f} ({v.method})"
         status = f"**{v.status}**" + (f" ({v.reason})" if v.reason else "")
         source = c.source + (f". {c.note}" if c.note else "")
-        lines.append(f"| {c.text} | {source} | {side[0]} | {side[1]} | {gap} | {interval} | {status} |")
+        tail = "" if survives is None else f" {survives(c)} |"
+        lines.append(f"| {c.text} | {source} | {side[0]} | {side[1]} | {gap} | {interval} | {status} |{tail}")
     return "\n".join(lines)
 
 
 def expected_orderings(claims: Sequence[Claim]) -> str:
     """The claims as a Markdown list, for a page written before (or without) any measurement."""
-    return "\n".join(f"- {c.text} ({c.source}{'; ' + c.note if c.note else ''})" for c in claims)
+    return "\n".join(f"- {c.text} ({c.source}{'; ' + c.note if c.note else ''}"
+                     f"{f'; minimum effect {c.min_effect:g} pts' if c.min_effect else ''})" for c in claims)

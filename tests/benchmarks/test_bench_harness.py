@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))  # the scripts import harness and plots as top-le
 
 from scipy import stats as scipy_stats  # noqa: E402
 
+import binary_claims  # noqa: E402
 import harness  # noqa: E402
 import plots  # noqa: E402
 import verdicts  # noqa: E402
@@ -61,6 +62,17 @@ def test_the_paired_interval_is_students_on_the_per_seed_differences():
     reference = scipy_stats.ttest_rel(a, b).confidence_interval(0.95)
     assert judge(a, b).interval == pytest.approx((reference.low, reference.high))
     assert judge(a, b).status == "reproduced" and judge(b, a).status == "contradicted"
+
+
+def test_a_published_minimum_effect_must_be_cleared_by_the_whole_interval():
+    stats = verdicts.group_stats(rows("a", [82.0, 84.0, 83.0]) + rows("b", [80.0, 80.0, 80.0]))
+    low = 3.0 - 4.302653 / math.sqrt(3)  # 0.516: differences 2, 4, 3 as above
+    assert verdicts.verdict(Claim("a > b", "a", "b", "p", min_effect=0.5), stats).status == "reproduced"
+    v = verdicts.verdict(Claim("a > b", "a", "b", "p", min_effect=1.0), stats)
+    assert v.status == "not resolved" and v.interval[0] == pytest.approx(low, abs=1e-5)
+    assert v.reason == "the interval reaches below the published minimum effect of 1 pts"
+    assert verdicts.expected_orderings([Claim("a > b", "a", "b", "P", min_effect=1.0)]) == (
+        "- a > b (P; minimum effect 1 pts)")
 
 
 def test_different_seeds_get_welchs_interval():
@@ -159,7 +171,7 @@ def test_sparsity_suite_claims_name_configurations_it_runs_and_its_recipes_parse
 
 def test_binary_claims_name_configurations_it_runs_and_its_recipes_parse():
     binary = _load("binary")
-    groups = {"fp", *binary.METHODS} | {binary.theta_group(t) for t in binary.THETAS}
+    groups = set(binary.suite_groups(binary.METHODS, True))
     for claim in binary.CLAIMS:
         assert {claim.better, claim.worse} <= groups, claim
     for method in ["fp", *binary.METHODS]:
@@ -167,9 +179,9 @@ def test_binary_claims_name_configurations_it_runs_and_its_recipes_parse():
         assert name == ("xnor-fashion" if method == "fp" else f"{method}-fashion")
         assert recipe["data"]["classes"] == [0, 2, 4, 6] and recipe["train"]["epochs"] == binary.EPOCHS
         assert recipe["seed"] == 1 and (recipe["stages"] == []) == (method == "fp")
-    if binary.theta_option_exists():
-        _, recipe, _ = binary.binary_recipe("rbnn", 0, [], theta=math.pi / 4)
-        assert recipe["stages"][0]["binarize"][binary.THETA_OPTION] == pytest.approx(math.pi / 4)
+    _, recipe, _, record = binary.group_recipe(binary_claims.theta_group("pi/4"), 0, [])
+    assert recipe["stages"][0]["binarize"][binary.THETA_OPTION] == pytest.approx(math.pi / 4)
+    assert record["of"] == "rbnn" and recipe["name"] == "rbnn-theta0.7854-s0"
 
 
 def test_accuracy_plot_and_runtime_points(tmp_path):

@@ -25,6 +25,9 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
+    # a warm-up counted in optimizer steps, for a port of code whose warm-up is a number of updates (RBNN's 5
+    # CIFAR-10 epochs at batch 256 are 980): it keeps its length whatever the run's epochs or data size
+    warmup_steps: int | None = Field(None, ge=1)
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -37,6 +40,13 @@ class TrainConfig(StrictModel):
         bad = [m for m in self.milestones if not 0 < m <= self.epochs]
         if bad:
             raise ValueError(f"milestones {bad} must lie in 1..epochs ({self.epochs})")
+        return self
+
+    @model_validator(mode="after")
+    def _one_warmup_length(self) -> TrainConfig:
+        if self.warmup_steps is not None and self.warmup_epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) and warmup_steps ({self.warmup_steps}) both "
+                             "set: give the warm-up's length one way")
         return self
 
 

@@ -8,13 +8,16 @@ from slimkit.train.config import TrainConfig
 
 
 class LRSchedule:
-    """lr(step) = base_lr * factor(step): linear warm-up, then cosine to 0, step decay or constant."""
+    """lr(step) = base_lr * factor(step): linear warm-up, then cosine to 0, step decay or constant. The
+    warm-up is `warmup_steps` optimizer steps where set, else `warmup_epochs` epochs; one at least as long as
+    the run ramps the learning rate through all of it (the cosine never starts)."""
 
     def __init__(self, config: TrainConfig, steps_per_epoch: int):
         self.config = config
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.total = max(1, config.epochs * self.steps_per_epoch)
-        self.warmup = round(config.warmup_epochs * self.steps_per_epoch)
+        self.warmup = (config.warmup_steps if config.warmup_steps is not None
+                       else round(config.warmup_epochs * self.steps_per_epoch))
 
     def factor(self, step: int) -> float:
         """Multiplier for the step about to be taken (0-based)."""
